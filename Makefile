@@ -1,0 +1,29 @@
+# The two commands a newcomer needs (both run the idempotent setup first):
+#   make demo   a voice call through the XDP relay, in namespaces, on the embedded defaults
+#   make test   every test tier: unit, then root/BPF, then whole-chain namespaces
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test test-fast bench lint clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/voxrelay demo $(ARGS)
+
+test: setup
+	@bash scripts/test.sh
+
+test-fast: setup
+	@bash scripts/test.sh fast
+
+bench: setup
+	$(PY) -m bench.run $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check voxrelay orchestrator transceiver tests bench
+	$(VENV)/bin/mypy voxrelay orchestrator
+
+clean:
+	rm -rf $(VENV) build *.egg-info

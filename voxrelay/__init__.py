@@ -1,0 +1,1 @@
+"""voxrelay: the shared core (routing token, CLI root)."""
