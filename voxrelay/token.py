@@ -170,10 +170,14 @@ def decode(ufrag: str) -> tuple[Token, int]:
         raise TokenError(
             "token_malformed", f"token must be {TOKEN_CHARS} characters, got {len(ufrag)}"
         )
+    if "=" in ufrag:
+        raise TokenError("token_malformed", "token must not contain '=' (not an ICE char)")
     try:
         raw = base64.b64decode(ufrag.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError) as exc:
         raise TokenError("token_malformed", f"token is not base64: {exc}") from None
+    if len(raw) != TOKEN_BYTES:  # unreachable for 32 valid chars; kept as a guard
+        raise TokenError("token_malformed", f"token decodes to {len(raw)} bytes")
     version, key_id, transceiver_id, port, expiry, nonce = _BODY.unpack_from(raw)
     if version != TOKEN_VERSION:
         raise TokenError(

@@ -35,7 +35,8 @@ def test_two_mints_differ_by_nonce():
     [
         (lambda u: u[:-1], "token_malformed"),
         (lambda u: u[:-1] + "=", "token_malformed"),
-        (lambda u: "A" + u[1:], "token_malformed"),  # version byte 0
+        (lambda u: u[0] + "A" + u[2:], "token_malformed"),  # version byte 0
+        (lambda u: u[:-1] + "-", "token_malformed"),  # not an ICE char
     ],
 )
 def test_malformed(mutate, reason):

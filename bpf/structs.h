@@ -1,0 +1,105 @@
+/* Key and value layouts of the relay's BPF maps: the single source of truth.
+ *
+ * Python mirror: none by hand. orchestrator/maps.py takes the ctypes types
+ * that bcc builds from these structs (table.Key / table.Leaf) and checks
+ * their sizes against the sizes asserted below. Keep every struct padded
+ * explicitly, so that C and ctypes agree without surprises.
+ *
+ * Addresses are 16 bytes wide everywhere (IPv4 in addr[0], the rest zero), so
+ * that IPv6 needs no map migration. */
+#ifndef VOXRELAY_STRUCTS_H
+#define VOXRELAY_STRUCTS_H
+
+struct relay_addr {
+	__be32 addr[4];
+};
+
+/* `flows` key: a client as the public side sees it. */
+struct flow_key {
+	struct relay_addr addr;
+	__be16 port;
+	__u8 family;            /* AF_INET (2) or AF_INET6 (10) */
+	__u8 pad;
+};
+
+/* Next hop cached per direction, so that a known flow skips bpf_fib_lookup. */
+struct next_hop {
+	__u32 ifindex;
+	__u8 smac[6];
+	__u8 dmac[6];
+	__u32 generation;       /* valid while equal to relay_config.nh_generation */
+};
+
+/* `flows` value: where a client's packets go. Written only by XDP. */
+struct flow {
+	struct relay_addr txr_addr;  /* transceiver's private address */
+	__be16 txr_port;             /* transceiver's UDP port (from the token) */
+	__be16 relay_port;           /* relay-side source port, unique per flow */
+	__u32 transceiver_id;
+	__u64 token_mac;             /* the token that created it (per-token cap) */
+	__u64 created_ns;            /* bpf_ktime_get_ns() */
+	__u64 last_seen_ns;          /* refreshed per packet; idle flows expire */
+	struct next_hop nh;          /* towards the transceiver */
+};
+
+/* `reverse` key: the relay-side port (network order), padded to 4 bytes. */
+struct reverse_key {
+	__be16 relay_port;
+	__u16 pad;
+};
+
+/* `reverse` value: where a transceiver's replies on that port go. */
+struct reverse_flow {
+	struct flow_key client;      /* also the `flows` key of the forward entry */
+	struct relay_addr txr_addr;  /* replies must come from here... */
+	__be16 txr_port;             /* ...and this port */
+	__u16 pad;
+	__u32 transceiver_id;
+	__u64 last_seen_ns;
+	struct next_hop nh;          /* towards the client */
+};
+
+/* `transceivers` value, keyed by the __u32 transceiver id. Written by the orchestrator. */
+struct transceiver {
+	struct relay_addr addr;
+	__u8 family;
+	__u8 status;            /* TRANSCEIVER_ACTIVE or TRANSCEIVER_DRAINING */
+	__u16 pad;
+	__u32 pad2;
+};
+
+/* `keys` value, indexed by the token's key id. Written by the orchestrator. */
+struct token_key {
+	__u64 k0;               /* SipHash key, little-endian halves of the 16 bytes */
+	__u64 k1;
+	__u32 active;           /* 0: slot unused or retired */
+	__u32 pad;
+};
+
+/* `config` value (index 0). Written by the orchestrator at load. */
+struct relay_config {
+	struct relay_addr public_addr;   /* the VIP clients send to */
+	struct relay_addr private_addr;  /* the relay's address towards transceivers */
+	__be16 public_port;              /* default 3478 */
+	__u8 family;
+	__u8 flags;
+	__u16 port_min;                  /* relay-side port range, host order */
+	__u16 port_max;
+	__u32 public_ifindex;
+	__u32 private_ifindex;
+	__u32 new_flows_per_sec;         /* per source address; 0 = unlimited */
+	__u32 max_flows_per_token;       /* 0 = unlimited */
+	__u64 clock_offset_ns;           /* CLOCK_REALTIME - ktime_get_ns, for token expiry */
+	__u64 flow_idle_ns;              /* a flow unseen this long is treated as gone */
+	__u32 nh_generation;             /* bumped by the orchestrator on neighbour change */
+	__u32 pad;
+};
+
+/* `rate` value: the per-source new-flow window. */
+struct rate_window {
+	__u64 window_start_ns;
+	__u32 count;
+	__u32 pad;
+};
+
+#endif
