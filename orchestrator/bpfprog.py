@@ -111,14 +111,26 @@ def compile_relay(
     pins is the caller's job (see ``unpin_maps``).
 
     The program itself is not loaded here; ``load_relay_fn`` does that.
+    Raises ``orchestrator.maps.MapLayoutError`` when a reused pin has another
+    type or key/value size than this build's map.
     """
     import bcc  # lazy: only the kernel side needs it
 
     if pin_dir is not None:
         Path(pin_dir).mkdir(parents=True, exist_ok=True)
     src = bpf_dir() / RELAY_SOURCE
-    return bcc.BPF(src_file=str(src).encode(), cflags=relay_cflags(overrides, pin_dir),
-                   debug=debug)
+    bpf = bcc.BPF(src_file=str(src).encode(), cflags=relay_cflags(overrides, pin_dir),
+                  debug=debug)
+    if pin_dir is not None:
+        # bcc reuses a pin of the right name whatever its layout: check it.
+        from orchestrator.maps import check_map_layouts
+
+        try:
+            check_map_layouts(bpf)
+        except BaseException:
+            bpf.cleanup()
+            raise
+    return bpf
 
 
 def load_relay_fn(bpf: bcc.BPF) -> object:

@@ -83,6 +83,7 @@ class MapInfo:
     key_size: int
     value_size: int
     max_entries: int
+    map_id: int
 
 
 def map_info(fd: int) -> MapInfo:
@@ -91,12 +92,35 @@ def map_info(fd: int) -> MapInfo:
     with open(f"/proc/self/fdinfo/{fd}") as fdinfo:
         for line in fdinfo:
             name, _, value = line.partition(":")
-            if name in ("map_type", "key_size", "value_size", "max_entries"):
+            if name in ("map_type", "key_size", "value_size", "max_entries", "map_id"):
                 fields[name] = int(value.strip())
-    if len(fields) != 4:
+    if len(fields) != 5:
         raise MapLayoutError(f"fd {fd} is not a BPF map")
     return MapInfo(fields["map_type"], fields["key_size"], fields["value_size"],
-                   fields["max_entries"])
+                   fields["max_entries"], fields["map_id"])
+
+
+def check_map_layouts(tables: Any) -> dict[str, Any]:
+    """Check every relay map's kernel type and key/value sizes against bcc's
+    ctypes types; return ``{name: table}``. Raises MapLayoutError naming the
+    first map that differs (typically a pin left by another build)."""
+    checked = {}
+    for name, expected_type in _MAP_TYPES.items():
+        table = tables[name]
+        info = map_info(table.get_fd())
+        key_size = ctypes.sizeof(table.Key)
+        # bcc's Leaf for a per-CPU map is an array of one value per CPU.
+        value_size = ctypes.sizeof(getattr(table, "sLeaf", table.Leaf))
+        if (info.map_type, info.key_size, info.value_size) != (
+            expected_type, key_size, value_size
+        ):
+            raise MapLayoutError(
+                f"map {name}: kernel has type {info.map_type}, key {info.key_size} B, value "
+                f"{info.value_size} B; this build expects type {expected_type}, key "
+                f"{key_size} B, value {value_size} B (a pin from another build?)"
+            )
+        checked[name] = table
+    return checked
 
 
 # --- byte order helpers ------------------------------------------------------
@@ -210,26 +234,7 @@ class RelayMaps:
     """
 
     def __init__(self, tables: Any) -> None:
-        self._t: dict[str, Any] = {name: tables[name] for name in _MAP_TYPES}
-        for name, table in self._t.items():
-            self._check_layout(name, table)
-
-    @staticmethod
-    def _check_layout(name: str, table: Any) -> None:
-        info = map_info(table.get_fd())
-        key_size = ctypes.sizeof(table.Key)
-        value_size = ctypes.sizeof(table.Leaf)
-        if info.map_type == _BPF_MAP_TYPE_PERCPU_ARRAY:
-            # bcc's Leaf for a per-CPU map is an array of one value per CPU.
-            value_size = ctypes.sizeof(table.sLeaf)
-        if (info.map_type, info.key_size, info.value_size) != (
-            _MAP_TYPES[name], key_size, value_size
-        ):
-            raise MapLayoutError(
-                f"map {name}: kernel has type {info.map_type}, key {info.key_size} B, value "
-                f"{info.value_size} B; this build expects type {_MAP_TYPES[name]}, key "
-                f"{key_size} B, value {value_size} B (a pin from another build?)"
-            )
+        self._t: dict[str, Any] = check_map_layouts(tables)
 
     def table(self, name: str) -> Any:
         """The raw bcc table ``name`` (for tests and tools that need it)."""

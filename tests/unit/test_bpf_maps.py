@@ -1,0 +1,200 @@
+"""orchestrator/maps.py over a real relay program, and pinned-map reuse."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from tests.unit.relay_lab import root_and_bpf_available
+
+pytestmark = pytest.mark.root
+
+_why = root_and_bpf_available()
+if _why is not None:
+    pytest.skip(_why, allow_module_level=True)
+
+from orchestrator import bpfprog  # noqa: E402
+from orchestrator.maps import (  # noqa: E402
+    MapLayoutError,
+    RelayMaps,
+    TransceiverStatus,
+    map_info,
+)
+from orchestrator.verdicts import verdict_names  # noqa: E402
+from tests.unit.packet_table import (  # noqa: E402
+    CLIENT,
+    CLIENT_PORT,
+    DTLS,
+    Context,
+    from_transceiver,
+    open_flow,
+    to_relay,
+)
+from tests.unit.relay_lab import LAB_LIMITS, PRIVATE, VIP, RelayLab, lab_relay_config  # noqa: E402
+from voxrelay.config import RelayConfig  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[RelayLab]:
+    with RelayLab() as relay_lab:
+        yield relay_lab
+
+
+@pytest.fixture
+def pin_dir() -> Iterator[Path]:
+    path = bpfprog.pin_dir_for(f"test-{secrets.token_hex(4)}")
+    root_existed = path.parent.exists()
+    try:
+        yield path
+    finally:
+        bpfprog.unpin_maps(path)
+        if not root_existed:
+            try:
+                path.parent.rmdir()
+            except OSError:  # another user of /sys/fs/bpf/voxrelay appeared meanwhile
+                pass
+        assert not path.exists(), f"pins left behind in {path}"
+
+
+def test_config_round_trip(lab: RelayLab) -> None:
+    relay = RelayConfig(public_port=3479, port_min=30000, port_max=30999, new_flows_per_sec=7,
+                        max_flows_per_token=3, flow_idle_seconds=45)
+    before = lab.maps.read_config()
+    assert before is not None
+    entry = lab.maps.write_config(relay, public_addr=VIP, private_addr=PRIVATE,
+                                  public_ifindex=11, private_ifindex=12,
+                                  clock_offset_ns=123)
+    assert entry.public_addr == VIP and entry.private_addr == PRIVATE
+    assert (entry.public_port, entry.port_min, entry.port_max) == (3479, 30000, 30999)
+    assert (entry.public_ifindex, entry.private_ifindex) == (11, 12)
+    assert (entry.new_flows_per_sec, entry.max_flows_per_token) == (7, 3)
+    assert entry.flow_idle_ns == 45_000_000_000 and entry.clock_offset_ns == 123
+    assert entry.nh_generation == before.nh_generation + 1
+    assert lab.maps.bump_nh_generation() == entry.nh_generation + 1
+    # the kernel sees network order: the raw bytes of public_port are 0x0d97
+    raw = lab.maps.table("config")[lab.maps.table("config").Key(0)]
+    assert bytes(raw)[32:34] == (3479).to_bytes(2, "big")
+    assert bytes(raw)[0:4] == VIP.packed
+    lab.maps.clear_config()
+    assert lab.maps.read_config() is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "addrs", "message"),
+    [
+        ({}, ("0.0.0.0", str(PRIVATE)), "public address must be resolved, got 0.0.0.0"),
+        ({"port_min": 50000, "port_max": 40000}, None, "port range 50000..40000 is not valid"),
+        ({"public_port": 40500}, None, "public_port 40500 lies inside the flow port range"),
+        ({"new_flows_per_sec": -1}, None, "new_flows_per_sec -1 is outside 0..4294967295"),
+    ],
+)
+def test_config_errors(lab: RelayLab, changes: dict, addrs: tuple | None, message: str) -> None:
+    pub, priv = addrs or (str(VIP), str(PRIVATE))
+    with pytest.raises(ValueError) as info:
+        lab.maps.write_config(lab_relay_config(**changes), public_addr=pub, private_addr=priv,
+                              public_ifindex=1, private_ifindex=2)
+    assert str(info.value) == message
+
+
+def test_transceivers_and_keys(lab: RelayLab) -> None:
+    m = lab.maps
+    lab.reset()
+    m.set_transceiver(42, "10.9.8.7")
+    m.set_transceiver(42, "10.9.8.7", TransceiverStatus.DRAINING)  # idempotent update
+    entry = m.transceivers()[42]
+    assert (entry.addr, entry.status) == (IPv4Address("10.9.8.7"), TransceiverStatus.DRAINING)
+    assert m.delete_transceiver(42) is True
+    assert m.delete_transceiver(42) is False
+    assert 42 not in m.transceivers()
+    with pytest.raises(ValueError, match="transceiver address 2001:db8::1 is not IPv4"):
+        m.set_transceiver(43, "2001:db8::1")
+
+    assert m.active_keys() == [1, 2]
+    m.set_key(200, bytes(16))
+    assert m.active_keys() == [1, 2, 200]
+    m.retire_key(200)
+    assert m.active_keys() == [1, 2]
+    with pytest.raises(ValueError, match="token key must be 16 bytes, got 15"):
+        m.set_key(3, bytes(15))
+    with pytest.raises(ValueError, match=r"key id 256 is outside 0..255"):
+        m.set_key(256, bytes(16))
+
+
+def test_flows_stats_and_delete(lab: RelayLab) -> None:
+    lab.reset()
+    ctx = Context(lab)
+    port = open_flow(ctx)
+    lab.run(bytes(to_relay(DTLS)))
+    lab.run(bytes(from_transceiver(DTLS, port)), "vpriv")
+
+    stats = lab.maps.stats()
+    assert list(stats) == verdict_names()
+    assert stats["STAT_RX_TOTAL"] == 3
+    assert (stats["STAT_FWD_NEW_FLOW"], stats["STAT_FWD_TO_TRANSCEIVER"],
+            stats["STAT_FWD_TO_CLIENT"]) == (1, 1, 1)
+    assert lab.maps.stat("STAT_FWD_TO_CLIENT") == 1
+
+    [flow] = lab.maps.flows()
+    assert (flow.client_addr, flow.client_port, flow.relay_port) == (CLIENT, CLIENT_PORT, port)
+    assert flow.transceiver_id == 7 and flow.next_hop is not None
+    [rev] = lab.maps.reverse_entries()
+    assert (rev.relay_port, rev.client_addr, rev.client_port) == (port, CLIENT, CLIENT_PORT)
+    assert rev.next_hop is not None and rev.next_hop.dmac == "02:00:00:00:01:01"
+    assert lab.maps.flow_counts() == {"flows": 1, "reverse": 1, "rate": 0, "token_flows": 0}
+
+    assert lab.maps.delete_flow(CLIENT, CLIENT_PORT) is True
+    assert lab.maps.delete_flow(CLIENT, CLIENT_PORT) is False
+    assert lab.maps.flows() == [] and lab.maps.reverse_entries() == []
+    res = lab.run(bytes(from_transceiver(DTLS, port)), "vpriv")
+    assert res.stat == "STAT_DROP_NO_REVERSE"
+    lab.maps.reset_stats()
+    assert set(lab.maps.stats().values()) == {0}
+
+
+def test_pinned_maps_survive_a_new_compile(pin_dir: Path) -> None:
+    first = bpfprog.compile_relay(LAB_LIMITS, pin_dir)
+    try:
+        assert sorted(p.name for p in pin_dir.iterdir()) == sorted(bpfprog.MAP_NAMES)
+        maps = RelayMaps(first)
+        maps.write_config(lab_relay_config(), public_addr=VIP, private_addr=PRIVATE,
+                          public_ifindex=1, private_ifindex=2, nh_generation=5)
+        maps.set_transceiver(7, "10.77.0.21")
+        maps.set_key(1, bytes(range(16)))
+        second = bpfprog.compile_relay(LAB_LIMITS, pin_dir)
+        try:
+            again = RelayMaps(second)
+            config = again.read_config()
+            assert config is not None and config.nh_generation == 5
+            assert list(again.transceivers()) == [7]
+            assert again.active_keys() == [1]
+            # the same kernel map, not a copy
+            for name in bpfprog.MAP_NAMES:
+                assert map_info(first[name].get_fd()).map_id == \
+                    map_info(second[name].get_fd()).map_id, name
+            # scratch is per program, never pinned
+            assert map_info(first["scratch"].get_fd()).map_id != \
+                map_info(second["scratch"].get_fd()).map_id
+            bpfprog.load_relay_fn(second)  # the verifier accepts it over reused maps
+        finally:
+            second.cleanup()
+    finally:
+        first.cleanup()
+
+
+def test_pin_with_another_layout_is_refused(pin_dir: Path) -> None:
+    import bcc
+
+    pin_dir.mkdir(parents=True)
+    other = bcc.BPF(text=f'BPF_TABLE_PINNED("array", u32, u64, config, 1, "{pin_dir}/config");'
+                    "\nint f(void *c) { return 0; }")
+    other.cleanup()
+    with pytest.raises(MapLayoutError) as info:
+        bpfprog.compile_relay(LAB_LIMITS, pin_dir)
+    assert str(info.value) == (
+        "map config: kernel has type 2, key 4 B, value 8 B; this build expects type 2, "
+        "key 4 B, value 80 B (a pin from another build?)"
+    )
