@@ -505,5 +505,5 @@ class RelayMaps:
 
     def flow_counts(self) -> Mapping[str, int]:
         """Entries in each XDP-written map (walks them: for status, not per packet)."""
-        return {name: sum(1 for _ in self._t[name].keys())
+        return {name: sum(1 for _ in self._t[name])
                 for name in ("flows", "reverse", "rate", "token_flows")}

@@ -21,7 +21,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import Any
+from typing import Any, Self
 
 from orchestrator import bpfprog
 from orchestrator.maps import RelayMaps, TransceiverStatus
@@ -56,8 +56,10 @@ LAB_LIMITS = {"MAX_FLOWS": 8192, "MAX_RATE_SOURCES": 4096, "MAX_TOKENS_TRACKED":
 
 
 def lab_relay_config(**changes: Any) -> RelayConfig:
-    base = dict(public_port=PUBLIC_PORT, port_min=PORT_MIN, port_max=PORT_MAX,
-                new_flows_per_sec=0, max_flows_per_token=0, flow_idle_seconds=120)
+    base: dict[str, Any] = {
+        "public_port": PUBLIC_PORT, "port_min": PORT_MIN, "port_max": PORT_MAX,
+        "new_flows_per_sec": 0, "max_flows_per_token": 0, "flow_idle_seconds": 120,
+    }
     base.update(changes)
     return RelayConfig(**base)
 
@@ -87,7 +89,7 @@ class RelayLab:
 
     # --- lifecycle -------------------------------------------------------------
 
-    def __enter__(self) -> RelayLab:
+    def __enter__(self) -> Self:
         try:
             self._build_netns()
             self.bpf = bpfprog.compile_relay(self._limits)
@@ -204,6 +206,15 @@ class RelayLab:
 
 def stat_names() -> list[str]:
     return [RelayStat(i).name for i in range(len(verdict_names()))]
+
+
+def require_root_and_bpf() -> None:
+    """Skip (saying why) where the lab cannot run; CI's root tier has all of it."""
+    import pytest
+
+    reason = root_and_bpf_available()
+    if reason is not None:
+        pytest.skip(reason)
 
 
 def root_and_bpf_available() -> str | None:

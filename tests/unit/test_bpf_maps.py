@@ -9,23 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.relay_lab import root_and_bpf_available
-
 pytestmark = pytest.mark.root
 
-_why = root_and_bpf_available()
-if _why is not None:
-    pytest.skip(_why, allow_module_level=True)
-
-from orchestrator import bpfprog  # noqa: E402
-from orchestrator.maps import (  # noqa: E402
+from orchestrator import bpfprog
+from orchestrator.maps import (
     MapLayoutError,
     RelayMaps,
     TransceiverStatus,
     map_info,
 )
-from orchestrator.verdicts import verdict_names  # noqa: E402
-from tests.unit.packet_table import (  # noqa: E402
+from orchestrator.verdicts import verdict_names
+from tests.unit.packet_table import (
     CLIENT,
     CLIENT_PORT,
     DTLS,
@@ -34,18 +28,27 @@ from tests.unit.packet_table import (  # noqa: E402
     open_flow,
     to_relay,
 )
-from tests.unit.relay_lab import LAB_LIMITS, PRIVATE, VIP, RelayLab, lab_relay_config  # noqa: E402
-from voxrelay.config import RelayConfig  # noqa: E402
+from tests.unit.relay_lab import (
+    LAB_LIMITS,
+    PRIVATE,
+    VIP,
+    RelayLab,
+    lab_relay_config,
+    require_root_and_bpf,
+)
+from voxrelay.config import RelayConfig
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[RelayLab]:
+    require_root_and_bpf()
     with RelayLab() as relay_lab:
         yield relay_lab
 
 
 @pytest.fixture
 def pin_dir() -> Iterator[Path]:
+    require_root_and_bpf()
     path = bpfprog.pin_dir_for(f"test-{secrets.token_hex(4)}")
     root_existed = path.parent.exists()
     try:

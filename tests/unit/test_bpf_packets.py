@@ -14,19 +14,13 @@ from typing import Any
 
 import pytest
 
-from tests.unit.relay_lab import root_and_bpf_available
-
 pytestmark = pytest.mark.root
 
-_why = root_and_bpf_available()
-if _why is not None:  # collected everywhere, runs only where BPF is possible
-    pytest.skip(_why, allow_module_level=True)
+from scapy.layers.l2 import Ether
 
-from scapy.layers.l2 import Ether  # noqa: E402
-
-from orchestrator.bpfprog import XDP_DROP, XDP_PASS, XDP_REDIRECT, prog_test_run  # noqa: E402
-from orchestrator.verdicts import VERDICT_VALUES, verdict_names  # noqa: E402
-from tests.unit.packet_table import (  # noqa: E402
+from orchestrator.bpfprog import XDP_DROP, XDP_PASS, XDP_REDIRECT, prog_test_run
+from orchestrator.verdicts import VERDICT_VALUES, verdict_names
+from tests.unit.packet_table import (
     DTLS,
     ROWS,
     Context,
@@ -38,11 +32,12 @@ from tests.unit.packet_table import (  # noqa: E402
     to_txr,
     username,
 )
-from tests.unit.relay_lab import RelayLab  # noqa: E402
+from tests.unit.relay_lab import RelayLab, require_root_and_bpf
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[RelayLab]:
+    require_root_and_bpf()
     with RelayLab() as relay_lab:
         yield relay_lab
 
@@ -87,7 +82,7 @@ def test_flow_uses_cached_next_hop_until_generation_changes(lab: RelayLab) -> No
     generation = flow.next_hop.generation
     # Poison the cached MAC: the next packet must use the cache, not the fib.
     table = lab.maps.table("flows")
-    key = next(k for k in table.keys())
+    key = next(iter(table.keys()))
     value = table[key]
     value.nh.dmac[:] = list(bytes.fromhex("02deadbeef01"))
     table[key] = value

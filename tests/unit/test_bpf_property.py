@@ -28,20 +28,14 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from tests.unit.relay_lab import root_and_bpf_available
-
 pytestmark = pytest.mark.root
 
-_why = root_and_bpf_available()
-if _why is not None:
-    pytest.skip(_why, allow_module_level=True)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from orchestrator.bpfprog import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX  # noqa: E402
-from orchestrator.maps import TransceiverStatus  # noqa: E402
-from tests.unit.packet_table import (  # noqa: E402
+from orchestrator.bpfprog import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
+from orchestrator.maps import TransceiverStatus
+from tests.unit.packet_table import (
     ATTR_USERNAME,
     STUN_COOKIE,
     binding_request,
@@ -49,7 +43,7 @@ from tests.unit.packet_table import (  # noqa: E402
     stun_message,
     to_relay,
 )
-from tests.unit.relay_lab import (  # noqa: E402
+from tests.unit.relay_lab import (
     KEY1,
     KEY2,
     PORT_MAX,
@@ -60,8 +54,9 @@ from tests.unit.relay_lab import (  # noqa: E402
     VIP,
     RelayLab,
     lab_relay_config,
+    require_root_and_bpf,
 )
-from voxrelay import token  # noqa: E402
+from voxrelay import token
 
 BATCH = 25
 EXAMPLES = 420
@@ -75,6 +70,7 @@ PRIVATE_BYTES = PRIVATE.packed
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[RelayLab]:
+    require_root_and_bpf()
     with RelayLab() as relay_lab:
         # limits on, so that their drops mix in; flows never go idle here
         relay_lab.reset(lab_relay_config(new_flows_per_sec=20, max_flows_per_token=4))

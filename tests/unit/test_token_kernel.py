@@ -17,18 +17,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.unit.relay_lab import root_and_bpf_available
-
 pytestmark = pytest.mark.root
 
-_why = root_and_bpf_available()
-if _why is not None:
-    pytest.skip(_why, allow_module_level=True)
-
-from orchestrator.verdicts import from_label  # noqa: E402
-from tests.unit.packet_table import binding_request, to_relay  # noqa: E402
-from tests.unit.relay_lab import KEY1, KEY2, RelayLab  # noqa: E402
-from voxrelay import token  # noqa: E402
+from orchestrator.verdicts import from_label
+from tests.unit.packet_table import binding_request, to_relay
+from tests.unit.relay_lab import KEY1, KEY2, RelayLab, require_root_and_bpf
+from voxrelay import token
 
 KEYS = {1: KEY1, 2: KEY2}
 B64 = string.ascii_letters + string.digits + "+/"
@@ -37,6 +31,7 @@ CASES = 1500
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[RelayLab]:
+    require_root_and_bpf()
     with RelayLab() as relay_lab:
         yield relay_lab
 
