@@ -13,8 +13,10 @@ enum relay_stat {
 	STAT_RX_TOTAL = 0,
 
 	/* passed to the kernel stack */
-	STAT_PASS_NOT_RELAY,          /* not UDP to the relay's address and port: untouched */
-	STAT_PASS_NO_NEIGH,           /* forwarded, but the next hop's MAC is unresolved */
+	STAT_PASS_NOT_RELAY,          /* not UDP to the relay's address and port (or a later
+	                               * IPv4 fragment, whose port is unknown): untouched */
+	STAT_PASS_NO_NEIGH,           /* rewritten, but the next hop's MAC is unresolved:
+	                               * passed to the stack, which may resolve it */
 	STAT_PASS_UNCONFIGURED,       /* no config written yet: the relay is inert */
 
 	/* forwarded (XDP_REDIRECT or XDP_TX) */
@@ -23,14 +25,15 @@ enum relay_stat {
 	STAT_FWD_TO_CLIENT,           /* transceiver reply, private -> public */
 
 	/* dropped, by reason */
-	STAT_DROP_TRUNCATED,          /* a header runs past the end of the packet */
+	STAT_DROP_TRUNCATED,          /* UDP to a relay address whose UDP header is cut short */
 	STAT_DROP_IP_OPTIONS,         /* IPv4 header longer than 20 bytes */
 	STAT_DROP_FRAGMENT,           /* IPv4 fragment */
-	STAT_DROP_BAD_LENGTH,         /* IP or UDP length disagrees with the packet */
-	STAT_DROP_NOT_STUN,           /* unknown 5-tuple and not a STUN message */
+	STAT_DROP_BAD_LENGTH,         /* IP or UDP length disagrees with the packet (or IHL < 5) */
+	STAT_DROP_NOT_STUN,           /* unknown 5-tuple and not a well-formed STUN message
+	                               * (cookie, length, attributes inside the message) */
 	STAT_DROP_NOT_BINDING,        /* STUN, but not a Binding Request */
 	STAT_DROP_NO_USERNAME,        /* Binding Request without USERNAME */
-	STAT_DROP_TOKEN_MALFORMED,    /* USERNAME's ufrag is not a version-1 token */
+	STAT_DROP_TOKEN_MALFORMED,    /* USERNAME is not "<32-char version-1 token>:..." */
 	STAT_DROP_TOKEN_UNKNOWN_KEY,  /* token's key id is not active */
 	STAT_DROP_TOKEN_BAD_MAC,      /* forged or altered token */
 	STAT_DROP_TOKEN_EXPIRED,      /* token past its expiry */
@@ -42,7 +45,8 @@ enum relay_stat {
 	STAT_DROP_NO_REVERSE,         /* private side: relay port not allocated */
 	STAT_DROP_SPOOFED_SOURCE,     /* private side: source is not the flow's transceiver */
 	STAT_DROP_FIB_FAIL,           /* no route to the next hop */
-	STAT_DROP_IPV6,               /* IPv6 to the relay: layouts are ready, path is not */
+	STAT_DROP_IPV6,               /* IPv6 to a configured IPv6 relay address, or a token
+	                               * for an IPv6 transceiver: layouts are ready, path is not */
 
 	STAT_MAX
 };

@@ -530,3 +530,39 @@ ROWS: list[Row] = [
     Row("unconfigured relay passes everything", stun_with(mint()), XDP_PASS,
         "STAT_PASS_UNCONFIGURED", setup=_unconfigure),
 ]
+
+
+# --- repeat-N runs (bench) ------------------------------------------------------
+
+# Rows whose first packet changes the state its repetitions would see (it
+# creates a flow, so every later copy is a known flow).
+_NOT_STEADY = {"STAT_FWD_NEW_FLOW", "STAT_PASS_NO_NEIGH", "STAT_DROP_FIB_FAIL"}
+
+
+def steady_rows(rows: list[Row] | None = None) -> list[Row]:
+    """Rows that give the same verdict however often they are repeated."""
+    return [r for r in (rows or ROWS) if r.stat not in _NOT_STEADY]
+
+
+def repeat_row(lab: RelayLab, row: Row, repeat: int) -> int:
+    """Set the row up, run its packet ``repeat`` times, check that every copy
+    got the row's verdict, and return the kernel's mean ns per packet.
+
+    One BPF_PROG_TEST_RUN per copy: with the kernel's own repeat the program
+    would see its rewritten output from the second run on, and live frames
+    reuse pages that hold an earlier rewrite (see prog_test_run). For bench/
+    only: tests make no timing claims."""
+    lab.reset()
+    ctx = Context(lab)
+    if row.setup is not None:
+        row.setup(ctx)
+    pkt = row.packet(ctx)
+    data = pkt if row.raw else bytes(pkt)
+    before = lab.maps.stat(row.stat)
+    total_ns = 0
+    for _ in range(repeat):
+        total_ns += lab.run_raw(data, row.ingress).duration_ns
+    moved = lab.maps.stat(row.stat) - before
+    if moved != repeat:
+        raise AssertionError(f"{row.name}: {moved} of {repeat} copies counted {row.stat}")
+    return total_ns // repeat

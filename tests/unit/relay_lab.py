@@ -190,7 +190,8 @@ class RelayLab:
         return Result(out.retval, next(iter(moved)), out.data_out, moved)
 
     def run_raw(self, packet: bytes, ingress: str = "vpub", repeat: int = 1) -> bpfprog.TestRun:
-        """Run one packet without reading counters (for bulk runs and timing)."""
+        """Run one packet without reading counters (for bulk runs). With
+        ``repeat`` > 1 the kernel runs the program again on its own output."""
         return bpfprog.prog_test_run(self.fd, packet, repeat,
                                      ingress_ifindex=self.ifindex[ingress])
 

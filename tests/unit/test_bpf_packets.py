@@ -152,3 +152,13 @@ def test_rate_window_reopens_after_a_second(lab: RelayLab) -> None:
         table[k] = v
     res = lab.run(bytes(to_relay(binding_request(username(mint())), sport=2001)))
     assert res.stat == "STAT_FWD_NEW_FLOW"
+
+
+def test_steady_rows_repeat_with_the_same_verdict(lab: RelayLab) -> None:
+    """The bench's repeat-N run of the table: each copy gets the row's verdict."""
+    from tests.unit.packet_table import repeat_row, steady_rows
+
+    rows = steady_rows()
+    assert len(rows) >= len(ROWS) - 12
+    for row in rows:
+        repeat_row(lab, row, 50)  # raises if any copy got another verdict
