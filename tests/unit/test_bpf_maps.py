@@ -201,3 +201,13 @@ def test_pin_with_another_layout_is_refused(pin_dir: Path) -> None:
         "map config: kernel has type 2, key 4 B, value 8 B; this build expects type 2, "
         "key 4 B, value 80 B (a pin from another build?)"
     )
+
+
+def test_raised_limits_still_verify() -> None:
+    """Loops are bounded by consts.h limits; the verifier has headroom above the defaults."""
+    require_root_and_bpf()
+    bpf = bpfprog.compile_relay({"MAX_STUN_ATTRS": 64, "PORT_ALLOC_TRIES": 32, "MAX_FLOWS": 1024})
+    try:
+        assert bpfprog.load_relay_fn(bpf).fd >= 0
+    finally:
+        bpf.cleanup()
