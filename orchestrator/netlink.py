@@ -541,3 +541,75 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, interval: floa
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+# --- XDP as netlink sees it ------------------------------------------------------
+
+_XDP_ATTACHED_MODES = {1: "native", 2: "generic", 3: "offload", 4: "multi"}
+
+
+def xdp_attached(ifname: str, netns: str | None = None) -> tuple[str | None, int | None]:
+    """``(mode, prog id)`` of the XDP program on ``ifname``, or ``(None, None)``.
+
+    Mode is "native", "generic", "offload" or "multi" (IFLA_XDP_ATTACHED).
+    This sees programs attached by netlink and by BPF link alike.
+    """
+    with iproute(netns) as ipr:
+        index = _link_index(ipr, ifname)
+        if index is None:
+            raise NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+        (msg,) = ipr.link("get", index=index)
+        xdp = msg.get_attr("IFLA_XDP")
+        if xdp is None:
+            return None, None
+        attached = xdp.get_attr("IFLA_XDP_ATTACHED") or 0
+        if not attached:
+            return None, None
+        prog_id = (xdp.get_attr("IFLA_XDP_PROG_ID") or xdp.get_attr("IFLA_XDP_DRV_PROG_ID")
+                   or xdp.get_attr("IFLA_XDP_SKB_PROG_ID"))
+        return _XDP_ATTACHED_MODES.get(attached, str(attached)), prog_id
+
+
+def set_xdp_fd(
+    ifname: str, prog_fd: int, flags: int, netns: str | None = None, expected_fd: int | None = None
+) -> None:
+    """Attach (``prog_fd`` >= 0) or detach (-1) an XDP program by netlink (IFLA_XDP).
+
+    ``flags`` are XDP_FLAGS_*; pass UPDATE_IF_NOEXIST to refuse replacing,
+    or REPLACE with ``expected_fd`` to act only on that program.
+    """
+    with iproute(netns) as ipr:
+        index = _link_index(ipr, ifname)
+        if index is None:
+            raise NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+        attrs: list[tuple[str, int]] = [("IFLA_XDP_FD", prog_fd), ("IFLA_XDP_FLAGS", flags)]
+        if expected_fd is not None:
+            attrs.append(("IFLA_XDP_EXPECTED_FD", expected_fd))
+        ipr.link("set", index=index, xdp={"attrs": attrs})
+
+
+def route_oif(dst: str, netns: str | None = None) -> tuple[int, str | None]:
+    """``(ifindex, gateway or None)`` the kernel would use to reach ``dst``."""
+    with iproute(netns) as ipr:
+        (route,) = ipr.route("get", dst=dst)
+        return route.get_attr("RTA_OIF"), route.get_attr("RTA_GATEWAY")
+
+
+def prime_neighbour(ip: str, netns: str | None = None) -> tuple[int, str]:
+    """Ask the kernel to resolve the next hop towards ``ip`` now (NTF_USE).
+
+    ``bpf_fib_lookup`` never triggers ARP itself (it answers NO_NEIGH), so
+    the control plane starts resolution when a transceiver appears. An
+    existing entry, permanent or not, is left as it is. Returns the
+    (ifindex, neighbour address) whose resolution was started.
+    """
+    ifindex, gateway = route_oif(ip, netns)
+    hop = gateway or ip
+    with iproute(netns) as ipr:
+        try:
+            ipr.neigh("add", dst=hop, ifindex=ifindex, state=ndmsg.states["none"],
+                      flags=ndmsg.NTF_USE)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+    return ifindex, hop
