@@ -23,6 +23,7 @@ from dataclasses import dataclass
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}[os.uname().machine]
 
 # enum bpf_cmd
+BPF_MAP_CREATE = 0
 BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
@@ -171,6 +172,15 @@ def prog_fd_by_id(prog_id: int) -> int:
     attr = _attr()
     struct.pack_into("=I", attr, 0, prog_id)
     return _bpf(BPF_PROG_GET_FD_BY_ID, attr, f"open program id {prog_id}")
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
+               name: str = "") -> int:
+    """Create a map; returns its fd (used to pin maps that a program did not make)."""
+    attr = _attr()
+    struct.pack_into("=IIII", attr, 0, map_type, key_size, value_size, max_entries)
+    struct.pack_into("=16s", attr, 28, name.encode()[:15])  # map_name
+    return _bpf(BPF_MAP_CREATE, attr, f"create map {name!r}")
 
 
 # --- programs and links ---------------------------------------------------------

@@ -190,7 +190,16 @@ def relay_lock(name: str) -> Iterator[None]:
                 f"relay {name!r} is being loaded, replaced or unloaded by another process "
                 f"(lock {path} is held); wait for it to finish"
             ) from None
-        yield
+        try:
+            yield
+        finally:
+            # Nothing of the relay left (never loaded, failed, or unloaded): drop
+            # the lock file too, still holding the lock. A loader that opened
+            # it meanwhile holds a lock on the unlinked file and then finds the
+            # relay absent, which is also what it would find after waiting.
+            if not _state_path(name).exists() and not pin_dir_for(name).exists():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
     finally:
         os.close(fd)  # releases the flock
 
@@ -312,6 +321,19 @@ def forward_drop_installed(name: str, netns: str | None = None) -> bool:
     out = _nft(None, netns, ["list", "tables"])
     tables = [item["table"]["name"] for item in json.loads(out)["nftables"] if "table" in item]
     return nft_table_name(name) in tables
+
+
+def forward_drop_count(name: str, netns: str | None = None) -> int:
+    """Packets the forward-drop rule has dropped (0 when the table is absent)."""
+    if not forward_drop_installed(name, netns):
+        return 0
+    out = _nft(None, netns, ["list", "table", "inet", nft_table_name(name)])
+    total = 0
+    for item in json.loads(out)["nftables"]:
+        for expr in item.get("rule", {}).get("expr", []):
+            if isinstance(expr, dict) and isinstance(expr.get("counter"), dict):
+                total += int(expr["counter"]["packets"])
+    return total
 
 
 def remove_forward_drop(name: str, netns: str | None = None) -> None:
@@ -472,7 +494,7 @@ def load(
             ipaddress.IPv4Address(addr)
 
         pin_dir = pin_dir_for(relay.name)
-        had_maps = pin_dir.is_dir() and any(pin_dir.iterdir())
+        pins_before = set(os.listdir(pin_dir)) if pin_dir.is_dir() else set()
         made: list[tuple[int, Path]] = []
         bpf: Any = None
         restore: dict[str, str] | None = None
@@ -505,8 +527,7 @@ def load(
                     pin.unlink()
             with contextlib.suppress(OSError):
                 (pin_dir / LINKS_SUBDIR).rmdir()
-            if not had_maps:
-                _unpin_all(relay.name)
+            _unpin_new(relay.name, pins_before)
             if restore is not None:
                 _undo_host(relay.name, restore, netns)
             raise
@@ -591,6 +612,22 @@ def _unpin_all(name: str) -> None:
                               "pins); remove them by hand")
 
 
+def _unpin_new(name: str, before: set[str]) -> None:
+    """After a failed load: remove the map pins that load created, keep older ones."""
+    from orchestrator import bpfprog
+
+    pin_dir = pin_dir_for(name)
+    for map_name in bpfprog.MAP_NAMES:
+        if map_name not in before:
+            with contextlib.suppress(FileNotFoundError):
+                (pin_dir / map_name).unlink()
+    if not before:
+        with contextlib.suppress(OSError):
+            pin_dir.rmdir()
+        with contextlib.suppress(OSError):
+            pin_dir.parent.rmdir()
+
+
 def unload(name: str, *, netns: str | None = None) -> bool:
     """Detach the relay from its interfaces and remove its pins, nft table and state.
 
@@ -614,10 +651,6 @@ def unload(name: str, *, netns: str | None = None) -> bool:
             _undo_host(name, state.sysctl_restore if state else {}, netns)
         with contextlib.suppress(FileNotFoundError):
             _state_path(name).unlink()
-        # Drop the lock file too (nothing is left to protect); a loader that
-        # opened it just now still holds a valid, if unlinked, lock.
-        with contextlib.suppress(FileNotFoundError):
-            (RUN_DIR / f"{name}.lock").unlink()
         return found
 
 

@@ -447,8 +447,9 @@ def set_sysctl(key: str, value: str | int, netns: str | None = None) -> None:
     path = _sysctl_file(key)
 
     def write() -> None:
+        # The newline makes an empty value a real write (clearing a list sysctl).
         with open(path, "w") as f:
-            f.write(str(value))
+            f.write(f"{value}\n")
 
     run_in_netns(netns, write)
 
