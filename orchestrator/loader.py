@@ -349,7 +349,7 @@ def attach_xdp_pass(ifname: str, netns: str | None = None, mode: str = "native")
     interface, which suits lab veths). An XDP_PASS program already there is
     kept; any other program is an error.
     """
-    current_mode, prog_id = netlink.xdp_attached(ifname, netns)
+    _mode, prog_id = netlink.xdp_attached(ifname, netns)
     if prog_id:
         fd = bpfsys.prog_fd_by_id(prog_id)
         try:
@@ -435,7 +435,7 @@ def _compile(relay: RelayConfig, limits: Mapping[str, int] | None) -> tuple[Any,
     except BaseException:
         bpf.cleanup()
         raise
-    return bpf, relay_maps, fn.fd
+    return bpf, relay_maps, int(fn.fd)  # type: ignore[attr-defined]
 
 
 def _write_config(relay_maps: Any, relay: RelayConfig, netns: str | None,
@@ -806,7 +806,7 @@ class NeighbourWatcher:
             self._thread.join(timeout=5)
         self._sock.close()
 
-    def __enter__(self) -> NeighbourWatcher:
+    def __enter__(self) -> NeighbourWatcher:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -175,7 +175,7 @@ class Lab:
 
     # --- lifecycle ----------------------------------------------------------
 
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> Lab:  # noqa: PYI034
         # Teardown first, so that a failure half-way through building (or a
         # Ctrl-C) still removes whatever was made.
         atexit.register(self.close)
@@ -217,7 +217,7 @@ class Lab:
             ns = f"{NETNS_PREFIX}{tag}-{s}"
             netlink.create_netns(ns)
             pub, client_if = netlink.ensure_veth("pub", port, netns=ns, peer_netns=self.client)
-            priv, lan_port = netlink.ensure_veth("priv", port, netns=ns,
+            priv, _ = netlink.ensure_veth("priv", port, netns=ns,
                                                  peer_netns=self.transceiver)
             netlink.set_link_up(port, self.transceiver, master=LAN_BRIDGE)
             netlink.ensure_address("pub", f"{public_net}.1/24", ns)
@@ -247,7 +247,7 @@ class Lab:
             netlink.set_tx_checksum(port, False, self.client)
             netlink.set_tx_checksum(port, False, self.transceiver)
 
-        eth, lan_port = netlink.ensure_veth("eth", "m", netns=self.model,
+        eth, _ = netlink.ensure_veth("eth", "m", netns=self.model,
                                             peer_netns=self.transceiver)
         netlink.set_link_up("m", self.transceiver, master=LAN_BRIDGE)
         netlink.ensure_address("eth", f"{MODEL_ADDRESS}/{LAN_PREFIX}", self.model)
@@ -275,7 +275,7 @@ class Lab:
         for relay_name, ns in zip(self.relay_names(), self.namespaces[3:]):
             try:
                 loader.unload(relay_name, netns=ns if netlink.netns_exists(ns) else None)
-            except Exception as exc:  # keep tearing down; report at the end
+            except Exception as exc:  # noqa: BLE001 - keep tearing down; report at the end
                 errors.append(f"unload {relay_name}: {exc}")
             pin_dir = loader.pin_dir_for(relay_name)
             if pin_dir.exists():
@@ -283,7 +283,7 @@ class Lab:
         for ns in self.namespaces:
             try:
                 netlink.delete_netns(ns)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - keep tearing down; report at the end
                 errors.append(f"delete netns {ns}: {exc}")
         with contextlib.suppress(Exception):
             atexit.unregister(self.close)

@@ -83,9 +83,10 @@ def test_replace_needs_a_loaded_relay(lab: Lab) -> None:
 
 
 def test_concurrent_loader_is_refused(lab: Lab) -> None:
-    with loader.relay_lock(lab.relay.name):
-        with pytest.raises(loader.LoaderBusyError, match="lock .* is held"):
-            lab.load_relay()
+    with loader.relay_lock(lab.relay.name), pytest.raises(
+        loader.LoaderBusyError, match="lock .* is held"
+    ):
+        lab.load_relay()
     assert _xdp_prog_ids(lab) == {"pub": None, "priv": None}
 
 
@@ -160,4 +161,3 @@ def test_neighbour_change_bumps_next_hop_generation(lab: Lab) -> None:
         watcher.stop()
     assert bumps == [generation + 1, generation + 2]
     assert maps.read_config().nh_generation == generation + 2
-    del maps
