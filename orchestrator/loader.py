@@ -838,4 +838,8 @@ def open_maps(name: str, *, limits: Mapping[str, int] | None = None) -> Any:
 def bump_nh_generation(name: str) -> Callable[[], None]:
     """An ``on_change`` for NeighbourWatcher that invalidates relay ``name``'s cached next hops."""
     relay_maps = open_maps(name)
-    return lambda: relay_maps.bump_nh_generation() and None
+
+    def bump() -> None:
+        relay_maps.bump_nh_generation()
+
+    return bump
