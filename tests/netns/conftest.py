@@ -1,0 +1,162 @@
+"""Fixtures for the whole-chain tier: labs of namespaces, a loaded relay, leak checks.
+
+These tests need root and BPF; CI runs them as root. Nothing here skips.
+
+Leak check: every test module snapshots the network namespaces and the
+/sys/fs/bpf tree before it starts and fails if either has grown when it
+ends. On a shared development machine where other work creates namespaces
+or pins at the same time, set VOXRELAY_LEAK_SCOPE=lab to look only at the
+names labs use (vx[crstm]-*, /sys/fs/bpf/voxrelay/lab-*); CI leaves it unset.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import loader, netlink
+from voxrelay import token
+from voxrelay.topology import Lab
+
+BPF_FS = Path("/sys/fs/bpf")
+LAB_NETNS = re.compile(r"^vx[crstm]-[0-9a-f]{6}$")
+LAB_PIN = re.compile(r"^voxrelay(/lab-[0-9a-f]{6}-\d.*)?$")
+TRANSCEIVER_ID = 7
+KEY_ID = 1
+ECHO_PORT = 40000
+
+
+def _bpf_tree() -> set[str]:
+    found = set()
+    for root, dirs, files in os.walk(BPF_FS):
+        for name in dirs + files:
+            found.add(str(Path(root, name).relative_to(BPF_FS)))
+    return found
+
+
+def _snapshot() -> tuple[set[str], set[str]]:
+    netns, pins = set(netlink.list_netns()), _bpf_tree()
+    if os.environ.get("VOXRELAY_LEAK_SCOPE") == "lab":
+        netns = {n for n in netns if LAB_NETNS.match(n)}
+        pins = {p for p in pins if LAB_PIN.match(p)}
+    return netns, pins
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_leaks() -> Iterator[None]:
+    """Fail the module if it leaves a namespace or a bpffs entry behind."""
+    if os.geteuid() != 0:
+        pytest.fail("tests/netns needs root (CI runs it as root)")
+    netns_before, pins_before = _snapshot()
+    yield
+    netns_after, pins_after = _snapshot()
+    leaked = sorted(netns_after - netns_before) + sorted(
+        f"/sys/fs/bpf/{p}" for p in pins_after - pins_before
+    )
+    assert not leaked, f"left behind: {leaked}"
+
+
+def stun_binding_request(ufrag: str, remote: str = "cli1", txid: bytes | None = None) -> bytes:
+    """A STUN Binding Request with USERNAME "<server ufrag>:<client ufrag>" (RFC 8445 7.2.2)."""
+    username = f"{ufrag}:{remote}".encode()
+    attr = struct.pack(">HH", 0x0006, len(username)) + username + b"\0" * (-len(username) % 4)
+    return struct.pack(">HHI", 0x0001, len(attr), 0x2112A442) + (txid or os.urandom(12)) + attr
+
+
+@dataclass
+class EchoServer:
+    """A UDP echo server on a thread, with a socket made inside the transceiver's namespace."""
+
+    sock: socket.socket
+    received: list[tuple[bytes, tuple[str, int]]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.sock.settimeout(0.2)
+
+        def run() -> None:
+            while not self.stop.is_set():
+                try:
+                    data, peer = self.sock.recvfrom(4096)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                self.received.append((data, peer))
+                self.sock.sendto(data, peer)
+
+        self.thread = threading.Thread(target=run, name="echo", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+        self.sock.close()
+
+
+@dataclass
+class RelayLab:
+    """A lab with the relay loaded, a key and a transceiver in its maps, and an echo server."""
+
+    lab: Lab
+    maps: Any
+    key: bytes
+    echo: EchoServer
+
+    TRANSCEIVER_ID = TRANSCEIVER_ID
+    KEY_ID = KEY_ID
+    ECHO_PORT = ECHO_PORT
+
+    @staticmethod
+    def stun(ufrag: str, remote: str = "cli1") -> bytes:
+        return stun_binding_request(ufrag, remote)
+
+    def mint(self, **kwargs: object) -> str:
+        args: dict[str, object] = {"key_id": KEY_ID, "transceiver_id": TRANSCEIVER_ID,
+                                   "port": ECHO_PORT}
+        args.update(kwargs)
+        return token.mint(self.key, **args)  # type: ignore[arg-type]
+
+    def client_socket(self) -> socket.socket:
+        sock = self.lab.socket(self.lab.client)
+        sock.settimeout(2.0)
+        return sock
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.maps.stats())
+
+
+@pytest.fixture(scope="module")
+def relay_lab() -> Iterator[RelayLab]:
+    with Lab() as lab:
+        lab.load_relay()
+        maps = loader.open_maps(lab.relay.name)
+        key = token.new_key()
+        maps.set_key(KEY_ID, key)
+        maps.set_transceiver(TRANSCEIVER_ID, lab.transceiver_lan.address)
+        sock = lab.socket(lab.transceiver)
+        sock.bind((lab.transceiver_lan.address, ECHO_PORT))
+        echo = EchoServer(sock)
+        echo.start()
+        try:
+            yield RelayLab(lab, maps, key, echo)
+        finally:
+            echo.close()
+            del maps  # closes bcc's fds before the lab unpins the maps
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with Lab() as lab:
+        yield lab
