@@ -103,7 +103,8 @@ class ProbeResult:
         return asdict(self)
 
 
-def parse_hostport(value: str, default_port: int) -> tuple[str, int]:
+def parse_hostport(value: str, default_port: int, *, allow_zero: bool = False) -> tuple[str, int]:
+    """"host:port", "[v6]:port" or "host" (default_port); port 0 only for a listen address."""
     host, sep, port = value.rpartition(":")
     if not sep:
         host, port = value, str(default_port)
@@ -111,7 +112,7 @@ def parse_hostport(value: str, default_port: int) -> tuple[str, int]:
         number = int(port)
     except ValueError:
         raise ValueError(f"{value!r} is not host:port") from None
-    if not 1 <= number <= 65535 or not host:
+    if not (0 if allow_zero else 1) <= number <= 65535 or not host:
         raise ValueError(f"{value!r} is not host:port")
     return host.strip("[]"), number
 

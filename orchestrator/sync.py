@@ -166,6 +166,7 @@ class Syncer:
         backoff_min: float = 0.1,
         backoff_max: float = 5.0,
         on_lag: Callable[[float], None] | None = None,
+        ensure_keys: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.directory = directory
@@ -176,6 +177,8 @@ class Syncer:
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self._on_lag = on_lag
+        self.ensure_keys = ensure_keys
+        """Create the first token key on connect if the directory has none."""
         self._clock = clock
         self._hold_deletes_until = 0.0
         self._lag_measured: dict[int, float] = {}
@@ -267,6 +270,8 @@ class Syncer:
             feed = None
             try:
                 feed = await self.directory.follow(self.poll)
+                if self.ensure_keys:
+                    await self.directory.ensure_keyring()
                 if not self.connected:
                     self._hold_deletes_until = time.monotonic() + self.hold
                 await self.reconcile()

@@ -43,3 +43,28 @@ class FakeRelayMaps:
         self.writes.append(("retire_keys", ids))
         for i in ids:
             self.key_slots.pop(i, None)
+
+
+class FakeRelayView(FakeRelayMaps):
+    """Implements orchestrator.relay_view.RelayView in memory."""
+
+    def __init__(self, name: str = "test") -> None:
+        super().__init__()
+        self.name = name
+        self.counters: dict[str, int] = {"rx_total": 0}
+        self.flow_rows: list = []
+        self.capacity = 1024
+        self.flow_count_calls = 0
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.counters)
+
+    def flows(self) -> list:
+        return list(self.flow_rows)
+
+    def flow_count(self) -> int:
+        self.flow_count_calls += 1
+        return len(self.flow_rows)
+
+    def flow_capacity(self) -> int:
+        return self.capacity
