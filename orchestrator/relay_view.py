@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from orchestrator.sync import RelayMaps
+from orchestrator.sync import SyncMaps
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class FlowEntry:
         return asdict(self)
 
 
-class RelayView(RelayMaps, Protocol):
+class RelayView(SyncMaps, Protocol):
     name: str
 
     def stats(self) -> dict[str, int]:

@@ -68,7 +68,7 @@ class Delta:
         )
 
 
-class RelayMaps(Protocol):
+class SyncMaps(Protocol):
     """The map operations the sync needs (orchestrator/relay_maps.py adapts
     the real pinned maps; tests use an in-memory fake)."""
 
@@ -116,7 +116,7 @@ def compute_delta(
     return Delta(upsert, delete, set_keys, retire)
 
 
-def apply_delta(maps: RelayMaps, delta: Delta) -> None:
+def apply_delta(maps: SyncMaps, delta: Delta) -> None:
     """Write ``delta``: new keys before anything that needs them, retired keys
     last, so that no moment exists with no valid key."""
     if delta.set_keys:
@@ -158,7 +158,7 @@ class Syncer:
     def __init__(
         self,
         directory: Directory,
-        maps: RelayMaps,
+        maps: SyncMaps,
         *,
         poll: float = 1.0,
         resync_interval: float = 5.0,

@@ -8,7 +8,7 @@ from orchestrator.sync import MapTransceiver
 
 
 class FakeRelayMaps:
-    """Implements orchestrator.sync.RelayMaps; records every write."""
+    """Implements orchestrator.sync.SyncMaps; records every write."""
 
     def __init__(self) -> None:
         self.txrs: dict[int, MapTransceiver] = {}
