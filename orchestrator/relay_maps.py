@@ -4,7 +4,7 @@
 loading or attaching anything: it compiles relay.c with the pin directory
 (bcc's BPF_TABLE_PINNED then opens each existing pin instead of creating a
 map), with the limits (-D MAX_FLOWS=...) taken from the pinned maps' own
-sizes, checks that every table *is* the pinned map (``loader.check_pinned_maps``)
+sizes, checks that every table *is* the pinned map (same map id)
 and wraps the tables in ``orchestrator.maps.RelayMaps``, the typed view.
 Before compiling it checks that every pin exists, so that opening can never
 create an empty map beside a relay.
@@ -123,7 +123,7 @@ def require_bpf(what: str) -> None:
 
 def open_pinned_relay(name: str) -> BpfRelayView:
     require_bpf("reading the relay's BPF maps")
-    from orchestrator import bpfprog, bpfsys, loader
+    from orchestrator import bpfprog, bpfsys
     from orchestrator.maps import RelayMaps
 
     try:
@@ -149,7 +149,17 @@ def open_pinned_relay(name: str) -> BpfRelayView:
             bpfsys.close(fd)
     bpf = bpfprog.compile_relay(limits, pin_dir)
     try:
-        loader.check_pinned_maps(bpf, pin_dir, bpfprog.MAP_NAMES)
+        # RelayMaps checks each map's type and sizes against this build; here
+        # check that each table is the very map that is pinned (same id).
+        for map_name in bpfprog.MAP_NAMES:
+            table_id = bpfsys.map_info(bpf[map_name.encode()].get_fd()).id
+            fd = bpfsys.obj_get(str(pin_dir / map_name))
+            try:
+                pinned_id = bpfsys.map_info(fd).id
+            finally:
+                bpfsys.close(fd)
+            if table_id != pinned_id:
+                raise RuntimeError(f"map {map_name} (id {table_id}) is not the pinned one (id {pinned_id})")
         view = BpfRelayView(name, RelayMaps(bpf), bpf)
     except Exception as exc:
         bpf.cleanup()
