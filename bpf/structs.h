@@ -2,8 +2,10 @@
  *
  * Python mirror: none by hand. orchestrator/maps.py takes the ctypes types
  * that bcc builds from these structs (table.Key / table.Leaf) and checks
- * their sizes against the sizes asserted below. Keep every struct padded
- * explicitly, so that C and ctypes agree without surprises.
+ * their sizes against the key and value sizes the kernel reports for each
+ * map (which also catches a pinned map from an older layout). The sizes are
+ * asserted at the end of this file. Keep every struct padded explicitly, so
+ * that C and ctypes agree without surprises.
  *
  * Addresses are 16 bytes wide everywhere (IPv4 in addr[0], the rest zero), so
  * that IPv6 needs no map migration. */
@@ -40,6 +42,7 @@ struct flow {
 	__u64 created_ns;            /* bpf_ktime_get_ns() */
 	__u64 last_seen_ns;          /* refreshed per packet; idle flows expire */
 	struct next_hop nh;          /* towards the transceiver */
+	__u32 pad;
 };
 
 /* `reverse` key: the relay-side port (network order), padded to 4 bytes. */
@@ -55,8 +58,10 @@ struct reverse_flow {
 	__be16 txr_port;             /* ...and this port */
 	__u16 pad;
 	__u32 transceiver_id;
-	__u64 last_seen_ns;
+	__u32 pad2;
+	__u64 last_seen_ns;          /* refreshed by the transceiver's packets */
 	struct next_hop nh;          /* towards the client */
+	__u32 pad3;
 };
 
 /* `transceivers` value, keyed by the __u32 transceiver id. Written by the orchestrator. */
@@ -101,5 +106,16 @@ struct rate_window {
 	__u32 count;
 	__u32 pad;
 };
+
+_Static_assert(sizeof(struct relay_addr) == 16, "relay_addr layout");
+_Static_assert(sizeof(struct flow_key) == 20, "flow_key layout");
+_Static_assert(sizeof(struct next_hop) == 20, "next_hop layout");
+_Static_assert(sizeof(struct flow) == 72, "flow layout");
+_Static_assert(sizeof(struct reverse_key) == 4, "reverse_key layout");
+_Static_assert(sizeof(struct reverse_flow) == 80, "reverse_flow layout");
+_Static_assert(sizeof(struct transceiver) == 24, "transceiver layout");
+_Static_assert(sizeof(struct token_key) == 24, "token_key layout");
+_Static_assert(sizeof(struct relay_config) == 80, "relay_config layout");
+_Static_assert(sizeof(struct rate_window) == 16, "rate_window layout");
 
 #endif

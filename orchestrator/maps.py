@@ -1,0 +1,504 @@
+"""A typed view of the relay's BPF maps (bpf/maps.h).
+
+``RelayMaps`` wraps the tables of a ``bcc.BPF`` built by
+``orchestrator.bpfprog.compile_relay`` (with a pin directory, that object
+reopens the pinned maps of a running relay). The orchestrator writes
+``config``, ``keys`` and ``transceivers``; the XDP program writes the flow
+state, which this module only reads (or deletes on request) and returns as
+frozen dataclasses.
+
+The ctypes key and value types come from bcc, which builds them from
+bpf/structs.h; nothing here repeats a struct. ``RelayMaps`` checks each map's
+type, key size and value size as the kernel reports them against those
+ctypes types, and raises ``MapLayoutError`` when they differ (e.g. a pin left
+by an older build).
+
+Byte order: addresses and ports in the maps are in network order, as the
+packet has them; this module converts them to ``IPv4Address`` and ``int``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import ipaddress
+import re
+import socket
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any
+
+from orchestrator.bpfprog import bpf_dir
+from orchestrator.verdicts import STAT_MAX, RelayStat, verdict_names
+from voxrelay.config import RelayConfig
+from voxrelay.token import KEY_BYTES, MAX_KEY_ID
+
+AF_INET = socket.AF_INET.value
+
+# Kernel map types (uapi enum bpf_map_type) as /proc/<pid>/fdinfo reports them.
+_BPF_MAP_TYPE_HASH = 1
+_BPF_MAP_TYPE_ARRAY = 2
+_BPF_MAP_TYPE_PERCPU_ARRAY = 6
+_BPF_MAP_TYPE_LRU_HASH = 9
+
+_MAP_TYPES: dict[str, int] = {
+    "config": _BPF_MAP_TYPE_ARRAY,
+    "keys": _BPF_MAP_TYPE_ARRAY,
+    "transceivers": _BPF_MAP_TYPE_HASH,
+    "flows": _BPF_MAP_TYPE_LRU_HASH,
+    "reverse": _BPF_MAP_TYPE_HASH,
+    "rate": _BPF_MAP_TYPE_LRU_HASH,
+    "token_flows": _BPF_MAP_TYPE_LRU_HASH,
+    "stats": _BPF_MAP_TYPE_PERCPU_ARRAY,
+}
+
+
+def _consts() -> dict[str, int]:
+    text = (bpf_dir() / "consts.h").read_text()
+    return {m[0]: int(m[1], 0) for m in re.findall(r"^#define\s+(TRANSCEIVER_\w+)\s+(\w+)",
+                                                   text, re.MULTILINE)}
+
+
+class TransceiverStatus(enum.IntEnum):
+    """``transceiver.status`` (bpf/consts.h TRANSCEIVER_*): read from the header."""
+
+    ACTIVE = _consts()["TRANSCEIVER_ACTIVE"]
+    """Takes new flows."""
+    DRAINING = _consts()["TRANSCEIVER_DRAINING"]
+    """Keeps its flows but gets no new ones."""
+
+
+class MapLayoutError(RuntimeError):
+    """A map whose kernel type or sizes do not match this build's layout."""
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """What the kernel reports about a map (``/proc/self/fdinfo/<fd>``)."""
+
+    map_type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+
+
+def map_info(fd: int) -> MapInfo:
+    """The kernel's description of the map behind ``fd``."""
+    fields: dict[str, int] = {}
+    with open(f"/proc/self/fdinfo/{fd}") as fdinfo:
+        for line in fdinfo:
+            name, _, value = line.partition(":")
+            if name in ("map_type", "key_size", "value_size", "max_entries"):
+                fields[name] = int(value.strip())
+    if len(fields) != 4:
+        raise MapLayoutError(f"fd {fd} is not a BPF map")
+    return MapInfo(fields["map_type"], fields["key_size"], fields["value_size"],
+                   fields["max_entries"])
+
+
+# --- byte order helpers ------------------------------------------------------
+
+def be32_of(addr: IPv4Address | str) -> int:
+    """The u32 whose memory holds ``addr`` in network order (a ``__be32``)."""
+    return int.from_bytes(IPv4Address(addr).packed, sys.byteorder)
+
+
+def addr_of(be32: int) -> IPv4Address:
+    return IPv4Address(int(be32).to_bytes(4, sys.byteorder))
+
+
+def be16_of(port: int) -> int:
+    """The u16 whose memory holds ``port`` in network order (a ``__be16``)."""
+    return socket.htons(port)
+
+
+def port_of(be16: int) -> int:
+    return socket.ntohs(int(be16))
+
+
+def _mac(raw: Any) -> str:
+    return ":".join(f"{b:02x}" for b in bytes(raw))
+
+
+# --- entries -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConfigEntry:
+    """The ``config`` map's one entry, in host types."""
+
+    public_addr: IPv4Address
+    private_addr: IPv4Address
+    public_port: int
+    port_min: int
+    port_max: int
+    public_ifindex: int
+    private_ifindex: int
+    new_flows_per_sec: int
+    max_flows_per_token: int
+    clock_offset_ns: int
+    flow_idle_ns: int
+    nh_generation: int
+
+
+@dataclass(frozen=True)
+class TransceiverEntry:
+    transceiver_id: int
+    addr: IPv4Address
+    status: TransceiverStatus
+
+
+@dataclass(frozen=True)
+class NextHop:
+    """A cached next hop; valid while ``generation`` is the config's nh_generation."""
+
+    ifindex: int
+    smac: str
+    dmac: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class FlowEntry:
+    """A client flow (``flows``), public side -> transceiver."""
+
+    client_addr: IPv4Address
+    client_port: int
+    transceiver_addr: IPv4Address
+    transceiver_port: int
+    relay_port: int
+    transceiver_id: int
+    token_mac: int
+    created_ns: int
+    last_seen_ns: int
+    next_hop: NextHop | None
+
+
+@dataclass(frozen=True)
+class ReverseEntry:
+    """A relay-side port (``reverse``), transceiver -> client."""
+
+    relay_port: int
+    client_addr: IPv4Address
+    client_port: int
+    transceiver_addr: IPv4Address
+    transceiver_port: int
+    transceiver_id: int
+    last_seen_ns: int
+    next_hop: NextHop | None
+
+
+def _next_hop(nh: Any) -> NextHop | None:
+    if not nh.ifindex:
+        return None
+    return NextHop(nh.ifindex, _mac(nh.smac), _mac(nh.dmac), nh.generation)
+
+
+def monotonic_to_realtime_offset_ns() -> int:
+    """CLOCK_REALTIME - CLOCK_MONOTONIC now: bpf_ktime_get_ns() + this = unix ns."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+class RelayMaps:
+    """Read and write the relay's maps through bcc tables.
+
+    ``tables`` is a ``bcc.BPF`` (or any mapping from map name to bcc table).
+    Every write is idempotent: writing the same value twice leaves the same
+    state.
+    """
+
+    def __init__(self, tables: Any) -> None:
+        self._t: dict[str, Any] = {name: tables[name] for name in _MAP_TYPES}
+        for name, table in self._t.items():
+            self._check_layout(name, table)
+
+    @staticmethod
+    def _check_layout(name: str, table: Any) -> None:
+        info = map_info(table.get_fd())
+        key_size = ctypes.sizeof(table.Key)
+        value_size = ctypes.sizeof(table.Leaf)
+        if info.map_type == _BPF_MAP_TYPE_PERCPU_ARRAY:
+            # bcc's Leaf for a per-CPU map is an array of one value per CPU.
+            value_size = ctypes.sizeof(table.sLeaf)
+        if (info.map_type, info.key_size, info.value_size) != (
+            _MAP_TYPES[name], key_size, value_size
+        ):
+            raise MapLayoutError(
+                f"map {name}: kernel has type {info.map_type}, key {info.key_size} B, value "
+                f"{info.value_size} B; this build expects type {_MAP_TYPES[name]}, key "
+                f"{key_size} B, value {value_size} B (a pin from another build?)"
+            )
+
+    def table(self, name: str) -> Any:
+        """The raw bcc table ``name`` (for tests and tools that need it)."""
+        return self._t[name]
+
+    # --- config --------------------------------------------------------------
+
+    def write_config(
+        self,
+        relay: RelayConfig,
+        *,
+        public_addr: IPv4Address | str,
+        private_addr: IPv4Address | str,
+        public_ifindex: int,
+        private_ifindex: int,
+        nh_generation: int | None = None,
+        clock_offset_ns: int | None = None,
+    ) -> ConfigEntry:
+        """Write ``config[0]`` from ``relay`` and the resolved addresses/ifindexes.
+
+        ``public_addr``/``private_addr`` are the resolved addresses (the
+        config's may be 0.0.0.0, meaning "the interface's first address").
+        ``nh_generation`` defaults to the current one plus one, so that every
+        write drops the cached next hops. ``clock_offset_ns`` defaults to
+        ``monotonic_to_realtime_offset_ns()``.
+        """
+        pub = IPv4Address(public_addr)
+        priv = IPv4Address(private_addr)
+        for label, addr in (("public", pub), ("private", priv)):
+            if addr.is_unspecified:
+                raise ValueError(f"{label} address must be resolved, got {addr}")
+        if not 1 <= relay.public_port <= 65535:
+            raise ValueError(f"public_port {relay.public_port} is outside 1..65535")
+        if not 1 <= relay.port_min <= relay.port_max <= 65535:
+            raise ValueError(f"port range {relay.port_min}..{relay.port_max} is not valid")
+        if relay.port_min <= relay.public_port <= relay.port_max:
+            raise ValueError(f"public_port {relay.public_port} lies inside the flow port range")
+        for label, value in (("new_flows_per_sec", relay.new_flows_per_sec),
+                             ("max_flows_per_token", relay.max_flows_per_token),
+                             ("flow_idle_seconds", relay.flow_idle_seconds)):
+            if not 0 <= value <= 0xFFFFFFFF:
+                raise ValueError(f"{label} {value} is outside 0..4294967295")
+        if nh_generation is None:
+            current = self.read_config()
+            nh_generation = (current.nh_generation + 1) & 0xFFFFFFFF if current else 1
+        table = self._t["config"]
+        leaf = table.Leaf()
+        leaf.public_addr.addr[0] = be32_of(pub)
+        leaf.private_addr.addr[0] = be32_of(priv)
+        leaf.public_port = be16_of(relay.public_port)
+        leaf.family = AF_INET
+        leaf.port_min = relay.port_min
+        leaf.port_max = relay.port_max
+        leaf.public_ifindex = public_ifindex
+        leaf.private_ifindex = private_ifindex
+        leaf.new_flows_per_sec = relay.new_flows_per_sec
+        leaf.max_flows_per_token = relay.max_flows_per_token
+        leaf.clock_offset_ns = (
+            monotonic_to_realtime_offset_ns() if clock_offset_ns is None else clock_offset_ns
+        )
+        leaf.flow_idle_ns = relay.flow_idle_seconds * 1_000_000_000
+        leaf.nh_generation = nh_generation
+        table[table.Key(0)] = leaf
+        entry = self.read_config()
+        assert entry is not None
+        return entry
+
+    def read_config(self) -> ConfigEntry | None:
+        """``config[0]``, or None when nothing has been written (the relay is inert)."""
+        c = self._t["config"][self._t["config"].Key(0)]
+        if not c.public_port:
+            return None
+        return ConfigEntry(
+            public_addr=addr_of(c.public_addr.addr[0]),
+            private_addr=addr_of(c.private_addr.addr[0]),
+            public_port=port_of(c.public_port),
+            port_min=c.port_min,
+            port_max=c.port_max,
+            public_ifindex=c.public_ifindex,
+            private_ifindex=c.private_ifindex,
+            new_flows_per_sec=c.new_flows_per_sec,
+            max_flows_per_token=c.max_flows_per_token,
+            clock_offset_ns=c.clock_offset_ns,
+            flow_idle_ns=c.flow_idle_ns,
+            nh_generation=c.nh_generation,
+        )
+
+    def clear_config(self) -> None:
+        """Zero ``config[0]``: the program passes everything (STAT_PASS_UNCONFIGURED)."""
+        table = self._t["config"]
+        table[table.Key(0)] = table.Leaf()
+
+    def bump_nh_generation(self) -> int:
+        """Invalidate every cached next hop (call on neighbour or route change)."""
+        table = self._t["config"]
+        leaf = table[table.Key(0)]
+        leaf.nh_generation = (leaf.nh_generation + 1) & 0xFFFFFFFF
+        table[table.Key(0)] = leaf
+        return int(leaf.nh_generation)
+
+    # --- transceivers --------------------------------------------------------
+
+    def set_transceiver(
+        self,
+        transceiver_id: int,
+        addr: IPv4Address | str,
+        status: TransceiverStatus = TransceiverStatus.ACTIVE,
+    ) -> None:
+        """Add or update a transceiver (ACTIVE takes new flows, DRAINING keeps its own)."""
+        if not 0 <= transceiver_id <= 0xFFFFFFFF:
+            raise ValueError(f"transceiver id {transceiver_id} is outside 0..4294967295")
+        ip = ipaddress.ip_address(addr)
+        if ip.version != 4:
+            raise ValueError(f"transceiver address {ip} is not IPv4 (IPv6 is not supported yet)")
+        table = self._t["transceivers"]
+        leaf = table.Leaf()
+        leaf.addr.addr[0] = be32_of(ip)  # type: ignore[arg-type]
+        leaf.family = AF_INET
+        leaf.status = TransceiverStatus(status)
+        table[table.Key(transceiver_id)] = leaf
+
+    def delete_transceiver(self, transceiver_id: int) -> bool:
+        """Remove a transceiver; its existing flows keep running. False if absent."""
+        try:
+            del self._t["transceivers"][self._t["transceivers"].Key(transceiver_id)]
+        except KeyError:
+            return False
+        return True
+
+    def transceivers(self) -> dict[int, TransceiverEntry]:
+        return {
+            int(k.value): TransceiverEntry(int(k.value), addr_of(v.addr.addr[0]),
+                                           TransceiverStatus(v.status))
+            for k, v in self._t["transceivers"].items()
+        }
+
+    # --- keys ----------------------------------------------------------------
+
+    def set_key(self, key_id: int, key: bytes) -> None:
+        """Activate ``key`` (16 bytes, as voxrelay.token uses it) under ``key_id``."""
+        if not 0 <= key_id <= MAX_KEY_ID:
+            raise ValueError(f"key id {key_id} is outside 0..{MAX_KEY_ID}")
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"token key must be {KEY_BYTES} bytes, got {len(key)}")
+        table = self._t["keys"]
+        leaf = table.Leaf()
+        leaf.k0 = int.from_bytes(key[:8], "little")
+        leaf.k1 = int.from_bytes(key[8:], "little")
+        leaf.active = 1
+        table[table.Key(key_id)] = leaf
+
+    def retire_key(self, key_id: int) -> None:
+        """Deactivate and wipe ``key_id``: tokens under it stop creating flows."""
+        if not 0 <= key_id <= MAX_KEY_ID:
+            raise ValueError(f"key id {key_id} is outside 0..{MAX_KEY_ID}")
+        table = self._t["keys"]
+        table[table.Key(key_id)] = table.Leaf()
+
+    def active_keys(self) -> list[int]:
+        """Key ids that verify tokens now (never the key material)."""
+        return sorted(int(k.value) for k, v in self._t["keys"].items() if v.active)
+
+    # --- stats ---------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Every counter, summed over CPUs, by C name (``STAT_...``), in enum order."""
+        table = self._t["stats"]
+        return {name: int(table.sum(table.Key(RelayStat[name])).value) for name in verdict_names()}
+
+    def stat(self, stat: RelayStat | str) -> int:
+        """One counter, summed over CPUs."""
+        table = self._t["stats"]
+        index = RelayStat[stat] if isinstance(stat, str) else RelayStat(stat)
+        return int(table.sum(table.Key(index)).value)
+
+    def reset_stats(self) -> None:
+        table = self._t["stats"]
+        zero = table.Leaf()
+        for index in range(STAT_MAX):
+            table[table.Key(index)] = zero
+
+    # --- flow state (written by XDP) -------------------------------------------
+
+    def flows(self) -> list[FlowEntry]:
+        out = []
+        for k, v in self._t["flows"].items():
+            out.append(FlowEntry(
+                client_addr=addr_of(k.addr.addr[0]),
+                client_port=port_of(k.port),
+                transceiver_addr=addr_of(v.txr_addr.addr[0]),
+                transceiver_port=port_of(v.txr_port),
+                relay_port=port_of(v.relay_port),
+                transceiver_id=v.transceiver_id,
+                token_mac=v.token_mac,
+                created_ns=v.created_ns,
+                last_seen_ns=v.last_seen_ns,
+                next_hop=_next_hop(v.nh),
+            ))
+        return sorted(out, key=lambda f: (f.client_addr, f.client_port))
+
+    def flow(self, client_addr: IPv4Address | str, client_port: int) -> FlowEntry | None:
+        """The flow of one client address:port, or None."""
+        for f in self._lookup_flows([(IPv4Address(client_addr), client_port)]):
+            return f
+        return None
+
+    def _flow_key(self, addr: IPv4Address, port: int) -> Any:
+        key = self._t["flows"].Key()
+        key.addr.addr[0] = be32_of(addr)
+        key.port = be16_of(port)
+        key.family = AF_INET
+        return key
+
+    def _lookup_flows(self, clients: Iterable[tuple[IPv4Address, int]]) -> list[FlowEntry]:
+        table = self._t["flows"]
+        out = []
+        for addr, port in clients:
+            try:
+                v = table[self._flow_key(addr, port)]
+            except KeyError:
+                continue
+            out.append(FlowEntry(addr, port, addr_of(v.txr_addr.addr[0]), port_of(v.txr_port),
+                                 port_of(v.relay_port), v.transceiver_id, v.token_mac,
+                                 v.created_ns, v.last_seen_ns, _next_hop(v.nh)))
+        return out
+
+    def reverse_entries(self) -> list[ReverseEntry]:
+        out = []
+        for k, v in self._t["reverse"].items():
+            out.append(ReverseEntry(
+                relay_port=port_of(k.relay_port),
+                client_addr=addr_of(v.client.addr.addr[0]),
+                client_port=port_of(v.client.port),
+                transceiver_addr=addr_of(v.txr_addr.addr[0]),
+                transceiver_port=port_of(v.txr_port),
+                transceiver_id=v.transceiver_id,
+                last_seen_ns=v.last_seen_ns,
+                next_hop=_next_hop(v.nh),
+            ))
+        return sorted(out, key=lambda r: r.relay_port)
+
+    def delete_flow(self, client_addr: IPv4Address | str, client_port: int) -> bool:
+        """End a client's flow and free its relay port. False if there was none."""
+        flows = self._t["flows"]
+        key = self._flow_key(IPv4Address(client_addr), client_port)
+        try:
+            v = flows[key]
+        except KeyError:
+            return False
+        reverse = self._t["reverse"]
+        rkey = reverse.Key(relay_port=v.relay_port)
+        try:
+            r = reverse[rkey]
+            if bytes(r.client) == bytes(key):
+                del reverse[rkey]
+        except KeyError:
+            pass
+        try:
+            del flows[key]
+        except KeyError:
+            return False
+        return True
+
+    def clear_flow_state(self) -> None:
+        """Forget every flow, reverse entry, rate window and token count."""
+        for name in ("flows", "reverse", "rate", "token_flows"):
+            self._t[name].clear()
+
+    def flow_counts(self) -> Mapping[str, int]:
+        """Entries in each XDP-written map (walks them: for status, not per packet)."""
+        return {name: sum(1 for _ in self._t[name].keys())
+                for name in ("flows", "reverse", "rate", "token_flows")}

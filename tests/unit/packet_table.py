@@ -1,0 +1,532 @@
+"""The relay's packet table: one row per path through bpf/relay.c.
+
+Each ``Row`` names the input packet (built with scapy), the map setup before
+it (including earlier packets), the arriving interface, and the expected
+verdict: XDP action and the one counter that moves. Forwarded rows also build
+the expected output packet independently with scapy (addresses, ports, MACs,
+and IP/UDP checksums recomputed from scratch) for a byte-for-byte compare.
+Pass and drop rows expect the packet back untouched.
+
+tests/unit/test_bpf_packets.py runs the table; bench/ may import ``ROWS``
+and ``RelayLab`` for a repeat-N run of the same packets.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any
+
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, Ether
+from scapy.packet import Raw
+
+from orchestrator.bpfprog import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
+from tests.unit.relay_lab import (
+    GATEWAY_MAC,
+    KEY1,
+    KEY2,
+    PORT_MAX,
+    PORT_MIN,
+    PRIVATE,
+    PUBLIC_PORT,
+    TRANSCEIVERS,
+    VIP,
+    VPRIV_MAC,
+    VPUB_MAC,
+    RelayLab,
+    lab_relay_config,
+)
+from voxrelay import token
+
+# --- packet builders ---------------------------------------------------------
+
+STUN_COOKIE = 0x2112A442
+ATTR_USERNAME = 0x0006
+ATTR_PRIORITY = 0x0024
+ATTR_ICE_CONTROLLED = 0x8029
+ATTR_MESSAGE_INTEGRITY = 0x0008
+ATTR_FINGERPRINT = 0x8028
+
+CLIENT = IPv4Address("203.0.113.7")
+CLIENT_PORT = 51000
+WIRE_MAC = "02:00:00:00:09:09"  # whoever sent the frame to the relay
+
+
+def stun_attr(kind: int, value: bytes) -> bytes:
+    return struct.pack(">HH", kind, len(value)) + value + b"\x00" * (-len(value) % 4)
+
+
+def stun_message(
+    attrs: list[tuple[int, bytes]] | None = None,
+    *,
+    msg_type: int = 0x0001,
+    cookie: int = STUN_COOKIE,
+    length_delta: int = 0,
+    tid: bytes | None = None,
+) -> bytes:
+    body = b"".join(stun_attr(k, v) for k, v in (attrs or []))
+    header = struct.pack(">HHI", msg_type, len(body) + length_delta, cookie)
+    return header + (tid if tid is not None else os.urandom(12)) + body
+
+
+def binding_request(username: str | bytes, *, before: int = 0) -> bytes:
+    """A Binding Request as ICE sends it: USERNAME, PRIORITY, ICE-CONTROLLED,
+    MESSAGE-INTEGRITY and FINGERPRINT (the last two are opaque to the relay).
+    ``before`` puts that many PRIORITY attributes ahead of USERNAME."""
+    user = username.encode() if isinstance(username, str) else username
+    attrs = [(ATTR_PRIORITY, struct.pack(">I", 0x6E7F1EFF))] * before
+    attrs += [
+        (ATTR_USERNAME, user),
+        (ATTR_PRIORITY, struct.pack(">I", 0x6E7F1EFF)),
+        (ATTR_ICE_CONTROLLED, os.urandom(8)),
+        (ATTR_MESSAGE_INTEGRITY, os.urandom(20)),
+        (ATTR_FINGERPRINT, os.urandom(4)),
+    ]
+    return stun_message(attrs)
+
+
+def mint(key: bytes = KEY1, *, key_id: int = 1, transceiver_id: int = 7, port: int = 50007,
+         ttl: int = 3600, now: float | None = None) -> str:
+    return token.mint(key, key_id=key_id, transceiver_id=transceiver_id, port=port, ttl=ttl,
+                      now=now)
+
+
+def username(ufrag: str) -> str:
+    return f"{ufrag}:cLnT"
+
+
+def to_relay(payload: bytes, *, src: IPv4Address | str = CLIENT, sport: int = CLIENT_PORT,
+             dst: IPv4Address | str = VIP, dport: int = PUBLIC_PORT, **ip: Any) -> Any:
+    """A client's UDP datagram to the relay's public port (scapy packet)."""
+    return (Ether(src=WIRE_MAC, dst=VPUB_MAC) / IP(src=str(src), dst=str(dst), ttl=57, **ip)
+            / UDP(sport=sport, dport=dport) / Raw(payload))
+
+
+def from_transceiver(payload: bytes, relay_port: int, *, txr: int = 7,
+                     sport: int = 50007, src: IPv4Address | str | None = None) -> Any:
+    """A transceiver's UDP reply to the relay's private address and a relay port."""
+    addr = TRANSCEIVERS[txr][0] if src is None else src
+    return (Ether(src=WIRE_MAC, dst=VPRIV_MAC) / IP(src=str(addr), dst=str(PRIVATE), ttl=64)
+            / UDP(sport=sport, dport=relay_port) / Raw(payload))
+
+
+DTLS = bytes.fromhex("16fefd") + os.urandom(40)   # a DTLS record's first bytes
+SRTP = bytes.fromhex("8078") + os.urandom(90)
+
+
+def rebuilt(pkt: Any, *, smac: str, dmac: str, src: IPv4Address, dst: IPv4Address,
+            sport: int, dport: int) -> bytes:
+    """``pkt`` as the relay should send it, checksums recomputed from scratch."""
+    out = pkt.copy()
+    out[Ether].src, out[Ether].dst = smac, dmac
+    out[IP].src, out[IP].dst = str(src), str(dst)
+    out[UDP].sport, out[UDP].dport = sport, dport
+    del out[IP].chksum
+    del out[UDP].chksum
+    return bytes(out.__class__(bytes(out)))
+
+
+# --- rows --------------------------------------------------------------------
+
+@dataclass
+class Context:
+    """What a row's setup leaves for its packet and expectation."""
+
+    lab: RelayLab
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Row:
+    name: str
+    packet: Callable[[Context], Any]
+    action: int
+    stat: str
+    setup: Callable[[Context], None] | None = None
+    ingress: str = "vpub"
+    expect: Callable[[Context, Any], bytes] | None = None
+    """Expected output bytes; None: the input, untouched."""
+    check: Callable[[Context, Any], None] | None = None
+    """Extra assertions on the map state after the packet."""
+    raw: bool = False
+    """``packet`` returns bytes, not a scapy packet."""
+
+
+def to_txr(ctx: Context, pkt: Any, *, txr: int = 7, port: int = 50007) -> bytes:
+    """Expected output of a public packet forwarded to transceiver ``txr``."""
+    flow = ctx.lab.maps.flow(pkt[IP].src, pkt[UDP].sport)
+    assert flow is not None, "the flow was not created"
+    assert PORT_MIN <= flow.relay_port <= PORT_MAX
+    addr, mac, _ = TRANSCEIVERS[txr]
+    assert flow.transceiver_addr == addr and flow.transceiver_port == port
+    return rebuilt(pkt, smac=VPRIV_MAC, dmac=mac or "", src=PRIVATE, dst=addr,
+                   sport=flow.relay_port, dport=port)
+
+
+def to_client(ctx: Context, pkt: Any) -> bytes:
+    rev = {r.relay_port: r for r in ctx.lab.maps.reverse_entries()}[pkt[UDP].dport]
+    return rebuilt(pkt, smac=VPUB_MAC, dmac=GATEWAY_MAC, src=VIP, dst=rev.client_addr,
+                   sport=PUBLIC_PORT, dport=rev.client_port)
+
+
+def send(ctx: Context, pkt: Any, stat: str, ingress: str = "vpub") -> None:
+    res = ctx.lab.run(bytes(pkt), ingress)
+    assert res.stat == stat, f"setup packet: expected {stat}, got {res.stat}"
+
+
+def open_flow(ctx: Context, *, client: str = str(CLIENT), sport: int = CLIENT_PORT,
+              ufrag: str | None = None) -> int:
+    """Create a flow with a valid Binding Request; returns its relay port."""
+    ufrag = ufrag or ctx.values.setdefault("ufrag", mint())
+    send(ctx, to_relay(binding_request(username(ufrag)), src=client, sport=sport),
+         "STAT_FWD_NEW_FLOW")
+    flow = ctx.lab.maps.flow(client, sport)
+    assert flow is not None
+    return flow.relay_port
+
+
+def with_config(**changes: Any) -> Callable[[Context], None]:
+    def setup(ctx: Context) -> None:
+        ctx.lab.configure(lab_relay_config(**changes))
+    return setup
+
+
+def stun_with(ufrag: str) -> Callable[[Context], Any]:
+    return lambda ctx: to_relay(binding_request(username(ufrag)))
+
+
+def flip(ufrag: str, index: int) -> str:
+    """Change one base64 character (to another valid one)."""
+    c = ufrag[index]
+    return ufrag[:index] + ("B" if c != "B" else "C") + ufrag[index + 1:]
+
+
+def version2_token() -> str:
+    body = struct.pack(">BBIHII", 2, 1, 7, 50007, int(time.time()) + 600, 1)
+    mac = token.siphash24(KEY1, body)
+    import base64
+    return base64.b64encode(body + struct.pack("<Q", mac)).decode()
+
+
+def _check_flow_to(txr: int, port: int = 50007) -> Callable[[Context, Any], None]:
+    def check(ctx: Context, pkt: Any) -> None:
+        flow = ctx.lab.maps.flow(pkt[IP].src, pkt[UDP].sport)
+        assert flow is not None and flow.transceiver_id == txr
+        assert flow.transceiver_port == port
+        rev = {r.relay_port: r for r in ctx.lab.maps.reverse_entries()}[flow.relay_port]
+        assert (rev.client_addr, rev.client_port) == (IPv4Address(pkt[IP].src), pkt[UDP].sport)
+        assert rev.transceiver_addr == TRANSCEIVERS[txr][0] and rev.transceiver_port == port
+        # the next hop is cached in the flow for the packets that follow
+        assert flow.next_hop is not None
+        assert flow.next_hop.dmac == TRANSCEIVERS[txr][1]
+        assert flow.next_hop.smac == VPRIV_MAC
+    return check
+
+
+def _setup_known(ctx: Context) -> None:
+    ctx.values["relay_port"] = open_flow(ctx)
+
+
+def _setup_rebinding(ctx: Context) -> None:
+    ctx.values["ufrag"] = mint()
+    ctx.values["first_port"] = open_flow(ctx, client="203.0.113.7", sport=51000)
+
+
+def _check_rebinding(ctx: Context, pkt: Any) -> None:
+    flows = {(str(f.client_addr), f.client_port): f for f in ctx.lab.maps.flows()}
+    old, new = flows[("203.0.113.7", 51000)], flows[("203.0.113.99", 62000)]
+    assert old.transceiver_id == new.transceiver_id == 7
+    assert old.token_mac == new.token_mac
+    assert old.relay_port != new.relay_port
+    assert len(ctx.lab.maps.reverse_entries()) == 2
+
+
+def _setup_cap(ctx: Context) -> None:
+    ctx.lab.configure(lab_relay_config(max_flows_per_token=2))
+    ctx.values["ufrag"] = mint()
+    open_flow(ctx, client="203.0.113.30")
+    open_flow(ctx, client="203.0.113.31")
+
+
+def _setup_rate(ctx: Context) -> None:
+    ctx.lab.configure(lab_relay_config(new_flows_per_sec=1))
+    open_flow(ctx, sport=1000)
+
+
+def _setup_one_port(ctx: Context) -> None:
+    ctx.lab.configure(lab_relay_config(port_min=40500, port_max=40500))
+    ctx.values["ufrag"] = mint()
+    open_flow(ctx, client="203.0.113.40")
+
+
+def _setup_reclaim(ctx: Context) -> None:
+    _setup_one_port(ctx)
+    ctx.lab.age_all_flows(3600)
+
+
+def _check_reclaim(ctx: Context, pkt: Any) -> None:
+    flows = ctx.lab.maps.flows()
+    assert [(str(f.client_addr), f.relay_port) for f in flows] == [(str(CLIENT), 40500)]
+    assert [r.client_addr for r in ctx.lab.maps.reverse_entries()] == [CLIENT]
+
+
+def _setup_idle(ctx: Context) -> None:
+    ctx.values["relay_port"] = open_flow(ctx)
+    ctx.lab.age_all_flows(3600)
+
+
+def _check_idle_reopened(ctx: Context, pkt: Any) -> None:
+    flow = ctx.lab.maps.flow(CLIENT, CLIENT_PORT)
+    assert flow is not None
+    ports = [r.relay_port for r in ctx.lab.maps.reverse_entries()]
+    assert ports == [flow.relay_port], "the idle flow's old port must be freed"
+
+
+def _setup_retired(ctx: Context) -> None:
+    ctx.lab.maps.retire_key(1)
+
+
+def _setup_ipv6_txr(ctx: Context) -> None:
+    table = ctx.lab.maps.table("transceivers")
+    leaf = table[table.Key(7)]
+    leaf.family = 10
+    table[table.Key(7)] = leaf
+
+
+def _unconfigure(ctx: Context) -> None:
+    ctx.lab.maps.clear_config()
+
+
+def _known_padded(ctx: Context) -> bytes:
+    pkt = to_relay(b"\x17\xfe\xfd" + b"x")  # a 4-byte payload: frame padded to 60
+    frame = bytes(pkt)
+    return frame + b"\x00" * (60 - len(frame))
+
+
+def _expect_padded(ctx: Context, frame: bytes) -> bytes:
+    pkt = Ether(frame[: 14 + 20 + 8 + 4])
+    return to_txr(ctx, pkt) + b"\x00" * (len(frame) - 46)
+
+
+def _no_neigh_expect(ctx: Context, pkt: Any) -> bytes:
+    flow = ctx.lab.maps.flow(pkt[IP].src, pkt[UDP].sport)
+    assert flow is not None and flow.next_hop is None
+    # rewritten for the transceiver; the MACs are left for the stack to fill in
+    return rebuilt(pkt, smac=WIRE_MAC, dmac=VPUB_MAC, src=PRIVATE, dst=TRANSCEIVERS[9][0],
+                   sport=flow.relay_port, dport=50009)
+
+
+def _private_reply(ctx: Context, **kw: Any) -> Any:
+    return from_transceiver(SRTP, ctx.values["relay_port"], **kw)
+
+
+def _no_udp_csum(ctx: Context) -> Any:
+    pkt = to_relay(DTLS)
+    pkt[UDP].chksum = 0
+    return Ether(bytes(pkt))
+
+
+def _expect_no_udp_csum(ctx: Context, pkt: Any) -> bytes:
+    expected = Ether(to_txr(ctx, pkt))
+    expected[UDP].chksum = 0
+    return bytes(expected)
+
+
+def _first_fragment(ctx: Context) -> Any:
+    return to_relay(binding_request(username(mint())), flags="MF")
+
+
+def _later_fragment(ctx: Context) -> Any:
+    pkt = to_relay(b"\x00" * 16, frag=100)
+    return pkt
+
+
+def _ip_options(ctx: Context) -> Any:
+    from scapy.layers.inet import IPOption_RR
+    return to_relay(binding_request(username(mint())), options=[IPOption_RR()])
+
+
+def _truncated_udp(ctx: Context) -> bytes:
+    return bytes(to_relay(b""))[: 14 + 20 + 4]
+
+
+def _ip_len_too_long(ctx: Context) -> Any:
+    pkt = to_relay(binding_request(username(mint())))
+    pkt[IP].len = len(pkt[IP]) + 40
+    return Ether(bytes(pkt))
+
+
+def _udp_len_wrong(ctx: Context) -> Any:
+    pkt = to_relay(binding_request(username(mint())))
+    pkt[UDP].len = len(pkt[UDP]) - 4
+    return Ether(bytes(pkt))
+
+
+def _truncated_ip(ctx: Context) -> bytes:
+    return bytes(to_relay(b""))[: 14 + 12]
+
+
+ROWS: list[Row] = [
+    # --- new flows ---
+    Row("valid token opens a flow and goes to its transceiver",
+        stun_with(mint()), XDP_REDIRECT, "STAT_FWD_NEW_FLOW",
+        expect=to_txr, check=_check_flow_to(7)),
+    Row("USERNAME after other attributes is still found",
+        lambda ctx: to_relay(binding_request(username(mint(transceiver_id=8, port=50111)),
+                                             before=3)),
+        XDP_REDIRECT, "STAT_FWD_NEW_FLOW",
+        expect=lambda ctx, pkt: to_txr(ctx, pkt, txr=8, port=50111),
+        check=_check_flow_to(8, 50111)),
+    Row("second active key (rotation) opens a flow too",
+        stun_with(mint(KEY2, key_id=2)), XDP_REDIRECT, "STAT_FWD_NEW_FLOW", expect=to_txr),
+    Row("NAT rebinding: same token from a new address makes a new flow, same transceiver",
+        lambda ctx: to_relay(binding_request(username(ctx.values["ufrag"])),
+                             src="203.0.113.99", sport=62000),
+        XDP_REDIRECT, "STAT_FWD_NEW_FLOW", setup=_setup_rebinding, expect=to_txr,
+        check=_check_rebinding),
+    Row("egress interface == ingress interface: XDP_TX",
+        stun_with(mint()), XDP_TX, "STAT_FWD_NEW_FLOW", ingress="vpriv", expect=to_txr),
+    Row("an idle flow's port is reclaimed when the port range is full",
+        stun_with(mint()), XDP_REDIRECT, "STAT_FWD_NEW_FLOW", setup=_setup_reclaim,
+        expect=to_txr, check=_check_reclaim),
+    Row("an idle flow is gone: a new Binding Request reopens it and frees the old port",
+        stun_with(mint()), XDP_REDIRECT, "STAT_FWD_NEW_FLOW", setup=_setup_idle,
+        expect=to_txr, check=_check_idle_reopened),
+    # --- known flows ---
+    Row("known flow: DTLS is forwarded whatever the payload",
+        lambda ctx: to_relay(DTLS), XDP_REDIRECT, "STAT_FWD_TO_TRANSCEIVER",
+        setup=_setup_known, expect=to_txr),
+    Row("known flow: a later STUN request (no token check) is forwarded",
+        lambda ctx: to_relay(binding_request("not-a-token:x")), XDP_REDIRECT,
+        "STAT_FWD_TO_TRANSCEIVER", setup=_setup_known, expect=to_txr),
+    Row("known flow: UDP checksum 0 (none) stays 0",
+        _no_udp_csum, XDP_REDIRECT, "STAT_FWD_TO_TRANSCEIVER", setup=_setup_known,
+        expect=_expect_no_udp_csum),
+    Row("known flow: Ethernet padding after a short datagram is kept",
+        _known_padded, XDP_REDIRECT, "STAT_FWD_TO_TRANSCEIVER", setup=_setup_known,
+        expect=_expect_padded, raw=True),
+    Row("known idle flow: treated as absent, non-STUN is dropped",
+        lambda ctx: to_relay(DTLS), XDP_DROP, "STAT_DROP_NOT_STUN", setup=_setup_idle),
+    # --- private side ---
+    Row("transceiver reply goes to the client from VIP:3478",
+        _private_reply, XDP_REDIRECT, "STAT_FWD_TO_CLIENT", setup=_setup_known,
+        ingress="vpriv", expect=to_client),
+    Row("reply to an unallocated relay port is dropped",
+        lambda ctx: from_transceiver(SRTP, 40999 if ctx.values["relay_port"] != 40999
+                                     else 40998),
+        XDP_DROP, "STAT_DROP_NO_REVERSE", setup=_setup_known, ingress="vpriv"),
+    Row("reply from another transceiver address is spoofed",
+        lambda ctx: _private_reply(ctx, src="10.77.0.22"), XDP_DROP,
+        "STAT_DROP_SPOOFED_SOURCE", setup=_setup_known, ingress="vpriv"),
+    Row("reply from another port of the right transceiver is spoofed",
+        lambda ctx: _private_reply(ctx, sport=50008), XDP_DROP, "STAT_DROP_SPOOFED_SOURCE",
+        setup=_setup_known, ingress="vpriv"),
+    # --- header drops ---
+    Row("UDP header cut short", _truncated_udp, XDP_DROP, "STAT_DROP_TRUNCATED", raw=True),
+    Row("IPv4 options", _ip_options, XDP_DROP, "STAT_DROP_IP_OPTIONS"),
+    Row("first fragment", _first_fragment, XDP_DROP, "STAT_DROP_FRAGMENT"),
+    Row("IP total length beyond the frame", _ip_len_too_long, XDP_DROP,
+        "STAT_DROP_BAD_LENGTH"),
+    Row("UDP length disagrees with IP", _udp_len_wrong, XDP_DROP, "STAT_DROP_BAD_LENGTH"),
+    # --- STUN drops ---
+    Row("unknown client, DTLS first: not STUN", lambda ctx: to_relay(DTLS), XDP_DROP,
+        "STAT_DROP_NOT_STUN"),
+    Row("payload shorter than a STUN header", lambda ctx: to_relay(b"\x00\x01\x00\x00"),
+        XDP_DROP, "STAT_DROP_NOT_STUN"),
+    Row("wrong magic cookie",
+        lambda ctx: to_relay(stun_message([(ATTR_USERNAME, username(mint()).encode())],
+                                          cookie=0x2112A443)),
+        XDP_DROP, "STAT_DROP_NOT_STUN"),
+    Row("STUN length disagrees with UDP",
+        lambda ctx: to_relay(stun_message([(ATTR_USERNAME, username(mint()).encode())],
+                                          length_delta=4)),
+        XDP_DROP, "STAT_DROP_NOT_STUN"),
+    Row("attribute runs past the message",
+        lambda ctx: to_relay(struct.pack(">HHI", 1, 8, STUN_COOKIE) + os.urandom(12)
+                             + struct.pack(">HH", ATTR_PRIORITY, 12) + b"\x00" * 4),
+        XDP_DROP, "STAT_DROP_NOT_STUN"),
+    Row("Binding success response, not a request",
+        lambda ctx: to_relay(stun_message([(ATTR_USERNAME, username(mint()).encode())],
+                                          msg_type=0x0101)),
+        XDP_DROP, "STAT_DROP_NOT_BINDING"),
+    Row("Binding indication, not a request",
+        lambda ctx: to_relay(stun_message([], msg_type=0x0011)), XDP_DROP,
+        "STAT_DROP_NOT_BINDING"),
+    Row("Binding Request without USERNAME",
+        lambda ctx: to_relay(stun_message([(ATTR_PRIORITY, b"\x00" * 4)] * 3)), XDP_DROP,
+        "STAT_DROP_NO_USERNAME"),
+    # --- token drops ---
+    Row("ufrag too short", stun_with("abcd"), XDP_DROP, "STAT_DROP_TOKEN_MALFORMED"),
+    Row("USERNAME without ':' after 32 chars",
+        lambda ctx: to_relay(binding_request(mint() + "x")), XDP_DROP,
+        "STAT_DROP_TOKEN_MALFORMED"),
+    Row("ufrag with a non-base64 character",
+        lambda ctx: to_relay(binding_request(username("-" + mint()[1:]))), XDP_DROP,
+        "STAT_DROP_TOKEN_MALFORMED"),
+    Row("token version 2", lambda ctx: to_relay(binding_request(username(version2_token()))),
+        XDP_DROP, "STAT_DROP_TOKEN_MALFORMED"),
+    Row("token key id not in the map", stun_with(mint(key_id=3)), XDP_DROP,
+        "STAT_DROP_TOKEN_UNKNOWN_KEY"),
+    Row("token key retired", stun_with(mint()), XDP_DROP, "STAT_DROP_TOKEN_UNKNOWN_KEY",
+        setup=_setup_retired),
+    Row("token MAC altered", lambda ctx: to_relay(binding_request(username(flip(mint(), 25)))),
+        XDP_DROP, "STAT_DROP_TOKEN_BAD_MAC"),
+    Row("token body altered (port)",
+        lambda ctx: to_relay(binding_request(username(flip(mint(), 9)))), XDP_DROP,
+        "STAT_DROP_TOKEN_BAD_MAC"),
+    Row("token signed with another key under key id 1",
+        stun_with(mint(KEY2, key_id=1)), XDP_DROP, "STAT_DROP_TOKEN_BAD_MAC"),
+    Row("token expired", stun_with(mint(ttl=60, now=time.time() - 3600)), XDP_DROP,
+        "STAT_DROP_TOKEN_EXPIRED"),
+    # --- transceiver and limit drops ---
+    Row("token names an unknown transceiver", stun_with(mint(transceiver_id=99)), XDP_DROP,
+        "STAT_DROP_TRANSCEIVER_UNKNOWN"),
+    Row("draining transceiver takes no new flows", stun_with(mint(transceiver_id=11)),
+        XDP_DROP, "STAT_DROP_TRANSCEIVER_DRAINING"),
+    Row("IPv6 transceiver: path not ready", stun_with(mint()), XDP_DROP, "STAT_DROP_IPV6",
+        setup=_setup_ipv6_txr),
+    Row("second new flow from one address within a second: rate limited",
+        lambda ctx: to_relay(binding_request(username(mint())), sport=1001), XDP_DROP,
+        "STAT_DROP_RATE_LIMITED", setup=_setup_rate),
+    Row("third flow of one token: flow cap",
+        lambda ctx: to_relay(binding_request(username(ctx.values["ufrag"])),
+                             src="203.0.113.32"),
+        XDP_DROP, "STAT_DROP_TOKEN_FLOW_CAP", setup=_setup_cap),
+    Row("no free relay port", stun_with(mint()), XDP_DROP, "STAT_DROP_PORT_EXHAUSTED",
+        setup=_setup_one_port),
+    # --- next hop ---
+    Row("transceiver neighbour unresolved: rewritten, passed to the stack",
+        stun_with(mint(transceiver_id=9, port=50009)), XDP_PASS, "STAT_PASS_NO_NEIGH",
+        expect=_no_neigh_expect),
+    Row("no route to the transceiver", stun_with(mint(transceiver_id=10)), XDP_DROP,
+        "STAT_DROP_FIB_FAIL"),
+    # --- not for the relay ---
+    Row("TCP to VIP:3478 passes", lambda ctx: Ether(dst=VPUB_MAC) / IP(dst=str(VIP))
+        / TCP(dport=PUBLIC_PORT), XDP_PASS, "STAT_PASS_NOT_RELAY"),
+    Row("UDP to another port of the VIP passes",
+        lambda ctx: to_relay(binding_request(username(mint())), dport=53), XDP_PASS,
+        "STAT_PASS_NOT_RELAY"),
+    Row("UDP to another address passes",
+        lambda ctx: to_relay(binding_request(username(mint())), dst="198.51.100.77"),
+        XDP_PASS, "STAT_PASS_NOT_RELAY"),
+    Row("UDP to the private address outside the port range passes",
+        lambda ctx: from_transceiver(SRTP, PORT_MAX + 1), XDP_PASS, "STAT_PASS_NOT_RELAY",
+        ingress="vpriv"),
+    Row("ARP passes", lambda ctx: Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst=str(VIP)),
+        XDP_PASS, "STAT_PASS_NOT_RELAY"),
+    Row("IPv6 UDP to port 3478 passes (no IPv6 relay address configured)",
+        lambda ctx: Ether(dst=VPUB_MAC) / IPv6(dst="2001:db8::1") / UDP(dport=PUBLIC_PORT)
+        / Raw(binding_request("x:y")), XDP_PASS, "STAT_PASS_NOT_RELAY"),
+    Row("a later fragment (no UDP header) passes; its first fragment was dropped",
+        _later_fragment, XDP_PASS, "STAT_PASS_NOT_RELAY"),
+    Row("IPv4 header cut short passes (its destination is unknown)", _truncated_ip, XDP_PASS,
+        "STAT_PASS_NOT_RELAY", raw=True),
+    Row("unconfigured relay passes everything", stun_with(mint()), XDP_PASS,
+        "STAT_PASS_UNCONFIGURED", setup=_unconfigure),
+]

@@ -1,0 +1,218 @@
+"""A loaded relay program in a private network namespace, for PROG_TEST_RUN.
+
+``RelayLab`` builds a uniquely named namespace holding the relay's two
+interfaces (veth pairs), their addresses, routes and permanent neighbours,
+enters it with the calling thread (BPF_PROG_TEST_RUN looks up the ingress
+interface and runs bpf_fib_lookup in the caller's namespace), compiles and
+loads bpf/relay.c once, and removes everything on ``close()``. The packet
+table (packet_table.py), the property test and the bench reuse it.
+
+Topology (all inside the namespace)::
+
+    client 203.0.113.0/24 --(gateway 198.51.100.1)-- vpub 198.51.100.10 = VIP
+    vpriv 10.77.0.1 --- transceivers 10.77.0.21 (id 7), .22 (id 8), .23 (id 11, draining)
+                        10.77.0.99 (id 9): no neighbour entry  -> PASS_NO_NEIGH
+                        192.0.2.50 (id 10): blackhole route     -> DROP_FIB_FAIL
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any
+
+from orchestrator import bpfprog
+from orchestrator.maps import RelayMaps, TransceiverStatus
+from orchestrator.verdicts import RelayStat, verdict_names
+from voxrelay.config import RelayConfig
+
+VIP = IPv4Address("198.51.100.10")
+GATEWAY = IPv4Address("198.51.100.1")
+PRIVATE = IPv4Address("10.77.0.1")
+PUBLIC_PORT = 3478
+PORT_MIN, PORT_MAX = 40000, 40999
+
+VPUB_MAC = "02:00:00:00:00:0a"
+VPRIV_MAC = "02:00:00:00:00:0b"
+GATEWAY_MAC = "02:00:00:00:01:01"
+
+# transceiver id -> (address, MAC of its neighbour entry or None, status)
+TRANSCEIVERS: dict[int, tuple[IPv4Address, str | None, TransceiverStatus]] = {
+    7: (IPv4Address("10.77.0.21"), "02:00:00:00:02:21", TransceiverStatus.ACTIVE),
+    8: (IPv4Address("10.77.0.22"), "02:00:00:00:02:22", TransceiverStatus.ACTIVE),
+    9: (IPv4Address("10.77.0.99"), None, TransceiverStatus.ACTIVE),
+    10: (IPv4Address("192.0.2.50"), None, TransceiverStatus.ACTIVE),
+    11: (IPv4Address("10.77.0.23"), "02:00:00:00:02:23", TransceiverStatus.DRAINING),
+}
+BLACKHOLE = "192.0.2.0/24"
+
+KEY1 = bytes(range(16))
+KEY2 = bytes(range(100, 116))
+
+# Small maps: the lab needs few entries and the host's memory is shared.
+LAB_LIMITS = {"MAX_FLOWS": 8192, "MAX_RATE_SOURCES": 4096, "MAX_TOKENS_TRACKED": 4096}
+
+
+def lab_relay_config(**changes: Any) -> RelayConfig:
+    base = dict(public_port=PUBLIC_PORT, port_min=PORT_MIN, port_max=PORT_MAX,
+                new_flows_per_sec=0, max_flows_per_token=0, flow_idle_seconds=120)
+    base.update(changes)
+    return RelayConfig(**base)
+
+
+@dataclass
+class Result:
+    """One packet's run: the XDP action, the one counter it moved, the bytes out."""
+
+    action: int
+    stat: str
+    data_out: bytes
+    moved: dict[str, int] = field(default_factory=dict)
+
+
+class RelayLab:
+    """Namespace + veths + loaded relay. Use as a context manager."""
+
+    def __init__(self, limits: dict[str, int] | None = None) -> None:
+        self.netns = f"vxk-{secrets.token_hex(4)}"
+        self._entered = False
+        self._created = False
+        self.bpf: Any = None
+        self.fd = -1
+        self.maps: RelayMaps
+        self.ifindex: dict[str, int] = {}
+        self._limits = limits or LAB_LIMITS
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def __enter__(self) -> RelayLab:
+        try:
+            self._build_netns()
+            self.bpf = bpfprog.compile_relay(self._limits)
+            self.fd = bpfprog.load_relay_fn(self.bpf).fd
+            self.maps = RelayMaps(self.bpf)
+            self.reset()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        from pyroute2 import netns
+
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+        if self._entered:
+            netns.popns()
+            self._entered = False
+        if self._created:
+            netns.remove(self.netns)
+            self._created = False
+
+    def _build_netns(self) -> None:
+        from pyroute2 import IPRoute, netns
+
+        netns.create(self.netns)
+        self._created = True
+        netns.pushns(self.netns)
+        self._entered = True
+        with IPRoute() as ipr:
+            lo = ipr.link_lookup(ifname="lo")[0]
+            ipr.link("set", index=lo, state="up")
+            for name, peer, mac in (("vpub", "vpubp", VPUB_MAC), ("vpriv", "vprivp", VPRIV_MAC)):
+                ipr.link("add", ifname=name, kind="veth", peer=peer)
+                idx = ipr.link_lookup(ifname=name)[0]
+                ipr.link("set", index=idx, address=mac)
+                ipr.link("set", index=idx, state="up")
+                ipr.link("set", index=ipr.link_lookup(ifname=peer)[0], state="up")
+                self.ifindex[name] = idx
+            ipr.addr("add", index=self.ifindex["vpub"], address=str(VIP), prefixlen=24)
+            ipr.addr("add", index=self.ifindex["vpriv"], address=str(PRIVATE), prefixlen=24)
+            ipr.route("add", dst="0.0.0.0/0", gateway=str(GATEWAY))
+            ipr.route("add", dst=BLACKHOLE, type="blackhole")
+            ipr.neigh("add", dst=str(GATEWAY), lladdr=GATEWAY_MAC,
+                      ifindex=self.ifindex["vpub"], state=0x80)  # NUD_PERMANENT
+            for addr, mac, _ in TRANSCEIVERS.values():
+                if mac is not None:
+                    ipr.neigh("add", dst=str(addr), lladdr=mac,
+                              ifindex=self.ifindex["vpriv"], state=0x80)
+        # bpf_fib_lookup answers FWD_DISABLED unless forwarding is on (this
+        # netns only: /proc/sys/net follows the writer's namespace).
+        with open("/proc/sys/net/ipv4/conf/all/forwarding", "w") as f:
+            f.write("1")
+
+    # --- state -------------------------------------------------------------------
+
+    def reset(self, relay: RelayConfig | None = None) -> None:
+        """Default config, keys 1 and 2, every lab transceiver; no flows; zero stats."""
+        m = self.maps
+        m.clear_flow_state()
+        m.reset_stats()
+        for key_id in m.active_keys():
+            m.retire_key(key_id)
+        for tid in list(m.transceivers()):
+            m.delete_transceiver(tid)
+        self.configure(relay or lab_relay_config())
+        m.set_key(1, KEY1)
+        m.set_key(2, KEY2)
+        for tid, (addr, _, status) in TRANSCEIVERS.items():
+            m.set_transceiver(tid, addr, status)
+
+    def configure(self, relay: RelayConfig) -> None:
+        self.maps.write_config(relay, public_addr=VIP, private_addr=PRIVATE,
+                               public_ifindex=self.ifindex["vpub"],
+                               private_ifindex=self.ifindex["vpriv"])
+
+    # --- running packets -----------------------------------------------------------
+
+    def run(self, packet: bytes, ingress: str = "vpub") -> Result:
+        """Run one packet arriving on ``ingress``; report the counter it moved.
+
+        Raises AssertionError unless STAT_RX_TOTAL moved by one and exactly
+        one other counter moved by one: the program's accounting contract.
+        """
+        before = self.maps.stats()
+        out = bpfprog.prog_test_run(self.fd, packet, ingress_ifindex=self.ifindex[ingress])
+        after = self.maps.stats()
+        moved = {n: after[n] - before[n] for n in verdict_names() if after[n] != before[n]}
+        total = moved.pop("STAT_RX_TOTAL", 0)
+        assert total == 1 and len(moved) == 1 and list(moved.values()) == [1], (
+            f"accounting broken: rx_total +{total}, others {moved}"
+        )
+        return Result(out.retval, next(iter(moved)), out.data_out, moved)
+
+    def run_fast(self, packet: bytes, ingress: str = "vpub") -> int:
+        """Run one packet without reading counters; returns the XDP action."""
+        return bpfprog.prog_test_run(self.fd, packet, ingress_ifindex=self.ifindex[ingress]).retval
+
+    def age_all_flows(self, seconds: float) -> None:
+        """Move every flow's and reverse entry's last_seen ``seconds`` into the past."""
+        delta = int(seconds * 1e9)
+        for name in ("flows", "reverse"):
+            table = self.maps.table(name)
+            for k, v in list(table.items()):
+                v.last_seen_ns = max(0, v.last_seen_ns - delta)
+                table[k] = v
+
+
+def stat_names() -> list[str]:
+    return [RelayStat(i).name for i in range(len(verdict_names()))]
+
+
+def root_and_bpf_available() -> str | None:
+    """None when the lab can run here, else the reason it cannot."""
+    if os.geteuid() != 0:
+        return "needs root (BPF, network namespaces)"
+    try:
+        import bcc  # noqa: F401
+        import pyroute2  # noqa: F401
+        import scapy  # noqa: F401
+    except ImportError as exc:
+        return f"missing module: {exc.name}"
+    return None

@@ -1,0 +1,159 @@
+"""The packet table (packet_table.py) through BPF_PROG_TEST_RUN.
+
+One relay program is loaded in a private network namespace (relay_lab.py);
+before each row the maps go back to the lab defaults, then the row's setup
+runs, then its packet. Each row asserts the XDP action, the one counter that
+moved (RelayLab.run also checks that exactly one did, besides rx_total), and
+the output bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.unit.relay_lab import root_and_bpf_available
+
+pytestmark = pytest.mark.root
+
+_why = root_and_bpf_available()
+if _why is not None:  # collected everywhere, runs only where BPF is possible
+    pytest.skip(_why, allow_module_level=True)
+
+from scapy.layers.l2 import Ether  # noqa: E402
+
+from orchestrator.bpfprog import XDP_DROP, XDP_PASS, XDP_REDIRECT, prog_test_run  # noqa: E402
+from orchestrator.verdicts import VERDICT_VALUES, verdict_names  # noqa: E402
+from tests.unit.packet_table import (  # noqa: E402
+    DTLS,
+    ROWS,
+    Context,
+    Row,
+    binding_request,
+    mint,
+    open_flow,
+    to_relay,
+    to_txr,
+    username,
+)
+from tests.unit.relay_lab import RelayLab  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[RelayLab]:
+    with RelayLab() as relay_lab:
+        yield relay_lab
+
+
+def _diff(got: bytes, want: bytes) -> str:
+    return (f"\n got: {Ether(got).summary()}\n{got.hex()}\n"
+            f"want: {Ether(want).summary()}\n{want.hex()}")
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
+def test_row(lab: RelayLab, row: Row) -> None:
+    lab.reset()
+    ctx = Context(lab)
+    if row.setup is not None:
+        row.setup(ctx)
+    pkt: Any = row.packet(ctx)
+    data = pkt if row.raw else bytes(pkt)
+    res = lab.run(data, row.ingress)
+    assert (res.action, res.stat) == (row.action, row.stat)
+    if row.expect is not None:
+        want = row.expect(ctx, pkt)
+        assert res.data_out == want, _diff(res.data_out, want)
+    elif row.action != XDP_DROP:
+        assert res.data_out == data, "a packet passed without a rewrite must be untouched"
+    if row.check is not None:
+        row.check(ctx, pkt)
+
+
+def test_table_covers_every_verdict() -> None:
+    covered = {r.stat for r in ROWS}
+    missing = set(verdict_names()) - covered - {"STAT_RX_TOTAL"}
+    assert not missing, f"no row reaches {sorted(missing)}"
+    assert covered <= set(VERDICT_VALUES)
+
+
+def test_flow_uses_cached_next_hop_until_generation_changes(lab: RelayLab) -> None:
+    lab.reset()
+    ctx = Context(lab)
+    open_flow(ctx)
+    flow = lab.maps.flow(*_client())
+    assert flow is not None and flow.next_hop is not None
+    generation = flow.next_hop.generation
+    # Poison the cached MAC: the next packet must use the cache, not the fib.
+    table = lab.maps.table("flows")
+    key = next(k for k in table.keys())
+    value = table[key]
+    value.nh.dmac[:] = list(bytes.fromhex("02deadbeef01"))
+    table[key] = value
+    res = lab.run(bytes(to_relay(DTLS)))
+    assert res.stat == "STAT_FWD_TO_TRANSCEIVER"
+    assert res.data_out[:6] == bytes.fromhex("02deadbeef01")
+    # A new generation drops the cache: the fib's answer comes back.
+    assert lab.maps.bump_nh_generation() == generation + 1
+    pkt = to_relay(DTLS)
+    res = lab.run(bytes(pkt))
+    assert res.data_out == to_txr(ctx, pkt)
+    refreshed = lab.maps.flow(*_client())
+    assert refreshed is not None and refreshed.next_hop is not None
+    assert refreshed.next_hop.generation == generation + 1
+
+
+def test_two_way_exchange_keeps_one_flow(lab: RelayLab) -> None:
+    """A call's first packets, both ways, through one flow and one port."""
+    from tests.unit.packet_table import from_transceiver
+
+    lab.reset()
+    ctx = Context(lab)
+    relay_port = open_flow(ctx)
+    for i in range(20):
+        up = lab.run(bytes(to_relay(DTLS)))
+        down = lab.run(bytes(from_transceiver(DTLS, relay_port)), "vpriv")
+        assert (up.action, up.stat) == (XDP_REDIRECT, "STAT_FWD_TO_TRANSCEIVER")
+        assert (down.action, down.stat) == (XDP_REDIRECT, "STAT_FWD_TO_CLIENT")
+    stats = lab.maps.stats()
+    assert stats["STAT_FWD_TO_TRANSCEIVER"] == stats["STAT_FWD_TO_CLIENT"] == 20
+    assert stats["STAT_RX_TOTAL"] == 41
+    assert len(lab.maps.flows()) == len(lab.maps.reverse_entries()) == 1
+
+
+def test_prog_test_run_does_not_reset_between_repeats(lab: RelayLab) -> None:
+    """The trap the bench must know: repeat N runs on the previous output."""
+    lab.reset()
+    ctx = Context(lab)
+    open_flow(ctx)
+    res = prog_test_run(lab.fd, bytes(to_relay(DTLS)), repeat=3,
+                        ingress_ifindex=lab.ifindex["vpub"])
+    assert res.retval == XDP_PASS  # the last repetition's verdict
+    stats = lab.maps.stats()
+    # first run: known flow; the rewritten packet (to the transceiver, not
+    # for the relay) then passes twice
+    assert stats["STAT_FWD_TO_TRANSCEIVER"] == 1
+    assert stats["STAT_PASS_NOT_RELAY"] == 2
+
+
+def _client() -> tuple[str, int]:
+    from tests.unit.packet_table import CLIENT, CLIENT_PORT
+
+    return str(CLIENT), CLIENT_PORT
+
+
+def test_rate_window_reopens_after_a_second(lab: RelayLab) -> None:
+    from tests.unit.relay_lab import lab_relay_config
+
+    lab.reset(lab_relay_config(new_flows_per_sec=1))
+    ctx = Context(lab)
+    open_flow(ctx, sport=2000)
+    res = lab.run(bytes(to_relay(binding_request(username(mint())), sport=2001)))
+    assert res.stat == "STAT_DROP_RATE_LIMITED"
+    table = lab.maps.table("rate")
+    for k, v in list(table.items()):
+        v.window_start_ns -= 2_000_000_000
+        table[k] = v
+    res = lab.run(bytes(to_relay(binding_request(username(mint())), sport=2001)))
+    assert res.stat == "STAT_FWD_NEW_FLOW"
