@@ -205,44 +205,31 @@ def _link_pins(name: str) -> list[Path]:
 # --- map layout checks ------------------------------------------------------------------
 
 
-def check_map_layout(
-    name: str, info: bpfsys.MapInfo, *, type: int, key_size: int, value_size: int,
-    max_entries: int | None = None,
-) -> None:
-    """Raise MapLayoutError naming every difference between ``info`` and the expectation."""
-    diffs = []
-    if info.type != type:
-        diffs.append(f"type {info.type_name} != {bpfsys.MAP_TYPE_NAMES.get(type, type)}")
-    if info.key_size != key_size:
-        diffs.append(f"key size {info.key_size} != {key_size}")
-    if info.value_size != value_size:
-        diffs.append(f"value size {info.value_size} != {value_size}")
-    if max_entries is not None and info.max_entries != max_entries:
-        diffs.append(f"max entries {info.max_entries} != {max_entries}")
-    if diffs:
-        raise MapLayoutError(
-            f"pinned map {name!r} does not match the program ({'; '.join(diffs)}): it was "
-            "made by a different build or limits. Unload the relay (which removes the "
-            "pins and the flows in them) and load again."
-        )
-
-
-def check_pinned_maps(bpf: Any, pin_dir: Path, names: Sequence[str]) -> None:
-    """Check that each of ``names`` in the compiled ``bpf`` is the pinned map and fits it.
+def check_pinned_maps(bpf: Any, pin_dir: Path, names: Sequence[str]) -> Any:
+    """Check the compiled ``bpf``'s maps against its pins; returns ``maps.RelayMaps(bpf)``.
 
     bcc's BPF_TABLE_PINNED opens an existing pin without looking at it, so a
-    pin left by another build could be of another shape; this compares the
-    kernel's view of each pinned map with the program's declaration.
+    pin left by another build (or other ``-D`` limits) could be of another
+    shape. Type, key and value sizes are checked by ``maps.RelayMaps`` (the
+    one place that knows the ctypes views); this adds the entry count and
+    that each table really is the pinned map.
     """
-    import ctypes
+    from orchestrator import maps
 
+    try:
+        relay_maps = maps.RelayMaps(bpf)
+    except maps.MapLayoutError as exc:
+        raise MapLayoutError(f"{exc}. Unload the relay (which removes the pins and the "
+                             "flows in them) and load again.") from None
     for name in names:
         table = bpf.get_table(name)
         info = bpfsys.map_info(table.map_fd)
-        check_map_layout(
-            name, info, type=table.ttype, key_size=ctypes.sizeof(table.Key),
-            value_size=ctypes.sizeof(table.Leaf), max_entries=table.max_entries,
-        )
+        if info.max_entries != table.max_entries:
+            raise MapLayoutError(
+                f"pinned map {name!r} holds {info.max_entries} entries, the program declares "
+                f"{table.max_entries} (other limits at compile time?). Unload the relay "
+                "(which removes the pins and the flows in them) and load again."
+            )
         pin = pin_dir / name
         fd = bpfsys.obj_get(str(pin))
         try:
@@ -254,6 +241,7 @@ def check_pinned_maps(bpf: Any, pin_dir: Path, names: Sequence[str]) -> None:
                 f"the program's map {name!r} (id {info.id}) is not the one pinned at {pin} "
                 f"(id {pinned.id}); refusing to attach a program that would not share state"
             )
+    return relay_maps
 
 
 def pinned_maps(name: str) -> tuple[PinnedMap, ...]:
@@ -410,30 +398,31 @@ def _undo_host(name: str, restore: Mapping[str, str], netns: str | None) -> None
 # --- load / replace / unload / status ---------------------------------------------------------
 
 
-def _compile(relay: RelayConfig, limits: Mapping[str, int] | None) -> tuple[Any, int]:
-    """Compile (reusing pins), check the pinned maps, then verify and load the program."""
+def _compile(relay: RelayConfig, limits: Mapping[str, int] | None) -> tuple[Any, Any, int]:
+    """Compile (reusing pins), check the pinned maps, then verify and load the program.
+
+    Returns (bcc.BPF, maps.RelayMaps, program fd).
+    """
     from orchestrator import bpfprog
 
     pin_dir = pin_dir_for(relay.name)
     bpf = bpfprog.compile_relay(limits, pin_dir)
     try:
-        check_pinned_maps(bpf, pin_dir, bpfprog.MAP_NAMES)
+        relay_maps = check_pinned_maps(bpf, pin_dir, bpfprog.MAP_NAMES)
         fn = bpfprog.load_relay_fn(bpf)
     except BaseException:
         bpf.cleanup()
         raise
-    return bpf, fn.fd
+    return bpf, relay_maps, fn.fd
 
 
-def _write_config(bpf: Any, relay: RelayConfig, netns: str | None,
+def _write_config(relay_maps: Any, relay: RelayConfig, netns: str | None,
                   public: str, private: str) -> None:
     """The ``config`` map, from the relay's settings and the interfaces' indexes."""
-    from orchestrator import maps
-
-    maps.RelayMaps(bpf).write_config(
+    relay_maps.write_config(
         relay,
-        public_address=public,
-        private_address=private,
+        public_addr=public,
+        private_addr=private,
         public_ifindex=netlink.link_info(relay.public_interface, netns).ifindex,
         private_ifindex=netlink.link_info(relay.private_interface, netns).ifindex,
     )
@@ -488,8 +477,8 @@ def load(
         bpf: Any = None
         restore: dict[str, str] | None = None
         try:
-            bpf, prog_fd = _compile(relay, limits)
-            _write_config(bpf, relay, netns, public, private)
+            bpf, relay_maps, prog_fd = _compile(relay, limits)
+            _write_config(relay_maps, relay, netns, public, private)
             restore = _prepare_host(relay, netns)
             (pin_dir / LINKS_SUBDIR).mkdir(parents=True, exist_ok=True)
             for ifname, ifindex in links.items():
@@ -550,13 +539,13 @@ def replace(
                 f"relay {relay.name!r} is attached to {', '.join(p.name for p in pins)}, the "
                 f"config names {', '.join(sorted(wanted))}; unload and load to move it"
             )
-        bpf, new_fd = _compile(relay, limits)
+        bpf, relay_maps, new_fd = _compile(relay, limits)
         done: list[tuple[int, int]] = []  # (link fd, old prog fd) already swapped
         opened: list[int] = []
         try:
             public = _resolve_address(relay.public_address, relay.public_interface, netns)
             private = _resolve_address(relay.private_address, relay.private_interface, netns)
-            _write_config(bpf, relay, netns, public, private)
+            _write_config(relay_maps, relay, netns, public, private)
             for pin in pins:
                 link_fd = bpfsys.obj_get(str(pin))
                 opened.append(link_fd)
@@ -593,6 +582,8 @@ def _unpin_all(name: str) -> None:
     with contextlib.suppress(FileNotFoundError, OSError):
         (pin_dir / LINKS_SUBDIR).rmdir()
     bpfprog.unpin_maps(pin_dir)
+    with contextlib.suppress(OSError):  # only when no other relay is pinned there
+        pin_dir.parent.rmdir()
     if pin_dir.is_dir():
         leftovers = sorted(p.name for p in pin_dir.iterdir())
         if leftovers:
@@ -623,6 +614,10 @@ def unload(name: str, *, netns: str | None = None) -> bool:
             _undo_host(name, state.sysctl_restore if state else {}, netns)
         with contextlib.suppress(FileNotFoundError):
             _state_path(name).unlink()
+        # Drop the lock file too (nothing is left to protect); a loader that
+        # opened it just now still holds a valid, if unlinked, lock.
+        with contextlib.suppress(FileNotFoundError):
+            (RUN_DIR / f"{name}.lock").unlink()
         return found
 
 
@@ -783,3 +778,31 @@ class NeighbourWatcher:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def open_maps(name: str, *, limits: Mapping[str, int] | None = None) -> Any:
+    """The typed maps (``maps.RelayMaps``) of the loaded relay ``name``, from its pins.
+
+    Compiles the program to get bcc's views of the maps (nothing is attached)
+    and checks every pin as ``load`` does. Raises NotLoadedError when the
+    relay has no pins, rather than creating fresh, unattached maps.
+    """
+    from orchestrator import bpfprog
+
+    pin_dir = pin_dir_for(name)
+    missing = [n for n in bpfprog.MAP_NAMES if not (pin_dir / n).exists()]
+    if missing:
+        raise NotLoadedError(f"relay {name!r} has no pinned {', '.join(missing)} under "
+                             f"{pin_dir}; load it first")
+    bpf = bpfprog.compile_relay(limits, pin_dir)
+    try:
+        return check_pinned_maps(bpf, pin_dir, bpfprog.MAP_NAMES)
+    except BaseException:
+        bpf.cleanup()
+        raise
+
+
+def bump_nh_generation(name: str) -> Callable[[], None]:
+    """An ``on_change`` for NeighbourWatcher that invalidates relay ``name``'s cached next hops."""
+    relay_maps = open_maps(name)
+    return lambda: relay_maps.bump_nh_generation() and None

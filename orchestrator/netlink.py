@@ -266,45 +266,64 @@ def ensure_veth(
 ) -> tuple[LinkInfo, LinkInfo]:
     """A veth pair ``ifname`` (in ``netns``) <-> ``peer`` (in ``peer_netns``), both up.
 
-    Created in the caller's namespace with names the caller chose, then each
-    end is moved where it belongs. If both ends already exist where asked,
-    nothing changes. Names are at most 15 characters (IFNAMSIZ).
+    The pair is created directly inside ``netns`` with its peer inside
+    ``peer_netns`` (IFLA_NET_NS_FD), so the names never exist in the caller's
+    namespace and cannot collide there. If both ends already exist where
+    asked, nothing is created. Names are at most 15 characters (IFNAMSIZ).
     """
     for name in (ifname, peer):
         if not 0 < len(name) <= 15:
             raise ValueError(f"interface name {name!r} must be 1..15 characters")
-    if link_exists(ifname, netns) and link_exists(peer, peer_netns):
-        pass
-    else:
-        with iproute() as ipr:
+    if not (link_exists(ifname, netns) and link_exists(peer, peer_netns)):
+        peer_spec: dict[str, Any] = {"ifname": peer}
+        if peer_netns != netns:
+            if peer_netns is None:
+                raise ValueError("a veth from a namespace to the caller's own needs netns=None "
+                                 "for the caller's end; swap ifname and peer")
+            peer_spec["net_ns_fd"] = netns_path(peer_netns)
+        with iproute(netns) as ipr:
             try:
-                ipr.link("add", ifname=ifname, kind="veth", peer={"ifname": peer})
+                ipr.link("add", ifname=ifname, kind="veth", peer=peer_spec)
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:
                     raise
                 raise NetlinkSetupError(
-                    f"veth {ifname!r} exists in the current namespace but not as asked; "
-                    "delete it first"
+                    f"{ifname!r} or {peer!r} exists, but not as a pair between "
+                    f"{netns or '(current)'} and {peer_netns or '(current)'}; delete it first"
                 ) from None
-            for name, target in ((ifname, netns), (peer, peer_netns)):
-                if target is None:
-                    continue
-                index = _link_index(ipr, name)
-                fd = os.open(netns_path(target), os.O_RDONLY)
-                try:
-                    ipr.link("set", index=index, net_ns_fd=fd)
-                finally:
-                    os.close(fd)
     for name, target in ((ifname, netns), (peer, peer_netns)):
-        with iproute(target) as ipr:
-            index = _link_index(ipr, name)
-            if index is None:
-                raise NetlinkSetupError(f"veth end {name!r} did not appear in {target!r}")
-            spec: dict[str, Any] = {"index": index, "state": "up"}
-            if mtu is not None:
-                spec["mtu"] = mtu
-            ipr.link("set", **spec)
+        set_link_up(name, target, mtu=mtu)
     return link_info(ifname, netns), link_info(peer, peer_netns)
+
+
+def set_link_up(ifname: str, netns: str | None = None, *, mtu: int | None = None,
+                master: str | None = None) -> None:
+    """Bring ``ifname`` up (optionally set its MTU and enslave it to ``master``)."""
+    with iproute(netns) as ipr:
+        index = _link_index(ipr, ifname)
+        if index is None:
+            raise NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+        spec: dict[str, Any] = {"index": index, "state": "up"}
+        if mtu is not None:
+            spec["mtu"] = mtu
+        if master is not None:
+            master_index = _link_index(ipr, master)
+            if master_index is None:
+                raise NetlinkSetupError(f"no bridge {master!r} in netns {netns or '(current)'}")
+            spec["master"] = master_index
+        ipr.link("set", **spec)
+
+
+def ensure_bridge(ifname: str, netns: str | None = None, *, mac: str | None = None) -> LinkInfo:
+    """A Linux bridge ``ifname``, up; ``mac`` pins its address (else it follows its ports)."""
+    if not link_exists(ifname, netns):
+        spec: dict[str, Any] = {"ifname": ifname, "kind": "bridge"}
+        if mac is not None:
+            spec["address"] = mac
+        with iproute(netns) as ipr:
+            ipr.link("add", **spec)
+    set_link_up(ifname, netns)
+    return link_info(ifname, netns)
 
 
 def delete_link(ifname: str, netns: str | None = None) -> None:
@@ -545,7 +564,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, interval: floa
 
 # --- XDP as netlink sees it ------------------------------------------------------
 
-_XDP_ATTACHED_MODES = {1: "native", 2: "generic", 3: "offload", 4: "multi"}
+# IFLA_XDP_ATTACHED, as a number or as pyroute2's names for it.
+_XDP_ATTACHED_MODES: dict[int | str, str] = {
+    1: "native", 2: "generic", 3: "offload", 4: "multi",
+    "xdp": "native", "xdpgeneric": "generic", "xdpoffload": "offload", "xdpmulti": "multi",
+}
 
 
 def xdp_attached(ifname: str, netns: str | None = None) -> tuple[str | None, int | None]:
