@@ -2,10 +2,10 @@
 
 ``open_pinned_relay(name)`` reopens ``/sys/fs/bpf/voxrelay/<name>/*`` without
 loading or attaching anything: it compiles relay.c with the pin directory
-(bcc's BPF_TABLE_PINNED then opens each existing pin instead of creating a
-map), with the limits (-D MAX_FLOWS=...) taken from the pinned maps' own
-sizes, checks that every table *is* the pinned map (same map id)
-and wraps the tables in ``orchestrator.maps.RelayMaps``, the typed view.
+through ``loader.open_maps`` (bcc's BPF_TABLE_PINNED opens each existing pin
+instead of creating a map; every pin is checked), with the limits
+(-D MAX_FLOWS=...) taken from the pinned maps' own sizes, so that a relay
+loaded with other limits reopens too.
 Before compiling it checks that every pin exists, so that opening can never
 create an empty map beside a relay.
 """
@@ -35,12 +35,11 @@ _LIMIT_OF_MAP = {
 class BpfRelayView:
     """Implements ``RelayView`` (and so the sync's ``SyncMaps``) over ``maps.RelayMaps``."""
 
-    def __init__(self, name: str, relay_maps: Any, bpf: Any = None) -> None:
+    def __init__(self, name: str, relay_maps: Any) -> None:
         from orchestrator.maps import TransceiverStatus
 
         self.name = name
         self.maps = relay_maps
-        self._bpf = bpf  # keeps the map fds open
         self._status = TransceiverStatus
 
     # --- SyncMaps ---------------------------------------------------------------
@@ -103,9 +102,10 @@ class BpfRelayView:
         return int(self.maps.table("flows").max_entries)
 
     def close(self) -> None:
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+        """Close the map fds (the pins, and so the maps, stay)."""
+        bpf = getattr(self.maps.table("config"), "bpf", None)
+        if bpf is not None:
+            bpf.cleanup()
 
 
 def require_bpf(what: str) -> None:
@@ -124,7 +124,6 @@ def require_bpf(what: str) -> None:
 def open_pinned_relay(name: str) -> BpfRelayView:
     require_bpf("reading the relay's BPF maps")
     from orchestrator import bpfprog, bpfsys
-    from orchestrator.maps import RelayMaps
 
     try:
         pin_dir = bpfprog.pin_dir_for(name)
@@ -147,21 +146,10 @@ def open_pinned_relay(name: str) -> BpfRelayView:
             limits[limit] = bpfsys.map_info(fd).max_entries
         finally:
             bpfsys.close(fd)
-    bpf = bpfprog.compile_relay(limits, pin_dir)
+    from orchestrator import loader
+
     try:
-        # RelayMaps checks each map's type and sizes against this build; here
-        # check that each table is the very map that is pinned (same id).
-        for map_name in bpfprog.MAP_NAMES:
-            table_id = bpfsys.map_info(bpf[map_name.encode()].get_fd()).id
-            fd = bpfsys.obj_get(str(pin_dir / map_name))
-            try:
-                pinned_id = bpfsys.map_info(fd).id
-            finally:
-                bpfsys.close(fd)
-            if table_id != pinned_id:
-                raise RuntimeError(f"map {map_name} (id {table_id}) is not the pinned one (id {pinned_id})")
-        view = BpfRelayView(name, RelayMaps(bpf), bpf)
-    except Exception as exc:
-        bpf.cleanup()
+        relay_maps = loader.open_maps(name, limits=limits)
+    except loader.LoaderError as exc:
         raise RelayUnavailable(f"relay {name!r}: {exc}") from None
-    return view
+    return BpfRelayView(name, relay_maps)
