@@ -13,7 +13,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable, Sequence

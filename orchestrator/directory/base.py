@@ -132,7 +132,7 @@ class Directory(abc.ABC):
         breaks."""
         raise NotImplementedError(f"{type(self).__name__} has no change feed")
 
-    async def close(self) -> None:  # noqa: B027 - optional
+    async def close(self) -> None:
         pass
 
     async def __aenter__(self) -> Directory:

@@ -59,7 +59,7 @@ class _StreamFeed:
     async def __anext__(self) -> Change | None:
         if not self._pending:
             try:
-                reply = await self._owner._redis.xread(
+                reply: Any = await self._owner._redis.xread(
                     {self._owner._stream: self._cursor}, count=512, block=self._poll_ms
                 )
             except (RedisError, OSError) as exc:
@@ -106,7 +106,8 @@ class RedisDirectory(Directory):
         self._clock = clock
         self._p = prefix
         self._stream = prefix + "changes"
-        self._redis = aioredis.Redis.from_url(
+        # decode_responses=True: every reply is str; redis-py's stubs cannot say so.
+        self._redis: Any = aioredis.Redis.from_url(
             url, decode_responses=True, socket_timeout=None, socket_connect_timeout=timeout
         )
 

@@ -19,7 +19,7 @@ def test_dashboard_queries_exported_metrics():
     m = OrchestratorMetrics(view)
     m.record_probe(1, True, 1.0)
     m.sync_lag.observe(0.01)
-    exported = set(re.findall(r"^(voxrelay_\w+)", generate_latest(m.registry).decode(), re.M))
+    exported = set(re.findall(r"^(voxrelay_\w+)", generate_latest(m.registry).decode(), re.MULTILINE))
     used = set()
     for panel in dash["panels"]:
         for target in panel["targets"]:

@@ -23,7 +23,7 @@ from orchestrator.directory import TransceiverRecord
 from orchestrator.directory.memory import MemoryDirectory
 from orchestrator.directory.redis import RedisDirectory
 from orchestrator.metrics import OrchestratorMetrics
-from orchestrator.sync import MapTransceiver, Syncer, keyring_from_map
+from orchestrator.sync import Syncer, keyring_from_map
 from voxrelay import token as tk
 from voxrelay.config import RelayConfig
 
