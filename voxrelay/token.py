@@ -183,6 +183,8 @@ def decode(ufrag: str) -> tuple[Token, int]:
         raise TokenError(
             "token_malformed", f"token version {version} is not {TOKEN_VERSION}"
         )
+    if port == 0:  # body() refuses it too; the kernel counts it as malformed
+        raise TokenError("token_malformed", "token port must not be 0")
     (mac,) = struct.unpack_from("<Q", raw, 16)
     return Token(key_id, transceiver_id, port, expiry, nonce, version), mac
 
