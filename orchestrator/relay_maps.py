@@ -1,0 +1,155 @@
+"""``RelayView`` over the real pinned maps of a loaded relay.
+
+``open_pinned_relay(name)`` reopens ``/sys/fs/bpf/voxrelay/<name>/*`` without
+loading or attaching anything: it compiles relay.c with the pin directory
+through ``loader.open_maps`` (bcc's BPF_TABLE_PINNED opens each existing pin
+instead of creating a map; every pin is checked), with the limits
+(-D MAX_FLOWS=...) taken from the pinned maps' own sizes, so that a relay
+loaded with other limits reopens too.
+Before compiling it checks that every pin exists, so that opening can never
+create an empty map beside a relay.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from orchestrator.relay_view import FlowEntry, RelayUnavailable
+from orchestrator.sync import MapTransceiver
+
+# Map name -> the consts.h limit that sizes it, so that the reopening compile
+# declares each map with the size it was pinned with.
+_LIMIT_OF_MAP = {
+    "flows": "MAX_FLOWS",
+    "transceivers": "MAX_TRANSCEIVERS",
+    "keys": "MAX_KEYS",
+    "rate": "MAX_RATE_SOURCES",
+    "reverse": "MAX_RELAY_PORTS",
+    "token_flows": "MAX_TOKENS_TRACKED",
+}
+
+
+class BpfRelayView:
+    """Implements ``RelayView`` (and so the sync's ``SyncMaps``) over ``maps.RelayMaps``."""
+
+    def __init__(self, name: str, relay_maps: Any) -> None:
+        from orchestrator.maps import TransceiverStatus
+
+        self.name = name
+        self.maps = relay_maps
+        self._status = TransceiverStatus
+
+    # --- SyncMaps ---------------------------------------------------------------
+    def transceivers(self) -> dict[int, MapTransceiver]:
+        return {
+            i: MapTransceiver(str(e.addr), e.status.name.lower())
+            for i, e in self.maps.transceivers().items()
+        }
+
+    def upsert_transceivers(self, entries: dict[int, MapTransceiver]) -> None:
+        for txr_id, entry in entries.items():
+            self.maps.set_transceiver(txr_id, entry.address, self._status[entry.status.upper()])
+
+    def delete_transceivers(self, ids: Iterable[int]) -> None:
+        for txr_id in ids:
+            self.maps.delete_transceiver(txr_id)
+
+    def keys(self) -> dict[int, bytes]:
+        # maps.active_keys() gives ids only (by design, for display); the sync
+        # compares key material, so it reads the slots itself.
+        table = self.maps.table("keys")
+        return {
+            int(k.value): int(v.k0).to_bytes(8, "little") + int(v.k1).to_bytes(8, "little")
+            for k, v in table.items()
+            if v.active
+        }
+
+    def set_keys(self, keys: dict[int, bytes]) -> None:
+        for key_id, key in keys.items():
+            self.maps.set_key(key_id, key)
+
+    def retire_keys(self, ids: Iterable[int]) -> None:
+        for key_id in ids:
+            self.maps.retire_key(key_id)
+
+    # --- RelayView --------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        from orchestrator.verdicts import metric_label
+
+        return {metric_label(name): value for name, value in self.maps.stats().items()}
+
+    def flows(self) -> list[FlowEntry]:
+        now_ns = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC
+        return [
+            FlowEntry(
+                client=f"{f.client_addr}:{f.client_port}",
+                transceiver_id=f.transceiver_id,
+                transceiver=f"{f.transceiver_addr}:{f.transceiver_port}",
+                relay_port=f.relay_port,
+                age_s=max(0, now_ns - f.created_ns) / 1e9,
+                idle_s=max(0, now_ns - f.last_seen_ns) / 1e9,
+            )
+            for f in self.maps.flows()
+        ]
+
+    def flow_count(self) -> int:
+        return sum(1 for _ in self.maps.table("flows").keys())
+
+    def flow_capacity(self) -> int:
+        return int(self.maps.table("flows").max_entries)
+
+    def close(self) -> None:
+        """Close the map fds (the pins, and so the maps, stay)."""
+        bpf = getattr(self.maps.table("config"), "bpf", None)
+        if bpf is not None:
+            bpf.cleanup()
+
+
+def require_bpf(what: str) -> None:
+    """One clear error before anything that needs root and bcc."""
+    if os.geteuid() != 0:
+        raise RelayUnavailable(f"{what} needs root: run this with sudo")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        raise RelayUnavailable(
+            "bcc is not importable from this Python: run scripts/setup.sh "
+            "(it links Debian's python3-bpfcc into the venv)"
+        ) from None
+
+
+def open_pinned_relay(name: str) -> BpfRelayView:
+    require_bpf("reading the relay's BPF maps")
+    from orchestrator import bpfprog, bpfsys
+
+    try:
+        pin_dir = bpfprog.pin_dir_for(name)
+    except ValueError as exc:
+        raise RelayUnavailable(str(exc)) from None
+    missing = [m for m in bpfprog.MAP_NAMES if not (pin_dir / m).exists()]
+    if missing:
+        what = "nothing" if len(missing) == len(bpfprog.MAP_NAMES) else f"no {', '.join(missing)}"
+        raise RelayUnavailable(
+            f"no relay {name!r} is loaded ({what} pinned under {pin_dir}): "
+            f"run `voxrelay relay load` first"
+        )
+    limits: dict[str, int] = {}
+    known = bpfprog.tunable_limits()
+    for map_name, limit in _LIMIT_OF_MAP.items():
+        if limit not in known:
+            continue
+        fd = bpfsys.obj_get(str(pin_dir / map_name))
+        try:
+            limits[limit] = bpfsys.map_info(fd).max_entries
+        finally:
+            bpfsys.close(fd)
+    from orchestrator import loader
+
+    try:
+        relay_maps = loader.open_maps(name, limits=limits)
+    except loader.LoaderError as exc:
+        raise RelayUnavailable(f"relay {name!r}: {exc}") from None
+    return BpfRelayView(name, relay_maps)

@@ -1,0 +1,278 @@
+"""The orchestrator across namespaces: restart under a live flow, and the probe.
+
+client ns --> relay ns (XDP, loaded once for the module) --> transceiver ns.
+`voxrelay orchestrator run` runs as a real process in the test's namespace
+(it only needs the pins, which are global), with the embedded directory on
+loopback. The transceiver's part is played by the test: it announces over
+HTTP, runs a UDP echo server (the call) and a probe responder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.directory.records import parse_keyring
+from orchestrator.probe import build_answer
+from voxrelay import token as tk
+
+ROOT = Path(__file__).resolve().parents[2]
+ECHO_PORT = 40000
+PROBE_PORT = 3479
+TXR_ID = 7
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+class UdpResponder:
+    """A thread answering datagrams on a socket made in the transceiver's namespace:
+    echo (the call) or STUN binding answers (the probe responder)."""
+
+    def __init__(self, sock: socket.socket, answer: Any) -> None:
+        self.sock = sock
+        self.answer = answer
+        self.count = 0
+        self.stop = threading.Event()
+        sock.settimeout(0.2)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            reply = self.answer(data, peer)
+            if reply is not None:
+                self.count += 1
+                self.sock.sendto(reply, peer)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+class Orchestrator:
+    """`voxrelay orchestrator run` as a process; kill -9 and start again at will."""
+
+    def __init__(self, lab: Any, tmp: Path) -> None:
+        self.lab = lab
+        self.api = free_port()
+        self.metrics = free_port()
+        self.config = tmp / "voxrelay.toml"
+        self.config.write_text(
+            f'[relay]\nname = "{lab.relay.name}"\n'
+            f'[orchestrator]\nlisten = "127.0.0.1:{self.api}"\n'
+            f'metrics_listen = "127.0.0.1:{self.metrics}"\nheartbeat_grace_seconds = 30.0\n'
+        )
+        self.log = tmp / "orchestrator.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api}"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = self.lab.popen(
+                None, [sys.executable, "-m", "voxrelay.cli", "orchestrator", "run",
+                       "--config", str(self.config), "-v"],
+                stdout=log, stderr=log, env=env())
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.call("GET", "/v1/keys")
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("orchestrator did not start:\n" + self.log.read_text()) from None
+                time.sleep(0.1)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=2) as resp:
+            return json.loads(resp.read())
+
+    def announce(self, address: str) -> None:
+        self.call("POST", "/v1/transceivers",
+                  {"id": TXR_ID, "address": address, "probe_port": PROBE_PORT})
+
+    def keyring(self):
+        return parse_keyring(self.call("GET", "/v1/keys"))
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    if os.geteuid() != 0:
+        pytest.fail("tests/netns needs root (CI runs it as root)")
+    from orchestrator.relay_maps import open_pinned_relay
+    from voxrelay.topology import Lab
+
+    tmp = tmp_path_factory.mktemp("orch")
+    with Lab() as lab:
+        lab.load_relay()
+        orch = Orchestrator(lab, tmp)
+        responders: list[UdpResponder] = []
+        view = None
+        try:
+            orch.start()
+            txr_addr = lab.transceiver_lan.address
+            orch.announce(txr_addr)
+            echo_sock = lab.socket(lab.transceiver)
+            echo_sock.bind((txr_addr, ECHO_PORT))
+            responders.append(UdpResponder(echo_sock, lambda data, peer: data))
+            probe_sock = lab.socket(lab.transceiver)
+            probe_sock.bind((txr_addr, PROBE_PORT))
+            prober = UdpResponder(probe_sock, build_answer)
+            responders.append(prober)
+            view = open_pinned_relay(lab.relay.name)
+            deadline = time.monotonic() + 10
+            while TXR_ID not in view.transceivers() or not view.keys():
+                assert time.monotonic() < deadline, "announce never reached the map"
+                time.sleep(0.05)
+            yield {"lab": lab, "orch": orch, "view": view, "prober": prober, "txr_addr": txr_addr}
+        finally:
+            for r in responders:
+                r.close()
+            orch.stop()
+            if view is not None:
+                view.close()
+
+
+def mint(orch: Orchestrator, port: int) -> str:
+    ring = orch.keyring()
+    return tk.mint(ring.keys[ring.current], key_id=ring.current, transceiver_id=TXR_ID, port=port)
+
+
+def test_restart_under_a_live_flow_loses_nothing(chain: dict[str, Any]) -> None:
+    lab, orch, view = chain["lab"], chain["orch"], chain["view"]
+    from orchestrator.probe import build_request
+
+    client = lab.socket(lab.client)
+    client.settimeout(1.0)
+    vip = lab.relay.vip
+    try:
+        hello = bytes(build_request(mint(orch, ECHO_PORT)))
+        client.sendto(hello, vip)
+        assert client.recvfrom(4096) == (hello, vip)
+        before = (view.transceivers(), view.keys(), [(f.client, f.relay_port) for f in view.flows()])
+
+        sent = lost = 0
+        errors: list[str] = []
+        flowing = threading.Event()
+        done = threading.Event()
+
+        def talk() -> None:
+            nonlocal sent, lost
+            deadline = time.monotonic() + 60  # bounded, whatever happens
+            while not done.is_set() and time.monotonic() < deadline:
+                payload = sent.to_bytes(4, "big") + b"voice" * 20
+                client.sendto(payload, vip)
+                sent += 1
+                try:
+                    reply, source = client.recvfrom(4096)
+                    if (reply, source) != (payload, vip):
+                        errors.append(f"datagram {sent}: got {reply[:4]!r} from {source}")
+                except TimeoutError:
+                    lost += 1
+                if sent == 50:
+                    flowing.set()
+                time.sleep(0.002)
+
+        talker = threading.Thread(target=talk, daemon=True)
+        talker.start()
+        assert flowing.wait(10)
+        orch.kill()
+        time.sleep(0.5)  # packets keep flowing with no orchestrator at all
+        sent_while_down = sent
+        orch.start()
+        orch.announce(chain["txr_addr"])  # the transceiver's next heartbeat re-announces
+        time.sleep(1.5)  # a few sync rounds with the new orchestrator
+        done.set()
+        talker.join(10)
+
+        after = (view.transceivers(), view.keys(), [(f.client, f.relay_port) for f in view.flows()])
+        assert errors == []
+        assert lost == 0, f"{lost} of {sent} datagrams lost across the restart"
+        assert sent > sent_while_down > 50
+        assert after == before
+    finally:
+        client.close()
+
+
+def run_probe(lab: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = lab.popen(lab.client, [sys.executable, "-m", "voxrelay.cli", "probe", *args],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_probe_passes_then_fails_with_a_reason(chain: dict[str, Any]) -> None:
+    lab, orch, view = chain["lab"], chain["orch"], chain["view"]
+    relay = "{}:{}".format(*lab.relay.vip)
+    ok = run_probe(lab, "--relay", relay, "--token", mint(orch, PROBE_PORT), "--json")
+    assert ok.returncode == 0, ok.stderr
+    result = json.loads(ok.stdout)
+    assert result["ok"] is True and result["transceiver_id"] == TXR_ID
+    # The responder saw the relay's private address, never the client's.
+    assert result["mapped_address"].startswith(lab.relay.private.address + ":")
+
+    # The transceiver is removed: the relay drops the probe, and says why in its counters.
+    drops = view.stats()["drop_transceiver_unknown"]
+    orch.call("DELETE", f"/v1/transceivers/{TXR_ID}")
+    deadline = time.monotonic() + 10
+    while TXR_ID in view.transceivers():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    gone = run_probe(lab, "--relay", relay, "--token", mint(orch, PROBE_PORT),
+                     "--timeout", "0.3", "--attempts", "2")
+    assert gone.returncode == 1
+    assert gone.stderr.startswith(f"probe failed: no answer from transceiver {TXR_ID} through {relay}")
+    assert "Traceback" not in gone.stderr
+    assert view.stats()["drop_transceiver_unknown"] == drops + 2
+
+    # Back in the directory but its probe responder is down: also a clear failure.
+    orch.announce(chain["txr_addr"])
+    while TXR_ID not in view.transceivers():
+        assert time.monotonic() < deadline + 10
+        time.sleep(0.05)
+    chain["prober"].close()
+    down = run_probe(lab, "--relay", relay, "--token", mint(orch, PROBE_PORT),
+                     "--timeout", "0.3", "--attempts", "1")
+    assert down.returncode == 1 and "probe failed: no answer" in down.stderr
