@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from transceiver.model.asr import ASR_MODES, PocketsphinxAsr, transcribe  # noqa: E402
-from transceiver.model.speech import SAMPLE_RATE, synthesize  # noqa: E402
+from transceiver.model.asr import ASR_MODES, PocketsphinxAsr, transcribe
+from transceiver.model.speech import SAMPLE_RATE, synthesize
 
 IN_GRAMMAR = [
     "turn on the lights in the kitchen",

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from transceiver.model import asr
-from transceiver.model.speech import synthesize
+from transceiver.model.speech import chunks, synthesize
 from transceiver.model.vad import Event, TurnDetector, VadSettings
-from transceiver.model.speech import chunks
 
 
 def test_grammar_matcher_accepts_whole_phrases_only() -> None:

@@ -9,8 +9,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from transceiver.model.reply import (ChatReply, Conversation, EchoReply, ReplyError,
-                                     make_reply_policy, parse_chat_completion)
+from transceiver.model.reply import (
+    ChatReply,
+    Conversation,
+    EchoReply,
+    ReplyError,
+    make_reply_policy,
+    parse_chat_completion,
+)
 
 
 class FakeChat:

@@ -39,8 +39,8 @@ ASSISTANT_PHRASES: tuple[str, ...] = (
     "good (morning | afternoon | evening)",
     "turn (on | off) the lights [in the (kitchen | living room | bedroom | bathroom | office)]",
     "what is the weather [like] [today | tomorrow]",
-    "set a timer for (one | two | three | four | five | ten | fifteen | twenty | thirty)"
-    " (minute | minutes | second | seconds)",
+    ("set a timer for (one | two | three | four | five | ten | fifteen | twenty | thirty)"
+     " (minute | minutes | second | seconds)"),
     "play some music",
     "stop the music",
     "what time is it",

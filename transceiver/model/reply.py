@@ -117,7 +117,7 @@ def parse_chat_completion(data: Any) -> str:
     except (KeyError, IndexError, TypeError):
         raise ValueError("chat completion has no choices[0].message.content") from None
     if not isinstance(content, str):
-        raise ValueError("chat completion content is not a string")
+        raise ValueError("chat completion content is not a string")  # noqa: TRY004 (parsers raise ValueError)
     return content.strip()
 
 

@@ -226,7 +226,7 @@ class _Stream:
                 await self._answer(closed)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # one bad turn must not end the call
+            except Exception as exc:  # noqa: BLE001 (one bad turn must not end the call)
                 log.warning("call %s turn %d failed: %s", self.call_id, closed.turn, exc)
                 self.send(error_message(TURN_FAILED, f"turn {closed.turn}: {exc}"))
                 self.send(pb.ServerMessage(turn_end=closed.turn))
@@ -272,7 +272,7 @@ class VoiceModelServicer(pb_grpc.VoiceModelServicer):
         self.options = options
         self.active = 0
 
-    async def Converse(  # noqa: N802 (gRPC method name)
+    async def Converse(
         self, request_iterator: AsyncIterator[pb.ClientMessage], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ServerMessage]:
         if self.active >= self.options.max_streams:

@@ -98,7 +98,7 @@ def resample(samples: np.ndarray, src_rate: int, dst_rate: int = SAMPLE_RATE) ->
         h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.hanning(taps)
         h /= h.sum()
         x = np.convolve(x, h, mode="same")
-    n_out = int(round(x.size * dst_rate / src_rate))
+    n_out = round(x.size * dst_rate / src_rate)
     t = np.arange(n_out) * (src_rate / dst_rate)
     y = np.interp(t, np.arange(x.size), x)
     return np.clip(np.round(y), -32768, 32767).astype(np.int16)
@@ -133,7 +133,7 @@ async def synthesize_async(text: str, voice: Voice = Voice()) -> tuple[bytes, in
         stderr=asyncio.subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), ESPEAK_TIMEOUT_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         raise SpeechError(f"{ESPEAK} took longer than {ESPEAK_TIMEOUT_S:.0f} s") from None

@@ -17,7 +17,8 @@ class Tts(Protocol):
 class EspeakTts:
     """espeak-ng run as a subprocess per reply (offline, ~50 ms for a sentence)."""
 
-    def __init__(self, voice: Voice = Voice()) -> None:
+    def __init__(self, voice: Voice | None = None) -> None:
+        voice = voice or Voice()
         self.voice = voice
         self.name = f"espeak-ng:{voice.name}"
 
