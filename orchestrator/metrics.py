@@ -1,0 +1,140 @@
+"""Prometheus exporter for ``voxrelay orchestrator run``.
+
+Map-backed values (packets, flows, transceivers, keys) are read at scrape
+time by a custom collector, so that /metrics always shows what the kernel
+holds, summed over CPUs, with no second copy to drift. Labels come only from
+the verdict enum (bpf/verdicts.h names) and transceiver ids: never from
+client addresses.
+
+    voxrelay_packets_received_total                 every packet the program saw
+    voxrelay_packets_total{verdict,reason}          verdict: pass|fwd|drop
+    voxrelay_flows / voxrelay_flows_capacity
+    voxrelay_transceivers{status}                   active|draining, in the map
+    voxrelay_token_keys_active
+    voxrelay_sync_lag_seconds                       announce -> entry visible in the map
+    voxrelay_directory_connected                    1 while the directory answers
+    voxrelay_maps_in_sync                           0 while out of sync (outage, failed write)
+    voxrelay_probe_success{transceiver}             1/0, last probe
+    voxrelay_probe_rtt_seconds{transceiver}         last successful probe
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from orchestrator.relay_view import RelayView
+
+log = logging.getLogger(__name__)
+
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+FLOW_COUNT_MAX_AGE = 5.0
+"""Counting a 1M-entry LRU walks the whole map: at most once per this many seconds."""
+
+
+def split_stat(name: str) -> tuple[str, str] | None:
+    """"drop_token_bad_mac" -> ("drop", "token_bad_mac"); rx_total -> None."""
+    verdict, _, reason = name.partition("_")
+    if verdict not in ("pass", "fwd", "drop") or not reason:
+        return None
+    return verdict, reason
+
+
+class RelayCollector(Collector):
+    def __init__(self, view: RelayView, clock: Callable[[], float] = time.monotonic) -> None:
+        self.view = view
+        self._clock = clock
+        self._flows: tuple[float, int] | None = None
+
+    def _flow_count(self) -> int:
+        now = self._clock()
+        if self._flows is None or now - self._flows[0] >= FLOW_COUNT_MAX_AGE:
+            self._flows = (now, self.view.flow_count())
+        return self._flows[1]
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        try:
+            stats = self.view.stats()
+            flows = self._flow_count()
+            txrs = self.view.transceivers()
+            keys = self.view.keys()
+        except OSError as exc:
+            # A relay unloaded under us: export nothing map-backed, say why in the log.
+            log.warning("cannot read the relay's maps: %s", exc)
+            return
+        received = CounterMetricFamily(
+            "voxrelay_packets_received", "Packets the XDP program saw (sum over CPUs)."
+        )
+        received.add_metric([], stats.get("rx_total", 0))
+        yield received
+        packets = CounterMetricFamily(
+            "voxrelay_packets", "Packets by verdict and reason (sum over CPUs).",
+            labels=["verdict", "reason"],
+        )
+        for name, value in sorted(stats.items()):
+            parts = split_stat(name)
+            if parts is not None:
+                packets.add_metric(list(parts), value)
+        yield packets
+        in_use = GaugeMetricFamily("voxrelay_flows", "Entries in the flows map.")
+        in_use.add_metric([], flows)
+        yield in_use
+        capacity = GaugeMetricFamily("voxrelay_flows_capacity", "Size of the flows map (LRU).")
+        capacity.add_metric([], self.view.flow_capacity())
+        yield capacity
+        by_status = GaugeMetricFamily(
+            "voxrelay_transceivers", "Transceivers in the map by status.", labels=["status"]
+        )
+        for status in ("active", "draining"):
+            by_status.add_metric([status], sum(1 for t in txrs.values() if t.status == status))
+        yield by_status
+        active_keys = GaugeMetricFamily("voxrelay_token_keys_active", "Active token key slots.")
+        active_keys.add_metric([], len(keys))
+        yield active_keys
+
+
+class OrchestratorMetrics:
+    """Everything /metrics shows, in one registry (not the global one, so that
+    tests and several orchestrators in one process do not collide)."""
+
+    def __init__(self, view: RelayView | None = None) -> None:
+        self.registry = CollectorRegistry()
+        if view is not None:
+            self.registry.register(RelayCollector(view))
+        self.sync_lag = Histogram(
+            "voxrelay_sync_lag_seconds", "Announce to entry visible in the transceivers map.",
+            buckets=LAG_BUCKETS, registry=self.registry,
+        )
+        self.directory_connected = Gauge(
+            "voxrelay_directory_connected", "1 while the directory answers.", registry=self.registry
+        )
+        self.maps_in_sync = Gauge(
+            "voxrelay_maps_in_sync", "1 when the maps reflect the directory; 0 while out of sync.",
+            registry=self.registry,
+        )
+        self.probe_success = Gauge(
+            "voxrelay_probe_success", "Last probe through the relay: 1 answered, 0 not.",
+            ["transceiver"], registry=self.registry,
+        )
+        self.probe_rtt = Gauge(
+            "voxrelay_probe_rtt_seconds", "Round trip of the last successful probe.",
+            ["transceiver"], registry=self.registry,
+        )
+
+    def record_probe(self, transceiver_id: int, ok: bool, rtt_ms: float | None) -> None:
+        label = str(transceiver_id)
+        self.probe_success.labels(label).set(1 if ok else 0)
+        if ok and rtt_ms is not None:
+            self.probe_rtt.labels(label).set(rtt_ms / 1000)
+
+    def forget_transceiver(self, transceiver_id: int) -> None:
+        for gauge in (self.probe_success, self.probe_rtt):
+            try:
+                gauge.remove(str(transceiver_id))
+            except KeyError:
+                pass

@@ -1,0 +1,142 @@
+"""``voxrelay orchestrator run``: directory + map sync + /metrics (+ probes).
+
+One asyncio process per relay host. It attaches nothing and loads nothing:
+it takes over the maps that ``voxrelay relay load`` pinned, so it can be
+killed and restarted at any time while the XDP program keeps forwarding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from orchestrator.directory import Directory, DirectoryUnavailable, connect
+from orchestrator.directory.http import make_app
+from orchestrator.directory.memory import MemoryDirectory
+from orchestrator.metrics import OrchestratorMetrics
+from orchestrator.probe import mint_probe_token, parse_hostport, probe_async
+from orchestrator.relay_view import RelayView
+from orchestrator.sync import Syncer, keyring_from_map
+from voxrelay.config import Config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Running:
+    """What a running orchestrator exposes (tests read it)."""
+
+    directory: Directory
+    syncer: Syncer
+    metrics: OrchestratorMetrics
+    directory_port: int | None = None
+    metrics_port: int | None = None
+    runners: list[web.AppRunner] = field(default_factory=list)
+
+
+async def _serve(app: web.Application, listen: str) -> tuple[web.AppRunner, int]:
+    host, port = parse_hostport(listen, 0, allow_zero=True)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, bound
+
+
+def embedded_url(config: Config) -> str:
+    return f"http://{config.orchestrator.listen}"
+
+
+def directory_url(config: Config) -> str:
+    """The URL admin commands and transceivers use for this config's directory."""
+    d = config.orchestrator.directory
+    return embedded_url(config) if d == "embedded" else d
+
+
+async def _probe_loop(running: Running, relay: tuple[str, int], interval: float,
+                      stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            snap = await running.directory.snapshot()
+            ring = snap.keyring
+            if ring.current is not None:
+                for record in snap.transceivers.values():
+                    if record.status != "active":
+                        continue
+                    ufrag = mint_probe_token(ring.keys, ring.current, record.id, record.probe_port)
+                    result = await probe_async(relay, ufrag, timeout=1.0, attempts=2,
+                                               transceiver_id=record.id)
+                    running.metrics.record_probe(record.id, result.ok, result.rtt_ms)
+                    if not result.ok:
+                        log.warning("probe: %s", result.reason)
+        except DirectoryUnavailable as exc:
+            log.warning("probe skipped: %s", exc)
+        try:
+            await asyncio.wait_for(stop.wait(), interval)
+        except TimeoutError:
+            pass
+
+
+async def run_orchestrator(
+    config: Config,
+    view: RelayView,
+    stop: asyncio.Event,
+    *,
+    probe_relay: str | None = None,
+    probe_interval: float = 10.0,
+    poll: float = 1.0,
+    on_ready: Callable[[Running], Awaitable[None] | None] | None = None,
+) -> None:
+    oc = config.orchestrator
+    metrics = OrchestratorMetrics(view)
+    runners: list[web.AppRunner] = []
+    directory_port = None
+    if oc.directory == "embedded":
+        store = MemoryDirectory(grace=oc.heartbeat_grace_seconds)
+        # A restarted orchestrator keeps the keys live tokens were minted with.
+        store.restore_keyring(keyring_from_map(view.keys()))
+        directory: Directory = store
+    else:
+        directory = connect(oc.directory, grace=oc.heartbeat_grace_seconds)
+    syncer = Syncer(directory, view, poll=poll, on_lag=metrics.sync_lag.observe, ensure_keys=True)
+    metrics.directory_connected.set_function(lambda: 1 if syncer.connected else 0)
+    metrics.maps_in_sync.set_function(lambda: 1 if syncer.in_sync else 0)
+    try:
+        if oc.directory == "embedded":
+            runner, directory_port = await _serve(make_app(directory), oc.listen)
+            runners.append(runner)
+
+        async def scrape(request: web.Request) -> web.Response:
+            body = await asyncio.to_thread(generate_latest, metrics.registry)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        metrics_app = web.Application()
+        metrics_app.router.add_get("/metrics", scrape)
+        runner, metrics_port = await _serve(metrics_app, oc.metrics_listen)
+        runners.append(runner)
+        running = Running(directory, syncer, metrics, directory_port, metrics_port, runners)
+        tasks = [asyncio.create_task(syncer.run(stop), name="sync")]
+        if probe_relay:
+            tasks.append(asyncio.create_task(
+                _probe_loop(running, parse_hostport(probe_relay, 3478), probe_interval, stop),
+                name="probe"))
+        log.info("orchestrator up: directory %s, metrics on :%d", oc.directory, metrics_port)
+        if on_ready is not None:
+            maybe = on_ready(running)
+            if maybe is not None:
+                await maybe
+        try:
+            await stop.wait()
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        await directory.close()

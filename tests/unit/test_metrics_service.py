@@ -1,0 +1,100 @@
+"""/metrics and `orchestrator run` as a library, with fake maps."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from orch_fakes import FakeRelayView
+from prometheus_client.parser import text_string_to_metric_families
+
+from orchestrator.directory import TransceiverRecord, connect
+from orchestrator.metrics import OrchestratorMetrics, split_stat
+from orchestrator.service import run_orchestrator
+from orchestrator.sync import MapTransceiver
+from voxrelay.config import Config
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_split_stat():
+    assert split_stat("drop_token_bad_mac") == ("drop", "token_bad_mac")
+    assert split_stat("fwd_to_client") == ("fwd", "to_client")
+    assert split_stat("rx_total") is None
+
+
+def test_collector_reports_the_maps():
+    from prometheus_client import generate_latest
+
+    view = FakeRelayView()
+    view.counters = {"rx_total": 9, "fwd_new_flow": 1, "drop_not_stun": 8}
+    view.txrs = {1: MapTransceiver("10.0.0.1", "active"), 2: MapTransceiver("10.0.0.2", "draining"),
+                 3: MapTransceiver("10.0.0.3", "draining")}
+    view.key_slots = {1: bytes(16)}
+    view.flow_rows = [object(), object()]
+    m = OrchestratorMetrics(view)
+    m.record_probe(1, True, 2.5)
+    m.record_probe(2, False, None)
+    got = samples(generate_latest(m.registry).decode())
+    assert got[("voxrelay_packets_received_total", ())] == 9
+    assert got[("voxrelay_packets_total", (("reason", "new_flow"), ("verdict", "fwd")))] == 1
+    assert got[("voxrelay_packets_total", (("reason", "not_stun"), ("verdict", "drop")))] == 8
+    assert got[("voxrelay_flows", ())] == 2 and got[("voxrelay_flows_capacity", ())] == 1024
+    assert got[("voxrelay_transceivers", (("status", "draining"),))] == 2
+    assert got[("voxrelay_transceivers", (("status", "active"),))] == 1
+    assert got[("voxrelay_token_keys_active", ())] == 1
+    assert got[("voxrelay_probe_success", (("transceiver", "1"),))] == 1
+    assert got[("voxrelay_probe_success", (("transceiver", "2"),))] == 0
+    assert got[("voxrelay_probe_rtt_seconds", (("transceiver", "1"),))] == 0.0025
+    # No label anywhere carries an address.
+    assert not any("10.0.0" in str(labels) for _, labels in got)
+    # Flow counting is rate-limited (it walks the whole map).
+    generate_latest(m.registry)
+    assert view.flow_count_calls == 1
+
+
+async def test_orchestrator_run_embedded_end_to_end():
+    view = FakeRelayView()
+    view.key_slots = {7: bytes(range(16))}  # as left by a previous orchestrator
+    view.txrs = {3: MapTransceiver("10.0.1.3", "active")}
+    config = Config()
+    config.orchestrator.listen = "127.0.0.1:0"
+    config.orchestrator.metrics_listen = "127.0.0.1:0"
+    config.orchestrator.heartbeat_grace_seconds = 30
+    stop = asyncio.Event()
+    ready: asyncio.Future = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_orchestrator(config, view, stop, poll=0.05,
+                                                on_ready=lambda r: ready.set_result(r)))
+    try:
+        running = await asyncio.wait_for(ready, 5)
+        client = connect(f"http://127.0.0.1:{running.directory_port}")
+        # The restarted embedded directory kept the map's key: old tokens stay valid.
+        ring = await client.keyring()
+        assert ring.current == 7 and ring.active_keys() == view.key_slots
+        await client.announce(TransceiverRecord(4, "10.0.1.4", 3479))
+        for _ in range(250):
+            if 4 in view.txrs:
+                break
+            await asyncio.sleep(0.02)
+        assert view.txrs[4] == MapTransceiver("10.0.1.4", "active")
+        # Transceiver 3 is in its hold period (it may be about to re-announce).
+        assert 3 in view.txrs
+        await client.close()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{running.metrics_port}/metrics") as resp:
+                text = await resp.text()
+        got = samples(text)
+        assert got[("voxrelay_directory_connected", ())] == 1
+        assert got[("voxrelay_maps_in_sync", ())] == 1
+        assert got[("voxrelay_sync_lag_seconds_count", ())] == 1
+        assert got[("voxrelay_transceivers", (("status", "active"),))] == 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert 4 in view.txrs  # stopping leaves the maps as they are

@@ -1,0 +1,224 @@
+"""CLI output with fake maps and a real embedded directory: tables, --json, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+from click.testing import CliRunner
+from orch_fakes import FakeRelayView
+
+from orchestrator import cli as ocli
+from orchestrator.directory import TransceiverRecord
+from orchestrator.relay_view import FlowEntry, RelayUnavailable
+from orchestrator.sync import MapTransceiver
+from voxrelay import token as tk
+from voxrelay.cli import cli
+
+K1, K2 = bytes(range(16)), bytes(range(16, 32))
+
+
+@pytest.fixture
+def view(monkeypatch):
+    v = FakeRelayView()
+    v.txrs = {2: MapTransceiver("10.0.1.2", "draining"), 1: MapTransceiver("10.0.1.1", "active")}
+    v.key_slots = {4: K1, 5: K2}
+    v.counters = {"rx_total": 10, "fwd_new_flow": 2, "fwd_to_client": 5, "drop_token_bad_mac": 3,
+                  "drop_truncated": 0}
+    v.flow_rows = [
+        FlowEntry("198.51.100.7:5000", 1, "10.0.1.1:40000", 20001, 3.0, 0.5),
+        FlowEntry("198.51.100.8:6000", 2, "10.0.1.2:40002", 20002, 9.0, 1.5),
+        FlowEntry("198.51.100.7:5001", 2, "10.0.1.2:40004", 20003, 1.0, 0.1),
+    ]
+    monkeypatch.setattr(ocli, "open_relay", lambda name: v)
+    return v
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_maps_transceivers_table_and_json(view):
+    out = run("maps", "transceivers")
+    assert out.exit_code == 0
+    assert out.output.splitlines() == [
+        "ID  ADDRESS   STATUS", "1   10.0.1.1  active", "2   10.0.1.2  draining"]
+    data = json.loads(run("maps", "transceivers", "--json").output)
+    assert data == [{"id": 1, "address": "10.0.1.1", "status": "active"},
+                    {"id": 2, "address": "10.0.1.2", "status": "draining"}]
+
+
+def test_maps_keys_never_prints_the_key(view):
+    out = run("maps", "keys")
+    assert K1.hex() not in out.output and K2.hex() not in out.output
+    data = json.loads(run("maps", "keys", "--json").output)
+    assert [(r["key_id"], r["current"]) for r in data] == [(4, False), (5, True)]
+    assert data[0]["fingerprint"] == ocli.key_fingerprint(K1)
+
+
+def test_maps_stats(view):
+    out = run("maps", "stats")
+    lines = out.output.splitlines()
+    assert "drop_token_bad_mac  3" in lines and "rx_total            10" in lines
+    assert not any(line.startswith("drop_truncated") for line in lines)
+    assert lines[-1] == "flows 3 / 1024"
+    data = json.loads(run("maps", "stats", "--json").output)
+    assert data["counters"] == view.counters and data["flows"] == 3
+
+
+def test_maps_flows_filters(view):
+    data = json.loads(run("maps", "flows", "--json", "--transceiver", "2").output)
+    assert [r["client"] for r in data] == ["198.51.100.7:5001", "198.51.100.8:6000"]
+    data = json.loads(run("maps", "flows", "--json", "--client", "198.51.100.7").output)
+    assert [r["relay_port"] for r in data] == [20001, 20003]
+    data = json.loads(run("maps", "flows", "--json", "--client", "198.51.100.7:5001").output)
+    assert [r["relay_port"] for r in data] == [20003]
+    out = run("maps", "flows", "--limit", "1")
+    assert out.output.splitlines()[0].split() == ["CLIENT", "TRANSCEIVER", "TXR_ADDRESS",
+                                                  "RELAY_PORT", "AGE_S", "IDLE_S"]
+    assert out.output.splitlines()[-1] == "... 2 more (--limit 0 for all)"
+
+
+def test_relay_unavailable_is_one_line(monkeypatch):
+    def fail(name):
+        raise RelayUnavailable("no relay 'x' is loaded: run `voxrelay relay load` first")
+
+    monkeypatch.setattr(ocli, "open_relay", fail)
+    out = CliRunner().invoke(cli, ["maps", "stats"])
+    assert out.exit_code == 1
+    assert out.output == "Error: no relay 'x' is loaded: run `voxrelay relay load` first\n"
+
+
+def test_token_mint_and_inspect_with_maps(view):
+    ufrag = run("token", "mint", "--transceiver", "7", "--port", "40000").output.strip()
+    got = tk.verify(ufrag, {5: K2})
+    assert (got.key_id, got.transceiver_id, got.port) == (5, 7, 40000)
+    data = json.loads(run("token", "inspect", ufrag, "--verify", "--json").output)
+    assert data["verdict"] == "valid: the relay would create a flow"
+    assert data["transceiver_id"] == 7
+    # Retire key 5 from the map: the relay would drop it, and inspect says why.
+    del view.key_slots[5]
+    out = CliRunner().invoke(cli, ["token", "inspect", ufrag + ":remote", "--verify"])
+    assert out.exit_code == 1
+    assert "token_unknown_key: token key id 5 is not active" in out.output
+
+
+def test_token_inspect_without_keys_and_malformed():
+    ufrag = tk.mint(K1, key_id=1, transceiver_id=3, port=999)
+    data = json.loads(run("token", "inspect", ufrag, "--json").output)
+    assert data["verdict"].startswith("not checked") and data["port"] == 999
+    out = CliRunner().invoke(cli, ["token", "inspect", "abc"])
+    assert out.exit_code == 1
+    assert out.output == "Error: token_malformed: token must be 32 characters, got 3\n"
+    out = CliRunner().invoke(cli, ["token", "mint", "--transceiver", "1", "--port", "1",
+                                   "--key-hex", "abcd"])
+    assert out.output == "Error: --key-hex must be 16 bytes (32 hex digits), got 2\n"
+    bad = run("token", "inspect", ufrag, "--key-hex", K2.hex())
+    assert bad.exit_code == 1 and "token_bad_mac" in bad.output
+
+
+@pytest.fixture
+def embedded():
+    """A real embedded directory served on loopback from a background loop."""
+    from aiohttp import web
+
+    from orchestrator.directory.http import make_app
+    from orchestrator.directory.memory import MemoryDirectory
+
+    store = MemoryDirectory()
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    holder = {}
+
+    async def start():
+        runner = web.AppRunner(make_app(store))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        holder["runner"] = runner
+        holder["port"] = site._server.sockets[0].getsockname()[1]
+        await store.ensure_keyring()
+        await store.announce(TransceiverRecord(7, "10.0.1.7", 3479))
+
+    def serve():
+        loop.run_until_complete(start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    started.wait(5)
+    try:
+        yield store, f"http://127.0.0.1:{holder['port']}"
+    finally:
+        asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def test_transceivers_drain_undrain_remove(embedded):
+    store, url = embedded
+    out = run("transceivers", "drain", "7", "--directory", url)
+    assert out.output == "transceiver 7 is draining\n"
+    assert store._transceivers[7].status == "draining"
+    assert json.loads(run("transceivers", "undrain", "7", "--directory", url, "--json").output)["status"] == "active"
+    assert run("transceivers", "remove", "7", "--directory", url).output == "transceiver 7 removed\n"
+    out = CliRunner().invoke(cli, ["transceivers", "drain", "7", "--directory", url])
+    assert out.exit_code == 1
+    assert out.output == "Error: transceiver 7 is not in the directory (announce it first)\n"
+
+
+def test_keys_rotate(embedded):
+    store, url = embedded
+    before = store._keyring
+    data = json.loads(run("keys", "rotate", "--directory", url, "--json").output)
+    assert data["current"] != before.current and before.current in data["active"]
+    assert store._keyring.current == data["current"]
+
+
+def test_directory_down_is_one_line():
+    out = CliRunner().invoke(cli, ["keys", "rotate", "--directory", "http://127.0.0.1:9"])
+    assert out.exit_code == 1
+    assert out.output.startswith("Error: directory http://127.0.0.1:9 is unreachable")
+    assert "Traceback" not in out.output
+
+
+def test_probe_by_transceiver_uses_directory_keys_and_port(embedded):
+    from orchestrator.probe import ProbeResponder
+
+    store, url = embedded
+    # No relay here: point --relay straight at a responder, as if the relay forwarded.
+    async def go():
+        transport, _ = await ProbeResponder.serve("127.0.0.1", 0)
+        port = transport.get_extra_info("sockname")[1]
+        return transport, port
+
+    loop = asyncio.new_event_loop()
+    transport, port = loop.run_until_complete(go())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        out = CliRunner().invoke(cli, ["probe", "--relay", f"127.0.0.1:{port}", "--transceiver", "7",
+                                       "--directory", url, "--json"])
+        assert out.exit_code == 0, out.output
+        assert json.loads(out.output)["ok"] is True
+        out = CliRunner().invoke(cli, ["probe", "--relay", "127.0.0.1:9", "--transceiver", "99",
+                                       "--directory", url])
+        assert out.exit_code == 1
+        assert out.output == "Error: transceiver 99 is not in the directory (gone or expired)\n"
+    finally:
+        loop.call_soon_threadsafe(transport.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def test_every_command_has_help():
+    for args in (["maps"], ["maps", "flows"], ["transceivers", "drain"], ["keys", "rotate"],
+                 ["token", "mint"], ["token", "inspect"], ["probe"], ["orchestrator", "run"]):
+        out = run(*args, "--help")
+        assert out.exit_code == 0 and "Usage:" in out.output
+        assert len(out.output.splitlines()) > 3
