@@ -20,7 +20,7 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
-def _directory(spec: str):  # type: ignore[no-untyped-def]
+def _directory(spec: str, probe_port: int):  # type: ignore[no-untyped-def]
     from transceiver.directory import MemoryDirectory
 
     if spec == "memory":
@@ -32,7 +32,10 @@ def _directory(spec: str):  # type: ignore[no-untyped-def]
             f"directory {spec!r} needs the orchestrator's directory client, which this build "
             "lacks; use --directory memory for a standalone lab transceiver"
         ) from None
-    return connect_directory(spec)
+    try:
+        return connect_directory(spec, probe_port or 3479)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 async def _serve(cfg: TransceiverConfig, directory_spec: str, as_json: bool) -> None:
@@ -48,16 +51,19 @@ async def _serve(cfg: TransceiverConfig, directory_spec: str, as_json: bool) -> 
     host, port = _split_listen(cfg.listen)
     service = Transceiver(
         ServiceSettings(host, port, cfg.private_address, region=cfg.region,
-                        api_token=cfg.api_token, drain_grace_seconds=cfg.drain_grace_seconds),
+                        api_token=cfg.api_token, drain_grace_seconds=cfg.drain_grace_seconds,
+                        probe_port=cfg.probe_port),
         CallSettings(transceiver_id=cfg.id,
                      ports=PortPool(cfg.private_address, cfg.port_min, cfg.port_max),
                      advertised=advertised, model_target=cfg.model, max_calls=cfg.max_calls),
-        _directory(directory_spec),
+        _directory(directory_spec, cfg.probe_port),
     )
     try:
         await service.start()
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {cfg.listen}: {exc}") from None
+        raise click.ClickException(f"cannot listen on {cfg.listen} or probe port: {exc}") from None
+    except Exception as exc:  # the directory refused or is unreachable
+        raise click.ClickException(f"cannot register with directory {directory_spec}: {exc}") from None
     ready = {"event": "ready", "url": service.url, "id": cfg.id,
              "relays": [f"{c.host}:{c.port}" for c in advertised]}
     click.echo(json.dumps(ready) if as_json else

@@ -166,6 +166,8 @@ class ServiceSettings:
     api_token: str = ""
     heartbeat_seconds: float = 2.0
     drain_grace_seconds: float = 10.0
+    probe_port: int = 0
+    """UDP port of the STUN probe responder (``voxrelay probe``); 0: none."""
 
 
 class Transceiver:
@@ -179,6 +181,7 @@ class Transceiver:
         self.app = make_app(self.manager, settings.api_token)
         self._runner: web.AppRunner | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._probe: asyncio.DatagramTransport | None = None
         self.port = 0
 
     @property
@@ -186,11 +189,26 @@ class Transceiver:
         return f"http://{self.settings.listen_host}:{self.port}"
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            if self._probe is not None:
+                self._probe.close()
+            if self._runner is not None:
+                await self._runner.cleanup()
+            raise
+
+    async def _start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.listen_host, self.settings.listen_port)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        if self.settings.probe_port:
+            from orchestrator.probe import ProbeResponder
+
+            self._probe, _ = await ProbeResponder.serve(
+                self.settings.private_address, self.settings.probe_port)
         calls = self.manager.settings
         await self.directory.announce(
             TransceiverRecord(
@@ -228,6 +246,11 @@ class Transceiver:
             await self.directory.withdraw(self.manager.settings.transceiver_id)
         except Exception as exc:
             logger.warning("could not withdraw from the directory: %s", exc)
+        if self._probe is not None:
+            self._probe.close()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.manager.close()
+        close = getattr(self.directory, "close", None)
+        if close is not None:
+            await close()

@@ -84,6 +84,8 @@ class TransceiverConfig:
     """Highest UDP port for calls."""
     drain_grace_seconds: float = 30.0
     """On shutdown: how long existing calls may continue before they are closed."""
+    probe_port: int = 3479
+    """UDP port on private_address answering ``voxrelay probe`` STUN checks (0: none)."""
     directory: str = "http://127.0.0.1:7480"
     """Embedded directory URL or redis:// URL."""
     model: str = "127.0.0.1:50051"

@@ -18,7 +18,8 @@ import pytest
 from fake_model import TRANSCRIPT, start_fake_model, tone
 from transceiver.client import CallClient, CallFailed
 from transceiver.directory import MemoryDirectory
-from transceiver_harness import (LoopbackRelay, free_port_range, open_fds, open_udp_ports,
+from transceiver_harness import (LoopbackRelay, free_port_range, free_udp_port, open_fds,
+                                 open_udp_ports,
                                  start_transceiver)
 from voxrelay import token as tokens
 
@@ -30,7 +31,7 @@ SPEECH = tone(800, 300.0)  # loud enough for the fake model's energy VAD
 @pytest.fixture
 async def rig():
     directory = MemoryDirectory()
-    relay = LoopbackRelay(directory)
+    relay = LoopbackRelay(directory.keys.keys)
     relay_addr = await relay.start()
     server, model, model_port = await start_fake_model()
     service = await start_transceiver(directory, [relay_addr], f"127.0.0.1:{model_port}")
@@ -164,7 +165,7 @@ async def test_model_killed_mid_call_error_then_recovery(rig) -> None:
 
 async def test_client_vanishes_call_is_freed() -> None:
     directory = MemoryDirectory()
-    relay = LoopbackRelay(directory)
+    relay = LoopbackRelay(directory.keys.keys)
     relay_addr = await relay.start()
     server, _, model_port = await start_fake_model()
     service = await start_transceiver(directory, [relay_addr], f"127.0.0.1:{model_port}",
@@ -225,3 +226,44 @@ async def test_drain_refuses_new_calls_and_closes_old_ones(rig) -> None:
     assert call.closed.is_set() and call.close_reason == "transceiver shut down"
     assert call.pc.connectionState == "closed"
     await client.close()
+
+
+async def test_with_the_orchestrators_directory() -> None:
+    """The same call against orchestrator.directory (its in-memory backend)."""
+    from orchestrator.directory.memory import MemoryDirectory as OrchMemory
+    from transceiver.orchdir import OrchestratorDirectory
+
+    inner = OrchMemory()
+    ring = await inner.ensure_keyring()
+    probe_port = free_udp_port()
+    directory = OrchestratorDirectory(inner, probe_port=probe_port)
+    relay = LoopbackRelay(ring.active_keys())
+    relay_addr = await relay.start()
+    server, _, model_port = await start_fake_model()
+    service = await start_transceiver(directory, [relay_addr], f"127.0.0.1:{model_port}",
+                                      probe_port=probe_port)
+    try:
+        record = await inner.get_transceiver(7)
+        assert record is not None and (record.address, record.probe_port) == (
+            "127.0.0.1", probe_port)
+        from orchestrator.probe import mint_probe_token, probe_async
+        # The probe responder answers on the announced port (here without a relay).
+        ufrag = mint_probe_token(ring.active_keys(), ring.current, 7, probe_port)
+        result = await probe_async(("127.0.0.1", probe_port), ufrag)
+        assert result.ok, result.reason
+        async with CallClient(service.url, "secret", 15) as client:
+            session = await inner.get_session(client.call_id)
+            assert session is not None and session["port"] == service.manager.get(
+                client.call_id).port
+            ufrag = re.search(r"a=ice-ufrag:(\S+)", client.answer_sdp).group(1)
+            assert tokens.verify(ufrag, ring.active_keys()).key_id == ring.current
+            await client.wait_event("model", state="connected")
+        await asyncio.sleep(0.1)
+        assert await inner.get_session(client.call_id) is None
+        await asyncio.sleep(0.3)  # heartbeats carry the load
+        assert (await inner.get_transceiver(7)).load == 0
+    finally:
+        await service.stop(0.2)
+        relay.close()
+        await server.stop(0)
+    assert await inner.get_transceiver(7) is None  # withdrawn on shutdown

@@ -52,7 +52,8 @@ class _Flow(asyncio.DatagramProtocol):
 
 @dataclass
 class LoopbackRelay:
-    directory: MemoryDirectory
+    keys: dict[int, bytes]
+    """The active routing-token keys, as the relay's ``keys`` map holds them."""
     transceiver_address: str = "127.0.0.1"
     counters: dict[str, int] = field(default_factory=lambda: {
         "forwarded_in": 0, "forwarded_out": 0, "new_flow": 0, "drop_not_stun": 0,
@@ -77,7 +78,7 @@ class LoopbackRelay:
                 self.counters["drop_not_stun"] += 1
                 return
             try:
-                token = tokens.verify(ufrag, self.directory.keys.keys)
+                token = tokens.verify(ufrag, self.keys)
             except tokens.TokenError:
                 self.counters["drop_bad_token"] += 1
                 return
@@ -126,12 +127,13 @@ def free_port_range(size: int = 40) -> tuple[int, int]:
 
 
 async def start_transceiver(
-    directory: MemoryDirectory,
+    directory: Any,
     relays: list[tuple[str, int]],
     model_target: str,
     *,
     api_token: str = "secret",
     max_calls: int = 50,
+    probe_port: int = 0,
     **call_options: Any,
 ) -> Transceiver:
     low, high = free_port_range()
@@ -146,7 +148,8 @@ async def start_transceiver(
     )
     service = Transceiver(
         ServiceSettings("127.0.0.1", 0, "127.0.0.1", api_token=api_token,
-                        heartbeat_seconds=0.2, drain_grace_seconds=1.0),
+                        heartbeat_seconds=0.2, drain_grace_seconds=1.0,
+                        probe_port=probe_port),
         calls, directory)
     await service.start()
     return service
@@ -164,6 +167,14 @@ def open_udp_ports(low: int, high: int) -> list[int]:
         finally:
             s.close()
     return bound
+
+
+def free_udp_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 def open_fds() -> int:
