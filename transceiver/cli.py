@@ -49,6 +49,7 @@ async def _serve(cfg: TransceiverConfig, directory_spec: str, as_json: bool) -> 
     except ValueError as exc:
         raise click.ClickException(f"[transceiver] relays: {exc}") from None
     host, port = _split_listen(cfg.listen)
+    directory = _directory(directory_spec, cfg.probe_port)
     service = Transceiver(
         ServiceSettings(host, port, cfg.private_address, region=cfg.region,
                         api_token=cfg.api_token, drain_grace_seconds=cfg.drain_grace_seconds,
@@ -56,10 +57,17 @@ async def _serve(cfg: TransceiverConfig, directory_spec: str, as_json: bool) -> 
         CallSettings(transceiver_id=cfg.id,
                      ports=PortPool(cfg.private_address, cfg.port_min, cfg.port_max),
                      advertised=advertised, model_target=cfg.model, max_calls=cfg.max_calls),
-        _directory(directory_spec, cfg.probe_port),
+        directory,
     )
     try:
-        await service.start()
+        try:
+            await service.start()
+        except BaseException:
+            await service.manager.close()
+            close = getattr(directory, "close", None)
+            if close is not None:
+                await close()
+            raise
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {cfg.listen} or probe port: {exc}") from None
     except Exception as exc:  # the directory refused or is unreachable
