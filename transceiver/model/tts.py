@@ -1,0 +1,27 @@
+"""Text to speech behind a small protocol, with Debian's espeak-ng as the default."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from transceiver.model.speech import SAMPLE_RATE, Voice, synthesize_async
+
+
+class Tts(Protocol):
+    name: str
+
+    async def speak(self, text: str) -> bytes:
+        """``text`` as 16 kHz mono s16le PCM ("" gives b"")."""
+
+
+class EspeakTts:
+    """espeak-ng run as a subprocess per reply (offline, ~50 ms for a sentence)."""
+
+    def __init__(self, voice: Voice = Voice()) -> None:
+        self.voice = voice
+        self.name = f"espeak-ng:{voice.name}"
+
+    async def speak(self, text: str) -> bytes:
+        pcm, rate = await synthesize_async(text, self.voice)
+        assert rate == SAMPLE_RATE
+        return pcm
