@@ -31,6 +31,7 @@ class FakeModel(voice_pb2_grpc.VoiceModelServicer):
         self.streams = 0
         self.chunks = 0
         self.barge_ins = 0
+        self.reply_ms = 600
 
     async def Converse(self, request_iterator, context):  # noqa: N802 - gRPC name
         self.streams += 1
@@ -63,7 +64,7 @@ class FakeModel(voice_pb2_grpc.VoiceModelServicer):
                                                                     turn=turn))
                 yield voice_pb2.ServerMessage(timings=voice_pb2.TurnTimings(
                     turn=turn, speech_end_ms=end_ms, processing_ms=1.0))
-                pcm = tone(600)
+                pcm = tone(self.reply_ms)
                 for i in range(0, len(pcm), 640):
                     yield voice_pb2.ServerMessage(audio=voice_pb2.AudioChunk(
                         pcm=pcm[i:i + 640], sample_rate=16000, seq=i // 640))

@@ -267,3 +267,22 @@ async def test_with_the_orchestrators_directory() -> None:
         relay.close()
         await server.stop(0)
     assert await inner.get_transceiver(7) is None  # withdrawn on shutdown
+
+
+async def test_barge_in_stops_the_reply(rig) -> None:
+    from transceiver.model.speech import synthesize
+
+    rig.model.reply_ms = 4000  # a long reply to talk over
+    interruption, _ = synthesize("hello how are you")
+    async with CallClient(rig.service.url, "secret", 15) as client:
+        call = rig.service.manager.get(client.call_id)
+        await client.wait_event("model", state="connected")
+        client.speak(SPEECH)
+        await client.wait_event("transcript", final=True)
+        await client.wait_for(lambda: call.track.playing, "the reply to play", poll=True)
+        client.speak(interruption)
+        event = await client.wait_event("barge_in")
+        assert event["source"] in ("vad", "transcript") and event["dropped_ms"] > 0
+        assert not call.track.playing
+        await client.wait_for(lambda: rig.model.barge_ins >= 1, "the model to get barge_in",
+                              poll=True)
