@@ -185,7 +185,7 @@ class Call:
                 pc.addTrack(self.track)
                 try:
                     await pc.setRemoteDescription(RTCSessionDescription(offer_text, "offer"))
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - aiortc raises many types for a refused offer
                     raise BadOffer(f"SDP offer was refused: {exc}") from None
                 await pc.setLocalDescription(await pc.createAnswer())
         except BaseException:
@@ -221,7 +221,7 @@ class Call:
         )
         try:
             await pc.setRemoteDescription(RTCSessionDescription(offer_text, "offer"))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - aiortc raises many types for a refused offer
             raise BadOffer(f"SDP offer was refused: {exc}") from None
         restart_ice(
             conn,
@@ -260,13 +260,10 @@ class Call:
         self.track.stop()
         if self.pc is not None:
             await self.pc.close()
-        if self.routed is not None:
-            # aioice closes the socket it gathered on; close it ourselves when
-            # the call failed before gathering.
-            if self.routed.sock.fileno() != -1:
-                self.routed.sock.close()
-        elif self.port:
-            pass
+        # aioice closes the socket it gathered on; close it ourselves when the
+        # call failed before gathering.
+        if self.routed is not None and self.routed.sock.fileno() != -1:
+            self.routed.sock.close()
         if self.port:
             self.manager.settings.ports.release(self.port)
 
@@ -506,7 +503,7 @@ class CallManager:
     async def _forget_remote(self, call_id: str) -> None:
         try:
             await self.directory.delete_session(call_id)
-        except Exception as exc:  # the record expires by TTL anyway
+        except Exception as exc:  # noqa: BLE001 - the record expires by TTL anyway
             logger.warning("could not delete session %s from the directory: %s", call_id, exc)
 
     async def refresh_sessions(self) -> None:

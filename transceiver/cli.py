@@ -70,7 +70,7 @@ async def _serve(cfg: TransceiverConfig, directory_spec: str, as_json: bool) -> 
             raise
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {cfg.listen} or probe port: {exc}") from None
-    except Exception as exc:  # the directory refused or is unreachable
+    except Exception as exc:  # noqa: BLE001 - the directory refused or is unreachable
         raise click.ClickException(f"cannot register with directory {directory_spec}: {exc}") from None
     ready = {"event": "ready", "url": service.url, "id": cfg.id,
              "relays": [f"{c.host}:{c.port}" for c in advertised]}

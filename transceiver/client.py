@@ -107,7 +107,7 @@ class CallClient:
         self.pc.addTrack(self.mic)
         self.pc.on("track", self._on_track)
 
-    async def __aenter__(self) -> CallClient:
+    async def __aenter__(self) -> CallClient:  # noqa: PYI034 - py3.11 target, no Self needed
         self._session = aiohttp.ClientSession(base_url=self.url.rstrip("/") + "/")
         try:
             await self.connect()

@@ -48,8 +48,7 @@ from typing import Any
 
 import aioice.ice
 import aiortc.rtcicetransport
-from aioice import Candidate, Connection
-from aioice import stun
+from aioice import Candidate, Connection, stun
 from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import CandidatePair, StunProtocol
 

@@ -9,6 +9,7 @@ sentence replayed later would be worse than a missed one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
@@ -117,16 +118,15 @@ class ModelLink:
         task, self._task = self._task, None
         if task is None:
             return
-        try:
+        # The stream ends by itself after end_of_input; if the model does not
+        # close it in time, cancel it. Stream errors were already reported
+        # through on_state.
+        with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
             await asyncio.wait_for(asyncio.shield(task), timeout)
-        except (asyncio.TimeoutError, Exception):
-            pass
         if not task.done():
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await task
-            except (asyncio.CancelledError, Exception):
-                pass
 
     async def _requests(
         self, queue: asyncio.Queue[voice_pb2.ClientMessage | None]

@@ -32,7 +32,7 @@ def parse_offer(text: str) -> Offer:
         raise ValueError("SDP offer must start with v=0")
     try:
         description = sdp.SessionDescription.parse(text)
-    except Exception as exc:  # aiortc's parser raises whatever it trips on
+    except Exception as exc:  # noqa: BLE001 - aiortc's parser raises whatever it trips on
         raise ValueError(f"SDP offer does not parse: {exc or type(exc).__name__}") from None
     if not description.media:
         raise ValueError("SDP offer has no m-line")

@@ -230,7 +230,7 @@ class Transceiver:
                     manager.settings.transceiver_id, len(manager.calls), manager.draining
                 )
                 await manager.refresh_sessions()
-            except Exception as exc:  # the directory may be restarting; keep serving
+            except Exception as exc:  # noqa: BLE001 - the directory may be restarting; keep serving
                 logger.warning("heartbeat failed: %s", exc)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -244,7 +244,7 @@ class Transceiver:
                 pass
         try:
             await self.directory.withdraw(self.manager.settings.transceiver_id)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - shutting down regardless
             logger.warning("could not withdraw from the directory: %s", exc)
         if self._probe is not None:
             self._probe.close()

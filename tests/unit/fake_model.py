@@ -8,7 +8,6 @@ speech test itself uses the real default model.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import struct
 
@@ -33,7 +32,7 @@ class FakeModel(voice_pb2_grpc.VoiceModelServicer):
         self.barge_ins = 0
         self.reply_ms = 600
 
-    async def Converse(self, request_iterator, context):  # noqa: N802 - gRPC name
+    async def Converse(self, request_iterator, context):
         self.streams += 1
         first = await request_iterator.__anext__()
         assert first.control.WhichOneof("kind") == "start"

@@ -14,18 +14,28 @@ import re
 
 import aiohttp
 import pytest
-
 from fake_model import TRANSCRIPT, start_fake_model, tone
+from transceiver_harness import (
+    LoopbackRelay,
+    free_port_range,
+    free_udp_port,
+    open_fds,
+    open_udp_ports,
+    start_transceiver,
+)
+
 from transceiver.client import CallClient, CallFailed
 from transceiver.directory import MemoryDirectory
-from transceiver_harness import (LoopbackRelay, free_port_range, free_udp_port, open_fds,
-                                 open_udp_ports,
-                                 start_transceiver)
 from voxrelay import token as tokens
 
 pytestmark = pytest.mark.timeout(120)
 
-SPEECH = tone(800, 300.0)  # loud enough for the fake model's energy VAD
+SPEECH = tone(800, 300.0)
+NO_AUDIO_OFFER = (
+    "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:0\r\n"
+    "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n"
+)  # loud enough for the fake model's energy VAD
 
 
 @pytest.fixture
@@ -98,9 +108,10 @@ async def test_ice_restart_keeps_the_call(rig) -> None:
 
 
 async def _post(url: str, body: str, headers: dict[str, str]) -> tuple[int, dict, dict]:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(url + "/v1/calls", data=body, headers=headers) as r:
-            return r.status, dict(r.headers), await r.json()
+    async with aiohttp.ClientSession() as session, session.post(
+        url + "/v1/calls", data=body, headers=headers
+    ) as r:
+        return r.status, dict(r.headers), await r.json()
 
 
 @pytest.mark.parametrize(
@@ -110,9 +121,7 @@ async def _post(url: str, body: str, headers: dict[str, str]) -> tuple[int, dict
          "SDP offer is empty"),
         ("garbage", {"Content-Type": "application/sdp", "Authorization": "Bearer secret"}, 400,
          "SDP offer must start with v=0"),
-        ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=application 9 UDP/DTLS/SCTP "
-         "webrtc-datachannel\r\na=mid:0\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx"
-         "\r\n", {"Content-Type": "application/sdp", "Authorization": "Bearer secret"}, 400,
+        (NO_AUDIO_OFFER, {"Content-Type": "application/sdp", "Authorization": "Bearer secret"}, 400,
          "SDP offer has no audio m-line"),
         ("v=0", {"Content-Type": "application/sdp"}, 401, "missing bearer token"),
         ("v=0", {"Content-Type": "application/sdp", "Authorization": "Bearer nope"}, 401,
@@ -217,7 +226,7 @@ async def test_drain_refuses_new_calls_and_closes_old_ones(rig) -> None:
     assert rig.directory.transceivers[7].draining
     probe = CallClient(rig.service.url, "secret", 15)
     await probe.pc.setLocalDescription(await probe.pc.createOffer())
-    status, headers, payload = await _post(
+    status, _, payload = await _post(
         rig.service.url, probe.pc.localDescription.sdp,
         {"Content-Type": "application/sdp", "Authorization": "Bearer secret"})
     await probe.close()

@@ -10,6 +10,7 @@ import pytest
 from aioice import Connection
 
 from transceiver.call import TurnClock
+from transceiver.directory import SessionRecord
 from transceiver.ice import (
     PortPool,
     RelaySpec,
@@ -23,7 +24,6 @@ from transceiver.media import CHUNK_BYTES, ReplyTrack, split_chunks
 from transceiver.model import voice_pb2
 from transceiver.offer import parse_offer
 from transceiver.sessions import SessionStore
-from transceiver.directory import SessionRecord
 
 GOOD_OFFER = """v=0
 o=- 1 1 IN IP4 0.0.0.0

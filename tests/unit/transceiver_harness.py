@@ -21,7 +21,6 @@ from typing import Any
 from aioice import stun
 
 from transceiver.call import CallSettings
-from transceiver.directory import MemoryDirectory
 from transceiver.ice import PortPool, RelaySpec, relay_candidates
 from transceiver.modellink import Backoff
 from transceiver.signaling import ServiceSettings, Transceiver
