@@ -72,7 +72,20 @@ class TransceiverConfig:
     private_address: str = "127.0.0.1"
     """Address the relay forwards calls to; never advertised to clients."""
     relays: list[str] = field(default_factory=lambda: ["127.0.0.1:3478"])
-    """Relay public addr:port candidates in the SDP answer, nearest first."""
+    """Relay public addr:port candidates in the SDP answer, nearest first.
+    Each entry may add ``region=NAME`` and ``rtt_ms=FLOAT``, e.g.
+    "203.0.113.7:3478 region=eu-west rtt_ms=4": same-region relays come first,
+    then lower RTT, then this list's order (see transceiver/ice.py)."""
+    region: str = ""
+    """This transceiver's region, matched against the relays' ``region=``."""
+    port_min: int = 40000
+    """Lowest UDP port for calls on private_address (one port per call, in its token)."""
+    port_max: int = 40999
+    """Highest UDP port for calls."""
+    drain_grace_seconds: float = 30.0
+    """On shutdown: how long existing calls may continue before they are closed."""
+    probe_port: int = 3479
+    """UDP port on private_address answering ``voxrelay probe`` STUN checks (0: none)."""
     directory: str = "http://127.0.0.1:7480"
     """Embedded directory URL or redis:// URL."""
     model: str = "127.0.0.1:50051"
@@ -134,6 +147,12 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"[relay] public_port {r.public_port} lies inside the flow port range")
     if r.xdp_mode not in ("native", "generic"):
         raise ConfigError(f"[relay] xdp_mode {r.xdp_mode!r} must be 'native' or 'generic'")
+    t = config.transceiver
+    if not 1024 <= t.port_min <= t.port_max <= 65535:
+        raise ConfigError(
+            f"[transceiver] port range {t.port_min}..{t.port_max} must satisfy "
+            "1024 <= min <= max <= 65535"
+        )
     if not 1 <= config.transceiver.id <= 0xFFFFFFFF:
         raise ConfigError(f"[transceiver] id {config.transceiver.id} is outside 1..4294967295")
     return config

@@ -1,0 +1,116 @@
+"""``voxrelay transceiver``: run a transceiver (HTTP signaling + aiortc calls)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from pathlib import Path
+
+import click
+
+from voxrelay.config import ConfigError, TransceiverConfig, load_config
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, colon, port = listen.rpartition(":")
+    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.ClickException(f"[transceiver] listen {listen!r} must be HOST:PORT")
+    return host or "0.0.0.0", int(port)
+
+
+def _directory(spec: str, probe_port: int):  # type: ignore[no-untyped-def]
+    from transceiver.directory import MemoryDirectory
+
+    if spec == "memory":
+        return MemoryDirectory()
+    try:
+        from transceiver.orchdir import connect_directory  # adapter over orchestrator.directory
+    except ImportError:
+        raise click.ClickException(
+            f"directory {spec!r} needs the orchestrator's directory client, which this build "
+            "lacks; use --directory memory for a standalone lab transceiver"
+        ) from None
+    try:
+        return connect_directory(spec, probe_port or 3479)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+async def _serve(cfg: TransceiverConfig, directory_spec: str, as_json: bool) -> None:
+    from transceiver.call import CallSettings
+    from transceiver.ice import PortPool, parse_relay, relay_candidates
+    from transceiver.signaling import ServiceSettings, Transceiver
+
+    try:
+        relays = [parse_relay(r) for r in cfg.relays]
+        advertised = relay_candidates(relays, cfg.region)
+    except ValueError as exc:
+        raise click.ClickException(f"[transceiver] relays: {exc}") from None
+    host, port = _split_listen(cfg.listen)
+    directory = _directory(directory_spec, cfg.probe_port)
+    service = Transceiver(
+        ServiceSettings(host, port, cfg.private_address, region=cfg.region,
+                        api_token=cfg.api_token, drain_grace_seconds=cfg.drain_grace_seconds,
+                        probe_port=cfg.probe_port),
+        CallSettings(transceiver_id=cfg.id,
+                     ports=PortPool(cfg.private_address, cfg.port_min, cfg.port_max),
+                     advertised=advertised, model_target=cfg.model, max_calls=cfg.max_calls),
+        directory,
+    )
+    try:
+        try:
+            await service.start()
+        except BaseException:
+            await service.manager.close()
+            close = getattr(directory, "close", None)
+            if close is not None:
+                await close()
+            raise
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {cfg.listen} or probe port: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the directory refused or is unreachable
+        raise click.ClickException(f"cannot register with directory {directory_spec}: {exc}") from None
+    ready = {"event": "ready", "url": service.url, "id": cfg.id,
+             "relays": [f"{c.host}:{c.port}" for c in advertised]}
+    click.echo(json.dumps(ready) if as_json else
+               f"transceiver {cfg.id} listening on {service.url}; relays {', '.join(ready['relays'])}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    click.echo(f"draining: up to {cfg.drain_grace_seconds:g} s for calls to finish", err=True)
+    await service.stop()
+
+
+@click.group()
+def transceiver() -> None:
+    """Run a transceiver: HTTP signaling and aiortc calls behind the relay."""
+
+
+@transceiver.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML config ([transceiver] table). Default: /etc/voxrelay/voxrelay.toml if present.")
+@click.option("--listen", help="Override [transceiver] listen (HOST:PORT for HTTP signaling).")
+@click.option("--directory", "directory_spec",
+              help="'memory' (standalone, lab), or the directory URL; default: [transceiver] directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="Log calls and ICE state changes.")
+def run(config_path: Path | None, listen: str | None, directory_spec: str | None,
+        as_json: bool, verbose: bool) -> None:
+    """Serve POST /v1/calls until SIGINT/SIGTERM, then drain.
+
+    Each call gets a UDP port on private_address and a routing-token ufrag
+    naming it; the SDP answer advertises only the configured relays.
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s")
+    try:
+        cfg = load_config(config_path).transceiver
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if listen:
+        cfg.listen = listen
+    asyncio.run(_serve(cfg, directory_spec or cfg.directory, as_json))
