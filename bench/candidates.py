@@ -257,7 +257,7 @@ class Coturn(Candidate):
                 "--peer", f"{TXR_IP}:{peer_port}", "--src", CLIENT_IP,
                 "--sport-base", str(sport_base), "--flows", str(flows),
             ]),
-            capture_output=True, text=True, timeout=240, env=env,
+            capture_output=True, text=True, timeout=240, env=env, check=False,
         )
         if r.returncode != 0:
             raise RuntimeError(f"TURN allocations failed: {r.stdout} {r.stderr[-500:]}")

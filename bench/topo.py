@@ -20,8 +20,8 @@ import contextlib
 import os
 import secrets
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from pyroute2 import IPRoute, NetNS, netns
 

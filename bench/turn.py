@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sport-base", type=int, required=True)
     ap.add_argument("--flows", type=int, required=True)
     args = ap.parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     ports = list(range(args.sport_base, args.sport_base + args.flows))
     ok = asyncio.run(setup_many(args.server, args.src, ports, args.peer))

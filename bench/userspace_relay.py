@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=300.0, help="exit after this (bound)")
     args = ap.parse_args(argv)
     # One socket per flow: 10,000 flows need more than the default 1024 fds.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     table = asyncio.run(serve(args))
     json.dump({"flows": len(table.flows), "stats": dict(table.stats)}, sys.stdout)
