@@ -117,6 +117,7 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
         f"- kernel: `{env['kernel']}`; cores: {env['cores']}; CPU: {env['cpu']}",
         f"- date: {env['date']}; load average at start: {env['loadavg']}",
         f"- {env['shared_note']}",
+        f"- XDP relay measured: `{env.get('relay_source', 'unknown')}`",
         ("- topology: three network namespaces (client | relay public+private | transceiver), "
         "two veth pairs, permanent neighbours (bench/topo.py). All candidates run on it in "
         "turn in one session."),

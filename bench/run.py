@@ -85,7 +85,18 @@ def environment(shared: bool) -> dict[str, Any]:
     except OSError:
         pass
     load = Path("/proc/loadavg").read_text().split()[:3]
+    relay_src = "orchestrator.bpfprog not importable"
+    try:
+        from orchestrator.bpfprog import bpf_dir
+
+        d = bpf_dir()
+        rev = subprocess.run(["git", "-C", str(d), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, check=False).stdout.strip()
+        relay_src = f"{d / 'relay.c'} (git {rev or 'unknown'})"
+    except Exception as exc:  # noqa: BLE001 -- informational only
+        relay_src = f"unknown ({exc})"
     return {
+        "relay_source": relay_src,
         "kernel": platform.release(),
         "cores": os.cpu_count(),
         "cpu": cpu,
@@ -206,8 +217,15 @@ class Bench:
         try:
             cand.start()
             if threaded:
+                # A veth has NAPI (and so a "threaded" knob) only while XDP is
+                # attached to it: the ceiling has it on the public side only.
+                done = []
                 for ifname in (self.lab.r_pub, self.lab.r_priv):
-                    self.lab.set_threaded_napi(ifname, True)
+                    with contextlib.suppress(subprocess.CalledProcessError):
+                        self.lab.set_threaded_napi(ifname, True)
+                        done.append(ifname)
+                if not done:
+                    raise RuntimeError("could not set threaded NAPI on the relay's veths")
             counter = cand.sink if isinstance(cand, C.GeneratorOnly) else self.sink
             cand.prime(max(self.args.flows), self.exe["udpgen"])
             self.throughput(cand, counter)
