@@ -1,0 +1,51 @@
+"""The transceiver directory: records, one interface, two backends.
+
+Transceivers use it like this (the URL picks the backend)::
+
+    from orchestrator.directory import TransceiverRecord, connect
+
+    async with connect("http://10.0.0.1:7480") as directory:   # or redis://host:6379/0
+        await directory.announce(TransceiverRecord(id=7, address="10.0.1.7", probe_port=3479))
+        ring = await directory.keyring()            # mint with ring.current
+        await directory.heartbeat(7, load=3)        # UnknownTransceiver -> announce again
+        await directory.put_session("call-1", {"port": 40000}, ttl=60)
+"""
+
+from __future__ import annotations
+
+from .base import (
+    Change,
+    ChangeFeed,
+    Directory,
+    DirectoryClient,
+    DirectoryError,
+    DirectoryUnavailable,
+    Snapshot,
+    UnknownTransceiver,
+)
+from .records import Keyring, TransceiverRecord, parse_keyring, parse_transceiver
+
+
+def connect(url: str, *, grace: float = 10.0, prefix: str = "voxrelay:") -> Directory:
+    """A directory client for ``url``: http(s):// is the embedded directory's
+    HTTP API, redis:// / rediss:// / unix:// is Redis. ``grace`` and ``prefix``
+    matter only for Redis (the HTTP server decides its own grace)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("http", "https"):
+        from .http import HttpDirectory
+
+        return HttpDirectory(url)
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis import RedisDirectory
+
+        return RedisDirectory(url, grace=grace, prefix=prefix)
+    raise ValueError(
+        f"directory URL {url!r} must start with http://, https://, redis://, rediss:// or unix://"
+    )
+
+
+__all__ = [
+    "Change", "ChangeFeed", "Directory", "DirectoryClient", "DirectoryError",
+    "DirectoryUnavailable", "Keyring", "Snapshot", "TransceiverRecord", "UnknownTransceiver",
+    "connect", "parse_keyring", "parse_transceiver",
+]

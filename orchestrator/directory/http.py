@@ -1,0 +1,248 @@
+"""The embedded directory's HTTP API, and the client transceivers use for it.
+
+Served by ``voxrelay orchestrator run`` on the private side
+(``[orchestrator] listen``). JSON in, JSON out; a bad record is a 400 whose
+``error`` is the validator's exact message, and the client raises it again as
+``ValueError`` so that both ends see the same words.
+
+    POST   /v1/transceivers                 announce (a TransceiverRecord)
+    GET    /v1/transceivers                 every live transceiver
+    GET    /v1/transceivers/{id}            one; 404 if absent or expired
+    POST   /v1/transceivers/{id}/heartbeat  {"load": n}; 404: announce again
+    POST   /v1/transceivers/{id}/drain      no new flows, existing ones continue
+    POST   /v1/transceivers/{id}/undrain
+    DELETE /v1/transceivers/{id}
+    GET    /v1/keys                         the keyring (secret: private side only)
+    POST   /v1/keys/rotate
+    PUT    /v1/sessions/{sid}               {"data": {...}, "ttl": seconds}
+    GET    /v1/sessions/{sid}               404 if absent or expired
+    DELETE /v1/sessions/{sid}
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from .base import Directory, DirectoryUnavailable, Snapshot, UnknownTransceiver
+from .records import (
+    Keyring,
+    TransceiverRecord,
+    parse_keyring,
+    parse_transceiver,
+    validate_load,
+    validate_session_id,
+    validate_transceiver_id,
+)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _txr_id(request: web.Request) -> int:
+    raw = request.match_info["txr_id"]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"transceiver id {raw!r} is not an integer") from None
+    return validate_transceiver_id(value)
+
+
+async def _body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"request body is not JSON: {exc.msg}") from None
+
+
+def make_app(directory: Directory) -> web.Application:
+    """An aiohttp app serving ``directory``; the caller runs it."""
+    routes = web.RouteTableDef()
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except UnknownTransceiver as exc:
+            return _error(404, str(exc))
+        except ValueError as exc:
+            return _error(400, str(exc))
+
+    @routes.post("/v1/transceivers")
+    async def announce(request: web.Request) -> web.Response:
+        body = await _body(request)
+        if isinstance(body, dict):
+            # The directory stamps times; a client cannot backdate itself.
+            body = {k: v for k, v in body.items() if k not in ("last_heartbeat", "announced_at")}
+        record = await directory.announce(parse_transceiver(body))
+        return web.json_response(record.to_json())
+
+    @routes.get("/v1/transceivers")
+    async def list_all(request: web.Request) -> web.Response:
+        snap = await directory.snapshot()
+        return web.json_response(
+            {"transceivers": [r.to_json() for _, r in sorted(snap.transceivers.items())]}
+        )
+
+    @routes.get("/v1/transceivers/{txr_id}")
+    async def get_one(request: web.Request) -> web.Response:
+        txr_id = _txr_id(request)
+        record = await directory.get_transceiver(txr_id)
+        if record is None:
+            raise UnknownTransceiver(txr_id)
+        return web.json_response(record.to_json())
+
+    @routes.post("/v1/transceivers/{txr_id}/heartbeat")
+    async def heartbeat(request: web.Request) -> web.Response:
+        body = await _body(request) if request.can_read_body else {}
+        if not isinstance(body, dict):
+            raise ValueError("heartbeat body must be a JSON object")
+        load = validate_load(body.get("load", 0))
+        return web.json_response((await directory.heartbeat(_txr_id(request), load)).to_json())
+
+    @routes.post("/v1/transceivers/{txr_id}/drain")
+    async def drain(request: web.Request) -> web.Response:
+        return web.json_response((await directory.drain(_txr_id(request))).to_json())
+
+    @routes.post("/v1/transceivers/{txr_id}/undrain")
+    async def undrain(request: web.Request) -> web.Response:
+        return web.json_response((await directory.undrain(_txr_id(request))).to_json())
+
+    @routes.delete("/v1/transceivers/{txr_id}")
+    async def remove(request: web.Request) -> web.Response:
+        return web.json_response({"removed": await directory.remove(_txr_id(request))})
+
+    @routes.get("/v1/keys")
+    async def keys(request: web.Request) -> web.Response:
+        return web.json_response((await directory.keyring()).to_json())
+
+    @routes.post("/v1/keys/rotate")
+    async def rotate(request: web.Request) -> web.Response:
+        return web.json_response((await directory.rotate_keys()).to_json())
+
+    @routes.put("/v1/sessions/{sid}")
+    async def put_session(request: web.Request) -> web.Response:
+        body = await _body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
+            raise ValueError('session body must be {"data": {...}, "ttl": seconds}')
+        ttl = body.get("ttl")
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+            raise ValueError(f"session ttl must be a number, got {ttl!r}")
+        await directory.put_session(request.match_info["sid"], body["data"], float(ttl))
+        return web.json_response({"stored": True})
+
+    @routes.get("/v1/sessions/{sid}")
+    async def get_session(request: web.Request) -> web.Response:
+        data = await directory.get_session(request.match_info["sid"])
+        if data is None:
+            return _error(404, f"session {request.match_info['sid']!r} is absent or expired")
+        return web.json_response({"data": data})
+
+    @routes.delete("/v1/sessions/{sid}")
+    async def delete_session(request: web.Request) -> web.Response:
+        return web.json_response({"removed": await directory.delete_session(request.match_info["sid"])})
+
+    app = web.Application(middlewares=[errors])
+    app.add_routes(routes)
+    return app
+
+
+class HttpDirectory(Directory):
+    """A ``Directory`` over the embedded directory's HTTP API (``http://host:port``).
+
+    What transceivers use on a one-host deployment, and what the CLI uses to
+    drain or rotate through a running orchestrator. It has no change feed:
+    the sync runs beside the store it follows.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self.grace = 0.0  # decided by the server
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        try:
+            async with self._session.request(method, self.url + path, json=body) as resp:
+                payload = await resp.json(content_type=None)
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise DirectoryUnavailable(
+                f"directory {self.url} is unreachable: {exc or type(exc).__name__}"
+            ) from None
+        except json.JSONDecodeError:
+            raise DirectoryUnavailable(f"directory {self.url} answered with non-JSON") from None
+        if status == 400:
+            raise ValueError(payload.get("error", "bad request"))
+        if status >= 500:
+            raise DirectoryUnavailable(f"directory {self.url} answered {status}")
+        return status, payload
+
+    async def _record(self, method: str, path: str, txr_id: int, body: Any = None) -> TransceiverRecord:
+        status, payload = await self._call(method, path, body)
+        if status == 404:
+            raise UnknownTransceiver(txr_id)
+        return parse_transceiver(payload)
+
+    async def announce(self, record: TransceiverRecord) -> TransceiverRecord:
+        body = {k: v for k, v in record.to_json().items() if k not in ("last_heartbeat", "announced_at")}
+        return await self._record("POST", "/v1/transceivers", record.id, body)
+
+    async def heartbeat(self, txr_id: int, load: int = 0) -> TransceiverRecord:
+        validate_load(load)
+        return await self._record("POST", f"/v1/transceivers/{txr_id}/heartbeat", txr_id, {"load": load})
+
+    async def set_status(self, txr_id: int, status: str) -> TransceiverRecord:
+        verb = {"draining": "drain", "active": "undrain"}.get(status)
+        if verb is None:
+            raise ValueError(f"transceiver status {status!r} is not one of: active, draining")
+        return await self._record("POST", f"/v1/transceivers/{txr_id}/{verb}", txr_id)
+
+    async def remove(self, txr_id: int) -> bool:
+        _, payload = await self._call("DELETE", f"/v1/transceivers/{txr_id}")
+        return bool(payload["removed"])
+
+    async def get_transceiver(self, txr_id: int) -> TransceiverRecord | None:
+        try:
+            return await self._record("GET", f"/v1/transceivers/{txr_id}", txr_id)
+        except UnknownTransceiver:
+            return None
+
+    async def keyring(self) -> Keyring:
+        return parse_keyring((await self._call("GET", "/v1/keys"))[1])
+
+    async def rotate_keys(self) -> Keyring:
+        return parse_keyring((await self._call("POST", "/v1/keys/rotate"))[1])
+
+    async def ensure_keyring(self) -> Keyring:
+        # The orchestrator creates the first key when it starts its store.
+        return await self.keyring()
+
+    async def put_session(self, session_id: str, data: dict[str, Any], ttl: float) -> None:
+        validate_session_id(session_id)
+        await self._call("PUT", f"/v1/sessions/{session_id}", {"data": data, "ttl": ttl})
+
+    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+        validate_session_id(session_id)
+        status, payload = await self._call("GET", f"/v1/sessions/{session_id}")
+        return None if status == 404 else dict(payload["data"])
+
+    async def delete_session(self, session_id: str) -> bool:
+        validate_session_id(session_id)
+        return bool((await self._call("DELETE", f"/v1/sessions/{session_id}"))[1]["removed"])
+
+    async def snapshot(self) -> Snapshot:
+        _, payload = await self._call("GET", "/v1/transceivers")
+        records = [parse_transceiver(r) for r in payload["transceivers"]]
+        return Snapshot({r.id: r for r in records}, await self.keyring())
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

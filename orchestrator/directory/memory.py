@@ -1,0 +1,155 @@
+"""The embedded directory: an in-process store for a one-host deployment.
+
+The orchestrator owns it and serves it to transceivers over HTTP
+(orchestrator/directory/http.py). Nothing survives a restart, which is fine:
+transceivers re-announce on their next heartbeat (they get "unknown
+transceiver" and announce again), and the pinned BPF maps keep forwarding in
+the meantime because the sync never deletes on a directory it has not read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from voxrelay.token import new_key
+
+from .base import Change, Directory, Snapshot, UnknownTransceiver, is_live
+from .records import (
+    Keyring,
+    TransceiverRecord,
+    validate_session_id,
+    validate_status,
+    validate_transceiver_id,
+)
+
+
+class _Feed:
+    """One follower's queue of change hints. Registered at creation, so no
+    change made after ``changes()`` returns can be missed."""
+
+    def __init__(self, owner: MemoryDirectory, poll: float) -> None:
+        self._owner = owner
+        self._poll = poll
+        self.queue: asyncio.Queue[Change] = asyncio.Queue(maxsize=10_000)
+        owner._feeds.add(self)
+
+    def __aiter__(self) -> AsyncIterator[Change | None]:
+        return self
+
+    async def __anext__(self) -> Change | None:
+        try:
+            return await asyncio.wait_for(self.queue.get(), self._poll)
+        except TimeoutError:
+            return None
+
+    async def aclose(self) -> None:
+        self._owner._feeds.discard(self)
+
+
+class MemoryDirectory(Directory):
+    def __init__(self, *, grace: float = 10.0, clock: Callable[[], float] = time.time) -> None:
+        self.grace = grace
+        self._clock = clock
+        self._transceivers: dict[int, TransceiverRecord] = {}
+        self._keyring = Keyring()
+        self._sessions: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._feeds: set[_Feed] = set()
+
+    def _notify(self, change: Change) -> None:
+        for feed in list(self._feeds):
+            try:
+                feed.queue.put_nowait(change)
+            except asyncio.QueueFull:
+                # A follower this far behind resyncs on its next poll anyway.
+                pass
+
+    def _live(self, txr_id: int) -> TransceiverRecord:
+        record = self._transceivers.get(validate_transceiver_id(txr_id))
+        if record is None or not is_live(record, self._clock(), self.grace):
+            raise UnknownTransceiver(txr_id)
+        return record
+
+    async def announce(self, record: TransceiverRecord) -> TransceiverRecord:
+        now = self._clock()
+        stored = record.with_(last_heartbeat=now, announced_at=now)
+        self._transceivers[stored.id] = stored
+        self._notify(Change("transceiver", stored.id))
+        return stored
+
+    async def heartbeat(self, txr_id: int, load: int = 0) -> TransceiverRecord:
+        stored = self._live(txr_id).with_(load=load, last_heartbeat=self._clock())
+        self._transceivers[stored.id] = stored
+        return stored
+
+    async def set_status(self, txr_id: int, status: str) -> TransceiverRecord:
+        validate_status(status)
+        stored = self._live(txr_id).with_(status=status)
+        self._transceivers[stored.id] = stored
+        self._notify(Change("transceiver", stored.id))
+        return stored
+
+    async def remove(self, txr_id: int) -> bool:
+        existed = self._transceivers.pop(validate_transceiver_id(txr_id), None) is not None
+        self._notify(Change("transceiver", txr_id))
+        return existed
+
+    async def get_transceiver(self, txr_id: int) -> TransceiverRecord | None:
+        try:
+            return self._live(txr_id)
+        except UnknownTransceiver:
+            return None
+
+    async def keyring(self) -> Keyring:
+        return self._keyring
+
+    async def rotate_keys(self) -> Keyring:
+        self._keyring = self._keyring.rotated(new_key())
+        self._notify(Change("keys"))
+        return self._keyring
+
+    async def ensure_keyring(self) -> Keyring:
+        if self._keyring.current is None:
+            return await self.rotate_keys()
+        return self._keyring
+
+    def restore_keyring(self, ring: Keyring) -> None:
+        """Seed an empty store (after an orchestrator restart) with the keys
+        the maps still hold, so that live tokens stay valid."""
+        if self._keyring.current is None:
+            self._keyring = ring
+
+    async def put_session(self, session_id: str, data: dict[str, Any], ttl: float) -> None:
+        validate_session_id(session_id)
+        if ttl <= 0:
+            raise ValueError(f"session ttl must be positive, got {ttl}")
+        self._sessions[session_id] = (time.monotonic() + ttl, copy.deepcopy(data))
+        self._expire_sessions()
+
+    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+        entry = self._sessions.get(validate_session_id(session_id))
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return copy.deepcopy(entry[1])
+
+    async def delete_session(self, session_id: str) -> bool:
+        return self._sessions.pop(validate_session_id(session_id), None) is not None
+
+    def _expire_sessions(self) -> None:
+        now = time.monotonic()
+        for sid in [s for s, (exp, _) in self._sessions.items() if exp < now]:
+            del self._sessions[sid]
+
+    async def snapshot(self) -> Snapshot:
+        now = self._clock()
+        for txr_id in [t for t, r in self._transceivers.items() if not is_live(r, now, self.grace)]:
+            # Forget the expired, so that a later heartbeat must announce again.
+            del self._transceivers[txr_id]
+        self._expire_sessions()
+        return Snapshot(transceivers=dict(self._transceivers), keyring=self._keyring)
+
+    async def follow(self, poll: float) -> _Feed:
+        return _Feed(self, poll)

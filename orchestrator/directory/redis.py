@@ -1,0 +1,287 @@
+"""The Redis directory: many relay hosts, one source of truth.
+
+Layout (every key under a prefix, default ``voxrelay:``):
+
+    {p}txr:{id}        JSON TransceiverRecord, TTL 2 x grace (garbage collection;
+                       liveness is last_heartbeat + grace, as everywhere)
+    {p}keys            JSON Keyring (no TTL)
+    {p}session:{sid}   JSON session record, TTL as the transceiver asked
+    {p}changes         stream of change hints {kind, id}, trimmed to ~10k
+
+A relay that joins late (or comes back after an outage) reads the stream's
+last id, takes a full snapshot, then follows the stream from that id: the
+hints between the two are replayed, which is harmless because applying one is
+idempotent. Read-modify-write (heartbeat, drain, rotate) runs under
+WATCH/MULTI so that a heartbeat never overwrites a concurrent drain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from voxrelay.token import new_key
+
+from .base import Change, Directory, DirectoryUnavailable, Snapshot, UnknownTransceiver, is_live
+from .records import (
+    Keyring,
+    TransceiverRecord,
+    parse_keyring,
+    parse_transceiver,
+    validate_session_id,
+    validate_status,
+    validate_transceiver_id,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+STREAM_MAXLEN = 10_000
+
+
+class _StreamFeed:
+    def __init__(self, owner: RedisDirectory, cursor: str, poll: float) -> None:
+        self._owner = owner
+        self._cursor = cursor
+        self._poll_ms = max(1, int(poll * 1000))
+        self._pending: list[Change] = []
+
+    def __aiter__(self) -> AsyncIterator[Change | None]:
+        return self
+
+    async def __anext__(self) -> Change | None:
+        if not self._pending:
+            try:
+                reply = await self._owner._redis.xread(
+                    {self._owner._stream: self._cursor}, count=512, block=self._poll_ms
+                )
+            except (RedisError, OSError) as exc:
+                raise DirectoryUnavailable(f"redis change feed broke: {exc}") from None
+            for _stream, entries in reply or []:
+                for entry_id, fields in entries:
+                    self._cursor = entry_id
+                    change = _parse_change(fields)
+                    if change is not None:
+                        self._pending.append(change)
+            if not self._pending:
+                return None
+        return self._pending.pop(0)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _parse_change(fields: dict[str, str]) -> Change | None:
+    kind = fields.get("kind")
+    if kind == "keys":
+        return Change("keys")
+    if kind == "transceiver":
+        try:
+            return Change("transceiver", validate_transceiver_id(int(fields.get("id", ""))))
+        except ValueError:
+            pass
+    log.warning("ignoring malformed change hint %r", fields)
+    return None
+
+
+class RedisDirectory(Directory):
+    def __init__(
+        self,
+        url: str,
+        *,
+        grace: float = 10.0,
+        prefix: str = "voxrelay:",
+        clock: Callable[[], float] = time.time,
+        timeout: float = 2.0,
+    ) -> None:
+        self.url = url
+        self.grace = grace
+        self._clock = clock
+        self._p = prefix
+        self._stream = prefix + "changes"
+        self._redis = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=None, socket_connect_timeout=timeout
+        )
+
+    # --- plumbing -------------------------------------------------------------
+    def _txr_key(self, txr_id: int) -> str:
+        return f"{self._p}txr:{validate_transceiver_id(txr_id)}"
+
+    def _ttl_ms(self) -> int:
+        return max(1000, int(self.grace * 2000))
+
+    async def _guard(self, op: Awaitable[T]) -> T:
+        try:
+            return await op
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise DirectoryUnavailable(f"redis {self._safe_url()} is unreachable: {exc}") from None
+
+    def _safe_url(self) -> str:
+        # Never print a password that may be in the URL.
+        return self.url.split("@")[-1]
+
+    async def _hint(self, pipe: Any, kind: str, txr_id: int = 0) -> None:
+        pipe.xadd(self._stream, {"kind": kind, "id": str(txr_id)}, maxlen=STREAM_MAXLEN, approximate=True)
+
+    def _decode_txr(self, raw: str | None) -> TransceiverRecord | None:
+        if raw is None:
+            return None
+        try:
+            return parse_transceiver(json.loads(raw))
+        except ValueError as exc:  # includes JSONDecodeError
+            # Someone wrote a bad record behind our back: it never reaches a map.
+            log.warning("ignoring bad transceiver record in redis: %s", exc)
+            return None
+
+    async def _update_txr(
+        self, txr_id: int, change: Callable[[TransceiverRecord], TransceiverRecord], notify: bool
+    ) -> TransceiverRecord:
+        key = self._txr_key(txr_id)
+
+        async def attempt() -> TransceiverRecord:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for _ in range(16):
+                    try:
+                        await pipe.watch(key)
+                        current = self._decode_txr(await pipe.get(key))
+                        if current is None or not is_live(current, self._clock(), self.grace):
+                            raise UnknownTransceiver(txr_id)
+                        updated = change(current)
+                        pipe.multi()
+                        pipe.set(key, json.dumps(updated.to_json()), px=self._ttl_ms())
+                        if notify:
+                            await self._hint(pipe, "transceiver", txr_id)
+                        await pipe.execute()
+                        return updated
+                    except WatchError:
+                        continue
+            raise DirectoryUnavailable(f"transceiver {txr_id}: too much contention in redis")
+
+        return await self._guard(attempt())
+
+    # --- transceivers ----------------------------------------------------------
+    async def announce(self, record: TransceiverRecord) -> TransceiverRecord:
+        now = self._clock()
+        stored = record.with_(last_heartbeat=now, announced_at=now)
+
+        async def op() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self._txr_key(stored.id), json.dumps(stored.to_json()), px=self._ttl_ms())
+                await self._hint(pipe, "transceiver", stored.id)
+                await pipe.execute()
+
+        await self._guard(op())
+        return stored
+
+    async def heartbeat(self, txr_id: int, load: int = 0) -> TransceiverRecord:
+        return await self._update_txr(
+            txr_id, lambda r: r.with_(load=load, last_heartbeat=self._clock()), notify=False
+        )
+
+    async def set_status(self, txr_id: int, status: str) -> TransceiverRecord:
+        validate_status(status)
+        return await self._update_txr(txr_id, lambda r: r.with_(status=status), notify=True)
+
+    async def remove(self, txr_id: int) -> bool:
+        async def op() -> bool:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self._txr_key(txr_id))
+                await self._hint(pipe, "transceiver", txr_id)
+                deleted, _ = await pipe.execute()
+                return bool(deleted)
+
+        return await self._guard(op())
+
+    async def get_transceiver(self, txr_id: int) -> TransceiverRecord | None:
+        record = self._decode_txr(await self._guard(self._redis.get(self._txr_key(txr_id))))
+        if record is None or not is_live(record, self._clock(), self.grace):
+            return None
+        return record
+
+    # --- keys --------------------------------------------------------------------
+    async def keyring(self) -> Keyring:
+        raw = await self._guard(self._redis.get(self._p + "keys"))
+        return Keyring() if raw is None else parse_keyring(json.loads(raw))
+
+    async def _rotate(self, only_if_empty: bool) -> Keyring:
+        key = self._p + "keys"
+
+        async def attempt() -> Keyring:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for _ in range(16):
+                    try:
+                        await pipe.watch(key)
+                        raw = await pipe.get(key)
+                        ring = Keyring() if raw is None else parse_keyring(json.loads(raw))
+                        if only_if_empty and ring.current is not None:
+                            await pipe.unwatch()
+                            return ring
+                        ring = ring.rotated(new_key())
+                        pipe.multi()
+                        pipe.set(key, json.dumps(ring.to_json()))
+                        await self._hint(pipe, "keys")
+                        await pipe.execute()
+                        return ring
+                    except WatchError:
+                        continue
+            raise DirectoryUnavailable("key rotation: too much contention in redis")
+
+        return await self._guard(attempt())
+
+    async def rotate_keys(self) -> Keyring:
+        return await self._rotate(only_if_empty=False)
+
+    async def ensure_keyring(self) -> Keyring:
+        return await self._rotate(only_if_empty=True)
+
+    # --- sessions ------------------------------------------------------------------
+    async def put_session(self, session_id: str, data: dict[str, Any], ttl: float) -> None:
+        validate_session_id(session_id)
+        if ttl <= 0:
+            raise ValueError(f"session ttl must be positive, got {ttl}")
+        payload = json.dumps(data)
+        await self._guard(
+            self._redis.set(f"{self._p}session:{session_id}", payload, px=max(1, int(ttl * 1000)))
+        )
+
+    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+        raw = await self._guard(self._redis.get(f"{self._p}session:{validate_session_id(session_id)}"))
+        return None if raw is None else dict(json.loads(raw))
+
+    async def delete_session(self, session_id: str) -> bool:
+        key = f"{self._p}session:{validate_session_id(session_id)}"
+        return bool(await self._guard(self._redis.delete(key)))
+
+    # --- the sync's side -------------------------------------------------------------
+    async def snapshot(self) -> Snapshot:
+        async def op() -> Snapshot:
+            keys = [k async for k in self._redis.scan_iter(match=f"{self._p}txr:*", count=1000)]
+            values = await self._redis.mget(keys) if keys else []
+            now = self._clock()
+            live: dict[int, TransceiverRecord] = {}
+            for raw in values:
+                record = self._decode_txr(raw)
+                if record is not None and is_live(record, now, self.grace):
+                    live[record.id] = record
+            raw_ring = await self._redis.get(self._p + "keys")
+            ring = Keyring() if raw_ring is None else parse_keyring(json.loads(raw_ring))
+            return Snapshot(live, ring)
+
+        return await self._guard(op())
+
+    async def follow(self, poll: float) -> _StreamFeed:
+        async def op() -> str:
+            last = await self._redis.xrevrange(self._stream, count=1)
+            return last[0][0] if last else "0-0"
+
+        return _StreamFeed(self, await self._guard(op()), poll)
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,398 @@
+"""ICE behind the relay: a small, documented adapter over aioice.
+
+Why an adapter at all: aiortc builds its aioice ``Connection`` deep inside
+``RTCIceGatherer`` and gives us no hook for the three things a call behind the
+XDP relay needs:
+
+1. The server ufrag must be a routing token that names this transceiver and
+   the call's UDP port, so the port must be bound *before* the ufrag exists.
+   We bind the port ourselves (``PortPool``), mint the token, then hand both to
+   ``RoutedConnection``. The ufrag is set at the source (aioice's
+   ``local_username``), never by rewriting SDP afterwards.
+2. The one local socket is the bound port on the private address: no other
+   host candidates, no STUN, no TURN. But the answer must advertise only the
+   relays' public addresses, so ``local_candidates`` (what aiortc writes into
+   the SDP) returns the relay candidates, while the socket stays private.
+3. aioice has no ICE-lite and would send checks to the client's own
+   candidates, around the relay. ``RoutedConnection`` ignores every remote
+   candidate from signaling: the only pairs are the peer-reflexive addresses
+   learned from checks that arrive through the relay, which are answered,
+   checked back (triggered checks) and nominated by the client as usual.
+
+``routed_ice()`` installs the adapter for the current task only (a
+``ContextVar``), so an aiortc client in the same process (the tests) keeps the
+stock ``Connection``. It patches one name, ``aiortc.rtcicetransport.Connection``,
+with a factory that falls through to aioice's class when no call is being set
+up. ``tests/unit/test_ice.py`` pins this against the installed aiortc/aioice.
+
+ICE restart (``restart_ice``) is missing from aioice too: it swaps credentials,
+forgets the old check list and learned candidates, and keeps the nominated
+pair carrying media until a new pair is nominated (RFC 8445 section 9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import errno
+import ipaddress
+import logging
+import random
+import secrets
+import socket
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aioice.ice
+import aiortc.rtcicetransport
+from aioice import Candidate, Connection
+from aioice import stun
+from aioice.candidate import candidate_foundation, candidate_priority
+from aioice.ice import CandidatePair, StunProtocol
+
+logger = logging.getLogger(__name__)
+
+_ICE_CHARS = string.ascii_letters + string.digits + "+/"
+
+
+def random_ice_password() -> str:
+    """A fresh ICE password: 24 ice-chars (RFC 8445 asks for >= 22)."""
+    return "".join(secrets.choice(_ICE_CHARS) for _ in range(24))
+
+
+# ---------------------------------------------------------------- relay specs
+
+
+@dataclass(frozen=True)
+class RelaySpec:
+    """One relay the answer advertises: its public address as clients see it."""
+
+    host: str
+    port: int
+    region: str = ""
+    rtt_ms: float | None = None
+
+
+def parse_relay(spec: str) -> RelaySpec:
+    """Parse ``"ADDR:PORT [region=NAME] [rtt_ms=FLOAT]"`` (the config's ``relays`` entries).
+
+    Raises ``ValueError`` with a message naming the bad part.
+    """
+    parts = spec.split()
+    if not parts:
+        raise ValueError("relay spec is empty")
+    addr, colon, port_text = parts[0].rpartition(":")
+    if not colon or not addr:
+        raise ValueError(f"relay {parts[0]!r} must be ADDR:PORT")
+    try:
+        ipaddress.IPv4Address(addr)
+    except ValueError:
+        raise ValueError(f"relay address {addr!r} is not an IPv4 address") from None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"relay port {port_text!r} is not in 1..65535")
+    region = ""
+    rtt: float | None = None
+    for option in parts[1:]:
+        key, eq, value = option.partition("=")
+        if not eq:
+            raise ValueError(f"relay option {option!r} must be key=value")
+        if key == "region":
+            if not value:
+                raise ValueError("relay region must not be empty")
+            region = value
+        elif key == "rtt_ms":
+            try:
+                rtt = float(value)
+            except ValueError:
+                raise ValueError(f"relay rtt_ms {value!r} is not a number") from None
+            if not 0 <= rtt < 60000:
+                raise ValueError(f"relay rtt_ms {value!r} is outside 0..60000")
+        else:
+            raise ValueError(f"relay option {key!r} is unknown; known: region, rtt_ms")
+    return RelaySpec(addr, int(port_text), region, rtt)
+
+
+def relay_candidates(relays: list[RelaySpec], region: str = "") -> list[Candidate]:
+    """The answer's candidates: one per relay, nearest first, priority decreasing.
+
+    Nearest = same region as this transceiver first, then lower RTT, then the
+    order in the config. The advertised type is ``host``: to the client the
+    relay's public address *is* the server's address (the relay is stateless
+    NAT, not a TURN allocation), and browsers pair host candidates directly.
+    """
+    if not relays:
+        raise ValueError("at least one relay is required to advertise candidates")
+
+    def proximity(item: tuple[int, RelaySpec]) -> tuple[int, float, int]:
+        index, relay = item
+        same_region = 0 if (region and relay.region == region) else 1
+        rtt = relay.rtt_ms if relay.rtt_ms is not None else float("inf")
+        return (same_region, rtt, index)
+
+    ordered = [relay for _, relay in sorted(enumerate(relays), key=proximity)]
+    candidates = []
+    for rank, relay in enumerate(ordered):
+        candidates.append(
+            Candidate(
+                foundation=candidate_foundation("host", "udp", relay.host),
+                component=1,
+                transport="udp",
+                priority=candidate_priority(1, "host", local_pref=65535 - rank),
+                host=relay.host,
+                port=relay.port,
+                type="host",
+            )
+        )
+    return candidates
+
+
+# ---------------------------------------------------------------- ports
+
+
+class PortPool:
+    """Binds each call's UDP socket on the private address, from a port range.
+
+    The port is chosen here (not by the kernel) because it goes into the
+    routing token before ICE starts. Ports in use by other processes are
+    skipped (EADDRINUSE); ``release`` makes a port available again.
+    """
+
+    def __init__(self, address: str, port_min: int, port_max: int) -> None:
+        if not 1 <= port_min <= port_max <= 65535:
+            raise ValueError(f"port range {port_min}..{port_max} is not within 1..65535")
+        self.address = address
+        self.port_min = port_min
+        self.port_max = port_max
+        self._in_use: set[int] = set()
+
+    @property
+    def in_use(self) -> frozenset[int]:
+        return frozenset(self._in_use)
+
+    def bind(self) -> socket.socket:
+        size = self.port_max - self.port_min + 1
+        start = random.randrange(size)
+        for step in range(size):
+            port = self.port_min + (start + step) % size
+            if port in self._in_use:
+                continue
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind((self.address, port))
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRINUSE:
+                    continue
+                raise
+            sock.setblocking(False)
+            self._in_use.add(port)
+            return sock
+        raise OSError(errno.EADDRINUSE, f"no free UDP port in {self.port_min}..{self.port_max}")
+
+    def release(self, port: int) -> None:
+        self._in_use.discard(port)
+
+
+# ---------------------------------------------------------------- connection
+
+
+@dataclass
+class RoutedIce:
+    """What one call's ICE needs: the bound socket, its token ufrag, the relays."""
+
+    sock: socket.socket
+    ufrag: str
+    password: str
+    advertised: list[Candidate]
+    consent_interval: float = aioice.ice.CONSENT_INTERVAL
+    consent_failures: int = aioice.ice.CONSENT_FAILURES
+    connections: list[RoutedConnection] = field(default_factory=list)
+    """Every connection aiortc built for this call; with BUNDLE only one gathers."""
+
+    def primary(self) -> RoutedConnection | None:
+        """The connection that owns the socket (the one aiortc gathered)."""
+        return next((c for c in self.connections if c._local_candidates_start), None)
+
+
+class RoutedConnection(Connection):
+    """An aioice ``Connection`` for a call behind the relay (controlled side).
+
+    See the module docstring for why each override exists.
+    """
+
+    def __init__(self, routed: RoutedIce, **kwargs: Any) -> None:
+        # aiortc passes its own username/password/policy/servers: ours win.
+        super().__init__(
+            ice_controlling=False,
+            local_username=routed.ufrag,
+            local_password=routed.password,
+            use_ipv6=False,
+        )
+        self.routed = routed
+        self.ignored_remote_candidates = 0
+        routed.connections.append(self)
+
+    @property
+    def local_candidates(self) -> list[Candidate]:
+        # What goes into the SDP answer: the relays only. The private socket's
+        # own candidate is kept off this list on purpose.
+        return list(self.routed.advertised)
+
+    @property
+    def bound_address(self) -> tuple[str, int]:
+        return self.routed.sock.getsockname()[:2]
+
+    async def gather_candidates(self) -> None:
+        if self._local_candidates_start:
+            return
+        self._local_candidates_start = True
+        loop = asyncio.get_running_loop()
+        _, protocol = await loop.create_datagram_endpoint(
+            lambda: StunProtocol(self), sock=self.routed.sock
+        )
+        host, port = self.bound_address
+        protocol.local_candidate = Candidate(
+            foundation=candidate_foundation("host", "udp", host),
+            component=1,
+            transport="udp",
+            priority=candidate_priority(1, "host"),
+            host=host,
+            port=port,
+            type="host",
+        )
+        self._protocols.append(protocol)
+        self._local_candidates.append(protocol.local_candidate)
+        self._local_candidates_end = True
+
+    async def add_remote_candidate(self, remote_candidate: Candidate | None) -> None:
+        # Never check the client's own candidates (that would go around the
+        # relay), and never signal end-of-candidates either: with no pairs,
+        # aioice would declare ICE failed before the relay's checks arrive.
+        # The call's ICE timeout bounds the wait instead.
+        if remote_candidate is not None:
+            self.ignored_remote_candidates += 1
+
+    async def query_consent(self) -> None:
+        # aioice's loop, with the interval and failure count per connection so
+        # that a vanished client is detected in bounded time (RFC 7675).
+        assert self.remote_password is not None
+        failures = 0
+        interval = self.routed.consent_interval
+        while True:
+            await asyncio.sleep(interval * (0.8 + 0.4 * random.random()))
+            for pair in list(self._nominated.values()):
+                request = self.build_request(pair, nominate=False)
+                try:
+                    await pair.protocol.request(
+                        request,
+                        pair.remote_addr,
+                        integrity_key=self.remote_password.encode("utf8"),
+                        retransmissions=0,
+                    )
+                    failures = 0
+                except stun.TransactionError:
+                    failures += 1
+                if failures >= self.routed.consent_failures:
+                    logger.info("%s consent to send expired", self)
+                    self._query_consent_task = None
+                    await self.close()
+                    return
+
+    def nominated_remote(self) -> tuple[str, int] | None:
+        pair = self._nominated.get(1)
+        return pair.remote_addr if pair else None
+
+
+_routed: contextvars.ContextVar[RoutedIce | None] = contextvars.ContextVar(
+    "voxrelay_routed_ice", default=None
+)
+_AioiceConnection = aioice.ice.Connection
+
+
+def _connection_factory(**kwargs: Any) -> Connection:
+    routed = _routed.get()
+    if routed is None:
+        return _AioiceConnection(**kwargs)
+    return RoutedConnection(routed, **kwargs)
+
+
+def install() -> None:
+    """Point aiortc's gatherer at our factory (idempotent)."""
+    if aiortc.rtcicetransport.Connection is not _connection_factory:
+        if aiortc.rtcicetransport.Connection is not _AioiceConnection:
+            raise RuntimeError("aiortc.rtcicetransport.Connection was patched by someone else")
+        aiortc.rtcicetransport.Connection = _connection_factory  # type: ignore[misc,assignment]
+
+
+@contextlib.contextmanager
+def routed_ice(routed: RoutedIce) -> Iterator[None]:
+    """Within this block (this task only), aiortc gatherers use ``RoutedConnection``."""
+    install()
+    token = _routed.set(routed)
+    try:
+        yield
+    finally:
+        _routed.reset(token)
+
+
+# ---------------------------------------------------------------- restart
+
+
+def restart_ice(
+    conn: Connection,
+    *,
+    local_username: str,
+    local_password: str,
+    remote_username: str,
+    remote_password: str,
+) -> asyncio.Task[bool] | None:
+    """ICE restart on a live aioice connection (aioice has none).
+
+    New credentials on both sides; the old check list and learned candidates
+    are forgotten; the nominated pair keeps carrying media until a check with
+    the new credentials nominates a pair. For a controlling agent (the client)
+    a task runs the new checks and returns whether a pair was nominated; the
+    controlled side (the transceiver) needs none: the client's checks trigger
+    ours. Remote candidates for the controlling side are added by aiortc
+    afterwards from the new answer.
+    """
+    for pair in conn._check_list:
+        if pair.task is not None:
+            pair.task.cancel()
+    conn._check_list = []
+    conn._nominating.clear()
+    conn._remote_candidates = []
+    conn._remote_candidates_end = False
+    conn._local_username = local_username
+    conn._local_password = local_password
+    conn.remote_username = remote_username
+    conn.remote_password = remote_password
+    conn._check_list_done = False
+    conn._check_list_state = asyncio.Queue()
+    if not conn.ice_controlling:
+        return None
+    return asyncio.create_task(_controlling_checks(conn))
+
+
+async def _controlling_checks(conn: Connection, timeout: float = 10.0) -> bool:
+    """Run checks (aggressive nomination, as aioice does) until one pair is nominated."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    started: set[int] = set()
+    while loop.time() < deadline and not conn._closing:
+        if any(p.nominated for p in conn._check_list):
+            return True
+        for pair in conn._check_list:
+            if id(pair) not in started and pair.state in (
+                CandidatePair.State.FROZEN,
+                CandidatePair.State.WAITING,
+            ):
+                started.add(id(pair))
+                conn.check_state(pair, CandidatePair.State.WAITING)
+                conn.check_start_task(pair)
+                break
+        await asyncio.sleep(0.02)
+    return False

@@ -1,0 +1,181 @@
+"""One call's gRPC stream to the voice model (client side of voice.proto).
+
+The stream is (re)opened with exponential backoff: a call connects even when
+the model is down, reports it, and picks the model up again when it returns.
+Audio produced while the model is away is dropped, not buffered: a stale
+sentence replayed later would be worse than a missed one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+
+from transceiver.model import voice_pb2, voice_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+# Let gRPC itself retry the TCP connection quickly too; its default initial
+# backoff is 1 s, growing to 120 s, far too slow for a live call.
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+_AUDIO_QUEUE_CHUNKS = 100  # 2 s of audio: bounded, the model should keep up
+
+
+def open_channel(target: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial: float = 0.2
+    maximum: float = 5.0
+    factor: float = 2.0
+
+    def next_delay(self, attempt: int) -> float:
+        """Delay before reconnect ``attempt`` (0-based), with +-20 % jitter."""
+        base = min(self.maximum, self.initial * self.factor**attempt)
+        return base * (0.8 + 0.4 * random.random())
+
+
+class ModelLink:
+    """Keeps a ``Converse`` stream open for one call.
+
+    ``on_message`` receives every ``ServerMessage``; ``on_state`` receives
+    ``("connected", "")`` when a stream is up and ``("error", reason)`` when it
+    fails. ``seq`` restarts at 0 on each new stream, as the proto says.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        call_id: str,
+        on_message: Callable[[voice_pb2.ServerMessage], None],
+        on_state: Callable[[str, str], None],
+        *,
+        language: str = "en-US",
+        backoff: Backoff = Backoff(),
+    ) -> None:
+        self._stub = voice_pb2_grpc.VoiceModelStub(channel)
+        self.call_id = call_id
+        self.language = language
+        self.on_message = on_message
+        self.on_state = on_state
+        self.backoff = backoff
+        self.connected = False
+        self.streams_opened = 0
+        self.chunks_dropped = 0
+        self._queue: asyncio.Queue[voice_pb2.ClientMessage | None] | None = None
+        self._seq = 0
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"model-link-{self.call_id}")
+
+    def send_audio(self, pcm: bytes) -> int | None:
+        """Queue one chunk; returns its stream seq, or None if it was dropped."""
+        queue = self._queue
+        if not self.connected or queue is None or queue.full():
+            self.chunks_dropped += 1
+            return None
+        seq = self._seq
+        self._seq += 1
+        queue.put_nowait(
+            voice_pb2.ClientMessage(
+                audio=voice_pb2.AudioChunk(pcm=pcm, sample_rate=16000, seq=seq)
+            )
+        )
+        return seq
+
+    def send_barge_in(self) -> bool:
+        queue = self._queue
+        if not self.connected or queue is None:
+            return False
+        queue.put_nowait(voice_pb2.ClientMessage(control=voice_pb2.Control(barge_in=True)))
+        return True
+
+    async def close(self, timeout: float = 1.0) -> None:
+        """End the stream politely (end_of_input), then stop reconnecting."""
+        self._closing = True
+        queue = self._queue
+        if self.connected and queue is not None:
+            queue.put_nowait(
+                voice_pb2.ClientMessage(control=voice_pb2.Control(end_of_input=True))
+            )
+            queue.put_nowait(None)
+        task, self._task = self._task, None
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except (asyncio.TimeoutError, Exception):
+            pass
+        if not task.done():
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _requests(
+        self, queue: asyncio.Queue[voice_pb2.ClientMessage | None]
+    ) -> AsyncIterator[voice_pb2.ClientMessage]:
+        yield voice_pb2.ClientMessage(
+            control=voice_pb2.Control(
+                start=voice_pb2.Start(call_id=self.call_id, language=self.language)
+            )
+        )
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            yield item
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._closing:
+            queue: asyncio.Queue[voice_pb2.ClientMessage | None] = asyncio.Queue(
+                _AUDIO_QUEUE_CHUNKS
+            )
+            call = self._stub.Converse(self._requests(queue))
+            failure = ""
+            try:
+                await call.wait_for_connection()
+                self._queue = queue
+                self._seq = 0
+                self.connected = True
+                self.streams_opened += 1
+                attempt = 0
+                self.on_state("connected", "")
+                async for message in call:
+                    self.on_message(message)
+                if self._closing:
+                    return
+                failure = "model closed the stream"
+            except grpc.aio.AioRpcError as exc:
+                failure = f"{exc.code().name}: {exc.details()}"
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
+            finally:
+                self.connected = False
+                self._queue = None
+                call.cancel()
+            if self._closing:
+                return
+            logger.info("call %s: model stream failed: %s", self.call_id, failure)
+            if attempt == 0:  # report the outage once, not every retry
+                self.on_state("error", failure)
+            await asyncio.sleep(self.backoff.next_delay(attempt))
+            attempt += 1

@@ -1,0 +1,46 @@
+"""The transceiver's own session store: call records with a TTL.
+
+The store is the fast local truth; the directory holds the same records for
+whatever outlives this process (another transceiver or the orchestrator can
+see which calls were here). Records are refreshed while the call lives.
+"""
+
+from __future__ import annotations
+
+import time
+
+from transceiver.directory import SessionRecord
+
+
+class SessionStore:
+    def __init__(self, ttl: float) -> None:
+        if ttl <= 0:
+            raise ValueError(f"session ttl must be positive, got {ttl}")
+        self.ttl = ttl
+        self._records: dict[str, SessionRecord] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def put(self, record: SessionRecord) -> None:
+        self._records[record.call_id] = record
+
+    def get(self, call_id: str, now: float | None = None) -> SessionRecord | None:
+        record = self._records.get(call_id)
+        if record is None:
+            return None
+        if record.expires < (time.time() if now is None else now):
+            del self._records[call_id]
+            return None
+        return record
+
+    def delete(self, call_id: str) -> None:
+        self._records.pop(call_id, None)
+
+    def expire(self, now: float | None = None) -> list[str]:
+        """Drop expired records; return their call ids."""
+        current = time.time() if now is None else now
+        gone = [cid for cid, r in self._records.items() if r.expires < current]
+        for cid in gone:
+            del self._records[cid]
+        return gone
