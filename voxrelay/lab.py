@@ -9,8 +9,8 @@ services on top of it and tears them down again:
 * a transceiver (``voxrelay transceiver``), in the transceiver namespace.
 
 Services run as child processes of this one, each entered into its namespace
-with ``nsenter --net`` (only the network namespace changes, so they share our
-files) and each in its own process group. A terminal's Ctrl-C therefore
+(``orchestrator.netlink.popen_in_netns``: only the network namespace changes,
+so they share our files) and each in its own process group. A terminal's Ctrl-C therefore
 reaches only this process, which then stops them in order: SIGTERM, a grace
 period, then SIGKILL for the whole group. Every step registers its undo on an
 ``AsyncExitStack`` before it acts, so a failure half-way leaves nothing behind.
@@ -30,7 +30,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class LabError(RuntimeError):
@@ -87,13 +89,13 @@ class Service:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        argv = self.argv
-        if self.netns is not None:
-            argv = ["nsenter", f"--net=/run/netns/{self.netns}", "--", *argv]
+        from orchestrator.netlink import popen_in_netns
+
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen(
-                argv,
+            self.proc = popen_in_netns(
+                self.netns,
+                self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -183,12 +185,37 @@ class LabOptions:
     """Seconds each service has to become ready."""
 
 
+@dataclass(frozen=True)
+class RelayHandle:
+    """One relay of the lab, as the tests and the demo address it."""
+
+    name: str
+    """Relay name: its maps are pinned under /sys/fs/bpf/voxrelay/<name>/."""
+    netns: str
+    public_if: str
+    private_if: str
+    public_address: str
+    private_address: str
+    public_port: int = 3478
+
+
 @dataclass
 class Lab:
     """Handles to everything the lab started. Built by ``start_lab``."""
 
     options: LabOptions
     workdir: Path
+    client_ns: str = ""
+    client_if: str = ""
+    client_address: str = ""
+    transceiver_ns: str = ""
+    transceiver_address: str = ""
+    """The transceiver's private address: media arrives here only from relays."""
+    model_ns: str = ""
+    relays: list[RelayHandle] = field(default_factory=list)
+    signaling_url: str = ""
+    """The transceiver's HTTP API as the client namespace reaches it (through
+    the signaling front on the last relay, never the transceiver's own address)."""
     services: dict[str, Service] = field(default_factory=dict)
     topology: object | None = None
 
@@ -196,6 +223,29 @@ class Lab:
         svc = Service(name, netns, argv, self.workdir / f"{name}.log", env=dict(env))
         self.services[name] = svc
         return svc
+
+    def relay_stats(self, index: int = 0) -> dict[str, int]:
+        """The relay's per-verdict counters, summed over CPUs, by lower-case name."""
+        from orchestrator.maps import read_stats  # kernel room: pinned stats map reader
+
+        return dict(read_stats(self.relays[index].name))
+
+    def run_in_client(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn(*args)`` on a thread in the client namespace (blocking)."""
+        from orchestrator.netlink import run_in_netns
+
+        return run_in_netns(self.client_ns, fn, *args)
+
+    async def client_call(self, coro_fn: Callable[..., Awaitable[T]], *args: object) -> T:
+        """Run ``await coro_fn(*args)`` on its own event loop in the client namespace.
+
+        Every socket the coroutine opens (signaling, ICE, DTLS) then belongs to
+        the client namespace; the caller's loop stays free meanwhile.
+        """
+        return await asyncio.to_thread(self.run_in_client, lambda: asyncio.run(coro_fn(*args)))
+
+    def logs(self) -> str:
+        return "\n".join(svc.log_tail() for svc in self.services.values())
 
 
 @contextlib.asynccontextmanager
