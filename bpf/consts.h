@@ -4,7 +4,13 @@
 #define VOXRELAY_CONSTS_H
 
 #ifndef MAX_FLOWS
-#define MAX_FLOWS 1048576          /* flows LRU: client addr:port -> flow */
+/* flows LRU: client addr:port -> flow. Every live flow holds its own relay
+ * port, so at most 65536 are live; twice that keeps the LRU from evicting a
+ * live flow early (LRU maps may evict before they are completely full). */
+#define MAX_FLOWS 131072
+#endif
+#ifndef MAX_RELAY_PORTS
+#define MAX_RELAY_PORTS 65536      /* reverse: one entry per relay-side port */
 #endif
 #ifndef MAX_TRANSCEIVERS
 #define MAX_TRANSCEIVERS 4096
@@ -14,6 +20,9 @@
 #endif
 #ifndef MAX_RATE_SOURCES
 #define MAX_RATE_SOURCES 65536     /* per-source new-flow limiter LRU */
+#endif
+#ifndef MAX_TOKENS_TRACKED
+#define MAX_TOKENS_TRACKED 65536   /* token_flows LRU: flows created per token */
 #endif
 #ifndef MAX_STUN_ATTRS
 #define MAX_STUN_ATTRS 16          /* attributes walked looking for USERNAME */
@@ -26,12 +35,29 @@
 #define ETH_P_IP_BE        0x0008      /* htons(0x0800) */
 #define ETH_P_IPV6_BE      0xDD86      /* htons(0x86DD) */
 #define IP_MF_OFFSET_BE    0xFF3F      /* htons(IP_MF | IP_OFFSET) */
+#define IP_MF_BE           0x0020      /* htons(IP_MF) */
+#define IP_OFFSET_BE       0xFF1F      /* htons(IP_OFFSET) */
 #define STUN_COOKIE_BE     0x42A41221  /* htonl(0x2112A442) */
 #define STUN_BINDING_REQ_BE 0x0100     /* htons(0x0001) */
 #define STUN_ATTR_USERNAME_BE 0x0600   /* htons(0x0006) */
 
+#define STUN_TYPE_CLASS_BITS_BE 0x00C0 /* htons(0xC000): the two top bits, 0 in STUN */
+
 #define STUN_HDR_LEN 20
+#define STUN_MAX_LEN 2044              /* header + attributes; offsets are masked with 0x7ff */
+#define STUN_OFF_MASK 0x7ff
 #define TOKEN_CHARS 32                 /* voxrelay/token.py TOKEN_CHARS */
+
+#define LAST_SEEN_GRANULARITY_NS 100000000ULL /* refresh last_seen at most every 100 ms: fewer shared writes */
+#define RATE_WINDOW_NS 1000000000ULL
+#define NS_PER_SEC 1000000000ULL
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
 
 #define TRANSCEIVER_ACTIVE 1
 #define TRANSCEIVER_DRAINING 2

@@ -238,7 +238,10 @@ class RoutedConnection(Connection):
     @property
     def local_candidates(self) -> list[Candidate]:
         # What goes into the SDP answer: the relays only. The private socket's
-        # own candidate is kept off this list on purpose.
+        # own candidate is kept off this list on purpose. Empty until gathered,
+        # as aiortc starts ICE as soon as this list is non-empty.
+        if not self._local_candidates_end:
+            return []
         return list(self.routed.advertised)
 
     @property

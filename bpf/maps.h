@@ -1,0 +1,52 @@
+/* The relay's BPF maps: one line each on what it holds and who writes it.
+ *
+ * orchestrator/maps.py is the typed Python view of these maps. When the
+ * orchestrator compiles with -DPIN_DIR="/sys/fs/bpf/voxrelay/<name>", every
+ * map is pinned there as PIN_DIR/<map name>; bcc reuses an existing pin of
+ * the same name (so a replacement program keeps the flows) and creates and
+ * pins the map otherwise. */
+#ifndef VOXRELAY_MAPS_H
+#define VOXRELAY_MAPS_H
+
+#ifdef PIN_DIR
+#define RELAY_MAP(type, key, value, name, entries) \
+	BPF_TABLE_PINNED(type, key, value, name, entries, PIN_DIR "/" #name)
+#else
+#define RELAY_MAP(type, key, value, name, entries) \
+	BPF_TABLE(type, key, value, name, entries)
+
+#endif
+
+/* config[0]: addresses, ports, limits and clocks. Orchestrator writes (at load and on change). */
+RELAY_MAP("array", __u32, struct relay_config, config, 1);
+/* keys[key id]: SipHash keys of the routing token; two active while rotating. Orchestrator writes. */
+RELAY_MAP("array", __u32, struct token_key, keys, MAX_KEYS);
+/* transceivers[id]: private address and status (active, draining). Orchestrator writes from the directory. */
+RELAY_MAP("hash", __u32, struct transceiver, transceivers, MAX_TRANSCEIVERS);
+/* flows[client addr:port]: transceiver addr:port, relay port, next hop. XDP writes; orchestrator reads. */
+RELAY_MAP("lru_hash", struct flow_key, struct flow, flows, MAX_FLOWS);
+/* reverse[relay port]: the client and transceiver of that port; its keys are the port allocator. XDP writes. */
+RELAY_MAP("hash", struct reverse_key, struct reverse_flow, reverse, MAX_RELAY_PORTS);
+/* rate[source addr]: the current one-second new-flow window of a client address. XDP writes. */
+RELAY_MAP("lru_hash", struct relay_addr, struct rate_window, rate, MAX_RATE_SOURCES);
+/* token_flows[token mac]: how many flows that token has created. XDP writes. */
+RELAY_MAP("lru_hash", __u64, __u64, token_flows, MAX_TOKENS_TRACKED);
+/* stats[enum relay_stat]: per-CPU packet counters. XDP writes; orchestrator sums over CPUs. */
+RELAY_MAP("percpu_array", __u32, __u64, stats, STAT_MAX);
+
+
+/* Per-CPU room for what does not fit on the 512-byte BPF stack beside
+ * everything else: the values a new flow inserts, the decoded token, and the
+ * fib lookup parameters. Private to the program: never pinned, never read by
+ * Python. */
+struct relay_scratch {
+	struct flow flow;
+	struct reverse_flow reverse;
+	struct bpf_fib_lookup fib;
+	__u8 token[24];                  /* TOKEN_BYTES */
+};
+
+/* scratch[0]: per-CPU working memory of the packet in flight. XDP only. */
+BPF_TABLE("percpu_array", __u32, struct relay_scratch, scratch, 1);
+
+#endif

@@ -1,0 +1,523 @@
+/* voxrelay: the XDP relay.
+ *
+ * One program on both of the relay's interfaces. Per packet:
+ *   - UDP to public_addr:public_port (public side): a known client flow is
+ *     rewritten to private_addr:relay_port -> transceiver addr:port and
+ *     forwarded; an unknown client must open with a STUN Binding Request whose
+ *     USERNAME starts with a valid routing token (bpf/token.h), which creates
+ *     the flow and its reverse entry first.
+ *   - UDP to private_addr:[port_min, port_max] (private side): a reply from
+ *     the flow's transceiver is rewritten to public_addr:public_port -> client
+ *     and forwarded.
+ *   - Anything else addressed to the relay's UDP port (or port range) is
+ *     dropped and counted by reason; traffic not for the relay passes
+ *     untouched.
+ * Every packet counts STAT_RX_TOTAL at entry and exactly one other counter.
+ *
+ * Next hops come from bpf_fib_lookup (cached per flow while the config's
+ * nh_generation holds). XDP_TX when the egress interface is the ingress one,
+ * else bpf_redirect. When the neighbour is unresolved, the rewritten packet
+ * is passed to the stack, whose forwarding path resolves it. */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/udp.h>
+
+#include "consts.h"
+#include "structs.h"
+#include "verdicts.h"
+#include "maps.h"
+#include "parsing.h"
+#include "csum.h"
+#include "token.h"
+
+/* An action and the counter that explains it. */
+struct verdict {
+	int action;
+	__u32 stat;
+};
+
+#define VERDICT(a, s) ((struct verdict){ .action = (a), .stat = (s) })
+#define DROP(s) VERDICT(XDP_DROP, s)
+
+static __always_inline void count(__u32 stat)
+{
+	__u64 *v = stats.lookup(&stat);
+
+	if (v)
+		*v += 1;
+}
+
+/* Idle test that survives a last_seen written by another CPU a moment after
+ * this CPU read the clock. idle_ns == 0 means flows never go idle. */
+static __always_inline int is_idle(__u64 last_seen, __u64 now, __u64 idle_ns)
+{
+	return idle_ns && (__s64)(now - last_seen) > (__s64)idle_ns;
+}
+
+static __always_inline void touch(__u64 *last_seen, __u64 now)
+{
+	if ((__s64)(now - *last_seen) > (__s64)LAST_SEEN_GRANULARITY_NS)
+		*last_seen = now;
+}
+
+/* murmur3's finalizer: spreads probe seeds over the port range. */
+static __always_inline __u32 mix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+/* Rewrite the addresses and ports of an IPv4/UDP packet with incremental
+ * checksum updates. A UDP checksum of 0 (none) stays 0. */
+static __always_inline void rewrite_udp4(struct iphdr *iph, struct udphdr *udp,
+					 __be32 saddr, __be32 daddr,
+					 __be16 sport, __be16 dport)
+{
+	__u32 acc = csum_start(iph->check);
+
+	acc = csum_replace32(acc, iph->saddr, saddr);
+	acc = csum_replace32(acc, iph->daddr, daddr);
+	iph->check = csum_finish(acc);
+
+	if (udp->check) {
+		acc = csum_start(udp->check);
+		acc = csum_replace32(acc, iph->saddr, saddr);
+		acc = csum_replace32(acc, iph->daddr, daddr);
+		acc = csum_replace16(acc, udp->source, sport);
+		acc = csum_replace16(acc, udp->dest, dport);
+		udp->check = csum_finish_udp(acc);
+	}
+	iph->saddr = saddr;
+	iph->daddr = daddr;
+	udp->source = sport;
+	udp->dest = dport;
+}
+
+/* Set the MACs from the cached or looked-up next hop and send the (already
+ * rewritten) packet on its way. `ok` is the counter for a forwarded packet. */
+static __always_inline struct verdict send_to_next_hop(struct xdp_md *ctx,
+						       const struct relay_config *cfg,
+						       struct relay_scratch *s,
+						       struct ethhdr *eth, struct iphdr *iph,
+						       struct next_hop *nh, __u32 ok)
+{
+	if (!nh->ifindex || nh->generation != cfg->nh_generation) {
+		struct bpf_fib_lookup *fib = &s->fib;
+		int rc;
+
+		__builtin_memset(fib, 0, sizeof(*fib));
+		fib->family = AF_INET;
+		fib->tos = iph->tos;
+		fib->l4_protocol = IPPROTO_UDP;
+		fib->tot_len = bpf_ntohs(iph->tot_len);
+		fib->ipv4_src = iph->saddr;
+		fib->ipv4_dst = iph->daddr;
+		fib->ifindex = ctx->ingress_ifindex;
+
+		rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+		if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+			return VERDICT(XDP_PASS, STAT_PASS_NO_NEIGH);
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+			return DROP(STAT_DROP_FIB_FAIL);
+		nh->ifindex = fib->ifindex;
+		__builtin_memcpy(nh->smac, fib->smac, ETH_ALEN);
+		__builtin_memcpy(nh->dmac, fib->dmac, ETH_ALEN);
+		nh->generation = cfg->nh_generation;
+	}
+	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
+	if (nh->ifindex == ctx->ingress_ifindex)
+		return VERDICT(XDP_TX, ok);
+	return VERDICT(bpf_redirect(nh->ifindex, 0), ok);
+}
+
+static __always_inline struct verdict forward_to_transceiver(struct xdp_md *ctx,
+							     const struct relay_config *cfg,
+							     struct relay_scratch *s,
+							     struct ethhdr *eth, struct iphdr *iph,
+							     struct udphdr *udp, struct flow *f,
+							     __u32 ok)
+{
+	rewrite_udp4(iph, udp, cfg->private_addr.addr[0], f->txr_addr.addr[0],
+		     f->relay_port, f->txr_port);
+	return send_to_next_hop(ctx, cfg, s, eth, iph, &f->nh, ok);
+}
+
+/* Find USERNAME among the STUN attributes. `msg_end` is the message length
+ * including the header, already checked against the packet and STUN_MAX_LEN.
+ * Returns 0 with the value's offset and length, or the drop reason. */
+static __always_inline __u32 find_username(void *stun, void *data_end, __u32 msg_end,
+					   __u32 *value_off, __u32 *value_len)
+{
+	__u32 off = STUN_HDR_LEN;
+
+	for (int i = 0; i < MAX_STUN_ATTRS; i++) {
+		if (off + 4 > msg_end)
+			return STAT_DROP_NO_USERNAME;
+		__u8 *attr = stun + (off & STUN_OFF_MASK);
+
+		if ((void *)(attr + 4) > data_end)
+			return STAT_DROP_TRUNCATED;
+		__be16 type = *(__be16 *)attr;
+		__u32 len = bpf_ntohs(*(__be16 *)(attr + 2));
+
+		if (off + 4 + len > msg_end)
+			return STAT_DROP_NOT_STUN;  /* attribute runs past the message */
+		if (type == STUN_ATTR_USERNAME_BE) {
+			*value_off = off + 4;
+			*value_len = len;
+			return 0;
+		}
+		off += 4 + ((len + 3) & ~3U);
+	}
+	return STAT_DROP_NO_USERNAME;
+}
+
+/* Per-source new-flow window. Returns 0 or STAT_DROP_RATE_LIMITED. */
+static __always_inline __u32 rate_check(const struct relay_config *cfg,
+					const struct relay_addr *src, __u64 now)
+{
+	struct rate_window *w;
+
+	if (!cfg->new_flows_per_sec)
+		return 0;
+	w = rate.lookup((struct relay_addr *)src);
+	if (!w) {
+		struct rate_window fresh = { .window_start_ns = now, .count = 1 };
+
+		rate.update((struct relay_addr *)src, &fresh);
+		return 0;
+	}
+	if (now - w->window_start_ns >= RATE_WINDOW_NS) {
+		w->window_start_ns = now;
+		w->count = 1;
+		return 0;
+	}
+	if (w->count >= cfg->new_flows_per_sec)
+		return STAT_DROP_RATE_LIMITED;
+	__sync_fetch_and_add(&w->count, 1);
+	return 0;
+}
+
+/* A reverse entry may be taken over when neither direction of its flow has
+ * seen a packet for flow_idle_ns (or its forward flow is already gone). */
+static __always_inline int reverse_reclaimable(const struct relay_config *cfg,
+					       struct reverse_flow *r, __be16 port, __u64 now)
+{
+	struct flow *f;
+
+	if (!is_idle(r->last_seen_ns, now, cfg->flow_idle_ns))
+		return 0;
+	f = flows.lookup(&r->client);
+	if (f && f->relay_port == port) {
+		if (!is_idle(f->last_seen_ns, now, cfg->flow_idle_ns))
+			return 0;
+		flows.delete(&r->client);
+	}
+	return 1;
+}
+
+/* Claim a relay-side port for `rv` by hashed probing with NOEXIST inserts
+ * into `reverse`. Returns the port (network order) or 0. */
+static __always_inline __be16 allocate_port(const struct relay_config *cfg,
+					    struct reverse_flow *rv, __u64 mac, __u64 now)
+{
+	__u32 range, seed;
+
+	if (!cfg->port_min || cfg->port_max < cfg->port_min)
+		return 0;
+	range = (__u32)cfg->port_max - cfg->port_min + 1;
+	seed = rv->client.addr.addr[0] ^ ((__u32)rv->client.port << 16) ^
+	       (__u32)mac ^ (__u32)(mac >> 32) ^ bpf_get_prandom_u32();
+
+	for (int i = 0; i < PORT_ALLOC_TRIES; i++) {
+		struct reverse_key rk = {};
+		struct reverse_flow *old;
+
+		rk.relay_port = bpf_htons(cfg->port_min + mix32(seed + i * 0x9e3779b9U) % range);
+		if (reverse.insert(&rk, rv) == 0)
+			return rk.relay_port;
+		old = reverse.lookup(&rk);
+		if (old && reverse_reclaimable(cfg, old, rk.relay_port, now)) {
+			reverse.delete(&rk);
+			if (reverse.insert(&rk, rv) == 0)
+				return rk.relay_port;
+		}
+	}
+	return 0;
+}
+
+/* An unknown client: the packet must be a STUN Binding Request carrying a
+ * valid routing token. On success the flow exists and the packet is sent. */
+static __always_inline struct verdict new_flow(struct xdp_md *ctx, const struct relay_config *cfg,
+					       struct relay_scratch *s, struct ethhdr *eth, struct iphdr *iph,
+					       struct udphdr *udp, struct cursor *c,
+					       struct flow_key *fk, __be16 stale_port, __u64 now)
+{
+	__u32 payload_len = bpf_ntohs(udp->len) - sizeof(*udp);
+	void *stun = c->pos;
+	struct stun_hdr *sh;
+	__u32 value_off = 0, value_len = 0, reason;
+	struct relay_token tok = {};
+	__u8 *raw = s->token;
+
+	if (payload_len < STUN_HDR_LEN)
+		return DROP(STAT_DROP_NOT_STUN);
+	int stun_len = parse_stunhdr(c, &sh);
+
+	if (stun_len < 0)
+		return DROP(STAT_DROP_TRUNCATED);
+	if (sh->cookie != STUN_COOKIE_BE || (sh->type & STUN_TYPE_CLASS_BITS_BE) ||
+	    (stun_len & 3) || stun_len + STUN_HDR_LEN != payload_len ||
+	    payload_len > STUN_MAX_LEN)
+		return DROP(STAT_DROP_NOT_STUN);
+	if (sh->type != STUN_BINDING_REQ_BE)
+		return DROP(STAT_DROP_NOT_BINDING);
+
+	reason = find_username(stun, c->end, payload_len, &value_off, &value_len);
+	if (reason)
+		return DROP(reason);
+
+	/* The ufrag is the part before ':', and a token is exactly TOKEN_CHARS. */
+	if (value_len < TOKEN_CHARS + 1)
+		return DROP(STAT_DROP_TOKEN_MALFORMED);
+	__u8 *u = stun + (value_off & STUN_OFF_MASK);
+
+	if ((void *)(u + TOKEN_CHARS + 1) > c->end)
+		return DROP(STAT_DROP_TRUNCATED);
+	if (u[TOKEN_CHARS] != ':' || token_b64_decode(u, raw) || token_parse(raw, &tok))
+		return DROP(STAT_DROP_TOKEN_MALFORMED);
+
+	__u32 key_id = tok.key_id;
+	struct token_key *key = keys.lookup(&key_id);
+
+	if (!key || !key->active)
+		return DROP(STAT_DROP_TOKEN_UNKNOWN_KEY);
+	if (!token_mac_ok(raw, key, tok.mac))
+		return DROP(STAT_DROP_TOKEN_BAD_MAC);
+	if (tok.expiry < (now + cfg->clock_offset_ns) / NS_PER_SEC)
+		return DROP(STAT_DROP_TOKEN_EXPIRED);
+
+	__u32 txr_id = tok.transceiver_id;
+	struct transceiver *txr = transceivers.lookup(&txr_id);
+
+	if (!txr)
+		return DROP(STAT_DROP_TRANSCEIVER_UNKNOWN);
+	if (txr->status == TRANSCEIVER_DRAINING)
+		return DROP(STAT_DROP_TRANSCEIVER_DRAINING);
+	if (txr->status != TRANSCEIVER_ACTIVE)
+		return DROP(STAT_DROP_TRANSCEIVER_UNKNOWN);
+	if (txr->family != AF_INET)
+		return DROP(STAT_DROP_IPV6);
+
+	reason = rate_check(cfg, &fk->addr, now);
+	if (reason)
+		return DROP(reason);
+
+	__u64 *made = NULL;
+
+	if (cfg->max_flows_per_token) {
+		made = token_flows.lookup(&tok.mac);
+		if (made && *made >= cfg->max_flows_per_token)
+			return DROP(STAT_DROP_TOKEN_FLOW_CAP);
+	}
+
+	struct reverse_flow *rv = &s->reverse;
+	struct flow *nf = &s->flow;
+
+	__builtin_memset(rv, 0, sizeof(*rv));
+	__builtin_memset(nf, 0, sizeof(*nf));
+	rv->client = *fk;
+	rv->txr_addr = txr->addr;
+	rv->txr_port = tok.port;
+	rv->transceiver_id = txr_id;
+	rv->last_seen_ns = now;
+	__be16 relay_port = allocate_port(cfg, rv, tok.mac, now);
+
+	if (!relay_port)
+		return DROP(STAT_DROP_PORT_EXHAUSTED);
+
+	/* This client's previous (idle) flow leaves its port behind: free it. */
+	if (stale_port && stale_port != relay_port) {
+		struct reverse_key old = { .relay_port = stale_port };
+		struct reverse_flow *orv = reverse.lookup(&old);
+
+		if (orv && orv->client.addr.addr[0] == fk->addr.addr[0] &&
+		    orv->client.port == fk->port)
+			reverse.delete(&old);
+	}
+
+	nf->txr_addr = txr->addr;
+	nf->txr_port = tok.port;
+	nf->relay_port = relay_port;
+	nf->transceiver_id = txr_id;
+	nf->token_mac = tok.mac;
+	nf->created_ns = now;
+	nf->last_seen_ns = now;
+	flows.update(fk, nf);
+
+	if (cfg->max_flows_per_token) {
+		if (made) {
+			__sync_fetch_and_add(made, 1);
+		} else {
+			__u64 one = 1;
+
+			if (token_flows.insert(&tok.mac, &one)) {
+				made = token_flows.lookup(&tok.mac);
+				if (made)
+					__sync_fetch_and_add(made, 1);
+			}
+		}
+	}
+
+	struct flow *f = flows.lookup(fk);
+
+	if (!f)
+		f = nf;  /* evicted at once by a full LRU: still send this packet */
+	return forward_to_transceiver(ctx, cfg, s, eth, iph, udp, f, STAT_FWD_NEW_FLOW);
+}
+
+static __always_inline struct verdict public_side(struct xdp_md *ctx,
+						  const struct relay_config *cfg,
+						  struct relay_scratch *s, struct ethhdr *eth, struct iphdr *iph,
+						  struct udphdr *udp, struct cursor *c)
+{
+	struct flow_key fk = {};
+	__u64 now = bpf_ktime_get_ns();
+	__be16 stale_port = 0;
+	struct flow *f;
+
+	fk.addr.addr[0] = iph->saddr;
+	fk.port = udp->source;
+	fk.family = AF_INET;
+	f = flows.lookup(&fk);
+	if (f) {
+		if (!is_idle(f->last_seen_ns, now, cfg->flow_idle_ns)) {
+			touch(&f->last_seen_ns, now);
+			return forward_to_transceiver(ctx, cfg, s, eth, iph, udp, f,
+						      STAT_FWD_TO_TRANSCEIVER);
+		}
+		stale_port = f->relay_port;
+	}
+	return new_flow(ctx, cfg, s, eth, iph, udp, c, &fk, stale_port, now);
+}
+
+static __always_inline struct verdict private_side(struct xdp_md *ctx,
+						   const struct relay_config *cfg,
+						   struct relay_scratch *s, struct ethhdr *eth, struct iphdr *iph,
+						   struct udphdr *udp)
+{
+	struct reverse_key rk = { .relay_port = udp->dest };
+	struct reverse_flow *r = reverse.lookup(&rk);
+
+	if (!r)
+		return DROP(STAT_DROP_NO_REVERSE);
+	if (iph->saddr != r->txr_addr.addr[0] || udp->source != r->txr_port)
+		return DROP(STAT_DROP_SPOOFED_SOURCE);
+	touch(&r->last_seen_ns, bpf_ktime_get_ns());
+	rewrite_udp4(iph, udp, cfg->public_addr.addr[0], r->client.addr.addr[0],
+		     cfg->public_port, r->client.port);
+	return send_to_next_hop(ctx, cfg, s, eth, iph, &r->nh, STAT_FWD_TO_CLIENT);
+}
+
+static __always_inline int addr6_eq(const struct in6_addr *a, const struct relay_addr *b)
+{
+	return a->in6_u.u6_addr32[0] == b->addr[0] && a->in6_u.u6_addr32[1] == b->addr[1] &&
+	       a->in6_u.u6_addr32[2] == b->addr[2] && a->in6_u.u6_addr32[3] == b->addr[3];
+}
+
+static __always_inline struct verdict relay(struct xdp_md *ctx)
+{
+	struct cursor c = { .pos = (void *)(long)ctx->data, .end = (void *)(long)ctx->data_end };
+	__u32 zero = 0;
+	struct relay_config *cfg = config.lookup(&zero);
+	struct relay_scratch *s = scratch.lookup(&zero);
+	struct ethhdr *eth;
+	struct iphdr *iph;
+	struct udphdr *udp;
+	int proto;
+
+	if (!cfg || !cfg->public_port || !s)  /* (arrays never miss index 0) */
+		return VERDICT(XDP_PASS, STAT_PASS_UNCONFIGURED);
+
+	proto = parse_ethhdr(&c, &eth);
+	if (proto == ETH_P_IPV6_BE) {
+		struct ipv6hdr *ip6h;
+
+		/* Layouts carry IPv6; the path does not yet. Only IPv6 aimed at a
+		 * configured IPv6 relay address is ours to drop. */
+		if (parse_ipv6hdr(&c, &ip6h) == IPPROTO_UDP && cfg->family == AF_INET6 &&
+		    (addr6_eq(&ip6h->daddr, &cfg->public_addr) ||
+		     addr6_eq(&ip6h->daddr, &cfg->private_addr)))
+			return DROP(STAT_DROP_IPV6);
+		return VERDICT(XDP_PASS, STAT_PASS_NOT_RELAY);
+	}
+	if (proto != ETH_P_IP_BE || parse_iphdr(&c, &iph) != IPPROTO_UDP)
+		return VERDICT(XDP_PASS, STAT_PASS_NOT_RELAY);
+
+	int to_public = iph->daddr == cfg->public_addr.addr[0];
+	int to_private = iph->daddr == cfg->private_addr.addr[0];
+
+	if (!to_public && !to_private)
+		return VERDICT(XDP_PASS, STAT_PASS_NOT_RELAY);
+	/* A later fragment has no UDP header, so its port is unknown. The stack
+	 * cannot reassemble it either: the first fragment is dropped below. */
+	if (iph->frag_off & IP_OFFSET_BE)
+		return VERDICT(XDP_PASS, STAT_PASS_NOT_RELAY);
+	if (iph->version != 4 || iph->ihl < 5)
+		return DROP(STAT_DROP_BAD_LENGTH);
+
+	/* With options the UDP header starts later; find it to learn the port. */
+	c.pos = (void *)iph + ((iph->ihl & 0xf) << 2);
+	int udp_len = parse_udphdr(&c, &udp);
+
+	if (udp_len < 0)
+		return DROP(STAT_DROP_TRUNCATED);
+
+	__u16 dport = bpf_ntohs(udp->dest);
+	int public = to_public && udp->dest == cfg->public_port;
+	int private = to_private && dport >= cfg->port_min && dport <= cfg->port_max;
+
+	if (!public && !private)
+		return VERDICT(XDP_PASS, STAT_PASS_NOT_RELAY);
+	if (iph->ihl != 5)
+		return DROP(STAT_DROP_IP_OPTIONS);
+	if (iph->frag_off & IP_MF_BE)
+		return DROP(STAT_DROP_FRAGMENT);
+
+	/* Ethernet may pad short frames, so the IP packet may end before the
+	 * frame does, but never after it. */
+	__u32 tot_len = bpf_ntohs(iph->tot_len);
+
+	if (tot_len < sizeof(*iph) + sizeof(*udp) || (void *)iph + tot_len > c.end ||
+	    udp_len != tot_len - sizeof(*iph))
+		return DROP(STAT_DROP_BAD_LENGTH);
+
+	/* No options: parse the UDP header again at its fixed offset, so that the
+	 * verifier sees constant offsets from here on. Lengths below come from
+	 * udp->len, which ends before any Ethernet padding. */
+	c.pos = iph + 1;
+	if (parse_udphdr(&c, &udp) < 0)
+		return DROP(STAT_DROP_TRUNCATED);
+
+	if (public)
+		return public_side(ctx, cfg, s, eth, iph, udp, &c);
+	return private_side(ctx, cfg, s, eth, iph, udp);
+}
+
+int xdp_relay(struct xdp_md *ctx)
+{
+	struct verdict v;
+
+	count(STAT_RX_TOTAL);
+	v = relay(ctx);
+	count(v.stat);
+	return v.action;
+}
