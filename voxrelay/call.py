@@ -57,7 +57,7 @@ class TimedCallClient(CallClient):
         """Arrival time of each audible 20 ms reply chunk."""
         self.chunks_received = 0
 
-    async def _record(self, track: Any) -> None:  # noqa: ANN401 - aiortc track
+    async def _record(self, track: Any) -> None:
         from aiortc.mediastreams import MediaStreamError
 
         from transceiver.media import PcmChunker

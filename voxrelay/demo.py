@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -50,7 +48,7 @@ class CallResult:
     reply: str = ""
     figures: Figures = field(default_factory=Figures)
     reply_samples: int = 0
-    reply_sample_rate: int = 48000
+    reply_sample_rate: int = 16000
     reply_rms: float = 0.0
     """RMS of the reply audio in int16 units; near 0 is silence."""
     reply_wav: str | None = None
@@ -100,11 +98,9 @@ def write_wav(path: Path, pcm: bytes, sample_rate: int) -> Path:
 
 
 def rms_int16(pcm: bytes) -> float:
-    n = len(pcm) // 2
-    if n == 0:
-        return 0.0
-    samples = struct.unpack(f"<{n}h", pcm[: 2 * n])
-    return math.sqrt(sum(s * s for s in samples) / n)
+    from voxrelay.call import chunk_rms
+
+    return chunk_rms(pcm)
 
 
 def _fmt_ms(value: float | None) -> str:
@@ -126,15 +122,48 @@ def print_result(result: CallResult) -> None:
         click.echo(f"\n  reply audio: {result.reply_wav} ({secs:.1f} s)")
 
 
-async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str, json_out: bool) -> CallResult:
+async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str) -> CallResult:
+    """Build the lab, place one call from the client namespace, measure it, tear down."""
+    from transceiver.client import read_wav_pcm
+    from voxrelay.call import TimedCallClient, icmp_rtt_in, speak_turn
     from voxrelay.lab import LabOptions, PrintProgress, start_lab
 
-    progress = PrintProgress(total=None)
-    async with start_lab(LabOptions(xdp_mode=xdp_mode), progress) as lab:
-        from voxrelay.call import place_call  # noqa: F401  (wired when the client lands)
+    pcm = read_wav_pcm(wav)
+    progress = PrintProgress()
+    async with start_lab(LabOptions(xdp_mode=xdp_mode, relays=1), progress) as lab:
+        relay = lab.relays[0]
 
-        with progress.step("calling through the relay"):
-            result = await asyncio.wait_for(place_call(lab, wav, out), timeout)
+        async def call() -> tuple[object, bytes, list[dict[str, object]]]:
+            async with TimedCallClient(lab.signaling_url, timeout=timeout) as client:
+                await client.wait_event("model", state="connected")
+                turn = await speak_turn(client, pcm, timeout=timeout)
+                return turn, bytes(client.reply), list(client.events)
+
+        with progress.step("measuring client <-> relay and relay <-> transceiver RTT"):
+            client_rtt = await icmp_rtt_in(lab.client_ns, relay.public_address)
+            relay_rtt = await icmp_rtt_in(relay.netns, lab.transceiver_address)
+        with progress.step("calling through the relay and speaking"):
+            turn, reply_pcm, events = await asyncio.wait_for(lab.client_call(call), timeout + 10)
+    from voxrelay.call import Turn
+
+    assert isinstance(turn, Turn)
+    processing = turn.timings.get("processing_ms")
+    result = CallResult(
+        transcript=turn.transcript,
+        reply=turn.reply,
+        figures=Figures(
+            client_relay_rtt_ms=client_rtt,
+            relay_transceiver_rtt_ms=relay_rtt,
+            model_processing_ms=float(processing) if processing is not None else None,
+            speech_end_to_first_reply_audio_ms=turn.speech_end_to_first_reply_audio_ms,
+        ),
+        reply_samples=len(reply_pcm) // 2,
+        reply_sample_rate=16000,
+        reply_rms=rms_int16(reply_pcm),
+        events=events,
+    )
+    if reply_pcm:
+        result.reply_wav = str(write_wav(out, reply_pcm, 16000))
     return result
 
 
@@ -176,13 +205,13 @@ def demo(wav: Path | None, sentence: str, out: Path, timeout: float, xdp_mode: s
             if wav is None:
                 wav = speak(sentence, Path(tmp) / "speech.wav")
             check_wav(wav)
-            result = _run(run_demo(wav.resolve(), out, timeout, xdp_mode, json_out))
+            result = _run(run_demo(wav.resolve(), out, timeout, xdp_mode))
         except DemoError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             click.echo("\ninterrupted: everything the demo created has been removed", err=True)
             sys.exit(130)
-        except Exception as exc:  # noqa: BLE001 - shown as one error, after teardown
+        except Exception as exc:
             from voxrelay.lab import LabError
 
             if isinstance(exc, (LabError, asyncio.TimeoutError)):

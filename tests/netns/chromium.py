@@ -223,7 +223,7 @@ class Chromium:
         os.write(self._write_fd, json.dumps(msg).encode() + b"\0")
         try:
             reply = await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._pending.pop(msg["id"], None)
             raise ChromiumError(f"CDP {method} got no answer in {timeout:.0f} s") from None
         if "error" in reply:

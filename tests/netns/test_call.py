@@ -32,7 +32,6 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-
 from stackwatch import IpTap, UdpTap
 
 pytestmark = [pytest.mark.netns, pytest.mark.root]
