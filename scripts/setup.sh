@@ -25,6 +25,7 @@ APT_PACKAGES=(
   iproute2 nftables ethtool tcpdump
   espeak-ng sox redis-server
   gcc coturn   # bench/: gcc builds the load generator; coturn is a baseline
+  chromium     # tests/netns/test_browser.py: a real WebRTC client
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -1,0 +1,242 @@
+"""``voxrelay demo``: one voice call through the XDP relay, across network namespaces.
+
+The README's main command. It builds the lab (``voxrelay.lab``), places a call
+from an aiortc client in the client namespace, and prints what the model
+heard, what it answered and how long each leg took. Everything it creates is
+removed on exit, on error and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import wave
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import click
+
+DEFAULT_SENTENCE = "what is the weather like in paris today"
+DEFAULT_OUT = Path("artifacts/reply.wav")
+
+
+class DemoError(RuntimeError):
+    """A user-facing failure: printed without a traceback."""
+
+
+@dataclass
+class Figures:
+    """The step-9 figures of one call, in milliseconds (None: not measured)."""
+
+    client_relay_rtt_ms: float | None = None
+    """ICMP echo, client namespace -> relay public address (median of several)."""
+    relay_transceiver_rtt_ms: float | None = None
+    """ICMP echo, relay namespace -> transceiver private address (median)."""
+    model_processing_ms: float | None = None
+    """ASR + reply + TTS as the model reports it for the turn."""
+    speech_end_to_first_reply_audio_ms: float | None = None
+    """Client clock: last voiced 20 ms frame sent -> first non-silent reply frame received."""
+
+
+@dataclass
+class CallResult:
+    transcript: str = ""
+    reply: str = ""
+    figures: Figures = field(default_factory=Figures)
+    reply_samples: int = 0
+    reply_sample_rate: int = 16000
+    reply_rms: float = 0.0
+    """RMS of the reply audio in int16 units; near 0 is silence."""
+    reply_wav: str | None = None
+    events: list[dict[str, object]] = field(default_factory=list)
+
+
+def speak(text: str, path: Path) -> Path:
+    """Write ``text`` spoken by espeak-ng to ``path`` (a WAV file)."""
+    if not text.strip():
+        raise DemoError("the sentence to speak is empty")
+    try:
+        subprocess.run(
+            ["espeak-ng", "-s", "150", "-w", str(path), text],
+            check=True, capture_output=True, timeout=30,
+        )
+    except FileNotFoundError:
+        raise DemoError("espeak-ng is not installed (run scripts/setup.sh)") from None
+    except subprocess.CalledProcessError as exc:
+        raise DemoError(f"espeak-ng failed: {exc.stderr.decode(errors='replace').strip()}") from None
+    return path
+
+
+def check_wav(path: Path) -> None:
+    """Refuse a file the client cannot play, with a reason (mono/stereo 16-bit PCM WAV)."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            if w.getsampwidth() != 2:
+                raise DemoError(f"{path}: {8 * w.getsampwidth()}-bit samples; need 16-bit PCM")
+            if w.getnchannels() not in (1, 2):
+                raise DemoError(f"{path}: {w.getnchannels()} channels; need mono or stereo")
+            if w.getnframes() == 0:
+                raise DemoError(f"{path}: no audio frames")
+    except FileNotFoundError:
+        raise DemoError(f"{path}: no such file") from None
+    except (wave.Error, EOFError) as exc:
+        raise DemoError(f"{path}: not a PCM WAV file ({exc})") from None
+
+
+def write_wav(path: Path, pcm: bytes, sample_rate: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm)
+    return path
+
+
+def rms_int16(pcm: bytes) -> float:
+    from voxrelay.call import chunk_rms
+
+    return chunk_rms(pcm)
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} ms"
+
+
+def print_result(result: CallResult) -> None:
+    f = result.figures
+    click.echo("")
+    click.echo(f"  heard:  {result.transcript or '(nothing)'}")
+    click.echo(f"  reply:  {result.reply or '(nothing)'}")
+    click.echo("")
+    click.echo(f"  client <-> relay RTT             {_fmt_ms(f.client_relay_rtt_ms)}")
+    click.echo(f"  relay <-> transceiver RTT        {_fmt_ms(f.relay_transceiver_rtt_ms)}")
+    click.echo(f"  model processing                 {_fmt_ms(f.model_processing_ms)}")
+    click.echo(f"  end of speech -> first reply audio {_fmt_ms(f.speech_end_to_first_reply_audio_ms)}")
+    if result.reply_wav:
+        secs = result.reply_samples / result.reply_sample_rate if result.reply_sample_rate else 0
+        click.echo(f"\n  reply audio: {result.reply_wav} ({secs:.1f} s)")
+
+
+async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str) -> CallResult:
+    """Build the lab, place one call from the client namespace, measure it, tear down."""
+    from transceiver.client import read_wav_pcm
+    from voxrelay.call import TimedCallClient, icmp_rtt_in, speak_turn
+    from voxrelay.lab import LabOptions, PrintProgress, start_lab
+
+    pcm = read_wav_pcm(wav)
+    progress = PrintProgress()
+    async with start_lab(LabOptions(xdp_mode=xdp_mode, relays=1), progress) as lab:
+        relay = lab.relays[0]
+
+        async def call() -> tuple[object, bytes, list[dict[str, object]]]:
+            async with TimedCallClient(lab.signaling_url, timeout=timeout) as client:
+                await client.wait_event("model", state="connected")
+                turn = await speak_turn(client, pcm, timeout=timeout)
+                return turn, bytes(client.reply), list(client.events)
+
+        with progress.step("measuring client <-> relay and relay <-> transceiver RTT"):
+            client_rtt = await icmp_rtt_in(lab.client_ns, relay.public_address)
+            relay_rtt = await icmp_rtt_in(relay.netns, lab.transceiver_address)
+        with progress.step("calling through the relay and speaking"):
+            turn, reply_pcm, events = await asyncio.wait_for(lab.client_call(call), timeout + 10)
+    from voxrelay.call import Turn
+
+    assert isinstance(turn, Turn)
+    processing = turn.timings.get("processing_ms")
+    result = CallResult(
+        transcript=turn.transcript,
+        reply=turn.reply,
+        figures=Figures(
+            client_relay_rtt_ms=client_rtt,
+            relay_transceiver_rtt_ms=relay_rtt,
+            model_processing_ms=float(processing) if processing is not None else None,
+            speech_end_to_first_reply_audio_ms=turn.speech_end_to_first_reply_audio_ms,
+        ),
+        reply_samples=len(reply_pcm) // 2,
+        reply_sample_rate=16000,
+        reply_rms=rms_int16(reply_pcm),
+        events=events,
+    )
+    if reply_pcm:
+        result.reply_wav = str(write_wav(out, reply_pcm, 16000))
+    return result
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--wav", "wav", type=click.Path(dir_okay=False, path_type=Path),
+              help="16-bit PCM WAV to speak into the call. Default: --say, spoken by espeak-ng.")
+@click.option("--say", "sentence", default=DEFAULT_SENTENCE, show_default=True,
+              help="Sentence to synthesize with espeak-ng when no --wav is given.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_OUT,
+              show_default=True, help="Where to save the model's spoken reply (WAV).")
+@click.option("--timeout", type=click.FloatRange(min=5), default=60, show_default=True,
+              help="Seconds the call may take once the lab is up.")
+@click.option("--xdp-mode", type=click.Choice(["generic", "native"]), default="generic",
+              show_default=True, help="XDP attach mode on the lab's veth interfaces.")
+@click.option("--json", "json_out", is_flag=True, help="Print the result as JSON on stdout.")
+def demo(wav: Path | None, sentence: str, out: Path, timeout: float, xdp_mode: str, json_out: bool) -> None:
+    """Place one voice call through the XDP relay, in network namespaces.
+
+    \b
+    Builds client, relay (public + private side), transceiver and model
+    namespaces on this host, loads the relay, starts the orchestrator with its
+    embedded directory, a transceiver and the offline model server, then an
+    aiortc client in the client namespace speaks a sentence through the relay.
+    It prints what the model heard and answered, and four figures:
+      client <-> relay RTT, relay <-> transceiver RTT, the model's processing
+      time, and end of speech -> first reply audio (client's clock),
+    and saves the spoken reply to --out.
+
+    \b
+    Needs root (namespaces, XDP). Everything it creates is removed on exit,
+    on error and on Ctrl-C. Setup progress goes to stderr.
+    """
+    import os
+
+    if os.geteuid() != 0:
+        raise click.ClickException("demo needs root: it creates network namespaces and loads XDP")
+    with tempfile.TemporaryDirectory(prefix="voxrelay-demo-") as tmp:
+        try:
+            if wav is None:
+                wav = speak(sentence, Path(tmp) / "speech.wav")
+            check_wav(wav)
+            result = _run(run_demo(wav.resolve(), out, timeout, xdp_mode))
+        except DemoError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: everything the demo created has been removed", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            from voxrelay.lab import LabError
+
+            if isinstance(exc, (LabError, asyncio.TimeoutError)):
+                msg = str(exc) or f"the call did not finish in {timeout:.0f} s"
+                raise click.ClickException(msg) from None
+            raise
+    if json_out:
+        click.echo(json.dumps(asdict(result), indent=2))
+    else:
+        print_result(result)
+
+
+def _run(coro):  # type: ignore[no-untyped-def]
+    """asyncio.run, with SIGTERM treated like Ctrl-C so that teardown runs for both."""
+
+    async def main():  # type: ignore[no-untyped-def]
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        assert task is not None
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            raise KeyboardInterrupt from None
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    return asyncio.run(main())
