@@ -699,6 +699,18 @@ def status(name: str, *, netns: str | None = None) -> RelayStatus:
     )
 
 
+def placement(name: str) -> tuple[str | None, tuple[str, ...]] | None:
+    """(netns, interfaces) relay ``name`` was loaded into, from its state file.
+
+    None when this host has no state for it (not loaded by ``load``, or
+    /run was cleared by a reboot).
+    """
+    state = _read_state(name)
+    if state is None:
+        return None
+    return state.netns, tuple(state.interfaces)
+
+
 # --- neighbours -------------------------------------------------------------------------------
 
 
@@ -835,9 +847,15 @@ def open_maps(name: str, *, limits: Mapping[str, int] | None = None) -> Any:
         raise
 
 
-def bump_nh_generation(name: str) -> Callable[[], None]:
-    """An ``on_change`` for NeighbourWatcher that invalidates relay ``name``'s cached next hops."""
-    relay_maps = open_maps(name)
+def bump_nh_generation(name: str, relay_maps: Any = None) -> Callable[[], None]:
+    """An ``on_change`` for NeighbourWatcher that invalidates relay ``name``'s cached next hops.
+
+    ``relay_maps``: the relay's already open ``maps.RelayMaps`` (the
+    orchestrator passes its own, so nothing is compiled twice and a relay
+    loaded with other limits works); default: open them from the pins.
+    """
+    if relay_maps is None:
+        relay_maps = open_maps(name)
 
     def bump() -> None:
         relay_maps.bump_nh_generation()
