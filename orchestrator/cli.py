@@ -127,12 +127,20 @@ def _loader_call(fn: Callable[[], Any]) -> Any:
     from orchestrator.relay_maps import require_bpf
 
     require_bpf("loading or inspecting the XDP relay")
-    from orchestrator import loader
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from orchestrator import bpfsys, loader, netlink
 
     try:
         return fn()
     except loader.LoaderError as exc:
         raise click.ClickException(str(exc)) from None
+    except netlink.NetlinkSetupError as exc:
+        hint = (": check [relay] public_interface and private_interface in the config (--config), "
+                "or give --netns" if "no interface" in str(exc) else "")
+        raise click.ClickException(f"{exc}{hint}") from None
+    except (NetlinkError, bpfsys.BpfError) as exc:
+        raise click.ClickException(f"the kernel refused: {exc}") from None
 
 
 @click.group(context_settings=CONTEXT)
