@@ -190,10 +190,12 @@ def bench_announce(samples: int, with_redis: bool, result: SyncBench) -> None:
         view = open_pinned_relay(name)
         backends = ["embedded"] + (["redis"] if with_redis else [])
         for backend in backends:
-            with tempfile.TemporaryDirectory(prefix="vxbench-redis-") as tmp:
-                with (redis_server(Path(tmp)) if backend == "redis"
-                      else contextlib.nullcontext(None)) as url:
-                    lat = asyncio.run(_announce_latencies(backend, kernel, view, samples, url, poll))
+            with contextlib.ExitStack() as stack:
+                url = None
+                if backend == "redis":
+                    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="vxbench-redis-"))
+                    url = stack.enter_context(redis_server(Path(tmp)))
+                lat = asyncio.run(_announce_latencies(backend, kernel, view, samples, url, poll))
             if not lat:
                 result.notes.append(f"{backend}: no samples within {PHASE_SECONDS:.0f} s")
                 continue

@@ -99,7 +99,7 @@ class BpfRelayView:
         ]
 
     def flow_count(self) -> int:
-        return sum(1 for _ in self.maps.table("flows").keys())
+        return sum(1 for _ in self.maps.table("flows"))  # iterating a bcc table walks its keys
 
     def flow_capacity(self) -> int:
         return int(self.maps.table("flows").max_entries)

@@ -86,9 +86,11 @@ async def test_orchestrator_run_embedded_end_to_end():
         # Transceiver 3 is in its hold period (it may be about to re-announce).
         assert 3 in view.txrs
         await client.close()
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{running.metrics_port}/metrics") as resp:
-                text = await resp.text()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{running.metrics_port}/metrics") as resp,
+        ):
+            text = await resp.text()
         got = samples(text)
         assert got[("voxrelay_directory_connected", ())] == 1
         assert got[("voxrelay_maps_in_sync", ())] == 1
