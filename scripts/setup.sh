@@ -24,6 +24,7 @@ APT_PACKAGES=(
   python3-bpfcc bpfcc-tools linux-headers-amd64 bpftool
   iproute2 nftables ethtool tcpdump
   espeak-ng sox redis-server
+  debootstrap
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

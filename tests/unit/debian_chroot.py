@@ -4,7 +4,7 @@ The root is a debootstrap minbase tree (plus python3, which Ansible needs on
 its targets, and systemd, which every Debian server has and whose
 ``systemd-analyze verify`` checks the unit files). Building one takes about a
 minute, so the finished tree is cached as a tarball and unpacked per test.
-Downloaded .deb files and Python wheels are cached too. The cache lives in
+Downloaded .deb files and pip's cache are kept too (bind-mounted into the root). The cache lives in
 ``$VOXRELAY_TEST_CACHE`` (default /var/cache/voxrelay-test) and is only ever
 read or added to; deleting it costs time, nothing else.
 
@@ -142,7 +142,7 @@ class DebianChroot:
     mounts: list[Path] = field(default_factory=list)
 
     @classmethod
-    def create(cls, wheelhouse: Path) -> DebianChroot:
+    def create(cls) -> DebianChroot:
         tarball = ensure_rootfs_tarball()
         root = Path(tempfile.mkdtemp(prefix="voxrelay-target-", dir="/var/tmp"))
         target = cls(root)
@@ -154,14 +154,23 @@ class DebianChroot:
             policy.write_text(POLICY_RC_D)
             policy.chmod(0o755)
             shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
+            # The local CAs this machine trusts (a CI network may inspect TLS
+            # with its own CA): when the role installs ca-certificates, Debian's
+            # update-ca-certificates adds them to the root's bundle, as on any host.
+            local_cas = target.path("/usr/local/share/ca-certificates")
+            local_cas.mkdir(parents=True, exist_ok=True)
+            for crt in Path("/usr/local/share/ca-certificates").glob("*.crt"):
+                shutil.copyfile(crt, local_cas / crt.name)
             apt_cache = CACHE / "apt-archives"
             (apt_cache / "partial").mkdir(parents=True, exist_ok=True)
             target._mount(["-t", "proc", "proc"], root / "proc")
             target._mount(["--bind", "/dev"], root / "dev")
             target._mount(["--bind", str(apt_cache)], root / "var/cache/apt/archives")
-            wheels_in_root = root / "var/cache/voxrelay-wheels"
-            wheels_in_root.mkdir(parents=True, exist_ok=True)
-            target._mount(["--bind", "-o", "ro", str(wheelhouse)], wheels_in_root)
+            # pip on the target downloads from PyPI like on any host; its
+            # cache (root's ~/.cache/pip) persists, so later runs download nothing.
+            pip_cache = CACHE / "pip-cache"
+            pip_cache.mkdir(parents=True, exist_ok=True)
+            target._mount(["--bind", str(pip_cache)], root / "root/.cache/pip")
         except BaseException:
             target.close()
             raise

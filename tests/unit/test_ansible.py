@@ -51,7 +51,9 @@ def _tool(name: str) -> str:
 def _ansible_env(**extra: str) -> dict[str, str]:
     import os
 
-    env = dict(os.environ)
+    # The controller's pip settings (mirrors, find-links) mean nothing on the
+    # target, whose pip the chroot connection would otherwise hand them to.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     env.update({
         "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
         "ANSIBLE_NOCOLOR": "1",
@@ -217,21 +219,14 @@ def _changed_tasks(output: str) -> list[str]:
     return changed
 
 
-def _build_wheels(tmp: Path) -> tuple[Path, Path]:
-    """The voxrelay wheel from this tree, and a wheelhouse with its dependencies."""
-    from debian_chroot import CACHE, run
+def _build_wheel(tmp: Path) -> Path:
+    """The voxrelay wheel from this tree (its dependencies come from PyPI)."""
+    from debian_chroot import run
 
     dist = tmp / "dist"
     run([str(BIN / "pip"), "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)], timeout=600)
     (wheel,) = dist.glob("voxrelay-*.whl")
-    wheelhouse = CACHE / "wheelhouse"
-    wheelhouse.mkdir(parents=True, exist_ok=True)
-    run([str(BIN / "pip"), "wheel", "-q", "-w", str(wheelhouse), "--find-links", str(wheelhouse),
-         str(wheel)], timeout=900)
-    # Only the dependencies stay cached; voxrelay itself comes from this tree.
-    for stale in wheelhouse.glob("voxrelay-*.whl"):
-        stale.unlink()
-    return wheel, wheelhouse
+    return wheel
 
 
 @pytest.fixture(scope="module")
@@ -244,9 +239,9 @@ def applied(tmp_path_factory):
     from debian_chroot import DebianChroot, community_general_collection
 
     tmp = tmp_path_factory.mktemp("ansible-apply")
-    wheel, wheelhouse = _build_wheels(tmp)
+    wheel = _build_wheel(tmp)
     collections = community_general_collection()
-    chroot = DebianChroot.create(wheelhouse)
+    chroot = DebianChroot.create()
     try:
         inventory = {
             "all": {
@@ -259,8 +254,6 @@ def applied(tmp_path_factory):
                     # No sudo in the root, and none needed: the chroot runs as root.
                     "ansible_become": False,
                     "voxrelay_wheel": str(wheel),
-                    "voxrelay_pip_extra_args":
-                        "--no-index --find-links /var/cache/voxrelay-wheels",
                     **APPLY_VARS,
                 },
             }
