@@ -459,3 +459,29 @@ def test_nftables_ruleset_loads_in_a_namespace_and_opens_only_the_relay_port(
         receiver.kill()
         receiver.wait(timeout=30)
     assert got == {"3479": True, "5000": False}
+
+
+def _assemble_validate_command(config_file: Path) -> list[str]:
+    import shlex
+
+    import yaml
+
+    tasks = yaml.safe_load((ANSIBLE_DIR / "roles/voxrelay/tasks/assemble.yml").read_text())
+    validate = tasks[0]["ansible.builtin.assemble"]["validate"]
+    validate = validate.replace("{{ voxrelay_venv }}/bin/python", sys.executable)
+    assert "{{" not in validate, validate
+    return shlex.split(validate.replace("%s", shlex.quote(str(config_file))))
+
+
+def test_assembled_config_is_validated_with_voxrelays_loader(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('[relay]\npublic_port = 3479\n')
+    ok = subprocess.run(_assemble_validate_command(good), capture_output=True, text=True,
+                        env={"PYTHONPATH": str(ROOT)}, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[relay]\nxdp_mode = "turbo"\n')
+    proc = subprocess.run(_assemble_validate_command(bad), capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT)}, timeout=60)
+    assert proc.returncode != 0
+    assert "[relay] xdp_mode 'turbo' must be 'native' or 'generic'" in proc.stderr
