@@ -52,7 +52,7 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 def run(cmd: list[str], timeout: float = 600, **kw: object) -> subprocess.CompletedProcess[str]:
     """Run ``cmd``; raise with its output when it fails."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kw)  # type: ignore[call-overload]
     if proc.returncode != 0:
         raise RuntimeError(
             f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
@@ -195,12 +195,12 @@ class DebianChroot:
         full = ["chroot", str(self.root), *cmd]
         if check:
             return run(full, timeout=timeout)
-        return subprocess.run(full, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(full, capture_output=True, text=True, timeout=timeout, check=False)
 
     def close(self) -> None:
         for point in reversed(self.mounts):
-            if subprocess.run(["umount", str(point)], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", str(point)], capture_output=True)
+            if subprocess.run(["umount", str(point)], capture_output=True, check=False).returncode != 0:
+                subprocess.run(["umount", "-l", str(point)], capture_output=True, check=False)
         self.mounts.clear()
         _assert_nothing_mounted_under(self.root)
         subprocess.run(["rm", "-rf", "--one-file-system", str(self.root)], check=True, timeout=300)

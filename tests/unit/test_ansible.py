@@ -70,8 +70,7 @@ def _ansible_env(**extra: str) -> dict[str, str]:
 def test_ansible_lint_is_clean_at_production_profile():
     proc = subprocess.run(
         [_tool("ansible-lint"), "--offline", "--profile", "production", "--nocolor"],
-        cwd=ANSIBLE_DIR, env=_ansible_env(), capture_output=True, text=True, timeout=300,
-    )
+        cwd=ANSIBLE_DIR, env=_ansible_env(), capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 failure(s), 0 warning(s)" in proc.stdout + proc.stderr
 
@@ -80,16 +79,14 @@ def test_site_playbook_passes_syntax_check_with_example_inventory():
     proc = subprocess.run(
         [_tool("ansible-playbook"), "--syntax-check", "-i", "inventory/example/hosts.yml",
          "site.yml"],
-        cwd=ANSIBLE_DIR, env=_ansible_env(), capture_output=True, text=True, timeout=120,
-    )
+        cwd=ANSIBLE_DIR, env=_ansible_env(), capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_example_inventory_has_the_four_groups():
     proc = subprocess.run(
         [_tool("ansible-inventory"), "-i", "inventory/example/hosts.yml", "--list"],
-        cwd=ANSIBLE_DIR, env=_ansible_env(), capture_output=True, text=True, timeout=120,
-    )
+        cwd=ANSIBLE_DIR, env=_ansible_env(), capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     inv = json.loads(proc.stdout)
     for group in ("relays", "transceivers", "models", "directory"):
@@ -128,7 +125,7 @@ def test_every_config_key_is_a_documented_role_variable_with_the_same_default(ro
         assert values[var] == getattr(default, f.name), (
             f"{role}: {var} defaults to {values[var]!r}, config.py to {getattr(default, f.name)!r}"
         )
-        assert re.search(rf"^{f.name} = .*\b{var}\b", template, re.M), (
+        assert re.search(rf"^{f.name} = .*\b{var}\b", template, re.MULTILINE), (
             f"{role}.toml.j2 does not render {f.name} from {var}"
         )
 
@@ -136,9 +133,9 @@ def test_every_config_key_is_a_documented_role_variable_with_the_same_default(ro
 def test_roles_call_the_voxrelay_cli_and_do_not_reimplement_it():
     units = {p.name: p.read_text() for p in ANSIBLE_DIR.glob("roles/*/templates/*.service.j2")}
     relay = units["voxrelay-relay.service.j2"]
-    assert re.search(r"^ExecStart=.+/bin/voxrelay relay load --config ", relay, re.M)
-    assert re.search(r"^ExecReload=.+/bin/voxrelay relay load --replace --config ", relay, re.M)
-    assert re.search(r"^ExecStop=.+/bin/voxrelay relay unload --config ", relay, re.M)
+    assert re.search(r"^ExecStart=.+/bin/voxrelay relay load --config ", relay, re.MULTILINE)
+    assert re.search(r"^ExecReload=.+/bin/voxrelay relay load --replace --config ", relay, re.MULTILINE)
+    assert re.search(r"^ExecStop=.+/bin/voxrelay relay unload --config ", relay, re.MULTILINE)
     assert "voxrelay orchestrator run --config" in units["voxrelay-orchestrator.service.j2"]
     assert "voxrelay transceiver run --config" in units["voxrelay-transceiver.service.j2"]
     assert "voxrelay model serve --listen" in units["voxrelay-model.service.j2"]
@@ -204,7 +201,7 @@ class Applied:
 
 
 def _recap(output: str) -> dict[str, int]:
-    m = re.search(r"^target\s*:\s*(.*)$", output, re.M)
+    m = re.search(r"^target\s*:\s*(.*)$", output, re.MULTILINE)
     assert m, "no PLAY RECAP line for target:\n" + output[-3000:]
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
 
@@ -267,8 +264,7 @@ def applied(tmp_path_factory):
         for n in (1, 2):
             proc = subprocess.run(
                 [_tool("ansible-playbook"), "-i", str(inv_path), "site.yml"],
-                cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True, timeout=1500,
-            )
+                cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True, timeout=1500, check=False)
             (artifacts / f"ansible-apply-{n}.log").write_text(proc.stdout + proc.stderr)
             assert proc.returncode == 0, (
                 f"apply {n} failed (artifacts/ansible-apply-{n}.log):\n"
@@ -304,7 +300,7 @@ def test_packages_and_files_are_installed(applied):
     # Debian's bcc, importable from the venv.
     ch.run(["/opt/voxrelay/bin/python", "-c", "import bcc"])
     # The running kernel's build tree points at a Debian header tree that exists.
-    krel = subprocess.run(["uname", "-r"], capture_output=True, text=True).stdout.strip()
+    krel = subprocess.run(["uname", "-r"], capture_output=True, text=True, check=True).stdout.strip()
     build = ch.resolve(f"/lib/modules/{krel}/build")
     assert (build / "Makefile").exists() or (build / "include").is_dir(), build
     source = ch.resolve(f"/lib/modules/{krel}/source")
@@ -329,8 +325,8 @@ def test_config_is_rendered_from_variables_and_loads(applied):
     st = path.stat()
     assert oct(st.st_mode & 0o777) == "0o640"
     redis_conf = ch.path("/etc/redis/redis.conf").read_text()
-    assert re.search(r"^bind 127\.0\.0\.1 198\.18\.1\.5$", redis_conf, re.M)
-    assert re.search(r"^port 6380$", redis_conf, re.M)
+    assert re.search(r"^bind 127\.0\.0\.1 198\.18\.1\.5$", redis_conf, re.MULTILINE)
+    assert re.search(r"^port 6380$", redis_conf, re.MULTILINE)
 
 
 @pytest.mark.root
@@ -363,7 +359,7 @@ def relay_netns():
         for ns in (name, peer):
             subprocess.run(["ip", "netns", "add", ns], check=True)
             created.append(ns)
-        sh = lambda ns, *a: subprocess.run(["ip", "-n", ns, *a], check=True)  # noqa: E731
+        sh = lambda ns, *a: subprocess.run(["ip", "-n", ns, *a], check=True)
         # public: relay <-> client; private: a veth whose peer stays in the relay ns.
         sh(name, "link", "add", PUBLIC_IF, "type", "veth", "peer", "name", "cli0", "netns", peer)
         sh(name, "link", "add", PRIVATE_IF, "type", "veth", "peer", "name", "vxprivp")
@@ -375,7 +371,7 @@ def relay_netns():
         yield name, peer
     finally:
         for ns in created:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
 @pytest.mark.root
@@ -477,11 +473,11 @@ def test_assembled_config_is_validated_with_voxrelays_loader(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text('[relay]\npublic_port = 3479\n')
     ok = subprocess.run(_assemble_validate_command(good), capture_output=True, text=True,
-                        env={"PYTHONPATH": str(ROOT)}, timeout=60)
+                        env={"PYTHONPATH": str(ROOT)}, timeout=60, check=False)
     assert ok.returncode == 0, ok.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text('[relay]\nxdp_mode = "turbo"\n')
     proc = subprocess.run(_assemble_validate_command(bad), capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT)}, timeout=60)
+                          env={"PYTHONPATH": str(ROOT)}, timeout=60, check=False)
     assert proc.returncode != 0
     assert "[relay] xdp_mode 'turbo' must be 'native' or 'generic'" in proc.stderr

@@ -85,7 +85,7 @@ def test_relay_daemonset_uses_host_network_capabilities_and_the_host_bpffs():
         assert not mounts["bpffs"].get("readOnly", False)
     text = (K8S_DIR / "relay-daemonset.yaml").read_text()
     for cap in containers[0]["securityContext"]["capabilities"]["add"]:
-        assert re.search(rf"^#\s+{cap}\s+\S", text, re.M), f"no reason written for {cap}"
+        assert re.search(rf"^#\s+{cap}\s+\S", text, re.MULTILINE), f"no reason written for {cap}"
     # The pod loads with --replace (a restarted pod finds its program attached)
     # and never unloads on stop (the pinned flows outlive the pod).
     assert pod["initContainers"][0]["command"][:4] == ["voxrelay", "relay", "load", "--replace"]
