@@ -138,7 +138,7 @@ def test_roles_call_the_voxrelay_cli_and_do_not_reimplement_it():
     assert re.search(r"^ExecStop=.+/bin/voxrelay relay unload --config ", relay, re.MULTILINE)
     assert "voxrelay orchestrator run --config" in units["voxrelay-orchestrator.service.j2"]
     assert "voxrelay transceiver run --config" in units["voxrelay-transceiver.service.j2"]
-    assert "voxrelay model serve --listen" in units["voxrelay-model.service.j2"]
+    assert "voxrelay model serve --config" in units["voxrelay-model.service.j2"]
     # Nothing in the roles touches BPF or links directly: that is the CLI's job.
     tasks = "\n".join(p.read_text() for p in ANSIBLE_DIR.glob("roles/*/tasks/*.yml"))
     for forbidden in ("bpftool", "ip link set", "xdp", "/sys/fs/bpf"):

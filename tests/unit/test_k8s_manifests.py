@@ -92,14 +92,33 @@ def test_relay_daemonset_uses_host_network_capabilities_and_the_host_bpffs():
     assert "unload" not in yaml.safe_dump(ds)
 
 
-@pytest.mark.parametrize("kind,name", [("DaemonSet", "voxrelay-relay"),
-                                       ("Deployment", "voxrelay-transceiver")])
-def test_readiness_and_liveness_run_voxrelay_probe(kind, name):
-    (container,) = _pod(_find(kind, name))["containers"]
+def test_transceiver_readiness_and_liveness_run_voxrelay_probe_through_the_relay():
+    dep = _find("Deployment", "voxrelay-transceiver")
+    (container,) = _pod(dep)["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    cm = _find("ConfigMap", "voxrelay-transceiver")
+    relays = tomllib.loads(cm["data"]["voxrelay.toml.in"].replace("@TRANSCEIVER_ID@", "1")
+                           )["transceiver"]["relays"]
+    # The probe goes through the first relay the answer offers, to the
+    # directory the transceiver announces to.
+    assert env["VOXRELAY_PROBE_RELAY"] == relays[0]
+    assert env["VOXRELAY_DIRECTORY"] in cm["data"]["voxrelay.toml.in"]
     for probe in ("readinessProbe", "livenessProbe"):
         command = container[probe]["exec"]["command"]
-        assert command[:2] == ["voxrelay", "probe"], (probe, command)
-        assert "--config" in command
+        script = command[-1]
+        assert command[:2] == ["/bin/sh", "-c"]
+        assert script.startswith("exec voxrelay probe "), script
+        for flag in ("--relay", "--transceiver", "--directory", "--config"):
+            assert flag in script, (probe, flag)
+        # The id the init container rendered into the config.
+        assert "$(cat /etc/voxrelay/transceiver-id)" in script
+
+
+def test_relay_probes_check_the_program_is_attached():
+    (container,) = _pod(_find("DaemonSet", "voxrelay-relay"))["containers"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert command[:3] == ["voxrelay", "relay", "status"], (probe, command)
 
 
 def test_model_and_transceiver_are_deployments_with_services():
@@ -147,5 +166,6 @@ def test_transceiver_config_is_rendered_with_an_id_from_the_pod_ip(tmp_path):
     assert loaded.transceiver.id == (10 << 24) | (244 << 16) | (3 << 8) | 17
     assert loaded.transceiver.private_address == "10.244.3.17"
     assert loaded.transceiver.model.startswith("voxrelay-model.")
+    assert (tmp_path / "config" / "transceiver-id").read_text().strip() == str(loaded.transceiver.id)
     raw = tomllib.loads((tmp_path / "config" / "voxrelay.toml").read_text())
     assert "@" not in str(raw), "a placeholder was left unrendered"
