@@ -73,7 +73,7 @@ def test_relay_daemonset_uses_host_network_capabilities_and_the_host_bpffs():
     assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     bpffs = [v for v in pod["volumes"] if v["name"] == "bpffs"]
     assert bpffs == [{"name": "bpffs", "hostPath": {"path": "/sys/fs/bpf", "type": "Directory"}}]
-    containers = pod["initContainers"] + pod["containers"]
+    containers = pod.get("initContainers", []) + pod["containers"]
     for c in containers:
         sc = c["securityContext"]
         # Capabilities, not privileged (the manifest's comment says why each).
@@ -86,9 +86,14 @@ def test_relay_daemonset_uses_host_network_capabilities_and_the_host_bpffs():
     text = (K8S_DIR / "relay-daemonset.yaml").read_text()
     for cap in containers[0]["securityContext"]["capabilities"]["add"]:
         assert re.search(rf"^#\s+{cap}\s+\S", text, re.MULTILINE), f"no reason written for {cap}"
-    # The pod loads with --replace (a restarted pod finds its program attached)
-    # and never unloads on stop (the pinned flows outlive the pod).
-    assert pod["initContainers"][0]["command"][:4] == ["voxrelay", "relay", "load", "--replace"]
+    # The container loads with --replace (a restarted one finds its program
+    # attached) before it runs the orchestrator, and never unloads on stop
+    # (the pinned flows outlive the pod).
+    (relay,) = pod["containers"]
+    script = relay["command"][-1]
+    assert relay["command"][:2] == ["/bin/sh", "-c"]
+    assert re.fullmatch(r"voxrelay relay load --replace --config (\S+) &&\s*"
+                        r"exec voxrelay orchestrator run --config \1\s*", script), script
     assert "unload" not in yaml.safe_dump(ds)
 
 
