@@ -97,6 +97,58 @@ def test_example_inventory_has_the_four_groups():
     assert len(set(ids)) == len(ids), "transceiver ids must be unique"
 
 
+_RENDER_PLAYBOOK = """
+{% for group, roles in plays %}
+- name: Render the config fragments of {{ group }}
+  hosts: {{ group }}
+  gather_facts: false
+  connection: local
+  # The roles are here only for their defaults: no task of theirs matches the
+  # tag given on the command line. The post task is tagged always.
+  roles: {{ roles }}
+  post_tasks:
+    - name: Render each fragment with the role's own template
+      ansible.builtin.copy:
+        content: "{{ '{{' }} lookup('template', '{{ ansible_dir }}/roles/' ~ item ~ '/templates/' ~ item ~ '.toml.j2') {{ '}}' }}"
+        dest: "{{ out }}/{{ '{{' }} inventory_hostname {{ '}}' }}-{{ '{{' }} item {{ '}}' }}.toml"
+        mode: "0644"
+      loop: {{ roles }}
+      tags: [always]
+{% endfor %}
+"""
+
+
+def test_example_inventory_renders_a_valid_config_for_every_host(tmp_path):
+    import jinja2
+
+    plays = [("relays", ["relay", "orchestrator"]), ("transceivers", ["transceiver"]),
+             ("models", ["model"])]
+    playbook = tmp_path / "render.yml"
+    playbook.write_text(jinja2.Template(_RENDER_PLAYBOOK).render(
+        plays=plays, ansible_dir=ANSIBLE_DIR, out=tmp_path))
+    proc = subprocess.run(
+        [_tool("ansible-playbook"), "-i", "inventory/example/hosts.yml", str(playbook),
+         "--tags", "render-only-nothing-else", "-e", f"ansible_python_interpreter={sys.executable}"],
+        cwd=ANSIBLE_DIR, env=_ansible_env(), capture_output=True, text=True, timeout=300,
+        check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    configs = {}
+    for host in ("relay-fra1", "relay-iad1", "txr-1", "txr-2", "model-1"):
+        fragments = sorted(tmp_path.glob(f"{host}-*.toml"))
+        assert fragments, host
+        path = tmp_path / f"{host}.assembled"
+        path.write_text("".join(f.read_text() for f in fragments))
+        configs[host] = cfg.load_config(path)
+    assert configs["relay-fra1"].relay.name == "fra1"
+    assert configs["relay-iad1"].relay.public_address == "203.0.113.20"
+    assert configs["relay-fra1"].orchestrator.directory == "redis://10.0.0.5:6379/0"
+    # Every transceiver offers every relay, and the ids differ.
+    assert configs["txr-1"].transceiver.relays == ["203.0.113.10:3478", "203.0.113.20:3478"]
+    assert configs["txr-2"].transceiver.directory == "redis://10.0.0.5:6379/0"
+    assert configs["txr-1"].transceiver.id != configs["txr-2"].transceiver.id
+    assert configs["model-1"].model.listen == "10.0.0.21:50051"
+
+
 def _defaults_with_comments(role: str) -> tuple[dict[str, object], set[str]]:
     import yaml
 
