@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-DEFAULT_SENTENCE = "what is the weather like in paris today"
+DEFAULT_SENTENCE = "what is the weather like today"
 DEFAULT_OUT = Path("artifacts/reply.wav")
 
 

@@ -218,6 +218,7 @@ class Lab:
     client_if: str = ""
     """The client's interface towards relay 1."""
     client_address: str = ""
+    client_mac: str = ""
     client_rebind_address: str = ""
     """A free address on the client's relay-1 subnet, for the address-change test."""
     transceiver_ns: str = ""
@@ -295,6 +296,15 @@ def read_relay_stats(relay_name: str) -> dict[str, int]:
         return out
     finally:
         bpfsys.close(fd)
+
+
+def _remove_empty_pin_root() -> None:
+    """/sys/fs/bpf/voxrelay itself, if the lab's relays were the last ones in it."""
+    from orchestrator import bpfprog
+
+    root = bpfprog.pin_dir_for("x").parent
+    with contextlib.suppress(OSError):  # not empty (another relay) or already gone
+        root.rmdir()
 
 
 def _write_toml(path: Path, tables: dict[str, dict[str, object]]) -> Path:
@@ -393,6 +403,7 @@ async def start_lab(options: LabOptions | None = None, progress: Progress | None
             topo = topology.Lab(relays=options.relays, xdp_mode=options.xdp_mode)
             lab.topology = topo
             with progress.step(f"building namespaces (client, {options.relays} relay(s), transceiver, model)"):
+                stack.push_async_callback(asyncio.to_thread, _remove_empty_pin_root)
                 stack.push_async_callback(asyncio.to_thread, topo.close)
                 await asyncio.to_thread(topo.__enter__)
             lab.client_ns = topo.client
@@ -415,6 +426,7 @@ async def start_lab(options: LabOptions | None = None, progress: Progress | None
             first = topo.relay_hosts[0]
             lab.client_if = first.client_side.ifname
             lab.client_address = first.client_side.address
+            lab.client_mac = first.client_side.mac
             lab.client_rebind_address = first.client_side.address.rsplit(".", 1)[0] + f".{REBIND_HOST}"
             lab.directory_url = f"http://{first.private.address}:{DIRECTORY_PORT}"
 

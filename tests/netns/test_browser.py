@@ -18,8 +18,10 @@ from chromium import Chromium, ChromiumError, find_chromium
 
 pytestmark = [pytest.mark.netns, pytest.mark.root]
 
-SENTENCE = "what is the weather like in paris today"
-KEY_WORDS = ("weather", "paris")
+SENTENCE = "what is the weather like today"
+# The grammar phrase "what is the weather [like] [today | tomorrow]": its
+# fixed part; the optional tail is sometimes lost after an ICE restart.
+KEY_WORDS = ("what is the weather",)
 ARTIFACTS = Path("artifacts")
 
 
