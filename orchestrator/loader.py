@@ -214,6 +214,24 @@ def _link_pins(name: str) -> list[Path]:
 # --- map layout checks ------------------------------------------------------------------
 
 
+_RELOAD_ADVICE = ("Unload the relay (which removes the pins and the flows in them) "
+                  "and load again.")
+
+
+def _compile_pinned(limits: Mapping[str, int] | None, pin_dir: Path) -> Any:
+    """``bpfprog.compile_relay`` with its layout errors turned into the loader's, with advice.
+
+    compile_relay already refuses a reused pin of another shape (maps.MapLayoutError);
+    callers of the loader catch ``LoaderError`` only, so translate it here.
+    """
+    from orchestrator import bpfprog, maps
+
+    try:
+        return bpfprog.compile_relay(limits, pin_dir)
+    except maps.MapLayoutError as exc:
+        raise MapLayoutError(f"{exc}. {_RELOAD_ADVICE}") from None
+
+
 def check_pinned_maps(bpf: Any, pin_dir: Path, names: Sequence[str]) -> Any:
     """Check the compiled ``bpf``'s maps against its pins; returns ``maps.RelayMaps(bpf)``.
 
@@ -228,8 +246,7 @@ def check_pinned_maps(bpf: Any, pin_dir: Path, names: Sequence[str]) -> Any:
     try:
         relay_maps = maps.RelayMaps(bpf)
     except maps.MapLayoutError as exc:
-        raise MapLayoutError(f"{exc}. Unload the relay (which removes the pins and the "
-                             "flows in them) and load again.") from None
+        raise MapLayoutError(f"{exc}. {_RELOAD_ADVICE}") from None
     for name in names:
         table = bpf.get_table(name)
         info = bpfsys.map_info(table.map_fd)
@@ -428,7 +445,7 @@ def _compile(relay: RelayConfig, limits: Mapping[str, int] | None) -> tuple[Any,
     from orchestrator import bpfprog
 
     pin_dir = pin_dir_for(relay.name)
-    bpf = bpfprog.compile_relay(limits, pin_dir)
+    bpf = _compile_pinned(limits, pin_dir)
     try:
         relay_maps = check_pinned_maps(bpf, pin_dir, bpfprog.MAP_NAMES)
         fn = bpfprog.load_relay_fn(bpf)
@@ -827,7 +844,7 @@ def open_maps(name: str, *, limits: Mapping[str, int] | None = None) -> Any:
     if missing:
         raise NotLoadedError(f"relay {name!r} has no pinned {', '.join(missing)} under "
                              f"{pin_dir}; load it first")
-    bpf = bpfprog.compile_relay(limits, pin_dir)
+    bpf = _compile_pinned(limits, pin_dir)
     try:
         return check_pinned_maps(bpf, pin_dir, bpfprog.MAP_NAMES)
     except BaseException:
