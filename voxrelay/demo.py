@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-DEFAULT_SENTENCE = "what is the weather like in paris today"
+DEFAULT_SENTENCE = "what is the weather like today"
 DEFAULT_OUT = Path("artifacts/reply.wav")
 
 
@@ -225,18 +225,33 @@ def demo(wav: Path | None, sentence: str, out: Path, timeout: float, xdp_mode: s
 
 
 def _run(coro):  # type: ignore[no-untyped-def]
-    """asyncio.run, with SIGTERM treated like Ctrl-C so that teardown runs for both."""
+    """asyncio.run, with SIGTERM treated like Ctrl-C so that teardown runs for both.
+
+    Not ``loop.add_signal_handler``: it routes signals through a wakeup fd that
+    forked children inherit (pyroute2 forks helpers to open sockets in a
+    namespace), so the SIGTERM that ends such a helper would cancel the demo.
+    A plain handler that checks the pid only reacts to signals sent to us.
+    """
+    import os
+
+    owner = os.getpid()
 
     async def main():  # type: ignore[no-untyped-def]
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         assert task is not None
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+
+        def on_sigterm(signum, frame):  # type: ignore[no-untyped-def]
+            if os.getpid() != owner:
+                os._exit(128 + signum)
+            loop.call_soon_threadsafe(task.cancel)
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
         try:
             return await coro
         except asyncio.CancelledError:
             raise KeyboardInterrupt from None
         finally:
-            loop.remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, previous)
 
     return asyncio.run(main())
