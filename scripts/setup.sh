@@ -27,6 +27,10 @@ APT_PACKAGES=(
   gcc coturn   # bench/: gcc builds the load generator; coturn is a baseline
   chromium     # tests/netns/test_browser.py: a real WebRTC client
   debootstrap  # tests/unit/test_ansible.py: a real Debian root to apply the roles to
+  # Recommends that matter here, named because we install without recommends:
+  netbase                                      # nftables: service names
+  gnupg debian-archive-keyring arch-test       # debootstrap: verify the archive
+  fonts-dejavu-core                            # chromium: legible screenshots
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
