@@ -25,7 +25,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from transceiver.directory import Directory, SessionRecord
 from transceiver.ice import PortPool, RoutedIce, random_ice_password, restart_ice, routed_ice
-from transceiver.media import CHUNK_MS, PcmChunker, ReplyTrack
+from transceiver.media import CHUNK_MS, PcmChunker, ReplyTrack, recv_audio
 from transceiver.model import voice_pb2
 from transceiver.modellink import Backoff, ModelLink, open_channel
 from transceiver.offer import parse_offer
@@ -314,7 +314,7 @@ class Call:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                frame = await track.recv()
+                frame = await recv_audio(track)
             except MediaStreamError:
                 return
             for chunk in chunker.push(frame):
@@ -515,9 +515,9 @@ class CallManager:
             self.sessions.put(record)
             await self.directory.put_session(record)
         for call_id in self.sessions.expire(now):
-            call = self.calls.get(call_id)
-            if call is not None:
-                await call.close("session expired")
+            expired = self.calls.get(call_id)
+            if expired is not None:
+                await expired.close("session expired")
 
     async def drain(self, grace: float) -> None:
         """No new calls; let existing ones finish for ``grace`` s, then close them."""

@@ -72,10 +72,10 @@ async def _serve(cfg: TransceiverConfig, directory_spec: str, as_json: bool) -> 
         raise click.ClickException(f"cannot listen on {cfg.listen} or probe port: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - the directory refused or is unreachable
         raise click.ClickException(f"cannot register with directory {directory_spec}: {exc}") from None
-    ready = {"event": "ready", "url": service.url, "id": cfg.id,
-             "relays": [f"{c.host}:{c.port}" for c in advertised]}
+    advertised_at = [f"{c.host}:{c.port}" for c in advertised]
+    ready = {"event": "ready", "url": service.url, "id": cfg.id, "relays": advertised_at}
     click.echo(json.dumps(ready) if as_json else
-               f"transceiver {cfg.id} listening on {service.url}; relays {', '.join(ready['relays'])}")
+               f"transceiver {cfg.id} listening on {service.url}; relays {', '.join(advertised_at)}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

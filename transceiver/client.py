@@ -15,7 +15,7 @@ import time
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import av
@@ -23,7 +23,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from transceiver.ice import random_ice_password, restart_ice
-from transceiver.media import CHUNK_BYTES, SAMPLE_RATE, PcmChunker, ReplyTrack
+from transceiver.media import CHUNK_BYTES, SAMPLE_RATE, PcmChunker, ReplyTrack, recv_audio
 
 
 class CallFailed(Exception):
@@ -107,7 +107,7 @@ class CallClient:
         self.pc.addTrack(self.mic)
         self.pc.on("track", self._on_track)
 
-    async def __aenter__(self) -> CallClient:  # noqa: PYI034 - py3.11 target, no Self needed
+    async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(base_url=self.url.rstrip("/") + "/")
         try:
             await self.connect()
@@ -142,7 +142,7 @@ class CallClient:
         chunker = PcmChunker()
         while True:
             try:
-                frame = await track.recv()
+                frame = await recv_audio(track)
             except MediaStreamError:
                 return
             for chunk in chunker.push(frame):
@@ -232,10 +232,13 @@ class CallClient:
         answer = await response.text()
         from aiortc import sdp as aiosdp
 
-        remote = aiosdp.SessionDescription.parse(answer).media[0].ice
+        media = aiosdp.SessionDescription.parse(answer).media
+        remote = media[0].ice if media else None
+        if remote is None or not remote.usernameFragment or not remote.password:
+            raise CallFailed(f"PATCH {self.location}: the answer lacks ice-ufrag or ice-pwd")
+        remote_ufrag, remote_pwd = remote.usernameFragment, remote.password
         task = restart_ice(conn, local_username=ufrag, local_password=password,
-                           remote_username=remote.usernameFragment,
-                           remote_password=remote.password)
+                           remote_username=remote_ufrag, remote_password=remote_pwd)
         # aiortc ignores remote candidates once its gatherer saw the end of the
         # first answer's; without this the new answer's relay candidates never
         # reach the check list, and the restart waits for the transceiver's next
@@ -246,7 +249,7 @@ class CallClient:
         if not await task:
             raise CallFailed("ICE restart did not nominate a pair")
         self.answer_sdp = answer
-        return remote.usernameFragment
+        return remote_ufrag
 
     async def hangup(self) -> int:
         if self._session is None or not self.location:

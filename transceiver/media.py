@@ -44,6 +44,19 @@ def pcm_frame(pcm: bytes, pts: int) -> av.AudioFrame:
     return frame
 
 
+async def recv_audio(track: MediaStreamTrack) -> av.AudioFrame:
+    """The next frame of an audio track.
+
+    aiortc types ``recv()`` as any frame or packet; its audio tracks decode to
+    AudioFrames only, so anything else is a broken track and stops the reader.
+    Raises MediaStreamError when the track ends, as ``recv()`` does.
+    """
+    frame = await track.recv()
+    if not isinstance(frame, av.AudioFrame):
+        raise TypeError(f"audio track {track.id} gave a {type(frame).__name__}, not an AudioFrame")
+    return frame
+
+
 class PcmChunker:
     """Any aiortc AudioFrame in, exact 20 ms 16 kHz mono chunks out."""
 

@@ -39,11 +39,14 @@ def parse_offer(text: str) -> Offer:
     kinds = tuple(m.kind for m in description.media)
     if "audio" not in kinds:
         raise ValueError("SDP offer has no audio m-line")
+    credentials: list[tuple[str, str]] = []
     for index, media in enumerate(description.media):
         if media.kind not in ("audio", "video", "application"):
             raise ValueError(f"SDP offer m-line {index} has unsupported kind {media.kind!r}")
-        if not media.ice.usernameFragment or not media.ice.password:
+        ice = media.ice
+        if ice is None or not ice.usernameFragment or not ice.password:
             raise ValueError(f"SDP offer m-line {index} ({media.kind}) lacks ice-ufrag or ice-pwd")
+        credentials.append((ice.usernameFragment, ice.password))
         if media.dtls is None or not media.dtls.fingerprints:
             raise ValueError(f"SDP offer m-line {index} ({media.kind}) lacks a DTLS fingerprint")
         if media.kind in ("audio", "video") and not media.rtcp_mux:
@@ -57,11 +60,12 @@ def parse_offer(text: str) -> Offer:
     bundle = next((g for g in description.group if g.semantic == "BUNDLE"), None)
     if len(mids) > 1 and (bundle is None or set(bundle.items) != set(mids)):
         raise ValueError("SDP offer must BUNDLE all m-lines (a=group:BUNDLE)")
-    first = description.media[0].ice
+    # Bundled: the first m-line's credentials are the transport's.
+    ice_ufrag, ice_pwd = credentials[0]
     return Offer(
         text=text,
-        ice_ufrag=first.usernameFragment or "",
-        ice_pwd=first.password or "",
+        ice_ufrag=ice_ufrag,
+        ice_pwd=ice_pwd,
         kinds=kinds,
         has_events_channel_section="application" in kinds,
     )

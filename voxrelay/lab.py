@@ -27,10 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -91,8 +91,8 @@ class Service:
     def start(self) -> None:
         from orchestrator.netlink import popen_in_netns
 
-        log = open(self.log_path, "ab")
-        try:
+        # The child holds its own copy of the descriptor; ours closes on leaving.
+        with open(self.log_path, "ab") as log:
             self.proc = popen_in_netns(
                 self.netns,
                 self.argv,
@@ -102,8 +102,6 @@ class Service:
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
                 process_group=0,
             )
-        finally:
-            log.close()
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -253,7 +251,9 @@ class Lab:
 
         return run_in_netns(self.client_ns, fn, *args)
 
-    async def client_call(self, coro_fn: Callable[..., Awaitable[T]], *args: object) -> T:
+    async def client_call(
+        self, coro_fn: Callable[..., Coroutine[Any, Any, T]], *args: object
+    ) -> T:
         """Run ``await coro_fn(*args)`` on its own event loop in the client namespace.
 
         Every socket the coroutine opens (signaling, ICE, DTLS) then belongs to

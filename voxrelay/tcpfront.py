@@ -37,7 +37,7 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                 break
             writer.write(data)
             await writer.drain()
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         pass
     finally:
         if writer.can_write_eof():
@@ -51,7 +51,7 @@ async def serve(listen: tuple[str, int], target: tuple[str, int], stop: asyncio.
     async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
             upstream_r, upstream_w = await asyncio.wait_for(asyncio.open_connection(*target), 5)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             client_w.close()
             return
         try:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -245,7 +245,7 @@ class HttpDirectory(Directory):
         this one's embedded directory) does a full reconcile each time. A
         broken directory shows up as ``DirectoryUnavailable`` from that reconcile."""
 
-        async def ticks() -> AsyncIterator[Change | None]:
+        async def ticks() -> AsyncGenerator[Change | None, None]:
             while True:
                 await asyncio.sleep(poll)
                 yield None

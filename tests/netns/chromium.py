@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 # Debian's browser binary itself, then the launcher scripts on PATH (the
 # launcher adds /etc/chromium.d flags and runs a shell memory check we do not need).
@@ -91,7 +91,7 @@ class Chromium:
     _session: str | None = None
     _stderr_path: Path | None = None
 
-    async def __aenter__(self) -> Chromium:
+    async def __aenter__(self) -> Self:
         try:
             await self.start()
         except BaseException:
@@ -128,25 +128,11 @@ class Chromium:
         cmd_r, cmd_w = os.pipe()
         resp_r, resp_w = os.pipe()
 
-        stderr = open(self._stderr_path, "wb")
         try:
-            self._proc = subprocess.Popen(
-                # bash places the pipe ends on 3 and 4, closes the originals and
-                # execs, so the browser (or nsenter, which execs it) is the pid.
-                # Its own process group lets close() end renderers with it.
-                [
-                    "/bin/bash", "-c",
-                    f'exec 3<&{cmd_r} 4>&{resp_w} {cmd_r}<&- {resp_w}>&-; exec "$@"',
-                    "chromium-launch", *self.command_line(binary, self._profile.name),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                pass_fds=(cmd_r, resp_w),
-                process_group=0,
+            self._proc = self._spawn(
+                self.command_line(binary, self._profile.name), self._stderr_path, cmd_r, resp_w
             )
         finally:
-            stderr.close()
             os.close(cmd_r)
             os.close(resp_w)
         self._write_fd = cmd_w
@@ -278,6 +264,27 @@ class Chromium:
         path.write_bytes(base64.b64decode(result["data"]))
         return path
 
+    @staticmethod
+    def _spawn(argv: list[str], stderr_path: Path, cmd_r: int, resp_w: int) -> subprocess.Popen[bytes]:
+        # Synchronous on purpose: fork+exec returns at once, and a spawn that
+        # cannot be interrupted half way leaves no browser that close() does not know of.
+        with open(stderr_path, "wb") as stderr:
+            return subprocess.Popen(
+                # bash places the pipe ends on 3 and 4, closes the originals and
+                # execs, so the browser (or nsenter, which execs it) is the pid.
+                # Its own process group lets close() end renderers with it.
+                [
+                    "/bin/bash", "-c",
+                    f'exec 3<&{cmd_r} 4>&{resp_w} {cmd_r}<&- {resp_w}>&-; exec "$@"',
+                    "chromium-launch", *argv,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                pass_fds=(cmd_r, resp_w),
+                process_group=0,
+            )
+
     async def close(self) -> None:
         if self._write_fd >= 0 and self._proc is not None and self._proc.poll() is None:
             try:
@@ -298,10 +305,9 @@ class Chromium:
             self._proc = None
         if self._read_task is not None:
             self._read_task.cancel()
-            try:
-                await self._read_task
-            except (asyncio.CancelledError, Exception):
-                pass
+            # The loop ends in cancellation here; the pending sends already got
+            # its failure (its finally), so its outcome is collected, not raised.
+            await asyncio.gather(self._read_task, return_exceptions=True)
             self._read_task = None
         if self._profile is not None:
             self._profile.cleanup()

@@ -14,6 +14,7 @@ import struct
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Self
 
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
@@ -50,7 +51,7 @@ class UdpTap:
         self._threads: list[threading.Thread] = []
         self._socks: list[socket.socket] = []
 
-    def __enter__(self) -> UdpTap:
+    def __enter__(self) -> Self:
         from orchestrator.netlink import run_in_netns
 
         for ifname in self.ifnames:
@@ -107,7 +108,7 @@ class IpTap:
         self._sock: socket.socket | None = None
         self._want = socket.inet_aton(self.source)
 
-    def __enter__(self) -> IpTap:
+    def __enter__(self) -> Self:
         from orchestrator.netlink import run_in_netns
 
         def open_any() -> socket.socket:

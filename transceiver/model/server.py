@@ -95,17 +95,43 @@ class _ClosedTurn:
     asr_ms: float
 
 
+# What the reader asks of the ASR worker, in order, through one bounded queue.
+@dataclass(frozen=True)
+class _AsrOpen:
+    turn: int
+
+
+@dataclass(frozen=True)
+class _AsrFeed:
+    pcm: bytes
+
+
+@dataclass(frozen=True)
+class _AsrFinish:
+    speech_end_ms: float
+
+
+@dataclass(frozen=True)
+class _AsrStop:
+    pass
+
+
+_AsrOp = _AsrOpen | _AsrFeed | _AsrFinish | _AsrStop
+
+
 class _Stream:
     """State and tasks of one Converse call."""
 
     def __init__(self, options: ModelOptions, call_id: str) -> None:
         self.options = options
-        self.asr: Asr = options.asr  # type: ignore[assignment]
+        if options.asr is None:  # ModelOptions.__post_init__ fills it; only a later reset clears it
+            raise ValueError("ModelOptions.asr is None: give a recogniser")
+        self.asr: Asr = options.asr
         self.call_id = call_id
         self.out: asyncio.Queue[pb.ServerMessage | None] = asyncio.Queue()
         # Bounded so a caller that sends audio faster than ASR can decode is
         # slowed down by gRPC flow control instead of growing memory.
-        self.asr_ops: asyncio.Queue[tuple[str, object]] = asyncio.Queue(maxsize=500)
+        self.asr_ops: asyncio.Queue[_AsrOp] = asyncio.Queue(maxsize=500)
         self.turns: asyncio.Queue[_ClosedTurn | None] = asyncio.Queue()
         self.vad = TurnDetector(options.vad)
         self.frame_buf = bytearray()
@@ -136,11 +162,11 @@ class _Stream:
             event, frames = self.vad.push(frame)
             if event is Event.START:
                 self.turn += 1
-                await self.asr_ops.put(("open", self.turn))
+                await self.asr_ops.put(_AsrOpen(self.turn))
             if frames:
-                await self.asr_ops.put(("feed", b"".join(frames)))
+                await self.asr_ops.put(_AsrFeed(b"".join(frames)))
             if event is Event.END:
-                await self.asr_ops.put(("finish", self.frames_in * CHUNK_MS))
+                await self.asr_ops.put(_AsrFinish(self.frames_in * CHUNK_MS))
 
     def _bad_chunk(self, why: str) -> None:
         # Reported on the first bad chunk and then every 50th, so a broken
@@ -151,8 +177,8 @@ class _Stream:
 
     async def end_of_input(self) -> None:
         if self.vad.flush():
-            await self.asr_ops.put(("finish", self.frames_in * CHUNK_MS))
-        await self.asr_ops.put(("stop", None))
+            await self.asr_ops.put(_AsrFinish(self.frames_in * CHUNK_MS))
+        await self.asr_ops.put(_AsrStop())
 
     def barge_in(self) -> None:
         # Every turn the caller has finished so far loses its remaining audio;
@@ -167,25 +193,25 @@ class _Stream:
         last_partial = ""
         try:
             while True:
-                op, arg = await self.asr_ops.get()
-                if op == "stop":
+                op = await self.asr_ops.get()
+                if isinstance(op, _AsrStop):
                     break
-                if op == "open":
+                if isinstance(op, _AsrOpen):
                     if utt is not None:  # cannot happen: VAD alternates START/END
                         await asyncio.to_thread(utt.abort)
                     utt = await asyncio.to_thread(self.asr.open)
-                    utt_turn = int(arg)  # type: ignore[call-overload]
+                    utt_turn = op.turn
                     since_partial_ms, last_partial = 0.0, ""
-                elif op == "feed" and utt is not None:
+                elif isinstance(op, _AsrFeed) and utt is not None:
                     # Take every feed already queued in one thread hop.
-                    pcm = bytearray(arg)  # type: ignore[arg-type]
-                    pending_finish: object | None = None
+                    pcm = bytearray(op.pcm)
+                    pending_finish: _AsrOp | None = None
                     while not self.asr_ops.empty():
-                        nop, narg = self.asr_ops.get_nowait()
-                        if nop == "feed":
-                            pcm += narg  # type: ignore[operator]
+                        nop = self.asr_ops.get_nowait()
+                        if isinstance(nop, _AsrFeed):
+                            pcm += nop.pcm
                             continue
-                        pending_finish = (nop, narg)
+                        pending_finish = nop
                         break
                     await asyncio.to_thread(utt.feed, bytes(pcm))
                     since_partial_ms += len(pcm) / 2 / SAMPLE_RATE * 1000
@@ -197,19 +223,18 @@ class _Stream:
                             self.send(pb.ServerMessage(transcript=pb.Transcript(
                                 text=text, final=False, turn=utt_turn)))
                     if pending_finish is not None:
-                        nop, narg = pending_finish
-                        if nop == "stop":
+                        if isinstance(pending_finish, _AsrStop):
                             break
-                        # Only "finish" can follow feeds of the same turn.
-                        op, arg = nop, narg
-                if op == "finish" and utt is not None:
+                        # Only a finish can follow feeds of the same turn.
+                        op = pending_finish
+                if isinstance(op, _AsrFinish) and utt is not None:
                     closed_at = time.monotonic()
                     result = await asyncio.to_thread(utt.finish)
                     asr_ms = (time.monotonic() - closed_at) * 1000
                     utt = None
                     self.send(pb.ServerMessage(transcript=pb.Transcript(
                         text=result.text, final=True, turn=utt_turn)))
-                    await self.turns.put(_ClosedTurn(utt_turn, result, float(arg),  # type: ignore[arg-type]
+                    await self.turns.put(_ClosedTurn(utt_turn, result, op.speech_end_ms,
                                                      closed_at, asr_ms))
         finally:
             if utt is not None:
