@@ -23,7 +23,7 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check voxrelay orchestrator transceiver tests bench
-	$(VENV)/bin/mypy voxrelay orchestrator
+	$(VENV)/bin/mypy voxrelay orchestrator transceiver
 
 clean:
 	rm -rf $(VENV) build *.egg-info
