@@ -14,6 +14,7 @@ from bench.voice import (
     frame_lateness_ms,
     render_markdown,
     results_json,
+    rtp_audio_source_port,
     setup_summary,
     stream_stats,
 )
@@ -86,7 +87,9 @@ def test_setup_summary_percentiles() -> None:
 def step(calls: int, connected: int, p99: float, cpu: float) -> CapacityStep:
     stream = StreamStats(frames=calls * 300, expected=calls * 300, late_p50_ms=1.0,
                          late_p99_ms=p99, late_max_ms=p99, late_share=0.0)
-    return CapacityStep(calls, connected, 6.0, stream, cpu, 0.1, 0.2)
+    received = StreamStats(frames=calls * 300, expected=calls * 300, late_p50_ms=2.0,
+                           late_p99_ms=50.0, late_max_ms=60.0, late_share=0.02)
+    return CapacityStep(calls, connected, 6.0, stream, received, cpu, 0.1, 0.2)
 
 
 def test_calls_per_core_takes_the_largest_on_time_step() -> None:
@@ -111,14 +114,16 @@ def test_report_has_each_table_and_the_derived_figures() -> None:
     assert "| relay | 3 | 10.0 / 10.0 | 40.0 / 40.0 | 45.0 / 45.0 | 150.0 / 150.0 |" in md
     assert "| direct | 3 (1 failed) |" in md
     assert "Relay minus direct, first audio: p50 30.0 ms, p95 30.0 ms." in md
-    assert "| 5 | 5 | 1500 / 1500 | 1.0 / 4.0 / 4.0 | 0.0% | 25% | 10% | 20% | yes |" in md
+    assert "| 5 | 5 | 1500 / 1500 | 1.0 / 4.0 / 4.0 | 2.0 / 50.0 | 25% | 10% | 20% | yes |" in md
     assert "**Calls per transceiver core: 20** (at 5 concurrent calls" in md
     assert "**Median overhead: 750.0 ms** over 3 turns" in md
     assert "- shared machine" in md
     raw = results_json(res)
     assert raw["calls_per_core"] == pytest.approx(20.0)
     assert raw["overhead_median_ms"] == pytest.approx(750.0)
-    assert raw["capacity"][1]["stream"]["on_time"] is True
+    assert raw["capacity"][1]["sent"]["on_time"] is True
+    # The clients' lateness (50 ms p99 here) does not decide: the transceiver's own pacing does.
+    assert raw["capacity"][1]["received"]["on_time"] is False
 
 
 def test_report_without_samples_says_so() -> None:
@@ -126,3 +131,26 @@ def test_report_without_samples_says_so() -> None:
     assert "| relay | 0 (2 failed) | n/a | n/a | n/a | n/a |" in md
     assert "Calls per core: n/a" in md
     assert "No turn completed." in md
+
+
+SRC = bytes([10, 77, 0, 2])
+
+
+def udp_packet(payload: bytes, src: bytes = SRC, sport: int = 40123, proto: int = 17) -> bytes:
+    ip = bytes([0x45, 0]) + (20 + 8 + len(payload)).to_bytes(2, "big") + bytes(5) + bytes([proto])
+    ip += bytes(2) + src + bytes([192, 0, 2, 2])
+    udp = sport.to_bytes(2, "big") + (5000).to_bytes(2, "big") + (8 + len(payload)).to_bytes(2, "big") + bytes(2)
+    return ip + udp + payload
+
+
+def test_rtp_audio_source_port_keeps_rtp_from_the_transceiver_only() -> None:
+    rtp = bytes([0x80, 111]) + bytes(10) + b"opus"
+    assert rtp_audio_source_port(udp_packet(rtp), SRC) == 40123
+    assert rtp_audio_source_port(udp_packet(bytes([0x80, 0x80 | 111]) + bytes(14)), SRC) == 40123  # marker bit
+    assert rtp_audio_source_port(udp_packet(bytes([0x80, 200]) + bytes(14)), SRC) is None  # RTCP SR
+    assert rtp_audio_source_port(udp_packet(bytes([0x00, 0x01]) + bytes(18)), SRC) is None  # STUN
+    assert rtp_audio_source_port(udp_packet(bytes([22, 0xFE]) + bytes(14)), SRC) is None  # DTLS
+    assert rtp_audio_source_port(udp_packet(rtp, src=bytes([10, 77, 0, 1])), SRC) is None
+    assert rtp_audio_source_port(udp_packet(rtp, proto=6), SRC) is None
+    assert rtp_audio_source_port(bytes([0x60]) + bytes(60), SRC) is None  # IPv6
+    assert rtp_audio_source_port(udp_packet(bytes([0x80, 111])), SRC) is None  # too short for RTP
