@@ -187,6 +187,11 @@ class CapacityStep:
     model_cpu: float
     client_cpu: float
     """This process (the clients) over the window."""
+    transceiver_runq: float = 0.0
+    """Time the transceiver's threads waited for a CPU (schedstat run delay) / window:
+    high means the machine, not the transceiver, is the limit."""
+    failures: list[str] = field(default_factory=list)
+    """Why calls that did not connect failed (distinct reasons)."""
 
 
 def calls_per_core(steps: Sequence[CapacityStep]) -> tuple[float | None, int | None]:
@@ -263,16 +268,22 @@ def render_markdown(res: VoiceResults) -> str:
               "against each call's own 20 ms schedule; a step is on time while the sent p99 is under "
               "20 ms and at most 1% of frames are missing."), "",
               ("| calls | connected | sent frames / expected | sent lateness p50 / p99 / max (ms) "
-               "| received lateness p50 / p99 (ms) | transceiver CPU | model CPU | client CPU | on time |"),
-              "|---|---|---|---|---|---|---|---|---|"]
+               "| received lateness p50 / p99 (ms) | transceiver CPU | transceiver waiting for a CPU "
+               "| model CPU | client CPU | on time |"),
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for st in res.capacity:
         s, r = st.sent, st.received
         lines.append(
             f"| {st.calls} | {st.connected} | {s.frames} / {s.expected} | "
             f"{_f(s.late_p50_ms)} / {_f(s.late_p99_ms)} / {_f(s.late_max_ms)} | "
             f"{_f(r.late_p50_ms)} / {_f(r.late_p99_ms)} | "
-            f"{100 * st.transceiver_cpu:.0f}% | {100 * st.model_cpu:.0f}% | {100 * st.client_cpu:.0f}% | "
+            f"{100 * st.transceiver_cpu:.0f}% | {100 * st.transceiver_runq:.0f}% | "
+            f"{100 * st.model_cpu:.0f}% | {100 * st.client_cpu:.0f}% | "
             f"{'yes' if st.sent.on_time else 'no'} |")
+    for st in res.capacity:
+        if st.failures:
+            lines.append(f"\n{st.calls} calls: {st.calls - st.connected} did not connect: "
+                         + "; ".join(st.failures[:3]))
     cpc, at = calls_per_core(res.capacity)
     lines.append("")
     if cpc is None:
@@ -406,6 +417,29 @@ SO_TIMESTAMPNS = 35
 SO_ATTACH_FILTER = 26
 
 
+def _run_delay_seconds(pid: int) -> float:
+    """Sum over the process's threads of the time spent runnable but not running."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(stat.read_text().split()[1])
+    return total / 1e9
+
+
+async def _wait_idle(url: str, timeout: float) -> None:
+    """Until the transceiver holds no call (the previous step's are torn down), bounded."""
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with session.get(url.rstrip("/") + "/healthz") as r:
+                    if (await r.json()).get("calls") == 0:
+                        return
+            await asyncio.sleep(0.25)
+
+
 def _bench_client_class():  # type: ignore[no-untyped-def]
     """``TimedCallClient`` that timestamps each setup milestone and inbound frame.
 
@@ -517,15 +551,22 @@ async def _capacity_step(url: str, calls: int, window: float, timeout: float,
     clients = []
     gate = asyncio.Semaphore(5)  # DTLS handshakes are CPU-heavy: not all at once
 
+    failures: list[str] = []
+
     async def open_one() -> Any:
         client = client_cls(url, timeout=timeout)
         client.light = True
         async with gate:
             try:
                 await client.__aenter__()
-            except Exception:  # noqa: BLE001 - counted as not connected; the step reports it
+            except Exception as exc:  # noqa: BLE001 - counted as not connected; the step reports it
+                reason = str(exc) or type(exc).__name__
+                if reason not in failures:
+                    failures.append(reason)
                 return None
         return client
+
+    await _wait_idle(url, 15)
 
     try:
         opened = await asyncio.gather(*(open_one() for _ in range(calls)))
@@ -535,11 +576,13 @@ async def _capacity_step(url: str, calls: int, window: float, timeout: float,
             c.frame_times.clear()
             c.recording = True
         cpu0 = {k: _cpu_seconds(p) for k, p in pids.items()}
+        runq0 = _run_delay_seconds(pids["transceiver"])
         own0, t0, wall0 = time.process_time(), time.monotonic(), time.time()
         await asyncio.sleep(window)
         for c in clients:
             c.recording = False
         cpu1 = {k: _cpu_seconds(p) for k, p in pids.items()}
+        runq1 = _run_delay_seconds(pids["transceiver"])
         own1, t1, wall1 = time.process_time(), time.monotonic(), time.time()
         await asyncio.sleep(0.3)  # the capture reader catches up with the window's end
     finally:
@@ -553,7 +596,8 @@ async def _capacity_step(url: str, calls: int, window: float, timeout: float,
         received=stream_stats([list(c.frame_times) for c in clients] + [[]] * (calls - len(clients)), wall),
         transceiver_cpu=(cpu1["transceiver"] - cpu0["transceiver"]) / wall,
         model_cpu=(cpu1["model"] - cpu0["model"]) / wall,
-        client_cpu=(own1 - own0) / wall)
+        client_cpu=(own1 - own0) / wall,
+        transceiver_runq=(runq1 - runq0) / wall, failures=failures)
 
 
 async def _turns(url: str, pcm: bytes, count: int, timeout: float) -> list[TurnSample]:

@@ -154,3 +154,11 @@ def test_rtp_audio_source_port_keeps_rtp_from_the_transceiver_only() -> None:
     assert rtp_audio_source_port(udp_packet(rtp, proto=6), SRC) is None
     assert rtp_audio_source_port(bytes([0x60]) + bytes(60), SRC) is None  # IPv6
     assert rtp_audio_source_port(udp_packet(bytes([0x80, 111])), SRC) is None  # too short for RTP
+
+
+def test_report_names_why_calls_did_not_connect() -> None:
+    failed = step(40, 34, 3000.0, 0.55)
+    failed.failures = ["POST /v1/calls: 503 at capacity"]
+    md = render_markdown(VoiceResults(capacity=[step(1, 1, 2.0, 0.05), failed]))
+    assert "40 calls: 6 did not connect: POST /v1/calls: 503 at capacity" in md
+    assert "**Calls per transceiver core: 20** (at 1 concurrent calls" in md
