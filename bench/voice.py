@@ -268,7 +268,7 @@ def render_markdown(res: VoiceResults) -> str:
               "against each call's own 20 ms schedule; a step is on time while the sent p99 is under "
               "20 ms and at most 1% of frames are missing."), "",
               ("| calls | connected | sent frames / expected | sent lateness p50 / p99 / max (ms) "
-               "| received lateness p50 / p99 (ms) | transceiver CPU | transceiver waiting for a CPU "
+               "| received lateness p50 / p99 (ms) | transceiver CPU | transceiver waiting for a CPU (thread-s/s) "
                "| model CPU | client CPU | on time |"),
               "|---|---|---|---|---|---|---|---|---|---|"]
     for st in res.capacity:
@@ -749,7 +749,10 @@ def limits_notes(res: VoiceResults) -> list[str]:
         "so that every client candidate pair works, as through the relay. The relay block runs "
         "before the direct one (the extra veth would give the relay calls a dead candidate pair)."),
         ("First audio is the first decoded inbound frame: the transceiver sends silence as soon "
-        "as DTLS is up, so it marks when media flows, not when the model speaks."),
+        "as DTLS is up, so it marks when media flows, not when the model speaks. About 80 ms of "
+        "the ~100 ms from DTLS to first audio is aiortc's audio jitter buffer, which holds 4 "
+        "frames (prefetch=4) before it yields the first one; it is the same on both paths. The "
+        "relay's own cost (tens of µs per packet) is far below this run-to-run noise."),
         ("Capacity: lateness is measured at the clients, which share the cores with the "
         "transceiver, so a late step can be the clients' fault as much as the transceiver's; "
         "the transceiver CPU share (from /proc) is the direct measure. Calls per core "
@@ -759,6 +762,15 @@ def limits_notes(res: VoiceResults) -> list[str]:
         "before closing a turn), the client's and transceiver's jitter buffers, Opus, the relay "
         "and two gRPC directions; processing_ms (ASR + reply + TTS) is what the model reports."),
     ]
+    late = next((st for st in res.capacity if not st.sent.on_time), None)
+    if late is not None:
+        notes.append(
+            f"At {late.calls} calls, the first late step, the transceiver used {100 * late.transceiver_cpu:.0f}% "
+            f"of a core while its threads waited {late.transceiver_runq:.2f} s per second for a CPU: "
+            "the two shared cores were full (the clients in this process, the other benchmark, the "
+            "model), so the late frames say when this machine ran out, not the transceiver alone. "
+            "Calls per core (N / CPU share at the largest on-time step) is the estimate for a "
+            "transceiver with a core of its own.")
     return notes
 
 

@@ -114,7 +114,7 @@ def test_report_has_each_table_and_the_derived_figures() -> None:
     assert "| relay | 3 | 10.0 / 10.0 | 40.0 / 40.0 | 45.0 / 45.0 | 150.0 / 150.0 |" in md
     assert "| direct | 3 (1 failed) |" in md
     assert "Relay minus direct, first audio: p50 30.0 ms, p95 30.0 ms." in md
-    assert "| 5 | 5 | 1500 / 1500 | 1.0 / 4.0 / 4.0 | 2.0 / 50.0 | 25% | 10% | 20% | yes |" in md
+    assert "| 5 | 5 | 1500 / 1500 | 1.0 / 4.0 / 4.0 | 2.0 / 50.0 | 25% | 0% | 10% | 20% | yes |" in md
     assert "**Calls per transceiver core: 20** (at 5 concurrent calls" in md
     assert "**Median overhead: 750.0 ms** over 3 turns" in md
     assert "- shared machine" in md
