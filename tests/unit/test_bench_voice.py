@@ -10,6 +10,7 @@ from bench.voice import (
     StreamStats,
     TurnSample,
     VoiceResults,
+    better_step,
     calls_per_core,
     frame_lateness_ms,
     render_markdown,
@@ -114,7 +115,7 @@ def test_report_has_each_table_and_the_derived_figures() -> None:
     assert "| relay | 3 | 10.0 / 10.0 | 40.0 / 40.0 | 45.0 / 45.0 | 150.0 / 150.0 |" in md
     assert "| direct | 3 (1 failed) |" in md
     assert "Relay minus direct, first audio: p50 30.0 ms, p95 30.0 ms." in md
-    assert "| 5 | 5 | 1500 / 1500 | 1.0 / 4.0 / 4.0 | 2.0 / 50.0 | 25% | 0% | 10% | 20% | yes |" in md
+    assert "| 5 | 5 | 1500 / 1500 | 1.0 / 4.0 / 4.0 | 2.0 / 50.0 | 25% | 5.0% | 0.00 | 10% | 20% | yes |" in md
     assert "**Calls per transceiver core: 20** (at 5 concurrent calls" in md
     assert "**Median overhead: 750.0 ms** over 3 turns" in md
     assert "- shared machine" in md
@@ -162,3 +163,12 @@ def test_report_names_why_calls_did_not_connect() -> None:
     md = render_markdown(VoiceResults(capacity=[step(1, 1, 2.0, 0.05), failed]))
     assert "40 calls: 6 did not connect: POST /v1/calls: 503 at capacity" in md
     assert "**Calls per transceiver core: 20** (at 1 concurrent calls" in md
+
+
+def test_better_step_prefers_on_time_then_connected_then_lower_lateness() -> None:
+    late, on_time = step(10, 10, 60.0, 0.5), step(10, 10, 5.0, 0.5)
+    assert better_step(late, on_time) is on_time
+    assert better_step(on_time, late) is on_time
+    fewer = step(10, 8, 900.0, 0.5)
+    assert better_step(fewer, late) is late
+    assert better_step(step(10, 10, 300.0, 0.5), late) is late
