@@ -697,11 +697,9 @@ async def _capacity_steps(lab: Any, res: VoiceResults, url: str, steps: Sequence
         log(f"    {n} calls: connected {step.connected}, sent p99 lateness "
             f"{_f(step.sent.late_p99_ms)} ms ({step.sent.frames}/{step.sent.expected} frames), received "
             f"{_f(step.received.late_p99_ms)} ms, transceiver CPU {100 * step.transceiver_cpu:.0f}%")
-        # A single late step can be another process's CPU burst on this
-        # shared machine: stop after two late steps in a row, or when calls
-        # no longer connect.
-        late = [not s.sent.on_time for s in res.capacity[-2:]]
-        if step.connected < n or (len(late) == 2 and all(late)):
+        # Late on both runs (or calls no longer connect): the capacity is
+        # found; larger steps would only pile calls on a saturated machine.
+        if step.connected < n or not step.sent.on_time:
             break
 
 
@@ -773,7 +771,8 @@ def limits_notes(res: VoiceResults) -> list[str]:
         "timestamps on its interface), so the clients' delays do not count against it; but the "
         "clients (this process), the model and the other benchmark share its 2 cores, and a "
         "transceiver that waits for a CPU sends late. A late step is run a second time and the "
-        "better run kept, since one burst from another process can spoil a 6 s window. Calls per "
+        "better run kept, since one burst from another process can spoil a 6 s window; the sweep "
+        "stops at the first step late on both runs. Calls per "
         "core extrapolates linearly from the largest on-time step (its CPU share includes the "
         "per-process idle cost, so it underestimates at 1 call) and ignores the model's CPU "
         "(every call's audio also goes to the model's VAD)."),
