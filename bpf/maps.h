@@ -37,13 +37,16 @@ RELAY_MAP("percpu_array", __u32, __u64, stats, STAT_MAX);
 
 /* Per-CPU room for what does not fit on the 512-byte BPF stack beside
  * everything else: the values a new flow inserts, the decoded token, the
- * fib lookup parameters, and this CPU's cached clock (relay.c relay_now).
+ * fib lookup parameters, the base64 table, and this CPU's cached clock
+ * (relay.c relay_now).
  * Private to the program: never pinned, never read by Python. */
 struct relay_scratch {
 	struct flow flow;
 	struct reverse_flow reverse;
 	struct bpf_fib_lookup fib;
 	__u8 token[24];                  /* TOKEN_BYTES */
+	__u64 b64_table[32];             /* token.h B64_TABLE_WORDS, filled once per CPU */
+	__u64 b64_ready;                 /* B64_TABLE_READY once filled */
 	__u64 clock_jiffies;             /* relay_now(): the jiffy clock_ns was read in */
 	__u64 clock_ns;
 };

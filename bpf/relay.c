@@ -318,7 +318,12 @@ static __always_inline struct verdict new_flow(struct xdp_md *ctx, const struct 
 
 	if ((void *)(u + TOKEN_CHARS + 1) > c->end)
 		return DROP(STAT_DROP_TRUNCATED);
-	if (u[TOKEN_CHARS] != ':' || token_b64_decode(u, raw) || token_parse(raw, &tok))
+	if (s->b64_ready != B64_TABLE_READY) {
+		b64_table_fill(s->b64_table);
+		s->b64_ready = B64_TABLE_READY;
+	}
+	if (u[TOKEN_CHARS] != ':' || token_b64_decode(u, raw, (const __u8 *)s->b64_table) ||
+	    token_parse(raw, &tok))
 		return DROP(STAT_DROP_TOKEN_MALFORMED);
 
 	__u32 key_id = tok.key_id;
