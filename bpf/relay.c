@@ -126,7 +126,49 @@ static __always_inline void rewrite_udp4(struct iphdr *iph, struct udphdr *udp,
 	udp->dest = dport;
 }
 
-/* Set the MACs from the cached or looked-up next hop and send the (already
+/* Resolve the next hop of the (already rewritten) packet into `nh`: from this
+ * CPU's recent next hops, else bpf_fib_lookup. Returns 0, or the verdict's
+ * counter when the packet cannot be forwarded from here. */
+static __always_inline __u32 resolve_next_hop(struct xdp_md *ctx,
+					      const struct relay_config *cfg,
+					      struct relay_scratch *s, struct iphdr *iph,
+					      struct next_hop *nh)
+{
+	__u32 slot = (iph->daddr ^ (iph->daddr >> 16)) & (NH_CACHE_SLOTS - 1);
+	struct nh_cache_entry *ce = &s->nh_cache[slot];
+	struct bpf_fib_lookup *fib = &s->fib;
+	int rc;
+
+	if (ce->daddr == iph->daddr && ce->ingress_ifindex == ctx->ingress_ifindex &&
+	    ce->nh.ifindex && ce->nh.generation == cfg->nh_generation) {
+		*nh = ce->nh;
+		return 0;
+	}
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = AF_INET;
+	fib->tos = iph->tos;
+	fib->l4_protocol = IPPROTO_UDP;
+	fib->tot_len = bpf_ntohs(iph->tot_len);
+	fib->ipv4_src = iph->saddr;
+	fib->ipv4_dst = iph->daddr;
+	fib->ifindex = ctx->ingress_ifindex;
+
+	rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return STAT_PASS_NO_NEIGH;
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return STAT_DROP_FIB_FAIL;
+	nh->ifindex = fib->ifindex;
+	__builtin_memcpy(nh->smac, fib->smac, ETH_ALEN);
+	__builtin_memcpy(nh->dmac, fib->dmac, ETH_ALEN);
+	nh->generation = cfg->nh_generation;
+	ce->daddr = iph->daddr;
+	ce->ingress_ifindex = ctx->ingress_ifindex;
+	ce->nh = *nh;
+	return 0;
+}
+
+/* Set the MACs from the cached or resolved next hop and send the (already
  * rewritten) packet on its way. `ok` is the counter for a forwarded packet. */
 static __always_inline struct verdict send_to_next_hop(struct xdp_md *ctx,
 						       const struct relay_config *cfg,
@@ -135,27 +177,12 @@ static __always_inline struct verdict send_to_next_hop(struct xdp_md *ctx,
 						       struct next_hop *nh, __u32 ok)
 {
 	if (!nh->ifindex || nh->generation != cfg->nh_generation) {
-		struct bpf_fib_lookup *fib = &s->fib;
-		int rc;
+		__u32 stat = resolve_next_hop(ctx, cfg, s, iph, nh);
 
-		__builtin_memset(fib, 0, sizeof(*fib));
-		fib->family = AF_INET;
-		fib->tos = iph->tos;
-		fib->l4_protocol = IPPROTO_UDP;
-		fib->tot_len = bpf_ntohs(iph->tot_len);
-		fib->ipv4_src = iph->saddr;
-		fib->ipv4_dst = iph->daddr;
-		fib->ifindex = ctx->ingress_ifindex;
-
-		rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
-		if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-			return VERDICT(XDP_PASS, STAT_PASS_NO_NEIGH);
-		if (rc != BPF_FIB_LKUP_RET_SUCCESS)
-			return DROP(STAT_DROP_FIB_FAIL);
-		nh->ifindex = fib->ifindex;
-		__builtin_memcpy(nh->smac, fib->smac, ETH_ALEN);
-		__builtin_memcpy(nh->dmac, fib->dmac, ETH_ALEN);
-		nh->generation = cfg->nh_generation;
+		if (stat == STAT_PASS_NO_NEIGH)
+			return VERDICT(XDP_PASS, stat);
+		if (stat)
+			return DROP(stat);
 	}
 	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
