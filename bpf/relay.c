@@ -419,6 +419,12 @@ static __always_inline struct verdict new_flow(struct xdp_md *ctx, const struct 
 	nf->token_mac = tok.mac;
 	nf->created_ns = now;
 	nf->last_seen_ns = now;
+	/* Rewrite and resolve first, so that the flow goes in with its next hop
+	 * (or none, when this packet cannot be forwarded yet): one map update and
+	 * no lookup after it. */
+	struct verdict v = forward_to_transceiver(ctx, cfg, s, eth, iph, udp, nf,
+						  STAT_FWD_NEW_FLOW);
+
 	flows.update(fk, nf);
 
 	if (cfg->max_flows_per_token) {
@@ -435,11 +441,7 @@ static __always_inline struct verdict new_flow(struct xdp_md *ctx, const struct 
 		}
 	}
 
-	struct flow *f = flows.lookup(fk);
-
-	if (!f)
-		f = nf;  /* evicted at once by a full LRU: still send this packet */
-	return forward_to_transceiver(ctx, cfg, s, eth, iph, udp, f, STAT_FWD_NEW_FLOW);
+	return v;
 }
 
 static __always_inline struct verdict public_side(struct xdp_md *ctx,
