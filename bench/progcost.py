@@ -120,8 +120,9 @@ def measure(runs: int = 3000) -> dict[str, dict[str, float]]:
     from tests.unit.relay_lab import RelayLab
 
     samples: dict[str, list[int]] = {}
-    with RelayLab(limits={"MAX_FLOWS": 16384, "MAX_RATE_SOURCES": 4096,
-                          "MAX_TOKENS_TRACKED": 4096}) as lab:
+    # The relay's default map sizes (consts.h), as deployed: an LRU update's
+    # cost depends on them.
+    with RelayLab(limits={"MAX_FLOWS": 131072}) as lab:
         ctx = T.Context(lab)
         relay_port = T.open_flow(ctx)
         media = bytes.fromhex("8078") + bytes(198)  # ~an Opus RTP packet
