@@ -24,6 +24,7 @@ _SYS_BPF = {"x86_64": 321, "aarch64": 280}[os.uname().machine]
 
 # enum bpf_cmd
 BPF_MAP_CREATE = 0
+BPF_MAP_LOOKUP_ELEM = 1
 BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
@@ -181,6 +182,22 @@ def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
     struct.pack_into("=IIII", attr, 0, map_type, key_size, value_size, max_entries)
     struct.pack_into("=16s", attr, 28, name.encode()[:15])  # map_name
     return _bpf(BPF_MAP_CREATE, attr, f"create map {name!r}")
+
+
+def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
+    """The value at ``key`` (raw bytes, ``value_size`` long; per-CPU maps: one
+    8-byte-aligned slot per possible CPU), or None when the key is absent."""
+    key_buf = ctypes.create_string_buffer(key, len(key))
+    value_buf = ctypes.create_string_buffer(value_size)
+    attr = _attr()
+    struct.pack_into("=IIQQ", attr, 0, fd, 0, ctypes.addressof(key_buf), ctypes.addressof(value_buf))
+    try:
+        _bpf(BPF_MAP_LOOKUP_ELEM, attr, "map lookup")
+    except BpfError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    return value_buf.raw
 
 
 # --- programs and links ---------------------------------------------------------

@@ -127,12 +127,20 @@ def _loader_call(fn: Callable[[], Any]) -> Any:
     from orchestrator.relay_maps import require_bpf
 
     require_bpf("loading or inspecting the XDP relay")
-    from orchestrator import loader
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from orchestrator import bpfsys, loader, netlink
 
     try:
         return fn()
     except loader.LoaderError as exc:
         raise click.ClickException(str(exc)) from None
+    except netlink.NetlinkSetupError as exc:
+        hint = (": check [relay] public_interface and private_interface in the config (--config), "
+                "or give --netns" if "no interface" in str(exc) else "")
+        raise click.ClickException(f"{exc}{hint}") from None
+    except (NetlinkError, bpfsys.BpfError) as exc:
+        raise click.ClickException(f"the kernel refused: {exc}") from None
 
 
 @click.group(context_settings=CONTEXT)
@@ -545,11 +553,14 @@ def orchestrator() -> None:
 @name_option
 @click.option("--probe-relay", default=None, metavar="HOST[:PORT]",
               help="Probe every active transceiver through this relay address and export the results.")
-@click.option("--probe-interval", type=float, default=10.0, show_default=True)
+@click.option("--probe-interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@click.option("--upkeep-interval", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds between rewrites of the config's clock offset (token expiry follows "
+                   "NTP) and re-resolving the transceivers' next hops.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every map write.")
 @friendly
 def orchestrator_run(config_path: Path | None, name: str | None, probe_relay: str | None,
-                     probe_interval: float, verbose: bool) -> None:
+                     probe_interval: float, upkeep_interval: float, verbose: bool) -> None:
     """Keep the relay's maps equal to the directory; serve the directory API and /metrics.
 
     Takes over the maps pinned by `voxrelay relay load` (no reload): kill and
@@ -564,6 +575,9 @@ def orchestrator_run(config_path: Path | None, name: str | None, probe_relay: st
     if name:
         config.relay.name = name
     view = open_relay(config.relay.name)
+    from orchestrator.relay_maps import BpfRelayUpkeep
+
+    upkeep = BpfRelayUpkeep(view)  # type: ignore[arg-type]
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -578,7 +592,8 @@ def orchestrator_run(config_path: Path | None, name: str | None, probe_relay: st
                        err=True)
 
         await run_orchestrator(config, view, stop, probe_relay=probe_relay,
-                               probe_interval=probe_interval, on_ready=ready)
+                               probe_interval=probe_interval, on_ready=ready,
+                               upkeep=upkeep, upkeep_interval=upkeep_interval)
 
     try:
         asyncio.run(main())

@@ -214,6 +214,24 @@ def _link_pins(name: str) -> list[Path]:
 # --- map layout checks ------------------------------------------------------------------
 
 
+_RELOAD_ADVICE = ("Unload the relay (which removes the pins and the flows in them) "
+                  "and load again.")
+
+
+def _compile_pinned(limits: Mapping[str, int] | None, pin_dir: Path) -> Any:
+    """``bpfprog.compile_relay`` with its layout errors turned into the loader's, with advice.
+
+    compile_relay already refuses a reused pin of another shape (maps.MapLayoutError);
+    callers of the loader catch ``LoaderError`` only, so translate it here.
+    """
+    from orchestrator import bpfprog, maps
+
+    try:
+        return bpfprog.compile_relay(limits, pin_dir)
+    except maps.MapLayoutError as exc:
+        raise MapLayoutError(f"{exc}. {_RELOAD_ADVICE}") from None
+
+
 def check_pinned_maps(bpf: Any, pin_dir: Path, names: Sequence[str]) -> Any:
     """Check the compiled ``bpf``'s maps against its pins; returns ``maps.RelayMaps(bpf)``.
 
@@ -228,8 +246,7 @@ def check_pinned_maps(bpf: Any, pin_dir: Path, names: Sequence[str]) -> Any:
     try:
         relay_maps = maps.RelayMaps(bpf)
     except maps.MapLayoutError as exc:
-        raise MapLayoutError(f"{exc}. Unload the relay (which removes the pins and the "
-                             "flows in them) and load again.") from None
+        raise MapLayoutError(f"{exc}. {_RELOAD_ADVICE}") from None
     for name in names:
         table = bpf.get_table(name)
         info = bpfsys.map_info(table.map_fd)
@@ -428,7 +445,7 @@ def _compile(relay: RelayConfig, limits: Mapping[str, int] | None) -> tuple[Any,
     from orchestrator import bpfprog
 
     pin_dir = pin_dir_for(relay.name)
-    bpf = bpfprog.compile_relay(limits, pin_dir)
+    bpf = _compile_pinned(limits, pin_dir)
     try:
         relay_maps = check_pinned_maps(bpf, pin_dir, bpfprog.MAP_NAMES)
         fn = bpfprog.load_relay_fn(bpf)
@@ -699,6 +716,18 @@ def status(name: str, *, netns: str | None = None) -> RelayStatus:
     )
 
 
+def placement(name: str) -> tuple[str | None, tuple[str, ...]] | None:
+    """(netns, interfaces) relay ``name`` was loaded into, from its state file.
+
+    None when this host has no state for it (not loaded by ``load``, or
+    /run was cleared by a reboot).
+    """
+    state = _read_state(name)
+    if state is None:
+        return None
+    return state.netns, tuple(state.interfaces)
+
+
 # --- neighbours -------------------------------------------------------------------------------
 
 
@@ -827,7 +856,7 @@ def open_maps(name: str, *, limits: Mapping[str, int] | None = None) -> Any:
     if missing:
         raise NotLoadedError(f"relay {name!r} has no pinned {', '.join(missing)} under "
                              f"{pin_dir}; load it first")
-    bpf = bpfprog.compile_relay(limits, pin_dir)
+    bpf = _compile_pinned(limits, pin_dir)
     try:
         return check_pinned_maps(bpf, pin_dir, bpfprog.MAP_NAMES)
     except BaseException:
@@ -835,9 +864,15 @@ def open_maps(name: str, *, limits: Mapping[str, int] | None = None) -> Any:
         raise
 
 
-def bump_nh_generation(name: str) -> Callable[[], None]:
-    """An ``on_change`` for NeighbourWatcher that invalidates relay ``name``'s cached next hops."""
-    relay_maps = open_maps(name)
+def bump_nh_generation(name: str, relay_maps: Any = None) -> Callable[[], None]:
+    """An ``on_change`` for NeighbourWatcher that invalidates relay ``name``'s cached next hops.
+
+    ``relay_maps``: the relay's already open ``maps.RelayMaps`` (the
+    orchestrator passes its own, so nothing is compiled twice and a relay
+    loaded with other limits works); default: open them from the pins.
+    """
+    if relay_maps is None:
+        relay_maps = open_maps(name)
 
     def bump() -> None:
         relay_maps.bump_nh_generation()

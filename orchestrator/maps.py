@@ -335,6 +335,25 @@ class RelayMaps:
         table[table.Key(0)] = leaf
         return int(leaf.nh_generation)
 
+    def set_clock_offset(self, offset_ns: int | None = None) -> int | None:
+        """Rewrite ``config[0].clock_offset_ns`` only (default: the offset now).
+
+        Token expiry is unix seconds, and the program gets them as
+        ``bpf_ktime_get_ns() + clock_offset_ns``; NTP slews CLOCK_REALTIME but
+        not CLOCK_MONOTONIC, so the offset is refreshed while the relay runs.
+        Returns the offset written, or None when the relay is not configured
+        (nothing is written then: a zero config must stay zero).
+        """
+        table = self._t["config"]
+        leaf = table[table.Key(0)]
+        if not leaf.public_port:
+            return None
+        leaf.clock_offset_ns = (
+            monotonic_to_realtime_offset_ns() if offset_ns is None else offset_ns
+        )
+        table[table.Key(0)] = leaf
+        return int(leaf.clock_offset_ns)
+
     # --- transceivers --------------------------------------------------------
 
     def set_transceiver(

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,6 +26,21 @@ from orchestrator.sync import Syncer, keyring_from_map
 from voxrelay.config import Config
 
 log = logging.getLogger(__name__)
+
+
+class Upkeep(Protocol):
+    """Relay housekeeping besides the routing maps (relay_maps.BpfRelayUpkeep)."""
+
+    def start(self) -> None:
+        """Start following neighbour changes (invalidate cached next hops)."""
+
+    def stop(self) -> None: ...
+
+    def prime(self, addresses: Iterable[str]) -> None:
+        """Start resolving the next hop to each transceiver address; never raises."""
+
+    def refresh_clock(self) -> int | None:
+        """Rewrite the config's clock offset (token expiry follows NTP)."""
 
 
 @dataclass
@@ -83,6 +99,23 @@ async def _probe_loop(running: Running, relay: tuple[str, int], interval: float,
             pass
 
 
+async def _upkeep_loop(upkeep: Upkeep, view: RelayView, interval: float,
+                       stop: asyncio.Event) -> None:
+    """Every ``interval`` s: the clock offset, and the next hops of every transceiver
+    in the map again (an entry the kernel garbage-collected is resolved anew)."""
+    while True:
+        try:
+            upkeep.refresh_clock()
+            upkeep.prime(t.address for t in view.transceivers().values())
+        except Exception as exc:  # noqa: BLE001 - housekeeping must not end the service
+            log.error("relay upkeep failed, retrying in %.0f s: %s", interval, exc)
+        try:
+            await asyncio.wait_for(stop.wait(), interval)
+            return
+        except TimeoutError:
+            pass
+
+
 async def run_orchestrator(
     config: Config,
     view: RelayView,
@@ -92,7 +125,15 @@ async def run_orchestrator(
     probe_interval: float = 10.0,
     poll: float = 1.0,
     on_ready: Callable[[Running], Awaitable[None] | None] | None = None,
+    upkeep: Upkeep | None = None,
+    upkeep_interval: float = 60.0,
 ) -> None:
+    """Serve until ``stop`` is set.
+
+    ``upkeep`` (the real relay's, or None for in-memory views): started
+    first, primes the next hop of every transceiver the sync writes, and
+    runs every ``upkeep_interval`` s (clock offset, re-priming).
+    """
     oc = config.orchestrator
     metrics = OrchestratorMetrics(view)
     runners: list[web.AppRunner] = []
@@ -104,10 +145,16 @@ async def run_orchestrator(
         directory: Directory = store
     else:
         directory = connect(oc.directory, grace=oc.heartbeat_grace_seconds)
-    syncer = Syncer(directory, view, poll=poll, on_lag=metrics.sync_lag.observe, ensure_keys=True)
+    syncer = Syncer(
+        directory, view, poll=poll, on_lag=metrics.sync_lag.observe, ensure_keys=True,
+        on_upsert=None if upkeep is None else (
+            lambda entries: upkeep.prime(t.address for t in entries.values())),
+    )
     metrics.directory_connected.set_function(lambda: 1 if syncer.connected else 0)
     metrics.maps_in_sync.set_function(lambda: 1 if syncer.in_sync else 0)
     try:
+        if upkeep is not None:
+            upkeep.start()
         if oc.directory == "embedded":
             runner, directory_port = await _serve(make_app(directory), oc.listen)
             runners.append(runner)
@@ -122,6 +169,9 @@ async def run_orchestrator(
         runners.append(runner)
         running = Running(directory, syncer, metrics, directory_port, metrics_port, runners)
         tasks = [asyncio.create_task(syncer.run(stop), name="sync")]
+        if upkeep is not None:
+            tasks.append(asyncio.create_task(
+                _upkeep_loop(upkeep, view, upkeep_interval, stop), name="upkeep"))
         if probe_relay:
             tasks.append(asyncio.create_task(
                 _probe_loop(running, parse_hostport(probe_relay, 3478), probe_interval, stop),
@@ -140,3 +190,5 @@ async def run_orchestrator(
         for runner in reversed(runners):
             await runner.cleanup()
         await directory.close()
+        if upkeep is not None:
+            upkeep.stop()

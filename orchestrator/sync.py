@@ -168,6 +168,7 @@ class Syncer:
         on_lag: Callable[[float], None] | None = None,
         ensure_keys: bool = False,
         clock: Callable[[], float] = time.time,
+        on_upsert: Callable[[dict[int, MapTransceiver]], None] | None = None,
     ) -> None:
         self.directory = directory
         self.maps = maps
@@ -180,6 +181,9 @@ class Syncer:
         self.ensure_keys = ensure_keys
         """Create the first token key on connect if the directory has none."""
         self._clock = clock
+        self._on_upsert = on_upsert
+        """Called with every transceiver entry written (after it is confirmed):
+        the orchestrator starts resolving the next hop to its address."""
         self._hold_deletes_until = 0.0
         self._lag_measured: dict[int, float] = {}
         self.connected = False
@@ -248,6 +252,8 @@ class Syncer:
         for key_id, key in delta.set_keys.items():
             if keys.get(key_id) != key:
                 raise SyncError(f"token key {key_id} did not become visible in the map")
+        if delta.upsert_transceivers and self._on_upsert is not None:
+            self._on_upsert(delta.upsert_transceivers)
         log.info(
             "sync: +%d ~txr, -%d txr, +%d keys, -%d keys",
             len(delta.upsert_transceivers), len(delta.delete_transceivers),

@@ -26,6 +26,7 @@ APT_PACKAGES=(
   espeak-ng sox redis-server
   gcc coturn   # bench/: gcc builds the load generator; coturn is a baseline
   chromium     # tests/netns/test_browser.py: a real WebRTC client
+  debootstrap  # tests/unit/test_ansible.py: a real Debian root to apply the roles to
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

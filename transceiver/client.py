@@ -219,7 +219,8 @@ class CallClient:
 
     async def restart_ice(self) -> str:
         """ICE restart through PATCH; returns the new server ufrag."""
-        conn = self.pc.getTransceivers()[0].receiver.transport.transport._connection
+        ice_transport = self.pc.getTransceivers()[0].receiver.transport.transport
+        conn = ice_transport._connection
         ufrag = "".join(secrets.choice(string.ascii_letters) for _ in range(8))
         password = random_ice_password()
         # aiortc's offer reads the credentials from the aioice connection.
@@ -235,6 +236,11 @@ class CallClient:
         task = restart_ice(conn, local_username=ufrag, local_password=password,
                            remote_username=remote.usernameFragment,
                            remote_password=remote.password)
+        # aiortc ignores remote candidates once its gatherer saw the end of the
+        # first answer's; without this the new answer's relay candidates never
+        # reach the check list, and the restart waits for the transceiver's next
+        # consent check (up to 5 s) to learn a peer-reflexive one.
+        ice_transport.iceGatherer._remote_candidates_end = False
         await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
         assert task is not None
         if not await task:

@@ -8,7 +8,6 @@ broken import in one room cannot take the whole CLI down.
 from __future__ import annotations
 
 import importlib
-import sys
 
 import click
 
@@ -73,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -118,7 +118,7 @@ def _build(cls: type, table: str, values: dict[str, Any]) -> Any:
         if key not in known:
             raise ConfigError(f"[{table}] unknown key {key!r}; known: {', '.join(sorted(known))}")
     obj = cls(**values)
-    for name, f in known.items():
+    for name in known:
         default = getattr(cls(), name)
         value = getattr(obj, name)
         if type(default) is not type(value) and not (

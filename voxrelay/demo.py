@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-DEFAULT_SENTENCE = "what is the weather like in paris today"
+DEFAULT_SENTENCE = "what is the weather like today"
 DEFAULT_OUT = Path("artifacts/reply.wav")
 
 
@@ -53,6 +53,10 @@ class CallResult:
     """RMS of the reply audio in int16 units; near 0 is silence."""
     reply_wav: str | None = None
     events: list[dict[str, object]] = field(default_factory=list)
+    relay_counters: dict[str, int] = field(default_factory=dict)
+    """What relay 1's XDP program counted during the call (non-zero verdicts only)."""
+    relay_stack_udp: int = 0
+    """UDP datagrams the relay's own kernel stack received during the call: 0 when XDP carried all."""
 
 
 def speak(text: str, path: Path) -> Path:
@@ -116,10 +120,34 @@ def print_result(result: CallResult) -> None:
     click.echo(f"  client <-> relay RTT             {_fmt_ms(f.client_relay_rtt_ms)}")
     click.echo(f"  relay <-> transceiver RTT        {_fmt_ms(f.relay_transceiver_rtt_ms)}")
     click.echo(f"  model processing                 {_fmt_ms(f.model_processing_ms)}")
-    click.echo(f"  end of speech -> first reply audio {_fmt_ms(f.speech_end_to_first_reply_audio_ms)}")
+    click.echo(f"  end of speech -> first reply      {_fmt_ms(f.speech_end_to_first_reply_audio_ms)}")
+    if result.relay_counters:
+        c = result.relay_counters
+        forwarded = sum(v for k, v in c.items() if k.startswith("fwd_"))
+        dropped = sum(v for k, v in c.items() if k.startswith("drop_"))
+        click.echo(
+            f"\n  relay (XDP): {forwarded} packets forwarded "
+            f"({c.get('fwd_to_transceiver', 0) + c.get('fwd_new_flow', 0)} to the transceiver, "
+            f"{c.get('fwd_to_client', 0)} to the client), {dropped} dropped; "
+            f"relay's own UDP stack saw {result.relay_stack_udp}"
+        )
     if result.reply_wav:
         secs = result.reply_samples / result.reply_sample_rate if result.reply_sample_rate else 0
         click.echo(f"\n  reply audio: {result.reply_wav} ({secs:.1f} s)")
+
+
+def _relay_udp_in(lab: object, netns: str) -> int:
+    """Udp InDatagrams of the relay namespace's own stack (XDP-forwarded packets never count here)."""
+    from orchestrator.netlink import run_in_netns
+
+    def read() -> int:
+        for header, values in zip(*[iter(Path("/proc/thread-self/net/snmp").read_text().splitlines())] * 2):
+            if header.startswith("Udp:"):
+                names, numbers = header.split()[1:], values.split()[1:]
+                return int(dict(zip(names, numbers))["InDatagrams"])
+        return 0
+
+    return int(run_in_netns(netns, read))
 
 
 async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str) -> CallResult:
@@ -142,8 +170,13 @@ async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str) -> CallR
         with progress.step("measuring client <-> relay and relay <-> transceiver RTT"):
             client_rtt = await icmp_rtt_in(lab.client_ns, relay.public_address)
             relay_rtt = await icmp_rtt_in(relay.netns, lab.transceiver_address)
+        before = lab.relay_stats(0)
+        udp_before = _relay_udp_in(lab, relay.netns)
         with progress.step("calling through the relay and speaking"):
             turn, reply_pcm, events = await asyncio.wait_for(lab.client_call(call), timeout + 10)
+        after = lab.relay_stats(0)
+        stack_udp = _relay_udp_in(lab, relay.netns) - udp_before
+        counters = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
     from voxrelay.call import Turn
 
     assert isinstance(turn, Turn)
@@ -161,6 +194,8 @@ async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str) -> CallR
         reply_sample_rate=16000,
         reply_rms=rms_int16(reply_pcm),
         events=events,
+        relay_counters=counters,
+        relay_stack_udp=stack_udp,
     )
     if reply_pcm:
         result.reply_wav = str(write_wav(out, reply_pcm, 16000))
@@ -176,7 +211,7 @@ async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str) -> CallR
               show_default=True, help="Where to save the model's spoken reply (WAV).")
 @click.option("--timeout", type=click.FloatRange(min=5), default=60, show_default=True,
               help="Seconds the call may take once the lab is up.")
-@click.option("--xdp-mode", type=click.Choice(["generic", "native"]), default="generic",
+@click.option("--xdp-mode", type=click.Choice(["generic", "native"]), default="native",
               show_default=True, help="XDP attach mode on the lab's veth interfaces.")
 @click.option("--json", "json_out", is_flag=True, help="Print the result as JSON on stdout.")
 def demo(wav: Path | None, sentence: str, out: Path, timeout: float, xdp_mode: str, json_out: bool) -> None:
@@ -225,18 +260,33 @@ def demo(wav: Path | None, sentence: str, out: Path, timeout: float, xdp_mode: s
 
 
 def _run(coro):  # type: ignore[no-untyped-def]
-    """asyncio.run, with SIGTERM treated like Ctrl-C so that teardown runs for both."""
+    """asyncio.run, with SIGTERM treated like Ctrl-C so that teardown runs for both.
+
+    Not ``loop.add_signal_handler``: it routes signals through a wakeup fd that
+    forked children inherit (pyroute2 forks helpers to open sockets in a
+    namespace), so the SIGTERM that ends such a helper would cancel the demo.
+    A plain handler that checks the pid only reacts to signals sent to us.
+    """
+    import os
+
+    owner = os.getpid()
 
     async def main():  # type: ignore[no-untyped-def]
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         assert task is not None
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+
+        def on_sigterm(signum, frame):  # type: ignore[no-untyped-def]
+            if os.getpid() != owner:
+                os._exit(128 + signum)
+            loop.call_soon_threadsafe(task.cancel)
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
         try:
             return await coro
         except asyncio.CancelledError:
             raise KeyboardInterrupt from None
         finally:
-            loop.remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, previous)
 
     return asyncio.run(main())

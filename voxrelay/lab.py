@@ -175,14 +175,14 @@ async def tcp_open(netns: str | None, host: str, port: int) -> bool:
 
 @dataclass
 class LabOptions:
-    xdp_mode: str = "generic"
-    """XDP mode on the lab's veths. generic works everywhere; native needs the peer program."""
+    xdp_mode: str = "native"
+    """XDP mode on the lab's veths: native (the peers run XDP_PASS) or generic."""
     relays: int = 2
     """Relays in the topology (the second one is for failover)."""
     workdir: Path | None = None
-    """Logs and config files; a temporary directory when None (kept on failure)."""
-    start_timeout: float = 30.0
-    """Seconds each service has to become ready."""
+    """Logs and config files; a temporary directory when None (removed on a clean exit)."""
+    start_timeout: float = 60.0
+    """Seconds each service has to become ready (bcc compiles and model loading are slow on 2 cores)."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +199,15 @@ class RelayHandle:
     public_port: int = 3478
 
 
+# Ports of the lab's services (each in its own namespace, so fixed numbers are safe).
+DIRECTORY_PORT = 7480
+SIGNALING_PORT = 8080
+MODEL_PORT = 50051
+TRANSCEIVER_ID = 1
+REBIND_HOST = 50
+"""Host part of the client's second address on relay 1's subnet (address-change test)."""
+
+
 @dataclass
 class Lab:
     """Handles to everything the lab started. Built by ``start_lab``."""
@@ -207,11 +216,20 @@ class Lab:
     workdir: Path
     client_ns: str = ""
     client_if: str = ""
+    """The client's interface towards relay 1."""
     client_address: str = ""
+    client_mac: str = ""
+    client_rebind_address: str = ""
+    """A free address on the client's relay-1 subnet, for the address-change test."""
     transceiver_ns: str = ""
     transceiver_address: str = ""
     """The transceiver's private address: media arrives here only from relays."""
+    transceiver_signaling_port: int = SIGNALING_PORT
+    transceiver_id: int = TRANSCEIVER_ID
     model_ns: str = ""
+    model_address: str = ""
+    directory_url: str = ""
+    """The embedded directory (orchestrator of relay 1), on the private side."""
     relays: list[RelayHandle] = field(default_factory=list)
     signaling_url: str = ""
     """The transceiver's HTTP API as the client namespace reaches it (through
@@ -225,10 +243,9 @@ class Lab:
         return svc
 
     def relay_stats(self, index: int = 0) -> dict[str, int]:
-        """The relay's per-verdict counters, summed over CPUs, by lower-case name."""
-        from orchestrator.maps import read_stats  # kernel room: pinned stats map reader
-
-        return dict(read_stats(self.relays[index].name))
+        """The relay's per-verdict counters, summed over CPUs, by lower-case name
+        (``fwd_to_client``...), read straight from the pinned stats map."""
+        return read_relay_stats(self.relays[index].name)
 
     def run_in_client(self, fn: Callable[..., T], *args: object) -> T:
         """Run ``fn(*args)`` on a thread in the client namespace (blocking)."""
@@ -248,19 +265,242 @@ class Lab:
         return "\n".join(svc.log_tail() for svc in self.services.values())
 
 
+def _possible_cpus() -> int:
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
+
+
+def read_relay_stats(relay_name: str) -> dict[str, int]:
+    """Counters of a loaded relay from its pinned per-CPU ``stats`` array.
+
+    Raw bpf(2) lookups, so that reading them needs no bcc compile (which
+    ``loader.open_maps`` does, and which costs seconds of CPU per call).
+    """
+    import struct
+
+    from orchestrator import bpfprog, bpfsys
+    from orchestrator.verdicts import verdict_names
+
+    cpus = _possible_cpus()
+    fd = bpfsys.obj_get(str(bpfprog.pin_dir_for(relay_name) / "stats"))
+    try:
+        out: dict[str, int] = {}
+        for index, name in enumerate(verdict_names()):
+            raw = bpfsys.map_lookup(fd, struct.pack("=I", index), 8 * cpus)
+            total = sum(struct.unpack(f"={cpus}Q", raw)) if raw is not None else 0
+            out[name.removeprefix("STAT_").lower()] = total
+        return out
+    finally:
+        bpfsys.close(fd)
+
+
+def _remove_empty_pin_root() -> None:
+    """/sys/fs/bpf/voxrelay itself, if the lab's relays were the last ones in it."""
+    from orchestrator import bpfprog
+
+    root = bpfprog.pin_dir_for("x").parent
+    with contextlib.suppress(OSError):  # not empty (another relay) or already gone
+        root.rmdir()
+
+
+def _write_toml(path: Path, tables: dict[str, dict[str, object]]) -> Path:
+    import json
+
+    lines = []
+    for table, values in tables.items():
+        lines.append(f"[{table}]")
+        for key, value in values.items():
+            # JSON strings, numbers and lists of strings are valid TOML values.
+            lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+async def _probe_through_relays(lab: Lab, deadline: float) -> None:
+    """Wait until a STUN probe from the client namespace comes back through every
+    relay: the key is in the relay's map, the transceiver is in it, and the
+    transceiver's probe responder answers (orchestrator/probe.py)."""
+    from orchestrator.directory import connect
+    from orchestrator.netlink import run_in_netns
+    from orchestrator.probe import DEFAULT_PROBE_PORT, mint_probe_token, probe
+
+    async def keyring():  # type: ignore[no-untyped-def]
+        directory = connect(lab.directory_url)
+        try:
+            return await directory.keyring()
+        finally:
+            await directory.close()
+
+    loop = asyncio.get_running_loop()
+    pending = list(lab.relays)
+    reason = "no probe sent"
+    while pending:
+        if loop.time() > deadline:
+            try:
+                stats = {k: v for k, v in read_relay_stats(pending[0].name).items() if v}
+            except OSError as exc:
+                stats = {"unreadable": str(exc)}  # type: ignore[dict-item]
+            raise LabError(
+                f"relay {pending[0].name} does not forward to the transceiver: {reason}\n"
+                f"relay counters: {stats}\n{lab.logs()}"
+            )
+        for name, svc in lab.services.items():
+            if not svc.running():
+                raise LabError(f"{name} exited while the lab was starting\n{svc.log_tail()}")
+        ring = await asyncio.to_thread(run_in_netns, lab.relays[0].netns, lambda: asyncio.run(keyring()))
+        if ring.current is None:
+            reason = "the directory has no token key yet"
+            await asyncio.sleep(0.2)
+            continue
+        ufrag = mint_probe_token(ring.keys, ring.current, lab.transceiver_id, DEFAULT_PROBE_PORT)
+        relay = pending[0]
+        result = await asyncio.to_thread(
+            run_in_netns, lab.client_ns, probe, (relay.public_address, relay.public_port), ufrag,
+            timeout=0.3, attempts=1, transceiver_id=lab.transceiver_id)
+        if result.ok:
+            pending.pop(0)
+        else:
+            reason = result.reason
+            await asyncio.sleep(0.2)
+
+
 @contextlib.asynccontextmanager
 async def start_lab(options: LabOptions | None = None, progress: Progress | None = None) -> AsyncIterator[Lab]:
-    """Build the topology, load the relay, start the services; undo all of it on exit."""
+    """Build the topology, load the relay, start the services; undo all of it on exit.
+
+    * relay 1's orchestrator runs the embedded directory (on its private
+      address); relay 2's orchestrator syncs its maps from that directory;
+    * the transceiver announces itself there, mints tokens with its keys and
+      advertises both relays' VIPs, relay 1 first;
+    * the signaling front (``voxrelay.tcpfront``) on the last relay's public
+      side stands in for a public load balancer in front of the transceiver's
+      HTTP API; it is the only way the client reaches that API.
+
+    Ready means: a STUN probe from the client namespace comes back from the
+    transceiver through every relay.
+    """
+    from voxrelay import topology
+
     options = options or LabOptions()
     progress = progress or QuietProgress()
     own_workdir = options.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="voxrelay-lab-")) if own_workdir else Path(options.workdir)  # type: ignore[arg-type]
     workdir.mkdir(parents=True, exist_ok=True)
     lab = Lab(options=options, workdir=workdir)
-    async with contextlib.AsyncExitStack() as stack:
-        # Services stop before the topology goes: registered later, undone first.
-        raise LabError(
-            "the lab is not wired yet: it needs voxrelay.topology (host), the relay loader "
-            "(kernel/host), the orchestrator (orch), the transceiver (txr) and the model (model)"
-        )
-        yield lab
+    loop = asyncio.get_running_loop()
+    env = {"PYTHONPATH": str(source_root())}
+    clean_exit = False
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            # pyroute2's blocking API cannot run inside an event loop: the
+            # topology is built and removed on a worker thread (which also keeps
+            # its SIGTERM handler out of our loop: ``_run`` in demo.py owns it).
+            topo = topology.Lab(relays=options.relays, xdp_mode=options.xdp_mode)
+            lab.topology = topo
+            with progress.step(f"building namespaces (client, {options.relays} relay(s), transceiver, model)"):
+                stack.push_async_callback(asyncio.to_thread, _remove_empty_pin_root)
+                stack.push_async_callback(asyncio.to_thread, topo.close)
+                await asyncio.to_thread(topo.__enter__)
+            lab.client_ns = topo.client
+            lab.transceiver_ns = topo.transceiver
+            lab.transceiver_address = topo.transceiver_lan.address
+            lab.model_ns = topo.model
+            lab.model_address = topo.model_lan.address
+            for host in topo.relay_hosts:
+                lab.relays.append(RelayHandle(host.name, host.netns, host.public.ifname,
+                                              host.private.ifname, host.public.address,
+                                              host.private.address))
+            # The relays' own TCP (orchestrator 2 -> the directory on relay 1,
+            # the signaling front -> the transceiver) crosses another relay's
+            # native-XDP veth; a CHECKSUM_PARTIAL packet is not completed on
+            # that path, so the relays' private sides send full checksums.
+            from orchestrator.netlink import set_tx_checksum
+
+            for host in topo.relay_hosts:
+                await asyncio.to_thread(set_tx_checksum, host.private.ifname, False, host.netns)
+            first = topo.relay_hosts[0]
+            lab.client_if = first.client_side.ifname
+            lab.client_address = first.client_side.address
+            lab.client_mac = first.client_side.mac
+            lab.client_rebind_address = first.client_side.address.rsplit(".", 1)[0] + f".{REBIND_HOST}"
+            lab.directory_url = f"http://{first.private.address}:{DIRECTORY_PORT}"
+
+            # Services stop before the topology goes: registered later, undone first.
+            async def stop_services() -> None:
+                for svc in reversed(list(lab.services.values())):
+                    await svc.stop()
+
+            stack.push_async_callback(stop_services)
+
+            with progress.step(f"loading the XDP relay ({options.xdp_mode}) on {len(lab.relays)} relay(s)"):
+                for index in range(len(lab.relays)):
+                    await asyncio.to_thread(topo.load_relay, index)
+
+            with progress.step("starting the orchestrator (embedded directory) and the model server"):
+                orchestrators = []
+                for index, host in enumerate(topo.relay_hosts):
+                    config = _write_toml(workdir / f"orchestrator-{index + 1}.toml", {
+                        "relay": {"name": host.name},
+                        "orchestrator": {
+                            "directory": "embedded" if index == 0 else lab.directory_url,
+                            "listen": f"{host.private.address}:{DIRECTORY_PORT}",
+                            "metrics_listen": "127.0.0.1:9478",
+                        },
+                    })
+                    svc = lab.service(f"orchestrator-{index + 1}", host.netns,
+                                      python_argv("orchestrator", "run", "-v", "--config", str(config)), **env)
+                    orchestrators.append(svc)
+                model = lab.service("model", lab.model_ns, python_argv(
+                    "model", "serve", "--listen", f"{lab.model_address}:{MODEL_PORT}", "--reply", "echo"), **env)
+                # The directory first: the second orchestrator syncs from it.
+                orchestrators[0].start()
+                model.start()
+                await orchestrators[0].wait_ready(
+                    lambda: tcp_open(first.netns, first.private.address, DIRECTORY_PORT), options.start_timeout)
+                for svc in orchestrators[1:]:
+                    svc.start()
+                await model.wait_ready(
+                    lambda: tcp_open(lab.model_ns, lab.model_address, MODEL_PORT), options.start_timeout)
+
+            with progress.step("starting the transceiver and its signaling front"):
+                relays = [f"{r.public_address}:{r.public_port}" for r in lab.relays]
+                config = _write_toml(workdir / "transceiver.toml", {"transceiver": {
+                    "id": TRANSCEIVER_ID,
+                    "listen": f"{lab.transceiver_address}:{SIGNALING_PORT}",
+                    "private_address": lab.transceiver_address,
+                    "relays": relays,
+                    "directory": lab.directory_url,
+                    "model": f"{lab.model_address}:{MODEL_PORT}",
+                    "drain_grace_seconds": 1.0,
+                }})
+                txr = lab.service("transceiver", lab.transceiver_ns,
+                                  python_argv("transceiver", "run", "--config", str(config)), **env)
+                txr.start()
+                await txr.wait_ready(
+                    lambda: tcp_open(lab.transceiver_ns, lab.transceiver_address, SIGNALING_PORT),
+                    options.start_timeout)
+                front_relay = topo.relay_hosts[-1]
+                front = lab.service("signaling-front", front_relay.netns, [
+                    sys.executable, "-m", "voxrelay.tcpfront",
+                    f"{front_relay.public.address}:{SIGNALING_PORT}",
+                    f"{lab.transceiver_address}:{SIGNALING_PORT}"], **env)
+                front.start()
+                await front.wait_ready(
+                    lambda: tcp_open(lab.client_ns, front_relay.public.address, SIGNALING_PORT),
+                    options.start_timeout)
+                lab.signaling_url = f"http://{front_relay.public.address}:{SIGNALING_PORT}"
+
+            with progress.step("waiting until a STUN probe reaches the transceiver through every relay"):
+                await _probe_through_relays(lab, loop.time() + options.start_timeout)
+            yield lab
+        clean_exit = True
+    finally:
+        if own_workdir and clean_exit:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)

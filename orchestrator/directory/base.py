@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from .records import Keyring, TransceiverRecord
 
@@ -135,7 +135,7 @@ class Directory(abc.ABC):
     async def close(self) -> None:
         pass
 
-    async def __aenter__(self) -> Directory:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -21,13 +21,15 @@ Served by ``voxrelay orchestrator run`` on the private side
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from .base import Directory, DirectoryUnavailable, Snapshot, UnknownTransceiver
+from .base import Change, ChangeFeed, Directory, DirectoryUnavailable, Snapshot, UnknownTransceiver
 from .records import (
     Keyring,
     TransceiverRecord,
@@ -236,6 +238,19 @@ class HttpDirectory(Directory):
     async def delete_session(self, session_id: str) -> bool:
         validate_session_id(session_id)
         return bool((await self._call("DELETE", f"/v1/sessions/{session_id}"))[1]["removed"])
+
+    async def follow(self, poll: float) -> ChangeFeed:
+        """No push feed over this API: a feed that yields ``None`` every ``poll``
+        seconds, so that a follower (another relay's orchestrator syncing from
+        this one's embedded directory) does a full reconcile each time. A
+        broken directory shows up as ``DirectoryUnavailable`` from that reconcile."""
+
+        async def ticks() -> AsyncIterator[Change | None]:
+            while True:
+                await asyncio.sleep(poll)
+                yield None
+
+        return ticks()
 
     async def snapshot(self) -> Snapshot:
         _, payload = await self._call("GET", "/v1/transceivers")

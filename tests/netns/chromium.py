@@ -75,6 +75,9 @@ class Chromium:
     fake_audio: Path | None = None
     """WAV file played as the microphone (--use-file-for-fake-audio-capture)."""
     window_size: tuple[int, int] = (1024, 768)
+    secure_origins: tuple[str, ...] = ()
+    """http:// origins to treat as secure: getUserMedia and WebRTC need a secure
+    context, and the lab serves its page over plain HTTP (no certificates)."""
     console: list[str] = field(default_factory=list)
     """Console messages and uncaught exceptions of the page, for failure messages."""
 
@@ -104,6 +107,8 @@ class Chromium:
                 f"--window-size={self.window_size[0]},{self.window_size[1]}"]
         if self.fake_audio is not None:
             argv.append(f"--use-file-for-fake-audio-capture={self.fake_audio}")
+        if self.secure_origins:
+            argv.append("--unsafely-treat-insecure-origin-as-secure=" + ",".join(self.secure_origins))
         argv.append("about:blank")
         if self.netns is not None:
             # nsenter only switches the network namespace; the browser keeps

@@ -100,7 +100,7 @@ class Orchestrator:
         with open(self.log, "ab") as log:
             self.proc = self.lab.popen(
                 None, [sys.executable, "-m", "voxrelay.cli", "orchestrator", "run",
-                       "--config", str(self.config), "-v"],
+                       "--config", str(self.config), "-v", "--upkeep-interval", "0.5"],
                 stdout=log, stderr=log, env=env())
         deadline = time.monotonic() + 60
         while True:
@@ -129,9 +129,9 @@ class Orchestrator:
         with urllib.request.urlopen(req, timeout=2) as resp:
             return json.loads(resp.read())
 
-    def announce(self, address: str) -> None:
+    def announce(self, address: str, txr_id: int = TXR_ID) -> None:
         self.call("POST", "/v1/transceivers",
-                  {"id": TXR_ID, "address": address, "probe_port": PROBE_PORT})
+                  {"id": txr_id, "address": address, "probe_port": PROBE_PORT})
 
     def keyring(self):
         return parse_keyring(self.call("GET", "/v1/keys"))
@@ -276,3 +276,69 @@ def test_probe_passes_then_fails_with_a_reason(chain: dict[str, Any]) -> None:
     down = run_probe(lab, "--relay", relay, "--token", mint(orch, PROBE_PORT),
                      "--timeout", "0.3", "--attempts", "1")
     assert down.returncode == 1 and "probe failed: no answer" in down.stderr
+
+
+def wait_for(what: str, predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def neighbour_of(lab: Any, address: str) -> Any:
+    """The relay namespace's neighbour entry for ``address`` on priv, or None."""
+    from orchestrator import netlink
+
+    with netlink.iproute(lab.relay.netns) as ipr:
+        index = netlink.link_info("priv", lab.relay.netns).ifindex
+        for entry in ipr.get_neighbours(family=socket.AF_INET, ifindex=index):
+            if entry.get_attr("NDA_DST") == address:
+                return entry
+    return None
+
+
+def test_neighbour_change_invalidates_cached_next_hops(chain: dict[str, Any]) -> None:
+    from orchestrator import netlink
+
+    lab, view = chain["lab"], chain["view"]
+    # A neighbour beside the transceiver's, so that the call path is not disturbed.
+    other = "10.77.0.60"
+    netlink.ensure_neighbour("priv", other, "02:00:00:00:60:01", netns=lab.relay.netns)
+    try:
+        time.sleep(0.3)  # a new entry is not a change: no bump for it
+        before = view.maps.read_config().nh_generation
+        netlink.ensure_neighbour("priv", other, "02:00:00:00:60:02", netns=lab.relay.netns)
+        wait_for("nh_generation to move on a MAC change",
+                 lambda: view.maps.read_config().nh_generation != before)
+        after_mac = view.maps.read_config().nh_generation
+        assert after_mac == (before + 1) & 0xFFFFFFFF
+    finally:
+        with netlink.iproute(lab.relay.netns) as ipr:
+            ipr.neigh("del", dst=other, ifindex=netlink.link_info("priv", lab.relay.netns).ifindex)
+    wait_for("nh_generation to move on a deletion",
+             lambda: view.maps.read_config().nh_generation != after_mac)
+
+
+def test_added_transceiver_gets_its_next_hop_primed(chain: dict[str, Any]) -> None:
+    lab, orch, view = chain["lab"], chain["orch"], chain["view"]
+    address, txr_id = "10.77.0.77", 8  # nobody there: only the orchestrator asks for it
+    assert neighbour_of(lab, address) is None
+    orch.announce(address, txr_id)
+    try:
+        wait_for("the announce to reach the map", lambda: txr_id in view.transceivers())
+        wait_for("a neighbour entry for the new transceiver",
+                 lambda: neighbour_of(lab, address) is not None)
+    finally:
+        orch.call("DELETE", f"/v1/transceivers/{txr_id}")
+        wait_for("the removal to reach the map", lambda: txr_id not in view.transceivers())
+
+
+def test_clock_offset_is_kept_to_realtime(chain: dict[str, Any]) -> None:
+    from orchestrator.maps import monotonic_to_realtime_offset_ns
+
+    view = chain["view"]
+    wrong = monotonic_to_realtime_offset_ns() - 3600 * 10**9  # as if NTP stepped an hour
+    assert view.maps.set_clock_offset(wrong) == wrong
+    wait_for("the orchestrator to rewrite clock_offset_ns",
+             lambda: abs(view.maps.read_config().clock_offset_ns
+                         - monotonic_to_realtime_offset_ns()) < 10**9)

@@ -86,9 +86,11 @@ async def test_orchestrator_run_embedded_end_to_end():
         # Transceiver 3 is in its hold period (it may be about to re-announce).
         assert 3 in view.txrs
         await client.close()
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{running.metrics_port}/metrics") as resp:
-                text = await resp.text()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{running.metrics_port}/metrics") as resp,
+        ):
+            text = await resp.text()
         got = samples(text)
         assert got[("voxrelay_directory_connected", ())] == 1
         assert got[("voxrelay_maps_in_sync", ())] == 1
@@ -98,3 +100,57 @@ async def test_orchestrator_run_embedded_end_to_end():
         stop.set()
         await asyncio.wait_for(task, 5)
     assert 4 in view.txrs  # stopping leaves the maps as they are
+
+
+class RecordingUpkeep:
+    """service.Upkeep that records what the orchestrator asked of it."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.primed: list[str] = []
+        self.clock_refreshes = 0
+
+    def start(self) -> None:
+        self.events.append("start")
+
+    def stop(self) -> None:
+        self.events.append("stop")
+
+    def prime(self, addresses) -> None:
+        self.primed.extend(addresses)
+
+    def refresh_clock(self) -> int | None:
+        self.clock_refreshes += 1
+        return 0
+
+
+async def test_orchestrator_run_primes_added_transceivers_and_refreshes_the_clock():
+    view = FakeRelayView()
+    view.txrs = {3: MapTransceiver("10.0.1.3", "active")}
+    config = Config()
+    config.orchestrator.listen = "127.0.0.1:0"
+    config.orchestrator.metrics_listen = "127.0.0.1:0"
+    upkeep = RecordingUpkeep()
+    stop = asyncio.Event()
+    ready: asyncio.Future = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_orchestrator(
+        config, view, stop, poll=0.05, upkeep=upkeep, upkeep_interval=0.05,
+        on_ready=lambda r: ready.set_result(r)))
+    try:
+        running = await asyncio.wait_for(ready, 5)
+        assert upkeep.events == ["start"]
+        client = connect(f"http://127.0.0.1:{running.directory_port}")
+        await client.announce(TransceiverRecord(4, "10.0.1.4", 3479))
+        for _ in range(250):
+            if "10.0.1.4" in upkeep.primed and upkeep.clock_refreshes >= 3:
+                break
+            await asyncio.sleep(0.02)
+        await client.close()
+        assert view.txrs[4] == MapTransceiver("10.0.1.4", "active")
+        # Primed when the sync wrote it, and the one already in the map by the periodic pass.
+        assert "10.0.1.4" in upkeep.primed and "10.0.1.3" in upkeep.primed
+        assert upkeep.clock_refreshes >= 3
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert upkeep.events == ["start", "stop"]

@@ -69,7 +69,7 @@ def relay():
 
 @pytest.fixture
 def clean(relay):
-    kernel, fd, view = relay
+    kernel, _fd, _view = relay
     for key_id in kernel.active_keys():
         kernel.retire_key(key_id)
     for txr_id in list(kernel.transceivers()):
@@ -220,7 +220,7 @@ def test_metrics_equal_map_counters_after_known_traffic(clean):
     }
     for reason, packets in traffic.items():
         for packet in packets:
-            if reason.startswith("drop_token") or reason.startswith("drop_transceiver"):
+            if reason.startswith(("drop_token", "drop_transceiver")):
                 packet = udp_packet(VIP, 3478, packet)
             bpfprog.prog_test_run(fd, packet)
     stats = view.stats()

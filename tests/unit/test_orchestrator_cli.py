@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -189,7 +193,7 @@ def test_directory_down_is_one_line():
 def test_probe_by_transceiver_uses_directory_keys_and_port(embedded):
     from orchestrator.probe import ProbeResponder
 
-    store, url = embedded
+    _store, url = embedded
     # No relay here: point --relay straight at a responder, as if the relay forwarded.
     async def go():
         transport, _ = await ProbeResponder.serve("127.0.0.1", 0)
@@ -217,8 +221,69 @@ def test_probe_by_transceiver_uses_directory_keys_and_port(embedded):
 
 
 def test_every_command_has_help():
-    for args in (["maps"], ["maps", "flows"], ["transceivers", "drain"], ["keys", "rotate"],
-                 ["token", "mint"], ["token", "inspect"], ["probe"], ["orchestrator", "run"]):
+    for args in ([], ["relay"], ["relay", "load"], ["relay", "unload"], ["relay", "status"],
+                 ["maps"], ["maps", "transceivers"], ["maps", "flows"], ["maps", "keys"],
+                 ["maps", "stats"], ["transceivers"], ["transceivers", "drain"],
+                 ["transceivers", "undrain"], ["transceivers", "remove"], ["keys"],
+                 ["keys", "rotate"], ["token"], ["token", "mint"], ["token", "inspect"],
+                 ["probe"], ["orchestrator"], ["orchestrator", "run"]):
         out = run(*args, "--help")
         assert out.exit_code == 0 and "Usage:" in out.output
         assert len(out.output.splitlines()) > 3
+
+
+BPF_COMMANDS = (["relay", "status"], ["relay", "load"], ["relay", "unload"], ["maps", "stats"],
+                ["maps", "flows"], ["token", "mint", "--transceiver", "1", "--port", "5"],
+                ["orchestrator", "run"])
+
+
+def test_not_root_is_one_line_for_every_bpf_command(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    for args in BPF_COMMANDS:
+        out = CliRunner().invoke(cli, [*args, "--name", "vxnope"])
+        assert out.exit_code == 1, args
+        assert out.output.endswith("needs root: run this with sudo\n"), (args, out.output)
+        assert len(out.output.splitlines()) == 1 and "Traceback" not in out.output
+
+
+def test_bcc_missing_is_one_line_for_every_bpf_command(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setitem(sys.modules, "bcc", None)  # import bcc -> ImportError
+    for args in BPF_COMMANDS:
+        out = CliRunner().invoke(cli, [*args, "--name", "vxnope"])
+        assert out.exit_code == 1, args
+        assert out.output == ("Error: bcc is not importable from this Python: run scripts/setup.sh "
+                              "(it links Debian's python3-bpfcc into the venv)\n"), (args, out.output)
+
+
+@pytest.mark.root
+def test_no_relay_loaded_is_one_line_for_every_bpf_command():
+    name = f"vxnope-{secrets.token_hex(3)}"
+    for args in BPF_COMMANDS:
+        if args == ["relay", "load"]:
+            continue  # it would load one
+        out = CliRunner().invoke(cli, [*args, "--name", name])
+        if args == ["relay", "status"]:
+            assert out.exit_code == 1
+            assert out.output == f"relay {name!r} is not loaded (run `voxrelay relay load`)\n"
+        elif args == ["relay", "unload"]:
+            assert out.exit_code == 0 and out.output == f"relay {name!r} was not loaded\n"
+        else:
+            assert out.exit_code == 1, args
+            assert out.output == (f"Error: no relay {name!r} is loaded (nothing pinned under "
+                                  f"/sys/fs/bpf/voxrelay/{name}): run `voxrelay relay load` first\n")
+
+
+@pytest.mark.root
+def test_relay_load_on_missing_interfaces_is_one_line(tmp_path):
+    name = f"vxnope-{secrets.token_hex(3)}"
+    config = tmp_path / "voxrelay.toml"
+    config.write_text(f'[relay]\nname = "{name}"\npublic_interface = "vxno0"\n'
+                      'private_interface = "vxno1"\n')
+    out = CliRunner().invoke(cli, ["relay", "load", "--config", str(config)])
+    assert out.exit_code == 1
+    assert out.output == ("Error: no interface 'vxno0' in netns (current): check [relay] "
+                          "public_interface and private_interface in the config (--config), "
+                          "or give --netns\n")
+    assert not Path(f"/run/voxrelay/{name}.lock").exists()
+    assert not Path(f"/sys/fs/bpf/voxrelay/{name}").exists()

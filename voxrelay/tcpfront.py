@@ -1,0 +1,95 @@
+"""A TCP forwarder: the lab's stand-in for a public HTTPS load balancer.
+
+In production, clients reach a transceiver's signaling (POST /v1/calls, the
+browser page) through a load balancer or an ingress, never at the
+transceiver's private address. The lab has no such thing, so this process
+runs on a relay host, listens on its public side and copies bytes to the
+transceiver's signaling port on the private side. It carries HTTP only: the
+media still goes through the XDP program on UDP 3478.
+
+    python -m voxrelay.tcpfront LISTEN_HOST:PORT TARGET_HOST:PORT
+
+Runs until SIGINT/SIGTERM; every connection is bounded by an idle timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+IDLE_SECONDS = 120.0
+CHUNK = 65536
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} must be HOST:PORT")
+    return host, int(port)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(CHUNK), IDLE_SECONDS)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except (OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        if writer.can_write_eof():
+            try:
+                writer.write_eof()
+            except OSError:
+                pass
+
+
+async def serve(listen: tuple[str, int], target: tuple[str, int], stop: asyncio.Event) -> None:
+    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            upstream_r, upstream_w = await asyncio.wait_for(asyncio.open_connection(*target), 5)
+        except (OSError, asyncio.TimeoutError):
+            client_w.close()
+            return
+        try:
+            await asyncio.gather(_pipe(client_r, upstream_w), _pipe(upstream_r, client_w))
+        finally:
+            for w in (client_w, upstream_w):
+                w.close()
+
+    server = await asyncio.start_server(handle, *listen)
+    print(f"tcpfront {listen[0]}:{listen[1]} -> {target[0]}:{target[1]}", flush=True)
+    async with server:
+        await stop.wait()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m voxrelay.tcpfront LISTEN_HOST:PORT TARGET_HOST:PORT", file=sys.stderr)
+        return 2
+    try:
+        listen, target = parse_hostport(argv[0]), parse_hostport(argv[1])
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(listen, target, stop)
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        print(f"error: cannot listen on {argv[0]}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
