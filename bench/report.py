@@ -146,6 +146,26 @@ def cost_ratio_section(res: dict[str, Any]) -> list[str]:
     ]
 
 
+def call_setup_section(res: dict[str, Any]) -> list[str]:
+    cs = res.get("call_setup") or {}
+    parts = ["## Call setup through the relay", ""]
+    if not cs:
+        note = res.get("notes", {}).get("call_setup", "not measured in this run")
+        return parts + [note, ""]
+    rows = [[label, _fmt(cs[k]["p50"], 1), _fmt(cs[k]["p95"], 1)]
+            for k, label in (("connected_ms", "POST offer → ICE+DTLS connected"),
+                             ("first_audio_ms", "POST offer → first audio at the client"))]
+    return parts + [
+        (f"{cs['calls']} calls one after another from the client namespace "
+        "(transceiver.client.CallClient, aiortc) through one XDP relay to the lab's "
+        "transceiver and model (voxrelay.lab, bench/callsetup.py). The direct path is not "
+        "measured: the lab has no route from the client to the transceiver, on purpose."),
+        "",
+        md_table(["step", "p50 ms", "p95 ms"], rows),
+        "",
+    ]
+
+
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -182,6 +202,13 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
         "program on the transceiver's veth that counts and drops (bench/xdp/sink.c)."),
         "",
         f"## Relay throughput ({big:,} flows, max offered rate)",
+        "",
+        ("How to read it: on 2 cores the generator and every in-kernel candidate share one "
+        "core (veth runs the receiver's XDP and the forwarding in softirq on the sending CPU), "
+        "so delivered pps is bound by the generator plus the candidate, and differences in "
+        "pps understate differences in cost. The comparison that isolates the candidate is "
+        "the CPU cost per forwarded packet further down (paired against generator-only "
+        "runs), and the program's own cost (PROG_TEST_RUN, in place under load)."),
         "",
         md_table(
             ["candidate", "pps", *[h for _, h in REFS], "share of ceiling"],
@@ -257,6 +284,10 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
                   "reads per packet to what it measures): "
                   + "; ".join(f"{k}: **{v:.0f} ns**" for k, v in cases.items()) + ".", ""]
 
+    history = Path(__file__).parent / "perf_history.md"
+    if history.is_file():
+        parts += [history.read_text().strip(), ""]
+
     # Latency
     parts += ["## Latency (UDP ping-pong, one packet in flight, idle)", ""]
     rows = []
@@ -282,6 +313,7 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
     if "latency" in figures:
         parts += [f"![latency percentiles]({figures['latency']})", ""]
 
+    parts += call_setup_section(res)
     parts += ["## What limits each figure", ""]
     for cand in res["order"]:
         text = res.get("limits", {}).get(cand)
@@ -291,6 +323,14 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
     if notes:
         parts += ["", "## Notes and failures", ""]
         parts += [f"- **{res['labels'].get(k, k)}**: {v}" for k, v in notes.items()]
+    if res.get("asr_wer_md"):
+        parts += ["", "## Voice model: ASR word error rate", "",
+                  "From `python bench/asr_wer.py --markdown` (run by `make bench`).", "",
+                  res["asr_wer_md"]]
+    parts += ["", "## Control plane", "",
+              ("The control-plane bench (announce → routable latency, flow map capacity) is "
+               "`python -m bench.bench_sync`, run on its own; its latest results are in "
+               "[bench/results/sync.md](bench/results/sync.md).")]
     parts.append("")
     return "\n".join(parts)
 
