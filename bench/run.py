@@ -30,7 +30,7 @@ from typing import Any
 
 from bench import candidates as C
 from bench import report, tools, xdp
-from bench.topo import CLIENT_IP, TXR_IP, Lab, lab
+from bench.topo import CLIENT_IP, TXR_IP, Lab, in_netns, lab
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -124,7 +124,8 @@ class Bench:
         self.res: dict[str, Any] = {
             "flows": args.flows, "runs": args.runs, "duration": args.duration,
             "payload": C.PAYLOAD, "throughput": {}, "user_cpu": {}, "latency": {},
-            "prog_test_run": {}, "in_situ": {}, "call_setup": {}, "labels": LABELS, "order": ORDER, "notes": {},
+            "prog_test_run": {}, "in_situ": {}, "call_setup": {}, "throughput_xdp": {},
+            "labels": LABELS, "order": ORDER, "notes": {},
             "limits": {},
         }
         # The sink on the transceiver's veth (counts load) and a pass program on
@@ -133,6 +134,8 @@ class Bench:
         self.base = xdp.Attached()
         self.base.attach(self.sink, "xdp_sink", lb.ns_txr, lb.t0)
         self.base.attach(self.sink, "xdp_pass", lb.ns_client, lb.c0)
+        # The XDP-native generator (bench/xdp/gen.c): frames out of c0 that never were skbs.
+        self.gen_prog = xdp.load_gen(lb.ifindex[lb.c0])
 
     def over_budget(self) -> bool:
         return time.monotonic() - self.t_start > self.args.budget
@@ -166,6 +169,34 @@ class Bench:
             row["proc_us_per_pkt"] = (cpu1 - cpu0) * 1e6 / got
         return row
 
+    def frame_for(self, cand: C.Candidate) -> bytes:
+        from scapy.layers.inet import IP, UDP
+        from scapy.layers.l2 import Ether
+
+        lb = self.lab
+        payload = cand.load_payload() or C.rtp_payload()
+        return bytes(Ether(src=lb.mac[lb.c0], dst=lb.mac[lb.r_pub])
+                     / IP(src=CLIENT_IP, dst=cand.dst[0], flags="DF")
+                     / UDP(sport=C.SPORT_BASE, dport=cand.dst[1]) / payload)
+
+    def gen_xdp(self, cand: C.Candidate, flows: int, counter: Any) -> dict[str, float]:
+        """One run of the XDP-native generator. The relay's public veth needs
+        NAPI to take XDP frames: an XDP program gives it one, GRO (switched on
+        for the run only, so that udpgen's runs keep their path) otherwise."""
+        lb = self.lab
+        frame = self.frame_for(cand)
+        lb.run(lb.ns_relay, ["ethtool", "-K", lb.r_pub, "gro", "on"])
+        try:
+            before = xdp.sink_total(counter)
+            with in_netns(lb.ns_client):
+                sent, elapsed = xdp.xdp_generate(self.gen_prog, frame, flows, C.SPORT_BASE,
+                                                 self.args.duration)
+            time.sleep(0.2)
+            got = xdp.sink_total(counter) - before
+        finally:
+            lb.run(lb.ns_relay, ["ethtool", "-K", lb.r_pub, "gro", "off"])
+        return {"sent": sent / elapsed, "delivered": got / elapsed, "packets": got}
+
     def throughput(self, cand: C.Candidate, counter: Any, runs_now: int) -> None:
         """``runs_now`` runs per flow count, appended to the candidate's earlier
         rounds (shared-core candidates come back once per round)."""
@@ -181,6 +212,14 @@ class Bench:
                     f"{runs[-1]['delivered'] / 1e3:8.1f} kpps delivered of "
                     f"{runs[-1]['sent'] / 1e3:8.1f} sent")
             res[str(flows)] = runs
+            if not self.args.no_xdp_gen:
+                xres = self.res["throughput_xdp"].setdefault(cand.key, {})
+                xruns = xres.setdefault(str(flows), [])
+                for _ in range(runs_now):
+                    xruns.append(self.gen_xdp(cand, flows, counter))
+                    log(f"  {cand.key:18s} flows={flows:<6d} XDP-frame load: "
+                        f"{xruns[-1]['delivered'] / 1e3:8.1f} kpps delivered of "
+                        f"{xruns[-1]['sent'] / 1e3:8.1f} sent")
             per = [x["proc_us_per_pkt"] for x in runs if "proc_us_per_pkt" in x]
             if per and flows == max(self.args.flows):
                 self.res["user_cpu"][cand.key] = per
@@ -315,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flows", default="1,100,10000")
     ap.add_argument("--pings", type=int, default=5000)
     ap.add_argument("--only", default="", help="comma-separated candidate keys")
+    ap.add_argument("--no-xdp-gen", action="store_true",
+                    help="skip the XDP-native (live frames) load runs")
     ap.add_argument("--calls", type=int, default=20,
                     help="calls for the call-setup figure (0: skip; skipped with --only)")
     ap.add_argument("--quick", action="store_true", help="1 run of 1 s, 1000 pings: a smoke test")

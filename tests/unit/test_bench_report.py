@@ -180,3 +180,17 @@ def test_paired_cost_pairs_rounds_and_ratios() -> None:
     section = "\n".join(report.cost_ratio_section(res))
     # nftables: 6.25 - 2.5 = 3.75 µs per round 1..2 -> 3.75 / 1.5 = 2.50x
     assert "| nftables | " in section and "2.50x" in section
+
+
+def test_xdp_load_section_uses_its_own_runs() -> None:
+    res = _results()
+    assert report.xdp_load_section(res) == []  # no XDP-native runs: no section
+    res["throughput_xdp"] = {
+        "gen_only": {"10000": [{"sent": 2e6, "delivered": 2e6}]},
+        "voxrelay": {"10000": [{"sent": 1.6e6, "delivered": 1.6e6}]},
+        "nftables": {"10000": [{"sent": 4e5, "delivered": 4e5}]},
+    }
+    text = "\n".join(report.xdp_load_section(res))
+    # 1e6/1.6e6 - 1e6/2e6 = 0.125 µs; nftables 2.5 - 0.5 = 2.0 µs -> 16.00x
+    assert "0.125 µs" in text and "16.00x" in text
+    assert "| xdp | 1,600 k | n/a | 4.00x |" in text
