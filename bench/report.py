@@ -237,7 +237,9 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
         "The shared-core candidates (generator only, ceiling, XDP relay, ip_forward, "
         "nftables) take turns in rounds, one run each per round, so that background load "
         "hits them alike; each CPU cost is the median over rounds of that round's paired "
-        "difference against the generator-only run."),
+        "difference against the generator-only run. The threaded-NAPI rows run after those "
+        "rounds, in rounds of their own (toggling threaded NAPI slowed later rounds of the "
+        "XDP relay in a first run), and pair with the generator-only runs by index."),
         "",
         "## Environment",
         "",

@@ -390,14 +390,20 @@ def main(argv: list[str] | None = None) -> int:
                 # Shared-core candidates take turns round by round, so that each
                 # round's runs (and the generator-only baseline they are paired
                 # with) see the same background load of a shared machine.
-                shared = [(c, t) for c, t in cands if c.key in SHARED_CORE]
-                for r in range(args.runs):
-                    log(f"round {r + 1} of {args.runs} (shared-core candidates)")
-                    for cand, threaded in shared:
-                        if bench.over_budget():
-                            bench.res["notes"][cand.key] = "time budget ran out; some runs missing"
-                            continue
-                        bench.candidate(cand, threaded, runs=1, latency=r == args.runs - 1)
+                # The threaded-NAPI rows come after the others, in rounds of their
+                # own: switching threaded NAPI on and off on the relay's veths
+                # slowed the XDP relay's later rounds by 10-40% in a first run.
+                for group in (False, True):
+                    shared = [(c, t) for c, t in cands if c.key in SHARED_CORE and t == group]
+                    for r in range(args.runs if shared else 0):
+                        log(f"round {r + 1} of {args.runs} (shared-core candidates"
+                            f"{', threaded NAPI' if group else ''})")
+                        for cand, threaded in shared:
+                            if bench.over_budget():
+                                bench.res["notes"][cand.key] = ("time budget ran out; some runs "
+                                                                "missing")
+                                continue
+                            bench.candidate(cand, threaded, runs=1, latency=r == args.runs - 1)
                 for cand, threaded in cands:
                     if cand.key in SHARED_CORE:
                         continue
