@@ -73,7 +73,9 @@ LIMITS = {
     "syscalls and an event-loop callback per batch); beyond that the socket buffer overflows "
     "and the rest is loss.",
     "coturn": "its own core: coturn's libevent loop with one relay thread, recvmsg/sendmsg per "
-    "packet plus TURN channel lookup.",
+    "packet plus TURN channel lookup. Under the XDP-native load (2+ Mpps offered) its core is "
+    "overwhelmed and its delivered rate can collapse (receive livelock): compare the userspace "
+    "relays on the udpgen table.",
 }
 
 
