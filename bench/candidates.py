@@ -72,6 +72,11 @@ class Candidate:
                     p.wait(timeout=5)
         self.procs.clear()
         self.attached.detach_all()
+        for name in ("sink", "bpf"):  # bcc modules of this round (re-made by start)
+            mod = self.__dict__.pop(name, None)
+            if mod is not None:
+                with contextlib.suppress(Exception):
+                    mod.cleanup()
 
     # --- load ------------------------------------------------------------
     def load_payload(self) -> bytes | None:

@@ -58,12 +58,27 @@ def cost_us(delivered_pps: float | None, baseline_pps: float | None) -> float | 
     return 1e6 / delivered_pps - 1e6 / baseline_pps
 
 
+def paired_cost_us(res: dict[str, Any], cand: str, flows: int,
+                   key: str = "throughput") -> float | None:
+    """Median over rounds of each round's cost against that round's
+    generator-only run (bench/run.py interleaves the shared-core candidates,
+    so run i of every candidate comes from round i). Falls back to the cost
+    of the medians when the runs do not pair up."""
+    runs = res.get(key, {}).get(cand, {}).get(str(flows), [])
+    base = res.get(key, {}).get(GEN_ONLY, {}).get(str(flows), [])
+    if runs and len(runs) == len(base):
+        return median(cost_us(r["delivered"], b["delivered"]) for r, b in zip(runs, base))
+    return cost_us(delivered_median(res, cand, flows, key),
+                   delivered_median(res, GEN_ONLY, flows, key))
+
+
 def loss(sent: float, delivered: float) -> float:
     return 0.0 if sent <= 0 else max(0.0, 1.0 - delivered / sent)
 
 
-def delivered_median(res: dict[str, Any], cand: str, flows: int) -> float | None:
-    runs = res["throughput"].get(cand, {}).get(str(flows), [])
+def delivered_median(res: dict[str, Any], cand: str, flows: int,
+                     key: str = "throughput") -> float | None:
+    runs = res.get(key, {}).get(cand, {}).get(str(flows), [])
     return median(r["delivered"] for r in runs)
 
 
@@ -79,20 +94,128 @@ def _fmt(x: float | None, digits: int = 2, unit: str = "") -> str:
     return "n/a" if x is None else f"{x:.{digits}f}{unit}"
 
 
-def main_table(res: dict[str, Any], flows: int) -> list[list[str]]:
+def main_table(res: dict[str, Any], flows: int, key: str = "throughput") -> list[list[str]]:
     rows = []
-    ceiling = delivered_median(res, CEILING, flows)
+    ceiling = delivered_median(res, CEILING, flows, key)
     for cand in res["order"]:
-        if cand in (GEN_ONLY, CEILING) or cand not in res["throughput"]:
+        if cand in (GEN_ONLY, CEILING) or cand not in res.get(key, {}):
             continue
-        pps = delivered_median(res, cand, flows)
+        pps = delivered_median(res, cand, flows, key)
         row = [res["labels"][cand], _fmt_pps(pps)]
         for ref, _ in REFS:
-            row.append("—" if ref == cand else _fmt_ratio(ratio(pps, delivered_median(res, ref, flows))))
+            row.append("—" if ref == cand else
+                       _fmt_ratio(ratio(pps, delivered_median(res, ref, flows, key))))
         share = ratio(pps, ceiling)
         row.append("n/a" if share is None else f"{share:.0%}")
         rows.append(row)
     return rows
+
+
+PTR_NOTE = (
+    "bench/progcost.py: single runs are the median of N runs of one fresh copy each, with "
+    "the harness's own overhead (an empty XDP program's run, the floor) subtracted; the "
+    "program and its maps are cold-ish, since Python runs between copies. The hot steady "
+    "state runs a known flow whose rewrite feeds itself (client VIP:3478, transceiver = "
+    "the relay's private address) with the kernel's own repeat: public and private side "
+    "alternately, caches warm, no per-run timer.")
+
+COST_REFS = (("nftables", "nftables"), ("direct", "plain ip_forward"), ("ceiling", "ceiling"))
+
+
+def cost_ratio_section(res: dict[str, Any], key: str = "throughput") -> list[str]:
+    """How many times the XDP relay's shared-core cost per packet the others'
+    is (above 1: the relay is cheaper), at every flow count."""
+    relay = "voxrelay"
+    if relay not in res.get(key, {}):
+        return []
+    rows = []
+    for ref, label in COST_REFS:
+        if ref not in res[key]:
+            continue
+        row = [label]
+        for f in res["flows"]:
+            mine, theirs = paired_cost_us(res, relay, f, key), paired_cost_us(res, ref, f, key)
+            if mine is None or theirs is None or mine <= 0:
+                row.append("n/a")
+            else:
+                row.append(_fmt_ratio(theirs / mine))
+        rows.append(row)
+    return [
+        ("Cost ratios: the other candidate's shared-core µs per packet divided by the XDP "
+        "relay's (above 1.00x the relay is cheaper; n/a when the relay's measured cost is "
+        "not above zero, i.e. within the noise)."),
+        "",
+        md_table(["against", *[f"{f:,} flows" for f in res["flows"]]], rows),
+        "",
+    ]
+
+
+def xdp_load_section(res: dict[str, Any]) -> list[str]:
+    """The headline: every candidate under the XDP-native generator."""
+    key = "throughput_xdp"
+    if not res.get(key):
+        return []
+    flows = res["flows"]
+    big = max(flows)
+    parts = [
+        f"## Relay throughput, XDP-native load, as from a NIC ({big:,} flows, max offered rate)",
+        "",
+        ("Load from bench/xdp/gen.c run with BPF_PROG_TEST_RUN live frames on CPU 0: frames "
+        "that never were skbs leave the client's veth, as a NIC's driver hands frames to XDP. "
+        "An XDP candidate then never allocates an skb; the stack candidates get one built at "
+        "the relay's public veth (in its NAPI, with GRO on, as a NIC driver does). Generator, "
+        "candidate and sink all run on CPU 0. With udpgen (next section) every packet is "
+        "already an skb and veth copies it into a fresh page before the relay's XDP sees it, "
+        "a cost no NIC imposes, which is why the XDP relay's lead is narrow there."),
+        "",
+        md_table(["candidate", "pps", *[h for _, h in REFS], "share of ceiling"],
+                 main_table(res, big, key)),
+        "",
+    ]
+    rows = []
+    for cand in res["order"]:
+        if cand not in res[key]:
+            continue
+        row = [res["labels"][cand]]
+        for f in flows:
+            runs = res[key][cand].get(str(f), [])
+            d = median(r["delivered"] for r in runs)
+            s = median(r["sent"] for r in runs)
+            row.append(f"{_fmt_pps(d)} / {_fmt_pps(s)}")
+        row.append(_fmt(paired_cost_us(res, cand, big, key), 3, " µs")
+                   if cand != GEN_ONLY else "—")
+        rows.append(row)
+    parts += [
+        ("Delivered / offered by flow count, and the CPU cost per forwarded packet on the "
+        f"shared core at {big:,} flows (paired against generator-only, as below). Own-core "
+        "candidates (userspace, coturn) lose what their core cannot take."),
+        "",
+        md_table(["candidate", *[f"{f:,} flows" for f in flows],
+                  f"shared-core cost, {big:,} flows"], rows),
+        "",
+    ]
+    parts += cost_ratio_section(res, key)
+    return parts
+
+
+def call_setup_section(res: dict[str, Any]) -> list[str]:
+    cs = res.get("call_setup") or {}
+    parts = ["## Call setup through the relay", ""]
+    if not cs:
+        note = res.get("notes", {}).get("call_setup", "not measured in this run")
+        return parts + [note, ""]
+    rows = [[label, _fmt(cs[k]["p50"], 1), _fmt(cs[k]["p95"], 1)]
+            for k, label in (("connected_ms", "POST offer → ICE+DTLS connected"),
+                             ("first_audio_ms", "POST offer → first audio at the client"))]
+    return parts + [
+        (f"{cs['calls']} calls one after another from the client namespace "
+        "(transceiver.client.CallClient, aiortc) through one XDP relay to the lab's "
+        "transceiver and model (voxrelay.lab, bench/callsetup.py). The direct path is not "
+        "measured: the lab has no route from the client to the transceiver, on purpose."),
+        "",
+        md_table(["step", "p50 ms", "p95 ms"], rows),
+        "",
+    ]
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -110,7 +233,13 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
         "",
         ("Generated by `make bench` (`python -m bench.run`); raw numbers in "
         "`bench/results/results.json`. Every figure is the **median of "
-        f"{res['runs']} runs** of {res['duration']} s; comparisons are ratios of medians."),
+        f"{res['runs']} runs** of {res['duration']} s; comparisons are ratios of medians. "
+        "The shared-core candidates (generator only, ceiling, XDP relay, ip_forward, "
+        "nftables) take turns in rounds, one run each per round, so that background load "
+        "hits them alike; each CPU cost is the median over rounds of that round's paired "
+        "difference against the generator-only run. The threaded-NAPI rows run after those "
+        "rounds, in rounds of their own (toggling threaded NAPI slowed later rounds of the "
+        "XDP relay in a first run), and pair with the generator-only runs by index."),
         "",
         "## Environment",
         "",
@@ -126,7 +255,17 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
         "ports, round-robin so consecutive packets hit different flows. Receiver: an XDP "
         "program on the transceiver's veth that counts and drops (bench/xdp/sink.c)."),
         "",
-        f"## Relay throughput ({big:,} flows, max offered rate)",
+        *xdp_load_section(res),
+        *([f"![throughput vs flows, XDP-native load]({figures['throughput_xdp']})", ""]
+          if "throughput_xdp" in figures else []),
+        f"## Relay throughput under udpgen load ({big:,} flows, max offered rate)",
+        "",
+        ("How to read it: on 2 cores the generator and every in-kernel candidate share one "
+        "core (veth runs the receiver's XDP and the forwarding in softirq on the sending CPU), "
+        "so delivered pps is bound by the generator plus the candidate, and differences in "
+        "pps understate differences in cost. The comparison that isolates the candidate is "
+        "the CPU cost per forwarded packet further down (paired against generator-only "
+        "runs), and the program's own cost (PROG_TEST_RUN, in place under load)."),
         "",
         md_table(
             ["candidate", "pps", *[h for _, h in REFS], "share of ceiling"],
@@ -165,8 +304,7 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
             continue
         row = [res["labels"][cand]]
         for f in flows:
-            row.append(_fmt(cost_us(delivered_median(res, cand, f),
-                                    delivered_median(res, GEN_ONLY, f)), 2, " µs"))
+            row.append(_fmt(paired_cost_us(res, cand, f), 2, " µs"))
         row.append(_fmt(median(res.get("user_cpu", {}).get(cand, [])), 2, " µs"))
         rows.append(row)
     parts += [
@@ -182,13 +320,30 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
                   "own process CPU / pkt"], rows),
         "",
     ]
+    parts += cost_ratio_section(res)
     ptr = res.get("prog_test_run") or {}
     parts += ["### The program alone (BPF_PROG_TEST_RUN)", ""]
     if ptr:
-        parts += [md_table(["case", "ns per packet"],
-                           [[k, _fmt(v, 0)] for k, v in ptr.items()]), ""]
+        rows = []
+        for k, v in ptr.items():
+            if isinstance(v, dict):  # bench/progcost.py: median and net of the floor
+                net = "—" if k.startswith(("floor", "known flow, both")) else _fmt(v["net"], 0)
+                rows.append([k, _fmt(v["median"], 0), net])
+            else:
+                rows.append([k, _fmt(v, 0), "n/a"])
+        parts += [PTR_NOTE, "",
+                  md_table(["case", "ns per packet (median)", "net of the floor"], rows), ""]
     else:
         parts += [res.get("notes", {}).get("prog_test_run", "not measured"), ""]
+    for cand, cases in (res.get("in_situ") or {}).items():
+        parts += [f"In place under load ({res['labels'].get(cand, cand)}, BPF_ENABLE_STATS "
+                  "run-time accounting during one extra load run per flow count; it adds two clock "
+                  "reads per packet to what it measures): "
+                  + "; ".join(f"{k}: **{v:.0f} ns**" for k, v in cases.items()) + ".", ""]
+
+    history = Path(__file__).parent / "perf_history.md"
+    if history.is_file():
+        parts += [history.read_text().strip(), ""]
 
     # Latency
     parts += ["## Latency (UDP ping-pong, one packet in flight, idle)", ""]
@@ -215,6 +370,7 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
     if "latency" in figures:
         parts += [f"![latency percentiles]({figures['latency']})", ""]
 
+    parts += call_setup_section(res)
     parts += ["## What limits each figure", ""]
     for cand in res["order"]:
         text = res.get("limits", {}).get(cand)
@@ -224,6 +380,14 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
     if notes:
         parts += ["", "## Notes and failures", ""]
         parts += [f"- **{res['labels'].get(k, k)}**: {v}" for k, v in notes.items()]
+    if res.get("asr_wer_md"):
+        parts += ["", "## Voice model: ASR word error rate", "",
+                  "From `python bench/asr_wer.py --markdown` (run by `make bench`).", "",
+                  res["asr_wer_md"]]
+    parts += ["", "## Control plane", "",
+              ("The control-plane bench (announce → routable latency, flow map capacity) is "
+               "`python -m bench.bench_sync`, run on its own; its latest results are in "
+               "[bench/results/sync.md](bench/results/sync.md).")]
     parts.append("")
     return "\n".join(parts)
 
@@ -237,28 +401,32 @@ def plot(res: dict[str, Any], out_dir: Path) -> dict[str, Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     made: dict[str, Path] = {}
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for cand in res["order"]:
-        if cand not in res["throughput"]:
+    for key, title in (("throughput", "udpgen load (skbs)"),
+                       ("throughput_xdp", "XDP-native load (frames, as from a NIC)")):
+        if not res.get(key):
             continue
-        xs, ys = [], []
-        for f in res["flows"]:
-            d = delivered_median(res, cand, f)
-            if d is not None:
-                xs.append(f)
-                ys.append(d / 1000)
-        if xs:
-            ax.plot(xs, ys, marker="o", label=res["labels"][cand])
-    ax.set_xscale("log")
-    ax.set_xlabel("concurrent flows")
-    ax.set_ylabel("delivered kpps (median)")
-    ax.set_title("Throughput vs flows (200-byte UDP, generator on one core)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    made["throughput"] = out_dir / "throughput.png"
-    fig.savefig(made["throughput"], dpi=110)
-    plt.close(fig)
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for cand in res["order"]:
+            if cand not in res[key]:
+                continue
+            xs, ys = [], []
+            for f in res["flows"]:
+                d = delivered_median(res, cand, f, key)
+                if d is not None:
+                    xs.append(f)
+                    ys.append(d / 1000)
+            if xs:
+                ax.plot(xs, ys, marker="o", label=res["labels"][cand])
+        ax.set_xscale("log")
+        ax.set_xlabel("concurrent flows")
+        ax.set_ylabel("delivered kpps (median)")
+        ax.set_title(f"Throughput vs flows, 200-byte UDP, {title}", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        made[key] = out_dir / f"{key}.png"
+        fig.savefig(made[key], dpi=110)
+        plt.close(fig)
 
     lat = res.get("latency", {})
     if lat:

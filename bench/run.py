@@ -30,7 +30,7 @@ from typing import Any
 
 from bench import candidates as C
 from bench import report, tools, xdp
-from bench.topo import CLIENT_IP, TXR_IP, Lab, lab
+from bench.topo import CLIENT_IP, TXR_IP, Lab, in_netns, lab
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -49,6 +49,9 @@ LABELS = {
     "coturn": "coturn (own core, 1 relay thread)",
 }
 ORDER = list(LABELS)
+SHARED_CORE = ("gen_only", "ceiling", "ceiling_threaded", "voxrelay", "voxrelay_threaded",
+               "direct", "nftables")
+"""Kernel candidates: they run on the generator's core, measured in interleaved rounds."""
 
 LIMITS = {
     "gen_only": "one core running udpgen's raw-socket sendmmsg path plus veth xmit and an "
@@ -59,7 +62,10 @@ LIMITS = {
     "forwarding overlap; the machine's other tenants share that core.",
     "voxrelay": "shared core as for the ceiling, plus the relay's parsing, flow lookup, "
     "rewrite and checksum updates (see the PROG_TEST_RUN numbers for the program alone).",
-    "voxrelay_threaded": "as the ceiling with threaded NAPI: the relay moves to the second core.",
+    "voxrelay_threaded": "as the ceiling with threaded NAPI: the relay moves to a NAPI kthread "
+    "that the scheduler may put on the second core, which the machine's other tenants share; "
+    "when that kthread is preempted the veth's ring (a few hundred frames) overflows, which is "
+    "the loss in its row, not the program.",
     "direct": "the full IPv4 forwarding path (routing, netfilter hooks with no rules, "
     "neighbour output, qdisc) in softirq on the generator's core.",
     "nftables": "forwarding plus conntrack lookup/creation and NAT on the generator's core.",
@@ -67,7 +73,9 @@ LIMITS = {
     "syscalls and an event-loop callback per batch); beyond that the socket buffer overflows "
     "and the rest is loss.",
     "coturn": "its own core: coturn's libevent loop with one relay thread, recvmsg/sendmsg per "
-    "packet plus TURN channel lookup.",
+    "packet plus TURN channel lookup. Under the XDP-native load (2+ Mpps offered) its core is "
+    "overwhelmed and its delivered rate can collapse (receive livelock): compare the userspace "
+    "relays on the udpgen table.",
 }
 
 
@@ -103,8 +111,9 @@ def environment(shared: bool) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "loadavg": " ".join(load),
         "shared_note": (
-            "The machine was SHARED with other jobs during this run (load average above): "
-            "absolute numbers are noisy; read the ratios." if shared
+            "The machine was SHARED during this run: 2-3 other development agents were "
+            "building and testing on the same 2 cores (load average above), so absolute "
+            "numbers are noisy; read the paired costs and the ratios." if shared
             else "The machine was otherwise idle."
         ),
     }
@@ -117,7 +126,8 @@ class Bench:
         self.res: dict[str, Any] = {
             "flows": args.flows, "runs": args.runs, "duration": args.duration,
             "payload": C.PAYLOAD, "throughput": {}, "user_cpu": {}, "latency": {},
-            "prog_test_run": {}, "labels": LABELS, "order": ORDER, "notes": {},
+            "prog_test_run": {}, "in_situ": {}, "call_setup": {}, "throughput_xdp": {},
+            "labels": LABELS, "order": ORDER, "notes": {},
             "limits": {},
         }
         # The sink on the transceiver's veth (counts load) and a pass program on
@@ -126,6 +136,8 @@ class Bench:
         self.base = xdp.Attached()
         self.base.attach(self.sink, "xdp_sink", lb.ns_txr, lb.t0)
         self.base.attach(self.sink, "xdp_pass", lb.ns_client, lb.c0)
+        # The XDP-native generator (bench/xdp/gen.c): frames out of c0 that never were skbs.
+        self.gen_prog = xdp.load_gen(lb.ifindex[lb.c0])
 
     def over_budget(self) -> bool:
         return time.monotonic() - self.t_start > self.args.budget
@@ -159,19 +171,57 @@ class Bench:
             row["proc_us_per_pkt"] = (cpu1 - cpu0) * 1e6 / got
         return row
 
-    def throughput(self, cand: C.Candidate, counter: Any) -> None:
+    def frame_for(self, cand: C.Candidate) -> bytes:
+        from scapy.layers.inet import IP, UDP
+        from scapy.layers.l2 import Ether
+
+        lb = self.lab
+        payload = cand.load_payload() or C.rtp_payload()
+        return bytes(Ether(src=lb.mac[lb.c0], dst=lb.mac[lb.r_pub])
+                     / IP(src=CLIENT_IP, dst=cand.dst[0], flags="DF")
+                     / UDP(sport=C.SPORT_BASE, dport=cand.dst[1]) / payload)
+
+    def gen_xdp(self, cand: C.Candidate, flows: int, counter: Any) -> dict[str, float]:
+        """One run of the XDP-native generator. The relay's public veth needs
+        NAPI to take XDP frames: an XDP program gives it one, GRO (switched on
+        for the run only, so that udpgen's runs keep their path) otherwise."""
+        lb = self.lab
+        frame = self.frame_for(cand)
+        lb.run(lb.ns_relay, ["ethtool", "-K", lb.r_pub, "gro", "on"])
+        try:
+            before = xdp.sink_total(counter)
+            with in_netns(lb.ns_client):
+                sent, elapsed = xdp.xdp_generate(self.gen_prog, frame, flows, C.SPORT_BASE,
+                                                 self.args.duration)
+            time.sleep(0.2)
+            got = xdp.sink_total(counter) - before
+        finally:
+            lb.run(lb.ns_relay, ["ethtool", "-K", lb.r_pub, "gro", "off"])
+        return {"sent": sent / elapsed, "delivered": got / elapsed, "packets": got}
+
+    def throughput(self, cand: C.Candidate, counter: Any, runs_now: int) -> None:
+        """``runs_now`` runs per flow count, appended to the candidate's earlier
+        rounds (shared-core candidates come back once per round)."""
         res = self.res["throughput"].setdefault(cand.key, {})
         for flows in self.args.flows:
-            runs = []
-            for r in range(self.args.runs):
+            runs = res.get(str(flows), [])
+            for r in range(runs_now):
                 if self.over_budget():
                     self.res["notes"][cand.key] = "time budget ran out; some runs missing"
                     break
                 runs.append(self.gen(cand, flows, counter))
-                log(f"  {cand.key:18s} flows={flows:<6d} run {r + 1}: "
+                log(f"  {cand.key:18s} flows={flows:<6d} run {len(runs)}: "
                     f"{runs[-1]['delivered'] / 1e3:8.1f} kpps delivered of "
                     f"{runs[-1]['sent'] / 1e3:8.1f} sent")
             res[str(flows)] = runs
+            if not self.args.no_xdp_gen:
+                xres = self.res["throughput_xdp"].setdefault(cand.key, {})
+                xruns = xres.setdefault(str(flows), [])
+                for _ in range(runs_now):
+                    xruns.append(self.gen_xdp(cand, flows, counter))
+                    log(f"  {cand.key:18s} flows={flows:<6d} XDP-frame load: "
+                        f"{xruns[-1]['delivered'] / 1e3:8.1f} kpps delivered of "
+                        f"{xruns[-1]['sent'] / 1e3:8.1f} sent")
             per = [x["proc_us_per_pkt"] for x in runs if "proc_us_per_pkt" in x]
             if per and flows == max(self.args.flows):
                 self.res["user_cpu"][cand.key] = per
@@ -210,8 +260,44 @@ class Bench:
             echo.terminate()
             echo.wait(timeout=10)
 
+    # -- the XDP program's own cost under load (BPF_ENABLE_STATS) ---------------
+    def in_situ(self, cand: Any) -> None:
+        """One more load run with the kernel's per-program run time accounting
+        on: the relay's own ns per packet in place (hot caches, real frames).
+        Separate from the timed runs, because the accounting reads the clock
+        twice per packet."""
+        out = {}
+        for flows in sorted({min(self.args.flows), max(self.args.flows)}):
+            ns = cand.in_situ_cost(lambda f=flows: self.gen(cand, f, self.sink))
+            if ns is not None:
+                out[f"known flow, public side, {flows:,} flows"] = ns
+        self.res["in_situ"][cand.key] = out
+        log(f"  {cand.key:18s} in-situ program cost: "
+            + ", ".join(f"{k} {v:.0f} ns" for k, v in out.items()))
+
+    # -- call setup through the relay (the whole voice stack) -------------------
+    def call_setup(self, calls: int) -> None:
+        import asyncio
+
+        from bench import callsetup
+
+        if self.over_budget():
+            self.res["notes"]["call_setup"] = "skipped: time budget ran out"
+            return
+        log(f"call setup: {calls} calls through the relay (voxrelay.lab)")
+        try:
+            self.res["call_setup"] = asyncio.run(
+                asyncio.wait_for(callsetup.measure(calls), timeout=240))
+            cs = self.res["call_setup"]
+            log(f"  connected p50 {cs['connected_ms']['p50']:.0f} ms, first audio p50 "
+                f"{cs['first_audio_ms']['p50']:.0f} ms")
+        except Exception as exc:  # noqa: BLE001 -- reported in BENCHMARKS.md
+            self.res["notes"]["call_setup"] = f"failed: {exc}".replace("\n", " ")[:600]
+            log(f"  call setup FAILED: {exc}")
+
     # -- one candidate ---------------------------------------------------------
-    def candidate(self, cand: C.Candidate, threaded: bool = False) -> None:
+    def candidate(self, cand: C.Candidate, threaded: bool = False, *, runs: int | None = None,
+                  latency: bool = True) -> None:
         log(f"{cand.key}: {LABELS[cand.key]}")
         self.res["limits"][cand.key] = LIMITS[cand.key]
         try:
@@ -228,8 +314,10 @@ class Bench:
                     raise RuntimeError("could not set threaded NAPI on the relay's veths")
             counter = cand.sink if isinstance(cand, C.GeneratorOnly) else self.sink
             cand.prime(max(self.args.flows), self.exe["udpgen"])
-            self.throughput(cand, counter)
-            if cand.supports_ping and not self.over_budget():
+            self.throughput(cand, counter, self.args.runs if runs is None else runs)
+            if latency and hasattr(cand, "in_situ_cost") and not self.over_budget():
+                self.in_situ(cand)
+            if latency and cand.supports_ping and not self.over_budget():
                 self.latency(cand)
         except Exception as exc:  # noqa: BLE001 -- one broken candidate must not lose the others
             self.res["notes"][cand.key] = f"failed: {exc}".replace("\n", " ")[:600]
@@ -268,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flows", default="1,100,10000")
     ap.add_argument("--pings", type=int, default=5000)
     ap.add_argument("--only", default="", help="comma-separated candidate keys")
+    ap.add_argument("--no-xdp-gen", action="store_true",
+                    help="skip the XDP-native (live frames) load runs")
+    ap.add_argument("--calls", type=int, default=20,
+                    help="calls for the call-setup figure (0: skip; skipped with --only)")
     ap.add_argument("--quick", action="store_true", help="1 run of 1 s, 1000 pings: a smoke test")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--budget", type=float, default=BUDGET_S)
@@ -277,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.flows = [int(x) for x in args.flows.split(",") if x]
     if args.quick:
-        args.runs, args.duration, args.pings = 1, 1.0, 1000
+        args.runs, args.duration, args.pings, args.calls = 1, 1.0, 1000, 3
     if os.geteuid() != 0:
         print("bench: must run as root (it builds namespaces and attaches XDP)", file=sys.stderr)
         return 1
@@ -296,17 +388,41 @@ def main(argv: list[str] | None = None) -> int:
                 bench.res["prog_test_run"], note = _prog_test_run(lb)
                 if note:
                     bench.res["notes"]["prog_test_run"] = note
-                for cand, threaded in make_candidates(lb, work, only):
+                cands = make_candidates(lb, work, only)
+                # Shared-core candidates take turns round by round, so that each
+                # round's runs (and the generator-only baseline they are paired
+                # with) see the same background load of a shared machine.
+                # The threaded-NAPI rows come after the others, in rounds of their
+                # own: switching threaded NAPI on and off on the relay's veths
+                # slowed the XDP relay's later rounds by 10-40% in a first run.
+                for group in (False, True):
+                    shared = [(c, t) for c, t in cands if c.key in SHARED_CORE and t == group]
+                    for r in range(args.runs if shared else 0):
+                        log(f"round {r + 1} of {args.runs} (shared-core candidates"
+                            f"{', threaded NAPI' if group else ''})")
+                        for cand, threaded in shared:
+                            if bench.over_budget():
+                                bench.res["notes"][cand.key] = ("time budget ran out; some runs "
+                                                                "missing")
+                                continue
+                            bench.candidate(cand, threaded, runs=1, latency=r == args.runs - 1)
+                for cand, threaded in cands:
+                    if cand.key in SHARED_CORE:
+                        continue
                     if bench.over_budget():
                         bench.res["notes"][cand.key] = "skipped: time budget ran out"
                         continue
                     bench.candidate(cand, threaded)
+                if args.calls and only is None:
+                    bench.call_setup(args.calls)
             finally:
                 bench.base.detach_all()
             res = bench.res
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    if only is None:
+        res["asr_wer_md"] = _asr_wer()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "results.json").write_text(json.dumps(res, indent=1))
     figs = report.plot(res, RESULTS)
@@ -321,12 +437,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _prog_test_run(lb: Lab) -> tuple[dict[str, float], str | None]:
-    from bench import voxrelay_candidate as V
-
-    log("BPF_PROG_TEST_RUN of the relay program")
+def _asr_wer() -> str:
+    """bench/asr_wer.py --markdown (the voice model's ASR word error rate), bounded."""
+    log("ASR word error rate (bench/asr_wer.py)")
     try:
-        return V.prog_test_run_costs(lb), None
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "asr_wer.py"), "--markdown"],
+            capture_output=True, text=True, timeout=180, check=False,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+    except subprocess.TimeoutExpired:
+        return "not measured: bench/asr_wer.py took more than 180 s"
+    if out.returncode != 0:
+        return f"not measured: bench/asr_wer.py failed: {out.stderr.strip()[-300:]}"
+    return out.stdout.strip()
+
+
+def _prog_test_run(lb: Lab) -> tuple[dict[str, Any], str | None]:
+    from bench import progcost
+
+    log("BPF_PROG_TEST_RUN of the relay program (bench/progcost.py)")
+    try:
+        return progcost.measure(2000), None
     except Exception as exc:  # noqa: BLE001 -- reported in BENCHMARKS.md, the rest still runs
         return {}, f"not measured: {exc}"
 

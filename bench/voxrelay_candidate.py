@@ -1,4 +1,4 @@
-"""The voxrelay XDP relay as a bench candidate, and its PROG_TEST_RUN costs.
+"""The voxrelay XDP relay as a bench candidate (its PROG_TEST_RUN costs: bench/progcost.py).
 
 Compiles bpf/relay.c with the kernel helper's ``orchestrator.bpfprog``
 (``compile_relay``, ``load_relay_fn``, ``prog_test_run``) and writes the
@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import importlib
 import socket
-import statistics
 import struct
 import time
 from typing import Any
 
-from bench import xdp
 from bench.candidates import KEY_ID, RELAY_PORT, TXR_ID, Candidate
-from bench.stun import binding_request
-from bench.topo import CLIENT_IP, RELAY_PRIV_IP, TXR_IP, VIP, Lab, in_netns
-from voxrelay.token import mint, new_key
+from bench.topo import RELAY_PRIV_IP, TXR_IP, VIP, Lab, in_netns
 
 AF_INET = 2
 TRANSCEIVER_ACTIVE = 1
@@ -91,6 +87,7 @@ class VoxRelay(Candidate):
         self.bpf = bpfprog.compile_relay()
         configure(self.bpf, lb, self.token_key)
         fn = bpfprog.load_relay_fn(self.bpf)
+        self.prog_fd = fn.fd
         from bcc import BPF
 
         for ifname in (lb.r_pub, lb.r_priv):
@@ -101,63 +98,54 @@ class VoxRelay(Candidate):
     def stop(self) -> None:
         if hasattr(self, "bpf"):
             self.final_stats = stats(self.bpf)
-        super().stop()
+        super().stop()  # also frees this round's maps (each round compiles afresh)
+
+    def in_situ_cost(self, load: Any) -> float | None:
+        """Run ``load()`` with BPF_ENABLE_STATS on and return the relay
+        program's mean ns per run (public side: the load goes one way)."""
+        before = _prog_run_stats(self.prog_fd)
+        with _bpf_stats():
+            load()
+        after = _prog_run_stats(self.prog_fd)
+        runs = after[1] - before[1]
+        return (after[0] - before[0]) / runs if runs > 0 else None
 
 
-def _udp_frame(src_mac: str, dst_mac: str, src: tuple[str, int], dst: tuple[str, int],
-               payload: bytes) -> bytes:
-    """An Ethernet/IPv4/UDP frame with correct checksums."""
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
-
-    pkt = (Ether(src=src_mac, dst=dst_mac) / IP(src=src[0], dst=dst[0], flags="DF")
-           / UDP(sport=src[1], dport=dst[1]) / payload)
-    return bytes(pkt)
+SYS_BPF = 321            # x86_64
+BPF_ENABLE_STATS = 32    # uapi bpf.h enum bpf_cmd
+BPF_STATS_RUN_TIME = 0
 
 
-def prog_test_run_costs(lb: Lab, calls: int = 2000) -> dict[str, float]:
-    """Median ns per run of the relay program alone, via BPF_PROG_TEST_RUN.
+class _bpf_stats:
+    """Kernel run-time accounting of BPF programs while the returned fd is
+    open (BPF_ENABLE_STATS): closed, the accounting stops by itself, so a
+    crash cannot leave it on for the machine's other users."""
 
-    The program rewrites the packet in place and the kernel does not restore
-    it between repeats, so each case is N single runs of a fresh copy (the
-    kernel's own timing of each run; median over N). Cases:
-    - new flow: a STUN Binding Request with a valid token from a new port
-      (SipHash, port allocation, two inserts, fib lookup);
-    - known flow, cold next hop: the cached next hop is invalidated before
-      each run (nh_generation bumped), so every run calls bpf_fib_lookup;
-    - known flow, cached next hop: the common case of a media packet.
-    """
-    bpfprog = _need("orchestrator.bpfprog")
-    key = new_key()
-    bpf = bpfprog.compile_relay()
-    configure(bpf, lb, key)
-    fn = bpfprog.load_relay_fn(bpf)
-    token = mint(key, key_id=KEY_ID, transceiver_id=TXR_ID, port=xdp.LOAD_PORT)
-    smac, dmac = lb.mac[lb.c0], lb.mac[lb.r_pub]
-    ifx = lb.ifindex[lb.r_pub]
-    out: dict[str, float] = {}
-    with in_netns(lb.ns_relay):
-        def run(frame: bytes) -> tuple[int, int]:
-            r = bpfprog.prog_test_run(fn.fd, frame, 1, ingress_ifindex=ifx)
-            return r.retval, r.duration_ns
+    def __enter__(self) -> None:
+        import ctypes
+        import os
 
-        n = min(calls, 5000)
-        new = [run(_udp_frame(smac, dmac, (CLIENT_IP, 10000 + i), (VIP, RELAY_PORT),
-                              binding_request(token))) for i in range(n)]
-        media = _udp_frame(smac, dmac, (CLIENT_IP, 10000), (VIP, RELAY_PORT),
-                           bytes([0x80, 111]) + b"\xa5" * 198)
-        cached = [run(media) for _ in range(calls)]
-        cold = []
-        for i in range(calls):
-            configure(bpf, lb, key, nh_generation=2 + i)
-            cold.append(run(media))
-        st = stats(bpf)
-    for name, runs in (("new flow (STUN + token)", new),
-                       ("known flow, cold next hop (fib_lookup)", cold),
-                       ("known flow, cached next hop", cached)):
-        actions = {a for a, _ in runs}
-        if actions - {3, 4}:  # XDP_TX or XDP_REDIRECT
-            raise RuntimeError(f"PROG_TEST_RUN case {name!r} returned actions {actions}; "
-                               f"stats {st}")
-        out[name] = float(statistics.median(d for _, d in runs))
-    return out
+        libc = ctypes.CDLL(None, use_errno=True)
+        attr = (ctypes.c_uint32 * 4)(BPF_STATS_RUN_TIME, 0, 0, 0)
+        fd = libc.syscall(SYS_BPF, BPF_ENABLE_STATS, ctypes.byref(attr), ctypes.sizeof(attr))
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"BPF_ENABLE_STATS failed: {os.strerror(err)}")
+        self.fd = fd
+
+    def __exit__(self, *exc: object) -> None:
+        import os
+
+        os.close(self.fd)
+
+
+def _prog_run_stats(prog_fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a program, from its fd's fdinfo."""
+    import os
+
+    fields = {}
+    with open(f"/proc/{os.getpid()}/fdinfo/{prog_fd}") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            fields[k.strip()] = v.strip()
+    return int(fields.get("run_time_ns", 0)), int(fields.get("run_cnt", 0))

@@ -72,3 +72,42 @@ def sink_total(bpf: Any) -> int:
     """Packets counted by a loaded sink, summed over CPUs."""
     table = bpf["sink_count"]
     return int(sum(int(v) for v in table[table.Key(0)]))
+
+
+def load_gen(out_ifindex: int) -> Any:
+    from bcc import BPF
+
+    return BPF(src_file=str(XDP_DIR / "gen.c"), cflags=[f"-DOUT_IFINDEX={out_ifindex}"])
+
+
+def xdp_generate(gen: Any, frame: bytes, flows: int, sport_base: int, duration: float,
+                 cpu: int = 0) -> tuple[int, float]:
+    """Send ``frame`` (its source port replaced round-robin over ``flows``
+    ports from ``sport_base``) out of the generator's interface for about
+    ``duration`` s with BPF_PROG_TEST_RUN live frames, on ``cpu``. The
+    caller must be in the generator's namespace. Returns (frames, seconds)."""
+    import os
+    import time
+
+    from bcc import BPF
+
+    from orchestrator.bpfprog import prog_test_run
+
+    cfg_t = gen["gen_config"]
+    cfg = cfg_t.Leaf()
+    cfg.flows, cfg.sport_base = flows, sport_base
+    for i, b in enumerate(frame[:42]):
+        cfg.hdr[i] = b
+    cfg_t[cfg_t.Key(0)] = cfg
+    fd = gen.load_func("xdp_gen", BPF.XDP).fd
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        chunk, sent = 100_000, 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < duration:
+            prog_test_run(fd, frame, chunk, live_frames=True, batch_size=64)
+            sent += chunk
+        return sent, time.monotonic() - t0
+    finally:
+        os.sched_setaffinity(0, before)

@@ -36,14 +36,35 @@ RELAY_MAP("percpu_array", __u32, __u64, stats, STAT_MAX);
 
 
 /* Per-CPU room for what does not fit on the 512-byte BPF stack beside
- * everything else: the values a new flow inserts, the decoded token, and the
- * fib lookup parameters. Private to the program: never pinned, never read by
- * Python. */
+ * everything else: the values a new flow inserts, the decoded token, the
+ * fib lookup parameters, the base64 table, this CPU's cached clock
+ * (relay.c relay_now) and its recent next hops.
+ * Private to the program: never pinned, never read by Python. */
+/* A next hop this CPU resolved lately, by destination and ingress interface:
+ * new flows to a transceiver that already has calls, and cold flow entries
+ * after a generation bump, then skip bpf_fib_lookup (~300 ns here). Valid
+ * while nh.generation is the config's nh_generation, like a flow's own. */
+struct nh_cache_entry {
+	__be32 daddr;
+	__u32 ingress_ifindex;
+	struct next_hop nh;
+	__u32 pad;
+};
+
+#ifndef NH_CACHE_SLOTS
+#define NH_CACHE_SLOTS 16              /* direct-mapped by destination; a power of two */
+#endif
+
 struct relay_scratch {
 	struct flow flow;
 	struct reverse_flow reverse;
 	struct bpf_fib_lookup fib;
 	__u8 token[24];                  /* TOKEN_BYTES */
+	__u64 b64_table[32];             /* token.h B64_TABLE_WORDS, filled once per CPU */
+	__u64 b64_ready;                 /* B64_TABLE_READY once filled */
+	__u64 clock_jiffies;             /* relay_now(): the jiffy clock_ns was read in */
+	__u64 clock_ns;
+	struct nh_cache_entry nh_cache[NH_CACHE_SLOTS];
 };
 
 /* scratch[0]: per-CPU working memory of the packet in flight. XDP only. */

@@ -50,6 +50,32 @@ static __always_inline void count(__u32 stat)
 		*v += 1;
 }
 
+/* The relay's clock: CLOCK_MONOTONIC (what bpf_ktime_get_ns reads, and what
+ * Python's time.monotonic_ns reads) at tick resolution. Every time the
+ * program keeps (created, last seen, rate windows) is far coarser than a tick
+ * (LAST_SEEN_GRANULARITY_NS, flow_idle_ns, RATE_WINDOW_NS, token expiry in
+ * seconds).
+ *
+ * Why not call a clock helper per packet: on this kind of machine (AMD with
+ * the "Safe RET" SRSO mitigation) every helper call's return is expensive;
+ * bpf_ktime_get_ns cost ~60 ns of a cold ~200 ns known-flow packet and
+ * bpf_ktime_get_coarse_ns still ~20 ns of a hot ~110 ns one. bpf_jiffies64 is
+ * inlined by the verifier (a load), so each CPU keeps the coarse clock it read
+ * at the start of the current jiffy in its scratch and asks the helper again
+ * only when the jiffy changes: at most HZ calls per second per CPU. The value
+ * is the coarse clock of this tick, at worst a tick or two stale (when read
+ * while another CPU is between the jiffies and timekeeper updates). */
+static __always_inline __u64 relay_now(struct relay_scratch *s)
+{
+	__u64 j = bpf_jiffies64();
+
+	if (j != s->clock_jiffies) {
+		s->clock_ns = bpf_ktime_get_coarse_ns();
+		s->clock_jiffies = j;
+	}
+	return s->clock_ns;
+}
+
 /* Idle test that survives a last_seen written by another CPU a moment after
  * this CPU read the clock. idle_ns == 0 means flows never go idle. */
 static __always_inline int is_idle(__u64 last_seen, __u64 now, __u64 idle_ns)
@@ -100,7 +126,49 @@ static __always_inline void rewrite_udp4(struct iphdr *iph, struct udphdr *udp,
 	udp->dest = dport;
 }
 
-/* Set the MACs from the cached or looked-up next hop and send the (already
+/* Resolve the next hop of the (already rewritten) packet into `nh`: from this
+ * CPU's recent next hops, else bpf_fib_lookup. Returns 0, or the verdict's
+ * counter when the packet cannot be forwarded from here. */
+static __always_inline __u32 resolve_next_hop(struct xdp_md *ctx,
+					      const struct relay_config *cfg,
+					      struct relay_scratch *s, struct iphdr *iph,
+					      struct next_hop *nh)
+{
+	__u32 slot = (iph->daddr ^ (iph->daddr >> 16)) & (NH_CACHE_SLOTS - 1);
+	struct nh_cache_entry *ce = &s->nh_cache[slot];
+	struct bpf_fib_lookup *fib = &s->fib;
+	int rc;
+
+	if (ce->daddr == iph->daddr && ce->ingress_ifindex == ctx->ingress_ifindex &&
+	    ce->nh.ifindex && ce->nh.generation == cfg->nh_generation) {
+		*nh = ce->nh;
+		return 0;
+	}
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = AF_INET;
+	fib->tos = iph->tos;
+	fib->l4_protocol = IPPROTO_UDP;
+	fib->tot_len = bpf_ntohs(iph->tot_len);
+	fib->ipv4_src = iph->saddr;
+	fib->ipv4_dst = iph->daddr;
+	fib->ifindex = ctx->ingress_ifindex;
+
+	rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return STAT_PASS_NO_NEIGH;
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return STAT_DROP_FIB_FAIL;
+	nh->ifindex = fib->ifindex;
+	__builtin_memcpy(nh->smac, fib->smac, ETH_ALEN);
+	__builtin_memcpy(nh->dmac, fib->dmac, ETH_ALEN);
+	nh->generation = cfg->nh_generation;
+	ce->daddr = iph->daddr;
+	ce->ingress_ifindex = ctx->ingress_ifindex;
+	ce->nh = *nh;
+	return 0;
+}
+
+/* Set the MACs from the cached or resolved next hop and send the (already
  * rewritten) packet on its way. `ok` is the counter for a forwarded packet. */
 static __always_inline struct verdict send_to_next_hop(struct xdp_md *ctx,
 						       const struct relay_config *cfg,
@@ -109,27 +177,12 @@ static __always_inline struct verdict send_to_next_hop(struct xdp_md *ctx,
 						       struct next_hop *nh, __u32 ok)
 {
 	if (!nh->ifindex || nh->generation != cfg->nh_generation) {
-		struct bpf_fib_lookup *fib = &s->fib;
-		int rc;
+		__u32 stat = resolve_next_hop(ctx, cfg, s, iph, nh);
 
-		__builtin_memset(fib, 0, sizeof(*fib));
-		fib->family = AF_INET;
-		fib->tos = iph->tos;
-		fib->l4_protocol = IPPROTO_UDP;
-		fib->tot_len = bpf_ntohs(iph->tot_len);
-		fib->ipv4_src = iph->saddr;
-		fib->ipv4_dst = iph->daddr;
-		fib->ifindex = ctx->ingress_ifindex;
-
-		rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
-		if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-			return VERDICT(XDP_PASS, STAT_PASS_NO_NEIGH);
-		if (rc != BPF_FIB_LKUP_RET_SUCCESS)
-			return DROP(STAT_DROP_FIB_FAIL);
-		nh->ifindex = fib->ifindex;
-		__builtin_memcpy(nh->smac, fib->smac, ETH_ALEN);
-		__builtin_memcpy(nh->dmac, fib->dmac, ETH_ALEN);
-		nh->generation = cfg->nh_generation;
+		if (stat == STAT_PASS_NO_NEIGH)
+			return VERDICT(XDP_PASS, stat);
+		if (stat)
+			return DROP(stat);
 	}
 	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
@@ -292,7 +345,12 @@ static __always_inline struct verdict new_flow(struct xdp_md *ctx, const struct 
 
 	if ((void *)(u + TOKEN_CHARS + 1) > c->end)
 		return DROP(STAT_DROP_TRUNCATED);
-	if (u[TOKEN_CHARS] != ':' || token_b64_decode(u, raw) || token_parse(raw, &tok))
+	if (s->b64_ready != B64_TABLE_READY) {
+		b64_table_fill(s->b64_table);
+		s->b64_ready = B64_TABLE_READY;
+	}
+	if (u[TOKEN_CHARS] != ':' || token_b64_decode(u, raw, (const __u8 *)s->b64_table) ||
+	    token_parse(raw, &tok))
 		return DROP(STAT_DROP_TOKEN_MALFORMED);
 
 	__u32 key_id = tok.key_id;
@@ -361,6 +419,12 @@ static __always_inline struct verdict new_flow(struct xdp_md *ctx, const struct 
 	nf->token_mac = tok.mac;
 	nf->created_ns = now;
 	nf->last_seen_ns = now;
+	/* Rewrite and resolve first, so that the flow goes in with its next hop
+	 * (or none, when this packet cannot be forwarded yet): one map update and
+	 * no lookup after it. */
+	struct verdict v = forward_to_transceiver(ctx, cfg, s, eth, iph, udp, nf,
+						  STAT_FWD_NEW_FLOW);
+
 	flows.update(fk, nf);
 
 	if (cfg->max_flows_per_token) {
@@ -377,11 +441,7 @@ static __always_inline struct verdict new_flow(struct xdp_md *ctx, const struct 
 		}
 	}
 
-	struct flow *f = flows.lookup(fk);
-
-	if (!f)
-		f = nf;  /* evicted at once by a full LRU: still send this packet */
-	return forward_to_transceiver(ctx, cfg, s, eth, iph, udp, f, STAT_FWD_NEW_FLOW);
+	return v;
 }
 
 static __always_inline struct verdict public_side(struct xdp_md *ctx,
@@ -390,7 +450,7 @@ static __always_inline struct verdict public_side(struct xdp_md *ctx,
 						  struct udphdr *udp, struct cursor *c)
 {
 	struct flow_key fk = {};
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = relay_now(s);
 	__be16 stale_port = 0;
 	struct flow *f;
 
@@ -421,7 +481,7 @@ static __always_inline struct verdict private_side(struct xdp_md *ctx,
 		return DROP(STAT_DROP_NO_REVERSE);
 	if (iph->saddr != r->txr_addr.addr[0] || udp->source != r->txr_port)
 		return DROP(STAT_DROP_SPOOFED_SOURCE);
-	touch(&r->last_seen_ns, bpf_ktime_get_ns());
+	touch(&r->last_seen_ns, relay_now(s));
 	rewrite_udp4(iph, udp, cfg->public_addr.addr[0], r->client.addr.addr[0],
 		     cfg->public_port, r->client.port);
 	return send_to_next_hop(ctx, cfg, s, eth, iph, &r->nh, STAT_FWD_TO_CLIENT);

@@ -160,3 +160,37 @@ def test_turn_messages() -> None:
     assert response_ok(err, ALLOCATE, tid) is False
     with pytest.raises(ValueError, match="TURN response for another transaction"):
         response_ok(ok, ALLOCATE, b"\x03" * 12)
+
+
+def test_paired_cost_pairs_rounds_and_ratios() -> None:
+    res = _results()
+    # Round 3 of the baseline was slow (background load): pairing by round
+    # cancels it, where the cost of the medians would not.
+    res["throughput"]["gen_only"]["10000"] = [
+        {"sent": 4e5, "delivered": p} for p in (400e3, 400e3, 200e3)]
+    res["throughput"]["voxrelay"]["10000"] = [
+        {"sent": 4e5, "delivered": p} for p in (250e3, 250e3, 150e3)]
+    res["throughput"]["nftables"]["10000"] = [
+        {"sent": 4e5, "delivered": p} for p in (160e3, 160e3, 120e3)]
+    # per round: 4 - 2.5 = 1.5, 1.5, 6.667 - 5 = 1.667 -> median 1.5
+    assert report.paired_cost_us(res, "voxrelay", 10000) == pytest.approx(1.5)
+    # unpaired (different run counts): the cost of the medians
+    res["throughput"]["ceiling"]["10000"] = [{"sent": 4e5, "delivered": 300e3}]
+    assert report.paired_cost_us(res, "ceiling", 10000) == pytest.approx(1e6 / 300e3 - 2.5)
+    section = "\n".join(report.cost_ratio_section(res))
+    # nftables: 6.25 - 2.5 = 3.75 µs per round 1..2 -> 3.75 / 1.5 = 2.50x
+    assert "| nftables | " in section and "2.50x" in section
+
+
+def test_xdp_load_section_uses_its_own_runs() -> None:
+    res = _results()
+    assert report.xdp_load_section(res) == []  # no XDP-native runs: no section
+    res["throughput_xdp"] = {
+        "gen_only": {"10000": [{"sent": 2e6, "delivered": 2e6}]},
+        "voxrelay": {"10000": [{"sent": 1.6e6, "delivered": 1.6e6}]},
+        "nftables": {"10000": [{"sent": 4e5, "delivered": 4e5}]},
+    }
+    text = "\n".join(report.xdp_load_section(res))
+    # 1e6/1.6e6 - 1e6/2e6 = 0.125 µs; nftables 2.5 - 0.5 = 2.0 µs -> 16.00x
+    assert "0.125 µs" in text and "16.00x" in text
+    assert "| xdp | 1,600 k | n/a | 4.00x |" in text

@@ -99,6 +99,39 @@ def test_flow_uses_cached_next_hop_until_generation_changes(lab: RelayLab) -> No
     assert refreshed.next_hop.generation == generation + 1
 
 
+def test_new_flow_next_hop_follows_a_neighbour_change_after_a_bump(lab: RelayLab) -> None:
+    """The per-CPU next-hop cache (relay.c resolve_next_hop) lets a second new
+    flow to a transceiver skip the fib, but a generation bump (what the
+    orchestrator does on a neighbour change) makes new flows ask again."""
+    from pyroute2 import IPRoute
+
+    from tests.unit.relay_lab import TRANSCEIVERS
+
+    addr, mac, _ = TRANSCEIVERS[7]
+    moved_mac = "02:00:00:00:07:77"
+    lab.reset()
+    ctx = Context(lab)
+    open_flow(ctx, sport=1111)
+    first = lab.maps.flow(_client()[0], 1111)
+    assert first is not None and first.next_hop is not None
+    assert first.next_hop.dmac == mac
+    with IPRoute() as ipr:  # the lab's namespace: RelayLab entered it
+        idx = lab.ifindex["vpriv"]
+        ipr.neigh("replace", dst=str(addr), lladdr=moved_mac, ifindex=idx, state=0x80)
+        try:
+            lab.maps.bump_nh_generation()
+            open_flow(ctx, sport=2222)
+            second = lab.maps.flow(_client()[0], 2222)
+            assert second is not None and second.next_hop is not None
+            assert second.next_hop.dmac == moved_mac
+            # ...and the older flow's cached next hop is stale too: refreshed.
+            res = lab.run(bytes(to_relay(DTLS, sport=1111)))
+            assert res.stat == "STAT_FWD_TO_TRANSCEIVER"
+            assert res.data_out[:6] == bytes.fromhex(moved_mac.replace(":", ""))
+        finally:
+            ipr.neigh("replace", dst=str(addr), lladdr=mac, ifindex=idx, state=0x80)
+
+
 def test_two_way_exchange_keeps_one_flow(lab: RelayLab) -> None:
     """A call's first packets, both ways, through one flow and one port."""
     from tests.unit.packet_table import from_transceiver

@@ -107,3 +107,31 @@ def test_kernel_agrees_with_python(lab: RelayLab) -> None:
                     "STAT_DROP_TOKEN_EXPIRED"):
         assert seen.get(verdict, 0) >= 20, seen
 
+
+
+def test_every_byte_value_in_a_token(lab: RelayLab) -> None:
+    """The kernel's base64 table: each of the 256 byte values at one place of a
+    valid token is malformed unless it is in the alphabet (then the MAC or
+    the body no longer matches, or it is the original character)."""
+    lab.reset()
+    now = int(time.time())
+    ufrag = token.mint(KEY1, key_id=1, transceiver_id=7, port=50007, ttl=3600, now=now)
+    seen: dict[str, int] = {}
+    for pos in (0, 13, 31):
+        lab.maps.clear_flow_state()
+        for value in range(256):
+            raw = ufrag.encode()[:pos] + bytes([value]) + ufrag.encode()[pos + 1:]
+            if value < 128:
+                want = python_verdict(raw.decode("ascii"), now)
+            else:
+                want = "STAT_DROP_TOKEN_MALFORMED"
+            if chr(value) not in B64:
+                assert want == "STAT_DROP_TOKEN_MALFORMED", (pos, value, want)
+            pkt = to_relay(binding_request(raw + b":cLnT"), sport=20000 + pos * 256 + value)
+            res = lab.run(bytes(pkt))
+            assert res.stat == want, f"byte {value} at {pos}: kernel {res.stat}, python {want}"
+            seen[want] = seen.get(want, 0) + 1
+    assert seen["STAT_FWD_NEW_FLOW"] == 3, seen
+    # 192 non-alphabet bytes per place, plus a changed version byte at place 0
+    assert seen["STAT_DROP_TOKEN_MALFORMED"] == 3 * (256 - 64) + 63, seen
+    assert seen["STAT_DROP_TOKEN_BAD_MAC"] == 2 * 63, seen

@@ -1,0 +1,198 @@
+"""The relay program's own cost per packet, from BPF_PROG_TEST_RUN.
+
+    python -m bench.progcost [--runs N] [--json]
+
+Runs the packet table's lab (tests/unit/relay_lab.py: a private namespace
+with the relay loaded) and times each hot case as N single runs of a fresh
+copy of the packet (the kernel does not restore a rewritten packet between
+its own repeats, so a repeat-N run would take another path from the second
+copy on). Each single run's duration includes the kernel's timer read around
+it; the "floor" case (a one-instruction XDP program, same harness) measures
+that overhead, and ``net`` subtracts it. Medians, because the machine is
+shared. Needs root.
+
+Cases: a known flow both ways with a cached next hop (the media path), the
+same with a cold next hop (bpf_fib_lookup on every packet), and a new flow
+(STUN Binding Request with a valid token: SipHash, port allocation, inserts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from typing import Any
+
+STEADY = "known flow, both sides alternating, cached next hop, hot (kernel repeat)"
+CASES = (
+    "known flow, public side, cached next hop",
+    "known flow, private side (reply), cached next hop",
+    "known flow, public side, cold next hop (fib_lookup)",
+    "new flow (STUN + token)",
+    "floor: empty XDP program",
+)
+
+
+def _set_cycle(lab: Any, relay_port: int) -> bytes:
+    """Make a known flow whose rewrite feeds itself, and return its first packet.
+
+    The client is VIP:3478 and the transceiver is the relay's own private
+    address with port == relay port, so a client packet VIP:3478 -> VIP:3478
+    is rewritten to PRIVATE:rp -> PRIVATE:rp, which the private side takes as
+    the transceiver's reply and rewrites back to VIP:3478 -> VIP:3478. With
+    next hops cached in both entries, the kernel's own repeat then runs the
+    two hot paths alternately on one buffer: the program and its maps stay
+    in cache as under real load, and no per-run timer or syscall is counted.
+    """
+    import socket
+    import struct
+    import time
+
+    from tests.unit import packet_table as T
+    from tests.unit.relay_lab import PRIVATE, PUBLIC_PORT, VIP
+
+    cfg = lab.maps.read_config()
+    gen = cfg.nh_generation
+    now = time.monotonic_ns()
+    vip = struct.unpack("=I", socket.inet_aton(str(VIP)))[0]
+    priv = struct.unpack("=I", socket.inet_aton(str(PRIVATE)))[0]
+    be_rp = struct.unpack("=H", struct.pack(">H", relay_port))[0]
+    be_pub = struct.unpack("=H", struct.pack(">H", PUBLIC_PORT))[0]
+
+    def nh(h: Any) -> None:
+        h.ifindex = lab.ifindex["vpriv"]
+        for i in range(6):
+            h.smac[i], h.dmac[i] = 2, 4
+        h.generation = gen
+
+    flows = lab.bpf["flows"]
+    k = flows.Key()
+    k.addr.addr[0], k.port, k.family = vip, be_pub, 2
+    f = flows.Leaf()
+    f.txr_addr.addr[0], f.txr_port, f.relay_port = priv, be_rp, be_rp
+    f.transceiver_id, f.created_ns, f.last_seen_ns = 7, now, now
+    nh(f.nh)
+    flows[k] = f
+    rev = lab.bpf["reverse"]
+    rk = rev.Key()
+    rk.relay_port = be_rp
+    r = rev.Leaf()
+    r.client.addr.addr[0], r.client.port, r.client.family = vip, be_pub, 2
+    r.txr_addr.addr[0], r.txr_port, r.transceiver_id, r.last_seen_ns = priv, be_rp, 7, now
+    nh(r.nh)
+    rev[rk] = r
+    media = bytes.fromhex("8078") + bytes(198)
+    return bytes(T.to_relay(media, src=VIP, sport=PUBLIC_PORT))
+
+
+def steady(repeat: int = 200_000, rounds: int = 7, check: bool = True) -> float:
+    """Median over ``rounds`` of the kernel's mean ns per packet (see _set_cycle)."""
+    from tests.unit.relay_lab import RelayLab
+
+    with RelayLab() as lab:
+        pkt = _set_cycle(lab, 40500)
+        res = []
+        for _ in range(rounds):
+            before = lab.maps.stats()
+            r = lab.run_raw(pkt, "vpub", repeat=repeat)
+            after = lab.maps.stats()
+            moved = {n: after[n] - before[n] for n in after if after[n] != before[n]}
+            want = {"STAT_RX_TOTAL": repeat, "STAT_FWD_TO_TRANSCEIVER": (repeat + 1) // 2,
+                    "STAT_FWD_TO_CLIENT": repeat // 2}
+            if check and moved != want:
+                raise RuntimeError(f"steady cycle broke: counters moved {moved}")
+            res.append(r.duration_ns)
+    return float(statistics.median(res))
+
+
+def _noop_fd() -> tuple[Any, int]:
+    from bcc import BPF
+
+    b = BPF(text=b"int xdp_noop(struct xdp_md *ctx) { return XDP_PASS; }")
+    return b, b.load_func(b"xdp_noop", BPF.XDP).fd
+
+
+def measure(runs: int = 3000) -> dict[str, dict[str, float]]:
+    """Median and p10 ns per case (``net`` = median minus the floor's median)."""
+    from orchestrator import bpfprog
+    from tests.unit import packet_table as T
+    from tests.unit.relay_lab import RelayLab
+
+    samples: dict[str, list[int]] = {}
+    # The relay's default map sizes (consts.h), as deployed: an LRU update's
+    # cost depends on them.
+    with RelayLab(limits={"MAX_FLOWS": 131072}) as lab:
+        ctx = T.Context(lab)
+        relay_port = T.open_flow(ctx)
+        media = bytes.fromhex("8078") + bytes(198)  # ~an Opus RTP packet
+        pub = bytes(T.to_relay(media))
+        priv = bytes(T.from_transceiver(media, relay_port))
+
+        def timed(data: bytes, ingress: str, want: set[int]) -> int:
+            r = lab.run_raw(data, ingress)
+            if r.retval not in want:
+                raise RuntimeError(f"unexpected XDP action {r.retval}; stats {lab.maps.stats()}")
+            return r.duration_ns
+
+        fwd = {bpfprog.XDP_REDIRECT, bpfprog.XDP_TX}
+        for _ in range(50):  # warm up: caches, next hops
+            timed(pub, "vpub", fwd)
+            timed(priv, "vpriv", fwd)
+        samples[CASES[0]] = [timed(pub, "vpub", fwd) for _ in range(runs)]
+        samples[CASES[1]] = [timed(priv, "vpriv", fwd) for _ in range(runs)]
+        cold = []
+        for _ in range(runs):
+            lab.maps.bump_nh_generation()
+            cold.append(timed(pub, "vpub", fwd))
+        samples[CASES[2]] = cold
+        # New flows: one fresh client port each, in batches of 100 that leave
+        # the lab's 1,000-port relay range 90% free, so that the 8 hashed
+        # probes practically never all collide (PORT_EXHAUSTED).
+        frames = [bytes(T.to_relay(T.binding_request(T.username(T.mint())), sport=2000 + i))
+                  for i in range(100)]
+        new: list[int] = []
+        while len(new) < runs:
+            lab.maps.clear_flow_state()
+            new += [timed(f, "vpub", fwd) for f in frames]
+        samples[CASES[3]] = new
+        noop, fd = _noop_fd()
+        try:
+            samples[CASES[4]] = [bpfprog.prog_test_run(fd, pub, 1).duration_ns
+                                 for _ in range(runs)]
+        finally:
+            noop.cleanup()
+    floor = statistics.median(samples[CASES[4]])
+    out = {STEADY: {"median": steady(), "p10": 0.0, "net": 0.0}}
+    for name, xs in samples.items():
+        med = statistics.median(xs)
+        p10 = statistics.quantiles(xs, n=10)[0]
+        out[name] = {"median": med, "p10": p10, "net": max(med - floor, 0.0)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3000)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--steady-only", action="store_true",
+                    help="only the hot steady state, counters unchecked (for experiments)")
+    args = ap.parse_args(argv)
+    if args.steady_only:
+        print(f"{STEADY}: {steady(check=False):.0f} ns per packet")
+        return 0
+    res = measure(args.runs)
+    if args.json:
+        print(json.dumps(res, indent=1))
+    else:
+        for name, r in res.items():
+            if name == STEADY:
+                print(f"{name}: {r['median']:.0f} ns per packet")
+                continue
+            print(f"{name:55s} median {r['median']:6.0f} ns  p10 {r['p10']:6.0f} ns  "
+                  f"net {r['net']:6.0f} ns")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
