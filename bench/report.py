@@ -198,26 +198,6 @@ def xdp_load_section(res: dict[str, Any]) -> list[str]:
     return parts
 
 
-def call_setup_section(res: dict[str, Any]) -> list[str]:
-    cs = res.get("call_setup") or {}
-    parts = ["## Call setup through the relay", ""]
-    if not cs:
-        note = res.get("notes", {}).get("call_setup", "not measured in this run")
-        return parts + [note, ""]
-    rows = [[label, _fmt(cs[k]["p50"], 1), _fmt(cs[k]["p95"], 1)]
-            for k, label in (("connected_ms", "POST offer → ICE+DTLS connected"),
-                             ("first_audio_ms", "POST offer → first audio at the client"))]
-    return parts + [
-        (f"{cs['calls']} calls one after another from the client namespace "
-        "(transceiver.client.CallClient, aiortc) through one XDP relay to the lab's "
-        "transceiver and model (voxrelay.lab, bench/callsetup.py). The direct path is not "
-        "measured: the lab has no route from the client to the transceiver, on purpose."),
-        "",
-        md_table(["step", "p50 ms", "p95 ms"], rows),
-        "",
-    ]
-
-
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -370,7 +350,6 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
     if "latency" in figures:
         parts += [f"![latency percentiles]({figures['latency']})", ""]
 
-    parts += call_setup_section(res)
     parts += ["## What limits each figure", ""]
     for cand in res["order"]:
         text = res.get("limits", {}).get(cand)
@@ -384,10 +363,13 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
         parts += ["", "## Voice model: ASR word error rate", "",
                   "From `python bench/asr_wer.py --markdown` (run by `make bench`).", "",
                   res["asr_wer_md"]]
-    parts += ["", "## Control plane", "",
-              ("The control-plane bench (announce → routable latency, flow map capacity) is "
-               "`python -m bench.bench_sync`, run on its own; its latest results are in "
-               "[bench/results/sync.md](bench/results/sync.md).")]
+    for key, title, module in (("voice_md", "Voice path: call setup, capacity, overhead",
+                                "bench.voice"),
+                               ("sync_md", "Control plane: announce → routable, flow map",
+                                "bench.bench_sync")):
+        if res.get(key):
+            parts += ["", f"<!-- {title}: `python -m {module} --markdown`, run by make bench -->",
+                      "", res[key]]
     parts.append("")
     return "\n".join(parts)
 

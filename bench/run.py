@@ -126,7 +126,7 @@ class Bench:
         self.res: dict[str, Any] = {
             "flows": args.flows, "runs": args.runs, "duration": args.duration,
             "payload": C.PAYLOAD, "throughput": {}, "user_cpu": {}, "latency": {},
-            "prog_test_run": {}, "in_situ": {}, "call_setup": {}, "throughput_xdp": {},
+            "prog_test_run": {}, "in_situ": {}, "throughput_xdp": {},
             "labels": LABELS, "order": ORDER, "notes": {},
             "limits": {},
         }
@@ -275,26 +275,6 @@ class Bench:
         log(f"  {cand.key:18s} in-situ program cost: "
             + ", ".join(f"{k} {v:.0f} ns" for k, v in out.items()))
 
-    # -- call setup through the relay (the whole voice stack) -------------------
-    def call_setup(self, calls: int) -> None:
-        import asyncio
-
-        from bench import callsetup
-
-        if self.over_budget():
-            self.res["notes"]["call_setup"] = "skipped: time budget ran out"
-            return
-        log(f"call setup: {calls} calls through the relay (voxrelay.lab)")
-        try:
-            self.res["call_setup"] = asyncio.run(
-                asyncio.wait_for(callsetup.measure(calls), timeout=240))
-            cs = self.res["call_setup"]
-            log(f"  connected p50 {cs['connected_ms']['p50']:.0f} ms, first audio p50 "
-                f"{cs['first_audio_ms']['p50']:.0f} ms")
-        except Exception as exc:  # noqa: BLE001 -- reported in BENCHMARKS.md
-            self.res["notes"]["call_setup"] = f"failed: {exc}".replace("\n", " ")[:600]
-            log(f"  call setup FAILED: {exc}")
-
     # -- one candidate ---------------------------------------------------------
     def candidate(self, cand: C.Candidate, threaded: bool = False, *, runs: int | None = None,
                   latency: bool = True) -> None:
@@ -359,14 +339,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-xdp-gen", action="store_true",
                     help="skip the XDP-native (live frames) load runs")
     ap.add_argument("--calls", type=int, default=20,
-                    help="calls for the call-setup figure (0: skip; skipped with --only)")
+                    help="calls per path for bench.voice's call-setup figure (skipped with --only)")
     ap.add_argument("--quick", action="store_true", help="1 run of 1 s, 1000 pings: a smoke test")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--budget", type=float, default=BUDGET_S)
     ap.add_argument("--shared", action="store_true",
                     help="say in the report that the machine was shared")
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite BENCHMARKS.md and the plots from bench/results/results.json")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    if args.render_only:
+        saved = RESULTS / "results.json"
+        if not saved.exists():
+            print(f"bench: no {saved}; run the benchmarks first", file=sys.stderr)
+            return 1
+        _write(json.loads(saved.read_text()), args.out)
+        log(f"wrote {args.out} from {saved}")
+        return 0
     args.flows = [int(x) for x in args.flows.split(",") if x]
     if args.quick:
         args.runs, args.duration, args.pings, args.calls = 1, 1.0, 1000, 3
@@ -375,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     only = set(args.only.split(",")) if args.only else None
 
+    t_start = time.monotonic()
     work = C.workdir()
     log(f"building tools in {work}")
     exe = tools.build(work / "bin")
@@ -413,8 +404,6 @@ def main(argv: list[str] | None = None) -> int:
                         bench.res["notes"][cand.key] = "skipped: time budget ran out"
                         continue
                     bench.candidate(cand, threaded)
-                if args.calls and only is None:
-                    bench.call_setup(args.calls)
             finally:
                 bench.base.detach_all()
             res = bench.res
@@ -423,6 +412,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if only is None:
         res["asr_wer_md"] = _asr_wer()
+        # The voice stack and control plane run after the relay lab is gone,
+        # each in its own lab, each bounded; their sections go into BENCHMARKS.md.
+        res["voice_md"] = _section("bench.voice", "call setup, transceiver capacity, "
+                                   "voice path overhead", 300,
+                                   ["--setup-calls", str(args.calls)])
+        res["sync_md"] = _section("bench.bench_sync", "announce -> routable latency, "
+                                  "flow map capacity", 120, [])
+    _write(res, args.out)
+    log(f"wrote {args.out} in {time.monotonic() - t_start:.0f} s")
+    return 0
+
+
+def _write(res: dict[str, Any], out: str) -> None:
+    """results.json, the plots (copied to docs/bench/) and BENCHMARKS.md."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "results.json").write_text(json.dumps(res, indent=1))
     figs = report.plot(res, RESULTS)
@@ -430,11 +433,24 @@ def main(argv: list[str] | None = None) -> int:
     rel = {}
     for name, path in figs.items():
         shutil.copy(path, FIG_DIR / path.name)
-        rel[name] = os.path.relpath(FIG_DIR / path.name, Path(args.out).resolve().parent)
-    Path(args.out).write_text(report.render(res, rel))
-    log(f"wrote {args.out} and {', '.join(str(p) for p in figs.values())} "
-        f"in {time.monotonic() - bench.t_start:.0f} s")
-    return 0
+        rel[name] = os.path.relpath(FIG_DIR / path.name, Path(out).resolve().parent)
+    Path(out).write_text(report.render(res, rel))
+
+
+def _section(module: str, what: str, timeout: float, extra: list[str]) -> str:
+    """``python -m <module> --markdown``: a bench of its own, bounded; its markdown section."""
+    log(f"{what} ({module})")
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", module, "--markdown", *extra],
+            capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+    except subprocess.TimeoutExpired:
+        return f"not measured: {module} took more than {timeout:.0f} s"
+    if out.returncode != 0:
+        return f"not measured: {module} failed: {out.stderr.strip()[-400:]}"
+    return out.stdout.strip()
 
 
 def _asr_wer() -> str:
