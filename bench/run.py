@@ -112,10 +112,11 @@ def environment(shared: bool) -> dict[str, Any]:
         "cpu": cpu,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "loadavg": " ".join(load),
+        "shared": shared,
         "shared_note": (
-            "The machine was SHARED during this run: 2-3 other development agents were "
-            "building and testing on the same 2 cores (load average above), so absolute "
-            "numbers are noisy; read the paired costs and the ratios." if shared
+            "The machine was SHARED during this run: other work ran on the same 2 cores "
+            "(load average above, or --shared), so absolute numbers are noisy; read the "
+            "paired costs and the ratios." if shared
             else "The machine was otherwise idle."
         ),
     }
@@ -418,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         # each in its own lab, each bounded; their sections go into BENCHMARKS.md.
         res["voice_md"] = _section("bench.voice", "call setup, transceiver capacity, "
                                    "voice path overhead", _left(t_start, 200),
-                                   ["--setup-calls", str(args.calls)])
+                                   ["--setup-calls", str(args.calls)]
+                                   + (["--shared"] if res["env"].get("shared") else []))
         res["sync_md"] = _section("bench.bench_sync", "announce -> routable latency, "
                                   "flow map capacity", _left(t_start, 60), [])
     _write(res, args.out)

@@ -246,8 +246,9 @@ def render_markdown(res: VoiceResults) -> str:
     env = res.env
     if env:
         lines.append(f"Kernel {env.get('kernel', '?')}, {env.get('cores', '?')} cores, "
-                     f"XDP {env.get('xdp_mode', '?')}; one lab session, {res.elapsed_s:.0f} s in all. "
-                     "The machine was shared with other benchmarks while this ran: absolute numbers are noisy.")
+                     f"XDP {env.get('xdp_mode', '?')}; one lab session, {res.elapsed_s:.0f} s in all."
+                     + (" The machine was shared with other work while this ran: absolute numbers "
+                        "are noisy." if env.get("shared") else ""))
         lines.append("")
 
     lines += ["### Call setup (client clock, ms from POST offer sent)", "",
@@ -677,9 +678,9 @@ async def _direct_path(lab: Any) -> Any:
             _ip("-n", lab.client_ns, "link", "del", client_if)
 
 
-def _env(xdp_mode: str) -> dict[str, Any]:
+def _env(xdp_mode: str, shared: bool = False) -> dict[str, Any]:
     return {"kernel": os.uname().release, "cores": os.cpu_count(), "xdp_mode": xdp_mode,
-            "python": sys.version.split()[0]}
+            "python": sys.version.split()[0], "shared": shared}
 
 
 async def _capacity_steps(lab: Any, res: VoiceResults, url: str, steps: Sequence[int], window: float,
@@ -704,12 +705,12 @@ async def _capacity_steps(lab: Any, res: VoiceResults, url: str, steps: Sequence
 
 
 async def run_bench(setup_calls: int, steps: Sequence[int], window: float, turns: int,
-                    timeout: float, xdp_mode: str, log: Any) -> VoiceResults:
+                    timeout: float, xdp_mode: str, log: Any, shared: bool = False) -> VoiceResults:
     from voxrelay.demo import speak
     from voxrelay.lab import LabOptions, PrintProgress, start_lab
 
     started = time.monotonic()
-    res = VoiceResults(env=_env(xdp_mode))
+    res = VoiceResults(env=_env(xdp_mode, shared))
     progress = PrintProgress()
     import tempfile
 
@@ -751,10 +752,11 @@ async def run_bench(setup_calls: int, steps: Sequence[int], window: float, turns
 
 def limits_notes(res: VoiceResults) -> list[str]:
     """What bounds each figure (text for the report; depends only on the results)."""
+    shared = bool(res.env.get("shared"))
     notes = [
-        ("Shared machine: 2 cores, shared during this run with another benchmark (helper \"perf\") "
-        "and other helpers' work; the client, the relay's softirq, the transceiver and the model "
-        "all run on the same 2 cores. Quote medians and the relay/direct difference, not absolutes."),
+        ("2 cores: the client, the relay's softirq, the transceiver and the model all run on "
+        "them" + (", and other work shared them during this run" if shared else "")
+        + ". Quote medians and the relay/direct difference, not absolutes."),
         ("Call setup is dominated by Python: aiortc's DTLS handshake and ICE pacing on both ends. "
         "Through the relay, the POST also crosses the lab's signaling front (a Python TCP proxy "
         "standing in for a load balancer), and ICE uses the relay candidate; direct, the second "
@@ -769,7 +771,7 @@ def limits_notes(res: VoiceResults) -> list[str]:
         "relay's own cost (tens of µs per packet) is far below this run-to-run noise."),
         ("Capacity: on time is judged on the transceiver's own RTP send times (kernel "
         "timestamps on its interface), so the clients' delays do not count against it; but the "
-        "clients (this process), the model and the other benchmark share its 2 cores, and a "
+        "clients (this process) and the model share its 2 cores, and a "
         "transceiver that waits for a CPU sends late. A late step is run a second time and the "
         "better run kept, since one burst from another process can spoil a 6 s window; the sweep "
         "stops at the first step late on both runs. Calls per "
@@ -785,8 +787,8 @@ def limits_notes(res: VoiceResults) -> list[str]:
         notes.append(
             f"At {late.calls} calls, the first late step, the transceiver used {100 * late.transceiver_cpu:.0f}% "
             f"of a core while its threads waited {late.transceiver_runq:.2f} s per second for a CPU: "
-            "the two shared cores were full (the clients in this process, the other benchmark, the "
-            "model), so the late frames say when this machine ran out, not the transceiver alone. "
+            "the two cores were full (the clients in this process, the model"
+            + (", other work on the machine" if shared else "") + "), so the late frames say when this machine ran out, not the transceiver alone. "
             "Calls per core (N / CPU share at the largest on-time step) is the estimate for a "
             "transceiver with a core of its own.")
     return notes
@@ -806,6 +808,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--markdown", action="store_true", help="print the markdown section on stdout")
     p.add_argument("--json", action="store_true", help="print the raw results as JSON on stdout")
+    p.add_argument("--shared", action="store_true",
+                   help="say in the report that other work shared the machine during the run")
     args = p.parse_args(argv)
     try:
         steps = [int(s) for s in args.capacity_steps.split(",") if s.strip()]
@@ -822,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     from voxrelay.demo import _run
 
     res = _run(run_bench(args.setup_calls, steps, args.capacity_seconds, args.turns,
-                         args.timeout, args.xdp_mode, log))
+                         args.timeout, args.xdp_mode, log, args.shared))
     text = render_markdown(res)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
