@@ -15,13 +15,13 @@ import os
 import re
 import socket
 import struct
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from udp import UdpResponder
 
 from orchestrator import loader, netlink
 from voxrelay import token
@@ -73,46 +73,13 @@ def stun_binding_request(ufrag: str, remote: str = "cli1", txid: bytes | None = 
 
 
 @dataclass
-class EchoServer:
-    """A UDP echo server on a thread, with a socket made inside the transceiver's namespace."""
-
-    sock: socket.socket
-    received: list[tuple[bytes, tuple[str, int]]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self.sock.settimeout(0.2)
-
-        def run() -> None:
-            while not self.stop.is_set():
-                try:
-                    data, peer = self.sock.recvfrom(4096)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                self.received.append((data, peer))
-                self.sock.sendto(data, peer)
-
-        self.thread = threading.Thread(target=run, name="echo", daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join(timeout=5)
-        self.sock.close()
-
-
-@dataclass
 class RelayLab:
     """A lab with the relay loaded, a key and a transceiver in its maps, and an echo server."""
 
     lab: Lab
     maps: Any
     key: bytes
-    echo: EchoServer
+    echo: UdpResponder
 
     TRANSCEIVER_ID = TRANSCEIVER_ID
     KEY_ID = KEY_ID
@@ -147,8 +114,7 @@ def relay_lab() -> Iterator[RelayLab]:
         maps.set_transceiver(TRANSCEIVER_ID, lab.transceiver_lan.address)
         sock = lab.socket(lab.transceiver)
         sock.bind((lab.transceiver_lan.address, ECHO_PORT))
-        echo = EchoServer(sock)
-        echo.start()
+        echo = UdpResponder(sock)
         try:
             yield RelayLab(lab, maps, key, echo)
         finally:

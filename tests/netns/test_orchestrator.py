@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from udp import UdpResponder
 
 from orchestrator.directory.records import parse_keyring
 from orchestrator.probe import build_answer
@@ -42,38 +43,6 @@ def free_port() -> int:
 
 def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-
-
-class UdpResponder:
-    """A thread answering datagrams on a socket made in the transceiver's namespace:
-    echo (the call) or STUN binding answers (the probe responder)."""
-
-    def __init__(self, sock: socket.socket, answer: Any) -> None:
-        self.sock = sock
-        self.answer = answer
-        self.count = 0
-        self.stop = threading.Event()
-        sock.settimeout(0.2)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            reply = self.answer(data, peer)
-            if reply is not None:
-                self.count += 1
-                self.sock.sendto(reply, peer)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.sock.close()
 
 
 class Orchestrator:
@@ -156,7 +125,7 @@ def chain(tmp_path_factory) -> Iterator[dict[str, Any]]:
             orch.announce(txr_addr)
             echo_sock = lab.socket(lab.transceiver)
             echo_sock.bind((txr_addr, ECHO_PORT))
-            responders.append(UdpResponder(echo_sock, lambda data, peer: data))
+            responders.append(UdpResponder(echo_sock))
             probe_sock = lab.socket(lab.transceiver)
             probe_sock.bind((txr_addr, PROBE_PORT))
             prober = UdpResponder(probe_sock, build_answer)
