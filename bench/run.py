@@ -414,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     if only is None:
-        res["asr_wer_md"] = _asr_wer(_left(t_start, 120))
+        res["asr_wer_md"] = _section("bench.asr_wer", "ASR word error rate",
+                                     _left(t_start, 120), [])
         # The voice stack and control plane run after the relay lab is gone,
         # each in its own lab, each bounded; their sections go into BENCHMARKS.md.
         res["voice_md"] = _section("bench.voice", "call setup, transceiver capacity, "
@@ -459,22 +460,6 @@ def _section(module: str, what: str, timeout: float, extra: list[str]) -> str:
         return f"not measured: {module} took more than {timeout:.0f} s"
     if out.returncode != 0:
         return f"not measured: {module} failed: {out.stderr.strip()[-400:]}"
-    return out.stdout.strip()
-
-
-def _asr_wer(timeout: float) -> str:
-    """bench/asr_wer.py --markdown (the voice model's ASR word error rate), bounded."""
-    log("ASR word error rate (bench/asr_wer.py)")
-    try:
-        out = subprocess.run(
-            [sys.executable, str(ROOT / "bench" / "asr_wer.py"), "--markdown"],
-            capture_output=True, text=True, timeout=timeout, check=False,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        )
-    except subprocess.TimeoutExpired:
-        return f"not measured: bench/asr_wer.py took more than {timeout:.0f} s"
-    if out.returncode != 0:
-        return f"not measured: bench/asr_wer.py failed: {out.stderr.strip()[-300:]}"
     return out.stdout.strip()
 
 
