@@ -136,25 +136,12 @@ def print_result(result: CallResult) -> None:
         click.echo(f"\n  reply audio: {result.reply_wav} ({secs:.1f} s)")
 
 
-def _relay_udp_in(lab: object, netns: str) -> int:
-    """Udp InDatagrams of the relay namespace's own stack (XDP-forwarded packets never count here)."""
-    from orchestrator.netlink import run_in_netns
-
-    def read() -> int:
-        for header, values in zip(*[iter(Path("/proc/thread-self/net/snmp").read_text().splitlines())] * 2):
-            if header.startswith("Udp:"):
-                names, numbers = header.split()[1:], values.split()[1:]
-                return int(dict(zip(names, numbers))["InDatagrams"])
-        return 0
-
-    return int(run_in_netns(netns, read))
-
-
 async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str) -> CallResult:
     """Build the lab, place one call from the client namespace, measure it, tear down."""
     from transceiver.client import read_wav_pcm
     from voxrelay.call import TimedCallClient, icmp_rtt_in, speak_turn
     from voxrelay.lab import LabOptions, PrintProgress, start_lab
+    from voxrelay.topology import Lab as Topology
 
     pcm = read_wav_pcm(wav)
     progress = PrintProgress()
@@ -170,12 +157,19 @@ async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str) -> CallR
         with progress.step("measuring client <-> relay and relay <-> transceiver RTT"):
             client_rtt = await icmp_rtt_in(lab.client_ns, relay.public_address)
             relay_rtt = await icmp_rtt_in(relay.netns, lab.transceiver_address)
+        topo = lab.topology
+        assert isinstance(topo, Topology)
+
+        def relay_udp_in() -> int:
+            """The relay's own stack's Udp InDatagrams: XDP-forwarded packets never count here."""
+            return topo.snmp(relay.netns)["Udp"]["InDatagrams"]
+
         before = lab.relay_stats(0)
-        udp_before = _relay_udp_in(lab, relay.netns)
+        udp_before = relay_udp_in()
         with progress.step("calling through the relay and speaking"):
             turn, reply_pcm, events = await asyncio.wait_for(lab.client_call(call), timeout + 10)
         after = lab.relay_stats(0)
-        stack_udp = _relay_udp_in(lab, relay.netns) - udp_before
+        stack_udp = relay_udp_in() - udp_before
         counters = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
     from voxrelay.call import Turn
 
