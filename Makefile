@@ -22,8 +22,8 @@ bench: setup
 	$(PY) -m bench.run $(ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check voxrelay orchestrator transceiver tests bench
-	$(VENV)/bin/mypy voxrelay orchestrator transceiver
+	$(VENV)/bin/ruff check voxrelay orchestrator transceiver lab tests bench
+	$(VENV)/bin/mypy voxrelay orchestrator transceiver lab
 
 clean:
 	rm -rf $(VENV) build *.egg-info

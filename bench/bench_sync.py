@@ -123,11 +123,11 @@ def redis_server(workdir: Path) -> Iterator[str]:
 
 async def _announce_latencies(backend: str, kernel: Any, view: Any, samples: int,
                               redis_url: str | None, poll: float) -> list[float]:
-    from orchestrator.directory import Directory, TransceiverRecord, connect
-    from orchestrator.directory.http import make_app
-    from orchestrator.directory.memory import MemoryDirectory
     from orchestrator.service import _serve
     from orchestrator.sync import Syncer
+    from voxrelay.directory import Directory, TransceiverRecord, connect
+    from voxrelay.directory.http import make_app
+    from voxrelay.directory.memory import MemoryDirectory
 
     runner = None
     if backend == "embedded":

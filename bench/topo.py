@@ -9,7 +9,7 @@ Three namespaces and two veth pairs::
 Addresses are fixed (the namespaces are private); names carry a random
 suffix so that parallel runs never collide. Neighbours are permanent, so ARP
 never shows up in a measurement, and the relay namespace forwards (for the
-nftables and ip_forward paths). voxrelay/topology.py (helper "host") builds
+nftables and ip_forward paths). lab/topology.py (helper "host") builds
 the product's lab; this one stays in bench/ so the bench does not depend on
 its shape, and every candidate runs on exactly this topology.
 """

@@ -1,7 +1,7 @@
 """Control- and media-plane benchmarks: call setup, transceiver capacity, voice path overhead.
 
 ``python -m bench.voice [--markdown] [--json]`` builds the demo's lab
-(``voxrelay.lab``: client, relay, transceiver and model namespaces, the XDP
+(``lab.stack``: client, relay, transceiver and model namespaces, the XDP
 relay in native mode) once and measures, in one session:
 
 1. **Call setup**, through the relay and direct: POST offer -> ICE connected ->
@@ -461,8 +461,8 @@ def _bench_client_class():  # type: ignore[no-untyped-def]
     from aiortc import RTCSessionDescription
     from aiortc.mediastreams import MediaStreamError
 
-    from transceiver.client import CallFailed
-    from voxrelay.call import AUDIBLE_RMS, TimedCallClient, chunk_rms
+    from lab.call import AUDIBLE_RMS, TimedCallClient, chunk_rms
+    from lab.client import CallFailed
 
     class BenchClient(TimedCallClient):
         light: bool = False
@@ -532,7 +532,7 @@ def _bench_client_class():  # type: ignore[no-untyped-def]
 
 async def _setup_calls(url: str, count: int, timeout: float) -> tuple[list[SetupSample], list[str]]:
     """``count`` sequential calls, each torn down before the next (runs in the client namespace)."""
-    from transceiver.client import CallFailed
+    from lab.client import CallFailed
 
     client_cls = _bench_client_class()
     samples: list[SetupSample] = []
@@ -613,7 +613,7 @@ async def _capacity_step(url: str, calls: int, window: float, timeout: float,
 
 
 async def _turns(url: str, pcm: bytes, count: int, timeout: float) -> list[TurnSample]:
-    from voxrelay.call import speak_turn
+    from lab.call import speak_turn
 
     client_cls = _bench_client_class()
     out: list[TurnSample] = []
@@ -636,7 +636,7 @@ def _ip(*args: str) -> None:
 async def _direct_path(lab: Any) -> Any:
     """A veth from the client namespace into the transceiver namespace and a
     second transceiver there advertising its own address; yields its URL."""
-    from voxrelay.lab import MODEL_PORT, _write_toml, python_argv, source_root, tcp_open
+    from lab.stack import MODEL_PORT, _write_toml, python_argv, source_root, tcp_open
 
     suffix = f"{random.randrange(16**5):05x}"
     net = f"10.254.{random.randrange(1, 250)}"
@@ -706,8 +706,8 @@ async def _capacity_steps(lab: Any, res: VoiceResults, url: str, steps: Sequence
 
 async def run_bench(setup_calls: int, steps: Sequence[int], window: float, turns: int,
                     timeout: float, xdp_mode: str, log: Any, shared: bool = False) -> VoiceResults:
-    from voxrelay.demo import speak
-    from voxrelay.lab import LabOptions, PrintProgress, start_lab
+    from lab.demo import speak
+    from lab.stack import LabOptions, PrintProgress, start_lab
 
     started = time.monotonic()
     res = VoiceResults(env=_env(xdp_mode, shared))
@@ -715,7 +715,7 @@ async def run_bench(setup_calls: int, steps: Sequence[int], window: float, turns
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="voxrelay-bench-voice-") as tmp:
-        from transceiver.client import read_wav_pcm
+        from lab.client import read_wav_pcm
 
         pcm = read_wav_pcm(speak("what is the weather like today", Path(tmp) / "speech.wav"))
         async with start_lab(LabOptions(xdp_mode=xdp_mode, relays=1), progress) as lab:
@@ -823,7 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    from voxrelay.demo import _run
+    from lab.demo import _run
 
     res = _run(run_bench(args.setup_calls, steps, args.capacity_seconds, args.turns,
                          args.timeout, args.xdp_mode, log, args.shared))

@@ -1,6 +1,6 @@
 """The orchestrator's commands: a thin click layer over the typed library.
 
-Mounted by voxrelay/cli.py (COMMANDS). Every command prints a table (or one
+Mounted by voxrelay/cli.py through the voxrelay.commands entry points. Every command prints a table (or one
 line) by default and JSON with ``--json``; every expected failure (not root,
 bcc missing, relay not loaded, directory unreachable, a bad token) is one
 line on stderr and a non-zero exit, never a traceback.
@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 
 import click
 
-from orchestrator.directory import Directory, DirectoryUnavailable, UnknownTransceiver, connect
 from orchestrator.relay_view import FlowEntry, RelayUnavailable, RelayView, open_relay
 from orchestrator.sync import keyring_from_map
 from voxrelay import token as tk
 from voxrelay.config import Config, ConfigError, load_config
+from voxrelay.directory import Directory, DirectoryUnavailable, UnknownTransceiver, connect
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"]}

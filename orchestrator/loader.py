@@ -31,7 +31,7 @@ the kernel, around the relay's checks. The earlier sysctl values are kept in
 
 veth: an ``XDP_REDIRECT`` into a veth is delivered only if the veth's *peer*
 runs an XDP program (or has GRO on). ``attach_xdp_pass`` puts a
-two-instruction XDP_PASS program there; ``voxrelay.topology`` does it for the
+two-instruction XDP_PASS program there; ``lab.topology`` does it for the
 lab. Physical NICs need nothing of the sort.
 
 Neighbours: ``bpf_fib_lookup`` never starts ARP; a packet whose next hop is

@@ -16,14 +16,14 @@ from typing import Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from orchestrator.directory import Directory, DirectoryUnavailable, connect
-from orchestrator.directory.http import make_app
-from orchestrator.directory.memory import MemoryDirectory
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.probe import mint_probe_token, parse_hostport, probe_async
 from orchestrator.relay_view import RelayView
 from orchestrator.sync import Syncer, keyring_from_map
 from voxrelay.config import Config
+from voxrelay.directory import Directory, DirectoryUnavailable, connect
+from voxrelay.directory.http import make_app
+from voxrelay.directory.memory import MemoryDirectory
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from orchestrator.directory.base import Change, Directory, DirectoryUnavailable, Snapshot
-from orchestrator.directory.records import MAX_KEY_ID, Keyring, TransceiverRecord
+from voxrelay.directory.base import Change, Directory, DirectoryUnavailable, Snapshot
+from voxrelay.directory.records import MAX_KEY_ID, Keyring, TransceiverRecord
 
 log = logging.getLogger(__name__)
 

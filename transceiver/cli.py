@@ -26,7 +26,7 @@ def _directory(spec: str, probe_port: int):  # type: ignore[no-untyped-def]
     if spec == "memory":
         return MemoryDirectory()
     try:
-        from transceiver.orchdir import connect_directory  # adapter over orchestrator.directory
+        from transceiver.orchdir import connect_directory  # adapter over voxrelay.directory
     except ImportError:
         raise click.ClickException(
             f"directory {spec!r} needs the orchestrator's directory client, which this build "

@@ -2,7 +2,7 @@
 
 The orchestrator owns the directory (embedded HTTP or Redis) and the routing
 token keys. The transceiver only needs the small surface below; any object
-with these coroutines plugs in (``orchestrator.directory`` provides the real
+with these coroutines plugs in (``voxrelay.directory`` provides the real
 clients). ``MemoryDirectory`` is the one-process implementation used by tests
 and by ``transceiver run --directory memory``.
 """

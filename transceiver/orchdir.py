@@ -1,6 +1,6 @@
 """The orchestrator's directory (embedded HTTP or Redis) as the transceiver's ``Directory``.
 
-``orchestrator.directory`` owns the records, the keyring and the backends;
+``voxrelay.directory`` owns the records, the keyring and the backends;
 this adapter only maps the transceiver's calls onto it:
 
 - announce -> a record with the private address and the probe port (the
@@ -17,11 +17,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from orchestrator.directory import Directory as OrchDirectory
-from orchestrator.directory import TransceiverRecord as OrchRecord
-from orchestrator.directory import UnknownTransceiver, connect
 from orchestrator.probe import DEFAULT_PROBE_PORT
 from transceiver.directory import SessionRecord, TokenKeys, TransceiverRecord
+from voxrelay.directory import Directory as OrchDirectory
+from voxrelay.directory import TransceiverRecord as OrchRecord
+from voxrelay.directory import UnknownTransceiver, connect
 
 
 class NoTokenKey(RuntimeError):
@@ -82,7 +82,7 @@ class OrchestratorDirectory:
 
 
 def connect_directory(url: str, probe_port: int = DEFAULT_PROBE_PORT) -> OrchestratorDirectory:
-    """An adapter over ``orchestrator.directory.connect(url)`` (http(s):// or redis://)."""
+    """An adapter over ``voxrelay.directory.connect(url)`` (http(s):// or redis://)."""
     try:
         return OrchestratorDirectory(connect(url), probe_port)
     except ValueError as exc:

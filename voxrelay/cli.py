@@ -1,60 +1,63 @@
 """The ``voxrelay`` command: a thin root that mounts each room's commands.
 
-Subcommands are imported only when they are called, so that ``voxrelay
---help`` and ``voxrelay token ...`` work on a machine without bcc, and a
-broken import in one room cannot take the whole CLI down.
+The rooms above this floor (``orchestrator``, ``transceiver``, ``lab``)
+declare their commands as entry points in the ``voxrelay.commands`` group
+(pyproject.toml); this module names none of them. A command's module is
+imported only when that command is listed or called, and an import that
+fails (bcc or a room's dependency missing) makes that one command say what is
+missing instead of taking the whole CLI down.
 """
 
 from __future__ import annotations
 
-import importlib
+from importlib.metadata import EntryPoint, entry_points
 
 import click
 
-# name -> "module:attribute" of a click command or group, with a one-line help
-# shown by ``voxrelay --help`` without importing the module.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "relay": ("orchestrator.cli:relay", "Load, replace, unload and inspect the XDP relay."),
-    "maps": ("orchestrator.cli:maps", "Show the relay's BPF maps (transceivers, flows, keys, stats)."),
-    "transceivers": ("orchestrator.cli:transceivers", "Drain, undrain or remove a transceiver."),
-    "keys": ("orchestrator.cli:keys", "Rotate the routing-token keys."),
-    "token": ("orchestrator.cli:token", "Mint or inspect a routing token (a server ICE ufrag)."),
-    "probe": ("orchestrator.cli:probe", "Send a STUN probe through relay -> transceiver; exit 1 if broken."),
-    "orchestrator": ("orchestrator.cli:orchestrator", "Run the orchestrator: directory, map sync, /metrics."),
-    "transceiver": ("transceiver.cli:transceiver", "Run a transceiver: HTTP signaling and aiortc calls."),
-    "model": ("transceiver.model.cli:model", "Run the default offline voice model (VAD, ASR, reply, TTS)."),
-    "demo": ("voxrelay.demo:demo", "Place a voice call through the relay across namespaces."),
-}
+ENTRY_POINT_GROUP = "voxrelay.commands"
 
 
-class LazyGroup(click.Group):
+def command_entry_points() -> dict[str, EntryPoint]:
+    """Every installed room's commands, by name."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _load(name: str, ep: EntryPoint) -> click.Command:
+    try:
+        command = ep.load()
+    except ModuleNotFoundError as exc:
+        raise click.ClickException(
+            f"'{name}' is unavailable: cannot import {exc.name!r}. "
+            "Run scripts/setup.sh (or 'make setup') to install voxrelay's dependencies."
+        ) from None
+    if not isinstance(command, click.Command):
+        raise click.ClickException(f"'{name}' is not a command in this build ({ep.value})")
+    return command
+
+
+class EntryPointGroup(click.Group):
+    """A click group whose subcommands are the ``voxrelay.commands`` entry points."""
+
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        return sorted(command_entry_points())
 
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        target = COMMANDS.get(name)
-        if target is None:
-            return None
-        module_name, attr = target[0].split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            raise click.ClickException(
-                f"'{name}' is unavailable: cannot import {exc.name!r}. "
-                "Run scripts/setup.sh (or 'make setup') to install voxrelay's dependencies."
-            ) from None
-        command = getattr(module, attr, None)
-        if not isinstance(command, click.Command):
-            raise click.ClickException(f"'{name}' is not implemented in this build ({target[0]})")
-        return command
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        ep = command_entry_points().get(cmd_name)
+        return None if ep is None else _load(cmd_name, ep)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        rows = []
+        for name, ep in sorted(command_entry_points().items()):
+            try:
+                help_text = _load(name, ep).get_short_help_str(limit=80)
+            except click.ClickException as exc:
+                help_text = exc.message
+            rows.append((name, help_text))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=EntryPointGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="voxrelay")
 def cli() -> None:
     """voxrelay: a stateless XDP relay in front of aiortc transceivers for voice AI.

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 from udp import UdpResponder
 
+from lab.topology import Lab
 from orchestrator import loader, netlink
 from voxrelay import token
-from voxrelay.topology import Lab
 
 BPF_FS = Path("/sys/fs/bpf")
 LAB_NETNS = re.compile(r"^vx[crstm]-[0-9a-f]{6}$")

@@ -32,8 +32,8 @@ async def test_chromium_drives_page_in_namespace(tmp_path: Path) -> None:
     import subprocess
     import sys
 
+    from lab.demo import speak
     from orchestrator.netlink import create_netns, delete_netns, popen_in_netns
-    from voxrelay.demo import speak
 
     if find_chromium() is None:
         pytest.fail("chromium is not installed; scripts/setup.sh installs it (apt: chromium)")
@@ -94,7 +94,7 @@ def pad_with_silence(path: Path, seconds: float) -> Path:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def lab():
-    from voxrelay.lab import LabOptions, start_lab
+    from lab.stack import LabOptions, start_lab
 
     async with start_lab(LabOptions(relays=1)) as running:
         yield running
@@ -102,7 +102,7 @@ async def lab():
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_browser_call_through_relay(lab, tmp_path: Path) -> None:
-    from voxrelay.demo import speak
+    from lab.demo import speak
 
     if find_chromium() is None:
         pytest.fail("chromium is not installed; scripts/setup.sh installs it (apt: chromium)")

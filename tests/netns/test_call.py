@@ -1,6 +1,6 @@
 """Whole chain: an aiortc call from the client namespace, through the XDP relay.
 
-One lab (voxrelay.lab: topology, two relays, orchestrator, transceiver, model)
+One lab (lab.stack: topology, two relays, orchestrator, transceiver, model)
 is shared by the tests of this module; each test places its own call.
 
 * test_call_through_relay: the demo's call. The model's transcript has the
@@ -47,8 +47,8 @@ ARTIFACTS = Path("artifacts")
 
 @pytest.fixture(scope="module")
 def speech_pcm(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    from transceiver.client import read_wav_pcm
-    from voxrelay.demo import speak
+    from lab.client import read_wav_pcm
+    from lab.demo import speak
 
     wav = speak(SENTENCE, tmp_path_factory.mktemp("speech") / "sentence.wav")
     return read_wav_pcm(wav)
@@ -56,7 +56,7 @@ def speech_pcm(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def lab():
-    from voxrelay.lab import LabOptions, start_lab
+    from lab.stack import LabOptions, start_lab
 
     async with start_lab(LabOptions(relays=2)) as running:
         yield running
@@ -86,8 +86,8 @@ async def wait_media(client, after_chunks: int, timeout: float) -> float:
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_call_through_relay(lab, speech_pcm: bytes) -> None:
-    from voxrelay.call import TimedCallClient, speak_turn
-    from voxrelay.demo import write_wav
+    from lab.call import TimedCallClient, speak_turn
+    from lab.demo import write_wav
 
     relay = lab.relays[0]
     before = lab.relay_stats(0)
@@ -174,7 +174,7 @@ def unrebind_client(lab) -> None:
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_address_change_ice_restart(lab, speech_pcm: bytes) -> None:
-    from voxrelay.call import TimedCallClient, speak_turn
+    from lab.call import TimedCallClient, speak_turn
 
     new_address = lab.client_rebind_address
 
@@ -231,7 +231,7 @@ def set_link_state(netns: str, ifname: str, up: bool) -> None:
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_relay_failover(lab, speech_pcm: bytes) -> None:
-    from voxrelay.call import TimedCallClient, speak_turn
+    from lab.call import TimedCallClient, speak_turn
 
     first_relay, second_relay = lab.relays[0], lab.relays[1]
 
@@ -299,7 +299,7 @@ def route_private_via_relay(lab, add: bool) -> None:
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_no_path_around_relay(lab, speech_pcm: bytes) -> None:
-    from voxrelay.call import TimedCallClient, icmp_rtt_ms
+    from lab.call import TimedCallClient, icmp_rtt_ms
 
     target = lab.transceiver_address
     signaling_port = int(lab.transceiver_signaling_port)

@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 from udp import UdpResponder
 
-from orchestrator.directory.records import parse_keyring
 from orchestrator.probe import build_answer
 from voxrelay import token as tk
+from voxrelay.directory.records import parse_keyring
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO_PORT = 40000
@@ -110,8 +110,8 @@ class Orchestrator:
 def chain(tmp_path_factory) -> Iterator[dict[str, Any]]:
     if os.geteuid() != 0:
         pytest.fail("tests/netns needs root (CI runs it as root)")
+    from lab.topology import Lab
     from orchestrator.relay_maps import open_pinned_relay
-    from voxrelay.topology import Lab
 
     tmp = tmp_path_factory.mktemp("orch")
     with Lab() as lab:

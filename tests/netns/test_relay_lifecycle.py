@@ -12,8 +12,8 @@ import errno
 import pytest
 from pyroute2 import NetlinkError
 
+from lab.topology import Lab
 from orchestrator import bpfprog, bpfsys, loader, netlink
-from voxrelay.topology import Lab
 
 
 def _xdp_prog_ids(lab: Lab) -> dict[str, int | None]:

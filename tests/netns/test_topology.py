@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from lab.topology import Lab
 from orchestrator import loader, netlink
 from voxrelay import token
-from voxrelay.topology import Lab
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +63,7 @@ def test_second_relay_reaches_the_same_transceiver() -> None:
 
 _CHILD = textwrap.dedent("""
     import sys, time
-    from voxrelay.topology import Lab
+    from lab.topology import Lab
     with Lab() as lab:
         print(lab.suffix, flush=True)
         time.sleep(60)

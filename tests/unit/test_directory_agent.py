@@ -2,9 +2,9 @@
 
 import asyncio
 
-from orchestrator.directory import TransceiverRecord
-from orchestrator.directory.agent import keep_announced
-from orchestrator.directory.memory import MemoryDirectory
+from voxrelay.directory import TransceiverRecord
+from voxrelay.directory.agent import keep_announced
+from voxrelay.directory.memory import MemoryDirectory
 
 
 async def test_keep_announced_reannounces_after_the_directory_forgets():

@@ -8,15 +8,15 @@ import pytest
 from aiohttp import web
 from redis_server import redis_server  # noqa: F401  (fixture)
 
-from orchestrator.directory import (
+from voxrelay.directory import (
     DirectoryUnavailable,
     TransceiverRecord,
     UnknownTransceiver,
     connect,
 )
-from orchestrator.directory.http import HttpDirectory, make_app
-from orchestrator.directory.memory import MemoryDirectory
-from orchestrator.directory.redis import RedisDirectory
+from voxrelay.directory.http import HttpDirectory, make_app
+from voxrelay.directory.memory import MemoryDirectory
+from voxrelay.directory.redis import RedisDirectory
 
 
 @pytest.fixture

@@ -2,13 +2,13 @@
 
 import pytest
 
-from orchestrator.directory.records import (
+from orchestrator.sync import keyring_from_map
+from voxrelay.directory.records import (
     Keyring,
     TransceiverRecord,
     parse_keyring,
     parse_transceiver,
 )
-from orchestrator.sync import keyring_from_map
 
 GOOD = {"id": 7, "address": "10.0.1.7", "probe_port": 3479}
 

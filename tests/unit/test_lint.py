@@ -14,8 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 # Keep in step with the Makefile's lint target.
-RUFF_PATHS = ("voxrelay", "orchestrator", "transceiver", "tests", "bench")
-MYPY_PATHS = ("voxrelay", "orchestrator", "transceiver")
+RUFF_PATHS = ("voxrelay", "orchestrator", "transceiver", "lab", "tests", "bench")
+MYPY_PATHS = ("voxrelay", "orchestrator", "transceiver", "lab")
 
 
 def run_tool(*argv: str) -> subprocess.CompletedProcess[str]:

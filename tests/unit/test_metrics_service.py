@@ -8,11 +8,11 @@ import aiohttp
 from orch_fakes import FakeRelayView
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.directory import TransceiverRecord, connect
 from orchestrator.metrics import OrchestratorMetrics, split_stat
 from orchestrator.service import run_orchestrator
 from orchestrator.sync import MapTransceiver
 from voxrelay.config import Config
+from voxrelay.directory import TransceiverRecord, connect
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:

@@ -19,13 +19,13 @@ from redis_server import redis_server  # noqa: F401  (fixture)
 from test_metrics_service import samples
 
 from orchestrator import bpfprog
-from orchestrator.directory import TransceiverRecord
-from orchestrator.directory.memory import MemoryDirectory
-from orchestrator.directory.redis import RedisDirectory
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.sync import Syncer, keyring_from_map
 from voxrelay import token as tk
 from voxrelay.config import RelayConfig
+from voxrelay.directory import TransceiverRecord
+from voxrelay.directory.memory import MemoryDirectory
+from voxrelay.directory.redis import RedisDirectory
 
 pytestmark = pytest.mark.root
 

@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from orch_fakes import FakeRelayView
 
 from orchestrator import cli as ocli
-from orchestrator.directory import TransceiverRecord
 from orchestrator.relay_view import FlowEntry, RelayUnavailable
 from orchestrator.sync import MapTransceiver
 from voxrelay import token as tk
 from voxrelay.cli import cli
+from voxrelay.directory import TransceiverRecord
 
 K1, K2 = bytes(range(16)), bytes(range(16, 32))
 
@@ -128,8 +128,8 @@ def embedded():
     """A real embedded directory served on loopback from a background loop."""
     from aiohttp import web
 
-    from orchestrator.directory.http import make_app
-    from orchestrator.directory.memory import MemoryDirectory
+    from voxrelay.directory.http import make_app
+    from voxrelay.directory.memory import MemoryDirectory
 
     store = MemoryDirectory()
     loop = asyncio.new_event_loop()

@@ -8,15 +8,15 @@ import pytest
 from orch_fakes import FakeRelayMaps
 from redis_server import redis_server  # noqa: F401  (fixture)
 
-from orchestrator.directory import DirectoryUnavailable, TransceiverRecord, UnknownTransceiver
-from orchestrator.directory.memory import MemoryDirectory
-from orchestrator.directory.redis import RedisDirectory
 from orchestrator.sync import (
     DesiredState,
     MapTransceiver,
     Syncer,
     compute_delta,
 )
+from voxrelay.directory import DirectoryUnavailable, TransceiverRecord, UnknownTransceiver
+from voxrelay.directory.memory import MemoryDirectory
+from voxrelay.directory.redis import RedisDirectory
 
 
 class Clock:

@@ -24,7 +24,7 @@ from transceiver_harness import (
     start_transceiver,
 )
 
-from transceiver.client import CallClient, CallFailed
+from lab.client import CallClient, CallFailed
 from transceiver.directory import MemoryDirectory
 from voxrelay import token as tokens
 
@@ -238,9 +238,9 @@ async def test_drain_refuses_new_calls_and_closes_old_ones(rig) -> None:
 
 
 async def test_with_the_orchestrators_directory() -> None:
-    """The same call against orchestrator.directory (its in-memory backend)."""
-    from orchestrator.directory.memory import MemoryDirectory as OrchMemory
+    """The same call against voxrelay.directory (its in-memory backend)."""
     from transceiver.orchdir import OrchestratorDirectory
+    from voxrelay.directory.memory import MemoryDirectory as OrchMemory
 
     inner = OrchMemory()
     ring = await inner.ensure_keyring()

@@ -14,7 +14,7 @@ import shutil
 import pytest
 from transceiver_harness import LoopbackRelay, start_transceiver
 
-from transceiver.client import place_call
+from lab.client import place_call
 from transceiver.directory import MemoryDirectory
 from transceiver.model.server import ModelOptions, serve_model
 from transceiver.model.speech import synthesize

@@ -1,6 +1,6 @@
 """A running voxrelay stack in network namespaces: the demo's and the whole-chain tests' lab.
 
-``voxrelay.topology`` builds the namespaces and links; this module starts the
+``lab.topology`` builds the namespaces and links; this module starts the
 services on top of it and tears them down again:
 
 * the XDP relay, loaded on the relay's public and private interfaces;
@@ -325,9 +325,9 @@ async def _probe_through_relays(lab: Lab, deadline: float) -> None:
     """Wait until a STUN probe from the client namespace comes back through every
     relay: the key is in the relay's map, the transceiver is in it, and the
     transceiver's probe responder answers (orchestrator/probe.py)."""
-    from orchestrator.directory import connect
     from orchestrator.netlink import run_in_netns
     from orchestrator.probe import DEFAULT_PROBE_PORT, mint_probe_token, probe
+    from voxrelay.directory import connect
 
     async def keyring():  # type: ignore[no-untyped-def]
         directory = connect(lab.directory_url)
@@ -377,14 +377,14 @@ async def start_lab(options: LabOptions | None = None, progress: Progress | None
       address); relay 2's orchestrator syncs its maps from that directory;
     * the transceiver announces itself there, mints tokens with its keys and
       advertises both relays' VIPs, relay 1 first;
-    * the signaling front (``voxrelay.tcpfront``) on the last relay's public
+    * the signaling front (``lab.tcpfront``) on the last relay's public
       side stands in for a public load balancer in front of the transceiver's
       HTTP API; it is the only way the client reaches that API.
 
     Ready means: a STUN probe from the client namespace comes back from the
     transceiver through every relay.
     """
-    from voxrelay import topology
+    from lab import topology
 
     options = options or LabOptions()
     progress = progress or QuietProgress()
@@ -486,7 +486,7 @@ async def start_lab(options: LabOptions | None = None, progress: Progress | None
                     options.start_timeout)
                 front_relay = topo.relay_hosts[-1]
                 front = lab.service("signaling-front", front_relay.netns, [
-                    sys.executable, "-m", "voxrelay.tcpfront",
+                    sys.executable, "-m", "lab.tcpfront",
                     f"{front_relay.public.address}:{SIGNALING_PORT}",
                     f"{lab.transceiver_address}:{SIGNALING_PORT}"], **env)
                 front.start()

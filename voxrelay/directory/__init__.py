@@ -2,7 +2,7 @@
 
 Transceivers use it like this (the URL picks the backend)::
 
-    from orchestrator.directory import TransceiverRecord, connect
+    from voxrelay.directory import TransceiverRecord, connect
 
     async with connect("http://10.0.0.1:7480") as directory:   # or redis://host:6379/0
         await directory.announce(TransceiverRecord(id=7, address="10.0.1.7", probe_port=3479))

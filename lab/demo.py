@@ -1,6 +1,6 @@
 """``voxrelay demo``: one voice call through the XDP relay, across network namespaces.
 
-The README's main command. It builds the lab (``voxrelay.lab``), places a call
+The README's main command. It builds the lab (``lab.stack``), places a call
 from an aiortc client in the client namespace, and prints what the model
 heard, what it answered and how long each leg took. Everything it creates is
 removed on exit, on error and on Ctrl-C.
@@ -102,7 +102,7 @@ def write_wav(path: Path, pcm: bytes, sample_rate: int) -> Path:
 
 
 def rms_int16(pcm: bytes) -> float:
-    from voxrelay.call import chunk_rms
+    from lab.call import chunk_rms
 
     return chunk_rms(pcm)
 
@@ -138,10 +138,10 @@ def print_result(result: CallResult) -> None:
 
 async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str) -> CallResult:
     """Build the lab, place one call from the client namespace, measure it, tear down."""
-    from transceiver.client import read_wav_pcm
-    from voxrelay.call import TimedCallClient, icmp_rtt_in, speak_turn
-    from voxrelay.lab import LabOptions, PrintProgress, start_lab
-    from voxrelay.topology import Lab as Topology
+    from lab.call import TimedCallClient, icmp_rtt_in, speak_turn
+    from lab.client import read_wav_pcm
+    from lab.stack import LabOptions, PrintProgress, start_lab
+    from lab.topology import Lab as Topology
 
     pcm = read_wav_pcm(wav)
     progress = PrintProgress()
@@ -171,7 +171,7 @@ async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str) -> CallR
         after = lab.relay_stats(0)
         stack_udp = relay_udp_in() - udp_before
         counters = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
-    from voxrelay.call import Turn
+    from lab.call import Turn
 
     assert isinstance(turn, Turn)
     processing = turn.timings.get("processing_ms")
@@ -241,7 +241,7 @@ def demo(wav: Path | None, sentence: str, out: Path, timeout: float, xdp_mode: s
             click.echo("\ninterrupted: everything the demo created has been removed", err=True)
             sys.exit(130)
         except Exception as exc:
-            from voxrelay.lab import LabError
+            from lab.stack import LabError
 
             if isinstance(exc, (LabError, asyncio.TimeoutError)):
                 msg = str(exc) or f"the call did not finish in {timeout:.0f} s"

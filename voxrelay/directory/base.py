@@ -4,7 +4,7 @@
 
 - transceivers call ``announce``/``heartbeat``/``drain``/``keyring`` and the
   session methods (``DirectoryClient`` is the same interface; pick a backend
-  with ``orchestrator.directory.connect(url)``);
+  with ``voxrelay.directory.connect(url)``);
 - the orchestrator's sync calls ``snapshot`` and follows ``changes``.
 
 Liveness is decided in one place: ``snapshot`` and ``get_transceiver`` leave

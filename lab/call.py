@@ -1,6 +1,6 @@
 """The demo's call, measured on the client's clock, plus the RTT probes.
 
-The call itself is ``transceiver.client.CallClient`` (the transceiver's own
+The call itself is ``lab.client.CallClient`` (the transceiver's own
 aiortc client); this module adds what the demo reports and the tests assert:
 when speech ended and when the first audible reply frame came back, and ICMP
 round trips for the client->relay and relay->transceiver legs.
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from transceiver.client import CallClient, read_wav_pcm
+from lab.client import CallClient, read_wav_pcm
 from transceiver.media import CHUNK_BYTES, SAMPLE_RATE
 
 # A 20 ms frame whose RMS (int16 units) is above this is speech, not silence or

@@ -7,7 +7,7 @@ runs on a relay host, listens on its public side and copies bytes to the
 transceiver's signaling port on the private side. It carries HTTP only: the
 media still goes through the XDP program on UDP 3478.
 
-    python -m voxrelay.tcpfront LISTEN_HOST:PORT TARGET_HOST:PORT
+    python -m lab.tcpfront LISTEN_HOST:PORT TARGET_HOST:PORT
 
 Runs until SIGINT/SIGTERM; every connection is bounded by an idle timeout.
 """
@@ -68,7 +68,7 @@ async def serve(listen: tuple[str, int], target: tuple[str, int], stop: asyncio.
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m voxrelay.tcpfront LISTEN_HOST:PORT TARGET_HOST:PORT", file=sys.stderr)
+        print("usage: python -m lab.tcpfront LISTEN_HOST:PORT TARGET_HOST:PORT", file=sys.stderr)
         return 2
     try:
         listen, target = parse_hostport(argv[0]), parse_hostport(argv[1])
