@@ -26,6 +26,7 @@ from orchestrator.sync import keyring_from_map
 from voxrelay import token as tk
 from voxrelay.config import Config, ConfigError, load_config
 from voxrelay.directory import Directory, DirectoryUnavailable, UnknownTransceiver, connect
+from voxrelay.logs import setup_logging
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -569,8 +570,7 @@ def orchestrator_run(config_path: Path | None, name: str | None, probe_relay: st
     """
     from orchestrator.service import run_orchestrator
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(logging.INFO if verbose else logging.WARNING, "orchestrator")
     config = _config(config_path)
     if name:
         config.relay.name = name

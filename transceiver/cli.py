@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from voxrelay.config import ConfigError, TransceiverConfig, load_config
+from voxrelay.logs import setup_logging
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -105,8 +106,7 @@ def run(config_path: Path | None, listen: str | None, directory_spec: str | None
     Each call gets a UDP port on private_address and a routing-token ufrag
     naming it; the SDP answer advertises only the configured relays.
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(message)s")
+    setup_logging(logging.INFO if verbose else logging.WARNING, "transceiver")
     try:
         cfg = load_config(config_path).transceiver
     except ConfigError as exc:

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from voxrelay.config import ConfigError, load_config
+from voxrelay.logs import setup_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,8 +46,7 @@ def model() -> None:
 def serve(config_path: Path | None, listen: str | None, reply: str | None, chat_model: str,
           asr_mode: str, max_streams: int, as_json: bool, verbose: bool) -> None:
     """Serve the voice model until SIGINT or SIGTERM."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO if verbose else logging.WARNING, "model")
     try:
         cfg = load_config(config_path).model
     except ConfigError as exc:
