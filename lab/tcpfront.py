@@ -18,15 +18,10 @@ import asyncio
 import signal
 import sys
 
+from voxrelay.addr import parse_hostport
+
 IDLE_SECONDS = 120.0
 CHUNK = 65536
-
-
-def parse_hostport(value: str) -> tuple[str, int]:
-    host, colon, port = value.rpartition(":")
-    if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{value!r} must be HOST:PORT")
-    return host, int(port)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -71,7 +66,8 @@ def main(argv: list[str]) -> int:
         print("usage: python -m lab.tcpfront LISTEN_HOST:PORT TARGET_HOST:PORT", file=sys.stderr)
         return 2
     try:
-        listen, target = parse_hostport(argv[0]), parse_hostport(argv[1])
+        listen = parse_hostport(argv[0], allow_zero=True)
+        target = parse_hostport(argv[1], allow_zero=True)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
