@@ -61,7 +61,7 @@ def siphash24(key: bytes, data: bytes) -> int:
     """
     if len(key) != KEY_BYTES:
         raise ValueError(f"siphash key must be {KEY_BYTES} bytes, got {len(key)}")
-    k0, k1 = struct.unpack("<QQ", key)
+    k0, k1 = int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little")
     v0 = k0 ^ 0x736F6D6570736575
     v1 = k1 ^ 0x646F72616E646F6D
     v2 = k0 ^ 0x6C7967656E657261
@@ -83,7 +83,7 @@ def siphash24(key: bytes, data: bytes) -> int:
 
     full = len(data) - len(data) % 8
     for off in range(0, full, 8):
-        (m,) = struct.unpack_from("<Q", data, off)
+        m = int.from_bytes(data[off:off + 8], "little")
         v3 ^= m
         rounds(2)
         v0 ^= m
