@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from udp import UdpResponder
 
 from lab.topology import Lab
 from orchestrator import loader, netlink
+from tests.netns.udp import UdpResponder
 from voxrelay import token
 
 BPF_FS = Path("/sys/fs/bpf")

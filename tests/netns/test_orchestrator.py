@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from udp import UdpResponder
 
 from orchestrator.probe import build_answer
+from tests.netns.udp import UdpResponder
 from voxrelay import token as tk
 from voxrelay.directory.records import parse_keyring
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 from aiohttp import web
-from redis_server import redis_server  # noqa: F401  (fixture)
 
+from tests.unit.redis_server import redis_server  # noqa: F401  (fixture)
 from voxrelay.directory import (
     DirectoryUnavailable,
     TransceiverRecord,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from orch_fakes import FakeRelayMaps
-from redis_server import redis_server  # noqa: F401  (fixture)
 
 from orchestrator.sync import (
     DesiredState,
@@ -14,6 +12,8 @@ from orchestrator.sync import (
     Syncer,
     compute_delta,
 )
+from tests.unit.orch_fakes import FakeRelayMaps
+from tests.unit.redis_server import redis_server  # noqa: F401  (fixture)
 from voxrelay.directory import DirectoryUnavailable, TransceiverRecord, UnknownTransceiver
 from voxrelay.directory.memory import MemoryDirectory
 from voxrelay.directory.redis import RedisDirectory

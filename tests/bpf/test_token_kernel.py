@@ -13,27 +13,19 @@ import random
 import string
 import struct
 import time
-from collections.abc import Iterator
 
 import pytest
 
 pytestmark = pytest.mark.root
 
 from orchestrator.verdicts import from_label
-from tests.unit.packet_table import binding_request, to_relay
-from tests.unit.relay_lab import KEY1, KEY2, RelayLab, require_root_and_bpf
+from tests.bpf.packet_table import binding_request, to_relay
+from tests.bpf.relay_lab import KEY1, KEY2, RelayLab
 from voxrelay import token
 
 KEYS = {1: KEY1, 2: KEY2}
 B64 = string.ascii_letters + string.digits + "+/"
 CASES = 1500
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[RelayLab]:
-    require_root_and_bpf()
-    with RelayLab() as relay_lab:
-        yield relay_lab
 
 
 def signed(version: int, key_id: int, txr: int, port: int, expiry: int, key: bytes) -> str:

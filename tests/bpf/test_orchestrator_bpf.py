@@ -15,12 +15,12 @@ from ipaddress import IPv4Address
 
 import pytest
 from prometheus_client import generate_latest
-from redis_server import redis_server  # noqa: F401  (fixture)
-from test_metrics_service import samples
 
 from orchestrator import bpfprog
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.sync import Syncer, keyring_from_map
+from tests.unit.redis_server import redis_server  # noqa: F401  (fixture)
+from tests.unit.test_metrics_service import samples
 from voxrelay import token as tk
 from voxrelay.config import RelayConfig
 from voxrelay.directory import TransceiverRecord

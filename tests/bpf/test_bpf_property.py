@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 
 from orchestrator.bpfprog import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
 from orchestrator.maps import TransceiverStatus
-from tests.unit.packet_table import (
+from tests.bpf.packet_table import (
     ATTR_USERNAME,
     STUN_COOKIE,
     binding_request,
@@ -43,7 +43,7 @@ from tests.unit.packet_table import (
     stun_message,
     to_relay,
 )
-from tests.unit.relay_lab import (
+from tests.bpf.relay_lab import (
     KEY1,
     KEY2,
     PORT_MAX,
@@ -54,7 +54,6 @@ from tests.unit.relay_lab import (
     VIP,
     RelayLab,
     lab_relay_config,
-    require_root_and_bpf,
 )
 from voxrelay import token
 
@@ -70,7 +69,6 @@ PRIVATE_BYTES = PRIVATE.packed
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[RelayLab]:
-    require_root_and_bpf()
     with RelayLab() as relay_lab:
         # limits on, so that their drops mix in; flows never go idle here
         relay_lab.reset(lab_relay_config(new_flows_per_sec=20, max_flows_per_token=4))

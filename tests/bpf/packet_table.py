@@ -7,7 +7,7 @@ the expected output packet independently with scapy (addresses, ports, MACs,
 and IP/UDP checksums recomputed from scratch) for a byte-for-byte compare.
 Pass and drop rows expect the packet back untouched.
 
-tests/unit/test_bpf_packets.py runs the table; bench/ may import ``ROWS``
+tests/bpf/test_bpf_packets.py runs the table; bench/ may import ``ROWS``
 and ``RelayLab`` for a repeat-N run of the same packets.
 """
 
@@ -27,7 +27,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 from orchestrator.bpfprog import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
-from tests.unit.relay_lab import (
+from tests.bpf.relay_lab import (
     GATEWAY_MAC,
     KEY1,
     KEY2,

@@ -1,0 +1,19 @@
+"""Shared by every tier: the tier rule (root tests live in tests/bpf or tests/netns)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+UNIT = Path(__file__).parent / "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The fast tier runs tests/unit whole, without -m: a root test there would
+    # fail (or pass by accident) as an ordinary user, so it belongs in tests/bpf.
+    misplaced = [item.nodeid for item in items
+                 if item.get_closest_marker("root") and UNIT in Path(item.path).parents]
+    if misplaced:
+        raise pytest.UsageError("tests marked root belong in tests/bpf, not tests/unit: "
+                                + ", ".join(misplaced))
