@@ -115,6 +115,7 @@ def _noop_fd() -> tuple[Any, int]:
 
 def measure(runs: int = 3000) -> dict[str, dict[str, float]]:
     """Median and p10 ns per case (``net`` = median minus the floor's median)."""
+    from lab import stun
     from orchestrator import bpfprog
     from tests.bpf import packet_table as T
     from tests.bpf.relay_lab import RelayLab
@@ -149,7 +150,7 @@ def measure(runs: int = 3000) -> dict[str, dict[str, float]]:
         # New flows: one fresh client port each, in batches of 100 that leave
         # the lab's 1,000-port relay range 90% free, so that the 8 hashed
         # probes practically never all collide (PORT_EXHAUSTED).
-        frames = [bytes(T.to_relay(T.binding_request(T.username(T.mint())), sport=2000 + i))
+        frames = [bytes(T.to_relay(stun.ice_binding_request(T.username(T.mint())), sport=2000 + i))
                   for i in range(100)]
         new: list[int] = []
         while len(new) < runs:

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.root
 
 from scapy.layers.l2 import Ether
 
+from lab import stun
 from orchestrator.bpfprog import XDP_DROP, XDP_PASS, XDP_REDIRECT, prog_test_run
 from orchestrator.verdicts import VERDICT_VALUES, verdict_names
 from tests.bpf.packet_table import (
@@ -24,7 +25,6 @@ from tests.bpf.packet_table import (
     ROWS,
     Context,
     Row,
-    binding_request,
     mint,
     open_flow,
     to_relay,
@@ -169,13 +169,13 @@ def test_rate_window_reopens_after_a_second(lab: RelayLab) -> None:
     lab.reset(lab_relay_config(new_flows_per_sec=1))
     ctx = Context(lab)
     open_flow(ctx, sport=2000)
-    res = lab.run(bytes(to_relay(binding_request(username(mint())), sport=2001)))
+    res = lab.run(bytes(to_relay(stun.ice_binding_request(username(mint())), sport=2001)))
     assert res.stat == "STAT_DROP_RATE_LIMITED"
     table = lab.maps.table("rate")
     for k, v in list(table.items()):
         v.window_start_ns -= 2_000_000_000
         table[k] = v
-    res = lab.run(bytes(to_relay(binding_request(username(mint())), sport=2001)))
+    res = lab.run(bytes(to_relay(stun.ice_binding_request(username(mint())), sport=2001)))
     assert res.stat == "STAT_FWD_NEW_FLOW"
 
 

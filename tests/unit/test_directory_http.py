@@ -7,7 +7,6 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from tests.unit.redis_server import redis_server  # noqa: F401  (fixture)
 from voxrelay.directory import (
     DirectoryUnavailable,
     TransceiverRecord,
@@ -72,7 +71,7 @@ async def test_http_client_contract(served):
     assert rotated.current != ring.current and ring.current in rotated.active
 
 
-async def test_redis_client_contract(redis_server):  # noqa: F811
+async def test_redis_client_contract(redis_server):
     c = connect(redis_server.url, prefix="c:")
     assert isinstance(c, RedisDirectory)
     try:
