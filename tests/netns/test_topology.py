@@ -56,8 +56,7 @@ def test_second_relay_reaches_the_same_transceiver() -> None:
 
 _CHILD = textwrap.dedent("""
     import sys, time
-    from lab import stun
-from lab.topology import Lab
+    from lab.topology import Lab
     with Lab() as lab:
         print(lab.suffix, flush=True)
         time.sleep(60)
