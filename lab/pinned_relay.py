@@ -33,20 +33,34 @@ class PinnedRelay:
 
 
 @contextlib.contextmanager
-def pinned_relay(limits: Mapping[str, int], prefix: str = "vxlab") -> Iterator[PinnedRelay]:
-    """Compile relay.c with ``limits``, pin its maps as ``<prefix>-<random>`` and
-    reopen them; close and unpin everything on exit."""
-    name = f"{prefix}-{secrets.token_hex(4)}"
-    pin_dir = bpfprog.pin_dir_for(name)
-    bpf = view = None
+def fresh_pin_dir(prefix: str = "vxlab") -> Iterator[Path]:
+    """A pin directory of a name nobody uses (``<prefix>-<random>``); what was
+    pinned there is unpinned on exit, and /sys/fs/bpf/voxrelay too when this
+    made it and nobody else is using it."""
+    path = bpfprog.pin_dir_for(f"{prefix}-{secrets.token_hex(4)}")
+    root_existed = path.parent.exists()
     try:
-        bpf = bpfprog.compile_relay(dict(limits), pin_dir)
-        kernel = RelayMaps(bpf)
-        view = open_pinned_relay(name)
-        yield PinnedRelay(name, pin_dir, bpf, kernel, view)
+        yield path
     finally:
-        if view is not None:
-            view.close()
-        if bpf is not None:
-            bpf.cleanup()
-        bpfprog.unpin_maps(pin_dir)
+        bpfprog.unpin_maps(path)
+        if not root_existed:
+            with contextlib.suppress(OSError):  # another user appeared meanwhile
+                path.parent.rmdir()
+
+
+@contextlib.contextmanager
+def pinned_relay(limits: Mapping[str, int], prefix: str = "vxlab") -> Iterator[PinnedRelay]:
+    """Compile relay.c with ``limits``, pin its maps in a ``fresh_pin_dir`` and
+    reopen them; close and unpin everything on exit."""
+    with fresh_pin_dir(prefix) as pin_dir:
+        bpf = view = None
+        try:
+            bpf = bpfprog.compile_relay(dict(limits), pin_dir)
+            kernel = RelayMaps(bpf)
+            view = open_pinned_relay(pin_dir.name)
+            yield PinnedRelay(pin_dir.name, pin_dir, bpf, kernel, view)
+        finally:
+            if view is not None:
+                view.close()
+            if bpf is not None:
+                bpf.cleanup()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.root
 
+from lab.pinned_relay import fresh_pin_dir
 from orchestrator import bpfprog
 from orchestrator.maps import (
     MapLayoutError,
@@ -40,18 +40,9 @@ from voxrelay.config import RelayConfig
 
 @pytest.fixture
 def pin_dir() -> Iterator[Path]:
-    path = bpfprog.pin_dir_for(f"test-{secrets.token_hex(4)}")
-    root_existed = path.parent.exists()
-    try:
+    with fresh_pin_dir("test") as path:
         yield path
-    finally:
-        bpfprog.unpin_maps(path)
-        if not root_existed:
-            try:
-                path.parent.rmdir()
-            except OSError:  # another user of /sys/fs/bpf/voxrelay appeared meanwhile
-                pass
-        assert not path.exists(), f"pins left behind in {path}"
+    assert not path.exists(), f"pins left behind in {path}"
 
 
 def test_config_round_trip(lab: RelayLab) -> None:
