@@ -40,18 +40,16 @@ import json
 import os
 import platform
 import secrets
-import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.report import percentile
+from lab.redis_server import RedisServer
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "sync.md"
 DEFAULT_FLOWS = 1 << 20
@@ -90,35 +88,6 @@ class SyncBench:
 
 
 # --- announce -> routable --------------------------------------------------------
-
-
-@contextlib.contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    """A private redis-server on a unix socket; yields its URL. Always stopped."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise RuntimeError("redis-server is not installed (scripts/setup.sh installs it)")
-    sock = workdir / "redis.sock"
-    proc = subprocess.Popen(
-        [exe, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-         "--dir", str(workdir), "--appendonly", "yes", "--save", "", "--daemonize", "no",
-         "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not sock.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.02)
-        yield f"unix://{sock}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 async def _announce_latencies(backend: str, kernel: Any, view: Any, samples: int,
@@ -176,38 +145,26 @@ async def _announce_latencies(backend: str, kernel: Any, view: Any, samples: int
 
 
 def bench_announce(samples: int, with_redis: bool, result: SyncBench) -> None:
-    from orchestrator import bpfprog
-    from orchestrator.maps import RelayMaps
-    from orchestrator.relay_maps import open_pinned_relay
+    from lab.pinned_relay import pinned_relay
 
     poll = 1.0  # the service's default (orchestrator/service.py run_orchestrator)
-    name = f"vxbench-{secrets.token_hex(4)}"
-    pin_dir = bpfprog.pin_dir_for(name)
-    bpf = view = None
-    try:
-        bpf = bpfprog.compile_relay(SMALL_LIMITS, pin_dir)
-        kernel = RelayMaps(bpf)
-        view = open_pinned_relay(name)
+    with pinned_relay(SMALL_LIMITS, prefix="vxbench") as relay:
         backends = ["embedded"] + (["redis"] if with_redis else [])
         for backend in backends:
             with contextlib.ExitStack() as stack:
                 url = None
                 if backend == "redis":
                     tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="vxbench-redis-"))
-                    url = stack.enter_context(redis_server(Path(tmp)))
-                lat = asyncio.run(_announce_latencies(backend, kernel, view, samples, url, poll))
+                    server = RedisServer(Path(tmp), appendfsync="everysec")
+                    url = stack.enter_context(server).url
+                lat = asyncio.run(_announce_latencies(backend, relay.kernel, relay.view, samples,
+                                                      url, poll))
             if not lat:
                 result.notes.append(f"{backend}: no samples within {PHASE_SECONDS:.0f} s")
                 continue
             ms = [x * 1000 for x in lat]
             result.backends.append(BackendResult(
                 backend, len(ms), percentile(ms, 50), percentile(ms, 99), max(ms), poll))
-    finally:
-        if view is not None:
-            view.close()
-        if bpf is not None:
-            bpf.cleanup()
-        bpfprog.unpin_maps(pin_dir)
 
 
 # --- flow map capacity --------------------------------------------------------------

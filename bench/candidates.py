@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import xdp
-from bench.stun import binding_request
 from bench.topo import CLIENT_IP, RELAY_PRIV_IP, TXR_IP, VIP, Lab
 from bench.turn import channel_data
+from lab.stun import binding_request
 from voxrelay.token import mint, new_key
 
 ROOT = Path(__file__).resolve().parent.parent

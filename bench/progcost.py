@@ -2,7 +2,7 @@
 
     python -m bench.progcost [--runs N] [--json]
 
-Runs the packet table's lab (tests/unit/relay_lab.py: a private namespace
+Runs the packet table's lab (tests/bpf/relay_lab.py: a private namespace
 with the relay loaded) and times each hot case as N single runs of a fresh
 copy of the packet (the kernel does not restore a rewritten packet between
 its own repeats, so a repeat-N run would take another path from the second
@@ -49,8 +49,8 @@ def _set_cycle(lab: Any, relay_port: int) -> bytes:
     import struct
     import time
 
-    from tests.unit import packet_table as T
-    from tests.unit.relay_lab import PRIVATE, PUBLIC_PORT, VIP
+    from tests.bpf import packet_table as T
+    from tests.bpf.relay_lab import PRIVATE, PUBLIC_PORT, VIP
 
     cfg = lab.maps.read_config()
     gen = cfg.nh_generation
@@ -88,7 +88,7 @@ def _set_cycle(lab: Any, relay_port: int) -> bytes:
 
 def steady(repeat: int = 200_000, rounds: int = 7, check: bool = True) -> float:
     """Median over ``rounds`` of the kernel's mean ns per packet (see _set_cycle)."""
-    from tests.unit.relay_lab import RelayLab
+    from tests.bpf.relay_lab import RelayLab
 
     with RelayLab() as lab:
         pkt = _set_cycle(lab, 40500)
@@ -115,9 +115,10 @@ def _noop_fd() -> tuple[Any, int]:
 
 def measure(runs: int = 3000) -> dict[str, dict[str, float]]:
     """Median and p10 ns per case (``net`` = median minus the floor's median)."""
+    from lab import stun
     from orchestrator import bpfprog
-    from tests.unit import packet_table as T
-    from tests.unit.relay_lab import RelayLab
+    from tests.bpf import packet_table as T
+    from tests.bpf.relay_lab import RelayLab
 
     samples: dict[str, list[int]] = {}
     # The relay's default map sizes (consts.h), as deployed: an LRU update's
@@ -149,7 +150,7 @@ def measure(runs: int = 3000) -> dict[str, dict[str, float]]:
         # New flows: one fresh client port each, in batches of 100 that leave
         # the lab's 1,000-port relay range 90% free, so that the 8 hashed
         # probes practically never all collide (PORT_EXHAUSTED).
-        frames = [bytes(T.to_relay(T.binding_request(T.username(T.mint())), sport=2000 + i))
+        frames = [bytes(T.to_relay(stun.ice_binding_request(T.username(T.mint())), sport=2000 + i))
                   for i in range(100)]
         new: list[int] = []
         while len(new) < runs:

@@ -22,7 +22,7 @@ import socket
 import struct
 import sys
 
-from bench.stun import HEADER, MAGIC_COOKIE
+from lab.stun import HEADER, MAGIC_COOKIE
 
 ALLOCATE = 0x0003
 CHANNEL_BIND = 0x0009

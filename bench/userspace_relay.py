@@ -30,7 +30,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 
-from bench.stun import token_of
+from lab.stun import token_of
 from voxrelay.token import TokenError, verify
 
 BATCH = 64  # datagrams drained per readiness callback, so one socket cannot starve the rest

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the test tiers in order, stopping at the first that fails:
-#   fast  - pure unit tests (no root, no BPF): seconds
-#   bpf   - needs root and BPF: packet tables through BPF_PROG_TEST_RUN, map sync
-#   netns - whole chain across network namespaces
+#   fast  - tests/unit: pure unit tests (no root, no BPF)
+#   bpf   - tests/bpf: needs root and BPF: packet tables through BPF_PROG_TEST_RUN,
+#           map sync on pinned maps, the Ansible apply
+#   netns - tests/netns: whole chain across network namespaces
 # `scripts/test.sh fast` runs only the first tier.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,11 +23,11 @@ run_tier() {
   return $rc
 }
 
-run_tier fast tests/unit -m "not root" || exit 1
+run_tier fast tests/unit || exit 1
 [ "${1:-all}" = fast ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "tiers bpf and netns need root; run as root (CI does)" >&2
   exit 1
 fi
-run_tier bpf tests/unit -m root || exit 1
+run_tier bpf tests/bpf || exit 1
 run_tier netns tests/netns || exit 1

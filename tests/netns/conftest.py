@@ -14,17 +14,17 @@ from __future__ import annotations
 import os
 import re
 import socket
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from udp import UdpResponder
 
+from lab import stun
 from lab.topology import Lab
 from orchestrator import loader, netlink
+from tests.netns.udp import UdpResponder
 from voxrelay import token
 
 BPF_FS = Path("/sys/fs/bpf")
@@ -65,13 +65,6 @@ def no_leaks() -> Iterator[None]:
     assert not leaked, f"left behind: {leaked}"
 
 
-def stun_binding_request(ufrag: str, remote: str = "cli1", txid: bytes | None = None) -> bytes:
-    """A STUN Binding Request with USERNAME "<server ufrag>:<client ufrag>" (RFC 8445 7.2.2)."""
-    username = f"{ufrag}:{remote}".encode()
-    attr = struct.pack(">HH", 0x0006, len(username)) + username + b"\0" * (-len(username) % 4)
-    return struct.pack(">HHI", 0x0001, len(attr), 0x2112A442) + (txid or os.urandom(12)) + attr
-
-
 @dataclass
 class RelayLab:
     """A lab with the relay loaded, a key and a transceiver in its maps, and an echo server."""
@@ -87,7 +80,7 @@ class RelayLab:
 
     @staticmethod
     def stun(ufrag: str, remote: str = "cli1") -> bytes:
-        return stun_binding_request(ufrag, remote)
+        return stun.binding_request(ufrag, remote)
 
     def mint(self, **kwargs: object) -> str:
         args: dict[str, object] = {"key_id": KEY_ID, "transceiver_id": TRANSCEIVER_ID,

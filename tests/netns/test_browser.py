@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from chromium import Chromium, ChromiumError, find_chromium
+
+from tests.netns.chromium import Chromium, ChromiumError, find_chromium
 
 pytestmark = [pytest.mark.netns, pytest.mark.root]
 

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from stackwatch import IpTap, UdpTap
+
+from tests.netns.stackwatch import IpTap, UdpTap
 
 pytestmark = [pytest.mark.netns, pytest.mark.root]
 

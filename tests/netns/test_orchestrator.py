@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from udp import UdpResponder
 
 from orchestrator.probe import build_answer
+from tests.netns.udp import UdpResponder
+from tests.support import until
 from voxrelay import token as tk
 from voxrelay.directory.records import parse_keyring
 
@@ -131,10 +132,8 @@ def chain(tmp_path_factory) -> Iterator[dict[str, Any]]:
             prober = UdpResponder(probe_sock, build_answer)
             responders.append(prober)
             view = open_pinned_relay(lab.relay.name)
-            deadline = time.monotonic() + 10
-            while TXR_ID not in view.transceivers() or not view.keys():
-                assert time.monotonic() < deadline, "announce never reached the map"
-                time.sleep(0.05)
+            until(lambda: TXR_ID in view.transceivers() and view.keys(), timeout=10,
+                  interval=0.05, what="the announce to reach the map")
             yield {"lab": lab, "orch": orch, "view": view, "prober": prober, "txr_addr": txr_addr}
         finally:
             for r in responders:
@@ -225,10 +224,8 @@ def test_probe_passes_then_fails_with_a_reason(chain: dict[str, Any]) -> None:
     # The transceiver is removed: the relay drops the probe, and says why in its counters.
     drops = view.stats()["drop_transceiver_unknown"]
     orch.call("DELETE", f"/v1/transceivers/{TXR_ID}")
-    deadline = time.monotonic() + 10
-    while TXR_ID in view.transceivers():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    until(lambda: TXR_ID not in view.transceivers(), timeout=10, interval=0.05,
+          what="the removal to reach the map")
     gone = run_probe(lab, "--relay", relay, "--token", mint(orch, PROBE_PORT),
                      "--timeout", "0.3", "--attempts", "2")
     assert gone.returncode == 1
@@ -238,20 +235,12 @@ def test_probe_passes_then_fails_with_a_reason(chain: dict[str, Any]) -> None:
 
     # Back in the directory but its probe responder is down: also a clear failure.
     orch.announce(chain["txr_addr"])
-    while TXR_ID not in view.transceivers():
-        assert time.monotonic() < deadline + 10
-        time.sleep(0.05)
+    until(lambda: TXR_ID in view.transceivers(), timeout=10, interval=0.05,
+          what="the announce to reach the map")
     chain["prober"].close()
     down = run_probe(lab, "--relay", relay, "--token", mint(orch, PROBE_PORT),
                      "--timeout", "0.3", "--attempts", "1")
     assert down.returncode == 1 and "probe failed: no answer" in down.stderr
-
-
-def wait_for(what: str, predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def neighbour_of(lab: Any, address: str) -> Any:
@@ -277,15 +266,15 @@ def test_neighbour_change_invalidates_cached_next_hops(chain: dict[str, Any]) ->
         time.sleep(0.3)  # a new entry is not a change: no bump for it
         before = view.maps.read_config().nh_generation
         netlink.ensure_neighbour("priv", other, "02:00:00:00:60:02", netns=lab.relay.netns)
-        wait_for("nh_generation to move on a MAC change",
-                 lambda: view.maps.read_config().nh_generation != before)
+        until(lambda: view.maps.read_config().nh_generation != before, timeout=10,
+              interval=0.05, what="nh_generation to move on a MAC change")
         after_mac = view.maps.read_config().nh_generation
         assert after_mac == (before + 1) & 0xFFFFFFFF
     finally:
         with netlink.iproute(lab.relay.netns) as ipr:
             ipr.neigh("del", dst=other, ifindex=netlink.link_info("priv", lab.relay.netns).ifindex)
-    wait_for("nh_generation to move on a deletion",
-             lambda: view.maps.read_config().nh_generation != after_mac)
+    until(lambda: view.maps.read_config().nh_generation != after_mac, timeout=10,
+          interval=0.05, what="nh_generation to move on a deletion")
 
 
 def test_added_transceiver_gets_its_next_hop_primed(chain: dict[str, Any]) -> None:
@@ -294,12 +283,14 @@ def test_added_transceiver_gets_its_next_hop_primed(chain: dict[str, Any]) -> No
     assert neighbour_of(lab, address) is None
     orch.announce(address, txr_id)
     try:
-        wait_for("the announce to reach the map", lambda: txr_id in view.transceivers())
-        wait_for("a neighbour entry for the new transceiver",
-                 lambda: neighbour_of(lab, address) is not None)
+        until(lambda: txr_id in view.transceivers(), timeout=10, interval=0.05,
+              what="the announce to reach the map")
+        until(lambda: neighbour_of(lab, address) is not None, timeout=10, interval=0.05,
+              what="a neighbour entry for the new transceiver")
     finally:
         orch.call("DELETE", f"/v1/transceivers/{txr_id}")
-        wait_for("the removal to reach the map", lambda: txr_id not in view.transceivers())
+        until(lambda: txr_id not in view.transceivers(), timeout=10, interval=0.05,
+              what="the removal to reach the map")
 
 
 def test_clock_offset_is_kept_to_realtime(chain: dict[str, Any]) -> None:
@@ -308,6 +299,6 @@ def test_clock_offset_is_kept_to_realtime(chain: dict[str, Any]) -> None:
     view = chain["view"]
     wrong = monotonic_to_realtime_offset_ns() - 3600 * 10**9  # as if NTP stepped an hour
     assert view.maps.set_clock_offset(wrong) == wrong
-    wait_for("the orchestrator to rewrite clock_offset_ns",
-             lambda: abs(view.maps.read_config().clock_offset_ns
-                         - monotonic_to_realtime_offset_ns()) < 10**9)
+    until(lambda: abs(view.maps.read_config().clock_offset_ns
+                      - monotonic_to_realtime_offset_ns()) < 10**9,
+          timeout=10, interval=0.05, what="the orchestrator to rewrite clock_offset_ns")

@@ -14,6 +14,7 @@ from pyroute2 import NetlinkError
 
 from lab.topology import Lab
 from orchestrator import bpfprog, bpfsys, loader, netlink
+from tests.support import until
 
 
 def _xdp_prog_ids(lab: Lab) -> dict[str, int | None]:
@@ -128,11 +129,9 @@ def test_prime_neighbour_resolves_without_traffic(lab: Lab) -> None:
     ifindex, hop = loader.prime_neighbour(lab.model_lan.address, netns=relay_ns)
     assert hop == lab.model_lan.address
     assert ifindex == netlink.link_info("priv", relay_ns).ifindex
-    assert netlink.wait_for(
-        lambda: (netlink.neighbour("priv", lab.model_lan.address, relay_ns) or ("", ""))[0]
-        == lab.model_lan.mac,
-        timeout=5,
-    )
+    until(lambda: (netlink.neighbour("priv", lab.model_lan.address, relay_ns) or ("", ""))[0]
+          == lab.model_lan.mac, timeout=5, interval=0.05,
+          what="the primed neighbour to resolve")
 
 
 def test_neighbour_change_bumps_next_hop_generation(lab: Lab) -> None:

@@ -11,19 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from lab import stun
 from lab.topology import Lab
 from orchestrator import loader, netlink
 from voxrelay import token
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _stun(ufrag: str) -> bytes:
-    import struct
-
-    username = f"{ufrag}:cli1".encode()
-    attr = struct.pack(">HH", 6, len(username)) + username + b"\0" * (-len(username) % 4)
-    return struct.pack(">HHI", 1, len(attr), 0x2112A442) + os.urandom(12) + attr
 
 
 def test_second_relay_reaches_the_same_transceiver() -> None:
@@ -44,7 +37,7 @@ def test_second_relay_reaches_the_same_transceiver() -> None:
             server.bind((lab.transceiver_lan.address, 41000))
             server.settimeout(2)
             client.settimeout(2)
-            request = _stun(token.mint(key, key_id=1, transceiver_id=5, port=41000))
+            request = stun.binding_request(token.mint(key, key_id=1, transceiver_id=5, port=41000))
             client.sendto(request, lab.relay2.vip)
             data, peer = server.recvfrom(4096)
             assert data == request

@@ -8,7 +8,6 @@ import struct
 import pytest
 
 from bench import report
-from bench.stun import MAGIC_COOKIE, binding_request, token_of
 from bench.tools import parse_gen_output
 from bench.turn import (
     ALLOCATE,
@@ -19,6 +18,7 @@ from bench.turn import (
     response_ok,
     xor_peer_address,
 )
+from lab.stun import MAGIC_COOKIE, binding_request, token_of
 
 
 def test_percentile_nearest_rank() -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from bench.stun import binding_request
 from bench.userspace_relay import NatTable, Relay
+from lab.stun import binding_request
 from voxrelay.token import mint, new_key
 
 KEY = new_key()

@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 from aiohttp import web
-from redis_server import redis_server  # noqa: F401  (fixture)
 
 from voxrelay.directory import (
     DirectoryUnavailable,
@@ -72,7 +71,7 @@ async def test_http_client_contract(served):
     assert rotated.current != ring.current and ring.current in rotated.active
 
 
-async def test_redis_client_contract(redis_server):  # noqa: F811
+async def test_redis_client_contract(redis_server):
     c = connect(redis_server.url, prefix="c:")
     assert isinstance(c, RedisDirectory)
     try:

@@ -4,10 +4,10 @@ import json
 import re
 from pathlib import Path
 
-from orch_fakes import FakeRelayView
 from prometheus_client import generate_latest
 
 from orchestrator.metrics import OrchestratorMetrics
+from tests.unit.orch_fakes import FakeRelayView
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "voxrelay.json"
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from orch_fakes import FakeRelayView
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.metrics import OrchestratorMetrics, split_stat
 from orchestrator.service import run_orchestrator
 from orchestrator.sync import MapTransceiver
+from tests.unit.orch_fakes import FakeRelayView
 from voxrelay.config import Config
 from voxrelay.directory import TransceiverRecord, connect
 

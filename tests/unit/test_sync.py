@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from orch_fakes import FakeRelayMaps
-from redis_server import redis_server  # noqa: F401  (fixture)
 
 from orchestrator.sync import (
     DesiredState,
@@ -14,6 +12,8 @@ from orchestrator.sync import (
     Syncer,
     compute_delta,
 )
+from tests.support import until_async
+from tests.unit.orch_fakes import FakeRelayMaps
 from voxrelay.directory import DirectoryUnavailable, TransceiverRecord, UnknownTransceiver
 from voxrelay.directory.memory import MemoryDirectory
 from voxrelay.directory.redis import RedisDirectory
@@ -135,15 +135,15 @@ async def test_follower_applies_changes_as_they_arrive(directory_factory):
     stop = asyncio.Event()
     task = asyncio.create_task(sync.run(stop))
     try:
-        await _until(lambda: sync.in_sync)
+        await until_async(lambda: sync.in_sync)
         await directory.announce(TransceiverRecord(9, "10.0.1.9", 3479))
-        await _until(lambda: 9 in maps.txrs)
+        await until_async(lambda: 9 in maps.txrs)
         await directory.drain(9)
-        await _until(lambda: maps.txrs[9].status == "draining")
+        await until_async(lambda: maps.txrs[9].status == "draining")
         ring = await directory.rotate_keys()
-        await _until(lambda: maps.key_slots == ring.active_keys())
+        await until_async(lambda: maps.key_slots == ring.active_keys())
         await directory.remove(9)
-        await _until(lambda: 9 not in maps.txrs)
+        await until_async(lambda: 9 not in maps.txrs)
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
@@ -159,15 +159,15 @@ async def test_hold_keeps_missing_transceivers_after_connect():
     stop = asyncio.Event()
     task = asyncio.create_task(sync.run(stop))
     try:
-        await _until(lambda: sync.in_sync)
+        await until_async(lambda: sync.in_sync)
         assert 5 in maps.txrs
-        await _until(lambda: 5 not in maps.txrs)  # after the hold
+        await until_async(lambda: 5 not in maps.txrs)  # after the hold
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
 
 
-async def test_redis_restart_keeps_maps_then_resyncs(redis_server):  # noqa: F811
+async def test_redis_restart_keeps_maps_then_resyncs(redis_server):
     directory = RedisDirectory(redis_server.url, prefix="t:", timeout=0.5)
     maps = FakeRelayMaps()
     sync = Syncer(directory, maps, poll=0.05, hold=0.0, backoff_min=0.05, backoff_max=0.2)
@@ -176,26 +176,26 @@ async def test_redis_restart_keeps_maps_then_resyncs(redis_server):  # noqa: F81
     await directory.announce(TransceiverRecord(1, "10.0.1.1", 3479))
     task = asyncio.create_task(sync.run(stop))
     try:
-        await _until(lambda: 1 in maps.txrs and sync.in_sync)
+        await until_async(lambda: 1 in maps.txrs and sync.in_sync)
         before = (maps.transceivers(), maps.keys())
         redis_server.stop()
-        await _until(lambda: not sync.connected)
+        await until_async(lambda: not sync.connected)
         assert not sync.in_sync
         assert (maps.transceivers(), maps.keys()) == before  # outage changes nothing
         with pytest.raises(DirectoryUnavailable):
             await directory.announce(TransceiverRecord(2, "10.0.1.2", 3479))
         redis_server.start()  # append-only file: the data is back
-        await _until(lambda: sync.connected and sync.in_sync)
+        await until_async(lambda: sync.connected and sync.in_sync)
         assert (maps.transceivers(), maps.keys()) == before
         await directory.announce(TransceiverRecord(2, "10.0.1.2", 3479))
-        await _until(lambda: 2 in maps.txrs)
+        await until_async(lambda: 2 in maps.txrs)
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
         await directory.close()
 
 
-async def test_late_relay_resyncs_then_follows(redis_server):  # noqa: F811
+async def test_late_relay_resyncs_then_follows(redis_server):
     writer = RedisDirectory(redis_server.url, prefix="t:")
     for i in range(1, 6):
         await writer.announce(TransceiverRecord(i, f"10.0.1.{i}", 3479))
@@ -205,9 +205,9 @@ async def test_late_relay_resyncs_then_follows(redis_server):  # noqa: F811
     stop = asyncio.Event()
     task = asyncio.create_task(sync.run(stop))
     try:
-        await _until(lambda: set(maps.txrs) == {1, 2, 3, 4, 5})
+        await until_async(lambda: set(maps.txrs) == {1, 2, 3, 4, 5})
         await writer.drain(3)
-        await _until(lambda: maps.txrs[3].status == "draining")
+        await until_async(lambda: maps.txrs[3].status == "draining")
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
@@ -215,7 +215,7 @@ async def test_late_relay_resyncs_then_follows(redis_server):  # noqa: F811
         await late.close()
 
 
-async def test_bad_record_in_redis_never_reaches_a_map(redis_server):  # noqa: F811
+async def test_bad_record_in_redis_never_reaches_a_map(redis_server):
     directory = RedisDirectory(redis_server.url, prefix="t:")
     await directory.announce(TransceiverRecord(1, "10.0.1.1", 3479))
     await directory._redis.set("t:txr:2", '{"id": 2, "address": "10.0.1", "probe_port": 1}')
@@ -223,12 +223,3 @@ async def test_bad_record_in_redis_never_reaches_a_map(redis_server):  # noqa: F
     await Syncer(directory, maps, hold=0.0).reconcile()
     assert set(maps.txrs) == {1}
     await directory.close()
-
-
-async def _until(predicate, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)

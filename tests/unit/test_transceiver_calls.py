@@ -14,8 +14,10 @@ import re
 
 import aiohttp
 import pytest
-from fake_model import TRANSCRIPT, start_fake_model, tone
-from transceiver_harness import (
+
+from lab.client import CallClient, CallFailed
+from tests.unit.fake_model import TRANSCRIPT, start_fake_model, tone
+from tests.unit.transceiver_harness import (
     LoopbackRelay,
     free_port_range,
     free_udp_port,
@@ -23,8 +25,6 @@ from transceiver_harness import (
     open_udp_ports,
     start_transceiver,
 )
-
-from lab.client import CallClient, CallFailed
 from transceiver.directory import MemoryDirectory
 from voxrelay import token as tokens
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from transceiver_harness import LoopbackRelay, start_transceiver
 
 from lab.client import place_call
+from tests.unit.transceiver_harness import LoopbackRelay, start_transceiver
 from transceiver.directory import MemoryDirectory
 from transceiver.model.server import ModelOptions, serve_model
 from transceiver.model.speech import synthesize

@@ -7,7 +7,7 @@ the expected output packet independently with scapy (addresses, ports, MACs,
 and IP/UDP checksums recomputed from scratch) for a byte-for-byte compare.
 Pass and drop rows expect the packet back untouched.
 
-tests/unit/test_bpf_packets.py runs the table; bench/ may import ``ROWS``
+tests/bpf/test_bpf_packets.py runs the table; bench/ may import ``ROWS``
 and ``RelayLab`` for a repeat-N run of the same packets.
 """
 
@@ -26,8 +26,9 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
+from lab import stun
 from orchestrator.bpfprog import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
-from tests.unit.relay_lab import (
+from tests.bpf.relay_lab import (
     GATEWAY_MAC,
     KEY1,
     KEY2,
@@ -46,49 +47,9 @@ from voxrelay import token
 
 # --- packet builders ---------------------------------------------------------
 
-STUN_COOKIE = 0x2112A442
-ATTR_USERNAME = 0x0006
-ATTR_PRIORITY = 0x0024
-ATTR_ICE_CONTROLLED = 0x8029
-ATTR_MESSAGE_INTEGRITY = 0x0008
-ATTR_FINGERPRINT = 0x8028
-
 CLIENT = IPv4Address("203.0.113.7")
 CLIENT_PORT = 51000
 WIRE_MAC = "02:00:00:00:09:09"  # whoever sent the frame to the relay
-
-
-def stun_attr(kind: int, value: bytes) -> bytes:
-    return struct.pack(">HH", kind, len(value)) + value + b"\x00" * (-len(value) % 4)
-
-
-def stun_message(
-    attrs: list[tuple[int, bytes]] | None = None,
-    *,
-    msg_type: int = 0x0001,
-    cookie: int = STUN_COOKIE,
-    length_delta: int = 0,
-    tid: bytes | None = None,
-) -> bytes:
-    body = b"".join(stun_attr(k, v) for k, v in (attrs or []))
-    header = struct.pack(">HHI", msg_type, len(body) + length_delta, cookie)
-    return header + (tid if tid is not None else os.urandom(12)) + body
-
-
-def binding_request(username: str | bytes, *, before: int = 0) -> bytes:
-    """A Binding Request as ICE sends it: USERNAME, PRIORITY, ICE-CONTROLLED,
-    MESSAGE-INTEGRITY and FINGERPRINT (the last two are opaque to the relay).
-    ``before`` puts that many PRIORITY attributes ahead of USERNAME."""
-    user = username.encode() if isinstance(username, str) else username
-    attrs = [(ATTR_PRIORITY, struct.pack(">I", 0x6E7F1EFF))] * before
-    attrs += [
-        (ATTR_USERNAME, user),
-        (ATTR_PRIORITY, struct.pack(">I", 0x6E7F1EFF)),
-        (ATTR_ICE_CONTROLLED, os.urandom(8)),
-        (ATTR_MESSAGE_INTEGRITY, os.urandom(20)),
-        (ATTR_FINGERPRINT, os.urandom(4)),
-    ]
-    return stun_message(attrs)
 
 
 def mint(key: bytes = KEY1, *, key_id: int = 1, transceiver_id: int = 7, port: int = 50007,
@@ -184,7 +145,7 @@ def open_flow(ctx: Context, *, client: str = str(CLIENT), sport: int = CLIENT_PO
               ufrag: str | None = None) -> int:
     """Create a flow with a valid Binding Request; returns its relay port."""
     ufrag = ufrag or ctx.values.setdefault("ufrag", mint())
-    send(ctx, to_relay(binding_request(username(ufrag)), src=client, sport=sport),
+    send(ctx, to_relay(stun.ice_binding_request(username(ufrag)), src=client, sport=sport),
          "STAT_FWD_NEW_FLOW")
     flow = ctx.lab.maps.flow(client, sport)
     assert flow is not None
@@ -198,7 +159,7 @@ def with_config(**changes: Any) -> Callable[[Context], None]:
 
 
 def stun_with(ufrag: str) -> Callable[[Context], Any]:
-    return lambda ctx: to_relay(binding_request(username(ufrag)))
+    return lambda ctx: to_relay(stun.ice_binding_request(username(ufrag)))
 
 
 def flip(ufrag: str, index: int) -> str:
@@ -339,7 +300,7 @@ def _expect_no_udp_csum(ctx: Context, pkt: Any) -> bytes:
 
 
 def _first_fragment(ctx: Context) -> Any:
-    return to_relay(binding_request(username(mint())), flags="MF")
+    return to_relay(stun.ice_binding_request(username(mint())), flags="MF")
 
 
 def _later_fragment(ctx: Context) -> Any:
@@ -349,7 +310,7 @@ def _later_fragment(ctx: Context) -> Any:
 
 def _ip_options(ctx: Context) -> Any:
     from scapy.layers.inet import IPOption_RR
-    return to_relay(binding_request(username(mint())), options=[IPOption_RR()])
+    return to_relay(stun.ice_binding_request(username(mint())), options=[IPOption_RR()])
 
 
 def _truncated_udp(ctx: Context) -> bytes:
@@ -357,13 +318,13 @@ def _truncated_udp(ctx: Context) -> bytes:
 
 
 def _ip_len_too_long(ctx: Context) -> Any:
-    pkt = to_relay(binding_request(username(mint())))
+    pkt = to_relay(stun.ice_binding_request(username(mint())))
     pkt[IP].len = len(pkt[IP]) + 40
     return Ether(bytes(pkt))
 
 
 def _udp_len_wrong(ctx: Context) -> Any:
-    pkt = to_relay(binding_request(username(mint())))
+    pkt = to_relay(stun.ice_binding_request(username(mint())))
     pkt[UDP].len = len(pkt[UDP]) - 4
     return Ether(bytes(pkt))
 
@@ -378,7 +339,7 @@ ROWS: list[Row] = [
         stun_with(mint()), XDP_REDIRECT, "STAT_FWD_NEW_FLOW",
         expect=to_txr, check=_check_flow_to(7)),
     Row("USERNAME after other attributes is still found",
-        lambda ctx: to_relay(binding_request(username(mint(transceiver_id=8, port=50111)),
+        lambda ctx: to_relay(stun.ice_binding_request(username(mint(transceiver_id=8, port=50111)),
                                              before=3)),
         XDP_REDIRECT, "STAT_FWD_NEW_FLOW",
         expect=lambda ctx, pkt: to_txr(ctx, pkt, txr=8, port=50111),
@@ -386,7 +347,7 @@ ROWS: list[Row] = [
     Row("second active key (rotation) opens a flow too",
         stun_with(mint(KEY2, key_id=2)), XDP_REDIRECT, "STAT_FWD_NEW_FLOW", expect=to_txr),
     Row("NAT rebinding: same token from a new address makes a new flow, same transceiver",
-        lambda ctx: to_relay(binding_request(username(ctx.values["ufrag"])),
+        lambda ctx: to_relay(stun.ice_binding_request(username(ctx.values["ufrag"])),
                              src="203.0.113.99", sport=62000),
         XDP_REDIRECT, "STAT_FWD_NEW_FLOW", setup=_setup_rebinding, expect=to_txr,
         check=_check_rebinding),
@@ -403,7 +364,7 @@ ROWS: list[Row] = [
         lambda ctx: to_relay(DTLS), XDP_REDIRECT, "STAT_FWD_TO_TRANSCEIVER",
         setup=_setup_known, expect=to_txr),
     Row("known flow: a later STUN request (no token check) is forwarded",
-        lambda ctx: to_relay(binding_request("not-a-token:x")), XDP_REDIRECT,
+        lambda ctx: to_relay(stun.ice_binding_request("not-a-token:x")), XDP_REDIRECT,
         "STAT_FWD_TO_TRANSCEIVER", setup=_setup_known, expect=to_txr),
     Row("known flow: UDP checksum 0 (none) stays 0",
         _no_udp_csum, XDP_REDIRECT, "STAT_FWD_TO_TRANSCEIVER", setup=_setup_known,
@@ -440,45 +401,45 @@ ROWS: list[Row] = [
     Row("payload shorter than a STUN header", lambda ctx: to_relay(b"\x00\x01\x00\x00"),
         XDP_DROP, "STAT_DROP_NOT_STUN"),
     Row("wrong magic cookie",
-        lambda ctx: to_relay(stun_message([(ATTR_USERNAME, username(mint()).encode())],
+        lambda ctx: to_relay(stun.message([(stun.ATTR_USERNAME, username(mint()).encode())],
                                           cookie=0x2112A443)),
         XDP_DROP, "STAT_DROP_NOT_STUN"),
     Row("STUN length disagrees with UDP",
-        lambda ctx: to_relay(stun_message([(ATTR_USERNAME, username(mint()).encode())],
+        lambda ctx: to_relay(stun.message([(stun.ATTR_USERNAME, username(mint()).encode())],
                                           length_delta=4)),
         XDP_DROP, "STAT_DROP_NOT_STUN"),
     Row("attribute runs past the message",
-        lambda ctx: to_relay(struct.pack(">HHI", 1, 8, STUN_COOKIE) + os.urandom(12)
-                             + struct.pack(">HH", ATTR_PRIORITY, 12) + b"\x00" * 4),
+        lambda ctx: to_relay(struct.pack(">HHI", 1, 8, stun.MAGIC_COOKIE) + os.urandom(12)
+                             + struct.pack(">HH", stun.ATTR_PRIORITY, 12) + b"\x00" * 4),
         XDP_DROP, "STAT_DROP_NOT_STUN"),
     Row("Binding success response, not a request",
-        lambda ctx: to_relay(stun_message([(ATTR_USERNAME, username(mint()).encode())],
+        lambda ctx: to_relay(stun.message([(stun.ATTR_USERNAME, username(mint()).encode())],
                                           msg_type=0x0101)),
         XDP_DROP, "STAT_DROP_NOT_BINDING"),
     Row("Binding indication, not a request",
-        lambda ctx: to_relay(stun_message([], msg_type=0x0011)), XDP_DROP,
+        lambda ctx: to_relay(stun.message([], msg_type=0x0011)), XDP_DROP,
         "STAT_DROP_NOT_BINDING"),
     Row("Binding Request without USERNAME",
-        lambda ctx: to_relay(stun_message([(ATTR_PRIORITY, b"\x00" * 4)] * 3)), XDP_DROP,
+        lambda ctx: to_relay(stun.message([(stun.ATTR_PRIORITY, b"\x00" * 4)] * 3)), XDP_DROP,
         "STAT_DROP_NO_USERNAME"),
     # --- token drops ---
     Row("ufrag too short", stun_with("abcd"), XDP_DROP, "STAT_DROP_TOKEN_MALFORMED"),
     Row("USERNAME without ':' after 32 chars",
-        lambda ctx: to_relay(binding_request(mint() + "x")), XDP_DROP,
+        lambda ctx: to_relay(stun.ice_binding_request(mint() + "x")), XDP_DROP,
         "STAT_DROP_TOKEN_MALFORMED"),
     Row("ufrag with a non-base64 character",
-        lambda ctx: to_relay(binding_request(username("-" + mint()[1:]))), XDP_DROP,
+        lambda ctx: to_relay(stun.ice_binding_request(username("-" + mint()[1:]))), XDP_DROP,
         "STAT_DROP_TOKEN_MALFORMED"),
-    Row("token version 2", lambda ctx: to_relay(binding_request(username(version2_token()))),
+    Row("token version 2", lambda ctx: to_relay(stun.ice_binding_request(username(version2_token()))),
         XDP_DROP, "STAT_DROP_TOKEN_MALFORMED"),
     Row("token key id not in the map", stun_with(mint(key_id=3)), XDP_DROP,
         "STAT_DROP_TOKEN_UNKNOWN_KEY"),
     Row("token key retired", stun_with(mint()), XDP_DROP, "STAT_DROP_TOKEN_UNKNOWN_KEY",
         setup=_setup_retired),
-    Row("token MAC altered", lambda ctx: to_relay(binding_request(username(flip(mint(), 25)))),
+    Row("token MAC altered", lambda ctx: to_relay(stun.ice_binding_request(username(flip(mint(), 25)))),
         XDP_DROP, "STAT_DROP_TOKEN_BAD_MAC"),
     Row("token body altered (port)",
-        lambda ctx: to_relay(binding_request(username(flip(mint(), 9)))), XDP_DROP,
+        lambda ctx: to_relay(stun.ice_binding_request(username(flip(mint(), 9)))), XDP_DROP,
         "STAT_DROP_TOKEN_BAD_MAC"),
     Row("token signed with another key under key id 1",
         stun_with(mint(KEY2, key_id=1)), XDP_DROP, "STAT_DROP_TOKEN_BAD_MAC"),
@@ -492,10 +453,10 @@ ROWS: list[Row] = [
     Row("IPv6 transceiver: path not ready", stun_with(mint()), XDP_DROP, "STAT_DROP_IPV6",
         setup=_setup_ipv6_txr),
     Row("second new flow from one address within a second: rate limited",
-        lambda ctx: to_relay(binding_request(username(mint())), sport=1001), XDP_DROP,
+        lambda ctx: to_relay(stun.ice_binding_request(username(mint())), sport=1001), XDP_DROP,
         "STAT_DROP_RATE_LIMITED", setup=_setup_rate),
     Row("third flow of one token: flow cap",
-        lambda ctx: to_relay(binding_request(username(ctx.values["ufrag"])),
+        lambda ctx: to_relay(stun.ice_binding_request(username(ctx.values["ufrag"])),
                              src="203.0.113.32"),
         XDP_DROP, "STAT_DROP_TOKEN_FLOW_CAP", setup=_setup_cap),
     Row("no free relay port", stun_with(mint()), XDP_DROP, "STAT_DROP_PORT_EXHAUSTED",
@@ -510,10 +471,10 @@ ROWS: list[Row] = [
     Row("TCP to VIP:3478 passes", lambda ctx: Ether(dst=VPUB_MAC) / IP(dst=str(VIP))
         / TCP(dport=PUBLIC_PORT), XDP_PASS, "STAT_PASS_NOT_RELAY"),
     Row("UDP to another port of the VIP passes",
-        lambda ctx: to_relay(binding_request(username(mint())), dport=53), XDP_PASS,
+        lambda ctx: to_relay(stun.ice_binding_request(username(mint())), dport=53), XDP_PASS,
         "STAT_PASS_NOT_RELAY"),
     Row("UDP to another address passes",
-        lambda ctx: to_relay(binding_request(username(mint())), dst="198.51.100.77"),
+        lambda ctx: to_relay(stun.ice_binding_request(username(mint())), dst="198.51.100.77"),
         XDP_PASS, "STAT_PASS_NOT_RELAY"),
     Row("UDP to the private address outside the port range passes",
         lambda ctx: from_transceiver(SRTP, PORT_MAX + 1), XDP_PASS, "STAT_PASS_NOT_RELAY",
@@ -522,7 +483,7 @@ ROWS: list[Row] = [
         XDP_PASS, "STAT_PASS_NOT_RELAY"),
     Row("IPv6 UDP to port 3478 passes (no IPv6 relay address configured)",
         lambda ctx: Ether(dst=VPUB_MAC) / IPv6(dst="2001:db8::1") / UDP(dport=PUBLIC_PORT)
-        / Raw(binding_request("x:y")), XDP_PASS, "STAT_PASS_NOT_RELAY"),
+        / Raw(stun.ice_binding_request("x:y")), XDP_PASS, "STAT_PASS_NOT_RELAY"),
     Row("a later fragment (no UDP header) passes; its first fragment was dropped",
         _later_fragment, XDP_PASS, "STAT_PASS_NOT_RELAY"),
     Row("IPv4 header cut short passes (its destination is unknown)", _truncated_ip, XDP_PASS,

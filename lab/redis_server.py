@@ -1,8 +1,9 @@
-"""Start and stop a private redis-server for a test (Debian's package).
+"""A private redis-server (Debian's package) for tests and the bench.
 
-Listens on a unix socket in a temp dir (no TCP port to collide on) with
-append-only persistence, so that a restart keeps the data as a production
-Redis would. Always stopped, also when the test fails.
+Listens on a unix socket in a given directory (no TCP port to collide on)
+with append-only persistence, so that a restart keeps the data as a
+production Redis would. Use as a context manager, or start/stop/restart by
+hand; ``stop`` is idempotent, so a ``finally`` can always call it.
 """
 
 from __future__ import annotations
@@ -11,15 +12,24 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Self
 
-import pytest
+MISSING = "redis-server is not installed (scripts/setup.sh installs it)"
 
 
 class RedisServer:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, appendfsync: str = "always") -> None:
+        """``appendfsync`` "always" makes every acknowledged write survive a
+        restart (what the tests check); the bench passes "everysec", Redis's
+        own default, so that an fsync per write is not in its latencies."""
         self.workdir = workdir
         self.socket = workdir / "redis.sock"
+        self.appendfsync = appendfsync
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("redis-server") is not None
 
     @property
     def url(self) -> str:
@@ -28,16 +38,18 @@ class RedisServer:
     def start(self) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
-            pytest.skip("redis-server is not installed (scripts/setup.sh installs it)")
+            raise RuntimeError(MISSING)
         self.proc = subprocess.Popen(
             [exe, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-             "--dir", str(self.workdir), "--appendonly", "yes", "--appendfsync", "always",
+             "--dir", str(self.workdir), "--appendonly", "yes",
+             "--appendfsync", self.appendfsync,
              "--save", "", "--daemonize", "no", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while not self.socket.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.02)
 
@@ -56,12 +68,9 @@ class RedisServer:
         self.stop()
         self.start()
 
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
-@pytest.fixture
-def redis_server(tmp_path: Path):
-    server = RedisServer(tmp_path)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

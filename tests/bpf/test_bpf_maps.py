@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.root
 
+from lab.pinned_relay import fresh_pin_dir
 from orchestrator import bpfprog
 from orchestrator.maps import (
     MapLayoutError,
@@ -19,7 +19,7 @@ from orchestrator.maps import (
     map_info,
 )
 from orchestrator.verdicts import verdict_names
-from tests.unit.packet_table import (
+from tests.bpf.packet_table import (
     CLIENT,
     CLIENT_PORT,
     DTLS,
@@ -28,39 +28,21 @@ from tests.unit.packet_table import (
     open_flow,
     to_relay,
 )
-from tests.unit.relay_lab import (
+from tests.bpf.relay_lab import (
     LAB_LIMITS,
     PRIVATE,
     VIP,
     RelayLab,
     lab_relay_config,
-    require_root_and_bpf,
 )
 from voxrelay.config import RelayConfig
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[RelayLab]:
-    require_root_and_bpf()
-    with RelayLab() as relay_lab:
-        yield relay_lab
-
-
 @pytest.fixture
 def pin_dir() -> Iterator[Path]:
-    require_root_and_bpf()
-    path = bpfprog.pin_dir_for(f"test-{secrets.token_hex(4)}")
-    root_existed = path.parent.exists()
-    try:
+    with fresh_pin_dir("test") as path:
         yield path
-    finally:
-        bpfprog.unpin_maps(path)
-        if not root_existed:
-            try:
-                path.parent.rmdir()
-            except OSError:  # another user of /sys/fs/bpf/voxrelay appeared meanwhile
-                pass
-        assert not path.exists(), f"pins left behind in {path}"
+    assert not path.exists(), f"pins left behind in {path}"
 
 
 def test_config_round_trip(lab: RelayLab) -> None:
@@ -205,7 +187,6 @@ def test_pin_with_another_layout_is_refused(pin_dir: Path) -> None:
 
 def test_raised_limits_still_verify() -> None:
     """Loops are bounded by consts.h limits; the verifier has headroom above the defaults."""
-    require_root_and_bpf()
     bpf = bpfprog.compile_relay({"MAX_STUN_ATTRS": 64, "PORT_ALLOC_TRIES": 32, "MAX_FLOWS": 1024})
     try:
         assert bpfprog.load_relay_fn(bpf).fd >= 0

@@ -13,27 +13,20 @@ import random
 import string
 import struct
 import time
-from collections.abc import Iterator
 
 import pytest
 
 pytestmark = pytest.mark.root
 
+from lab import stun
 from orchestrator.verdicts import from_label
-from tests.unit.packet_table import binding_request, to_relay
-from tests.unit.relay_lab import KEY1, KEY2, RelayLab, require_root_and_bpf
+from tests.bpf.packet_table import to_relay
+from tests.bpf.relay_lab import KEY1, KEY2, RelayLab
 from voxrelay import token
 
 KEYS = {1: KEY1, 2: KEY2}
 B64 = string.ascii_letters + string.digits + "+/"
 CASES = 1500
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[RelayLab]:
-    require_root_and_bpf()
-    with RelayLab() as relay_lab:
-        yield relay_lab
 
 
 def signed(version: int, key_id: int, txr: int, port: int, expiry: int, key: bytes) -> str:
@@ -97,7 +90,7 @@ def test_kernel_agrees_with_python(lab: RelayLab) -> None:
         ufrag = make_ufrag(rng, now)
         want = python_verdict(ufrag, now)
         # each case from its own client port, so no case meets another's flow
-        pkt = to_relay(binding_request(f"{ufrag}:cLnT"), sport=1024 + i)
+        pkt = to_relay(stun.ice_binding_request(f"{ufrag}:cLnT"), sport=1024 + i)
         res = lab.run(bytes(pkt))
         assert res.stat == want, f"{ufrag!r}: kernel {res.stat}, python {want}"
         seen[want] = seen.get(want, 0) + 1
@@ -127,7 +120,7 @@ def test_every_byte_value_in_a_token(lab: RelayLab) -> None:
                 want = "STAT_DROP_TOKEN_MALFORMED"
             if chr(value) not in B64:
                 assert want == "STAT_DROP_TOKEN_MALFORMED", (pos, value, want)
-            pkt = to_relay(binding_request(raw + b":cLnT"), sport=20000 + pos * 256 + value)
+            pkt = to_relay(stun.ice_binding_request(raw + b":cLnT"), sport=20000 + pos * 256 + value)
             res = lab.run(bytes(pkt))
             assert res.stat == want, f"byte {value} at {pos}: kernel {res.stat}, python {want}"
             seen[want] = seen.get(want, 0) + 1

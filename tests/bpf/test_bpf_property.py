@@ -33,17 +33,14 @@ pytestmark = pytest.mark.root
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lab import stun
 from orchestrator.bpfprog import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
 from orchestrator.maps import TransceiverStatus
-from tests.unit.packet_table import (
-    ATTR_USERNAME,
-    STUN_COOKIE,
-    binding_request,
+from tests.bpf.packet_table import (
     from_transceiver,
-    stun_message,
     to_relay,
 )
-from tests.unit.relay_lab import (
+from tests.bpf.relay_lab import (
     KEY1,
     KEY2,
     PORT_MAX,
@@ -54,7 +51,6 @@ from tests.unit.relay_lab import (
     VIP,
     RelayLab,
     lab_relay_config,
-    require_root_and_bpf,
 )
 from voxrelay import token
 
@@ -70,7 +66,6 @@ PRIVATE_BYTES = PRIVATE.packed
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[RelayLab]:
-    require_root_and_bpf()
     with RelayLab() as relay_lab:
         # limits on, so that their drops mix in; flows never go idle here
         relay_lab.reset(lab_relay_config(new_flows_per_sec=20, max_flows_per_token=4))
@@ -123,10 +118,10 @@ def build(spec: Spec, lab: RelayLab) -> bytes:
                            transceiver_id=spec.txr, port=50000 + spec.txr,
                            ttl=60, now=time.time() - (3600 if spec.expired else 0))
         if spec.kind == "stun":
-            payload = binding_request(f"{ufrag}:{spec.payload.hex()[:8]}")
+            payload = stun.ice_binding_request(f"{ufrag}:{spec.payload.hex()[:8]}")
         else:  # STUN-shaped with random attributes around the USERNAME
-            payload = stun_message([(0x0024, spec.payload[:8]),
-                                    (ATTR_USERNAME, f"{ufrag}:x".encode()),
+            payload = stun.message([(0x0024, spec.payload[:8]),
+                                    (stun.ATTR_USERNAME, f"{ufrag}:x".encode()),
                                     (0x8028, spec.payload[8:12])])
         frame = bytes(to_relay(payload, src=client, sport=cport))
     elif spec.kind == "media":
@@ -165,12 +160,12 @@ def udp_of(data: bytes) -> tuple[bytes, bytes, int, int, bytes] | None:
 
 def token_allows(payload: bytes) -> bool:
     """Does this payload carry, in a STUN USERNAME, a token that verifies?"""
-    if len(payload) < 20 or struct.unpack_from(">I", payload, 4)[0] != STUN_COOKIE:
+    if len(payload) < 20 or struct.unpack_from(">I", payload, 4)[0] != stun.MAGIC_COOKIE:
         return False
     off = 20
     while off + 4 <= len(payload):
         kind, length = struct.unpack_from(">HH", payload, off)
-        if kind == ATTR_USERNAME:
+        if kind == stun.ATTR_USERNAME:
             value = payload[off + 4: off + 4 + length]
             ufrag = value.split(b":", 1)[0].decode("latin-1")
             try:

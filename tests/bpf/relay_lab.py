@@ -209,15 +209,6 @@ def stat_names() -> list[str]:
     return [RelayStat(i).name for i in range(len(verdict_names()))]
 
 
-def require_root_and_bpf() -> None:
-    """Skip (saying why) where the lab cannot run; CI's root tier has all of it."""
-    import pytest
-
-    reason = root_and_bpf_available()
-    if reason is not None:
-        pytest.skip(reason)
-
-
 def root_and_bpf_available() -> str | None:
     """None when the lab can run here, else the reason it cannot."""
     if os.geteuid() != 0:

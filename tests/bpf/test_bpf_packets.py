@@ -9,7 +9,6 @@ the output bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,28 +17,21 @@ pytestmark = pytest.mark.root
 
 from scapy.layers.l2 import Ether
 
+from lab import stun
 from orchestrator.bpfprog import XDP_DROP, XDP_PASS, XDP_REDIRECT, prog_test_run
 from orchestrator.verdicts import VERDICT_VALUES, verdict_names
-from tests.unit.packet_table import (
+from tests.bpf.packet_table import (
     DTLS,
     ROWS,
     Context,
     Row,
-    binding_request,
     mint,
     open_flow,
     to_relay,
     to_txr,
     username,
 )
-from tests.unit.relay_lab import RelayLab, require_root_and_bpf
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[RelayLab]:
-    require_root_and_bpf()
-    with RelayLab() as relay_lab:
-        yield relay_lab
+from tests.bpf.relay_lab import RelayLab
 
 
 def _diff(got: bytes, want: bytes) -> str:
@@ -105,7 +97,7 @@ def test_new_flow_next_hop_follows_a_neighbour_change_after_a_bump(lab: RelayLab
     orchestrator does on a neighbour change) makes new flows ask again."""
     from pyroute2 import IPRoute
 
-    from tests.unit.relay_lab import TRANSCEIVERS
+    from tests.bpf.relay_lab import TRANSCEIVERS
 
     addr, mac, _ = TRANSCEIVERS[7]
     moved_mac = "02:00:00:00:07:77"
@@ -134,7 +126,7 @@ def test_new_flow_next_hop_follows_a_neighbour_change_after_a_bump(lab: RelayLab
 
 def test_two_way_exchange_keeps_one_flow(lab: RelayLab) -> None:
     """A call's first packets, both ways, through one flow and one port."""
-    from tests.unit.packet_table import from_transceiver
+    from tests.bpf.packet_table import from_transceiver
 
     lab.reset()
     ctx = Context(lab)
@@ -166,30 +158,30 @@ def test_prog_test_run_does_not_reset_between_repeats(lab: RelayLab) -> None:
 
 
 def _client() -> tuple[str, int]:
-    from tests.unit.packet_table import CLIENT, CLIENT_PORT
+    from tests.bpf.packet_table import CLIENT, CLIENT_PORT
 
     return str(CLIENT), CLIENT_PORT
 
 
 def test_rate_window_reopens_after_a_second(lab: RelayLab) -> None:
-    from tests.unit.relay_lab import lab_relay_config
+    from tests.bpf.relay_lab import lab_relay_config
 
     lab.reset(lab_relay_config(new_flows_per_sec=1))
     ctx = Context(lab)
     open_flow(ctx, sport=2000)
-    res = lab.run(bytes(to_relay(binding_request(username(mint())), sport=2001)))
+    res = lab.run(bytes(to_relay(stun.ice_binding_request(username(mint())), sport=2001)))
     assert res.stat == "STAT_DROP_RATE_LIMITED"
     table = lab.maps.table("rate")
     for k, v in list(table.items()):
         v.window_start_ns -= 2_000_000_000
         table[k] = v
-    res = lab.run(bytes(to_relay(binding_request(username(mint())), sport=2001)))
+    res = lab.run(bytes(to_relay(stun.ice_binding_request(username(mint())), sport=2001)))
     assert res.stat == "STAT_FWD_NEW_FLOW"
 
 
 def test_steady_rows_repeat_with_the_same_verdict(lab: RelayLab) -> None:
     """The bench's repeat-N run of the table: each copy gets the row's verdict."""
-    from tests.unit.packet_table import repeat_row, steady_rows
+    from tests.bpf.packet_table import repeat_row, steady_rows
 
     rows = steady_rows()
     assert len(rows) >= len(ROWS) - 12

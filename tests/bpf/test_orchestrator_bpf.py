@@ -15,12 +15,14 @@ from ipaddress import IPv4Address
 
 import pytest
 from prometheus_client import generate_latest
-from redis_server import redis_server  # noqa: F401  (fixture)
-from test_metrics_service import samples
 
+from lab import stun
+from lab.pinned_relay import pinned_relay
 from orchestrator import bpfprog
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.sync import Syncer, keyring_from_map
+from tests.support import until_async
+from tests.unit.test_metrics_service import samples
 from voxrelay import token as tk
 from voxrelay.config import RelayConfig
 from voxrelay.directory import TransceiverRecord
@@ -46,25 +48,10 @@ class Clock:
 @pytest.fixture(scope="module")
 def relay():
     """(kernel-side RelayMaps, prog fd, orchestrator-side view from the pins)."""
-    from orchestrator.maps import RelayMaps
-    from orchestrator.relay_maps import open_pinned_relay
-
-    name = f"vxo-{secrets.token_hex(4)}"
-    pin_dir = bpfprog.pin_dir_for(name)
-    bpf = view = None
-    try:
-        bpf = bpfprog.compile_relay(LIMITS, pin_dir)
-        fd = bpfprog.load_relay_fn(bpf).fd
-        kernel = RelayMaps(bpf)
-        view = open_pinned_relay(name)
-        yield kernel, fd, view
-    finally:
-        if view is not None:
-            view.close()
-        if bpf is not None:
-            bpf.cleanup()
-        bpfprog.unpin_maps(pin_dir)
-        assert not pin_dir.exists()
+    with pinned_relay(LIMITS, prefix="vxo") as pinned:
+        fd = bpfprog.load_relay_fn(pinned.bpf).fd
+        yield pinned.kernel, fd, pinned.view
+    assert not pinned.pin_dir.exists()
 
 
 @pytest.fixture
@@ -133,7 +120,7 @@ async def test_add_drain_remove_expire_rotate_into_real_maps(clean, make_directo
         await directory.close()
 
 
-async def test_redis_restart_keeps_real_maps_then_resyncs(clean, redis_server):  # noqa: F811
+async def test_redis_restart_keeps_real_maps_then_resyncs(clean, redis_server):
     kernel, _, view = clean
     directory = RedisDirectory(redis_server.url, prefix="r:", timeout=0.5)
     sync = Syncer(directory, view, poll=0.05, hold=0.0, backoff_min=0.05, backoff_max=0.2,
@@ -142,17 +129,17 @@ async def test_redis_restart_keeps_real_maps_then_resyncs(clean, redis_server): 
     await directory.announce(TransceiverRecord(7, "10.77.0.21", 3479))
     task = asyncio.create_task(sync.run(stop))
     try:
-        await until(lambda: 7 in kernel.transceivers() and kernel.active_keys())
+        await until_async(lambda: 7 in kernel.transceivers() and kernel.active_keys())
         before = (kernel_txrs(kernel), view.keys())
         redis_server.stop()
-        await until(lambda: not sync.connected)
+        await until_async(lambda: not sync.connected)
         await asyncio.sleep(0.3)  # a few failed reconnects
         assert (kernel_txrs(kernel), view.keys()) == before
         redis_server.start()
-        await until(lambda: sync.connected and sync.in_sync)
+        await until_async(lambda: sync.connected and sync.in_sync)
         assert (kernel_txrs(kernel), view.keys()) == before
         await directory.announce(TransceiverRecord(9, "10.77.0.29", 3479))
-        await until(lambda: 9 in kernel.transceivers())
+        await until_async(lambda: 9 in kernel.transceivers())
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
@@ -178,7 +165,7 @@ async def test_restarted_embedded_orchestrator_changes_nothing(clean):
     stop = asyncio.Event()
     task = asyncio.create_task(sync.run(stop))
     try:
-        await until(lambda: sync.in_sync)
+        await until_async(lambda: sync.in_sync)
         assert (kernel_txrs(kernel), view.keys()) == before
         await second.announce(TransceiverRecord(7, "10.77.0.21", 3479))  # the re-announce
         await asyncio.sleep(0.2)
@@ -196,12 +183,6 @@ def udp_packet(dst: str, dport: int, payload: bytes, src: str = "203.0.113.5", s
                  / IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) / payload)
 
 
-def stun_request(ufrag: str) -> bytes:
-    from orchestrator.probe import build_request
-
-    return bytes(build_request(ufrag))
-
-
 def test_metrics_equal_map_counters_after_known_traffic(clean):
     kernel, fd, view = clean
     relay = RelayConfig(public_port=3478, port_min=40000, port_max=40999,
@@ -213,9 +194,9 @@ def test_metrics_equal_map_counters_after_known_traffic(clean):
     kernel.set_transceiver(7, "10.77.0.21")
     traffic = {
         "drop_not_stun": [udp_packet(VIP, 3478, b"hello, not stun", sport=50000 + i) for i in range(3)],
-        "drop_token_bad_mac": [stun_request(tk.mint(bytes(16), key_id=1, transceiver_id=7, port=40000))
+        "drop_token_bad_mac": [stun.binding_request(tk.mint(bytes(16), key_id=1, transceiver_id=7, port=40000))
                                for _ in range(2)],
-        "drop_transceiver_unknown": [stun_request(tk.mint(key, key_id=1, transceiver_id=99, port=40000))],
+        "drop_transceiver_unknown": [stun.binding_request(tk.mint(key, key_id=1, transceiver_id=99, port=40000))],
         "pass_not_relay": [udp_packet(VIP, 53, b"dns?") for _ in range(4)],
     }
     for reason, packets in traffic.items():
@@ -252,7 +233,7 @@ def test_flows_view_after_a_new_flow(clean):
     kernel.set_key(1, key)
     kernel.set_transceiver(7, "10.77.0.21")
     ufrag = tk.mint(key, key_id=1, transceiver_id=7, port=40123)
-    bpfprog.prog_test_run(fd, udp_packet(VIP, 3478, stun_request(ufrag), src="203.0.113.9", sport=41000))
+    bpfprog.prog_test_run(fd, udp_packet(VIP, 3478, stun.binding_request(ufrag), src="203.0.113.9", sport=41000))
     flows = view.flows()
     if not flows:
         pytest.fail(f"no flow created; counters: { {k: v for k, v in view.stats().items() if v} }")
@@ -260,15 +241,6 @@ def test_flows_view_after_a_new_flow(clean):
     assert (flow.client, flow.transceiver_id, flow.transceiver) == ("203.0.113.9:41000", 7, "10.77.0.21:40123")
     assert 40000 <= flow.relay_port <= 40999
     assert view.flow_count() == 1
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 def test_open_pinned_relay_errors():
