@@ -13,7 +13,6 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +22,6 @@ from aioice import Candidate
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from transceiver.directory import Directory, SessionRecord
 from transceiver.ice import PortPool, RoutedIce, random_ice_password, restart_ice, routed_ice
 from transceiver.media import CHUNK_MS, PcmChunker, ReplyTrack, recv_audio
 from transceiver.model import voice_pb2
@@ -31,6 +29,7 @@ from transceiver.modellink import Backoff, ModelLink, open_channel
 from transceiver.offer import parse_offer
 from transceiver.sessions import SessionStore
 from voxrelay import token as tokens
+from voxrelay.directory import Directory, DirectoryError, SessionRecord
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +61,12 @@ class Draining(CallError):
 
 class UnknownCall(CallError):
     status = 404
+
+
+class NoTokenKey(CallError):
+    """The directory has no current routing-token key (is the orchestrator running?)."""
+
+    status = 503
 
 
 @dataclass
@@ -133,7 +138,6 @@ class Call:
     def __init__(self, manager: CallManager, call_id: str) -> None:
         self.manager = manager
         self.id = call_id
-        self.created = time.time()
         self.port = 0
         self.ufrag = ""
         self.pc: RTCPeerConnection | None = None
@@ -161,14 +165,7 @@ class Call:
         sock = settings.ports.bind()
         self.port = sock.getsockname()[1]
         try:
-            keys = await self.manager.directory.token_keys()
-            self.ufrag = tokens.mint(
-                keys.active_key(),
-                key_id=keys.active,
-                transceiver_id=settings.transceiver_id,
-                port=self.port,
-                ttl=settings.token_ttl,
-            )
+            self.ufrag = await self.manager.mint_ufrag(self.port)
             self.routed = RoutedIce(
                 sock=sock,
                 ufrag=self.ufrag,
@@ -211,14 +208,7 @@ class Call:
         conn = routed.primary()
         if conn is None:
             raise CallError(f"call {self.id} has no ICE connection yet")
-        keys = await self.manager.directory.token_keys()
-        ufrag = tokens.mint(
-            keys.active_key(),
-            key_id=keys.active,
-            transceiver_id=self.manager.settings.transceiver_id,
-            port=self.port,
-            ttl=self.manager.settings.token_ttl,
-        )
+        ufrag = await self.manager.mint_ufrag(self.port)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(offer_text, "offer"))
         except Exception as exc:  # noqa: BLE001 - aiortc raises many types for a refused offer
@@ -441,11 +431,28 @@ class CallManager:
         self.sessions = SessionStore(settings.session_ttl)
         self.draining = False
         self._pending = 0
-        self.on_change: Callable[[], None] | None = None
 
     @property
     def load(self) -> int:
         return len(self.calls) + self._pending
+
+    async def mint_ufrag(self, port: int) -> str:
+        """A routing token naming this transceiver and ``port``, minted with
+        the directory's current key (read per call, so that a rotation is
+        followed at once)."""
+        ring = await self.directory.keyring()
+        if ring.current is None:
+            raise NoTokenKey("the directory has no routing-token key yet; start the orchestrator "
+                             "(or run `voxrelay keys rotate`)")
+        return tokens.mint(ring.keys[ring.current], key_id=ring.current,
+                           transceiver_id=self.settings.transceiver_id, port=port,
+                           ttl=self.settings.token_ttl)
+
+    async def _put_session(self, call: Call) -> None:
+        record = SessionRecord(call.id, self.settings.transceiver_id, call.port)
+        self.sessions.put(record, expires=time.time() + self.settings.session_ttl)
+        await self.directory.put_session(record.call_id, record.to_json(),
+                                         ttl=self.settings.session_ttl)
 
     async def create(self, offer_text: str) -> Call:
         try:
@@ -463,16 +470,8 @@ class CallManager:
         finally:
             self._pending -= 1
         self.calls[call.id] = call
-        record = SessionRecord(
-            call_id=call.id,
-            transceiver_id=self.settings.transceiver_id,
-            port=call.port,
-            created=call.created,
-            expires=time.time() + self.settings.session_ttl,
-        )
-        self.sessions.put(record)
         try:
-            await self.directory.put_session(record)
+            await self._put_session(call)
         except Exception:
             await call.close("directory refused the session record")
             raise
@@ -508,13 +507,9 @@ class CallManager:
 
     async def refresh_sessions(self) -> None:
         """Extend the TTL of live calls here and in the directory; drop expired ones."""
-        now = time.time()
         for call in list(self.calls.values()):
-            record = SessionRecord(call.id, self.settings.transceiver_id, call.port,
-                                   call.created, now + self.settings.session_ttl)
-            self.sessions.put(record)
-            await self.directory.put_session(record)
-        for call_id in self.sessions.expire(now):
+            await self._put_session(call)
+        for call_id in self.sessions.expire():
             expired = self.calls.get(call_id)
             if expired is not None:
                 await expired.close("session expired")
@@ -522,7 +517,12 @@ class CallManager:
     async def drain(self, grace: float) -> None:
         """No new calls; let existing ones finish for ``grace`` s, then close them."""
         self.draining = True
-        await self.directory.drain(self.settings.transceiver_id)
+        try:
+            await self.directory.drain(self.settings.transceiver_id)
+        except DirectoryError as exc:
+            # The heartbeat loop announces us as draining when the directory is back.
+            logger.warning("could not mark transceiver %s draining in the directory: %s",
+                           self.settings.transceiver_id, exc)
         waits = [asyncio.ensure_future(c.closed.wait()) for c in list(self.calls.values())]
         if waits:
             _, pending = await asyncio.wait(waits, timeout=grace)

@@ -10,7 +10,6 @@ import pytest
 from aioice import Connection
 
 from transceiver.call import TurnClock
-from transceiver.directory import SessionRecord
 from transceiver.ice import (
     PortPool,
     RelaySpec,
@@ -24,6 +23,7 @@ from transceiver.media import CHUNK_BYTES, ReplyTrack, split_chunks
 from transceiver.model import voice_pb2
 from transceiver.offer import parse_offer
 from transceiver.sessions import SessionStore
+from voxrelay.directory import SessionRecord
 
 GOOD_OFFER = """v=0
 o=- 1 1 IN IP4 0.0.0.0
@@ -213,7 +213,7 @@ def test_turn_clock_pairs_speech_end_and_first_audio() -> None:
 
 def test_session_store_ttl() -> None:
     store = SessionStore(10)
-    store.put(SessionRecord("a", 7, 40000, 0.0, 100.0))
+    store.put(SessionRecord("a", 7, 40000), expires=100.0)
     assert store.get("a", now=50.0) is not None
     assert store.expire(now=200.0) == ["a"] and len(store) == 0
 

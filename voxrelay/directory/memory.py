@@ -138,6 +138,11 @@ class MemoryDirectory(Directory):
     async def delete_session(self, session_id: str) -> bool:
         return self._sessions.pop(validate_session_id(session_id), None) is not None
 
+    def session_ids(self) -> set[str]:
+        """The ids of the sessions held now (what a test or an operator looks at)."""
+        self._expire_sessions()
+        return set(self._sessions)
+
     def _expire_sessions(self) -> None:
         now = time.monotonic()
         for sid in [s for s, (exp, _) in self._sessions.items() if exp < now]:
