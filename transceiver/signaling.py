@@ -28,7 +28,8 @@ from typing import Any
 
 from aiohttp import web
 
-from transceiver.call import AtCapacity, CallError, CallManager, CallSettings, Draining, NoTokenKey
+from transceiver.call import CallError, CallSettings
+from transceiver.manager import AtCapacity, CallManager, Draining, NoTokenKey
 from voxrelay.directory import DEFAULT_PROBE_PORT, Directory, TransceiverRecord
 from voxrelay.directory.agent import announce, keep_announced
 

@@ -9,7 +9,6 @@ import aiortc.rtcicetransport
 import pytest
 from aioice import Connection
 
-from transceiver.call import TurnClock
 from transceiver.ice import (
     PortPool,
     RelaySpec,
@@ -23,6 +22,7 @@ from transceiver.media import CHUNK_BYTES, ReplyTrack, split_chunks
 from transceiver.model import voice_pb2
 from transceiver.offer import parse_offer
 from transceiver.sessions import SessionStore
+from transceiver.turns import TurnClock
 from voxrelay.directory import SessionRecord
 
 GOOD_OFFER = """v=0
@@ -209,6 +209,32 @@ def test_turn_clock_pairs_speech_end_and_first_audio() -> None:
     # Audio before timings: paired when the timings arrive.
     assert clock.segment_started(12.5) is None
     assert clock.turn_closed(2, 1600.0) == pytest.approx(900.0)  # seq 80 arrived at 11.6
+
+
+async def test_turns_barge_in_drops_the_reply_until_the_next_final_transcript() -> None:
+    from transceiver.turns import Turns
+
+    events: list[dict] = []
+    told: list[int] = []
+    track = ReplyTrack()
+    turns = Turns(track, events.append, lambda: told.append(1), vad_mode=2, barge_in_frames=8)
+    audio = voice_pb2.ServerMessage(audio=voice_pb2.AudioChunk(pcm=b"\x10\x00" * 3200))
+    turns.on_model_message(audio)
+    assert track.playing
+    turns.heard(bytes(CHUNK_BYTES))  # silence over the reply: no barge-in
+    assert not events
+    partial = voice_pb2.ServerMessage(transcript=voice_pb2.Transcript(text="wait", final=False))
+    turns.on_model_message(partial)  # the caller talks over the reply
+    assert [e["type"] for e in events] == ["barge_in", "transcript"]
+    assert events[0] == {"type": "barge_in", "source": "transcript", "dropped_ms": 200}
+    assert not track.playing and told == [1] and turns.barge_ins == 1
+    turns.on_model_message(audio)  # the rest of the interrupted reply is dropped
+    assert not track.playing
+    final = voice_pb2.ServerMessage(transcript=voice_pb2.Transcript(text="wait", final=True))
+    turns.on_model_message(final)
+    turns.on_model_message(audio)  # the next turn's reply plays
+    assert track.playing
+    track.stop()
 
 
 def test_session_store_ttl() -> None:
