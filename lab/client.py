@@ -20,7 +20,7 @@ from typing import Any, Self
 import aiohttp
 import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 
 from transceiver.ice import (
     accept_remote_candidates,
@@ -29,7 +29,7 @@ from transceiver.ice import (
     restart_ice,
     set_local_credentials,
 )
-from transceiver.media import CHUNK_BYTES, SAMPLE_RATE, PcmChunker, ReplyTrack, recv_audio
+from transceiver.media import CHUNK_BYTES, SAMPLE_RATE, ReplyTrack, pcm_chunks
 
 
 class CallFailed(Exception):
@@ -145,14 +145,16 @@ class CallClient:
             self._tasks.append(asyncio.create_task(self._record(track)))
 
     async def _record(self, track: MediaStreamTrack) -> None:
-        chunker = PcmChunker()
-        while True:
-            try:
-                frame = await recv_audio(track)
-            except MediaStreamError:
-                return
-            for chunk in chunker.push(frame):
-                self.reply += chunk
+        async for arrived_at, chunk in pcm_chunks(track, on_frame=self._on_frame):
+            self._on_chunk(arrived_at, chunk)
+
+    def _on_frame(self, arrived_at: float) -> bool:
+        """Every reply frame's arrival (monotonic); False: do not decode it."""
+        return True
+
+    def _on_chunk(self, arrived_at: float, chunk: bytes) -> None:
+        """One 20 ms chunk of the reply (16 kHz mono s16le)."""
+        self.reply += chunk
 
     async def _sdp_request(self, method: str, path: str, sdp: str) -> aiohttp.ClientResponse:
         assert self._session is not None

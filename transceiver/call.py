@@ -21,10 +21,10 @@ from typing import Any
 import grpc.aio
 from aioice import Candidate
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 
 from transceiver.ice import PortPool, RoutedIce, random_ice_password, restart_ice, routed_ice
-from transceiver.media import PcmChunker, ReplyTrack, recv_audio
+from transceiver.media import ReplyTrack, pcm_chunks
 from transceiver.modellink import Backoff, ModelLink
 from transceiver.offer import parse_offer
 from transceiver.turns import Turns
@@ -246,20 +246,15 @@ class Call:
             self._spawn(self._pump(track), "inbound")
 
     async def _pump(self, track: MediaStreamTrack) -> None:
-        chunker = PcmChunker()
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                frame = await recv_audio(track)
-            except MediaStreamError:
-                return
-            for chunk in chunker.push(frame):
-                self.chunks_in += 1
-                self.turns.heard(chunk)
-                if self.link is not None:
-                    seq = self.link.send_audio(chunk)
-                    if seq is not None:
-                        self.turns.clock.chunk_sent(seq, loop.time())
+        async for _, chunk in pcm_chunks(track):
+            self.chunks_in += 1
+            self.turns.heard(chunk)
+            if self.link is not None:
+                seq = self.link.send_audio(chunk)
+                if seq is not None:
+                    # The loop's clock, as Turns reads it when a reply starts.
+                    self.turns.clock.chunk_sent(seq, loop.time())
 
     def _tell_model_barge_in(self) -> None:
         if self.link is not None:

@@ -200,6 +200,33 @@ async def test_reply_track_is_paced_on_an_absolute_clock() -> None:
     track.stop()
 
 
+async def test_pcm_chunks_reads_a_track_until_it_ends() -> None:
+    from transceiver.media import pcm_chunks
+
+    track = ReplyTrack()
+    track.push(b"\x10\x00" * 640)  # 2 chunks, then silence
+    got: list[tuple[float, bytes]] = []
+    async for arrived_at, chunk in pcm_chunks(track):
+        got.append((arrived_at, chunk))
+        if len(got) == 4:
+            track.stop()  # the reader ends with the track, no error
+    assert [len(c) for _, c in got] == [CHUNK_BYTES] * 4
+    assert got[1][1] == b"\x10\x00" * 320 and got[3][1] == bytes(CHUNK_BYTES)
+    assert [t for t, _ in got] == sorted(t for t, _ in got)
+
+    frames: list[float] = []
+    track = ReplyTrack()
+
+    def count(arrived_at: float) -> bool:
+        frames.append(arrived_at)
+        if len(frames) == 3:
+            track.stop()
+        return False  # only timing frames: nothing is decoded
+
+    assert [c async for c in pcm_chunks(track, on_frame=count)] == []
+    assert len(frames) == 3
+
+
 def test_turn_clock_pairs_speech_end_and_first_audio() -> None:
     clock = TurnClock()
     for seq in range(100):
