@@ -21,7 +21,6 @@ from .base import (
     Change,
     ChangeFeed,
     Directory,
-    DirectoryClient,
     DirectoryError,
     DirectoryUnavailable,
     Snapshot,
@@ -64,7 +63,7 @@ def connect(url: str, *, grace: float = 10.0, prefix: str = "voxrelay:") -> Dire
 
 
 __all__ = [
-    "DEFAULT_PROBE_PORT", "Change", "ChangeFeed", "Directory", "DirectoryClient", "DirectoryError",
+    "DEFAULT_PROBE_PORT", "Change", "ChangeFeed", "Directory", "DirectoryError",
     "DirectoryUnavailable", "Keyring", "SessionRecord", "Snapshot", "TransceiverRecord",
     "UnknownTransceiver", "connect", "parse_keyring", "parse_session", "parse_transceiver",
 ]
