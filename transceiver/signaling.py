@@ -238,8 +238,13 @@ class Transceiver:
         """Drain (no new calls, wait up to the grace period), then close everything."""
         await self.manager.drain(self.settings.drain_grace_seconds if grace is None else grace)
         if self._heartbeat is not None:
+            # Cancelled too: a beat may be waiting on a directory that is down.
             self._stop_heartbeat.set()
-            await self._heartbeat
+            self._heartbeat.cancel()
+            try:
+                await self._heartbeat
+            except asyncio.CancelledError:
+                pass
         try:
             await self.directory.remove(self.manager.settings.transceiver_id)
         except Exception as exc:  # noqa: BLE001 - shutting down regardless
