@@ -459,9 +459,8 @@ def _bench_client_class():  # type: ignore[no-untyped-def]
     (and its unit test) must not need it.
     """
     from aiortc import RTCSessionDescription
-    from aiortc.mediastreams import MediaStreamError
 
-    from lab.call import AUDIBLE_RMS, TimedCallClient, chunk_rms
+    from lab.call import TimedCallClient
     from lab.client import CallFailed
 
     class BenchClient(TimedCallClient):
@@ -506,26 +505,11 @@ def _bench_client_class():  # type: ignore[no-untyped-def]
             ms = lambda k: (m[k] - m["post"]) * 1000
             return SetupSample(ms("answer"), ms("ice"), ms("dtls"), ms("first_audio"))
 
-        async def _record(self, track: Any) -> None:
-            from transceiver.media import PcmChunker
-
-            chunker = PcmChunker()
-            while True:
-                try:
-                    frame = await track.recv()
-                except MediaStreamError:
-                    return
-                now = time.monotonic()
-                self.marks.setdefault("first_audio", now)
-                if self.recording:
-                    self.frame_times.append(now)
-                if self.light:
-                    continue
-                for chunk in chunker.push(frame):
-                    self.reply += chunk
-                    self.chunks_received += 1
-                    if chunk_rms(chunk) >= AUDIBLE_RMS:
-                        self.audible_at.append(now)
+        def _on_frame(self, arrived_at: float) -> bool:
+            self.marks.setdefault("first_audio", arrived_at)
+            if self.recording:
+                self.frame_times.append(arrived_at)
+            return not self.light
 
     return BenchClient
 

@@ -57,23 +57,11 @@ class TimedCallClient(CallClient):
         """Arrival time of each audible 20 ms reply chunk."""
         self.chunks_received = 0
 
-    async def _record(self, track: Any) -> None:
-        from aiortc.mediastreams import MediaStreamError
-
-        from transceiver.media import PcmChunker
-
-        chunker = PcmChunker()
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            now = time.monotonic()
-            for chunk in chunker.push(frame):
-                self.reply += chunk
-                self.chunks_received += 1
-                if chunk_rms(chunk) >= AUDIBLE_RMS:
-                    self.audible_at.append(now)
+    def _on_chunk(self, arrived_at: float, chunk: bytes) -> None:
+        super()._on_chunk(arrived_at, chunk)
+        self.chunks_received += 1
+        if chunk_rms(chunk) >= AUDIBLE_RMS:
+            self.audible_at.append(arrived_at)
 
     def first_audible_after(self, t: float) -> float | None:
         return next((a for a in self.audible_at if a >= t), None)

@@ -20,10 +20,16 @@ from typing import Any, Self
 import aiohttp
 import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 
-from transceiver.ice import random_ice_password, restart_ice
-from transceiver.media import CHUNK_BYTES, SAMPLE_RATE, PcmChunker, ReplyTrack, recv_audio
+from transceiver.ice import (
+    accept_remote_candidates,
+    aioice_connection,
+    random_ice_password,
+    restart_ice,
+    set_local_credentials,
+)
+from transceiver.media import CHUNK_BYTES, SAMPLE_RATE, ReplyTrack, pcm_chunks
 
 
 class CallFailed(Exception):
@@ -139,14 +145,16 @@ class CallClient:
             self._tasks.append(asyncio.create_task(self._record(track)))
 
     async def _record(self, track: MediaStreamTrack) -> None:
-        chunker = PcmChunker()
-        while True:
-            try:
-                frame = await recv_audio(track)
-            except MediaStreamError:
-                return
-            for chunk in chunker.push(frame):
-                self.reply += chunk
+        async for arrived_at, chunk in pcm_chunks(track, on_frame=self._on_frame):
+            self._on_chunk(arrived_at, chunk)
+
+    def _on_frame(self, arrived_at: float) -> bool:
+        """Every reply frame's arrival (monotonic); False: do not decode it."""
+        return True
+
+    def _on_chunk(self, arrived_at: float, chunk: bytes) -> None:
+        """One 20 ms chunk of the reply (16 kHz mono s16le)."""
+        self.reply += chunk
 
     async def _sdp_request(self, method: str, path: str, sdp: str) -> aiohttp.ClientResponse:
         assert self._session is not None
@@ -220,11 +228,11 @@ class CallClient:
     async def restart_ice(self) -> str:
         """ICE restart through PATCH; returns the new server ufrag."""
         ice_transport = self.pc.getTransceivers()[0].receiver.transport.transport
-        conn = ice_transport._connection
+        conn = aioice_connection(ice_transport)
         ufrag = "".join(secrets.choice(string.ascii_letters) for _ in range(8))
         password = random_ice_password()
         # aiortc's offer reads the credentials from the aioice connection.
-        conn._local_username, conn._local_password = ufrag, password
+        set_local_credentials(conn, ufrag, password)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         response = await self._sdp_request("PATCH", self.location, self.pc.localDescription.sdp)
         if response.status != 200:
@@ -239,11 +247,9 @@ class CallClient:
         remote_ufrag, remote_pwd = remote.usernameFragment, remote.password
         task = restart_ice(conn, local_username=ufrag, local_password=password,
                            remote_username=remote_ufrag, remote_password=remote_pwd)
-        # aiortc ignores remote candidates once its gatherer saw the end of the
-        # first answer's; without this the new answer's relay candidates never
-        # reach the check list, and the restart waits for the transceiver's next
-        # consent check (up to 5 s) to learn a peer-reflexive one.
-        ice_transport.iceGatherer._remote_candidates_end = False
+        # Or the new answer's relay candidates never reach the check list, and
+        # the restart waits for the transceiver's next consent check (up to 5 s).
+        accept_remote_candidates(ice_transport)
         await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
         assert task is not None
         if not await task:

@@ -1,9 +1,12 @@
-"""Calls: one aiortc peer connection each, behind the relay, bridged to the model.
+"""A call: one aiortc peer connection behind the relay, bridged to the model.
 
-``CallManager`` is the library the HTTP layer (``signaling.py``) is thin over:
-``create`` (offer -> answer), ``restart`` (ICE restart), ``end``, ``drain``
-and ``close``. Every path that fails after allocating something frees it
-before raising, so an error leaves no socket, port, task or record behind.
+``Call`` owns what one call allocates: its UDP port (from ``CallSettings.ports``),
+the token ufrag naming that port, the peer connection with its routed ICE
+(transceiver/ice.py), the model link and the call's tasks. Every path that
+fails after allocating something frees it before raising, so an error leaves
+no socket, port, task or record behind. What the model says and barge-in are
+the call's ``Turns`` (transceiver/turns.py); admission and the set of calls
+are ``CallManager``'s (transceiver/manager.py).
 """
 
 from __future__ import annotations
@@ -11,26 +14,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc.aio
-import webrtcvad
 from aioice import Candidate
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 
-from transceiver.directory import Directory, SessionRecord
 from transceiver.ice import PortPool, RoutedIce, random_ice_password, restart_ice, routed_ice
-from transceiver.media import CHUNK_MS, PcmChunker, ReplyTrack, recv_audio
-from transceiver.model import voice_pb2
-from transceiver.modellink import Backoff, ModelLink, open_channel
+from transceiver.media import ReplyTrack, pcm_chunks
+from transceiver.modellink import Backoff, ModelLink
 from transceiver.offer import parse_offer
-from transceiver.sessions import SessionStore
-from voxrelay import token as tokens
+from transceiver.turns import Turns
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +47,6 @@ class CallError(Exception):
 
 class BadOffer(CallError):
     status = 400
-
-
-class AtCapacity(CallError):
-    status = 503
-
-
-class Draining(CallError):
-    status = 503
 
 
 class UnknownCall(CallError):
@@ -86,89 +75,43 @@ class CallSettings:
     model_backoff: Backoff = field(default_factory=Backoff)
 
 
-class TurnClock:
-    """Turn timings the transceiver measures itself.
-
-    ``first_audio_ms``: from the end of speech (the inbound chunk at which the
-    model's VAD closed the turn) to the first reply chunk handed to the
-    outbound track. Stream seq -> arrival time is kept for the last minute.
-    """
-
-    _KEEP = 3000  # chunks (60 s)
-
-    def __init__(self) -> None:
-        self._arrived: dict[int, float] = {}
-        self._speech_end: tuple[int, float] | None = None
-        self._pending_audio: float | None = None
-
-    def reset(self) -> None:
-        self._arrived.clear()
-
-    def chunk_sent(self, seq: int, at: float) -> None:
-        self._arrived[seq] = at
-        self._arrived.pop(seq - self._KEEP, None)
-
-    def turn_closed(self, turn: int, speech_end_ms: float) -> float | None:
-        """Record the model's end of speech; returns first_audio_ms if audio already started."""
-        at = self._arrived.get(int(speech_end_ms // CHUNK_MS))
-        if at is None:
-            return None
-        if self._pending_audio is not None and self._pending_audio >= at:
-            first, self._pending_audio = self._pending_audio, None
-            return (first - at) * 1000
-        self._speech_end = (turn, at)
-        return None
-
-    def segment_started(self, at: float) -> tuple[int, float] | None:
-        """A reply began playing; returns (turn, first_audio_ms) when the turn is known."""
-        if self._speech_end is None:
-            self._pending_audio = at
-            return None
-        turn, end = self._speech_end
-        self._speech_end = None
-        return turn, (at - end) * 1000
+MintUfrag = Callable[[int], Awaitable[str]]
+"""port -> a routing-token ufrag naming this transceiver and that port."""
 
 
 class Call:
-    def __init__(self, manager: CallManager, call_id: str) -> None:
-        self.manager = manager
+    def __init__(self, call_id: str, settings: CallSettings, channel: grpc.aio.Channel,
+                 mint_ufrag: MintUfrag, on_closed: Callable[[Call], None]) -> None:
         self.id = call_id
-        self.created = time.time()
+        self.settings = settings
+        self.channel = channel
+        self.mint_ufrag = mint_ufrag
+        self.on_closed = on_closed
         self.port = 0
         self.ufrag = ""
         self.pc: RTCPeerConnection | None = None
         self.routed: RoutedIce | None = None
-        self.track = ReplyTrack(on_segment_start=self._on_segment_start)
+        self.track = ReplyTrack()
         self.link: ModelLink | None = None
-        self.clock = TurnClock()
+        self.turns = Turns(self.track, self.emit, self._tell_model_barge_in,
+                           vad_mode=settings.vad_mode, barge_in_frames=settings.barge_in_frames)
         self.events_sent: list[dict[str, Any]] = []  # bounded: last 200, for GET /v1/calls/<id>
         self.closed = asyncio.Event()
         self.close_reason = ""
-        self.barge_ins = 0
         self.chunks_in = 0
         self._channel: Any = None
         self._early: list[str] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._suppress_audio = False
-        self._vad = webrtcvad.Vad(manager.settings.vad_mode)
-        self._voiced = 0
         self._closing = False
 
     # ------------------------------------------------------------ setup
 
     async def answer(self, offer_text: str) -> str:
-        settings = self.manager.settings
+        settings = self.settings
         sock = settings.ports.bind()
         self.port = sock.getsockname()[1]
         try:
-            keys = await self.manager.directory.token_keys()
-            self.ufrag = tokens.mint(
-                keys.active_key(),
-                key_id=keys.active,
-                transceiver_id=settings.transceiver_id,
-                port=self.port,
-                ttl=settings.token_ttl,
-            )
+            self.ufrag = await self.mint_ufrag(self.port)
             self.routed = RoutedIce(
                 sock=sock,
                 ufrag=self.ufrag,
@@ -193,10 +136,10 @@ class Call:
             raise
         self._spawn(self._ice_watchdog(), "ice-watchdog")
         self.link = ModelLink(
-            self.manager.channel,
+            self.channel,
             self.id,
-            self._on_model_message,
-            self._on_model_state,
+            self.turns.on_model_message,
+            self.turns.on_model_state,
             backoff=settings.model_backoff,
         )
         self.link.start()
@@ -211,14 +154,7 @@ class Call:
         conn = routed.primary()
         if conn is None:
             raise CallError(f"call {self.id} has no ICE connection yet")
-        keys = await self.manager.directory.token_keys()
-        ufrag = tokens.mint(
-            keys.active_key(),
-            key_id=keys.active,
-            transceiver_id=self.manager.settings.transceiver_id,
-            port=self.port,
-            ttl=self.manager.settings.token_ttl,
-        )
+        ufrag = await self.mint_ufrag(self.port)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(offer_text, "offer"))
         except Exception as exc:  # noqa: BLE001 - aiortc raises many types for a refused offer
@@ -248,7 +184,7 @@ class Call:
             await self.link.close()
         await self._free()
         self.closed.set()
-        self.manager._forget(self)
+        self.on_closed(self)
 
     async def _free(self) -> None:
         current = asyncio.current_task()
@@ -265,7 +201,7 @@ class Call:
         if self.routed is not None and self.routed.sock.fileno() != -1:
             self.routed.sock.close()
         if self.port:
-            self.manager.settings.ports.release(self.port)
+            self.settings.ports.release(self.port)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=f"call-{self.id}-{name}")
@@ -273,7 +209,7 @@ class Call:
         task.add_done_callback(self._tasks.discard)
 
     async def _ice_watchdog(self) -> None:
-        await asyncio.sleep(self.manager.settings.ice_timeout)
+        await asyncio.sleep(self.settings.ice_timeout)
         if self.pc is not None and self.pc.connectionState != "connected":
             self._spawn_close("ICE did not connect in time")
 
@@ -310,20 +246,19 @@ class Call:
             self._spawn(self._pump(track), "inbound")
 
     async def _pump(self, track: MediaStreamTrack) -> None:
-        chunker = PcmChunker()
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                frame = await recv_audio(track)
-            except MediaStreamError:
-                return
-            for chunk in chunker.push(frame):
-                self.chunks_in += 1
-                self._check_barge_in(chunk)
-                if self.link is not None:
-                    seq = self.link.send_audio(chunk)
-                    if seq is not None:
-                        self.clock.chunk_sent(seq, loop.time())
+        async for _, chunk in pcm_chunks(track):
+            self.chunks_in += 1
+            self.turns.heard(chunk)
+            if self.link is not None:
+                seq = self.link.send_audio(chunk)
+                if seq is not None:
+                    # The loop's clock, as Turns reads it when a reply starts.
+                    self.turns.clock.chunk_sent(seq, loop.time())
+
+    def _tell_model_barge_in(self) -> None:
+        if self.link is not None:
+            self.link.send_barge_in()
 
     # ------------------------------------------------------------ events
 
@@ -336,77 +271,6 @@ class Call:
             channel.send(text)
         elif len(self._early) < _EARLY_EVENTS:
             self._early.append(text)
-
-    # ------------------------------------------------------------ barge-in
-
-    def _check_barge_in(self, chunk: bytes) -> None:
-        if not self.track.playing:
-            self._voiced = 0
-            return
-        if self._vad.is_speech(chunk, 16000):
-            self._voiced += 1
-            if self._voiced >= self.manager.settings.barge_in_frames:
-                self.barge_in("vad")
-        else:
-            self._voiced = 0
-
-    def barge_in(self, source: str) -> None:
-        dropped = self.track.flush()
-        self._voiced = 0
-        self._suppress_audio = True
-        self.barge_ins += 1
-        if self.link is not None:
-            self.link.send_barge_in()
-        self.emit({"type": "barge_in", "source": source, "dropped_ms": dropped * CHUNK_MS})
-
-    # ------------------------------------------------------------ the model
-
-    def _on_model_state(self, state: str, detail: str) -> None:
-        if state == "connected":
-            self.clock.reset()
-            self.emit({"type": "model", "state": "connected"})
-        else:
-            self.emit({"type": "error", "source": "model", "code": "model_unavailable",
-                       "message": f"voice model unreachable, reconnecting: {detail}"})
-
-    def _on_model_message(self, message: voice_pb2.ServerMessage) -> None:
-        kind = message.WhichOneof("kind")
-        if kind == "audio":
-            if not self._suppress_audio:
-                self.track.push(message.audio.pcm)
-        elif kind == "transcript":
-            t = message.transcript
-            if t.final:
-                self._suppress_audio = False
-            elif self.track.playing:
-                self.barge_in("transcript")
-            self.emit({"type": "transcript", "text": t.text, "final": t.final, "turn": t.turn})
-        elif kind == "reply":
-            self.emit({"type": "reply", "text": message.reply.text, "turn": message.reply.turn})
-        elif kind == "timings":
-            m = message.timings
-            event: dict[str, Any] = {
-                "type": "timings", "turn": m.turn, "processing_ms": m.processing_ms,
-                "asr_ms": m.asr_ms, "reply_ms": m.reply_ms, "tts_ms": m.tts_ms,
-                "speech_end_ms": m.speech_end_ms,
-            }
-            first = self.clock.turn_closed(m.turn, m.speech_end_ms)
-            if first is not None:
-                event["first_audio_ms"] = first
-            self.emit(event)
-        elif kind == "error":
-            self.emit({"type": "error", "source": "model", "code": message.error.code,
-                       "message": message.error.message})
-        elif kind == "turn_end":
-            self._suppress_audio = False
-            self.track.end_segment()
-            self.emit({"type": "turn_end", "turn": message.turn_end})
-
-    def _on_segment_start(self, at: float) -> None:
-        result = self.clock.segment_started(asyncio.get_running_loop().time())
-        if result is not None:
-            turn, first = result
-            self.emit({"type": "timings", "turn": turn, "first_audio_ms": first})
 
     # ------------------------------------------------------------ status
 
@@ -421,121 +285,5 @@ class Call:
             "model_connected": bool(self.link and self.link.connected),
             "chunks_in": self.chunks_in,
             "reply_frames": self.track.audio_frames_sent,
-            "barge_ins": self.barge_ins,
+            "barge_ins": self.turns.barge_ins,
         }
-
-
-class CallManager:
-    """All calls of one transceiver."""
-
-    def __init__(
-        self,
-        settings: CallSettings,
-        directory: Directory,
-        channel: grpc.aio.Channel | None = None,
-    ) -> None:
-        self.settings = settings
-        self.directory = directory
-        self.channel = channel or open_channel(settings.model_target)
-        self.calls: dict[str, Call] = {}
-        self.sessions = SessionStore(settings.session_ttl)
-        self.draining = False
-        self._pending = 0
-        self.on_change: Callable[[], None] | None = None
-
-    @property
-    def load(self) -> int:
-        return len(self.calls) + self._pending
-
-    async def create(self, offer_text: str) -> Call:
-        try:
-            parse_offer(offer_text)
-        except ValueError as exc:
-            raise BadOffer(str(exc)) from None
-        if self.draining:
-            raise Draining("transceiver is draining: no new calls")
-        if self.load >= self.settings.max_calls:
-            raise AtCapacity(f"at capacity: {self.settings.max_calls} calls")
-        self._pending += 1
-        call = Call(self, secrets.token_urlsafe(12))
-        try:
-            await call.answer(offer_text)
-        finally:
-            self._pending -= 1
-        self.calls[call.id] = call
-        record = SessionRecord(
-            call_id=call.id,
-            transceiver_id=self.settings.transceiver_id,
-            port=call.port,
-            created=call.created,
-            expires=time.time() + self.settings.session_ttl,
-        )
-        self.sessions.put(record)
-        try:
-            await self.directory.put_session(record)
-        except Exception:
-            await call.close("directory refused the session record")
-            raise
-        return call
-
-    def get(self, call_id: str) -> Call:
-        call = self.calls.get(call_id)
-        if call is None:
-            raise UnknownCall(f"no call {call_id!r} on this transceiver")
-        return call
-
-    async def restart(self, call_id: str, offer_text: str) -> str:
-        call = self.get(call_id)
-        try:
-            return await call.restart(offer_text)
-        except ValueError as exc:
-            raise BadOffer(str(exc)) from None
-
-    async def end(self, call_id: str) -> None:
-        await self.get(call_id).close("ended by DELETE")
-
-    def _forget(self, call: Call) -> None:
-        if self.calls.get(call.id) is call:
-            del self.calls[call.id]
-            self.sessions.delete(call.id)
-            asyncio.get_running_loop().create_task(self._forget_remote(call.id))
-
-    async def _forget_remote(self, call_id: str) -> None:
-        try:
-            await self.directory.delete_session(call_id)
-        except Exception as exc:  # noqa: BLE001 - the record expires by TTL anyway
-            logger.warning("could not delete session %s from the directory: %s", call_id, exc)
-
-    async def refresh_sessions(self) -> None:
-        """Extend the TTL of live calls here and in the directory; drop expired ones."""
-        now = time.time()
-        for call in list(self.calls.values()):
-            record = SessionRecord(call.id, self.settings.transceiver_id, call.port,
-                                   call.created, now + self.settings.session_ttl)
-            self.sessions.put(record)
-            await self.directory.put_session(record)
-        for call_id in self.sessions.expire(now):
-            expired = self.calls.get(call_id)
-            if expired is not None:
-                await expired.close("session expired")
-
-    async def drain(self, grace: float) -> None:
-        """No new calls; let existing ones finish for ``grace`` s, then close them."""
-        self.draining = True
-        await self.directory.drain(self.settings.transceiver_id)
-        waits = [asyncio.ensure_future(c.closed.wait()) for c in list(self.calls.values())]
-        if waits:
-            _, pending = await asyncio.wait(waits, timeout=grace)
-            for w in pending:
-                w.cancel()
-        await self.close_all("transceiver shut down")
-
-    async def close_all(self, reason: str) -> None:
-        calls = list(self.calls.values())
-        await asyncio.gather(*(c.close(reason) for c in calls), return_exceptions=True)
-        # Let the directory deletions scheduled by _forget run.
-        await asyncio.sleep(0)
-
-    async def close(self) -> None:
-        await self.close_all("transceiver closed")
-        await self.channel.close()

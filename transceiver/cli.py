@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from voxrelay.config import ConfigError, TransceiverConfig, load_config
+from voxrelay.directory import Directory, connect
 from voxrelay.logs import setup_logging
 
 
@@ -21,22 +22,15 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
-def _directory(spec: str, probe_port: int):  # type: ignore[no-untyped-def]
-    from transceiver.directory import MemoryDirectory
-
-    if spec == "memory":
-        return MemoryDirectory()
+async def _directory(spec: str) -> Directory:
     try:
-        from transceiver.orchdir import connect_directory  # adapter over voxrelay.directory
-    except ImportError:
-        raise click.ClickException(
-            f"directory {spec!r} needs the orchestrator's directory client, which this build "
-            "lacks; use --directory memory for a standalone lab transceiver"
-        ) from None
-    try:
-        return connect_directory(spec, probe_port or 3479)
+        directory = connect(spec)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    if spec == "memory":
+        # Standalone: no orchestrator creates the routing-token key, so we do.
+        await directory.ensure_keyring()
+    return directory
 
 
 async def _serve(cfg: TransceiverConfig, directory_spec: str, as_json: bool) -> None:
@@ -50,11 +44,10 @@ async def _serve(cfg: TransceiverConfig, directory_spec: str, as_json: bool) -> 
     except ValueError as exc:
         raise click.ClickException(f"[transceiver] relays: {exc}") from None
     host, port = _split_listen(cfg.listen)
-    directory = _directory(directory_spec, cfg.probe_port)
+    directory = await _directory(directory_spec)
     service = Transceiver(
-        ServiceSettings(host, port, cfg.private_address, region=cfg.region,
-                        api_token=cfg.api_token, drain_grace_seconds=cfg.drain_grace_seconds,
-                        probe_port=cfg.probe_port),
+        ServiceSettings(host, port, cfg.private_address, api_token=cfg.api_token,
+                        drain_grace_seconds=cfg.drain_grace_seconds, probe_port=cfg.probe_port),
         CallSettings(transceiver_id=cfg.id,
                      ports=PortPool(cfg.private_address, cfg.port_min, cfg.port_max),
                      advertised=advertised, model_target=cfg.model, max_calls=cfg.max_calls),
@@ -65,9 +58,7 @@ async def _serve(cfg: TransceiverConfig, directory_spec: str, as_json: bool) -> 
             await service.start()
         except BaseException:
             await service.manager.close()
-            close = getattr(directory, "close", None)
-            if close is not None:
-                await close()
+            await directory.close()
             raise
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {cfg.listen} or probe port: {exc}") from None

@@ -23,11 +23,21 @@ XDP relay needs:
 ``ContextVar``), so an aiortc client in the same process (the tests) keeps the
 stock ``Connection``. It patches one name, ``aiortc.rtcicetransport.Connection``,
 with a factory that falls through to aioice's class when no call is being set
-up. ``tests/unit/test_ice.py`` pins this against the installed aiortc/aioice.
+up.
 
 ICE restart (``restart_ice``) is missing from aioice too: it swaps credentials,
 forgets the old check list and learned candidates, and keeps the nominated
-pair carrying media until a new pair is nominated (RFC 8445 section 9).
+pair carrying media until a new pair is nominated (RFC 8445 section 9). The
+controlling side (the aiortc test client, lab/client.py) also needs
+``aioice_connection``, ``set_local_credentials`` and
+``accept_remote_candidates`` for its half of a restart.
+
+This is the one module that touches aioice/aiortc beyond their documented
+API. ``INTERNALS`` lists every such name, and ``TESTED_WITH`` the versions
+they were checked against (pinned with ``==`` in pyproject.toml);
+``tests/unit/test_aiortc_contract.py`` fails when an installed aioice or
+aiortc lacks any of them, and when code here or elsewhere touches a private
+aioice/aiortc name the table does not list.
 """
 
 from __future__ import annotations
@@ -51,8 +61,84 @@ import aiortc.rtcicetransport
 from aioice import Candidate, Connection, stun
 from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import CandidatePair, StunProtocol
+from aiortc import RTCIceTransport
 
 logger = logging.getLogger(__name__)
+
+TESTED_WITH = {"aiortc": "1.16.0", "aioice": "0.13.0", "av": "18.1.0"}
+"""The versions INTERNALS was checked against; pyproject.toml pins exactly these."""
+
+
+@dataclass(frozen=True)
+class Internal:
+    """One aioice/aiortc name this module relies on beyond the documented API.
+
+    ``kind`` is what ``owner.name`` must be: "attribute" (set on every
+    instance; ``type`` names the type of its value on a fresh one),
+    "annotation" (a declared instance attribute aioice reads), "method",
+    "property", "class", "constant", "function", "parameter" (a keyword of
+    ``owner``, a callable) or "patched" (a module global this module replaces).
+    """
+
+    owner: str
+    name: str
+    kind: str
+    type: str = ""
+    why: str = ""
+
+
+_CONN = "aioice.ice.Connection"
+INTERNALS: tuple[Internal, ...] = (
+    # RoutedConnection: construction and the three overrides.
+    Internal(_CONN, "ice_controlling", "parameter"),
+    Internal(_CONN, "local_username", "parameter", why="the token ufrag, set at the source"),
+    Internal(_CONN, "local_password", "parameter"),
+    Internal(_CONN, "use_ipv6", "parameter"),
+    Internal(_CONN, "local_candidates", "property", why="overridden: the answer lists relays"),
+    Internal(_CONN, "gather_candidates", "method", why="overridden: our one bound socket"),
+    Internal(_CONN, "add_remote_candidate", "method", why="overridden: signaled ones ignored"),
+    Internal(_CONN, "query_consent", "method", why="overridden: per-call interval and failures"),
+    Internal(_CONN, "build_request", "method"),
+    Internal(_CONN, "check_state", "method"),
+    Internal(_CONN, "check_start_task", "method"),
+    Internal(_CONN, "_local_candidates_start", "attribute", "bool"),
+    Internal(_CONN, "_local_candidates_end", "attribute", "bool"),
+    Internal(_CONN, "_local_candidates", "attribute", "list"),
+    Internal(_CONN, "_protocols", "attribute", "list"),
+    Internal(_CONN, "_nominated", "attribute", "dict"),
+    Internal(_CONN, "_query_consent_task", "attribute", "NoneType"),
+    # restart_ice and the controlling side's checks.
+    Internal(_CONN, "_check_list", "attribute", "list"),
+    Internal(_CONN, "_check_list_done", "attribute", "bool"),
+    Internal(_CONN, "_check_list_state", "attribute", "Queue"),
+    Internal(_CONN, "_nominating", "attribute", "set"),
+    Internal(_CONN, "_remote_candidates", "attribute", "list"),
+    Internal(_CONN, "_remote_candidates_end", "attribute", "bool"),
+    Internal(_CONN, "_local_username", "attribute", "str"),
+    Internal(_CONN, "_local_password", "attribute", "str"),
+    Internal(_CONN, "_closing", "attribute", "bool"),
+    Internal("aioice.ice.CandidatePair", "task", "attribute", "NoneType"),
+    Internal("aioice.ice.CandidatePair", "nominated", "attribute", "bool"),
+    Internal("aioice.ice.CandidatePair", "state", "attribute", "State"),
+    Internal("aioice.ice.CandidatePair", "protocol", "attribute", "StunProtocol"),
+    Internal("aioice.ice.CandidatePair", "remote_addr", "property"),
+    Internal("aioice.ice.CandidatePair.State", "FROZEN", "constant", "State"),
+    Internal("aioice.ice.CandidatePair.State", "WAITING", "constant", "State"),
+    Internal("aioice.ice", "CandidatePair", "class"),
+    Internal("aioice.ice", "StunProtocol", "class"),
+    Internal("aioice.ice.StunProtocol", "local_candidate", "annotation"),
+    Internal("aioice.ice.StunProtocol", "request", "method"),
+    Internal("aioice.ice", "CONSENT_INTERVAL", "constant", "int"),
+    Internal("aioice.ice", "CONSENT_FAILURES", "constant", "int"),
+    Internal("aioice.candidate", "candidate_foundation", "function"),
+    Internal("aioice.candidate", "candidate_priority", "function"),
+    Internal("aioice.stun", "TransactionError", "class"),
+    # aiortc: where its gatherer builds the connection, and the client's restart.
+    Internal("aiortc.rtcicetransport", "Connection", "patched", why="aiortc's gatherer calls it"),
+    Internal("aiortc.rtcicetransport.RTCIceTransport", "_connection", "attribute", "Connection"),
+    Internal("aiortc.rtcicetransport.RTCIceGatherer", "_remote_candidates_end", "attribute",
+             "bool"),
+)
 
 _ICE_CHARS = string.ascii_letters + string.digits + "+/"
 
@@ -213,7 +299,7 @@ class RoutedIce:
 
     def primary(self) -> RoutedConnection | None:
         """The connection that owns the socket (the one aiortc gathered)."""
-        return next((c for c in self.connections if c._local_candidates_start), None)
+        return next((c for c in self.connections if c.gathering_started), None)
 
 
 class RoutedConnection(Connection):
@@ -242,6 +328,10 @@ class RoutedConnection(Connection):
         if not self._local_candidates_end:
             return []
         return list(self.routed.advertised)
+
+    @property
+    def gathering_started(self) -> bool:
+        return self._local_candidates_start
 
     @property
     def bound_address(self) -> tuple[str, int]:
@@ -343,6 +433,30 @@ def routed_ice(routed: RoutedIce) -> Iterator[None]:
 # ---------------------------------------------------------------- restart
 
 
+def aioice_connection(transport: RTCIceTransport) -> Connection:
+    """The aioice connection under an aiortc ICE transport (aiortc keeps it private)."""
+    conn: Connection = transport._connection
+    return conn
+
+
+def set_local_credentials(conn: Connection, username: str, password: str) -> None:
+    """Replace a connection's own ufrag and password (aioice has no setter):
+    aiortc writes them into the next offer or answer."""
+    conn._local_username = username
+    conn._local_password = password
+
+
+def accept_remote_candidates(transport: RTCIceTransport) -> None:
+    """Let aiortc pass remote candidates to aioice again after an ICE restart.
+
+    aiortc ignores remote candidates once its gatherer saw the end of the
+    first description's; without this a restarted controlling agent never
+    pairs the new answer's candidates and waits for the other side's next
+    consent check to learn a peer-reflexive one.
+    """
+    transport.iceGatherer._remote_candidates_end = False
+
+
 def restart_ice(
     conn: Connection,
     *,
@@ -368,8 +482,7 @@ def restart_ice(
     conn._nominating.clear()
     conn._remote_candidates = []
     conn._remote_candidates_end = False
-    conn._local_username = local_username
-    conn._local_password = local_password
+    set_local_credentials(conn, local_username, local_password)
     conn.remote_username = remote_username
     conn.remote_password = remote_password
     conn._check_list_done = False

@@ -1,7 +1,9 @@
 """Audio between aiortc and the model: 16 kHz mono s16le, 20 ms chunks.
 
 Inbound: aiortc's Opus decoder gives 48 kHz stereo frames; ``PcmChunker``
-resamples them and cuts exact 640-byte chunks. Outbound: ``ReplyTrack`` is an
+resamples them and cuts exact 640-byte chunks, and ``pcm_chunks`` is the one
+loop that reads a track that way (the transceiver's calls and the aiortc
+test clients in lab/ and bench/ all use it). Outbound: ``ReplyTrack`` is an
 aiortc audio track that plays queued model audio and silence otherwise, paced
 on an absolute clock (start + n * 20 ms) so it neither gaps nor drifts.
 """
@@ -12,7 +14,7 @@ import asyncio
 import fractions
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -72,6 +74,30 @@ class PcmChunker:
             chunks.append(bytes(self._pending[:CHUNK_BYTES]))
             del self._pending[:CHUNK_BYTES]
         return chunks
+
+
+async def pcm_chunks(
+    track: MediaStreamTrack, *, on_frame: Callable[[float], bool] | None = None
+) -> AsyncIterator[tuple[float, bytes]]:
+    """``(arrived_at, chunk)`` for every 20 ms 16 kHz mono chunk of an audio
+    track, until the track ends. ``arrived_at`` is the ``time.monotonic()``
+    at which the frame carrying the chunk arrived.
+
+    ``on_frame(arrived_at)`` sees every frame first; when it returns False
+    the frame is not decoded into chunks (a client that only times frames
+    saves the resampling).
+    """
+    chunker = PcmChunker()
+    while True:
+        try:
+            frame = await recv_audio(track)
+        except MediaStreamError:
+            return
+        arrived_at = time.monotonic()
+        if on_frame is not None and not on_frame(arrived_at):
+            continue
+        for chunk in chunker.push(frame):
+            yield arrived_at, chunk
 
 
 class ReplyTrack(MediaStreamTrack):

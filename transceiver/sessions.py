@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from transceiver.directory import SessionRecord
+from voxrelay.directory import SessionRecord
 
 
 class SessionStore:
@@ -17,22 +17,23 @@ class SessionStore:
         if ttl <= 0:
             raise ValueError(f"session ttl must be positive, got {ttl}")
         self.ttl = ttl
-        self._records: dict[str, SessionRecord] = {}
+        self._records: dict[str, tuple[float, SessionRecord]] = {}
 
     def __len__(self) -> int:
         return len(self._records)
 
-    def put(self, record: SessionRecord) -> None:
-        self._records[record.call_id] = record
+    def put(self, record: SessionRecord, expires: float) -> None:
+        """Keep ``record`` until ``expires`` (Unix seconds)."""
+        self._records[record.call_id] = (expires, record)
 
     def get(self, call_id: str, now: float | None = None) -> SessionRecord | None:
-        record = self._records.get(call_id)
-        if record is None:
+        entry = self._records.get(call_id)
+        if entry is None:
             return None
-        if record.expires < (time.time() if now is None else now):
+        if entry[0] < (time.time() if now is None else now):
             del self._records[call_id]
             return None
-        return record
+        return entry[1]
 
     def delete(self, call_id: str) -> None:
         self._records.pop(call_id, None)
@@ -40,7 +41,7 @@ class SessionStore:
     def expire(self, now: float | None = None) -> list[str]:
         """Drop expired records; return their call ids."""
         current = time.time() if now is None else now
-        gone = [cid for cid, r in self._records.items() if r.expires < current]
+        gone = [cid for cid, (expires, _) in self._records.items() if expires < current]
         for cid in gone:
             del self._records[cid]
         return gone

@@ -13,7 +13,8 @@ codes the README lists: 400 bad offer, 401 token, 404 unknown call, 415 wrong
 content type, 503 (+ Retry-After) at capacity or draining.
 
 ``Transceiver`` wires the pieces: call manager, HTTP site, registration and
-heartbeat with the directory, drain on shutdown.
+heartbeat with the directory (``voxrelay.directory.agent.keep_announced``,
+the one registration loop), drain on shutdown.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from typing import Any
 
 from aiohttp import web
 
-from transceiver.call import AtCapacity, CallError, CallManager, CallSettings, Draining
-from transceiver.directory import Directory, TransceiverRecord
+from transceiver.call import CallError, CallSettings
+from transceiver.manager import AtCapacity, CallManager, Draining, NoTokenKey
+from voxrelay.directory import DEFAULT_PROBE_PORT, Directory, TransceiverRecord
+from voxrelay.directory.agent import announce, keep_announced
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ async def _read_offer(request: web.Request) -> str | web.Response:
 
 def _call_error(exc: CallError) -> web.Response:
     headers = {}
-    if isinstance(exc, (AtCapacity, Draining)):
+    if isinstance(exc, (AtCapacity, Draining, NoTokenKey)):
         headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     code = {400: "bad_offer", 404: "not_found", 503: "unavailable"}.get(exc.status, "error")
     return _error(exc.status, code, exc.message, **headers)
@@ -162,12 +165,12 @@ class ServiceSettings:
     listen_host: str
     listen_port: int
     private_address: str
-    region: str = ""
     api_token: str = ""
     heartbeat_seconds: float = 2.0
     drain_grace_seconds: float = 10.0
     probe_port: int = 0
-    """UDP port of the STUN probe responder (``voxrelay probe``); 0: none."""
+    """UDP port of the STUN probe responder (``voxrelay probe``); 0: none (the
+    directory record names ``DEFAULT_PROBE_PORT`` then)."""
 
 
 class Transceiver:
@@ -181,6 +184,7 @@ class Transceiver:
         self.app = make_app(self.manager, settings.api_token)
         self._runner: web.AppRunner | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._stop_heartbeat = asyncio.Event()
         self._probe: asyncio.DatagramTransport | None = None
         self.port = 0
 
@@ -209,41 +213,40 @@ class Transceiver:
 
             self._probe, _ = await ProbeResponder.serve(
                 self.settings.private_address, self.settings.probe_port)
-        calls = self.manager.settings
-        await self.directory.announce(
-            TransceiverRecord(
-                id=calls.transceiver_id,
-                private_address=self.settings.private_address,
-                signaling_url=self.url,
-                max_calls=calls.max_calls,
-                region=self.settings.region,
-            )
-        )
-        self._heartbeat = asyncio.create_task(self._beat(), name="transceiver-heartbeat")
-
-    async def _beat(self) -> None:
         manager = self.manager
-        while True:
-            await asyncio.sleep(self.settings.heartbeat_seconds)
-            try:
-                await self.directory.heartbeat(
-                    manager.settings.transceiver_id, len(manager.calls), manager.draining
-                )
-                await manager.refresh_sessions()
-            except Exception as exc:  # noqa: BLE001 - the directory may be restarting; keep serving
-                logger.warning("heartbeat failed: %s", exc)
+        record = TransceiverRecord(
+            id=manager.settings.transceiver_id,
+            address=self.settings.private_address,
+            probe_port=self.settings.probe_port or DEFAULT_PROBE_PORT,
+        )
+        # The first announce is awaited here, so that a directory that refuses
+        # us or cannot be reached fails the start-up with its reason.
+        await announce(self.directory, record)
+        self._heartbeat = asyncio.create_task(
+            keep_announced(
+                self.directory, record, self._stop_heartbeat,
+                interval=self.settings.heartbeat_seconds,
+                load=lambda: len(manager.calls),
+                draining=lambda: manager.draining,
+                after_beat=manager.refresh_sessions,
+                announced=True,
+            ),
+            name="transceiver-heartbeat",
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain (no new calls, wait up to the grace period), then close everything."""
         await self.manager.drain(self.settings.drain_grace_seconds if grace is None else grace)
         if self._heartbeat is not None:
+            # Cancelled too: a beat may be waiting on a directory that is down.
+            self._stop_heartbeat.set()
             self._heartbeat.cancel()
             try:
                 await self._heartbeat
             except asyncio.CancelledError:
                 pass
         try:
-            await self.directory.withdraw(self.manager.settings.transceiver_id)
+            await self.directory.remove(self.manager.settings.transceiver_id)
         except Exception as exc:  # noqa: BLE001 - shutting down regardless
             logger.warning("could not withdraw from the directory: %s", exc)
         if self._probe is not None:
@@ -251,6 +254,4 @@ class Transceiver:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.manager.close()
-        close = getattr(self.directory, "close", None)
-        if close is not None:
-            await close()
+        await self.directory.close()

@@ -107,5 +107,10 @@ async def test_unreachable_directory_is_directory_unavailable():
 
 def test_connect_picks_backend_by_url():
     assert isinstance(connect("http://127.0.0.1:7480"), HttpDirectory)
-    with pytest.raises(ValueError, match="^directory URL 'etcd://x' must start with http://"):
+    from voxrelay.directory.memory import MemoryDirectory
+
+    memory = connect("memory", grace=3.0)
+    assert isinstance(memory, MemoryDirectory) and memory.grace == 3.0
+    with pytest.raises(ValueError, match="^directory URL 'etcd://x' must be 'memory' or start "
+                                         "with http://"):
         connect("etcd://x")

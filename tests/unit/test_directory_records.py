@@ -96,3 +96,20 @@ def test_keyring_from_map_finds_current(slots, current):
     ring = keyring_from_map(slots)
     assert ring.current == current
     assert ring.active_keys() == slots
+
+
+def test_session_record_round_trips_and_refuses_bad_data():
+    from voxrelay.directory import SessionRecord, parse_session
+
+    record = SessionRecord("call-1", 7, 40000)
+    assert parse_session("call-1", record.to_json()) == record
+    assert record.to_json() == {"transceiver_id": 7, "port": 40000}
+    with pytest.raises(ValueError) as info:
+        parse_session("call-1", {"port": 40000})
+    assert str(info.value) == "session record is missing 'transceiver_id'"
+    with pytest.raises(ValueError) as info:
+        SessionRecord("call-1", 7, 0)
+    assert str(info.value) == "session port must not be 0"
+    with pytest.raises(ValueError) as info:
+        SessionRecord("a/b", 7, 40000)
+    assert str(info.value).startswith("session id 'a/b' must be 1..256 characters")

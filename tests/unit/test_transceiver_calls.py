@@ -25,8 +25,8 @@ from tests.unit.transceiver_harness import (
     open_udp_ports,
     start_transceiver,
 )
-from transceiver.directory import MemoryDirectory
 from voxrelay import token as tokens
+from voxrelay.directory.memory import MemoryDirectory
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,13 +41,14 @@ NO_AUDIO_OFFER = (
 @pytest.fixture
 async def rig():
     directory = MemoryDirectory()
-    relay = LoopbackRelay(directory.keys.keys)
+    ring = await directory.ensure_keyring()
+    relay = LoopbackRelay(ring.active_keys())
     relay_addr = await relay.start()
     server, model, model_port = await start_fake_model()
     service = await start_transceiver(directory, [relay_addr], f"127.0.0.1:{model_port}")
     rig = type("Rig", (), {})()
-    rig.directory, rig.relay, rig.service, rig.model, rig.server = (
-        directory, relay, service, model, server)
+    rig.directory, rig.ring, rig.relay, rig.service, rig.model, rig.server = (
+        directory, ring, relay, service, model, server)
     rig.model_port = model_port
     yield rig
     await service.stop(0.2)
@@ -71,7 +72,7 @@ async def test_call_answer_relay_only_token_ufrag_and_reply(rig) -> None:
         assert str(call.port) not in " ".join(str(p) for _, p, _ in candidates(answer))
         # The ufrag is a routing token for this transceiver and the bound port.
         ufrag = re.search(r"a=ice-ufrag:(\S+)", answer).group(1)
-        token = tokens.verify(ufrag, rig.directory.keys.keys)
+        token = tokens.verify(ufrag, rig.ring.active_keys())
         assert (token.transceiver_id, token.port) == (7, call.port)
         assert call.routed.primary().bound_address == ("127.0.0.1", call.port)
         # ICE went through the relay: the nominated remote is the relay's flow socket.
@@ -96,7 +97,7 @@ async def test_ice_restart_keeps_the_call(rig) -> None:
         await client.wait_event("model", state="connected")
         new_ufrag = await client.restart_ice()
         assert new_ufrag != first_ufrag and call.ufrag == new_ufrag
-        token = tokens.verify(new_ufrag, rig.directory.keys.keys)
+        token = tokens.verify(new_ufrag, rig.ring.active_keys())
         assert token.port == call.port  # same transceiver, same socket
         assert rig.service.manager.get(client.call_id) is call
         assert call.routed.primary().nominated_remote() is not None
@@ -137,7 +138,7 @@ async def test_errors_allocate_nothing(rig, body, headers, status, message) -> N
     assert (got, payload["error"]["message"]) == (status, message)
     assert rig.service.manager.calls == {} and rig.service.manager.load == 0
     assert open_udp_ports(low, high) == [] and not rig.service.manager.settings.ports.in_use
-    assert rig.directory.sessions == {} and open_fds() == fds
+    assert rig.directory.session_ids() == set() and open_fds() == fds
 
 
 async def test_at_capacity_is_503_with_retry_after(rig) -> None:
@@ -174,7 +175,7 @@ async def test_model_killed_mid_call_error_then_recovery(rig) -> None:
 
 async def test_client_vanishes_call_is_freed() -> None:
     directory = MemoryDirectory()
-    relay = LoopbackRelay(directory.keys.keys)
+    relay = LoopbackRelay((await directory.ensure_keyring()).active_keys())
     relay_addr = await relay.start()
     server, _, model_port = await start_fake_model()
     service = await start_transceiver(directory, [relay_addr], f"127.0.0.1:{model_port}",
@@ -190,7 +191,7 @@ async def test_client_vanishes_call_is_freed() -> None:
         assert "consent" in call.close_reason or "failed" in call.close_reason
         assert service.manager.calls == {} and not service.manager.settings.ports.in_use
         await asyncio.sleep(0.05)
-        assert directory.sessions == {}
+        assert directory.session_ids() == set()
         await client.close()
     finally:
         await service.stop(0.2)
@@ -204,11 +205,11 @@ async def test_twenty_calls_leak_nothing(rig) -> None:
     tasks = len(asyncio.all_tasks())
     for _ in range(20):
         async with CallClient(rig.service.url, "secret", 15) as client:
-            assert client.call_id in rig.directory.sessions
+            assert client.call_id in rig.directory.session_ids()
     await asyncio.sleep(0.3)
     manager = rig.service.manager
     assert manager.calls == {} and not manager.settings.ports.in_use and len(manager.sessions) == 0
-    assert rig.directory.sessions == {}
+    assert rig.directory.session_ids() == set()
     assert open_udp_ports(low, high) == []
     # The relay stand-in keeps one socket per flow (as the XDP relay keeps
     # flows until idle); everything else must be back to where it was.
@@ -223,7 +224,7 @@ async def test_drain_refuses_new_calls_and_closes_old_ones(rig) -> None:
     call = rig.service.manager.get(client.call_id)
     drain = asyncio.create_task(rig.service.manager.drain(0.5))
     await asyncio.sleep(0.05)
-    assert rig.directory.transceivers[7].draining
+    assert (await rig.directory.get_transceiver(7)).status == "draining"
     probe = CallClient(rig.service.url, "secret", 15)
     await probe.pc.setLocalDescription(await probe.pc.createOffer())
     status, _, payload = await _post(
@@ -238,14 +239,18 @@ async def test_drain_refuses_new_calls_and_closes_old_ones(rig) -> None:
 
 
 async def test_with_the_orchestrators_directory() -> None:
-    """The same call against voxrelay.directory (its in-memory backend)."""
-    from transceiver.orchdir import OrchestratorDirectory
-    from voxrelay.directory.memory import MemoryDirectory as OrchMemory
+    """The same call against the directory the orchestrator serves (its HTTP API
+    over the embedded store): record, probe port, sessions, load, withdrawal."""
+    from aiohttp.test_utils import TestServer
 
-    inner = OrchMemory()
+    from voxrelay.directory.http import HttpDirectory, make_app
+
+    inner = MemoryDirectory()
     ring = await inner.ensure_keyring()
     probe_port = free_udp_port()
-    directory = OrchestratorDirectory(inner, probe_port=probe_port)
+    http = TestServer(make_app(inner), host="127.0.0.1")
+    await http.start_server()
+    directory = HttpDirectory(str(http.make_url("")))
     relay = LoopbackRelay(ring.active_keys())
     relay_addr = await relay.start()
     server, _, model_port = await start_fake_model()
@@ -275,6 +280,7 @@ async def test_with_the_orchestrators_directory() -> None:
         await service.stop(0.2)
         relay.close()
         await server.stop(0)
+        await http.close()
     assert await inner.get_transceiver(7) is None  # withdrawn on shutdown
 
 

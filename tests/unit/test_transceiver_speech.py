@@ -15,9 +15,9 @@ import pytest
 
 from lab.client import place_call
 from tests.unit.transceiver_harness import LoopbackRelay, start_transceiver
-from transceiver.directory import MemoryDirectory
 from transceiver.model.server import ModelOptions, serve_model
 from transceiver.model.speech import synthesize
+from voxrelay.directory.memory import MemoryDirectory
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -29,7 +29,7 @@ pytestmark = [
 async def test_spoken_sentence_gives_transcript_and_audible_reply(tmp_path) -> None:
     pcm, _ = synthesize("what time is it")
     directory = MemoryDirectory()
-    relay = LoopbackRelay(directory.keys.keys)
+    relay = LoopbackRelay((await directory.ensure_keyring()).active_keys())
     relay_addr = await relay.start()
     async with serve_model("127.0.0.1:0", ModelOptions()) as model_target:
         service = await start_transceiver(directory, [relay_addr], model_target)

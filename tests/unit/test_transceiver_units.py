@@ -9,8 +9,6 @@ import aiortc.rtcicetransport
 import pytest
 from aioice import Connection
 
-from transceiver.call import TurnClock
-from transceiver.directory import SessionRecord
 from transceiver.ice import (
     PortPool,
     RelaySpec,
@@ -24,6 +22,8 @@ from transceiver.media import CHUNK_BYTES, ReplyTrack, split_chunks
 from transceiver.model import voice_pb2
 from transceiver.offer import parse_offer
 from transceiver.sessions import SessionStore
+from transceiver.turns import TurnClock
+from voxrelay.directory import SessionRecord
 
 GOOD_OFFER = """v=0
 o=- 1 1 IN IP4 0.0.0.0
@@ -200,6 +200,33 @@ async def test_reply_track_is_paced_on_an_absolute_clock() -> None:
     track.stop()
 
 
+async def test_pcm_chunks_reads_a_track_until_it_ends() -> None:
+    from transceiver.media import pcm_chunks
+
+    track = ReplyTrack()
+    track.push(b"\x10\x00" * 640)  # 2 chunks, then silence
+    got: list[tuple[float, bytes]] = []
+    async for arrived_at, chunk in pcm_chunks(track):
+        got.append((arrived_at, chunk))
+        if len(got) == 4:
+            track.stop()  # the reader ends with the track, no error
+    assert [len(c) for _, c in got] == [CHUNK_BYTES] * 4
+    assert got[1][1] == b"\x10\x00" * 320 and got[3][1] == bytes(CHUNK_BYTES)
+    assert [t for t, _ in got] == sorted(t for t, _ in got)
+
+    frames: list[float] = []
+    track = ReplyTrack()
+
+    def count(arrived_at: float) -> bool:
+        frames.append(arrived_at)
+        if len(frames) == 3:
+            track.stop()
+        return False  # only timing frames: nothing is decoded
+
+    assert [c async for c in pcm_chunks(track, on_frame=count)] == []
+    assert len(frames) == 3
+
+
 def test_turn_clock_pairs_speech_end_and_first_audio() -> None:
     clock = TurnClock()
     for seq in range(100):
@@ -211,9 +238,35 @@ def test_turn_clock_pairs_speech_end_and_first_audio() -> None:
     assert clock.turn_closed(2, 1600.0) == pytest.approx(900.0)  # seq 80 arrived at 11.6
 
 
+async def test_turns_barge_in_drops_the_reply_until_the_next_final_transcript() -> None:
+    from transceiver.turns import Turns
+
+    events: list[dict] = []
+    told: list[int] = []
+    track = ReplyTrack()
+    turns = Turns(track, events.append, lambda: told.append(1), vad_mode=2, barge_in_frames=8)
+    audio = voice_pb2.ServerMessage(audio=voice_pb2.AudioChunk(pcm=b"\x10\x00" * 3200))
+    turns.on_model_message(audio)
+    assert track.playing
+    turns.heard(bytes(CHUNK_BYTES))  # silence over the reply: no barge-in
+    assert not events
+    partial = voice_pb2.ServerMessage(transcript=voice_pb2.Transcript(text="wait", final=False))
+    turns.on_model_message(partial)  # the caller talks over the reply
+    assert [e["type"] for e in events] == ["barge_in", "transcript"]
+    assert events[0] == {"type": "barge_in", "source": "transcript", "dropped_ms": 200}
+    assert not track.playing and told == [1] and turns.barge_ins == 1
+    turns.on_model_message(audio)  # the rest of the interrupted reply is dropped
+    assert not track.playing
+    final = voice_pb2.ServerMessage(transcript=voice_pb2.Transcript(text="wait", final=True))
+    turns.on_model_message(final)
+    turns.on_model_message(audio)  # the next turn's reply plays
+    assert track.playing
+    track.stop()
+
+
 def test_session_store_ttl() -> None:
     store = SessionStore(10)
-    store.put(SessionRecord("a", 7, 40000, 0.0, 100.0))
+    store.put(SessionRecord("a", 7, 40000), expires=100.0)
     assert store.get("a", now=50.0) is not None
     assert store.expire(now=200.0) == ["a"] and len(store) == 0
 

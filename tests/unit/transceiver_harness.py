@@ -25,6 +25,7 @@ from transceiver.ice import PortPool, RelaySpec, relay_candidates
 from transceiver.modellink import Backoff
 from transceiver.signaling import ServiceSettings, Transceiver
 from voxrelay import token as tokens
+from voxrelay.directory import Directory
 
 
 class _Public(asyncio.DatagramProtocol):
@@ -126,7 +127,7 @@ def free_port_range(size: int = 40) -> tuple[int, int]:
 
 
 async def start_transceiver(
-    directory: Any,
+    directory: Directory,
     relays: list[tuple[str, int]],
     model_target: str,
     *,

@@ -8,7 +8,11 @@ Transceivers use it like this (the URL picks the backend)::
         await directory.announce(TransceiverRecord(id=7, address="10.0.1.7", probe_port=3479))
         ring = await directory.keyring()            # mint with ring.current
         await directory.heartbeat(7, load=3)        # UnknownTransceiver -> announce again
-        await directory.put_session("call-1", {"port": 40000}, ttl=60)
+        await directory.put_session("call-1", SessionRecord("call-1", 7, 40000).to_json(), ttl=60)
+
+A transceiver stays announced with ``agent.keep_announced`` (the one
+registration loop); ``memory.MemoryDirectory`` is the embedded store the
+orchestrator serves (and ``transceiver run --directory memory`` uses alone).
 """
 
 from __future__ import annotations
@@ -17,19 +21,32 @@ from .base import (
     Change,
     ChangeFeed,
     Directory,
-    DirectoryClient,
     DirectoryError,
     DirectoryUnavailable,
     Snapshot,
     UnknownTransceiver,
 )
-from .records import Keyring, TransceiverRecord, parse_keyring, parse_transceiver
+from .records import (
+    DEFAULT_PROBE_PORT,
+    Keyring,
+    SessionRecord,
+    TransceiverRecord,
+    parse_keyring,
+    parse_session,
+    parse_transceiver,
+)
 
 
 def connect(url: str, *, grace: float = 10.0, prefix: str = "voxrelay:") -> Directory:
     """A directory client for ``url``: http(s):// is the embedded directory's
-    HTTP API, redis:// / rediss:// / unix:// is Redis. ``grace`` and ``prefix``
-    matter only for Redis (the HTTP server decides its own grace)."""
+    HTTP API, redis:// / rediss:// / unix:// is Redis, and ``memory`` is a
+    store in this process (a standalone lab transceiver, tests). ``grace``
+    matters for Redis and memory, ``prefix`` only for Redis (the HTTP server
+    decides its own grace)."""
+    if url == "memory":
+        from .memory import MemoryDirectory
+
+        return MemoryDirectory(grace=grace)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("http", "https"):
         from .http import HttpDirectory
@@ -40,12 +57,13 @@ def connect(url: str, *, grace: float = 10.0, prefix: str = "voxrelay:") -> Dire
 
         return RedisDirectory(url, grace=grace, prefix=prefix)
     raise ValueError(
-        f"directory URL {url!r} must start with http://, https://, redis://, rediss:// or unix://"
+        f"directory URL {url!r} must be 'memory' or start with http://, https://, redis://, "
+        "rediss:// or unix://"
     )
 
 
 __all__ = [
-    "Change", "ChangeFeed", "Directory", "DirectoryClient", "DirectoryError",
-    "DirectoryUnavailable", "Keyring", "Snapshot", "TransceiverRecord", "UnknownTransceiver",
-    "connect", "parse_keyring", "parse_transceiver",
+    "DEFAULT_PROBE_PORT", "Change", "ChangeFeed", "Directory", "DirectoryError",
+    "DirectoryUnavailable", "Keyring", "SessionRecord", "Snapshot", "TransceiverRecord",
+    "UnknownTransceiver", "connect", "parse_keyring", "parse_session", "parse_transceiver",
 ]

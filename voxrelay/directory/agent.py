@@ -4,19 +4,32 @@ re-announce when forgotten, keep trying when the directory is down.
     stop = asyncio.Event()
     task = asyncio.create_task(keep_announced(
         connect(config.directory), TransceiverRecord(id=7, address="10.77.0.2", probe_port=3479),
-        stop, interval=2.0, load=lambda: len(calls)))
+        stop, interval=2.0, load=lambda: len(calls), draining=lambda: draining))
+
+This is the one registration loop: the transceiver (transceiver/signaling.py)
+runs it, and nothing else heartbeats.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .base import Directory, DirectoryUnavailable, UnknownTransceiver
 from .records import Keyring, TransceiverRecord
 
 log = logging.getLogger(__name__)
+
+
+async def announce(
+    directory: Directory, record: TransceiverRecord, *, load: int = 0, draining: bool = False
+) -> TransceiverRecord:
+    """Announce ``record`` with its current load, as draining if it is, so that
+    a directory that forgot a draining transceiver does not route new calls to
+    it when it comes back."""
+    status = "draining" if draining else "active"
+    return await directory.announce(record.with_(status=status, load=load))
 
 
 async def keep_announced(
@@ -28,17 +41,29 @@ async def keep_announced(
     load: Callable[[], int] = lambda: 0,
     on_keyring: Callable[[Keyring], None] | None = None,
     draining: Callable[[], bool] = lambda: False,
+    after_beat: Callable[[], Awaitable[None]] | None = None,
+    announced: bool = False,
 ) -> None:
     """Heartbeat every ``interval`` seconds (keep it well under the
-    directory's grace) until ``stop``; announce (again) whenever the
-    directory does not know this transceiver. ``on_keyring`` gets the keyring
-    after every beat, so that minting follows rotations."""
-    announced = False
+    directory's grace) until ``stop``, with ``load()`` as the load; announce
+    (again, as draining if ``draining()``) whenever the directory does not
+    know this transceiver. ``on_keyring`` gets the keyring after every beat,
+    so that minting follows rotations; ``after_beat`` runs after every beat
+    (the transceiver refreshes its session records there). ``announced``:
+    the caller has announced already (to fail fast at start-up), so the loop
+    begins with a wait and a heartbeat.
+
+    Nothing but ``stop`` ends the loop: a directory that is down is retried
+    (``DirectoryUnavailable`` also means it may have lost us, so the next
+    beat announces), and any other failure is logged and retried, because a
+    transceiver keeps serving its calls whatever its directory does.
+    """
+    if announced:
+        await _wait(stop, interval)
     while not stop.is_set():
         try:
             if not announced:
-                status = "draining" if draining() else "active"
-                await directory.announce(record.with_(status=status, load=load()))
+                await announce(directory, record, load=load(), draining=draining())
                 announced = True
             else:
                 try:
@@ -48,10 +73,18 @@ async def keep_announced(
                     continue  # announce at once, not after another interval
             if on_keyring is not None:
                 on_keyring(await directory.keyring())
+            if after_beat is not None:
+                await after_beat()
         except DirectoryUnavailable as exc:
             log.warning("directory unavailable, will retry: %s", exc)
             announced = False  # it may have lost us (embedded restart)
-        try:
-            await asyncio.wait_for(stop.wait(), interval)
-        except TimeoutError:
-            pass
+        except Exception as exc:  # noqa: BLE001 - keep serving; the next beat retries
+            log.warning("heartbeat failed, will retry: %s", exc)
+        await _wait(stop, interval)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass

@@ -3,8 +3,8 @@
 ``Directory`` is what both sides use:
 
 - transceivers call ``announce``/``heartbeat``/``drain``/``keyring`` and the
-  session methods (``DirectoryClient`` is the same interface; pick a backend
-  with ``voxrelay.directory.connect(url)``);
+  session methods (pick a backend with ``voxrelay.directory.connect(url)``;
+  ``voxrelay.directory.agent.keep_announced`` is the loop that does it);
 - the orchestrator's sync calls ``snapshot`` and follows ``changes``.
 
 Liveness is decided in one place: ``snapshot`` and ``get_transceiver`` leave
@@ -140,10 +140,6 @@ class Directory(abc.ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-# What a transceiver needs; the name the transceiver room imports.
-DirectoryClient = Directory
 
 
 def is_live(record: TransceiverRecord, now: float, grace: float) -> bool:

@@ -1,7 +1,9 @@
 """The embedded directory: an in-process store for a one-host deployment.
 
 The orchestrator owns it and serves it to transceivers over HTTP
-(voxrelay/directory/http.py). Nothing survives a restart, which is fine:
+(voxrelay/directory/http.py); a standalone lab transceiver
+(``transceiver run --directory memory``) and the tests hold one in their
+own process (``connect("memory")``). Nothing survives a restart, which is fine:
 transceivers re-announce on their next heartbeat (they get "unknown
 transceiver" and announce again), and the pinned BPF maps keep forwarding in
 the meantime because the sync never deletes on a directory it has not read.
@@ -137,6 +139,11 @@ class MemoryDirectory(Directory):
 
     async def delete_session(self, session_id: str) -> bool:
         return self._sessions.pop(validate_session_id(session_id), None) is not None
+
+    def session_ids(self) -> set[str]:
+        """The ids of the sessions held now (what a test or an operator looks at)."""
+        self._expire_sessions()
+        return set(self._sessions)
 
     def _expire_sessions(self) -> None:
         now = time.monotonic()

@@ -21,6 +21,8 @@ from voxrelay.token import KEY_BYTES, MAX_KEY_ID
 STATUSES = ("active", "draining")
 MAX_TRANSCEIVER_ID = 0xFFFFFFFF
 MAX_ACTIVE_KEYS = 2  # the key in use plus the previous one, for rotation
+DEFAULT_PROBE_PORT = 3479
+"""The transceiver's STUN probe responder port when its config names none."""
 _SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,256}")  # safe in a URL path and a Redis key
 
 
@@ -151,6 +153,37 @@ def parse_transceiver(data: Any) -> TransceiverRecord:
         load=data.get("load", 0),
         **times,
     )
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A call on a transceiver, as the directory keeps it (for ``ttl`` seconds,
+    refreshed while the call lives): which transceiver and which UDP port (the
+    one in the call's token) hold it, for whatever outlives the transceiver's
+    memory."""
+
+    call_id: str
+    transceiver_id: int
+    port: int
+
+    def __post_init__(self) -> None:
+        validate_session_id(self.call_id)
+        validate_transceiver_id(self.transceiver_id)
+        validate_port(self.port, "session port")
+
+    def to_json(self) -> dict[str, Any]:
+        """The session's data (the call id is its key)."""
+        return {"transceiver_id": self.transceiver_id, "port": self.port}
+
+
+def parse_session(call_id: str, data: Any) -> SessionRecord:
+    """A session record from the data stored under ``call_id``."""
+    if not isinstance(data, dict):
+        raise ValueError(f"session record must be a JSON object, got {type(data).__name__}")
+    for required in ("transceiver_id", "port"):
+        if required not in data:
+            raise ValueError(f"session record is missing {required!r}")
+    return SessionRecord(call_id, data["transceiver_id"], data["port"])
 
 
 @dataclass(frozen=True)

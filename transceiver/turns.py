@@ -1,0 +1,159 @@
+"""A call's turns: what the model says, talking over it, and how long replies take.
+
+``Turns`` is one call's conversation bookkeeping: the model's messages become
+reply audio on the call's ``ReplyTrack`` and JSON events on its data channel;
+a caller who speaks over a playing reply stops it (barge-in, from webrtcvad on
+the inbound chunks or from a transcript arriving); and ``TurnClock`` measures
+how long the caller waited for the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import webrtcvad
+
+from transceiver.media import CHUNK_MS, SAMPLE_RATE, ReplyTrack
+from transceiver.model import voice_pb2
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+class TurnClock:
+    """Turn timings the transceiver measures itself.
+
+    ``first_audio_ms``: from the end of speech (the inbound chunk at which the
+    model's VAD closed the turn) to the first reply chunk handed to the
+    outbound track. Stream seq -> arrival time is kept for the last minute.
+    """
+
+    _KEEP = 3000  # chunks (60 s)
+
+    def __init__(self) -> None:
+        self._arrived: dict[int, float] = {}
+        self._speech_end: tuple[int, float] | None = None
+        self._pending_audio: float | None = None
+
+    def reset(self) -> None:
+        self._arrived.clear()
+
+    def chunk_sent(self, seq: int, at: float) -> None:
+        self._arrived[seq] = at
+        self._arrived.pop(seq - self._KEEP, None)
+
+    def turn_closed(self, turn: int, speech_end_ms: float) -> float | None:
+        """Record the model's end of speech; returns first_audio_ms if audio already started."""
+        at = self._arrived.get(int(speech_end_ms // CHUNK_MS))
+        if at is None:
+            return None
+        if self._pending_audio is not None and self._pending_audio >= at:
+            first, self._pending_audio = self._pending_audio, None
+            return (first - at) * 1000
+        self._speech_end = (turn, at)
+        return None
+
+    def segment_started(self, at: float) -> tuple[int, float] | None:
+        """A reply began playing; returns (turn, first_audio_ms) when the turn is known."""
+        if self._speech_end is None:
+            self._pending_audio = at
+            return None
+        turn, end = self._speech_end
+        self._speech_end = None
+        return turn, (at - end) * 1000
+
+
+class Turns:
+    """One call's conversation: see the module docstring.
+
+    ``emit`` sends an event to the caller; ``tell_model`` tells the model
+    that the caller barged in. Both belong to the call, which outlives
+    neither.
+    """
+
+    def __init__(self, track: ReplyTrack, emit: Emit, tell_model: Callable[[], None], *,
+                 vad_mode: int, barge_in_frames: int) -> None:
+        self.track = track
+        self.emit = emit
+        self.tell_model = tell_model
+        self.clock = TurnClock()
+        self.barge_ins = 0
+        self.barge_in_frames = barge_in_frames
+        self._vad = webrtcvad.Vad(vad_mode)
+        self._voiced = 0
+        self._suppress_audio = False
+        track.on_segment_start = self._on_segment_start
+
+    # ------------------------------------------------------------ the caller
+
+    def heard(self, chunk: bytes) -> None:
+        """One inbound 20 ms chunk, before it goes to the model: over a
+        playing reply, enough voiced chunks in a row are a barge-in."""
+        if not self.track.playing:
+            self._voiced = 0
+            return
+        if self._vad.is_speech(chunk, SAMPLE_RATE):
+            self._voiced += 1
+            if self._voiced >= self.barge_in_frames:
+                self.barge_in("vad")
+        else:
+            self._voiced = 0
+
+    def barge_in(self, source: str) -> None:
+        dropped = self.track.flush()
+        self._voiced = 0
+        self._suppress_audio = True
+        self.barge_ins += 1
+        self.tell_model()
+        self.emit({"type": "barge_in", "source": source, "dropped_ms": dropped * CHUNK_MS})
+
+    # ------------------------------------------------------------ the model
+
+    def on_model_state(self, state: str, detail: str) -> None:
+        if state == "connected":
+            self.clock.reset()
+            self.emit({"type": "model", "state": "connected"})
+        else:
+            self.emit({"type": "error", "source": "model", "code": "model_unavailable",
+                       "message": f"voice model unreachable, reconnecting: {detail}"})
+
+    def on_model_message(self, message: voice_pb2.ServerMessage) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "audio":
+            if not self._suppress_audio:
+                self.track.push(message.audio.pcm)
+        elif kind == "transcript":
+            t = message.transcript
+            if t.final:
+                self._suppress_audio = False
+            elif self.track.playing:
+                self.barge_in("transcript")
+            self.emit({"type": "transcript", "text": t.text, "final": t.final, "turn": t.turn})
+        elif kind == "reply":
+            self.emit({"type": "reply", "text": message.reply.text, "turn": message.reply.turn})
+        elif kind == "timings":
+            m = message.timings
+            event: dict[str, Any] = {
+                "type": "timings", "turn": m.turn, "processing_ms": m.processing_ms,
+                "asr_ms": m.asr_ms, "reply_ms": m.reply_ms, "tts_ms": m.tts_ms,
+                "speech_end_ms": m.speech_end_ms,
+            }
+            first = self.clock.turn_closed(m.turn, m.speech_end_ms)
+            if first is not None:
+                event["first_audio_ms"] = first
+            self.emit(event)
+        elif kind == "error":
+            self.emit({"type": "error", "source": "model", "code": message.error.code,
+                       "message": message.error.message})
+        elif kind == "turn_end":
+            self._suppress_audio = False
+            self.track.end_segment()
+            self.emit({"type": "turn_end", "turn": message.turn_end})
+
+    def _on_segment_start(self, at: float) -> None:
+        # On the loop's clock, as the inbound chunks were stamped.
+        result = self.clock.segment_started(asyncio.get_running_loop().time())
+        if result is not None:
+            turn, first = result
+            self.emit({"type": "timings", "turn": turn, "first_audio_ms": first})
