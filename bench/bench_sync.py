@@ -177,8 +177,8 @@ async def _announce_latencies(backend: str, kernel: Any, view: Any, samples: int
 
 def bench_announce(samples: int, with_redis: bool, result: SyncBench) -> None:
     from orchestrator import bpfprog
-    from orchestrator.maps import RelayMaps
-    from orchestrator.relay_maps import open_pinned_relay
+    from orchestrator.bccmaps import RelayMaps
+    from orchestrator.bccview import open_relay as open_pinned_relay
 
     poll = 1.0  # the service's default (orchestrator/service.py run_orchestrator)
     name = f"vxbench-{secrets.token_hex(4)}"

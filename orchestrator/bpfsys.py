@@ -138,7 +138,7 @@ class ProgInfo:
 
 
 @dataclass(frozen=True)
-class LinkInfo:
+class BpfLinkInfo:
     """``struct bpf_link_info`` for an XDP link; ``ifindex`` is 0 once detached."""
 
     id: int
@@ -162,11 +162,11 @@ def prog_info(fd: int) -> ProgInfo:
     return ProgInfo(id_, type_, name, tag)
 
 
-def link_info(fd: int) -> LinkInfo:
+def link_info(fd: int) -> BpfLinkInfo:
     raw = _info(fd, 48, "link info")
     type_, id_, prog_id = struct.unpack_from("=III", raw, 0)
     (ifindex,) = struct.unpack_from("=I", raw, 16)
-    return LinkInfo(id_, type_, prog_id, ifindex if type_ == BPF_LINK_TYPE_XDP else 0)
+    return BpfLinkInfo(id_, type_, prog_id, ifindex if type_ == BPF_LINK_TYPE_XDP else 0)
 
 
 def prog_fd_by_id(prog_id: int) -> int:

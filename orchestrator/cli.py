@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 
 import click
 
-from orchestrator.relay_view import FlowEntry, RelayUnavailable, RelayView, open_relay
+from orchestrator.bccview import open_relay
+from orchestrator.relay import FlowEntry, RelayUnavailable, RelayView
 from orchestrator.sync import keyring_from_map
 from voxrelay import token as tk
 from voxrelay.config import Config, ConfigError, load_config
@@ -124,7 +125,7 @@ def key_fingerprint(key: bytes) -> str:
 
 # --- relay (thin over orchestrator/loader.py) -----------------------------------
 def _loader_call(fn: Callable[[], Any]) -> Any:
-    from orchestrator.relay_maps import require_bpf
+    from orchestrator.relay import require_bpf
 
     require_bpf("loading or inspecting the XDP relay")
     from pyroute2.netlink.exceptions import NetlinkError
@@ -575,7 +576,7 @@ def orchestrator_run(config_path: Path | None, name: str | None, probe_relay: st
     if name:
         config.relay.name = name
     view = open_relay(config.relay.name)
-    from orchestrator.relay_maps import BpfRelayUpkeep
+    from orchestrator.bccview import BpfRelayUpkeep
 
     upkeep = BpfRelayUpkeep(view)  # type: ignore[arg-type]
 

@@ -59,33 +59,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator import bpfsys, netlink
+from orchestrator import bccmaps, bpfprog, bpfsys, netlink
+from orchestrator.errors import (
+    AlreadyLoadedError,
+    LoaderBusyError,
+    LoaderError,
+    MapLayoutError,
+    NotLoadedError,
+)
 from voxrelay.config import RelayConfig
 
 RUN_DIR = Path("/run/voxrelay")
 """Locks and the per-relay state file (previous sysctl values, netns, interfaces)."""
 
 LINKS_SUBDIR = "links"
-
-
-class LoaderError(RuntimeError):
-    """A load, replace or unload that could not be done; the message says why and what to do."""
-
-
-class AlreadyLoadedError(LoaderError):
-    """The relay (or another XDP program) already owns an interface."""
-
-
-class NotLoadedError(LoaderError):
-    """``replace`` on a relay that is not loaded."""
-
-
-class LoaderBusyError(LoaderError):
-    """Another process holds the relay's lock."""
-
-
-class MapLayoutError(LoaderError):
-    """A pinned map's type or sizes differ from what the program expects."""
 
 
 @dataclass(frozen=True)
@@ -151,8 +138,6 @@ class _State:
 
 
 def pin_dir_for(name: str) -> Path:
-    from orchestrator import bpfprog
-
     return bpfprog.pin_dir_for(name)
 
 
@@ -221,31 +206,27 @@ _RELOAD_ADVICE = ("Unload the relay (which removes the pins and the flows in the
 def _compile_pinned(limits: Mapping[str, int] | None, pin_dir: Path) -> Any:
     """``bpfprog.compile_relay`` with its layout errors turned into the loader's, with advice.
 
-    compile_relay already refuses a reused pin of another shape (maps.MapLayoutError);
-    callers of the loader catch ``LoaderError`` only, so translate it here.
+    compile_relay already refuses a reused pin of another shape (MapLayoutError);
+    the loader's message adds what to do about it.
     """
-    from orchestrator import bpfprog, maps
-
     try:
         return bpfprog.compile_relay(limits, pin_dir)
-    except maps.MapLayoutError as exc:
+    except MapLayoutError as exc:
         raise MapLayoutError(f"{exc}. {_RELOAD_ADVICE}") from None
 
 
 def check_pinned_maps(bpf: Any, pin_dir: Path, names: Sequence[str]) -> Any:
-    """Check the compiled ``bpf``'s maps against its pins; returns ``maps.RelayMaps(bpf)``.
+    """Check the compiled ``bpf``'s maps against its pins; returns ``bccmaps.RelayMaps(bpf)``.
 
     bcc's BPF_TABLE_PINNED opens an existing pin without looking at it, so a
     pin left by another build (or other ``-D`` limits) could be of another
-    shape. Type, key and value sizes are checked by ``maps.RelayMaps`` (the
+    shape. Type, key and value sizes are checked by ``bccmaps.RelayMaps`` (the
     one place that knows the ctypes views); this adds the entry count and
     that each table really is the pinned map.
     """
-    from orchestrator import maps
-
     try:
-        relay_maps = maps.RelayMaps(bpf)
-    except maps.MapLayoutError as exc:
+        relay_maps = bccmaps.RelayMaps(bpf)
+    except MapLayoutError as exc:
         raise MapLayoutError(f"{exc}. {_RELOAD_ADVICE}") from None
     for name in names:
         table = bpf.get_table(name)
@@ -440,10 +421,8 @@ def _undo_host(name: str, restore: Mapping[str, str], netns: str | None) -> None
 def _compile(relay: RelayConfig, limits: Mapping[str, int] | None) -> tuple[Any, Any, int]:
     """Compile (reusing pins), check the pinned maps, then verify and load the program.
 
-    Returns (bcc.BPF, maps.RelayMaps, program fd).
+    Returns (bcc.BPF, bccmaps.RelayMaps, program fd).
     """
-    from orchestrator import bpfprog
-
     pin_dir = pin_dir_for(relay.name)
     bpf = _compile_pinned(limits, pin_dir)
     try:
@@ -611,8 +590,6 @@ def replace(
 
 def _unpin_all(name: str) -> None:
     """Remove every pin of the relay (links first, then maps) and its directory."""
-    from orchestrator import bpfprog
-
     pin_dir = pin_dir_for(name)
     for pin in _link_pins(name):
         with contextlib.suppress(FileNotFoundError):
@@ -631,8 +608,6 @@ def _unpin_all(name: str) -> None:
 
 def _unpin_new(name: str, before: set[str]) -> None:
     """After a failed load: remove the map pins that load created, keep older ones."""
-    from orchestrator import bpfprog
-
     pin_dir = pin_dir_for(name)
     for map_name in bpfprog.MAP_NAMES:
         if map_name not in before:
@@ -843,14 +818,12 @@ class NeighbourWatcher:
 
 
 def open_maps(name: str, *, limits: Mapping[str, int] | None = None) -> Any:
-    """The typed maps (``maps.RelayMaps``) of the loaded relay ``name``, from its pins.
+    """The typed maps (``bccmaps.RelayMaps``) of the loaded relay ``name``, from its pins.
 
     Compiles the program to get bcc's views of the maps (nothing is attached)
     and checks every pin as ``load`` does. Raises NotLoadedError when the
     relay has no pins, rather than creating fresh, unattached maps.
     """
-    from orchestrator import bpfprog
-
     pin_dir = pin_dir_for(name)
     missing = [n for n in bpfprog.MAP_NAMES if not (pin_dir / n).exists()]
     if missing:
@@ -867,7 +840,7 @@ def open_maps(name: str, *, limits: Mapping[str, int] | None = None) -> Any:
 def bump_nh_generation(name: str, relay_maps: Any = None) -> Callable[[], None]:
     """An ``on_change`` for NeighbourWatcher that invalidates relay ``name``'s cached next hops.
 
-    ``relay_maps``: the relay's already open ``maps.RelayMaps`` (the
+    ``relay_maps``: the relay's already open ``bccmaps.RelayMaps`` (the
     orchestrator passes its own, so nothing is compiled twice and a relay
     loaded with other limits works); default: open them from the pins.
     """

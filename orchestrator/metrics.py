@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from orchestrator.relay_view import RelayView
+from orchestrator.relay import RelayView
 
 log = logging.getLogger(__name__)
 

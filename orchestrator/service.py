@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.probe import mint_probe_token, parse_hostport, probe_async
-from orchestrator.relay_view import RelayView
+from orchestrator.relay import RelayView
 from orchestrator.sync import Syncer, keyring_from_map
 from voxrelay.config import Config
 from voxrelay.directory import Directory, DirectoryUnavailable, connect

@@ -111,7 +111,7 @@ def chain(tmp_path_factory) -> Iterator[dict[str, Any]]:
     if os.geteuid() != 0:
         pytest.fail("tests/netns needs root (CI runs it as root)")
     from lab.topology import Lab
-    from orchestrator.relay_maps import open_pinned_relay
+    from orchestrator.bccview import open_relay as open_pinned_relay
 
     tmp = tmp_path_factory.mktemp("orch")
     with Lab() as lab:
@@ -303,7 +303,7 @@ def test_added_transceiver_gets_its_next_hop_primed(chain: dict[str, Any]) -> No
 
 
 def test_clock_offset_is_kept_to_realtime(chain: dict[str, Any]) -> None:
-    from orchestrator.maps import monotonic_to_realtime_offset_ns
+    from orchestrator.bccmaps import monotonic_to_realtime_offset_ns
 
     view = chain["view"]
     wrong = monotonic_to_realtime_offset_ns() - 3600 * 10**9  # as if NTP stepped an hour

@@ -26,7 +26,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from orchestrator.bpfprog import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
+from lab.bpftest import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
 from tests.unit.relay_lab import (
     GATEWAY_MAC,
     KEY1,

@@ -1,4 +1,4 @@
-"""orchestrator/maps.py over a real relay program, and pinned-map reuse."""
+"""orchestrator/bccmaps.py over a real relay program, and pinned-map reuse."""
 
 from __future__ import annotations
 
@@ -12,12 +12,9 @@ import pytest
 pytestmark = pytest.mark.root
 
 from orchestrator import bpfprog
-from orchestrator.maps import (
-    MapLayoutError,
-    RelayMaps,
-    TransceiverStatus,
-    map_info,
-)
+from orchestrator.bccmaps import RelayMaps, TransceiverStatus
+from orchestrator.bpfsys import map_info
+from orchestrator.errors import MapLayoutError
 from orchestrator.verdicts import verdict_names
 from tests.unit.packet_table import (
     CLIENT,
@@ -176,11 +173,11 @@ def test_pinned_maps_survive_a_new_compile(pin_dir: Path) -> None:
             assert again.active_keys() == [1]
             # the same kernel map, not a copy
             for name in bpfprog.MAP_NAMES:
-                assert map_info(first[name].get_fd()).map_id == \
-                    map_info(second[name].get_fd()).map_id, name
+                assert map_info(first[name].get_fd()).id == \
+                    map_info(second[name].get_fd()).id, name
             # scratch is per program, never pinned
-            assert map_info(first["scratch"].get_fd()).map_id != \
-                map_info(second["scratch"].get_fd()).map_id
+            assert map_info(first["scratch"].get_fd()).id != \
+                map_info(second["scratch"].get_fd()).id
             bpfprog.load_relay_fn(second)  # the verifier accepts it over reused maps
         finally:
             second.cleanup()

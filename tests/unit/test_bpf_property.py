@@ -33,8 +33,8 @@ pytestmark = pytest.mark.root
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.bpfprog import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
-from orchestrator.maps import TransceiverStatus
+from lab.bpftest import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
+from orchestrator.bccmaps import TransceiverStatus
 from tests.unit.packet_table import (
     ATTR_USERNAME,
     STUN_COOKIE,

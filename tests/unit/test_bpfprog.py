@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from lab import bpftest
 from orchestrator import bpfprog
 
 
@@ -56,7 +57,7 @@ def test_pin_dir_for() -> None:
 
 def test_prog_test_run_refuses_zero_repeats() -> None:
     with pytest.raises(ValueError, match="repeat must be >= 1, got 0"):
-        bpfprog.prog_test_run(-1, b"\x00" * 14, repeat=0)
+        bpftest.prog_test_run(-1, b"\x00" * 14, repeat=0)
 
 
 def test_test_run_opts_layout() -> None:
@@ -65,7 +66,7 @@ def test_test_run_opts_layout() -> None:
     # retval 56, repeat 60, duration 64, flags 68, cpu 72, batch_size 76.
     import ctypes
 
-    opts = bpfprog._BpfTestRunOpts
+    opts = bpftest._BpfTestRunOpts
     assert ctypes.sizeof(opts) == 80
     assert (opts.ctx_in.offset, opts.retval.offset, opts.batch_size.offset) == (32, 56, 76)
-    assert ctypes.sizeof(bpfprog.XdpMd) == 24
+    assert ctypes.sizeof(bpftest.XdpMd) == 24

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from orch_fakes import FakeRelayView
 
 from orchestrator import cli as ocli
-from orchestrator.relay_view import FlowEntry, RelayUnavailable
+from orchestrator.relay import FlowEntry, RelayUnavailable
 from orchestrator.sync import MapTransceiver
 from voxrelay import token as tk
 from voxrelay.cli import cli

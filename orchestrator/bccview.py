@@ -1,6 +1,6 @@
-"""``RelayView`` over the real pinned maps of a loaded relay.
+"""``RelayView`` over the real pinned maps of a loaded relay, through bcc.
 
-``open_pinned_relay(name)`` reopens ``/sys/fs/bpf/voxrelay/<name>/*`` without
+``open_relay(name)`` reopens ``/sys/fs/bpf/voxrelay/<name>/*`` without
 loading or attaching anything: it compiles relay.c with the pin directory
 through ``loader.open_maps`` (bcc's BPF_TABLE_PINNED opens each existing pin
 instead of creating a map; every pin is checked), with the limits
@@ -13,13 +13,17 @@ create an empty map beside a relay.
 from __future__ import annotations
 
 import logging
-import os
+import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from orchestrator.relay_view import FlowEntry, RelayUnavailable
+from orchestrator import bpfprog, bpfsys, loader, netlink
+from orchestrator.bccmaps import TransceiverStatus
+from orchestrator.relay import FlowEntry, RelayUnavailable, require_bpf
 from orchestrator.sync import MapTransceiver
+from orchestrator.verdicts import metric_label
 
 # Map name -> the consts.h limit that sizes it, so that the reopening compile
 # declares each map with the size it was pinned with.
@@ -36,11 +40,9 @@ log = logging.getLogger(__name__)
 
 
 class BpfRelayView:
-    """Implements ``RelayView`` (and so the sync's ``SyncMaps``) over ``maps.RelayMaps``."""
+    """Implements ``RelayView`` (and so the sync's ``SyncMaps``) over ``bccmaps.RelayMaps``."""
 
     def __init__(self, name: str, relay_maps: Any) -> None:
-        from orchestrator.maps import TransceiverStatus
-
         self.name = name
         self.maps = relay_maps
         self._status = TransceiverStatus
@@ -80,8 +82,6 @@ class BpfRelayView:
 
     # --- RelayView --------------------------------------------------------------
     def stats(self) -> dict[str, int]:
-        from orchestrator.verdicts import metric_label
-
         return {metric_label(name): value for name, value in self.maps.stats().items()}
 
     def flows(self) -> list[FlowEntry]:
@@ -130,11 +130,6 @@ class BpfRelayUpkeep:
     """
 
     def __init__(self, view: BpfRelayView) -> None:
-        import threading
-        from concurrent.futures import ThreadPoolExecutor
-
-        from orchestrator import loader
-
         # pyroute2's synchronous IPRoute refuses to run on a thread with a
         # running event loop, and the service calls in from its loop: every
         # netlink operation runs on this one worker thread instead. And the
@@ -152,8 +147,6 @@ class BpfRelayUpkeep:
         self.bumps = 0
 
     def start(self) -> None:
-        from orchestrator import loader, netlink
-
         try:
             self._watcher = self._netlink.submit(
                 netlink.run_in_netns, self.netns, loader.NeighbourWatcher,
@@ -184,8 +177,6 @@ class BpfRelayUpkeep:
             self._netlink.submit(self._prime_one, address)
 
     def _prime_one(self, address: str) -> None:
-        from orchestrator import loader, netlink
-
         try:
             netlink.run_in_netns(self.netns, loader.prime_neighbour, address)
         except Exception as exc:  # noqa: BLE001 - a missing route must not stop the sync
@@ -196,23 +187,9 @@ class BpfRelayUpkeep:
             return self.view.maps.set_clock_offset()  # type: ignore[no-any-return]
 
 
-def require_bpf(what: str) -> None:
-    """One clear error before anything that needs root and bcc."""
-    if os.geteuid() != 0:
-        raise RelayUnavailable(f"{what} needs root: run this with sudo")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        raise RelayUnavailable(
-            "bcc is not importable from this Python: run scripts/setup.sh "
-            "(it links Debian's python3-bpfcc into the venv)"
-        ) from None
-
-
-def open_pinned_relay(name: str) -> BpfRelayView:
+def open_relay(name: str) -> BpfRelayView:
+    """The pinned maps of relay ``name`` (needs root, bcc, and a loaded relay)."""
     require_bpf("reading the relay's BPF maps")
-    from orchestrator import bpfprog, bpfsys
-
     try:
         pin_dir = bpfprog.pin_dir_for(name)
     except ValueError as exc:
@@ -234,8 +211,6 @@ def open_pinned_relay(name: str) -> BpfRelayView:
             limits[limit] = bpfsys.map_info(fd).max_entries
         finally:
             bpfsys.close(fd)
-    from orchestrator import loader
-
     try:
         relay_maps = loader.open_maps(name, limits=limits)
     except loader.LoaderError as exc:
