@@ -1,6 +1,8 @@
 /* The relay's BPF maps: one line each on what it holds and who writes it.
  *
- * orchestrator/maps.py is the typed Python view of these maps. When the
+ * orchestrator/maps.py is the typed Python view of these maps;
+ * orchestrator/abi.py (generated: `python -m orchestrator.genabi`) lists the
+ * RELAY_MAP lines below as MAP_NAMES, in this order, with their layouts. When the
  * orchestrator compiles with -DPIN_DIR="/sys/fs/bpf/voxrelay/<name>", every
  * map is pinned there as PIN_DIR/<map name>; bcc reuses an existing pin of
  * the same name (so a replacement program keeps the flows) and creates and
@@ -31,8 +33,9 @@ RELAY_MAP("hash", struct reverse_key, struct reverse_flow, reverse, MAX_RELAY_PO
 RELAY_MAP("lru_hash", struct relay_addr, struct rate_window, rate, MAX_RATE_SOURCES);
 /* token_flows[token mac]: how many flows that token has created. XDP writes. */
 RELAY_MAP("lru_hash", __u64, __u64, token_flows, MAX_TOKENS_TRACKED);
-/* stats[enum relay_stat]: per-CPU packet counters. XDP writes; orchestrator sums over CPUs. */
-RELAY_MAP("percpu_array", __u32, __u64, stats, STAT_MAX);
+/* stats[enum relay_stat]: per-CPU packet counters. XDP writes; orchestrator sums over CPUs.
+ * STATS_MAP_SIZE, not STAT_MAX: a new reason must not change the pinned shape. */
+RELAY_MAP("percpu_array", __u32, __u64, stats, STATS_MAP_SIZE);
 
 
 /* Per-CPU room for what does not fit on the 512-byte BPF stack beside

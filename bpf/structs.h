@@ -1,11 +1,15 @@
 /* Key and value layouts of the relay's BPF maps: the single source of truth.
  *
- * Python mirror: none by hand. orchestrator/maps.py takes the ctypes types
+ * Python mirrors: none by hand. orchestrator/maps.py takes the ctypes types
  * that bcc builds from these structs (table.Key / table.Leaf) and checks
  * their sizes against the key and value sizes the kernel reports for each
- * map (which also catches a pinned map from an older layout). The sizes are
- * asserted at the end of this file. Keep every struct padded explicitly, so
- * that C and ctypes agree without surprises.
+ * map (which also catches a pinned map from an older layout).
+ * orchestrator/abi.py holds the same structs for readers that do not compile
+ * relay.c; it is GENERATED from bcc's description of them by
+ * `python -m orchestrator.genabi` (regenerate after any change here; a test
+ * fails while it is stale). The sizes are asserted at the end of this file,
+ * and genabi checks ctypes against those asserts. Keep every struct padded
+ * explicitly, so that C and ctypes agree without surprises.
  *
  * Addresses are 16 bytes wide everywhere (IPv4 in addr[0], the rest zero), so
  * that IPv6 needs no map migration. */
