@@ -176,13 +176,13 @@ async def _announce_latencies(backend: str, kernel: Any, view: Any, samples: int
 
 
 def bench_announce(samples: int, with_redis: bool, result: SyncBench) -> None:
-    from orchestrator import bpfprog
+    from orchestrator import bpfprog, pins
     from orchestrator.bccmaps import RelayMaps
     from orchestrator.bccview import open_relay as open_pinned_relay
 
     poll = 1.0  # the service's default (orchestrator/service.py run_orchestrator)
     name = f"vxbench-{secrets.token_hex(4)}"
-    pin_dir = bpfprog.pin_dir_for(name)
+    pin_dir = pins.pin_dir_for(name)
     bpf = view = None
     try:
         bpf = bpfprog.compile_relay(SMALL_LIMITS, pin_dir)
@@ -207,7 +207,7 @@ def bench_announce(samples: int, with_redis: bool, result: SyncBench) -> None:
             view.close()
         if bpf is not None:
             bpf.cleanup()
-        bpfprog.unpin_maps(pin_dir)
+        pins.unpin_maps(pin_dir)
 
 
 # --- flow map capacity --------------------------------------------------------------

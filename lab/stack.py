@@ -282,11 +282,11 @@ def read_relay_stats(relay_name: str) -> dict[str, int]:
     """
     import struct
 
-    from orchestrator import bpfprog, bpfsys
+    from orchestrator import bpfsys, pins
     from orchestrator.verdicts import verdict_names
 
     cpus = _possible_cpus()
-    fd = bpfsys.obj_get(str(bpfprog.pin_dir_for(relay_name) / "stats"))
+    fd = bpfsys.obj_get(str(pins.pin_dir_for(relay_name) / "stats"))
     try:
         out: dict[str, int] = {}
         for index, name in enumerate(verdict_names()):
@@ -300,9 +300,9 @@ def read_relay_stats(relay_name: str) -> dict[str, int]:
 
 def _remove_empty_pin_root() -> None:
     """/sys/fs/bpf/voxrelay itself, if the lab's relays were the last ones in it."""
-    from orchestrator import bpfprog
+    from orchestrator import pins
 
-    root = bpfprog.pin_dir_for("x").parent
+    root = pins.pin_dir_for("x").parent
     with contextlib.suppress(OSError):  # not empty (another relay) or already gone
         root.rmdir()
 

@@ -58,7 +58,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-from orchestrator import loader, netlink
+from orchestrator import hostnet, loader, netlink, pins
 from orchestrator.loader import RelayStatus
 from voxrelay.config import RelayConfig
 
@@ -241,7 +241,7 @@ class Lab:
                 netlink.set_forwarding(ifname, ns)
             # The peers that receive XDP_REDIRECT from the relay.
             for peer_ns, peer_if in ((self.client, port), (self.transceiver, port)):
-                loader.attach_xdp_pass(peer_if, peer_ns, self.xdp_mode)
+                hostnet.attach_xdp_pass(peer_if, peer_ns, self.xdp_mode)
                 if self.threaded_napi:
                     netlink.set_threaded_napi(peer_if, peer_ns)
             netlink.set_tx_checksum(port, False, self.client)
@@ -277,7 +277,7 @@ class Lab:
                 loader.unload(relay_name, netns=ns if netlink.netns_exists(ns) else None)
             except Exception as exc:  # noqa: BLE001 - keep tearing down; report at the end
                 errors.append(f"unload {relay_name}: {exc}")
-            pin_dir = loader.pin_dir_for(relay_name)
+            pin_dir = pins.pin_dir_for(relay_name)
             if pin_dir.exists():
                 shutil.rmtree(pin_dir, ignore_errors=True)
         for ns in self.namespaces:

@@ -12,14 +12,12 @@ create an empty map beside a relay.
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from orchestrator import bpfprog, bpfsys, loader, netlink
+from orchestrator import bpfprog, bpfsys, loader, pins
+from orchestrator.abi import MAP_NAMES
 from orchestrator.bccmaps import TransceiverStatus
 from orchestrator.relay import FlowEntry, RelayUnavailable, require_bpf
 from orchestrator.sync import MapTransceiver
@@ -35,9 +33,6 @@ _LIMIT_OF_MAP = {
     "reverse": "MAX_RELAY_PORTS",
     "token_flows": "MAX_TOKENS_TRACKED",
 }
-
-log = logging.getLogger(__name__)
-
 
 class BpfRelayView:
     """Implements ``RelayView`` (and so the sync's ``SyncMaps``) over ``bccmaps.RelayMaps``."""
@@ -111,92 +106,16 @@ class BpfRelayView:
             bpf.cleanup()
 
 
-class BpfRelayUpkeep:
-    """What keeps a loaded relay right besides its routing maps (``service.Upkeep``).
-
-    - next hops: ``bpf_fib_lookup`` never starts ARP, so every transceiver
-      address written to the maps gets ``loader.prime_neighbour``; and a
-      ``loader.NeighbourWatcher`` on the relay's interfaces bumps
-      ``config.nh_generation`` when a neighbour changes or goes, which
-      invalidates the next hops cached in flows;
-    - the clock: ``config.clock_offset_ns`` (token expiry) is rewritten on
-      ``refresh_clock``, so that expiry follows NTP's corrections.
-
-    The netns and interfaces come from the relay's load state, so that an
-    orchestrator outside the relay's namespace (the tests, or a host that
-    loads the relay into one) watches the right neighbour table.
-    The watcher thread and the service both write ``config[0]``
-    (read-modify-write), so one lock orders them.
-    """
-
-    def __init__(self, view: BpfRelayView) -> None:
-        # pyroute2's synchronous IPRoute refuses to run on a thread with a
-        # running event loop, and the service calls in from its loop: every
-        # netlink operation runs on this one worker thread instead. And the
-        # namespace is entered with netlink.run_in_netns (setns on a thread),
-        # not pyroute2's netns= (which forks a child per socket: a fork of an
-        # asyncio process shares its signal wakeup fd, and stopped the service).
-        self._netlink = ThreadPoolExecutor(1, thread_name_prefix="relay-upkeep")
-
-        self.view = view
-        where = loader.placement(view.name)
-        self.netns, self.ifnames = where if where is not None else (None, ())
-        self._lock = threading.Lock()
-        self._bump = loader.bump_nh_generation(view.name, relay_maps=view.maps)
-        self._watcher: Any = None
-        self.bumps = 0
-
-    def start(self) -> None:
-        try:
-            self._watcher = self._netlink.submit(
-                netlink.run_in_netns, self.netns, loader.NeighbourWatcher,
-                self._on_neighbour_change, ifnames=self.ifnames or None,
-            ).result()
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise RelayUnavailable(
-                f"cannot watch the neighbours of relay {self.view.name!r} "
-                f"(netns {self.netns or 'this one'}): {exc}"
-            ) from None
-        self._watcher.start()
-
-    def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher = None
-        self._netlink.shutdown(wait=True, cancel_futures=True)
-
-    def _on_neighbour_change(self) -> None:
-        with self._lock:
-            self._bump()
-            self.bumps += 1
-        log.info("neighbour changed: cached next hops invalidated")
-
-    def prime(self, addresses: Iterable[str]) -> None:
-        """Queue resolution of each address (returns at once; failures are logged)."""
-        for address in list(addresses):
-            self._netlink.submit(self._prime_one, address)
-
-    def _prime_one(self, address: str) -> None:
-        try:
-            netlink.run_in_netns(self.netns, loader.prime_neighbour, address)
-        except Exception as exc:  # noqa: BLE001 - a missing route must not stop the sync
-            log.warning("cannot resolve the next hop to transceiver %s: %s", address, exc)
-
-    def refresh_clock(self) -> int | None:
-        with self._lock:
-            return self.view.maps.set_clock_offset()  # type: ignore[no-any-return]
-
-
 def open_relay(name: str) -> BpfRelayView:
     """The pinned maps of relay ``name`` (needs root, bcc, and a loaded relay)."""
     require_bpf("reading the relay's BPF maps")
     try:
-        pin_dir = bpfprog.pin_dir_for(name)
+        pin_dir = pins.pin_dir_for(name)
     except ValueError as exc:
         raise RelayUnavailable(str(exc)) from None
-    missing = [m for m in bpfprog.MAP_NAMES if not (pin_dir / m).exists()]
+    missing = [m for m in MAP_NAMES if not (pin_dir / m).exists()]
     if missing:
-        what = "nothing" if len(missing) == len(bpfprog.MAP_NAMES) else f"no {', '.join(missing)}"
+        what = "nothing" if len(missing) == len(MAP_NAMES) else f"no {', '.join(missing)}"
         raise RelayUnavailable(
             f"no relay {name!r} is loaded ({what} pinned under {pin_dir}): "
             f"run `voxrelay relay load` first"

@@ -10,7 +10,6 @@ Running the program on packets (BPF_PROG_TEST_RUN) is lab tooling:
 
 from __future__ import annotations
 
-import ctypes
 import re
 import sys
 from collections.abc import Mapping
@@ -18,8 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator import bpfsys
-from orchestrator.errors import MapLayoutError
+from orchestrator import bpfsys, pins
+from orchestrator.abi import MAP_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover
     import bcc
@@ -28,11 +27,7 @@ RELAY_SOURCE = "relay.c"
 RELAY_FUNCTION = "xdp_relay"
 """Name of the XDP entry point in relay.c."""
 
-BPF_FS_ROOT = Path("/sys/fs/bpf/voxrelay")
-"""Maps of relay <name> are pinned under BPF_FS_ROOT/<name>/."""
-
 _IFNDEF = re.compile(r"^#ifndef\s+([A-Z][A-Z0-9_]*)\s*$", re.MULTILINE)
-_PIN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 def bpf_dir() -> Path:
@@ -89,15 +84,6 @@ def relay_cflags(
     return flags
 
 
-def pin_dir_for(relay_name: str) -> Path:
-    """``/sys/fs/bpf/voxrelay/<relay_name>``, refusing names that are not one path part."""
-    if not _PIN_NAME.match(relay_name) or relay_name in (".", ".."):
-        raise ValueError(
-            f"relay name {relay_name!r} must be letters, digits, '_', '-' or '.'"
-        )
-    return BPF_FS_ROOT / relay_name
-
-
 def compile_relay(
     overrides: Mapping[str, int] | None = None,
     pin_dir: Path | str | None = None,
@@ -110,7 +96,7 @@ def compile_relay(
     With ``pin_dir``, every map is pinned as ``<pin_dir>/<map name>``: an
     existing pin is reused (a replacement program keeps the flows), a missing
     one is created and pinned. The directory is created if needed. Removing
-    pins is the caller's job (see ``unpin_maps``).
+    pins is the caller's job (see ``pins.unpin_maps``).
 
     The program itself is not loaded here; ``load_relay_fn`` does that.
     Raises ``orchestrator.errors.MapLayoutError`` when a reused pin has another
@@ -140,66 +126,17 @@ def load_relay_fn(bpf: bcc.BPF) -> object:
     return bpf.load_func(RELAY_FUNCTION, bcc.BPF.XDP)
 
 
-# Kernel map types (uapi enum bpf_map_type).
-_BPF_MAP_TYPE_HASH = 1
-_BPF_MAP_TYPE_ARRAY = 2
-_BPF_MAP_TYPE_PERCPU_ARRAY = 6
-_BPF_MAP_TYPE_LRU_HASH = 9
-
-MAP_TYPES: dict[str, int] = {
-    "config": _BPF_MAP_TYPE_ARRAY,
-    "keys": _BPF_MAP_TYPE_ARRAY,
-    "transceivers": _BPF_MAP_TYPE_HASH,
-    "flows": _BPF_MAP_TYPE_LRU_HASH,
-    "reverse": _BPF_MAP_TYPE_HASH,
-    "rate": _BPF_MAP_TYPE_LRU_HASH,
-    "token_flows": _BPF_MAP_TYPE_LRU_HASH,
-    "stats": _BPF_MAP_TYPE_PERCPU_ARRAY,
-}
-"""Every map in bpf/maps.h (in its order) and the kernel type it must have."""
-
-MAP_NAMES: tuple[str, ...] = tuple(MAP_TYPES)
-"""Every map in bpf/maps.h, i.e. every pin under a relay's pin directory."""
-
 XDP_WRITTEN_MAPS: tuple[str, ...] = ("flows", "reverse", "rate", "token_flows")
 """The maps only the XDP program writes (flow state); the orchestrator reads or clears them."""
 
 
 def check_map_layouts(tables: Any) -> dict[str, Any]:
-    """Check every relay map's kernel type and key/value sizes against bcc's
-    ctypes types; return ``{name: table}``. Raises MapLayoutError naming the
-    first map that differs (typically a pin left by another build)."""
+    """Check every relay map's kernel type and key/value sizes (``pins.check_layout``);
+    return ``{name: table}``. Raises MapLayoutError naming the first map that
+    differs (typically a pin left by another build)."""
     checked = {}
-    for name, expected_type in MAP_TYPES.items():
+    for name in MAP_NAMES:
         table = tables[name]
-        info = bpfsys.map_info(table.get_fd())
-        key_size = ctypes.sizeof(table.Key)
-        # bcc's Leaf for a per-CPU map is an array of one value per CPU.
-        value_size = ctypes.sizeof(getattr(table, "sLeaf", table.Leaf))
-        if (info.type, info.key_size, info.value_size) != (
-            expected_type, key_size, value_size
-        ):
-            raise MapLayoutError(
-                f"map {name}: kernel has type {info.type}, key {info.key_size} B, value "
-                f"{info.value_size} B; this build expects type {expected_type}, key "
-                f"{key_size} B, value {value_size} B (a pin from another build?)"
-            )
+        pins.check_layout(name, bpfsys.map_info(table.get_fd()))
         checked[name] = table
     return checked
-
-
-def unpin_maps(pin_dir: Path | str) -> list[Path]:
-    """Remove the relay's map pins (and the directory, once empty).
-
-    Returns the pins removed. Only names in MAP_NAMES are touched.
-    """
-    removed = []
-    directory = Path(pin_dir)
-    for name in MAP_NAMES:
-        pin = directory / name
-        if pin.exists():
-            pin.unlink()
-            removed.append(pin)
-    if directory.is_dir() and not any(directory.iterdir()):
-        directory.rmdir()
-    return removed

@@ -576,7 +576,7 @@ def orchestrator_run(config_path: Path | None, name: str | None, probe_relay: st
     if name:
         config.relay.name = name
     view = open_relay(config.relay.name)
-    from orchestrator.bccview import BpfRelayUpkeep
+    from orchestrator.upkeep import BpfRelayUpkeep
 
     upkeep = BpfRelayUpkeep(view)  # type: ignore[arg-type]
 

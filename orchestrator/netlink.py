@@ -604,30 +604,3 @@ def set_xdp_fd(
         if expected_fd is not None:
             attrs.append(("IFLA_XDP_EXPECTED_FD", expected_fd))
         ipr.link("set", index=index, xdp={"attrs": attrs})
-
-
-def route_oif(dst: str, netns: str | None = None) -> tuple[int, str | None]:
-    """``(ifindex, gateway or None)`` the kernel would use to reach ``dst``."""
-    with iproute(netns) as ipr:
-        (route,) = ipr.route("get", dst=dst)
-        return route.get_attr("RTA_OIF"), route.get_attr("RTA_GATEWAY")
-
-
-def prime_neighbour(ip: str, netns: str | None = None) -> tuple[int, str]:
-    """Ask the kernel to resolve the next hop towards ``ip`` now (NTF_USE).
-
-    ``bpf_fib_lookup`` never triggers ARP itself (it answers NO_NEIGH), so
-    the control plane starts resolution when a transceiver appears. An
-    existing entry, permanent or not, is left as it is. Returns the
-    (ifindex, neighbour address) whose resolution was started.
-    """
-    ifindex, gateway = route_oif(ip, netns)
-    hop = gateway or ip
-    with iproute(netns) as ipr:
-        try:
-            ipr.neigh("add", dst=hop, ifindex=ifindex, state=ndmsg.states["none"],
-                      flags=ndmsg.NTF_USE)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise
-    return ifindex, hop

@@ -13,7 +13,7 @@ import pytest
 from pyroute2 import NetlinkError
 
 from lab.topology import Lab
-from orchestrator import bpfprog, bpfsys, loader, netlink
+from orchestrator import abi, bpfprog, bpfsys, hostnet, loader, neighbours, netlink, pins
 
 
 def _xdp_prog_ids(lab: Lab) -> dict[str, int | None]:
@@ -30,9 +30,9 @@ def test_load_replace_unload(lab: Lab) -> None:
     assert status.mode == "generic"
     assert {i.ifname for i in status.interfaces} == {"pub", "priv"}
     assert all(i.attached and i.prog_id == status.prog_id for i in status.interfaces)
-    assert {m.name for m in status.maps} == set(bpfprog.MAP_NAMES)
+    assert {m.name for m in status.maps} == set(abi.MAP_NAMES)
     assert _xdp_prog_ids(lab) == {"pub": status.prog_id, "priv": status.prog_id}
-    assert loader.forward_drop_installed(relay.name, relay.netns)
+    assert hostnet.forward_drop_installed(relay.name, relay.netns)
     assert netlink.get_sysctl("net/ipv4/conf/pub/forwarding", relay.netns) == "1"
     assert netlink.get_sysctl("net/ipv4/ip_local_reserved_ports", relay.netns) == "20000-59999"
 
@@ -68,9 +68,9 @@ def test_load_replace_unload(lab: Lab) -> None:
     assert loader.unload(relay.name) is True
     after = loader.status(relay.name)
     assert not after.loaded and after.interfaces == () and after.maps == ()
-    assert not loader.pin_dir_for(relay.name).exists()
+    assert not pins.pin_dir_for(relay.name).exists()
     assert _xdp_prog_ids(lab) == {"pub": None, "priv": None}
-    assert not loader.forward_drop_installed(relay.name, relay.netns)
+    assert not hostnet.forward_drop_installed(relay.name, relay.netns)
     assert netlink.get_sysctl("net/ipv4/ip_local_reserved_ports", relay.netns) == reserved_before
     assert loader.unload(relay.name) is False  # nothing left: idempotent
 
@@ -83,7 +83,7 @@ def test_replace_needs_a_loaded_relay(lab: Lab) -> None:
 
 
 def test_concurrent_loader_is_refused(lab: Lab) -> None:
-    with loader.relay_lock(lab.relay.name), pytest.raises(
+    with pins.relay_lock(lab.relay.name), pytest.raises(
         loader.LoaderBusyError, match="lock .* is held"
     ):
         lab.load_relay()
@@ -92,7 +92,7 @@ def test_concurrent_loader_is_refused(lab: Lab) -> None:
 
 def test_pinned_map_of_another_shape_is_refused(lab: Lab) -> None:
     relay = lab.relay
-    pin_dir = loader.pin_dir_for(relay.name)
+    pin_dir = pins.pin_dir_for(relay.name)
     pin_dir.mkdir(parents=True)
     # A "config" array whose value is 8 bytes: what an older build might have left.
     fd = bpfsys.map_create(2, 4, 8, 1, "config")
@@ -116,16 +116,16 @@ def test_xdp_pass_on_redirect_peers(lab: Lab) -> None:
         mode, prog_id = netlink.xdp_attached(lab.relay.lan_port, ns)
         assert mode == "native" and prog_id
         # Idempotent: the same program is kept.
-        assert loader.attach_xdp_pass(lab.relay.lan_port, ns) == prog_id
-    assert loader.detach_xdp_pass(lab.relay.lan_port, lab.client) is True
+        assert hostnet.attach_xdp_pass(lab.relay.lan_port, ns) == prog_id
+    assert hostnet.detach_xdp_pass(lab.relay.lan_port, lab.client) is True
     assert netlink.xdp_attached(lab.relay.lan_port, lab.client) == (None, None)
-    assert loader.detach_xdp_pass(lab.relay.lan_port, lab.client) is False
+    assert hostnet.detach_xdp_pass(lab.relay.lan_port, lab.client) is False
 
 
 def test_prime_neighbour_resolves_without_traffic(lab: Lab) -> None:
     relay_ns = lab.relay.netns
     assert netlink.neighbour("priv", lab.model_lan.address, relay_ns) is None
-    ifindex, hop = loader.prime_neighbour(lab.model_lan.address, netns=relay_ns)
+    ifindex, hop = neighbours.prime_neighbour(lab.model_lan.address, netns=relay_ns)
     assert hop == lab.model_lan.address
     assert ifindex == netlink.link_info("priv", relay_ns).ifindex
     assert netlink.wait_for(
@@ -141,7 +141,7 @@ def test_neighbour_change_bumps_next_hop_generation(lab: Lab) -> None:
     maps = loader.open_maps(relay.name)
     generation = maps.read_config().nh_generation
     bumps: list[int] = []
-    watcher = loader.NeighbourWatcher(lambda: bumps.append(maps.bump_nh_generation()),
+    watcher = neighbours.NeighbourWatcher(lambda: bumps.append(maps.bump_nh_generation()),
                                       netns=relay.netns, ifnames=["pub", "priv"])
     try:
         # Re-writing the same MAC is not a change.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lab.topology import Lab
-from orchestrator import loader, netlink
+from orchestrator import loader, netlink, pins
 from voxrelay import token
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +58,7 @@ def test_second_relay_reaches_the_same_transceiver() -> None:
         assert stats["STAT_FWD_NEW_FLOW"] == 1
         assert stats["STAT_FWD_TO_CLIENT"] == 1
         # relay 1 was never loaded: nothing of it is pinned.
-        assert not loader.pin_dir_for(lab.relay.name).exists()
+        assert not pins.pin_dir_for(lab.relay.name).exists()
 
 
 _CHILD = textwrap.dedent("""

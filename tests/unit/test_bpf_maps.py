@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.root
 
-from orchestrator import bpfprog
+from orchestrator import abi, bpfprog, pins
 from orchestrator.bccmaps import RelayMaps, TransceiverStatus
 from orchestrator.bpfsys import map_info
 from orchestrator.errors import MapLayoutError
@@ -46,12 +46,12 @@ def lab() -> Iterator[RelayLab]:
 @pytest.fixture
 def pin_dir() -> Iterator[Path]:
     require_root_and_bpf()
-    path = bpfprog.pin_dir_for(f"test-{secrets.token_hex(4)}")
+    path = pins.pin_dir_for(f"test-{secrets.token_hex(4)}")
     root_existed = path.parent.exists()
     try:
         yield path
     finally:
-        bpfprog.unpin_maps(path)
+        pins.unpin_maps(path)
         if not root_existed:
             try:
                 path.parent.rmdir()
@@ -158,7 +158,7 @@ def test_flows_stats_and_delete(lab: RelayLab) -> None:
 def test_pinned_maps_survive_a_new_compile(pin_dir: Path) -> None:
     first = bpfprog.compile_relay(LAB_LIMITS, pin_dir)
     try:
-        assert sorted(p.name for p in pin_dir.iterdir()) == sorted(bpfprog.MAP_NAMES)
+        assert sorted(p.name for p in pin_dir.iterdir()) == sorted(abi.MAP_NAMES)
         maps = RelayMaps(first)
         maps.write_config(lab_relay_config(), public_addr=VIP, private_addr=PRIVATE,
                           public_ifindex=1, private_ifindex=2, nh_generation=5)
@@ -172,7 +172,7 @@ def test_pinned_maps_survive_a_new_compile(pin_dir: Path) -> None:
             assert list(again.transceivers()) == [7]
             assert again.active_keys() == [1]
             # the same kernel map, not a copy
-            for name in bpfprog.MAP_NAMES:
+            for name in abi.MAP_NAMES:
                 assert map_info(first[name].get_fd()).id == \
                     map_info(second[name].get_fd()).id, name
             # scratch is per program, never pinned

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lab import bpftest
-from orchestrator import bpfprog
+from orchestrator import bpfprog, pins
 
 
 def test_bpf_dir_is_the_source_tree() -> None:
@@ -49,10 +49,10 @@ def test_cflags_errors(overrides: dict, pin: str | None, message: str) -> None:
 
 
 def test_pin_dir_for() -> None:
-    assert bpfprog.pin_dir_for("edge-1") == Path("/sys/fs/bpf/voxrelay/edge-1")
+    assert pins.pin_dir_for("edge-1") == Path("/sys/fs/bpf/voxrelay/edge-1")
     for bad in ("", "..", "a/b", "x y"):
         with pytest.raises(ValueError, match="must be letters, digits"):
-            bpfprog.pin_dir_for(bad)
+            pins.pin_dir_for(bad)
 
 
 def test_prog_test_run_refuses_zero_repeats() -> None:

@@ -19,7 +19,7 @@ from redis_server import redis_server  # noqa: F401  (fixture)
 from test_metrics_service import samples
 
 from lab import bpftest
-from orchestrator import bpfprog
+from orchestrator import bpfprog, pins
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.sync import Syncer, keyring_from_map
 from voxrelay import token as tk
@@ -51,7 +51,7 @@ def relay():
     from orchestrator.bccview import open_relay as open_pinned_relay
 
     name = f"vxo-{secrets.token_hex(4)}"
-    pin_dir = bpfprog.pin_dir_for(name)
+    pin_dir = pins.pin_dir_for(name)
     bpf = view = None
     try:
         bpf = bpfprog.compile_relay(LIMITS, pin_dir)
@@ -64,7 +64,7 @@ def relay():
             view.close()
         if bpf is not None:
             bpf.cleanup()
-        bpfprog.unpin_maps(pin_dir)
+        pins.unpin_maps(pin_dir)
         assert not pin_dir.exists()
 
 
