@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from orch_fakes import FakeRelayView
 
-from orchestrator import cli as ocli
+from orchestrator.cli import common as ocli
 from orchestrator.relay import FlowEntry, RelayUnavailable
 from orchestrator.sync import MapTransceiver
 from voxrelay import token as tk
