@@ -419,7 +419,7 @@ async def start_lab(options: LabOptions | None = None, progress: Progress | None
             # the signaling front -> the transceiver) crosses another relay's
             # native-XDP veth; a CHECKSUM_PARTIAL packet is not completed on
             # that path, so the relays' private sides send full checksums.
-            from orchestrator.netlink import set_tx_checksum
+            from lab.netns import set_tx_checksum
 
             for host in topo.relay_hosts:
                 await asyncio.to_thread(set_tx_checksum, host.private.ifname, False, host.netns)

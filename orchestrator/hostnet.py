@@ -31,6 +31,55 @@ from orchestrator import bpfsys, netlink
 from orchestrator.errors import AlreadyLoadedError, LoaderError
 from voxrelay.config import RelayConfig
 
+# --- sysctls ------------------------------------------------------------------
+
+
+def _sysctl_file(key: str) -> str:
+    key = key.replace(".", "/") if "/" not in key else key
+    if ".." in key or key.startswith("/"):
+        raise ValueError(f"bad sysctl key {key!r}")
+    return f"/proc/sys/{key}"
+
+def set_sysctl(key: str, value: str | int, netns: str | None = None) -> None:
+    """Write a sysctl (``net.ipv4.ip_forward`` or ``net/ipv4/...`` form) in ``netns``.
+
+    Use the slash form for keys with dots in them (interface names).
+    """
+    path = _sysctl_file(key)
+
+    def write() -> None:
+        # The newline makes an empty value a real write (clearing a list sysctl).
+        with open(path, "w") as f:
+            f.write(f"{value}\n")
+
+    netlink.run_in_netns(netns, write)
+
+def get_sysctl(key: str, netns: str | None = None) -> str:
+    path = _sysctl_file(key)
+
+    def read() -> str:
+        with open(path) as f:
+            return f.read().strip()
+
+    return netlink.run_in_netns(netns, read)
+
+def set_forwarding(ifname: str, netns: str | None = None, enabled: bool = True) -> None:
+    """IPv4 forwarding on ``ifname``: ``bpf_fib_lookup`` answers FWD_DISABLED without it."""
+    set_sysctl(f"net/ipv4/conf/{ifname}/forwarding", int(enabled), netns)
+
+def reserve_local_ports(port_min: int, port_max: int, netns: str | None = None) -> None:
+    """Keep the kernel from giving ``port_min..port_max`` to local sockets.
+
+    The relay allocates its flow ports from this range in XDP; a local socket
+    bound to one of them would otherwise shadow or collide with a flow.
+    """
+    if not 1 <= port_min <= port_max <= 65535:
+        raise ValueError(f"port range {port_min}..{port_max} is not within 1..65535")
+    set_sysctl("net/ipv4/ip_local_reserved_ports", f"{port_min}-{port_max}", netns)
+
+
+# --- nftables forward drop ------------------------------------------------------
+
 
 def nft_table_name(name: str) -> str:
     return "voxrelay_" + name.replace("-", "_").replace(".", "_")
@@ -157,10 +206,10 @@ def prepare_host(relay: RelayConfig, netns: str | None) -> dict[str, str]:
             f"net/ipv4/conf/{relay.private_interface}/forwarding",
             "net/ipv4/ip_local_reserved_ports"]
     for key in keys:
-        restore[key] = netlink.get_sysctl(key, netns)
+        restore[key] = get_sysctl(key, netns)
     for ifname in (relay.public_interface, relay.private_interface):
-        netlink.set_forwarding(ifname, netns)
-    netlink.reserve_local_ports(relay.port_min, relay.port_max, netns)
+        set_forwarding(ifname, netns)
+    reserve_local_ports(relay.port_min, relay.port_max, netns)
     install_forward_drop(relay.name, [relay.public_interface, relay.private_interface], netns)
     return restore
 
@@ -169,4 +218,4 @@ def undo_host(name: str, restore: Mapping[str, str], netns: str | None) -> None:
     remove_forward_drop(name, netns)
     for key, value in restore.items():
         with contextlib.suppress(FileNotFoundError):
-            netlink.set_sysctl(key, value, netns)
+            set_sysctl(key, value, netns)

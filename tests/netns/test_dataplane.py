@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from lab.netns import ensure_route
 from orchestrator import hostnet, netlink
 from voxrelay import token
 
@@ -104,7 +105,7 @@ def test_transceiver_is_unreachable_from_the_client(relay_lab: Any) -> None:
     # Even a client that routes the private range through the relay gets
     # nowhere: XDP passes the packet up (not for the VIP), and the relay's
     # forward drop keeps the kernel from routing it.
-    netlink.ensure_route("10.77.0.0/24", gateway=lab.relay.public.address, netns=lab.client)
+    ensure_route("10.77.0.0/24", gateway=lab.relay.public.address, netns=lab.client)
     stats_before = relay_lab.stats()
     snmp_before = lab.snmp(lab.relay.netns)
     dropped_before = hostnet.forward_drop_count(lab.relay.name, lab.relay.netns)

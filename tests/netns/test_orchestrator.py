@@ -267,16 +267,17 @@ def neighbour_of(lab: Any, address: str) -> Any:
 
 
 def test_neighbour_change_invalidates_cached_next_hops(chain: dict[str, Any]) -> None:
+    from lab.netns import ensure_neighbour
     from orchestrator import netlink
 
     lab, view = chain["lab"], chain["view"]
     # A neighbour beside the transceiver's, so that the call path is not disturbed.
     other = "10.77.0.60"
-    netlink.ensure_neighbour("priv", other, "02:00:00:00:60:01", netns=lab.relay.netns)
+    ensure_neighbour("priv", other, "02:00:00:00:60:01", netns=lab.relay.netns)
     try:
         time.sleep(0.3)  # a new entry is not a change: no bump for it
         before = view.maps.read_config().nh_generation
-        netlink.ensure_neighbour("priv", other, "02:00:00:00:60:02", netns=lab.relay.netns)
+        ensure_neighbour("priv", other, "02:00:00:00:60:02", netns=lab.relay.netns)
         wait_for("nh_generation to move on a MAC change",
                  lambda: view.maps.read_config().nh_generation != before)
         after_mac = view.maps.read_config().nh_generation

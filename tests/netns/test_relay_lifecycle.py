@@ -12,6 +12,7 @@ import errno
 import pytest
 from pyroute2 import NetlinkError
 
+from lab.netns import ensure_neighbour, neighbour, wait_for
 from lab.topology import Lab
 from orchestrator import abi, bpfprog, bpfsys, hostnet, loader, neighbours, netlink, pins
 
@@ -22,7 +23,7 @@ def _xdp_prog_ids(lab: Lab) -> dict[str, int | None]:
 
 def test_load_replace_unload(lab: Lab) -> None:
     relay = lab.relay
-    reserved_before = netlink.get_sysctl("net/ipv4/ip_local_reserved_ports", relay.netns)
+    reserved_before = hostnet.get_sysctl("net/ipv4/ip_local_reserved_ports", relay.netns)
 
     status = lab.load_relay(mode="generic")
     assert status.loaded
@@ -33,8 +34,8 @@ def test_load_replace_unload(lab: Lab) -> None:
     assert {m.name for m in status.maps} == set(abi.MAP_NAMES)
     assert _xdp_prog_ids(lab) == {"pub": status.prog_id, "priv": status.prog_id}
     assert hostnet.forward_drop_installed(relay.name, relay.netns)
-    assert netlink.get_sysctl("net/ipv4/conf/pub/forwarding", relay.netns) == "1"
-    assert netlink.get_sysctl("net/ipv4/ip_local_reserved_ports", relay.netns) == "20000-59999"
+    assert hostnet.get_sysctl("net/ipv4/conf/pub/forwarding", relay.netns) == "1"
+    assert hostnet.get_sysctl("net/ipv4/ip_local_reserved_ports", relay.netns) == "20000-59999"
 
     # A second load of the same relay is refused, and changes nothing.
     with pytest.raises(loader.AlreadyLoadedError, match="is already loaded on priv, pub"):
@@ -71,7 +72,7 @@ def test_load_replace_unload(lab: Lab) -> None:
     assert not pins.pin_dir_for(relay.name).exists()
     assert _xdp_prog_ids(lab) == {"pub": None, "priv": None}
     assert not hostnet.forward_drop_installed(relay.name, relay.netns)
-    assert netlink.get_sysctl("net/ipv4/ip_local_reserved_ports", relay.netns) == reserved_before
+    assert hostnet.get_sysctl("net/ipv4/ip_local_reserved_ports", relay.netns) == reserved_before
     assert loader.unload(relay.name) is False  # nothing left: idempotent
 
 
@@ -124,12 +125,12 @@ def test_xdp_pass_on_redirect_peers(lab: Lab) -> None:
 
 def test_prime_neighbour_resolves_without_traffic(lab: Lab) -> None:
     relay_ns = lab.relay.netns
-    assert netlink.neighbour("priv", lab.model_lan.address, relay_ns) is None
+    assert neighbour("priv", lab.model_lan.address, relay_ns) is None
     ifindex, hop = neighbours.prime_neighbour(lab.model_lan.address, netns=relay_ns)
     assert hop == lab.model_lan.address
     assert ifindex == netlink.link_info("priv", relay_ns).ifindex
-    assert netlink.wait_for(
-        lambda: (netlink.neighbour("priv", lab.model_lan.address, relay_ns) or ("", ""))[0]
+    assert wait_for(
+        lambda: (neighbour("priv", lab.model_lan.address, relay_ns) or ("", ""))[0]
         == lab.model_lan.mac,
         timeout=5,
     )
@@ -145,11 +146,11 @@ def test_neighbour_change_bumps_next_hop_generation(lab: Lab) -> None:
                                       netns=relay.netns, ifnames=["pub", "priv"])
     try:
         # Re-writing the same MAC is not a change.
-        netlink.ensure_neighbour("priv", lab.transceiver_lan.address, lab.transceiver_lan.mac,
+        ensure_neighbour("priv", lab.transceiver_lan.address, lab.transceiver_lan.mac,
                                  netns=relay.netns)
         assert watcher.poll(0.3) == 0
         # A new MAC for the transceiver is.
-        netlink.ensure_neighbour("priv", lab.transceiver_lan.address, "02:00:00:00:00:99",
+        ensure_neighbour("priv", lab.transceiver_lan.address, "02:00:00:00:00:99",
                                  netns=relay.netns)
         assert watcher.poll(2.0) == 1
         # So is the entry going away.

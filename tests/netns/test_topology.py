@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from lab.netns import list_netns, set_threaded_napi
 from lab.topology import Lab
-from orchestrator import loader, netlink, pins
+from orchestrator import loader, pins
 from voxrelay import token
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +32,7 @@ def test_second_relay_reaches_the_same_transceiver() -> None:
         assert lab.relay2 is not None
         assert lab.relay2.public.address == "198.51.100.1"
         # The redirect peers run XDP, so their NAPI exists and can be threaded.
-        assert netlink.set_threaded_napi(lab.relay2.lan_port, lab.transceiver) is True
+        assert set_threaded_napi(lab.relay2.lan_port, lab.transceiver) is True
 
         lab.load_relay(1)
         maps = loader.open_maps(lab.relay2.name)
@@ -79,7 +80,7 @@ def test_lab_is_removed_when_interrupted(signum: int) -> None:
         assert child.stdout is not None
         suffix = child.stdout.readline().strip()
         assert suffix, "the lab did not come up"
-        mine = {n for n in netlink.list_netns() if n.endswith(suffix)}
+        mine = {n for n in list_netns() if n.endswith(suffix)}
         assert len(mine) == 4
         child.send_signal(signum)
         child.wait(timeout=30)
@@ -87,4 +88,4 @@ def test_lab_is_removed_when_interrupted(signum: int) -> None:
         if child.poll() is None:
             child.kill()
             child.wait()
-    assert not {n for n in netlink.list_netns() if n.endswith(suffix)}
+    assert not {n for n in list_netns() if n.endswith(suffix)}
