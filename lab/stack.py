@@ -265,37 +265,17 @@ class Lab:
         return "\n".join(svc.log_tail() for svc in self.services.values())
 
 
-def _possible_cpus() -> int:
-    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
-    count = 0
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        count += int(hi or lo) - int(lo) + 1
-    return count
-
-
 def read_relay_stats(relay_name: str) -> dict[str, int]:
-    """Counters of a loaded relay from its pinned per-CPU ``stats`` array.
+    """Counters of a loaded relay (label -> sum over CPUs), read from its pins.
 
-    Raw bpf(2) lookups, so that reading them needs no bcc compile (which
-    ``loader.open_maps`` does, and which costs seconds of CPU per call).
+    Through ``orchestrator.pinview``, so that reading them needs no bcc
+    compile (which ``loader.open_maps`` does, and which costs seconds of CPU
+    per call).
     """
-    import struct
+    from orchestrator.pinview import open_pinview
 
-    from orchestrator import bpfsys, pins
-    from orchestrator.verdicts import verdict_names
-
-    cpus = _possible_cpus()
-    fd = bpfsys.obj_get(str(pins.pin_dir_for(relay_name) / "stats"))
-    try:
-        out: dict[str, int] = {}
-        for index, name in enumerate(verdict_names()):
-            raw = bpfsys.map_lookup(fd, struct.pack("=I", index), 8 * cpus)
-            total = sum(struct.unpack(f"={cpus}Q", raw)) if raw is not None else 0
-            out[name.removeprefix("STAT_").lower()] = total
-        return out
-    finally:
-        bpfsys.close(fd)
+    with open_pinview(relay_name) as view:
+        return view.stats()
 
 
 def _remove_empty_pin_root() -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import re
 import socket
 import sys
 import time
@@ -34,25 +33,20 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
-from orchestrator.bpfprog import XDP_WRITTEN_MAPS, bpf_dir, check_map_layouts
+from orchestrator import abi
+from orchestrator.bpfprog import XDP_WRITTEN_MAPS, check_map_layouts
 from orchestrator.verdicts import STAT_MAX, RelayStat, verdict_names
 from voxrelay.config import RelayConfig
 from voxrelay.token import KEY_BYTES, MAX_KEY_ID
 
 AF_INET = socket.AF_INET.value
 
-def _consts() -> dict[str, int]:
-    text = (bpf_dir() / "consts.h").read_text()
-    return {m[0]: int(m[1], 0) for m in re.findall(r"^#define\s+(TRANSCEIVER_\w+)\s+(\w+)",
-                                                   text, re.MULTILINE)}
-
-
 class TransceiverStatus(enum.IntEnum):
-    """``transceiver.status`` (bpf/consts.h TRANSCEIVER_*): read from the header."""
+    """``transceiver.status`` (bpf/consts.h TRANSCEIVER_*, mirrored by ``orchestrator.abi``)."""
 
-    ACTIVE = _consts()["TRANSCEIVER_ACTIVE"]
+    ACTIVE = abi.TRANSCEIVER_ACTIVE
     """Takes new flows."""
-    DRAINING = _consts()["TRANSCEIVER_DRAINING"]
+    DRAINING = abi.TRANSCEIVER_DRAINING
     """Keeps its flows but gets no new ones."""
 
 

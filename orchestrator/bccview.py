@@ -16,10 +16,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from orchestrator import bpfprog, bpfsys, loader, pins
-from orchestrator.abi import MAP_NAMES
+from orchestrator import bpfprog, bpfsys, loader
 from orchestrator.bccmaps import TransceiverStatus
-from orchestrator.relay import FlowEntry, RelayUnavailable, require_bpf
+from orchestrator.relay import FlowEntry, RelayUnavailable, require_bpf, require_pinned
 from orchestrator.sync import MapTransceiver
 from orchestrator.verdicts import metric_label
 
@@ -109,17 +108,7 @@ class BpfRelayView:
 def open_relay(name: str) -> BpfRelayView:
     """The pinned maps of relay ``name`` (needs root, bcc, and a loaded relay)."""
     require_bpf("reading the relay's BPF maps")
-    try:
-        pin_dir = pins.pin_dir_for(name)
-    except ValueError as exc:
-        raise RelayUnavailable(str(exc)) from None
-    missing = [m for m in MAP_NAMES if not (pin_dir / m).exists()]
-    if missing:
-        what = "nothing" if len(missing) == len(MAP_NAMES) else f"no {', '.join(missing)}"
-        raise RelayUnavailable(
-            f"no relay {name!r} is loaded ({what} pinned under {pin_dir}): "
-            f"run `voxrelay relay load` first"
-        )
+    pin_dir = require_pinned(name)
     limits: dict[str, int] = {}
     known = bpfprog.tunable_limits()
     for map_name, limit in _LIMIT_OF_MAP.items():

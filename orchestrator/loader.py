@@ -97,9 +97,6 @@ class RelayStatus:
 # --- map layout checks ------------------------------------------------------------------
 
 
-_RELOAD_ADVICE = ("Unload the relay (which removes the pins and the flows in them) "
-                  "and load again.")
-
 
 def _compile_pinned(limits: Mapping[str, int] | None, pin_dir: Path) -> Any:
     """``bpfprog.compile_relay`` with its layout errors turned into the loader's, with advice.
@@ -110,7 +107,7 @@ def _compile_pinned(limits: Mapping[str, int] | None, pin_dir: Path) -> Any:
     try:
         return bpfprog.compile_relay(limits, pin_dir)
     except MapLayoutError as exc:
-        raise MapLayoutError(f"{exc}. {_RELOAD_ADVICE}") from None
+        raise MapLayoutError(f"{exc}. {pins.RELOAD_ADVICE}") from None
 
 
 def check_pinned_maps(bpf: Any, pin_dir: Path, names: Sequence[str]) -> Any:
@@ -125,7 +122,7 @@ def check_pinned_maps(bpf: Any, pin_dir: Path, names: Sequence[str]) -> Any:
     try:
         relay_maps = bccmaps.RelayMaps(bpf)
     except MapLayoutError as exc:
-        raise MapLayoutError(f"{exc}. {_RELOAD_ADVICE}") from None
+        raise MapLayoutError(f"{exc}. {pins.RELOAD_ADVICE}") from None
     for name in names:
         table = bpf.get_table(name)
         info = bpfsys.map_info(table.map_fd)

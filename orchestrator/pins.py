@@ -39,6 +39,10 @@ RUN_DIR = Path("/run/voxrelay")
 
 LINKS_SUBDIR = "links"
 
+RELOAD_ADVICE = ("Unload the relay (which removes the pins and the flows in them) "
+                 "and load again.")
+"""What to do about a pin of another shape (said by the loader and by pinview)."""
+
 _PIN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+from orchestrator import pins
+from orchestrator.abi import MAP_NAMES
 from orchestrator.sync import SyncMaps
 
 
@@ -84,3 +87,23 @@ def require_bpf(what: str) -> None:
             "bcc is not importable from this Python: run scripts/setup.sh "
             "(it links Debian's python3-bpfcc into the venv)"
         ) from None
+
+
+def require_pinned(name: str) -> Path:
+    """The pin directory of relay ``name``; RelayUnavailable unless every map is pinned there.
+
+    Checked before anything opens a pin, so that opening can never create an
+    empty map beside a relay (bcc would) nor read half a relay.
+    """
+    try:
+        pin_dir = pins.pin_dir_for(name)
+    except ValueError as exc:
+        raise RelayUnavailable(str(exc)) from None
+    missing = [m for m in MAP_NAMES if not (pin_dir / m).exists()]
+    if missing:
+        what = "nothing" if len(missing) == len(MAP_NAMES) else f"no {', '.join(missing)}"
+        raise RelayUnavailable(
+            f"no relay {name!r} is loaded ({what} pinned under {pin_dir}): "
+            f"run `voxrelay relay load` first"
+        )
+    return pin_dir
