@@ -149,6 +149,7 @@ async def run_orchestrator(
         directory, view, poll=poll, on_lag=metrics.sync_lag.observe, ensure_keys=True,
         on_upsert=None if upkeep is None else (
             lambda entries: upkeep.prime(t.address for t in entries.values())),
+        on_delete=metrics.forget_transceivers,
     )
     metrics.directory_connected.set_function(lambda: 1 if syncer.connected else 0)
     metrics.maps_in_sync.set_function(lambda: 1 if syncer.in_sync else 0)
