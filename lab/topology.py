@@ -230,7 +230,7 @@ class Lab:
             create_netns(ns)
             pub, client_if = ensure_veth("pub", port, netns=ns, peer_netns=self.client)
             priv, _ = ensure_veth("priv", port, netns=ns,
-                                                 peer_netns=self.transceiver)
+                                  peer_netns=self.transceiver)
             set_link_up(port, self.transceiver, master=LAN_BRIDGE)
             ensure_address("pub", f"{public_net}.1/24", ns)
             ensure_address(port, f"{public_net}.2/24", self.client)
@@ -260,7 +260,7 @@ class Lab:
             set_tx_checksum(port, False, self.transceiver)
 
         eth, _ = ensure_veth("eth", "m", netns=self.model,
-                                            peer_netns=self.transceiver)
+                             peer_netns=self.transceiver)
         set_link_up("m", self.transceiver, master=LAN_BRIDGE)
         ensure_address("eth", f"{MODEL_ADDRESS}/{LAN_PREFIX}", self.model)
         self.model_lan = Endpoint(self.model, "eth", MODEL_ADDRESS, LAN_PREFIX, eth.mac)

@@ -143,15 +143,15 @@ def test_neighbour_change_bumps_next_hop_generation(lab: Lab) -> None:
     generation = maps.read_config().nh_generation
     bumps: list[int] = []
     watcher = neighbours.NeighbourWatcher(lambda: bumps.append(maps.bump_nh_generation()),
-                                      netns=relay.netns, ifnames=["pub", "priv"])
+                                          netns=relay.netns, ifnames=["pub", "priv"])
     try:
         # Re-writing the same MAC is not a change.
         ensure_neighbour("priv", lab.transceiver_lan.address, lab.transceiver_lan.mac,
-                                 netns=relay.netns)
+                         netns=relay.netns)
         assert watcher.poll(0.3) == 0
         # A new MAC for the transceiver is.
         ensure_neighbour("priv", lab.transceiver_lan.address, "02:00:00:00:00:99",
-                                 netns=relay.netns)
+                         netns=relay.netns)
         assert watcher.poll(2.0) == 1
         # So is the entry going away.
         with netlink.iproute(relay.netns) as ipr:
