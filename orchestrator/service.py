@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class Upkeep(Protocol):
-    """Relay housekeeping besides the routing maps (relay_maps.BpfRelayUpkeep)."""
+    """Relay housekeeping besides the routing maps (upkeep.BpfRelayUpkeep)."""
 
     def start(self) -> None:
         """Start following neighbour changes (invalidate cached next hops)."""

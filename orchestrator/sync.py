@@ -69,7 +69,7 @@ class Delta:
 
 
 class SyncMaps(Protocol):
-    """The map operations the sync needs (orchestrator/relay_maps.py adapts
+    """The map operations the sync needs (orchestrator/bccview.py adapts
     the real pinned maps; tests use an in-memory fake)."""
 
     def transceivers(self) -> dict[int, MapTransceiver]: ...
