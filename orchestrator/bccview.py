@@ -12,15 +12,14 @@ create an empty map beside a relay.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Any
 
 from orchestrator import bpfprog, bpfsys, loader
 from orchestrator.bccmaps import TransceiverStatus
+from orchestrator.pinview import PinView, open_pinview
 from orchestrator.relay import FlowEntry, RelayUnavailable, require_bpf, require_pinned
 from orchestrator.sync import MapTransceiver
-from orchestrator.verdicts import metric_label
 
 # Map name -> the consts.h limit that sizes it, so that the reopening compile
 # declares each map with the size it was pinned with.
@@ -34,11 +33,18 @@ _LIMIT_OF_MAP = {
 }
 
 class BpfRelayView:
-    """Implements ``RelayView`` (and so the sync's ``SyncMaps``) over ``bccmaps.RelayMaps``."""
+    """Implements ``RelayView`` (and so the sync's ``SyncMaps``) over ``bccmaps.RelayMaps``.
 
-    def __init__(self, name: str, relay_maps: Any) -> None:
+    The sync's reads and writes go through bcc (the typed writes live there);
+    counters and flows, which only the exporter and the CLI read, come from
+    ``reader`` (a ``pinview.PinView`` over the same pins), so that there is
+    one way to read them.
+    """
+
+    def __init__(self, name: str, relay_maps: Any, reader: PinView) -> None:
         self.name = name
         self.maps = relay_maps
+        self.reader = reader
         self._status = TransceiverStatus
 
     # --- SyncMaps ---------------------------------------------------------------
@@ -75,34 +81,30 @@ class BpfRelayView:
             self.maps.retire_key(key_id)
 
     # --- RelayView --------------------------------------------------------------
+    # --- RelayView: reads from the pins (one reader, the exporter's and the CLI's) ------
     def stats(self) -> dict[str, int]:
-        return {metric_label(name): value for name, value in self.maps.stats().items()}
+        return self.reader.stats()
 
     def flows(self) -> list[FlowEntry]:
-        now_ns = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC
-        return [
-            FlowEntry(
-                client=f"{f.client_addr}:{f.client_port}",
-                transceiver_id=f.transceiver_id,
-                transceiver=f"{f.transceiver_addr}:{f.transceiver_port}",
-                relay_port=f.relay_port,
-                age_s=max(0, now_ns - f.created_ns) / 1e9,
-                idle_s=max(0, now_ns - f.last_seen_ns) / 1e9,
-            )
-            for f in self.maps.flows()
-        ]
+        return self.reader.flows()
 
     def flow_count(self) -> int:
-        return sum(1 for _ in self.maps.table("flows"))  # iterating a bcc table walks its keys
+        return self.reader.flow_count()
 
     def flow_capacity(self) -> int:
-        return int(self.maps.table("flows").max_entries)
+        return self.reader.flow_capacity()
 
     def close(self) -> None:
         """Close the map fds (the pins, and so the maps, stay)."""
-        bpf = getattr(self.maps.table("config"), "bpf", None)
-        if bpf is not None:
-            bpf.cleanup()
+        self.reader.close()
+        _cleanup(self.maps)
+
+
+def _cleanup(relay_maps: Any) -> None:
+    """Close the fds of the bcc object behind ``relay_maps``."""
+    bpf = getattr(relay_maps.table("config"), "bpf", None)
+    if bpf is not None:
+        bpf.cleanup()
 
 
 def open_relay(name: str) -> BpfRelayView:
@@ -123,4 +125,9 @@ def open_relay(name: str) -> BpfRelayView:
         relay_maps = loader.open_maps(name, limits=limits)
     except loader.LoaderError as exc:
         raise RelayUnavailable(f"relay {name!r}: {exc}") from None
-    return BpfRelayView(name, relay_maps)
+    try:
+        reader = open_pinview(name)
+    except BaseException:
+        _cleanup(relay_maps)
+        raise
+    return BpfRelayView(name, relay_maps, reader)

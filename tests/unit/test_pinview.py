@@ -16,6 +16,7 @@ from orchestrator.bccmaps import RelayMaps, TransceiverStatus, be16_of, be32_of
 from orchestrator.bccview import open_relay
 from orchestrator.errors import MapLayoutError
 from orchestrator.pinview import open_pinview
+from orchestrator.verdicts import metric_label
 from tests.unit.relay_lab import LAB_LIMITS, PRIVATE, VIP, lab_relay_config, require_root_and_bpf
 from voxrelay.cli import cli
 
@@ -68,40 +69,39 @@ def pinned() -> Iterator[tuple[str, Any]]:
 
 
 def test_maps_stats_through_pinview_equals_the_bcc_reading(pinned: tuple[str, Any]) -> None:
-    name, _ = pinned
+    name, bpf = pinned
     out = CliRunner().invoke(cli, ["maps", "stats", "--json", "--name", name])
     assert out.exit_code == 0, out.output
     via_cli = json.loads(out.output)
-    bcc_view = open_relay(name)
-    try:
-        expected = {"counters": bcc_view.stats(), "flows": bcc_view.flow_count(),
-                    "flow_capacity": bcc_view.flow_capacity()}
-    finally:
-        bcc_view.close()
+    kernel = RelayMaps(bpf)  # bcc's own tables: table.sum() over CPUs, bcc's key walk
+    expected = {"counters": {metric_label(n): v for n, v in kernel.stats().items()},
+                "flows": len(kernel.flows()), "flow_capacity": int(bpf["flows"].max_entries)}
     assert via_cli == expected
-    cpus = len(pinned[1]["stats"].Leaf())
+    cpus = len(bpf["stats"].Leaf())
     assert via_cli["counters"]["rx_total"] == sum(cpu + 1 for cpu in range(cpus))
     assert via_cli["counters"]["drop_ipv6"] == sum(26_000 + cpu + 1 for cpu in range(cpus))
     assert (via_cli["flows"], via_cli["flow_capacity"]) == (3, LAB_LIMITS["MAX_FLOWS"])
 
 
 def test_every_reading_equals_bcc(pinned: tuple[str, Any]) -> None:
-    name, _ = pinned
-    bcc_view = open_relay(name)
+    name, bpf = pinned
+    kernel = RelayMaps(bpf)
+    bcc_view = open_relay(name)  # the sync's reads (transceivers, keys) go through bcc
     try:
         with open_pinview(name) as view:
             assert view.transceivers() == bcc_view.transceivers()
             assert view.keys() == bcc_view.keys() and sorted(view.keys()) == [1, 3]
-            assert view.stats() == bcc_view.stats()
-
-            def rows(flows: list[Any]) -> list[tuple[Any, ...]]:
-                # age and idle move with the clock; their difference does not
-                return sorted((f.client, f.transceiver_id, f.transceiver, f.relay_port,
-                               round(f.age_s - f.idle_s, 3)) for f in flows)
-
-            assert rows(view.flows()) == rows(bcc_view.flows())
-            assert rows(view.flows())[0] == ("198.51.100.7:5000", 7, "10.77.0.21:40000", 20001,
-                                             2.5)
+            assert view.stats() == {metric_label(n): v for n, v in kernel.stats().items()}
+            assert view.flow_count() == len(kernel.flows()) == 3
+            # age and idle move with the clock; their difference does not
+            got = sorted((f.client, f.transceiver_id, f.transceiver, f.relay_port,
+                          round(f.age_s - f.idle_s, 3)) for f in view.flows())
+            want = sorted((f"{f.client_addr}:{f.client_port}", f.transceiver_id,
+                           f"{f.transceiver_addr}:{f.transceiver_port}", f.relay_port,
+                           round((f.last_seen_ns - f.created_ns) / 1e9, 3))
+                          for f in kernel.flows())
+            assert got == want
+            assert got[0] == ("198.51.100.7:5000", 7, "10.77.0.21:40000", 20001, 2.5)
     finally:
         bcc_view.close()
 
