@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from orchestrator import pins
 from orchestrator.abi import MAP_NAMES
-from orchestrator.sync import SyncMaps
+from orchestrator.sync import MapTransceiver, SyncMaps
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class FlowEntry:
 
 
 class RelayReader(Protocol):
-    """What a read-only view gives (``pinview.PinView`` and every ``RelayView``)."""
+    """What a read-only view gives (``pinview.PinView``, and every ``RelayView``)."""
 
     name: str
 
@@ -49,23 +49,13 @@ class RelayReader(Protocol):
 
     def flow_capacity(self) -> int: ...
 
-    def transceivers(self) -> dict[int, Any]: ...
+    def transceivers(self) -> dict[int, MapTransceiver]: ...
 
     def keys(self) -> dict[int, bytes]: ...
 
 
-class RelayView(SyncMaps, Protocol):
-    name: str
-
-    def stats(self) -> dict[str, int]:
-        """Counter name (verdicts.h, lower-case, no STAT_ prefix) -> sum over CPUs."""
-        ...
-
-    def flows(self) -> list[FlowEntry]: ...
-
-    def flow_count(self) -> int: ...
-
-    def flow_capacity(self) -> int: ...
+class RelayView(RelayReader, SyncMaps, Protocol):
+    """A reader that the sync can also write through (``bccview.BpfRelayView``)."""
 
 
 class RelayUnavailable(Exception):
