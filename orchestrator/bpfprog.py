@@ -10,6 +10,7 @@ Running the program on packets (BPF_PROG_TEST_RUN) is lab tooling:
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -33,10 +34,19 @@ _IFNDEF = re.compile(r"^#ifndef\s+([A-Z][A-Z0-9_]*)\s*$", re.MULTILINE)
 def bpf_dir() -> Path:
     """The directory holding relay.c and its headers.
 
-    The source tree's ``bpf/`` beside the package when present (a checkout or
-    an editable install), else ``<sys.prefix>/share/voxrelay/bpf`` (where
-    pyproject's data-files put it for a regular install).
+    ``$VOXRELAY_BPF_DIR`` when set (it must hold relay.c): a build of other C
+    against the same pins, as the upgrade test does with a copy of bpf/ that
+    has one more drop reason. Else the source tree's ``bpf/`` beside the
+    package when present (a checkout or an editable install), else
+    ``<sys.prefix>/share/voxrelay/bpf`` (where pyproject's data-files put it
+    for a regular install).
     """
+    override = os.environ.get("VOXRELAY_BPF_DIR")
+    if override:
+        # No fallback: a mistyped override must not silently build the default C.
+        if not (Path(override) / RELAY_SOURCE).is_file():
+            raise FileNotFoundError(f"VOXRELAY_BPF_DIR={override} holds no {RELAY_SOURCE}")
+        return Path(override)
     candidates = [
         Path(__file__).resolve().parent.parent / "bpf",
         Path(sys.prefix) / "share" / "voxrelay" / "bpf",

@@ -248,7 +248,8 @@ def _render_struct(struct: StructSource, size: int | None) -> list[str]:
     lines = [f"class {cls}(ctypes.Structure):",
              f'    """``struct {struct.c_name}`` (bpf/structs.h)."""', ""]
     if struct.packed:
-        # bcc found no implicit padding and packs its own ctypes view: so do we.
+        # bcc packs its own ctypes view of this struct (any padding it finds
+        # becomes explicit fields): so do we, so that both lay it out alike.
         lines.append("    _pack_ = 1")
     lines.append("    _fields_ = [")
     lines += [f'        ("{name}", {expr}),' for name, expr in struct.fields]
@@ -329,7 +330,8 @@ def render(verdicts: dict[str, int], stats_map_size: int, consts: dict[str, int]
     out.append("")
     for name, value in consts.items():
         out.append(f"{name} = {value}")
-    out.append('"""``transceiver.status`` values (bpf/consts.h)."""')
+    if consts:
+        out.append('"""``transceiver.status`` values (bpf/consts.h)."""')
     out += ["", ""]
     types = sorted({(m.map_type, _MAP_TYPE_NAMES.get(m.map_type, "")) for m in maps})
     for number, type_name in types:
