@@ -19,7 +19,7 @@ from typing import Any
 
 from pyroute2 import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg as nd
-from pyroute2.netlink.rtnl.ndmsg import ndmsg
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from orchestrator import netlink
 
@@ -80,6 +80,7 @@ class NeighbourWatcher:
         )
         self._sock.bind((0, _RTMGRP_NEIGH))
         self._sock.setblocking(False)
+        self._marshal = MarshalRtnl()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._seed()
@@ -114,18 +115,13 @@ class NeighbourWatcher:
                 data = self._sock.recv(65536)
             except BlockingIOError:
                 break
-            offset = 0
-            while offset + 16 <= len(data):
-                length = int.from_bytes(data[offset:offset + 4], "little")
-                msg_type = int.from_bytes(data[offset + 4:offset + 6], "little")
-                if length < 16:
-                    break
-                if msg_type in (_RTM_NEWNEIGH, _RTM_DELNEIGH):
-                    entry = ndmsg(data[offset:offset + length])
-                    entry.decode()
-                    if entry["family"] == socket.AF_INET and self._relevant(msg_type, entry):
-                        changed += 1
-                offset += (length + 3) & ~3
+            # pyroute2's rtnetlink marshal splits and decodes the datagram.
+            for entry in self._marshal.parse(data):
+                msg_type = entry["header"]["type"]
+                if msg_type not in (_RTM_NEWNEIGH, _RTM_DELNEIGH):
+                    continue
+                if entry["family"] == socket.AF_INET and self._relevant(msg_type, entry):
+                    changed += 1
         if changed:
             self.changes += changed
             self.on_change()
