@@ -115,8 +115,7 @@ def _noop_fd() -> tuple[Any, int]:
 
 def measure(runs: int = 3000) -> dict[str, dict[str, float]]:
     """Median and p10 ns per case (``net`` = median minus the floor's median)."""
-    from lab import stun
-    from orchestrator import bpfprog
+    from lab import bpftest, stun
     from tests.bpf import packet_table as T
     from tests.bpf.relay_lab import RelayLab
 
@@ -136,7 +135,7 @@ def measure(runs: int = 3000) -> dict[str, dict[str, float]]:
                 raise RuntimeError(f"unexpected XDP action {r.retval}; stats {lab.maps.stats()}")
             return r.duration_ns
 
-        fwd = {bpfprog.XDP_REDIRECT, bpfprog.XDP_TX}
+        fwd = {bpftest.XDP_REDIRECT, bpftest.XDP_TX}
         for _ in range(50):  # warm up: caches, next hops
             timed(pub, "vpub", fwd)
             timed(priv, "vpriv", fwd)
@@ -159,7 +158,7 @@ def measure(runs: int = 3000) -> dict[str, dict[str, float]]:
         samples[CASES[3]] = new
         noop, fd = _noop_fd()
         try:
-            samples[CASES[4]] = [bpfprog.prog_test_run(fd, pub, 1).duration_ns
+            samples[CASES[4]] = [bpftest.prog_test_run(fd, pub, 1).duration_ns
                                  for _ in range(runs)]
         finally:
             noop.cleanup()

@@ -1,9 +1,9 @@
 """The voxrelay XDP relay as a bench candidate (its PROG_TEST_RUN costs: bench/progcost.py).
 
-Compiles bpf/relay.c with the kernel helper's ``orchestrator.bpfprog``
+Compiles bpf/relay.c with the kernel helper's ``orchestrator.bpfprog`` and ``lab.bpftest``
 (``compile_relay``, ``load_relay_fn``, ``prog_test_run``) and writes the
 config, key and transceiver entries straight into the bcc tables (with the
-ctypes types bcc builds from bpf/structs.h). orchestrator/maps.py will be the
+ctypes types bcc builds from bpf/structs.h). orchestrator/bccmaps.py is the
 typed way to do that; the bench uses the raw tables so it depends only on
 the C layout, and only for the fields named in bpf/structs.h.
 

@@ -91,7 +91,7 @@ def xdp_generate(gen: Any, frame: bytes, flows: int, sport_base: int, duration: 
 
     from bcc import BPF
 
-    from orchestrator.bpfprog import prog_test_run
+    from lab.bpftest import prog_test_run
 
     cfg_t = gen["gen_config"]
     cfg = cfg_t.Leaf()

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator import bpfprog
-from orchestrator.maps import RelayMaps
-from orchestrator.relay_maps import open_pinned_relay
+from orchestrator import bpfprog, pins
+from orchestrator.bccmaps import RelayMaps
+from orchestrator.bccview import open_relay as open_pinned_relay
 
 
 @dataclass
@@ -29,7 +29,7 @@ class PinnedRelay:
     """The compiling bcc handle (load the program from it for BPF_PROG_TEST_RUN)."""
     kernel: RelayMaps
     view: Any
-    """The orchestrator's view over the pins (orchestrator.relay_maps.open_pinned_relay)."""
+    """The orchestrator's view over the pins (orchestrator.bccview.open_relay)."""
 
 
 @contextlib.contextmanager
@@ -37,12 +37,12 @@ def fresh_pin_dir(prefix: str = "vxlab") -> Iterator[Path]:
     """A pin directory of a name nobody uses (``<prefix>-<random>``); what was
     pinned there is unpinned on exit, and /sys/fs/bpf/voxrelay too when this
     made it and nobody else is using it."""
-    path = bpfprog.pin_dir_for(f"{prefix}-{secrets.token_hex(4)}")
+    path = pins.pin_dir_for(f"{prefix}-{secrets.token_hex(4)}")
     root_existed = path.parent.exists()
     try:
         yield path
     finally:
-        bpfprog.unpin_maps(path)
+        pins.unpin_maps(path)
         if not root_existed:
             with contextlib.suppress(OSError):  # another user appeared meanwhile
                 path.parent.rmdir()

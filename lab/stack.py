@@ -265,44 +265,24 @@ class Lab:
         return "\n".join(svc.log_tail() for svc in self.services.values())
 
 
-def _possible_cpus() -> int:
-    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
-    count = 0
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        count += int(hi or lo) - int(lo) + 1
-    return count
-
-
 def read_relay_stats(relay_name: str) -> dict[str, int]:
-    """Counters of a loaded relay from its pinned per-CPU ``stats`` array.
+    """Counters of a loaded relay (label -> sum over CPUs), read from its pins.
 
-    Raw bpf(2) lookups, so that reading them needs no bcc compile (which
-    ``loader.open_maps`` does, and which costs seconds of CPU per call).
+    Through ``orchestrator.pinview``, so that reading them needs no bcc
+    compile (which ``loader.open_maps`` does, and which costs seconds of CPU
+    per call).
     """
-    import struct
+    from orchestrator.pinview import open_pinview
 
-    from orchestrator import bpfprog, bpfsys
-    from orchestrator.verdicts import verdict_names
-
-    cpus = _possible_cpus()
-    fd = bpfsys.obj_get(str(bpfprog.pin_dir_for(relay_name) / "stats"))
-    try:
-        out: dict[str, int] = {}
-        for index, name in enumerate(verdict_names()):
-            raw = bpfsys.map_lookup(fd, struct.pack("=I", index), 8 * cpus)
-            total = sum(struct.unpack(f"={cpus}Q", raw)) if raw is not None else 0
-            out[name.removeprefix("STAT_").lower()] = total
-        return out
-    finally:
-        bpfsys.close(fd)
+    with open_pinview(relay_name) as view:
+        return view.stats()
 
 
 def _remove_empty_pin_root() -> None:
     """/sys/fs/bpf/voxrelay itself, if the lab's relays were the last ones in it."""
-    from orchestrator import bpfprog
+    from orchestrator import pins
 
-    root = bpfprog.pin_dir_for("x").parent
+    root = pins.pin_dir_for("x").parent
     with contextlib.suppress(OSError):  # not empty (another relay) or already gone
         root.rmdir()
 
@@ -419,7 +399,7 @@ async def start_lab(options: LabOptions | None = None, progress: Progress | None
             # the signaling front -> the transceiver) crosses another relay's
             # native-XDP veth; a CHECKSUM_PARTIAL packet is not completed on
             # that path, so the relays' private sides send full checksums.
-            from orchestrator.netlink import set_tx_checksum
+            from lab.netns import set_tx_checksum
 
             for host in topo.relay_hosts:
                 await asyncio.to_thread(set_tx_checksum, host.private.ifname, False, host.netns)

@@ -58,7 +58,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-from orchestrator import loader, netlink
+from lab.netns import (
+    create_netns,
+    delete_netns,
+    ensure_address,
+    ensure_bridge,
+    ensure_neighbour,
+    ensure_veth,
+    netns_socket,
+    set_link_up,
+    set_threaded_napi,
+    set_tx_checksum,
+)
+from orchestrator import hostnet, loader, netlink, pins
 from orchestrator.loader import RelayStatus
 from voxrelay.config import RelayConfig
 
@@ -206,23 +218,23 @@ class Lab:
         """Create namespaces, links, addresses, neighbours, sysctls and XDP_PASS programs."""
         s = self.suffix
         for ns in (self.client, self.transceiver, self.model):
-            netlink.create_netns(ns)
-        bridge = netlink.ensure_bridge(LAN_BRIDGE, self.transceiver, mac=LAN_BRIDGE_MAC)
-        netlink.ensure_address(LAN_BRIDGE, f"{TRANSCEIVER_ADDRESS}/{LAN_PREFIX}", self.transceiver)
+            create_netns(ns)
+        bridge = ensure_bridge(LAN_BRIDGE, self.transceiver, mac=LAN_BRIDGE_MAC)
+        ensure_address(LAN_BRIDGE, f"{TRANSCEIVER_ADDRESS}/{LAN_PREFIX}", self.transceiver)
         self.transceiver_lan = Endpoint(self.transceiver, LAN_BRIDGE, TRANSCEIVER_ADDRESS,
                                         LAN_PREFIX, bridge.mac)
 
         plans = [("r", "r1", "192.0.2", "10.77.0.1"), ("s", "r2", "198.51.100", "10.77.0.3")]
         for index, (tag, port, public_net, private_ip) in enumerate(plans[: self.relays]):
             ns = f"{NETNS_PREFIX}{tag}-{s}"
-            netlink.create_netns(ns)
-            pub, client_if = netlink.ensure_veth("pub", port, netns=ns, peer_netns=self.client)
-            priv, _ = netlink.ensure_veth("priv", port, netns=ns,
-                                                 peer_netns=self.transceiver)
-            netlink.set_link_up(port, self.transceiver, master=LAN_BRIDGE)
-            netlink.ensure_address("pub", f"{public_net}.1/24", ns)
-            netlink.ensure_address(port, f"{public_net}.2/24", self.client)
-            netlink.ensure_address("priv", f"{private_ip}/{LAN_PREFIX}", ns)
+            create_netns(ns)
+            pub, client_if = ensure_veth("pub", port, netns=ns, peer_netns=self.client)
+            priv, _ = ensure_veth("priv", port, netns=ns,
+                                  peer_netns=self.transceiver)
+            set_link_up(port, self.transceiver, master=LAN_BRIDGE)
+            ensure_address("pub", f"{public_net}.1/24", ns)
+            ensure_address(port, f"{public_net}.2/24", self.client)
+            ensure_address("priv", f"{private_ip}/{LAN_PREFIX}", ns)
             host = RelayHost(
                 name=self.relay_names()[index],
                 netns=ns,
@@ -233,28 +245,28 @@ class Lab:
             )
             self.relay_hosts.append(host)
             # Static neighbours along the relayed path.
-            netlink.ensure_neighbour("pub", host.client_side.address, client_if.mac, netns=ns)
-            netlink.ensure_neighbour(port, host.public.address, pub.mac, netns=self.client)
-            netlink.ensure_neighbour("priv", TRANSCEIVER_ADDRESS, bridge.mac, netns=ns)
-            netlink.ensure_neighbour(LAN_BRIDGE, private_ip, priv.mac, netns=self.transceiver)
+            ensure_neighbour("pub", host.client_side.address, client_if.mac, netns=ns)
+            ensure_neighbour(port, host.public.address, pub.mac, netns=self.client)
+            ensure_neighbour("priv", TRANSCEIVER_ADDRESS, bridge.mac, netns=ns)
+            ensure_neighbour(LAN_BRIDGE, private_ip, priv.mac, netns=self.transceiver)
             for ifname in ("pub", "priv"):
-                netlink.set_forwarding(ifname, ns)
+                hostnet.set_forwarding(ifname, ns)
             # The peers that receive XDP_REDIRECT from the relay.
             for peer_ns, peer_if in ((self.client, port), (self.transceiver, port)):
-                loader.attach_xdp_pass(peer_if, peer_ns, self.xdp_mode)
+                hostnet.attach_xdp_pass(peer_if, peer_ns, self.xdp_mode)
                 if self.threaded_napi:
-                    netlink.set_threaded_napi(peer_if, peer_ns)
-            netlink.set_tx_checksum(port, False, self.client)
-            netlink.set_tx_checksum(port, False, self.transceiver)
+                    set_threaded_napi(peer_if, peer_ns)
+            set_tx_checksum(port, False, self.client)
+            set_tx_checksum(port, False, self.transceiver)
 
-        eth, _ = netlink.ensure_veth("eth", "m", netns=self.model,
-                                            peer_netns=self.transceiver)
-        netlink.set_link_up("m", self.transceiver, master=LAN_BRIDGE)
-        netlink.ensure_address("eth", f"{MODEL_ADDRESS}/{LAN_PREFIX}", self.model)
+        eth, _ = ensure_veth("eth", "m", netns=self.model,
+                             peer_netns=self.transceiver)
+        set_link_up("m", self.transceiver, master=LAN_BRIDGE)
+        ensure_address("eth", f"{MODEL_ADDRESS}/{LAN_PREFIX}", self.model)
         self.model_lan = Endpoint(self.model, "eth", MODEL_ADDRESS, LAN_PREFIX, eth.mac)
-        netlink.set_tx_checksum("eth", False, self.model)
-        netlink.set_tx_checksum("m", False, self.transceiver)
-        netlink.set_tx_checksum(LAN_BRIDGE, False, self.transceiver)
+        set_tx_checksum("eth", False, self.model)
+        set_tx_checksum("m", False, self.transceiver)
+        set_tx_checksum(LAN_BRIDGE, False, self.transceiver)
 
     def close(self) -> None:
         """Remove everything: processes, relays (links, pins, nft), namespaces. Idempotent."""
@@ -277,12 +289,12 @@ class Lab:
                 loader.unload(relay_name, netns=ns if netlink.netns_exists(ns) else None)
             except Exception as exc:  # noqa: BLE001 - keep tearing down; report at the end
                 errors.append(f"unload {relay_name}: {exc}")
-            pin_dir = loader.pin_dir_for(relay_name)
+            pin_dir = pins.pin_dir_for(relay_name)
             if pin_dir.exists():
                 shutil.rmtree(pin_dir, ignore_errors=True)
         for ns in self.namespaces:
             try:
-                netlink.delete_netns(ns)
+                delete_netns(ns)
             except Exception as exc:  # noqa: BLE001 - keep tearing down; report at the end
                 errors.append(f"delete netns {ns}: {exc}")
         with contextlib.suppress(Exception):
@@ -315,7 +327,7 @@ class Lab:
     def socket(self, netns: str, family: int = socket.AF_INET,
                type: int = socket.SOCK_DGRAM) -> socket.socket:
         """A socket made inside ``netns``; the caller closes it."""
-        return netlink.netns_socket(netns, family, type)
+        return netns_socket(netns, family, type)
 
     def popen(self, netns: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start a process inside ``netns``; it is terminated (then killed) at close."""

@@ -25,6 +25,7 @@ _SYS_BPF = {"x86_64": 321, "aarch64": 280}[os.uname().machine]
 # enum bpf_cmd
 BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_GET_NEXT_KEY = 4
 BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
@@ -138,7 +139,7 @@ class ProgInfo:
 
 
 @dataclass(frozen=True)
-class LinkInfo:
+class BpfLinkInfo:
     """``struct bpf_link_info`` for an XDP link; ``ifindex`` is 0 once detached."""
 
     id: int
@@ -162,11 +163,11 @@ def prog_info(fd: int) -> ProgInfo:
     return ProgInfo(id_, type_, name, tag)
 
 
-def link_info(fd: int) -> LinkInfo:
+def link_info(fd: int) -> BpfLinkInfo:
     raw = _info(fd, 48, "link info")
     type_, id_, prog_id = struct.unpack_from("=III", raw, 0)
     (ifindex,) = struct.unpack_from("=I", raw, 16)
-    return LinkInfo(id_, type_, prog_id, ifindex if type_ == BPF_LINK_TYPE_XDP else 0)
+    return BpfLinkInfo(id_, type_, prog_id, ifindex if type_ == BPF_LINK_TYPE_XDP else 0)
 
 
 def prog_fd_by_id(prog_id: int) -> int:
@@ -198,6 +199,39 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
             return None
         raise
     return value_buf.raw
+
+
+def map_next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:
+    """The key after ``key`` (the first key when ``key`` is None), or None at the end.
+
+    The kernel's order is the map's own (hash buckets), not sorted; a key
+    deleted meanwhile makes a hash map start over from its first key, so a
+    walk of a busy map may see a key twice (callers that count use a set).
+    """
+    key_buf = ctypes.create_string_buffer(key, key_size) if key is not None else None
+    next_buf = ctypes.create_string_buffer(key_size)
+    attr = _attr()
+    struct.pack_into("=IIQQ", attr, 0, fd, 0,
+                     ctypes.addressof(key_buf) if key_buf is not None else 0,
+                     ctypes.addressof(next_buf))
+    try:
+        _bpf(BPF_MAP_GET_NEXT_KEY, attr, "map next key")
+    except BpfError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    return next_buf.raw
+
+
+def possible_cpus() -> int:
+    """CPUs the kernel may bring up: the number of slots in a per-CPU map's value."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
 
 
 # --- programs and links ---------------------------------------------------------

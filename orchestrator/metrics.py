@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from orchestrator.relay_view import RelayView
+from orchestrator.relay import RelayView
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,14 @@ class OrchestratorMetrics:
             self.probe_rtt.labels(label).set(rtt_ms / 1000)
 
     def forget_transceiver(self, transceiver_id: int) -> None:
+        """Stop exporting the probe results of a transceiver that left the map."""
         for gauge in (self.probe_success, self.probe_rtt):
             try:
                 gauge.remove(str(transceiver_id))
             except KeyError:
                 pass
+
+    def forget_transceivers(self, transceiver_ids: Iterable[int]) -> None:
+        """``Syncer(on_delete=...)``: the sync removed these from the map."""
+        for transceiver_id in transceiver_ids:
+            self.forget_transceiver(transceiver_id)

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.probe import mint_probe_token, parse_hostport, probe_async
-from orchestrator.relay_view import RelayView
+from orchestrator.relay import RelayView
 from orchestrator.sync import Syncer, keyring_from_map
 from voxrelay.config import Config
 from voxrelay.directory import Directory, DirectoryUnavailable, connect
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class Upkeep(Protocol):
-    """Relay housekeeping besides the routing maps (relay_maps.BpfRelayUpkeep)."""
+    """Relay housekeeping besides the routing maps (upkeep.BpfRelayUpkeep)."""
 
     def start(self) -> None:
         """Start following neighbour changes (invalidate cached next hops)."""
@@ -149,6 +149,7 @@ async def run_orchestrator(
         directory, view, poll=poll, on_lag=metrics.sync_lag.observe, ensure_keys=True,
         on_upsert=None if upkeep is None else (
             lambda entries: upkeep.prime(t.address for t in entries.values())),
+        on_delete=metrics.forget_transceivers,
     )
     metrics.directory_connected.set_function(lambda: 1 if syncer.connected else 0)
     metrics.maps_in_sync.set_function(lambda: 1 if syncer.in_sync else 0)

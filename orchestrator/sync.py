@@ -69,7 +69,7 @@ class Delta:
 
 
 class SyncMaps(Protocol):
-    """The map operations the sync needs (orchestrator/relay_maps.py adapts
+    """The map operations the sync needs (orchestrator/bccview.py adapts
     the real pinned maps; tests use an in-memory fake)."""
 
     def transceivers(self) -> dict[int, MapTransceiver]: ...
@@ -169,6 +169,7 @@ class Syncer:
         ensure_keys: bool = False,
         clock: Callable[[], float] = time.time,
         on_upsert: Callable[[dict[int, MapTransceiver]], None] | None = None,
+        on_delete: Callable[[tuple[int, ...]], None] | None = None,
     ) -> None:
         self.directory = directory
         self.maps = maps
@@ -184,6 +185,9 @@ class Syncer:
         self._on_upsert = on_upsert
         """Called with every transceiver entry written (after it is confirmed):
         the orchestrator starts resolving the next hop to its address."""
+        self._on_delete = on_delete
+        """Called with the ids of transceivers removed from the map (after it is
+        confirmed): the orchestrator stops exporting their probe metrics."""
         self._hold_deletes_until = 0.0
         self._lag_measured: dict[int, float] = {}
         self.connected = False
@@ -254,6 +258,8 @@ class Syncer:
                 raise SyncError(f"token key {key_id} did not become visible in the map")
         if delta.upsert_transceivers and self._on_upsert is not None:
             self._on_upsert(delta.upsert_transceivers)
+        if delta.delete_transceivers and self._on_delete is not None:
+            self._on_delete(tuple(delta.delete_transceivers))
         log.info(
             "sync: +%d ~txr, -%d txr, +%d keys, -%d keys",
             len(delta.upsert_transceivers), len(delta.delete_transceivers),

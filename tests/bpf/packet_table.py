@@ -27,7 +27,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 from lab import stun
-from orchestrator.bpfprog import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
+from lab.bpftest import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
 from tests.bpf.relay_lab import (
     GATEWAY_MAC,
     KEY1,

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any, Self
 
+from lab import bpftest
 from orchestrator import bpfprog
-from orchestrator.maps import RelayMaps, TransceiverStatus
+from orchestrator.bccmaps import RelayMaps, TransceiverStatus
 from orchestrator.verdicts import RelayStat, verdict_names
 from voxrelay.config import RelayConfig
 
@@ -180,7 +181,7 @@ class RelayLab:
         one other counter moved by one: the program's accounting contract.
         """
         before = self.maps.stats()
-        out = bpfprog.prog_test_run(self.fd, packet, ingress_ifindex=self.ifindex[ingress])
+        out = bpftest.prog_test_run(self.fd, packet, ingress_ifindex=self.ifindex[ingress])
         after = self.maps.stats()
         moved = {n: after[n] - before[n] for n in verdict_names() if after[n] != before[n]}
         total = moved.pop("STAT_RX_TOTAL", 0)
@@ -189,10 +190,10 @@ class RelayLab:
         )
         return Result(out.retval, next(iter(moved)), out.data_out, moved)
 
-    def run_raw(self, packet: bytes, ingress: str = "vpub", repeat: int = 1) -> bpfprog.TestRun:
+    def run_raw(self, packet: bytes, ingress: str = "vpub", repeat: int = 1) -> bpftest.TestRun:
         """Run one packet without reading counters (for bulk runs). With
         ``repeat`` > 1 the kernel runs the program again on its own output."""
-        return bpfprog.prog_test_run(self.fd, packet, repeat,
+        return bpftest.prog_test_run(self.fd, packet, repeat,
                                      ingress_ifindex=self.ifindex[ingress])
 
     def age_all_flows(self, seconds: float) -> None:

@@ -1,4 +1,4 @@
-"""orchestrator/maps.py over a real relay program, and pinned-map reuse."""
+"""orchestrator/bccmaps.py over a real relay program, and pinned-map reuse."""
 
 from __future__ import annotations
 
@@ -11,13 +11,10 @@ import pytest
 pytestmark = pytest.mark.root
 
 from lab.pinned_relay import fresh_pin_dir
-from orchestrator import bpfprog
-from orchestrator.maps import (
-    MapLayoutError,
-    RelayMaps,
-    TransceiverStatus,
-    map_info,
-)
+from orchestrator import abi, bpfprog
+from orchestrator.bccmaps import RelayMaps, TransceiverStatus
+from orchestrator.bpfsys import map_info
+from orchestrator.errors import MapLayoutError
 from orchestrator.verdicts import verdict_names
 from tests.bpf.packet_table import (
     CLIENT,
@@ -143,7 +140,7 @@ def test_flows_stats_and_delete(lab: RelayLab) -> None:
 def test_pinned_maps_survive_a_new_compile(pin_dir: Path) -> None:
     first = bpfprog.compile_relay(LAB_LIMITS, pin_dir)
     try:
-        assert sorted(p.name for p in pin_dir.iterdir()) == sorted(bpfprog.MAP_NAMES)
+        assert sorted(p.name for p in pin_dir.iterdir()) == sorted(abi.MAP_NAMES)
         maps = RelayMaps(first)
         maps.write_config(lab_relay_config(), public_addr=VIP, private_addr=PRIVATE,
                           public_ifindex=1, private_ifindex=2, nh_generation=5)
@@ -157,12 +154,12 @@ def test_pinned_maps_survive_a_new_compile(pin_dir: Path) -> None:
             assert list(again.transceivers()) == [7]
             assert again.active_keys() == [1]
             # the same kernel map, not a copy
-            for name in bpfprog.MAP_NAMES:
-                assert map_info(first[name].get_fd()).map_id == \
-                    map_info(second[name].get_fd()).map_id, name
+            for name in abi.MAP_NAMES:
+                assert map_info(first[name].get_fd()).id == \
+                    map_info(second[name].get_fd()).id, name
             # scratch is per program, never pinned
-            assert map_info(first["scratch"].get_fd()).map_id != \
-                map_info(second["scratch"].get_fd()).map_id
+            assert map_info(first["scratch"].get_fd()).id != \
+                map_info(second["scratch"].get_fd()).id
             bpfprog.load_relay_fn(second)  # the verifier accepts it over reused maps
         finally:
             second.cleanup()

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.root
 from scapy.layers.l2 import Ether
 
 from lab import stun
-from orchestrator.bpfprog import XDP_DROP, XDP_PASS, XDP_REDIRECT, prog_test_run
+from lab.bpftest import XDP_DROP, XDP_PASS, XDP_REDIRECT, prog_test_run
 from orchestrator.verdicts import VERDICT_VALUES, verdict_names
 from tests.bpf.packet_table import (
     DTLS,

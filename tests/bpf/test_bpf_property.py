@@ -34,8 +34,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lab import stun
-from orchestrator.bpfprog import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
-from orchestrator.maps import TransceiverStatus
+from lab.bpftest import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
+from orchestrator.bccmaps import TransceiverStatus
 from tests.bpf.packet_table import (
     from_transceiver,
     to_relay,

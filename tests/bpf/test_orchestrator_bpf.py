@@ -16,7 +16,7 @@ from ipaddress import IPv4Address
 import pytest
 from prometheus_client import generate_latest
 
-from lab import stun
+from lab import bpftest, stun
 from lab.pinned_relay import pinned_relay
 from orchestrator import bpfprog
 from orchestrator.metrics import OrchestratorMetrics
@@ -203,7 +203,7 @@ def test_metrics_equal_map_counters_after_known_traffic(clean):
         for packet in packets:
             if reason.startswith(("drop_token", "drop_transceiver")):
                 packet = udp_packet(VIP, 3478, packet)
-            bpfprog.prog_test_run(fd, packet)
+            bpftest.prog_test_run(fd, packet)
     stats = view.stats()
     expected = {reason: len(p) for reason, p in traffic.items()}
     assert {k: v for k, v in stats.items() if v and k != "rx_total"} == expected
@@ -233,7 +233,7 @@ def test_flows_view_after_a_new_flow(clean):
     kernel.set_key(1, key)
     kernel.set_transceiver(7, "10.77.0.21")
     ufrag = tk.mint(key, key_id=1, transceiver_id=7, port=40123)
-    bpfprog.prog_test_run(fd, udp_packet(VIP, 3478, stun.binding_request(ufrag), src="203.0.113.9", sport=41000))
+    bpftest.prog_test_run(fd, udp_packet(VIP, 3478, stun.binding_request(ufrag), src="203.0.113.9", sport=41000))
     flows = view.flows()
     if not flows:
         pytest.fail(f"no flow created; counters: { {k: v for k, v in view.stats().items() if v} }")
@@ -244,8 +244,8 @@ def test_flows_view_after_a_new_flow(clean):
 
 
 def test_open_pinned_relay_errors():
-    from orchestrator.relay_maps import open_pinned_relay
-    from orchestrator.relay_view import RelayUnavailable
+    from orchestrator.bccview import open_relay as open_pinned_relay
+    from orchestrator.relay import RelayUnavailable
 
     with pytest.raises(RelayUnavailable) as exc:
         open_pinned_relay(f"absent-{secrets.token_hex(3)}")

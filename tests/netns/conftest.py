@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from lab import stun
+from lab.netns import list_netns
 from lab.topology import Lab
-from orchestrator import loader, netlink
+from orchestrator import loader
 from tests.netns.udp import UdpResponder
 from voxrelay import token
 
@@ -44,7 +45,7 @@ def _bpf_tree() -> set[str]:
 
 
 def _snapshot() -> tuple[set[str], set[str]]:
-    netns, pins = set(netlink.list_netns()), _bpf_tree()
+    netns, pins = set(list_netns()), _bpf_tree()
     if os.environ.get("VOXRELAY_LEAK_SCOPE") == "lab":
         netns = {n for n in netns if LAB_NETNS.match(n)}
         pins = {p for p in pins if LAB_PIN.match(p)}

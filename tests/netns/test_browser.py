@@ -34,7 +34,8 @@ async def test_chromium_drives_page_in_namespace(tmp_path: Path) -> None:
     import sys
 
     from lab.demo import speak
-    from orchestrator.netlink import create_netns, delete_netns, popen_in_netns
+    from lab.netns import create_netns, delete_netns
+    from orchestrator.netlink import popen_in_netns
 
     if find_chromium() is None:
         pytest.fail("chromium is not installed; scripts/setup.sh installs it (apt: chromium)")

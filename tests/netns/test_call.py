@@ -149,7 +149,7 @@ def rebind_client(lab, new_address: str) -> None:
     neighbour entry as the old one: in the lab the client is on-link, where
     on the internet both addresses sit behind the same upstream router.
     """
-    from orchestrator.netlink import ensure_address, ensure_neighbour
+    from lab.netns import ensure_address, ensure_neighbour
 
     relay = lab.relays[0]
     ensure_address(lab.client_if, f"{new_address}/24", lab.client_ns)

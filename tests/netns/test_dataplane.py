@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator import loader, netlink
+from lab.netns import ensure_route
+from orchestrator import hostnet, netlink
 from voxrelay import token
 
 DATAGRAMS = 1000
@@ -104,10 +105,10 @@ def test_transceiver_is_unreachable_from_the_client(relay_lab: Any) -> None:
     # Even a client that routes the private range through the relay gets
     # nowhere: XDP passes the packet up (not for the VIP), and the relay's
     # forward drop keeps the kernel from routing it.
-    netlink.ensure_route("10.77.0.0/24", gateway=lab.relay.public.address, netns=lab.client)
+    ensure_route("10.77.0.0/24", gateway=lab.relay.public.address, netns=lab.client)
     stats_before = relay_lab.stats()
     snmp_before = lab.snmp(lab.relay.netns)
-    dropped_before = loader.forward_drop_count(lab.relay.name, lab.relay.netns)
+    dropped_before = hostnet.forward_drop_count(lab.relay.name, lab.relay.netns)
     echoed_before = _echo_count(relay_lab)
     client = lab.socket(lab.client)
     try:
@@ -121,7 +122,7 @@ def test_transceiver_is_unreachable_from_the_client(relay_lab: Any) -> None:
     assert _echo_count(relay_lab) == echoed_before
     stats = _delta(relay_lab.stats(), stats_before)
     assert stats.get("STAT_PASS_NOT_RELAY", 0) >= 5
-    assert loader.forward_drop_count(lab.relay.name, lab.relay.netns) - dropped_before == 5
+    assert hostnet.forward_drop_count(lab.relay.name, lab.relay.netns) - dropped_before == 5
     snmp = lab.snmp(lab.relay.netns)
     assert snmp["Ip"]["OutRequests"] == snmp_before["Ip"]["OutRequests"]
 

@@ -112,7 +112,7 @@ def chain(tmp_path_factory) -> Iterator[dict[str, Any]]:
     if os.geteuid() != 0:
         pytest.fail("tests/netns needs root (CI runs it as root)")
     from lab.topology import Lab
-    from orchestrator.relay_maps import open_pinned_relay
+    from orchestrator.bccview import open_relay as open_pinned_relay
 
     tmp = tmp_path_factory.mktemp("orch")
     with Lab() as lab:
@@ -256,16 +256,17 @@ def neighbour_of(lab: Any, address: str) -> Any:
 
 
 def test_neighbour_change_invalidates_cached_next_hops(chain: dict[str, Any]) -> None:
+    from lab.netns import ensure_neighbour
     from orchestrator import netlink
 
     lab, view = chain["lab"], chain["view"]
     # A neighbour beside the transceiver's, so that the call path is not disturbed.
     other = "10.77.0.60"
-    netlink.ensure_neighbour("priv", other, "02:00:00:00:60:01", netns=lab.relay.netns)
+    ensure_neighbour("priv", other, "02:00:00:00:60:01", netns=lab.relay.netns)
     try:
         time.sleep(0.3)  # a new entry is not a change: no bump for it
         before = view.maps.read_config().nh_generation
-        netlink.ensure_neighbour("priv", other, "02:00:00:00:60:02", netns=lab.relay.netns)
+        ensure_neighbour("priv", other, "02:00:00:00:60:02", netns=lab.relay.netns)
         until(lambda: view.maps.read_config().nh_generation != before, timeout=10,
               interval=0.05, what="nh_generation to move on a MAC change")
         after_mac = view.maps.read_config().nh_generation
@@ -294,7 +295,7 @@ def test_added_transceiver_gets_its_next_hop_primed(chain: dict[str, Any]) -> No
 
 
 def test_clock_offset_is_kept_to_realtime(chain: dict[str, Any]) -> None:
-    from orchestrator.maps import monotonic_to_realtime_offset_ns
+    from orchestrator.bccmaps import monotonic_to_realtime_offset_ns
 
     view = chain["view"]
     wrong = monotonic_to_realtime_offset_ns() - 3600 * 10**9  # as if NTP stepped an hour

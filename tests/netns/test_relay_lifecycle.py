@@ -12,8 +12,9 @@ import errno
 import pytest
 from pyroute2 import NetlinkError
 
+from lab.netns import ensure_neighbour, neighbour
 from lab.topology import Lab
-from orchestrator import bpfprog, bpfsys, loader, netlink
+from orchestrator import abi, bpfprog, bpfsys, hostnet, loader, neighbours, netlink, pins
 from tests.support import until
 
 
@@ -23,7 +24,7 @@ def _xdp_prog_ids(lab: Lab) -> dict[str, int | None]:
 
 def test_load_replace_unload(lab: Lab) -> None:
     relay = lab.relay
-    reserved_before = netlink.get_sysctl("net/ipv4/ip_local_reserved_ports", relay.netns)
+    reserved_before = hostnet.get_sysctl("net/ipv4/ip_local_reserved_ports", relay.netns)
 
     status = lab.load_relay(mode="generic")
     assert status.loaded
@@ -31,11 +32,11 @@ def test_load_replace_unload(lab: Lab) -> None:
     assert status.mode == "generic"
     assert {i.ifname for i in status.interfaces} == {"pub", "priv"}
     assert all(i.attached and i.prog_id == status.prog_id for i in status.interfaces)
-    assert {m.name for m in status.maps} == set(bpfprog.MAP_NAMES)
+    assert {m.name for m in status.maps} == set(abi.MAP_NAMES)
     assert _xdp_prog_ids(lab) == {"pub": status.prog_id, "priv": status.prog_id}
-    assert loader.forward_drop_installed(relay.name, relay.netns)
-    assert netlink.get_sysctl("net/ipv4/conf/pub/forwarding", relay.netns) == "1"
-    assert netlink.get_sysctl("net/ipv4/ip_local_reserved_ports", relay.netns) == "20000-59999"
+    assert hostnet.forward_drop_installed(relay.name, relay.netns)
+    assert hostnet.get_sysctl("net/ipv4/conf/pub/forwarding", relay.netns) == "1"
+    assert hostnet.get_sysctl("net/ipv4/ip_local_reserved_ports", relay.netns) == "20000-59999"
 
     # A second load of the same relay is refused, and changes nothing.
     with pytest.raises(loader.AlreadyLoadedError, match="is already loaded on priv, pub"):
@@ -69,10 +70,10 @@ def test_load_replace_unload(lab: Lab) -> None:
     assert loader.unload(relay.name) is True
     after = loader.status(relay.name)
     assert not after.loaded and after.interfaces == () and after.maps == ()
-    assert not loader.pin_dir_for(relay.name).exists()
+    assert not pins.pin_dir_for(relay.name).exists()
     assert _xdp_prog_ids(lab) == {"pub": None, "priv": None}
-    assert not loader.forward_drop_installed(relay.name, relay.netns)
-    assert netlink.get_sysctl("net/ipv4/ip_local_reserved_ports", relay.netns) == reserved_before
+    assert not hostnet.forward_drop_installed(relay.name, relay.netns)
+    assert hostnet.get_sysctl("net/ipv4/ip_local_reserved_ports", relay.netns) == reserved_before
     assert loader.unload(relay.name) is False  # nothing left: idempotent
 
 
@@ -84,7 +85,7 @@ def test_replace_needs_a_loaded_relay(lab: Lab) -> None:
 
 
 def test_concurrent_loader_is_refused(lab: Lab) -> None:
-    with loader.relay_lock(lab.relay.name), pytest.raises(
+    with pins.relay_lock(lab.relay.name), pytest.raises(
         loader.LoaderBusyError, match="lock .* is held"
     ):
         lab.load_relay()
@@ -93,7 +94,7 @@ def test_concurrent_loader_is_refused(lab: Lab) -> None:
 
 def test_pinned_map_of_another_shape_is_refused(lab: Lab) -> None:
     relay = lab.relay
-    pin_dir = loader.pin_dir_for(relay.name)
+    pin_dir = pins.pin_dir_for(relay.name)
     pin_dir.mkdir(parents=True)
     # A "config" array whose value is 8 bytes: what an older build might have left.
     fd = bpfsys.map_create(2, 4, 8, 1, "config")
@@ -117,19 +118,19 @@ def test_xdp_pass_on_redirect_peers(lab: Lab) -> None:
         mode, prog_id = netlink.xdp_attached(lab.relay.lan_port, ns)
         assert mode == "native" and prog_id
         # Idempotent: the same program is kept.
-        assert loader.attach_xdp_pass(lab.relay.lan_port, ns) == prog_id
-    assert loader.detach_xdp_pass(lab.relay.lan_port, lab.client) is True
+        assert hostnet.attach_xdp_pass(lab.relay.lan_port, ns) == prog_id
+    assert hostnet.detach_xdp_pass(lab.relay.lan_port, lab.client) is True
     assert netlink.xdp_attached(lab.relay.lan_port, lab.client) == (None, None)
-    assert loader.detach_xdp_pass(lab.relay.lan_port, lab.client) is False
+    assert hostnet.detach_xdp_pass(lab.relay.lan_port, lab.client) is False
 
 
 def test_prime_neighbour_resolves_without_traffic(lab: Lab) -> None:
     relay_ns = lab.relay.netns
-    assert netlink.neighbour("priv", lab.model_lan.address, relay_ns) is None
-    ifindex, hop = loader.prime_neighbour(lab.model_lan.address, netns=relay_ns)
+    assert neighbour("priv", lab.model_lan.address, relay_ns) is None
+    ifindex, hop = neighbours.prime_neighbour(lab.model_lan.address, netns=relay_ns)
     assert hop == lab.model_lan.address
     assert ifindex == netlink.link_info("priv", relay_ns).ifindex
-    until(lambda: (netlink.neighbour("priv", lab.model_lan.address, relay_ns) or ("", ""))[0]
+    until(lambda: (neighbour("priv", lab.model_lan.address, relay_ns) or ("", ""))[0]
           == lab.model_lan.mac, timeout=5, interval=0.05,
           what="the primed neighbour to resolve")
 
@@ -140,16 +141,16 @@ def test_neighbour_change_bumps_next_hop_generation(lab: Lab) -> None:
     maps = loader.open_maps(relay.name)
     generation = maps.read_config().nh_generation
     bumps: list[int] = []
-    watcher = loader.NeighbourWatcher(lambda: bumps.append(maps.bump_nh_generation()),
-                                      netns=relay.netns, ifnames=["pub", "priv"])
+    watcher = neighbours.NeighbourWatcher(lambda: bumps.append(maps.bump_nh_generation()),
+                                          netns=relay.netns, ifnames=["pub", "priv"])
     try:
         # Re-writing the same MAC is not a change.
-        netlink.ensure_neighbour("priv", lab.transceiver_lan.address, lab.transceiver_lan.mac,
-                                 netns=relay.netns)
+        ensure_neighbour("priv", lab.transceiver_lan.address, lab.transceiver_lan.mac,
+                         netns=relay.netns)
         assert watcher.poll(0.3) == 0
         # A new MAC for the transceiver is.
-        netlink.ensure_neighbour("priv", lab.transceiver_lan.address, "02:00:00:00:00:99",
-                                 netns=relay.netns)
+        ensure_neighbour("priv", lab.transceiver_lan.address, "02:00:00:00:00:99",
+                         netns=relay.netns)
         assert watcher.poll(2.0) == 1
         # So is the entry going away.
         with netlink.iproute(relay.netns) as ipr:

@@ -22,7 +22,7 @@ from typing import Any, Self
 
 import pytest
 
-from orchestrator import abi, bpfprog, bpfsys, genabi, loader
+from orchestrator import abi, bpfprog, bpfsys, genabi, loader, pins
 from voxrelay import token
 
 RATE_PPS = 2000
@@ -63,7 +63,7 @@ def _possible_cpus() -> int:
 def _raw_stat(relay_name: str, index: int) -> int:
     """``stats[index]`` summed over CPUs, read from the pin (any index of the map)."""
     cpus = _possible_cpus()
-    fd = bpfsys.obj_get(str(bpfprog.pin_dir_for(relay_name) / "stats"))
+    fd = bpfsys.obj_get(str(pins.pin_dir_for(relay_name) / "stats"))
     try:
         raw = bpfsys.map_lookup(fd, struct.pack("=I", index), 8 * cpus)
     finally:

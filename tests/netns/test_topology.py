@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from lab import stun
+from lab.netns import list_netns, set_threaded_napi
 from lab.topology import Lab
-from orchestrator import loader, netlink
+from orchestrator import loader, pins
 from voxrelay import token
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +25,7 @@ def test_second_relay_reaches_the_same_transceiver() -> None:
         assert lab.relay2 is not None
         assert lab.relay2.public.address == "198.51.100.1"
         # The redirect peers run XDP, so their NAPI exists and can be threaded.
-        assert netlink.set_threaded_napi(lab.relay2.lan_port, lab.transceiver) is True
+        assert set_threaded_napi(lab.relay2.lan_port, lab.transceiver) is True
 
         lab.load_relay(1)
         maps = loader.open_maps(lab.relay2.name)
@@ -51,7 +52,7 @@ def test_second_relay_reaches_the_same_transceiver() -> None:
         assert stats["STAT_FWD_NEW_FLOW"] == 1
         assert stats["STAT_FWD_TO_CLIENT"] == 1
         # relay 1 was never loaded: nothing of it is pinned.
-        assert not loader.pin_dir_for(lab.relay.name).exists()
+        assert not pins.pin_dir_for(lab.relay.name).exists()
 
 
 _CHILD = textwrap.dedent("""
@@ -72,7 +73,7 @@ def test_lab_is_removed_when_interrupted(signum: int) -> None:
         assert child.stdout is not None
         suffix = child.stdout.readline().strip()
         assert suffix, "the lab did not come up"
-        mine = {n for n in netlink.list_netns() if n.endswith(suffix)}
+        mine = {n for n in list_netns() if n.endswith(suffix)}
         assert len(mine) == 4
         child.send_signal(signum)
         child.wait(timeout=30)
@@ -80,4 +81,4 @@ def test_lab_is_removed_when_interrupted(signum: int) -> None:
         if child.poll() is None:
             child.kill()
             child.wait()
-    assert not {n for n in netlink.list_netns() if n.endswith(suffix)}
+    assert not {n for n in list_netns() if n.endswith(suffix)}

@@ -46,7 +46,7 @@ class FakeRelayMaps:
 
 
 class FakeRelayView(FakeRelayMaps):
-    """Implements orchestrator.relay_view.RelayView in memory."""
+    """Implements orchestrator.relay.RelayView in memory."""
 
     def __init__(self, name: str = "test") -> None:
         super().__init__()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import bpfprog
+from lab import bpftest
+from orchestrator import bpfprog, pins
 
 
 def test_bpf_dir_is_the_source_tree() -> None:
@@ -48,15 +49,15 @@ def test_cflags_errors(overrides: dict, pin: str | None, message: str) -> None:
 
 
 def test_pin_dir_for() -> None:
-    assert bpfprog.pin_dir_for("edge-1") == Path("/sys/fs/bpf/voxrelay/edge-1")
+    assert pins.pin_dir_for("edge-1") == Path("/sys/fs/bpf/voxrelay/edge-1")
     for bad in ("", "..", "a/b", "x y"):
         with pytest.raises(ValueError, match="must be letters, digits"):
-            bpfprog.pin_dir_for(bad)
+            pins.pin_dir_for(bad)
 
 
 def test_prog_test_run_refuses_zero_repeats() -> None:
     with pytest.raises(ValueError, match="repeat must be >= 1, got 0"):
-        bpfprog.prog_test_run(-1, b"\x00" * 14, repeat=0)
+        bpftest.prog_test_run(-1, b"\x00" * 14, repeat=0)
 
 
 def test_test_run_opts_layout() -> None:
@@ -65,7 +66,7 @@ def test_test_run_opts_layout() -> None:
     # retval 56, repeat 60, duration 64, flags 68, cpu 72, batch_size 76.
     import ctypes
 
-    opts = bpfprog._BpfTestRunOpts
+    opts = bpftest._BpfTestRunOpts
     assert ctypes.sizeof(opts) == 80
     assert (opts.ctx_in.offset, opts.retval.offset, opts.batch_size.offset) == (32, 56, 76)
-    assert ctypes.sizeof(bpfprog.XdpMd) == 24
+    assert ctypes.sizeof(bpftest.XdpMd) == 24

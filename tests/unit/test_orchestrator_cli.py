@@ -11,8 +11,8 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import cli as ocli
-from orchestrator.relay_view import FlowEntry, RelayUnavailable
+from orchestrator.cli import common as ocli
+from orchestrator.relay import FlowEntry, RelayUnavailable
 from orchestrator.sync import MapTransceiver
 from tests.unit.orch_fakes import FakeRelayView
 from voxrelay import token as tk

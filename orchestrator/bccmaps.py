@@ -1,4 +1,4 @@
-"""A typed view of the relay's BPF maps (bpf/maps.h).
+"""Typed reads and writes over the relay's BPF maps through bcc tables (bpf/maps.h).
 
 ``RelayMaps`` wraps the tables of a ``bcc.BPF`` built by
 ``orchestrator.bpfprog.compile_relay`` (with a pin directory, that object
@@ -10,8 +10,12 @@ frozen dataclasses.
 The ctypes key and value types come from bcc, which builds them from
 bpf/structs.h; nothing here repeats a struct. ``RelayMaps`` checks each map's
 type, key size and value size as the kernel reports them against those
-ctypes types, and raises ``MapLayoutError`` when they differ (e.g. a pin left
-by an older build).
+ctypes types (``bpfprog.check_map_layouts``), and raises
+``orchestrator.errors.MapLayoutError`` when they differ (e.g. a pin left by
+an older build).
+
+This is what the sync and the upkeep write through. Reading a loaded relay
+without compiling is ``orchestrator.pinview``'s job.
 
 Byte order: addresses and ports in the maps are in network order, as the
 packet has them; this module converts them to ``IPv4Address`` and ``int``.
@@ -19,10 +23,8 @@ packet has them; this module converts them to ``IPv4Address`` and ``int``.
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import ipaddress
-import re
 import socket
 import sys
 import time
@@ -31,96 +33,21 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
-from orchestrator.bpfprog import bpf_dir
+from orchestrator import abi
+from orchestrator.bpfprog import XDP_WRITTEN_MAPS, check_map_layouts
 from orchestrator.verdicts import STAT_MAX, RelayStat, verdict_names
 from voxrelay.config import RelayConfig
 from voxrelay.token import KEY_BYTES, MAX_KEY_ID
 
 AF_INET = socket.AF_INET.value
 
-# Kernel map types (uapi enum bpf_map_type) as /proc/<pid>/fdinfo reports them.
-_BPF_MAP_TYPE_HASH = 1
-_BPF_MAP_TYPE_ARRAY = 2
-_BPF_MAP_TYPE_PERCPU_ARRAY = 6
-_BPF_MAP_TYPE_LRU_HASH = 9
-
-_MAP_TYPES: dict[str, int] = {
-    "config": _BPF_MAP_TYPE_ARRAY,
-    "keys": _BPF_MAP_TYPE_ARRAY,
-    "transceivers": _BPF_MAP_TYPE_HASH,
-    "flows": _BPF_MAP_TYPE_LRU_HASH,
-    "reverse": _BPF_MAP_TYPE_HASH,
-    "rate": _BPF_MAP_TYPE_LRU_HASH,
-    "token_flows": _BPF_MAP_TYPE_LRU_HASH,
-    "stats": _BPF_MAP_TYPE_PERCPU_ARRAY,
-}
-
-
-def _consts() -> dict[str, int]:
-    text = (bpf_dir() / "consts.h").read_text()
-    return {m[0]: int(m[1], 0) for m in re.findall(r"^#define\s+(TRANSCEIVER_\w+)\s+(\w+)",
-                                                   text, re.MULTILINE)}
-
-
 class TransceiverStatus(enum.IntEnum):
-    """``transceiver.status`` (bpf/consts.h TRANSCEIVER_*): read from the header."""
+    """``transceiver.status`` (bpf/consts.h TRANSCEIVER_*, mirrored by ``orchestrator.abi``)."""
 
-    ACTIVE = _consts()["TRANSCEIVER_ACTIVE"]
+    ACTIVE = abi.TRANSCEIVER_ACTIVE
     """Takes new flows."""
-    DRAINING = _consts()["TRANSCEIVER_DRAINING"]
+    DRAINING = abi.TRANSCEIVER_DRAINING
     """Keeps its flows but gets no new ones."""
-
-
-class MapLayoutError(RuntimeError):
-    """A map whose kernel type or sizes do not match this build's layout."""
-
-
-@dataclass(frozen=True)
-class MapInfo:
-    """What the kernel reports about a map (``/proc/self/fdinfo/<fd>``)."""
-
-    map_type: int
-    key_size: int
-    value_size: int
-    max_entries: int
-    map_id: int
-
-
-def map_info(fd: int) -> MapInfo:
-    """The kernel's description of the map behind ``fd``."""
-    fields: dict[str, int] = {}
-    with open(f"/proc/self/fdinfo/{fd}") as fdinfo:
-        for line in fdinfo:
-            name, _, value = line.partition(":")
-            if name in ("map_type", "key_size", "value_size", "max_entries", "map_id"):
-                fields[name] = int(value.strip())
-    if len(fields) != 5:
-        raise MapLayoutError(f"fd {fd} is not a BPF map")
-    return MapInfo(fields["map_type"], fields["key_size"], fields["value_size"],
-                   fields["max_entries"], fields["map_id"])
-
-
-def check_map_layouts(tables: Any) -> dict[str, Any]:
-    """Check every relay map's kernel type and key/value sizes against bcc's
-    ctypes types; return ``{name: table}``. Raises MapLayoutError naming the
-    first map that differs (typically a pin left by another build)."""
-    checked = {}
-    for name, expected_type in _MAP_TYPES.items():
-        table = tables[name]
-        info = map_info(table.get_fd())
-        key_size = ctypes.sizeof(table.Key)
-        # bcc's Leaf for a per-CPU map is an array of one value per CPU.
-        value_size = ctypes.sizeof(getattr(table, "sLeaf", table.Leaf))
-        if (info.map_type, info.key_size, info.value_size) != (
-            expected_type, key_size, value_size
-        ):
-            raise MapLayoutError(
-                f"map {name}: kernel has type {info.map_type}, key {info.key_size} B, value "
-                f"{info.value_size} B; this build expects type {expected_type}, key "
-                f"{key_size} B, value {value_size} B (a pin from another build?)"
-            )
-        checked[name] = table
-    return checked
 
 
 # --- byte order helpers ------------------------------------------------------
@@ -185,8 +112,10 @@ class NextHop:
 
 
 @dataclass(frozen=True)
-class FlowEntry:
-    """A client flow (``flows``), public side -> transceiver."""
+class FlowRecord:
+    """A client flow (``flows``), public side -> transceiver, as the map holds it.
+
+    ``relay.FlowEntry`` is the display row made from it."""
 
     client_addr: IPv4Address
     client_port: int
@@ -437,10 +366,10 @@ class RelayMaps:
 
     # --- flow state (written by XDP) -------------------------------------------
 
-    def flows(self) -> list[FlowEntry]:
+    def flows(self) -> list[FlowRecord]:
         out = []
         for k, v in self._t["flows"].items():
-            out.append(FlowEntry(
+            out.append(FlowRecord(
                 client_addr=addr_of(k.addr.addr[0]),
                 client_port=port_of(k.port),
                 transceiver_addr=addr_of(v.txr_addr.addr[0]),
@@ -454,7 +383,7 @@ class RelayMaps:
             ))
         return sorted(out, key=lambda f: (f.client_addr, f.client_port))
 
-    def flow(self, client_addr: IPv4Address | str, client_port: int) -> FlowEntry | None:
+    def flow(self, client_addr: IPv4Address | str, client_port: int) -> FlowRecord | None:
         """The flow of one client address:port, or None."""
         for f in self._lookup_flows([(IPv4Address(client_addr), client_port)]):
             return f
@@ -467,7 +396,7 @@ class RelayMaps:
         key.family = AF_INET
         return key
 
-    def _lookup_flows(self, clients: Iterable[tuple[IPv4Address, int]]) -> list[FlowEntry]:
+    def _lookup_flows(self, clients: Iterable[tuple[IPv4Address, int]]) -> list[FlowRecord]:
         table = self._t["flows"]
         out = []
         for addr, port in clients:
@@ -475,7 +404,7 @@ class RelayMaps:
                 v = table[self._flow_key(addr, port)]
             except KeyError:
                 continue
-            out.append(FlowEntry(addr, port, addr_of(v.txr_addr.addr[0]), port_of(v.txr_port),
+            out.append(FlowRecord(addr, port, addr_of(v.txr_addr.addr[0]), port_of(v.txr_port),
                                  port_of(v.relay_port), v.transceiver_id, v.token_mac,
                                  v.created_ns, v.last_seen_ns, _next_hop(v.nh)))
         return out
@@ -519,10 +448,10 @@ class RelayMaps:
 
     def clear_flow_state(self) -> None:
         """Forget every flow, reverse entry, rate window and token count."""
-        for name in ("flows", "reverse", "rate", "token_flows"):
+        for name in XDP_WRITTEN_MAPS:
             self._t[name].clear()
 
     def flow_counts(self) -> Mapping[str, int]:
         """Entries in each XDP-written map (walks them: for status, not per packet)."""
         return {name: sum(1 for _ in self._t[name])
-                for name in ("flows", "reverse", "rate", "token_flows")}
+                for name in XDP_WRITTEN_MAPS}

@@ -1,0 +1,133 @@
+"""``RelayView`` over the real pinned maps of a loaded relay, through bcc.
+
+``open_relay(name)`` reopens ``/sys/fs/bpf/voxrelay/<name>/*`` without
+loading or attaching anything: it compiles relay.c with the pin directory
+through ``loader.open_maps`` (bcc's BPF_TABLE_PINNED opens each existing pin
+instead of creating a map; every pin is checked), with the limits
+(-D MAX_FLOWS=...) taken from the pinned maps' own sizes, so that a relay
+loaded with other limits reopens too.
+Before compiling it checks that every pin exists, so that opening can never
+create an empty map beside a relay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from orchestrator import bpfprog, bpfsys, loader
+from orchestrator.bccmaps import TransceiverStatus
+from orchestrator.pinview import PinView, open_pinview
+from orchestrator.relay import FlowEntry, RelayUnavailable, require_bpf, require_pinned
+from orchestrator.sync import MapTransceiver
+
+# Map name -> the consts.h limit that sizes it, so that the reopening compile
+# declares each map with the size it was pinned with.
+_LIMIT_OF_MAP = {
+    "flows": "MAX_FLOWS",
+    "transceivers": "MAX_TRANSCEIVERS",
+    "keys": "MAX_KEYS",
+    "rate": "MAX_RATE_SOURCES",
+    "reverse": "MAX_RELAY_PORTS",
+    "token_flows": "MAX_TOKENS_TRACKED",
+}
+
+class BpfRelayView:
+    """Implements ``RelayView`` (and so the sync's ``SyncMaps``) over ``bccmaps.RelayMaps``.
+
+    The sync's reads and writes go through bcc (the typed writes live there);
+    counters and flows, which only the exporter and the CLI read, come from
+    ``reader`` (a ``pinview.PinView`` over the same pins), so that there is
+    one way to read them.
+    """
+
+    def __init__(self, name: str, relay_maps: Any, reader: PinView) -> None:
+        self.name = name
+        self.maps = relay_maps
+        self.reader = reader
+        self._status = TransceiverStatus
+
+    # --- SyncMaps ---------------------------------------------------------------
+    def transceivers(self) -> dict[int, MapTransceiver]:
+        return {
+            i: MapTransceiver(str(e.addr), e.status.name.lower())
+            for i, e in self.maps.transceivers().items()
+        }
+
+    def upsert_transceivers(self, entries: dict[int, MapTransceiver]) -> None:
+        for txr_id, entry in entries.items():
+            self.maps.set_transceiver(txr_id, entry.address, self._status[entry.status.upper()])
+
+    def delete_transceivers(self, ids: Iterable[int]) -> None:
+        for txr_id in ids:
+            self.maps.delete_transceiver(txr_id)
+
+    def keys(self) -> dict[int, bytes]:
+        # maps.active_keys() gives ids only (by design, for display); the sync
+        # compares key material, so it reads the slots itself.
+        table = self.maps.table("keys")
+        return {
+            int(k.value): int(v.k0).to_bytes(8, "little") + int(v.k1).to_bytes(8, "little")
+            for k, v in table.items()
+            if v.active
+        }
+
+    def set_keys(self, keys: dict[int, bytes]) -> None:
+        for key_id, key in keys.items():
+            self.maps.set_key(key_id, key)
+
+    def retire_keys(self, ids: Iterable[int]) -> None:
+        for key_id in ids:
+            self.maps.retire_key(key_id)
+
+    # --- RelayView --------------------------------------------------------------
+    # --- RelayView: reads from the pins (one reader, the exporter's and the CLI's) ------
+    def stats(self) -> dict[str, int]:
+        return self.reader.stats()
+
+    def flows(self) -> list[FlowEntry]:
+        return self.reader.flows()
+
+    def flow_count(self) -> int:
+        return self.reader.flow_count()
+
+    def flow_capacity(self) -> int:
+        return self.reader.flow_capacity()
+
+    def close(self) -> None:
+        """Close the map fds (the pins, and so the maps, stay)."""
+        self.reader.close()
+        _cleanup(self.maps)
+
+
+def _cleanup(relay_maps: Any) -> None:
+    """Close the fds of the bcc object behind ``relay_maps``."""
+    bpf = getattr(relay_maps.table("config"), "bpf", None)
+    if bpf is not None:
+        bpf.cleanup()
+
+
+def open_relay(name: str) -> BpfRelayView:
+    """The pinned maps of relay ``name`` (needs root, bcc, and a loaded relay)."""
+    require_bpf("reading the relay's BPF maps")
+    pin_dir = require_pinned(name)
+    limits: dict[str, int] = {}
+    known = bpfprog.tunable_limits()
+    for map_name, limit in _LIMIT_OF_MAP.items():
+        if limit not in known:
+            continue
+        fd = bpfsys.obj_get(str(pin_dir / map_name))
+        try:
+            limits[limit] = bpfsys.map_info(fd).max_entries
+        finally:
+            bpfsys.close(fd)
+    try:
+        relay_maps = loader.open_maps(name, limits=limits)
+    except loader.LoaderError as exc:
+        raise RelayUnavailable(f"relay {name!r}: {exc}") from None
+    try:
+        reader = open_pinview(name)
+    except BaseException:
+        _cleanup(relay_maps)
+        raise
+    return BpfRelayView(name, relay_maps, reader)

@@ -1,0 +1,115 @@
+"""``voxrelay maps``: show the relay's pinned BPF maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from orchestrator.cli import common
+from orchestrator.cli.common import (
+    CONTEXT,
+    config_option,
+    emit,
+    friendly,
+    json_option,
+    name_option,
+    table,
+)
+from orchestrator.relay import FlowEntry
+from orchestrator.sync import keyring_from_map
+
+
+@click.group(context_settings=CONTEXT)
+def maps() -> None:
+    """Show the relay's pinned BPF maps (needs root and a loaded relay)."""
+
+
+@maps.command("transceivers")
+@config_option
+@name_option
+@json_option
+@friendly
+def maps_transceivers(config_path: Path | None, name: str | None, as_json: bool) -> None:
+    """Transceivers the XDP program routes to: id, private address, status."""
+    txrs = common.view(config_path, name).transceivers()
+    rows = [{"id": i, "address": t.address, "status": t.status} for i, t in sorted(txrs.items())]
+    emit(as_json, rows, table(["ID", "ADDRESS", "STATUS"],
+                              [[r["id"], r["address"], r["status"]] for r in rows]))
+
+
+@maps.command("keys")
+@config_option
+@name_option
+@json_option
+@friendly
+def maps_keys(config_path: Path | None, name: str | None, as_json: bool) -> None:
+    """Active token key slots (fingerprints only; the keys are secret)."""
+    slots = common.view(config_path, name).keys()
+    current = keyring_from_map(slots).current
+    rows = [{"key_id": i, "fingerprint": common.key_fingerprint(k), "current": i == current}
+            for i, k in sorted(slots.items())]
+    emit(as_json, rows, table(["KEY_ID", "FINGERPRINT", "CURRENT"],
+                              [[r["key_id"], r["fingerprint"], "*" if r["current"] else ""] for r in rows]))
+
+
+@maps.command("stats")
+@config_option
+@name_option
+@json_option
+@click.option("--all", "show_all", is_flag=True, help="Also show counters that are zero.")
+@friendly
+def maps_stats(config_path: Path | None, name: str | None, as_json: bool, show_all: bool) -> None:
+    """Packets by verdict and drop reason, summed over CPUs."""
+    view = common.view(config_path, name)
+    stats = view.stats()
+    data = {"counters": stats, "flows": view.flow_count(), "flow_capacity": view.flow_capacity()}
+    rows = [[k, v] for k, v in stats.items() if v or show_all or k == "rx_total"]
+    text = table(["COUNTER", "PACKETS"], rows) + (
+        f"\n\nflows {data['flows']} / {data['flow_capacity']}"
+    )
+    emit(as_json, data, text)
+
+
+def _parse_client(value: str) -> tuple[str, int | None]:
+    host, sep, port = value.rpartition(":")
+    if sep and port.isdigit() and "." in host:
+        return host, int(port)
+    return value, None
+
+
+def filter_flows(flows: list[FlowEntry], transceiver: int | None, client: str | None) -> list[FlowEntry]:
+    """Pure: the flows of one transceiver and/or one client (addr or addr:port)."""
+    out = flows
+    if transceiver is not None:
+        out = [f for f in out if f.transceiver_id == transceiver]
+    if client is not None:
+        host, port = _parse_client(client)
+        out = [f for f in out if f.client.rpartition(":")[0] == host
+               and (port is None or f.client == f"{host}:{port}")]
+    return out
+
+
+@maps.command("flows")
+@config_option
+@name_option
+@json_option
+@click.option("--transceiver", type=int, default=None, help="Only flows to this transceiver id.")
+@click.option("--client", default=None, metavar="ADDR[:PORT]", help="Only flows of this client.")
+@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Rows to print (0: all). The flows map can hold a million.")
+@friendly
+def maps_flows(config_path: Path | None, name: str | None, as_json: bool,
+               transceiver: int | None, client: str | None, limit: int) -> None:
+    """Live flows: client -> transceiver, relay-side port, age and idle time."""
+    flows = filter_flows(common.view(config_path, name).flows(), transceiver, client)
+    flows.sort(key=lambda f: (f.transceiver_id, f.client))
+    shown = flows if limit == 0 else flows[:limit]
+    text = table(
+        ["CLIENT", "TRANSCEIVER", "TXR_ADDRESS", "RELAY_PORT", "AGE_S", "IDLE_S"],
+        [[f.client, f.transceiver_id, f.transceiver, f.relay_port, f"{f.age_s:.1f}", f"{f.idle_s:.1f}"]
+         for f in shown],
+    )
+    if len(shown) < len(flows):
+        text += f"\n... {len(flows) - len(shown)} more (--limit 0 for all)"
+    emit(as_json, [f.to_json() for f in shown], text)

@@ -1,0 +1,167 @@
+"""A read-only view of a loaded relay, straight from its pins: no compile, no bcc.
+
+``open_pinview(name)`` opens every map pinned under
+``/sys/fs/bpf/voxrelay/<name>/`` with ``BPF_OBJ_GET``, checks each one's
+type, key size and value size against ``abi.MAP_LAYOUTS``
+(``pins.check_layout``: a pin of another build is refused with a
+``MapLayoutError`` that says so), and then reads with raw bpf(2) lookups
+(``BPF_MAP_LOOKUP_ELEM``, ``BPF_MAP_GET_NEXT_KEY``), decoding keys and
+values with the ctypes structs of ``orchestrator.abi``.
+
+This is what ``voxrelay maps ...`` and ``voxrelay token`` read through: a
+bcc compile costs seconds of CPU, and reading needs none of it. Writing
+(the sync, the upkeep) goes through bcc (``bccview``), which owns the
+typed writes.
+
+Per-CPU maps (``stats``): a lookup returns one 8-byte-aligned slot per
+possible CPU (``bpfsys.possible_cpus``), and the view sums them.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import time
+from typing import Any
+
+from orchestrator import abi, bpfsys, pins
+from orchestrator.bccmaps import addr_of, port_of
+from orchestrator.errors import MapLayoutError
+from orchestrator.relay import FlowEntry, RelayUnavailable, require_pinned, require_root
+from orchestrator.sync import MapTransceiver
+from orchestrator.verdicts import RelayStat, metric_label, verdict_names
+
+_STATUS_NAMES = {abi.TRANSCEIVER_ACTIVE: "active", abi.TRANSCEIVER_DRAINING: "draining"}
+
+
+class PinView:
+    """``relay.RelayReader`` over the pinned maps of relay ``name`` (open fds, read-only).
+
+    Every read goes to the kernel; nothing is cached. ``close()`` closes the
+    fds (the pins, and so the maps, stay).
+    """
+
+    def __init__(self, name: str, fds: dict[str, int]) -> None:
+        self.name = name
+        self._fds = fds
+        self._cpus = bpfsys.possible_cpus()
+
+    # --- raw access -------------------------------------------------------------
+    def _sizes(self, map_name: str) -> tuple[int, int]:
+        layout = abi.MAP_LAYOUTS[map_name]
+        return layout.key_size, layout.value_size
+
+    def _lookup(self, map_name: str, key: bytes) -> bytes | None:
+        return bpfsys.map_lookup(self._fds[map_name], key, self._sizes(map_name)[1])
+
+    def _keys(self, map_name: str) -> list[bytes]:
+        """Every key of the map, each once (see ``bpfsys.map_next_key`` on restarts)."""
+        fd, (key_size, _) = self._fds[map_name], self._sizes(map_name)
+        seen: dict[bytes, None] = {}
+        key = bpfsys.map_next_key(fd, None, key_size)
+        while key is not None and key not in seen:
+            seen[key] = None
+            key = bpfsys.map_next_key(fd, key, key_size)
+        return list(seen)
+
+    def _items(self, map_name: str) -> list[tuple[Any, Any]]:
+        """(key, value) decoded with the map's abi ctypes; entries deleted meanwhile are skipped."""
+        key_type: Any
+        value_type: Any
+        key_type, value_type = abi.MAP_CTYPES[map_name]  # ctypes types: from_buffer_copy
+        out = []
+        for raw_key in self._keys(map_name):
+            raw_value = self._lookup(map_name, raw_key)
+            if raw_value is None:
+                continue
+            out.append((key_type.from_buffer_copy(raw_key),
+                        value_type.from_buffer_copy(raw_value)))
+        return out
+
+    # --- RelayReader --------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Counter label -> sum over CPUs, for every verdict (as ``bccview`` gives it)."""
+        fd, slot = self._fds["stats"], 8  # per-CPU values are 8-byte aligned slots
+        value_size = self._sizes("stats")[1]
+        out = {}
+        for name in verdict_names():
+            raw = bpfsys.map_lookup(fd, struct.pack("=I", RelayStat[name]), slot * self._cpus)
+            total = 0
+            if raw is not None:
+                for cpu in range(self._cpus):
+                    total += int.from_bytes(raw[cpu * slot:cpu * slot + value_size], sys.byteorder)
+            out[metric_label(name)] = total
+        return out
+
+    def transceivers(self) -> dict[int, MapTransceiver]:
+        return {
+            int(k.value): MapTransceiver(str(addr_of(v.addr.addr[0])),
+                                         _STATUS_NAMES.get(v.status, f"status {v.status}"))
+            for k, v in self._items("transceivers")
+        }
+
+    def keys(self) -> dict[int, bytes]:
+        """Active key slots: id -> the 16 key bytes (as ``voxrelay.token`` uses them)."""
+        return {
+            int(k.value): int(v.k0).to_bytes(8, "little") + int(v.k1).to_bytes(8, "little")
+            for k, v in self._items("keys")
+            if v.active
+        }
+
+    def flows(self) -> list[FlowEntry]:
+        now_ns = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC
+        return [
+            FlowEntry(
+                client=f"{addr_of(k.addr.addr[0])}:{port_of(k.port)}",
+                transceiver_id=int(v.transceiver_id),
+                transceiver=f"{addr_of(v.txr_addr.addr[0])}:{port_of(v.txr_port)}",
+                relay_port=port_of(v.relay_port),
+                age_s=max(0, now_ns - v.created_ns) / 1e9,
+                idle_s=max(0, now_ns - v.last_seen_ns) / 1e9,
+            )
+            for k, v in self._items("flows")
+        ]
+
+    def flow_count(self) -> int:
+        return len(self._keys("flows"))
+
+    def flow_capacity(self) -> int:
+        return bpfsys.map_info(self._fds["flows"]).max_entries
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            bpfsys.close(fd)
+        self._fds = {}
+
+    def __enter__(self) -> PinView:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_pinview(name: str) -> PinView:
+    """The pinned maps of the loaded relay ``name``, read-only (needs root, not bcc).
+
+    Raises RelayUnavailable when the relay is not loaded, and MapLayoutError
+    (with what to do) when a pin's type or sizes are not this build's.
+    """
+    require_root("reading the relay's BPF maps")
+    pin_dir = require_pinned(name)
+    fds: dict[str, int] = {}
+    try:
+        for map_name in abi.MAP_NAMES:
+            fds[map_name] = bpfsys.obj_get(str(pin_dir / map_name))
+            try:
+                pins.check_layout(map_name, bpfsys.map_info(fds[map_name]))
+            except MapLayoutError as exc:
+                raise MapLayoutError(f"relay {name!r}: {exc}. {pins.RELOAD_ADVICE}") from None
+    except bpfsys.BpfError as exc:
+        for fd in fds.values():
+            bpfsys.close(fd)
+        raise RelayUnavailable(f"relay {name!r}: cannot open its pins: {exc}") from None
+    except BaseException:
+        for fd in fds.values():
+            bpfsys.close(fd)
+        raise
+    return PinView(name, fds)

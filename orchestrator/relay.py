@@ -1,0 +1,99 @@
+"""What the CLI, the sync and the exporter read from (and write to) a loaded relay.
+
+``RelayView`` is a small protocol over the pinned BPF maps, so that the CLI
+and the metrics can be tested with an in-memory fake, and so that only the
+openers know how the real maps are reached: ``bccview.open_relay`` (reads and
+writes through bcc, for the sync) and ``pinview.open_pinview`` (reads only,
+straight from the pins, without compiling relay.c).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from orchestrator import pins
+from orchestrator.abi import MAP_NAMES
+from orchestrator.sync import MapTransceiver, SyncMaps
+
+
+@dataclass(frozen=True)
+class FlowEntry:
+    """One row of the ``flows`` map, for display (never a metric label)."""
+
+    client: str            # addr:port as the public side sees it
+    transceiver_id: int
+    transceiver: str       # transceiver addr:port
+    relay_port: int
+    age_s: float           # since created
+    idle_s: float          # since the last packet
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RelayReader(Protocol):
+    """What a read-only view gives (``pinview.PinView``, and every ``RelayView``)."""
+
+    name: str
+
+    def stats(self) -> dict[str, int]:
+        """Counter name (verdicts.h, lower-case, no STAT_ prefix) -> sum over CPUs."""
+        ...
+
+    def flows(self) -> list[FlowEntry]: ...
+
+    def flow_count(self) -> int: ...
+
+    def flow_capacity(self) -> int: ...
+
+    def transceivers(self) -> dict[int, MapTransceiver]: ...
+
+    def keys(self) -> dict[int, bytes]: ...
+
+
+class RelayView(RelayReader, SyncMaps, Protocol):
+    """A reader that the sync can also write through (``bccview.BpfRelayView``)."""
+
+
+class RelayUnavailable(Exception):
+    """The relay's maps cannot be opened; the message says what to do."""
+
+
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise RelayUnavailable(f"{what} needs root: run this with sudo")
+
+
+def require_bpf(what: str) -> None:
+    """One clear error before anything that needs root and bcc."""
+    require_root(what)
+    try:
+        import bcc  # noqa: F401 - optional heavy dependency, only probed here
+    except ImportError:
+        raise RelayUnavailable(
+            "bcc is not importable from this Python: run scripts/setup.sh "
+            "(it links Debian's python3-bpfcc into the venv)"
+        ) from None
+
+
+def require_pinned(name: str) -> Path:
+    """The pin directory of relay ``name``; RelayUnavailable unless every map is pinned there.
+
+    Checked before anything opens a pin, so that opening can never create an
+    empty map beside a relay (bcc would) nor read half a relay.
+    """
+    try:
+        pin_dir = pins.pin_dir_for(name)
+    except ValueError as exc:
+        raise RelayUnavailable(str(exc)) from None
+    missing = [m for m in MAP_NAMES if not (pin_dir / m).exists()]
+    if missing:
+        what = "nothing" if len(missing) == len(MAP_NAMES) else f"no {', '.join(missing)}"
+        raise RelayUnavailable(
+            f"no relay {name!r} is loaded ({what} pinned under {pin_dir}): "
+            f"run `voxrelay relay load` first"
+        )
+    return pin_dir
