@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -45,6 +45,12 @@ MAX_CHUNK_BYTES = 64 * 1024
 """Larger audio messages are refused (2 s of audio; the API sends 640 bytes)."""
 PARTIAL_EVERY_MS = 300
 """Partial transcripts are sent at most this often, and only when they change."""
+
+# protoc's grpc module is not annotated (and is never edited: genproto.py
+# regenerates it); this is the signature of the one function of it we call.
+_add_servicer: Callable[[pb_grpc.VoiceModelServicer, grpc.aio.Server], None] = (
+    pb_grpc.add_VoiceModelServicer_to_server
+)
 
 
 # Error codes sent in ModelError.code; the transceiver maps them to events.
@@ -396,7 +402,7 @@ async def serve_model(listen: str = "127.0.0.1:0",
     if not host or not port_s.isdigit():
         raise ValueError(f"listen address {listen!r} must be host:port")
     server = grpc.aio.server()
-    pb_grpc.add_VoiceModelServicer_to_server(VoiceModelServicer(options), server)
+    _add_servicer(VoiceModelServicer(options), server)
     port = server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
