@@ -52,7 +52,7 @@ def run() -> list[dict[str, object]]:
     audio = {s: bytes(6400) + synthesize(s)[0] + bytes(16000) for s in IN_GRAMMAR + OTHER}
     rows = []
     for mode in ASR_MODES:
-        asr = PocketsphinxAsr(mode)  # type: ignore[arg-type]
+        asr = PocketsphinxAsr(mode)
         asr.warm_up()
         for s, pcm in audio.items():
             t = time.perf_counter()

@@ -43,7 +43,7 @@ def test_phone_error_rate() -> None:
 
 def test_unknown_mode() -> None:
     with pytest.raises(ValueError) as exc:
-        asr.PocketsphinxAsr("whisper")  # type: ignore[arg-type]
+        asr.PocketsphinxAsr("whisper")
     assert str(exc.value) == "unknown ASR mode 'whisper'; known: grammar, free"
 
 

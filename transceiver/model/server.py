@@ -66,8 +66,8 @@ INTERNAL = "internal"
 class ModelOptions:
     """How the default model behaves; the CLI builds one from its flags."""
 
-    asr: Asr | None = None
-    """Speech recogniser; None: pocketsphinx in grammar mode."""
+    asr: Asr = field(default_factory=PocketsphinxAsr)
+    """Speech recogniser; by default pocketsphinx in grammar mode."""
     reply: ReplyPolicy = field(default_factory=EchoReply)
     """What to answer to a final transcript."""
     tts: Tts = field(default_factory=EspeakTts)
@@ -80,8 +80,6 @@ class ModelOptions:
     """Concurrent calls; more get a ModelError 'busy'."""
 
     def __post_init__(self) -> None:
-        if self.asr is None:
-            self.asr = PocketsphinxAsr("grammar")
         if self.audio_lead_ms < CHUNK_MS:
             raise ValueError(f"audio_lead_ms must be >= {CHUNK_MS}")
         if self.max_streams < 1:
@@ -130,8 +128,6 @@ class _Stream:
 
     def __init__(self, options: ModelOptions, call_id: str) -> None:
         self.options = options
-        if options.asr is None:  # ModelOptions.__post_init__ fills it; only a later reset clears it
-            raise ValueError("ModelOptions.asr is None: give a recogniser")
         self.asr: Asr = options.asr
         self.call_id = call_id
         self.out: asyncio.Queue[pb.ServerMessage | None] = asyncio.Queue()
@@ -179,7 +175,8 @@ class _Stream:
         # client cannot flood the event channel; all are counted.
         self.bad_chunks += 1
         if self.bad_chunks == 1 or self.bad_chunks % 50 == 0:
-            self.send(error_message(BAD_AUDIO, f"dropped audio chunk ({self.bad_chunks} so far): {why}"))
+            self.send(error_message(
+                BAD_AUDIO, f"dropped audio chunk ({self.bad_chunks} so far): {why}"))
 
     async def end_of_input(self) -> None:
         if self.vad.flush():
@@ -303,7 +300,7 @@ class VoiceModelServicer(pb_grpc.VoiceModelServicer):
         self.options = options
         self.active = 0
 
-    async def Converse(
+    async def converse(
         self, request_iterator: AsyncIterator[pb.ClientMessage], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ServerMessage]:
         if self.active >= self.options.max_streams:
@@ -311,12 +308,15 @@ class VoiceModelServicer(pb_grpc.VoiceModelServicer):
             return
         self.active += 1
         try:
-            async for msg in self._converse(request_iterator):
+            async for msg in self._serve_stream(request_iterator):
                 yield msg
         finally:
             self.active -= 1
 
-    async def _converse(
+    # grpc finds the handler by the rpc's name in voice.proto.
+    Converse = converse
+
+    async def _serve_stream(
         self, requests: AsyncIterator[pb.ClientMessage]
     ) -> AsyncIterator[pb.ServerMessage]:
         try:
@@ -328,7 +328,8 @@ class VoiceModelServicer(pb_grpc.VoiceModelServicer):
             got = first.WhichOneof("kind") or "an empty message"
             if got == "control":
                 got = f"control {first.control.WhichOneof('kind') or '(empty)'}"
-            yield error_message(BAD_FIRST_MESSAGE, f"first message must be Control.start, got {got}")
+            yield error_message(BAD_FIRST_MESSAGE,
+                                f"first message must be Control.start, got {got}")
             return
         stream = _Stream(self.options, first.control.start.call_id)
         tasks = [asyncio.create_task(self._read(stream, requests), name="model-reader"),
