@@ -106,6 +106,14 @@ def resample(samples: npt.NDArray[np.int16], src_rate: int,
     return np.clip(np.round(y), -32768, 32767).astype(np.int16)
 
 
+def _timed_out() -> SpeechError:
+    return SpeechError(f"{ESPEAK} took longer than {ESPEAK_TIMEOUT_S:.0f} s")
+
+
+def _exited(returncode: int | None, stderr: bytes) -> SpeechError:
+    return SpeechError(f"{ESPEAK} exited {returncode}: {stderr.decode(errors='replace').strip()}")
+
+
 def _to_pcm16k(wav_bytes: bytes) -> bytes:
     samples, rate = _decode_espeak_wav(wav_bytes)
     return resample(samples, rate).astype("<i2").tobytes()
@@ -119,10 +127,9 @@ def synthesize(text: str, voice: Voice = Voice()) -> tuple[bytes, int]:
         proc = subprocess.run(_espeak_argv(text, voice), capture_output=True,
                               timeout=ESPEAK_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
-        raise SpeechError(f"{ESPEAK} took longer than {ESPEAK_TIMEOUT_S:.0f} s") from None
+        raise _timed_out() from None
     if proc.returncode != 0:
-        raise SpeechError(f"{ESPEAK} exited {proc.returncode}: "
-                          f"{proc.stderr.decode(errors='replace').strip()}")
+        raise _exited(proc.returncode, proc.stderr)
     return _to_pcm16k(proc.stdout), SAMPLE_RATE
 
 
@@ -138,13 +145,13 @@ async def synthesize_async(text: str, voice: Voice = Voice()) -> tuple[bytes, in
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise SpeechError(f"{ESPEAK} took longer than {ESPEAK_TIMEOUT_S:.0f} s") from None
+        raise _timed_out() from None
     finally:
         if proc.returncode is None:  # cancelled: do not leave espeak-ng behind
             proc.kill()
             await proc.wait()
     if proc.returncode != 0:
-        raise SpeechError(f"{ESPEAK} exited {proc.returncode}: {err.decode(errors='replace').strip()}")
+        raise _exited(proc.returncode, err)
     # Resampling a few seconds of audio takes ~ms; not worth a thread hop.
     return _to_pcm16k(out), SAMPLE_RATE
 
