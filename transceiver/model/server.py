@@ -99,15 +99,11 @@ class _ClosedTurn:
     asr_ms: float
 
 
-# What the reader asks of the ASR worker, in order, through one bounded queue.
+# What the reader asks of the ASR worker, in order, through one bounded queue:
+# open a turn, feed it audio (bytes), finish it; stop at the end of input.
 @dataclass(frozen=True)
 class _AsrOpen:
     turn: int
-
-
-@dataclass(frozen=True)
-class _AsrFeed:
-    pcm: bytes
 
 
 @dataclass(frozen=True)
@@ -120,7 +116,7 @@ class _AsrStop:
     pass
 
 
-_AsrOp = _AsrOpen | _AsrFeed | _AsrFinish | _AsrStop
+_AsrOp = _AsrOpen | bytes | _AsrFinish | _AsrStop
 
 
 class _Stream:
@@ -166,7 +162,7 @@ class _Stream:
                 self.turn += 1
                 await self.asr_ops.put(_AsrOpen(self.turn))
             if frames:
-                await self.asr_ops.put(_AsrFeed(b"".join(frames)))
+                await self.asr_ops.put(b"".join(frames))
             if event is Event.END:
                 await self.asr_ops.put(_AsrFinish(self.frames_in * CHUNK_MS))
 
@@ -205,14 +201,14 @@ class _Stream:
                     utt = await asyncio.to_thread(self.asr.open)
                     utt_turn = op.turn
                     since_partial_ms, last_partial = 0.0, ""
-                elif isinstance(op, _AsrFeed) and utt is not None:
+                elif isinstance(op, bytes) and utt is not None:
                     # Take every feed already queued in one thread hop.
-                    pcm = bytearray(op.pcm)
+                    pcm = bytearray(op)
                     pending_finish: _AsrOp | None = None
                     while not self.asr_ops.empty():
                         nop = self.asr_ops.get_nowait()
-                        if isinstance(nop, _AsrFeed):
-                            pcm += nop.pcm
+                        if isinstance(nop, bytes):
+                            pcm += nop
                             continue
                         pending_finish = nop
                         break
