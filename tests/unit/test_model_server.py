@@ -256,7 +256,7 @@ def test_serve_address_must_be_host_port() -> None:
         async with serve_model("nowhere"):
             pass
 
-    with pytest.raises(ValueError, match="listen address 'nowhere' must be host:port"):
+    with pytest.raises(ValueError, match="listen address 'nowhere' must be HOST:PORT"):
         asyncio.run(run())
 
 

@@ -38,6 +38,7 @@ from transceiver.model.reply import Conversation, EchoReply, ReplyPolicy
 from transceiver.model.speech import CHUNK_BYTES, CHUNK_MS, SAMPLE_RATE, chunks
 from transceiver.model.tts import EspeakTts, Tts
 from transceiver.model.vad import Event, TurnDetector, VadSettings
+from voxrelay.addr import parse_hostport
 
 log = logging.getLogger(__name__)
 
@@ -395,20 +396,18 @@ async def serve_model(listen: str = "127.0.0.1:0",
     finish on exit, then are cancelled.
     """
     options = options or ModelOptions()
-    host, _, port_s = listen.rpartition(":")
-    if not host or not port_s.isdigit():
-        raise ValueError(f"listen address {listen!r} must be host:port")
+    addr = parse_hostport(listen, allow_zero=True, what="listen address")
     server = grpc.aio.server()
     _add_servicer(VoiceModelServicer(options), server)
-    port = server.add_insecure_port(listen)
+    port = server.add_insecure_port(str(addr))
     if port == 0:
-        raise OSError(f"cannot listen on {listen}")
+        raise OSError(f"cannot listen on {addr}")
     warm = getattr(options.asr, "warm_up", None)
     if warm is not None:
         await asyncio.to_thread(warm)
     await server.start()
     try:
-        yield f"{host}:{port}"
+        yield str(addr._replace(port=port))
     finally:
         await server.stop(grace_s)
         close = getattr(options.reply, "close", None)
