@@ -37,6 +37,13 @@ def test_bad_template(template: str, message: str) -> None:
         asr.grammar_to_jsgf((template,))
 
 
+def test_edit_distance() -> None:
+    assert asr.edit_distance("kitten", "sitting") == 3
+    assert asr.edit_distance(["a", "b"], []) == 2
+    assert asr.edit_distance([], ["a"]) == 1
+    assert asr.edit_distance(["turn", "on", "the", "lights"], ["turn", "the", "light"]) == 2
+
+
 def test_phone_error_rate() -> None:
     assert asr.phone_error_rate(["a", "b", "c", "d"], ["a", "b", "c", "d"]) == 0
     assert asr.phone_error_rate(["a", "b", "c", "d"], ["a", "x", "c"]) == 0.5

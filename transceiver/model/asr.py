@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeGuard
 
@@ -125,17 +126,22 @@ def grammar_matcher(phrases: tuple[str, ...] = ASSISTANT_PHRASES) -> re.Pattern[
     return re.compile("(?:" + "|".join(f"(?:{_template_regex(p)})" for p in phrases) + ")")
 
 
-def phone_error_rate(reference: list[str], hypothesis: list[str]) -> float:
-    """Levenshtein distance / len(reference); len(hypothesis) if reference is empty."""
-    if not reference:
-        return float(len(hypothesis))
+def edit_distance(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions of whole items."""
     prev = list(range(len(hypothesis) + 1))
     for i, r in enumerate(reference, 1):
         cur = [i]
         for j, h in enumerate(hypothesis, 1):
             cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h)))
         prev = cur
-    return prev[-1] / len(reference)
+    return prev[-1]
+
+
+def phone_error_rate(reference: list[str], hypothesis: list[str]) -> float:
+    """Levenshtein distance / len(reference); len(hypothesis) if reference is empty."""
+    if not reference:
+        return float(len(hypothesis))
+    return edit_distance(reference, hypothesis) / len(reference)
 
 
 def _clean(hypstr: str) -> str:
