@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from transceiver.model.asr import ASR_MODES, PocketsphinxAsr, transcribe
+from transceiver.model.asr import ASR_MODES, PocketsphinxAsr, edit_distance, transcribe
 from transceiver.model.speech import SAMPLE_RATE, synthesize
 
 IN_GRAMMAR = [
@@ -38,21 +38,14 @@ OTHER = [
 
 
 def word_errors(ref: str, hyp: str) -> int:
-    r, h = ref.split(), hyp.split()
-    prev = list(range(len(h) + 1))
-    for i, rw in enumerate(r, 1):
-        cur = [i]
-        for j, hw in enumerate(h, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (rw != hw)))
-        prev = cur
-    return prev[-1]
+    return edit_distance(ref.split(), hyp.split())
 
 
 def run() -> list[dict[str, object]]:
     audio = {s: bytes(6400) + synthesize(s)[0] + bytes(16000) for s in IN_GRAMMAR + OTHER}
     rows = []
     for mode in ASR_MODES:
-        asr = PocketsphinxAsr(mode)  # type: ignore[arg-type]
+        asr = PocketsphinxAsr(mode)
         asr.warm_up()
         for s, pcm in audio.items():
             t = time.perf_counter()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from transceiver.model import asr
@@ -21,18 +23,25 @@ def test_grammar_matcher_accepts_whole_phrases_only() -> None:
 def test_jsgf_has_every_phrase() -> None:
     jsgf = asr.grammar_to_jsgf(("hello", "good (morning | evening)"))
     assert jsgf.startswith("#JSGF V1.0;\ngrammar assistant;\npublic <utterance> =")
-    assert "( hello )" in jsgf and "( good (morning | evening) )" in jsgf
+    assert "( hello )" in jsgf
+    assert "( good (morning | evening) )" in jsgf
 
 
-@pytest.mark.parametrize("template,message", [
+@pytest.mark.parametrize(("template", "message"), [
     ("turn (on | off the lights", "unclosed '(' in phrase template 'turn (on | off the lights'"),
     ("turn on] the lights", "unbalanced ']' in phrase template 'turn on] the lights'"),
     ("turn (on ] the", "unbalanced ']' in phrase template 'turn (on ] the'"),
 ])
 def test_bad_template(template: str, message: str) -> None:
-    with pytest.raises(ValueError) as exc:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         asr.grammar_to_jsgf((template,))
-    assert str(exc.value) == message
+
+
+def test_edit_distance() -> None:
+    assert asr.edit_distance("kitten", "sitting") == 3
+    assert asr.edit_distance(["a", "b"], []) == 2
+    assert asr.edit_distance([], ["a"]) == 1
+    assert asr.edit_distance(["turn", "on", "the", "lights"], ["turn", "the", "light"]) == 2
 
 
 def test_phone_error_rate() -> None:
@@ -42,9 +51,9 @@ def test_phone_error_rate() -> None:
 
 
 def test_unknown_mode() -> None:
-    with pytest.raises(ValueError) as exc:
-        asr.PocketsphinxAsr("whisper")  # type: ignore[arg-type]
-    assert str(exc.value) == "unknown ASR mode 'whisper'; known: grammar, free"
+    message = "unknown ASR mode 'whisper'; known: grammar, free"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        asr.PocketsphinxAsr("whisper")
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +120,7 @@ def test_vad_silence_is_no_turn() -> None:
 
 
 def test_vad_settings_validated() -> None:
-    with pytest.raises(ValueError, match="VAD aggressiveness 4 must be 0..3"):
+    with pytest.raises(ValueError, match=re.escape("VAD aggressiveness 4 must be 0..3")):
         VadSettings(aggressiveness=4)
     with pytest.raises(ValueError, match="VAD frame must be 640 bytes, got 320"):
         TurnDetector().push(bytes(320))

@@ -27,7 +27,8 @@ MESSAGES = [
 ]
 
 
-@pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: f"{type(m).__name__}.{m.WhichOneof('kind')}")
+@pytest.mark.parametrize(
+    "msg", MESSAGES, ids=lambda m: f"{type(m).__name__}.{m.WhichOneof('kind')}")
 def test_round_trip(msg) -> None:
     data = msg.SerializeToString()
     back = type(msg).FromString(data)

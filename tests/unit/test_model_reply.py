@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,7 +36,8 @@ class FakeChat:
             return web.Response(status=self.status, text="model overloaded")
         return web.json_response({
             "id": "x", "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": f" {self.answer} "},
+            "choices": [{"index": 0,
+                         "message": {"role": "assistant", "content": f" {self.answer} "},
                          "finish_reason": "stop"}]})
 
 
@@ -110,22 +112,20 @@ def test_endpoint_forms() -> None:
 def test_make_reply_policy() -> None:
     assert isinstance(make_reply_policy("echo"), EchoReply)
     assert isinstance(make_reply_policy("https://example.invalid"), ChatReply)
-    with pytest.raises(ValueError) as exc:
+    message = "unknown reply policy 'gpt': use 'echo' or an http(s):// chat endpoint URL"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         make_reply_policy("gpt")
-    assert str(exc.value) == (
-        "unknown reply policy 'gpt': use 'echo' or an http(s):// chat endpoint URL")
 
 
-@pytest.mark.parametrize("body,message", [
+@pytest.mark.parametrize(("body", "message"), [
     ({}, "chat completion has no choices[0].message.content"),
     ({"choices": []}, "chat completion has no choices[0].message.content"),
     ({"choices": [{"message": {"content": None}}]}, "chat completion content is not a string"),
     ("not json object", "chat completion has no choices[0].message.content"),
 ])
 def test_parse_chat_completion_errors(body: Any, message: str) -> None:
-    with pytest.raises(ValueError) as exc:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         parse_chat_completion(json.loads(json.dumps(body)))
-    assert str(exc.value) == message
 
 
 def test_conversation_is_bounded() -> None:

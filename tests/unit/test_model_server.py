@@ -92,13 +92,17 @@ async def test_spoken_sentence_gets_transcript_reply_and_audio(shared_asr) -> No
         await converse(addr, call)
 
     finals = [t for t in call.of("transcript") if t.final]
-    assert len(finals) == 1 and finals[0].turn == 1
+    assert len(finals) == 1
+    assert finals[0].turn == 1
     assert {"lights", "kitchen"} <= set(finals[0].text.split())
     replies = call.of("reply")
     assert [r.text for r in replies] == [f"You said: {finals[0].text}"]
     timings = call.of("timings")
-    assert len(timings) == 1 and timings[0].turn == 1
-    assert timings[0].processing_ms > 0 and timings[0].asr_ms > 0 and timings[0].tts_ms > 0
+    assert len(timings) == 1
+    assert timings[0].turn == 1
+    assert timings[0].processing_ms > 0
+    assert timings[0].asr_ms > 0
+    assert timings[0].tts_ms > 0
     assert timings[0].speech_end_ms > 0
     assert rms(call.audio()) > SILENCE_RMS
     assert all(len(a.pcm) == CHUNK_BYTES and a.sample_rate == 16000 for a in call.of("audio"))
@@ -108,7 +112,8 @@ async def test_spoken_sentence_gets_transcript_reply_and_audio(shared_asr) -> No
     assert kinds.index("reply") > kinds.index("transcript")
     assert kinds.index("timings") > kinds.index("reply")
     assert kinds.index("audio") > kinds.index("timings")
-    assert kinds[-1] == "turn_end" and call.of("turn_end") == [1]
+    assert kinds[-1] == "turn_end"
+    assert call.of("turn_end") == [1]
     assert "error" not in kinds
 
 
@@ -256,7 +261,7 @@ def test_serve_address_must_be_host_port() -> None:
         async with serve_model("nowhere"):
             pass
 
-    with pytest.raises(ValueError, match="listen address 'nowhere' must be host:port"):
+    with pytest.raises(ValueError, match="listen address 'nowhere' must be HOST:PORT"):
         asyncio.run(run())
 
 
@@ -271,4 +276,5 @@ def test_cli_help_and_bad_options() -> None:
     assert "unknown reply policy 'gpt'" in result.output
     assert "Traceback" not in result.output
     result = runner.invoke(model_cli, ["serve", "--asr", "whisper"])
-    assert result.exit_code == 2 and "'whisper' is not one of 'grammar', 'free'" in result.output
+    assert result.exit_code == 2
+    assert "'whisper' is not one of 'grammar', 'free'" in result.output

@@ -22,14 +22,17 @@ speech is poor, so two modes exist:
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import re
-import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeGuard
 
-ASR_MODES = ("grammar", "free")
+from pocketsphinx import Decoder, get_model_path
+
 AsrMode = Literal["grammar", "free"]
+ASR_MODES: tuple[AsrMode, ...] = ("grammar", "free")
 
 # Phrase templates in JSGF's own syntax: (a | b) is a choice, [x] is optional.
 # They are the assistant's intents; add lines here to teach it more.
@@ -123,28 +126,50 @@ def grammar_matcher(phrases: tuple[str, ...] = ASSISTANT_PHRASES) -> re.Pattern[
     return re.compile("(?:" + "|".join(f"(?:{_template_regex(p)})" for p in phrases) + ")")
 
 
-def phone_error_rate(reference: list[str], hypothesis: list[str]) -> float:
-    """Levenshtein distance / len(reference); len(hypothesis) if reference is empty."""
-    if not reference:
-        return float(len(hypothesis))
+def edit_distance(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions of whole items."""
     prev = list(range(len(hypothesis) + 1))
     for i, r in enumerate(reference, 1):
         cur = [i]
         for j, h in enumerate(hypothesis, 1):
             cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h)))
         prev = cur
-    return prev[-1] / len(reference)
+    return prev[-1]
+
+
+def phone_error_rate(reference: list[str], hypothesis: list[str]) -> float:
+    """Levenshtein distance / len(reference); len(hypothesis) if reference is empty."""
+    if not reference:
+        return float(len(hypothesis))
+    return edit_distance(reference, hypothesis) / len(reference)
 
 
 def _clean(hypstr: str) -> str:
     # Alternate pronunciations come back as "word(2)"; fillers as <sil>, [noise].
     words = []
-    for w in hypstr.split():
-        w = re.sub(r"\(\d+\)$", "", w)
-        if w.startswith(("<", "[", "+")):
+    for raw in hypstr.split():
+        word = re.sub(r"\(\d+\)$", "", raw)
+        if word.startswith(("<", "[", "+")):
             continue
-        words.append(w.lower())
+        words.append(word.lower())
     return " ".join(words)
+
+
+class _Hypothesis(Protocol):
+    hypstr: str
+
+
+class _Decoder(Protocol):
+    """The part of ``pocketsphinx.Decoder`` used here (the wheel has no type hints)."""
+
+    def add_jsgf_string(self, name: str, jsgf: str, /) -> None: ...
+    def add_allphone_file(self, name: str, lmfile: str, /) -> None: ...
+    def activate_search(self, name: str | None = None, /) -> None: ...
+    def start_utt(self) -> None: ...
+    def process_raw(self, data: bytes, /) -> int: ...
+    def end_utt(self) -> None: ...
+    def hyp(self) -> _Hypothesis | None: ...
+    def lookup_word(self, word: str, /) -> str | None: ...
 
 
 class _DecoderPool:
@@ -156,29 +181,25 @@ class _DecoderPool:
 
     def __init__(self, mode: AsrMode, max_idle: int = 4) -> None:
         self.mode = mode
-        self._idle: queue.LifoQueue[object] = queue.LifoQueue(maxsize=max_idle)
+        self._idle: queue.LifoQueue[_Decoder] = queue.LifoQueue(maxsize=max_idle)
 
-    def _new(self) -> object:
-        from pocketsphinx import Decoder, get_model_path
-
+    def _new(self) -> _Decoder:
         # FATAL: pocketsphinx logs every rejected grammar path as an ERROR.
-        decoder = Decoder(loglevel="FATAL")
+        decoder: _Decoder = Decoder(loglevel="FATAL")
         if self.mode == "grammar":
             decoder.add_jsgf_string("grammar", grammar_to_jsgf())
             decoder.add_allphone_file("phones", get_model_path("en-us/en-us-phone.lm.bin"))
         return decoder
 
-    def get(self) -> object:
+    def get(self) -> _Decoder:
         try:
             return self._idle.get_nowait()
         except queue.Empty:
             return self._new()
 
-    def put(self, decoder: object) -> None:
-        try:
+    def put(self, decoder: _Decoder) -> None:
+        with contextlib.suppress(queue.Full):  # enough idle ones: let this one go
             self._idle.put_nowait(decoder)
-        except queue.Full:
-            pass
 
 
 class PocketsphinxUtterance:
@@ -189,8 +210,8 @@ class PocketsphinxUtterance:
         self._audio = bytearray()
         self._done = False
         d = self._decoder
-        d.activate_search("grammar" if self._mode == "grammar" else None)  # type: ignore[attr-defined]
-        d.start_utt()  # type: ignore[attr-defined]
+        d.activate_search("grammar" if self._mode == "grammar" else None)
+        d.start_utt()
 
     def feed(self, pcm: bytes) -> None:
         if self._done:
@@ -198,29 +219,29 @@ class PocketsphinxUtterance:
         if len(pcm) % 2:
             raise ValueError(f"PCM must be whole 16-bit samples, got {len(pcm)} bytes")
         self._audio += pcm
-        self._decoder.process_raw(pcm)  # type: ignore[attr-defined]
+        self._decoder.process_raw(pcm)
 
     def partial(self) -> str:
-        hyp = self._decoder.hyp()  # type: ignore[attr-defined]
+        hyp = self._decoder.hyp()
         return _clean(hyp.hypstr) if hyp else ""
 
     def _decode(self, search: str | None) -> str:
         d = self._decoder
-        d.activate_search(search)  # type: ignore[attr-defined]
-        d.start_utt()  # type: ignore[attr-defined]
+        d.activate_search(search)
+        d.start_utt()
         # 20 ms pieces, as in the live decode: pocketsphinx's result on one
         # whole-utterance call differs (and is worse) on this audio.
         audio = bytes(self._audio)
         for i in range(0, len(audio), 640):
-            d.process_raw(audio[i:i + 640])  # type: ignore[attr-defined]
-        d.end_utt()  # type: ignore[attr-defined]
-        hyp = d.hyp()  # type: ignore[attr-defined]
+            d.process_raw(audio[i:i + 640])
+        d.end_utt()
+        hyp = d.hyp()
         return hyp.hypstr if hyp else ""
 
     def _phones(self, text: str) -> list[str]:
         phones: list[str] = []
         for word in text.split():
-            pron = self._decoder.lookup_word(word)  # type: ignore[attr-defined]
+            pron = self._decoder.lookup_word(word)
             phones += pron.split() if pron else []
         return phones
 
@@ -230,8 +251,8 @@ class PocketsphinxUtterance:
         self._done = True
         d = self._decoder
         try:
-            d.end_utt()  # type: ignore[attr-defined]
-            hyp = d.hyp()  # type: ignore[attr-defined]
+            d.end_utt()
+            hyp = d.hyp()
             text = _clean(hyp.hypstr) if hyp else ""
             if self._mode == "free":
                 return AsrResult(text, "free")
@@ -248,7 +269,7 @@ class PocketsphinxUtterance:
             return
         self._done = True
         try:
-            self._decoder.end_utt()  # type: ignore[attr-defined]
+            self._decoder.end_utt()
         finally:
             self._release()
 
@@ -260,16 +281,19 @@ class PocketsphinxUtterance:
 _MATCHER = grammar_matcher()
 
 
+def is_asr_mode(name: str) -> TypeGuard[AsrMode]:
+    return name in ASR_MODES
+
+
 class PocketsphinxAsr:
     """Offline en-us ASR from the pocketsphinx wheel; ``mode`` is "grammar" or "free"."""
 
-    def __init__(self, mode: AsrMode = "grammar") -> None:
-        if mode not in ASR_MODES:
+    def __init__(self, mode: str = "grammar") -> None:
+        if not is_asr_mode(mode):
             raise ValueError(f"unknown ASR mode {mode!r}; known: {', '.join(ASR_MODES)}")
         self.mode: AsrMode = mode
         self.name = f"pocketsphinx-{mode}"
         self._pool = _DecoderPool(mode)
-        self._lock = threading.Lock()
 
     def warm_up(self) -> None:
         """Load one decoder now, so the first call does not pay for it."""

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import click
 
+from transceiver.model.asr import ASR_MODES, PocketsphinxAsr
+from transceiver.model.reply import make_reply_policy
+from transceiver.model.server import ModelOptions, serve_model
 from voxrelay.config import ConfigError, load_config
 from voxrelay.logs import setup_logging
 
@@ -35,7 +38,7 @@ def model() -> None:
                    "API key from $VOXRELAY_CHAT_API_KEY).")
 @click.option("--chat-model", default="default", show_default=True,
               help="'model' field sent to the chat endpoint.")
-@click.option("--asr", "asr_mode", type=click.Choice(["grammar", "free"]), default="grammar",
+@click.option("--asr", "asr_mode", type=click.Choice(ASR_MODES), default="grammar",
               show_default=True,
               help="grammar: assistant phrases (reliable), free-form fallback for anything "
                    "else; free: pocketsphinx's n-gram model only.")
@@ -54,13 +57,9 @@ def serve(config_path: Path | None, listen: str | None, reply: str | None, chat_
     listen = listen or cfg.listen
     reply = reply or cfg.reply
 
-    from transceiver.model.asr import PocketsphinxAsr
-    from transceiver.model.reply import make_reply_policy
-    from transceiver.model.server import ModelOptions, serve_model
-
     try:
         policy = make_reply_policy(reply, model=chat_model)
-        options = ModelOptions(asr=PocketsphinxAsr(asr_mode), reply=policy,  # type: ignore[arg-type]
+        options = ModelOptions(asr=PocketsphinxAsr(asr_mode), reply=policy,
                                max_streams=max_streams)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -72,7 +71,7 @@ def serve(config_path: Path | None, listen: str | None, reply: str | None, chat_
             loop.add_signal_handler(sig, stop.set)
         try:
             async with serve_model(listen, options) as addr:
-                info = {"listen": addr, "asr": options.asr.name,  # type: ignore[union-attr]
+                info = {"listen": addr, "asr": options.asr.name,
                         "reply": policy.name, "tts": options.tts.name}
                 if as_json:
                     click.echo(json.dumps(info), nl=True)

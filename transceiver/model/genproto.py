@@ -16,6 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+import click
+from grpc_tools import protoc  # the test extra's grpcio-tools: a dev tool, not run time
+
 MODEL_DIR = Path(__file__).resolve().parent
 REPO_ROOT = MODEL_DIR.parent.parent
 PROTO = MODEL_DIR / "voice.proto"
@@ -29,8 +32,6 @@ def generate(out_root: Path) -> dict[str, bytes]:
     generated grpc module imports ``transceiver.model.voice_pb2`` rather than a
     top-level ``voice_pb2``. Returns {file name: content}.
     """
-    from grpc_tools import protoc  # test/dev dependency only
-
     rel = PROTO.relative_to(REPO_ROOT)
     rc = protoc.main([
         "grpc_tools.protoc", f"-I{REPO_ROOT}", f"--python_out={out_root}",
@@ -46,7 +47,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name, content in generate(Path(tmp)).items():
             (MODEL_DIR / name).write_bytes(content)
-            print(f"wrote {MODEL_DIR / name}")
+            click.echo(f"wrote {MODEL_DIR / name}")
     return 0
 
 

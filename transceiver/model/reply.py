@@ -81,7 +81,9 @@ class ChatReply:
         self.name = f"chat:{self.endpoint}"
         self.model = model
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self.api_key = api_key if api_key is not None else os.environ.get("VOXRELAY_CHAT_API_KEY", "")
+        if api_key is None:
+            api_key = os.environ.get("VOXRELAY_CHAT_API_KEY", "")
+        self.api_key = api_key
         self._session: aiohttp.ClientSession | None = None
 
     async def reply(self, transcript: str, conversation: Conversation) -> str:
@@ -95,7 +97,8 @@ class ChatReply:
             async with self._session.post(self.endpoint, json=body, headers=headers) as resp:
                 if resp.status != 200:
                     detail = (await resp.text())[:200]
-                    raise ReplyError(f"chat endpoint {self.endpoint} answered {resp.status}: {detail}")
+                    raise ReplyError(
+                        f"chat endpoint {self.endpoint} answered {resp.status}: {detail}")
                 data: Any = await resp.json(content_type=None)
         except aiohttp.ClientError as exc:
             raise ReplyError(f"chat endpoint {self.endpoint} unreachable: {exc}") from None
@@ -127,4 +130,5 @@ def make_reply_policy(spec: str, model: str = "default") -> ReplyPolicy:
         return EchoReply()
     if spec.startswith(("http://", "https://")):
         return ChatReply(spec, model=model)
-    raise ValueError(f"unknown reply policy {spec!r}: use 'echo' or an http(s):// chat endpoint URL")
+    raise ValueError(
+        f"unknown reply policy {spec!r}: use 'echo' or an http(s):// chat endpoint URL")

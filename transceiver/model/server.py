@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -38,6 +38,7 @@ from transceiver.model.reply import Conversation, EchoReply, ReplyPolicy
 from transceiver.model.speech import CHUNK_BYTES, CHUNK_MS, SAMPLE_RATE, chunks
 from transceiver.model.tts import EspeakTts, Tts
 from transceiver.model.vad import Event, TurnDetector, VadSettings
+from voxrelay.addr import parse_hostport
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,12 @@ MAX_CHUNK_BYTES = 64 * 1024
 """Larger audio messages are refused (2 s of audio; the API sends 640 bytes)."""
 PARTIAL_EVERY_MS = 300
 """Partial transcripts are sent at most this often, and only when they change."""
+
+# protoc's grpc module is not annotated (and is never edited: genproto.py
+# regenerates it); this is the signature of the one function of it we call.
+_add_servicer: Callable[[pb_grpc.VoiceModelServicer, grpc.aio.Server], None] = (
+    pb_grpc.add_VoiceModelServicer_to_server
+)
 
 
 # Error codes sent in ModelError.code; the transceiver maps them to events.
@@ -60,8 +67,8 @@ INTERNAL = "internal"
 class ModelOptions:
     """How the default model behaves; the CLI builds one from its flags."""
 
-    asr: Asr | None = None
-    """Speech recogniser; None: pocketsphinx in grammar mode."""
+    asr: Asr = field(default_factory=PocketsphinxAsr)
+    """Speech recogniser; by default pocketsphinx in grammar mode."""
     reply: ReplyPolicy = field(default_factory=EchoReply)
     """What to answer to a final transcript."""
     tts: Tts = field(default_factory=EspeakTts)
@@ -74,8 +81,6 @@ class ModelOptions:
     """Concurrent calls; more get a ModelError 'busy'."""
 
     def __post_init__(self) -> None:
-        if self.asr is None:
-            self.asr = PocketsphinxAsr("grammar")
         if self.audio_lead_ms < CHUNK_MS:
             raise ValueError(f"audio_lead_ms must be >= {CHUNK_MS}")
         if self.max_streams < 1:
@@ -95,15 +100,11 @@ class _ClosedTurn:
     asr_ms: float
 
 
-# What the reader asks of the ASR worker, in order, through one bounded queue.
+# What the reader asks of the ASR worker, in order, through one bounded queue:
+# open a turn, feed it audio (bytes), finish it; stop at the end of input.
 @dataclass(frozen=True)
 class _AsrOpen:
     turn: int
-
-
-@dataclass(frozen=True)
-class _AsrFeed:
-    pcm: bytes
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ class _AsrStop:
     pass
 
 
-_AsrOp = _AsrOpen | _AsrFeed | _AsrFinish | _AsrStop
+_AsrOp = _AsrOpen | bytes | _AsrFinish | _AsrStop
 
 
 class _Stream:
@@ -124,8 +125,6 @@ class _Stream:
 
     def __init__(self, options: ModelOptions, call_id: str) -> None:
         self.options = options
-        if options.asr is None:  # ModelOptions.__post_init__ fills it; only a later reset clears it
-            raise ValueError("ModelOptions.asr is None: give a recogniser")
         self.asr: Asr = options.asr
         self.call_id = call_id
         self.out: asyncio.Queue[pb.ServerMessage | None] = asyncio.Queue()
@@ -164,7 +163,7 @@ class _Stream:
                 self.turn += 1
                 await self.asr_ops.put(_AsrOpen(self.turn))
             if frames:
-                await self.asr_ops.put(_AsrFeed(b"".join(frames)))
+                await self.asr_ops.put(b"".join(frames))
             if event is Event.END:
                 await self.asr_ops.put(_AsrFinish(self.frames_in * CHUNK_MS))
 
@@ -173,7 +172,8 @@ class _Stream:
         # client cannot flood the event channel; all are counted.
         self.bad_chunks += 1
         if self.bad_chunks == 1 or self.bad_chunks % 50 == 0:
-            self.send(error_message(BAD_AUDIO, f"dropped audio chunk ({self.bad_chunks} so far): {why}"))
+            self.send(error_message(
+                BAD_AUDIO, f"dropped audio chunk ({self.bad_chunks} so far): {why}"))
 
     async def end_of_input(self) -> None:
         if self.vad.flush():
@@ -202,14 +202,14 @@ class _Stream:
                     utt = await asyncio.to_thread(self.asr.open)
                     utt_turn = op.turn
                     since_partial_ms, last_partial = 0.0, ""
-                elif isinstance(op, _AsrFeed) and utt is not None:
+                elif isinstance(op, bytes) and utt is not None:
                     # Take every feed already queued in one thread hop.
-                    pcm = bytearray(op.pcm)
+                    pcm = bytearray(op)
                     pending_finish: _AsrOp | None = None
                     while not self.asr_ops.empty():
                         nop = self.asr_ops.get_nowait()
-                        if isinstance(nop, _AsrFeed):
-                            pcm += nop.pcm
+                        if isinstance(nop, bytes):
+                            pcm += nop
                             continue
                         pending_finish = nop
                         break
@@ -297,7 +297,7 @@ class VoiceModelServicer(pb_grpc.VoiceModelServicer):
         self.options = options
         self.active = 0
 
-    async def Converse(
+    async def converse(
         self, request_iterator: AsyncIterator[pb.ClientMessage], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ServerMessage]:
         if self.active >= self.options.max_streams:
@@ -305,12 +305,15 @@ class VoiceModelServicer(pb_grpc.VoiceModelServicer):
             return
         self.active += 1
         try:
-            async for msg in self._converse(request_iterator):
+            async for msg in self._serve_stream(request_iterator):
                 yield msg
         finally:
             self.active -= 1
 
-    async def _converse(
+    # grpc finds the handler by the rpc's name in voice.proto.
+    Converse = converse
+
+    async def _serve_stream(
         self, requests: AsyncIterator[pb.ClientMessage]
     ) -> AsyncIterator[pb.ServerMessage]:
         try:
@@ -322,7 +325,8 @@ class VoiceModelServicer(pb_grpc.VoiceModelServicer):
             got = first.WhichOneof("kind") or "an empty message"
             if got == "control":
                 got = f"control {first.control.WhichOneof('kind') or '(empty)'}"
-            yield error_message(BAD_FIRST_MESSAGE, f"first message must be Control.start, got {got}")
+            yield error_message(BAD_FIRST_MESSAGE,
+                                f"first message must be Control.start, got {got}")
             return
         stream = _Stream(self.options, first.control.start.call_id)
         tasks = [asyncio.create_task(self._read(stream, requests), name="model-reader"),
@@ -392,20 +396,18 @@ async def serve_model(listen: str = "127.0.0.1:0",
     finish on exit, then are cancelled.
     """
     options = options or ModelOptions()
-    host, _, port_s = listen.rpartition(":")
-    if not host or not port_s.isdigit():
-        raise ValueError(f"listen address {listen!r} must be host:port")
+    addr = parse_hostport(listen, allow_zero=True, what="listen address")
     server = grpc.aio.server()
-    pb_grpc.add_VoiceModelServicer_to_server(VoiceModelServicer(options), server)
-    port = server.add_insecure_port(listen)
+    _add_servicer(VoiceModelServicer(options), server)
+    port = server.add_insecure_port(str(addr))
     if port == 0:
-        raise OSError(f"cannot listen on {listen}")
+        raise OSError(f"cannot listen on {addr}")
     warm = getattr(options.asr, "warm_up", None)
     if warm is not None:
         await asyncio.to_thread(warm)
     await server.start()
     try:
-        yield f"{host}:{port}"
+        yield str(addr._replace(port=port))
     finally:
         await server.stop(grace_s)
         close = getattr(options.reply, "close", None)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 SAMPLE_RATE = 16000
 """The model API's sample rate (voice.proto)."""
@@ -52,7 +53,7 @@ def _espeak_argv(text: str, voice: Voice) -> list[str]:
             text[:MAX_TEXT_CHARS]]
 
 
-def _decode_espeak_wav(data: bytes) -> tuple[np.ndarray, int]:
+def _decode_espeak_wav(data: bytes) -> tuple[npt.NDArray[np.int16], int]:
     # espeak-ng writes to a pipe, so the RIFF/data sizes in its header are
     # placeholders (0x7fffffff); parse the fmt chunk and take everything after
     # the "data" tag instead of trusting the wave module's frame count.
@@ -80,7 +81,8 @@ def _decode_espeak_wav(data: bytes) -> tuple[np.ndarray, int]:
     raise SpeechError(f"{ESPEAK} WAV has no data chunk")
 
 
-def resample(samples: np.ndarray, src_rate: int, dst_rate: int = SAMPLE_RATE) -> np.ndarray:
+def resample(samples: npt.NDArray[np.int16], src_rate: int,
+             dst_rate: int = SAMPLE_RATE) -> npt.NDArray[np.int16]:
     """Resample int16 mono ``samples`` to ``dst_rate``; returns int16.
 
     Downsampling first low-passes at 0.9 x the new Nyquist (63-tap Hann-windowed
@@ -99,9 +101,17 @@ def resample(samples: np.ndarray, src_rate: int, dst_rate: int = SAMPLE_RATE) ->
         h /= h.sum()
         x = np.convolve(x, h, mode="same")
     n_out = round(x.size * dst_rate / src_rate)
-    t = np.arange(n_out) * (src_rate / dst_rate)
+    t = np.arange(n_out, dtype=np.float64) * (src_rate / dst_rate)
     y = np.interp(t, np.arange(x.size), x)
     return np.clip(np.round(y), -32768, 32767).astype(np.int16)
+
+
+def _timed_out() -> SpeechError:
+    return SpeechError(f"{ESPEAK} took longer than {ESPEAK_TIMEOUT_S:.0f} s")
+
+
+def _exited(returncode: int | None, stderr: bytes) -> SpeechError:
+    return SpeechError(f"{ESPEAK} exited {returncode}: {stderr.decode(errors='replace').strip()}")
 
 
 def _to_pcm16k(wav_bytes: bytes) -> bytes:
@@ -117,10 +127,9 @@ def synthesize(text: str, voice: Voice = Voice()) -> tuple[bytes, int]:
         proc = subprocess.run(_espeak_argv(text, voice), capture_output=True,
                               timeout=ESPEAK_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
-        raise SpeechError(f"{ESPEAK} took longer than {ESPEAK_TIMEOUT_S:.0f} s") from None
+        raise _timed_out() from None
     if proc.returncode != 0:
-        raise SpeechError(f"{ESPEAK} exited {proc.returncode}: "
-                          f"{proc.stderr.decode(errors='replace').strip()}")
+        raise _exited(proc.returncode, proc.stderr)
     return _to_pcm16k(proc.stdout), SAMPLE_RATE
 
 
@@ -136,13 +145,13 @@ async def synthesize_async(text: str, voice: Voice = Voice()) -> tuple[bytes, in
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise SpeechError(f"{ESPEAK} took longer than {ESPEAK_TIMEOUT_S:.0f} s") from None
+        raise _timed_out() from None
     finally:
         if proc.returncode is None:  # cancelled: do not leave espeak-ng behind
             proc.kill()
             await proc.wait()
     if proc.returncode != 0:
-        raise SpeechError(f"{ESPEAK} exited {proc.returncode}: {err.decode(errors='replace').strip()}")
+        raise _exited(proc.returncode, err)
     # Resampling a few seconds of audio takes ~ms; not worth a thread hop.
     return _to_pcm16k(out), SAMPLE_RATE
 

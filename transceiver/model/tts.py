@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from transceiver.model.speech import SAMPLE_RATE, Voice, synthesize_async
+from transceiver.model.speech import SAMPLE_RATE, SpeechError, Voice, synthesize_async
 
 
 class Tts(Protocol):
@@ -24,5 +24,6 @@ class EspeakTts:
 
     async def speak(self, text: str) -> bytes:
         pcm, rate = await synthesize_async(text, self.voice)
-        assert rate == SAMPLE_RATE
+        if rate != SAMPLE_RATE:  # synthesize_async resamples to it; the API promises it
+            raise SpeechError(f"espeak-ng PCM is {rate} Hz, want {SAMPLE_RATE}")
         return pcm
