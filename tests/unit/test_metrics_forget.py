@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from orch_fakes import FakeRelayView
 from prometheus_client import generate_latest
-from test_metrics_service import samples
 
 from orchestrator.service import run_orchestrator
+from tests.unit.orch_fakes import FakeRelayView
+from tests.unit.test_metrics_service import samples
 from voxrelay.config import Config
 from voxrelay.directory import TransceiverRecord, connect
 
