@@ -306,8 +306,9 @@ async def _probe_through_relays(lab: Lab, deadline: float) -> None:
     relay: the key is in the relay's map, the transceiver is in it, and the
     transceiver's probe responder answers (orchestrator/probe.py)."""
     from orchestrator.netlink import run_in_netns
-    from orchestrator.probe import DEFAULT_PROBE_PORT, mint_probe_token, probe
+    from orchestrator.probe import probe
     from voxrelay.directory import connect
+    from voxrelay.probe import DEFAULT_PROBE_PORT, mint_probe_token
 
     async def keyring():  # type: ignore[no-untyped-def]
         directory = connect(lab.directory_url)

@@ -8,7 +8,8 @@ How it works (and what the transceiver must run):
    ``<token>:probe`` to the relay's public address and port.
 2. The XDP program verifies the token as it would for a call, creates a flow
    and forwards the request to ``transceiver address:probe_port``.
-3. The transceiver runs a ``ProbeResponder`` on that port: it answers every
+3. The transceiver runs a ``ProbeResponder`` (``voxrelay/probe.py``, the wire
+   contract both rooms share) on that port: it answers every
    Binding Request with a Binding Success Response carrying the same
    transaction id and the sender's address in XOR-MAPPED-ADDRESS (as a STUN
    server does). It checks nothing else: the relay already checked the token.
@@ -37,56 +38,7 @@ from typing import Any
 from aioice import stun
 
 from voxrelay import token as tk
-
-DEFAULT_PROBE_PORT = 3479
-PROBE_TOKEN_TTL = 60
-
-
-def build_request(ufrag: str) -> stun.Message:
-    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
-    request.attributes["USERNAME"] = f"{ufrag}:probe"
-    request.add_fingerprint()
-    return request
-
-
-def build_answer(data: bytes, sender: tuple[str, int]) -> bytes | None:
-    """The responder's reply to ``data`` from ``sender``, or None to stay silent."""
-    try:
-        request = stun.parse_message(data)
-    except ValueError:
-        return None
-    if (request.message_method, request.message_class) != (stun.Method.BINDING, stun.Class.REQUEST):
-        return None
-    answer = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, request.transaction_id)
-    answer.attributes["XOR-MAPPED-ADDRESS"] = (sender[0], sender[1])
-    answer.add_fingerprint()
-    return bytes(answer)
-
-
-class ProbeResponder(asyncio.DatagramProtocol):
-    """Answers STUN Binding Requests on the transceiver's probe port.
-
-    ``await ProbeResponder.serve("0.0.0.0", probe_port)`` returns the
-    transport; close it on shutdown."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-        self.answered = 0
-
-    @classmethod
-    async def serve(cls, host: str, port: int) -> tuple[asyncio.DatagramTransport, ProbeResponder]:
-        loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_datagram_endpoint(cls, local_addr=(host, port))
-        return transport, protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        answer = build_answer(data, addr)
-        if answer is not None and self.transport is not None:
-            self.transport.sendto(answer, addr)
-            self.answered += 1
+from voxrelay.probe import build_request
 
 
 @dataclass(frozen=True)
@@ -101,25 +53,6 @@ class ProbeResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def parse_hostport(value: str, default_port: int, *, allow_zero: bool = False) -> tuple[str, int]:
-    """"host:port", "[v6]:port" or "host" (default_port); port 0 only for a listen address."""
-    host, sep, port = value.rpartition(":")
-    if not sep:
-        host, port = value, str(default_port)
-    try:
-        number = int(port)
-    except ValueError:
-        raise ValueError(f"{value!r} is not host:port") from None
-    if not (0 if allow_zero else 1) <= number <= 65535 or not host:
-        raise ValueError(f"{value!r} is not host:port")
-    return host.strip("[]"), number
-
-
-def mint_probe_token(keys: dict[int, bytes], current: int, transceiver_id: int, port: int) -> str:
-    return tk.mint(keys[current], key_id=current, transceiver_id=transceiver_id, port=port,
-                   ttl=PROBE_TOKEN_TTL)
 
 
 def probe(relay: tuple[str, int], ufrag: str, *, timeout: float = 2.0, attempts: int = 3,

@@ -17,13 +17,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from orchestrator.metrics import OrchestratorMetrics
-from orchestrator.probe import mint_probe_token, parse_hostport, probe_async
+from orchestrator.probe import probe_async
 from orchestrator.relay import RelayView
 from orchestrator.sync import Syncer, keyring_from_map
+from voxrelay.addr import parse_hostport
 from voxrelay.config import Config
 from voxrelay.directory import Directory, DirectoryUnavailable, connect
 from voxrelay.directory.http import make_app
 from voxrelay.directory.memory import MemoryDirectory
+from voxrelay.probe import mint_probe_token
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ class Running:
 
 
 async def _serve(app: web.Application, listen: str) -> tuple[web.AppRunner, int]:
-    host, port = parse_hostport(listen, 0, allow_zero=True)
+    host, port = parse_hostport(listen, 0, allow_zero=True, what="[orchestrator] listen")
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -175,7 +177,7 @@ async def run_orchestrator(
                 _upkeep_loop(upkeep, view, upkeep_interval, stop), name="upkeep"))
         if probe_relay:
             tasks.append(asyncio.create_task(
-                _probe_loop(running, parse_hostport(probe_relay, 3478), probe_interval, stop),
+                _probe_loop(running, parse_hostport(probe_relay, 3478, what="relay"), probe_interval, stop),
                 name="probe"))
         log.info("orchestrator up: directory %s, metrics on :%d", oc.directory, metrics_port)
         if on_ready is not None:

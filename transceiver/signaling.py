@@ -32,6 +32,7 @@ from transceiver.call import CallError, CallSettings
 from transceiver.manager import AtCapacity, CallManager, Draining, NoTokenKey
 from voxrelay.directory import DEFAULT_PROBE_PORT, Directory, TransceiverRecord
 from voxrelay.directory.agent import announce, keep_announced
+from voxrelay.probe import ProbeResponder
 
 logger = logging.getLogger(__name__)
 
@@ -209,8 +210,6 @@ class Transceiver:
         await site.start()
         self.port = self._runner.addresses[0][1]
         if self.settings.probe_port:
-            from orchestrator.probe import ProbeResponder
-
             self._probe, _ = await ProbeResponder.serve(
                 self.settings.private_address, self.settings.probe_port)
         manager = self.manager

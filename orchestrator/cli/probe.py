@@ -16,9 +16,10 @@ from orchestrator.cli.common import (
     friendly,
     json_option,
 )
-from orchestrator.probe import mint_probe_token, parse_hostport
 from orchestrator.probe import probe as run_probe
+from voxrelay.addr import parse_hostport
 from voxrelay.directory import Directory
+from voxrelay.probe import mint_probe_token
 
 
 @click.command(context_settings=CONTEXT)
@@ -42,7 +43,7 @@ def probe(relay_addr: str, ufrag: str | None, txr_id: int | None, timeout: float
     design). Exits 0 when the answer comes back through the relay, 1 with
     the reason when it does not.
     """
-    relay = parse_relay(relay_addr)
+    relay = parse_hostport(relay_addr, 3478, what="relay")
     if (ufrag is None) == (txr_id is None):
         raise click.UsageError("give exactly one of --token or --transceiver")
     if ufrag is None:
@@ -72,6 +73,3 @@ def probe(relay_addr: str, ufrag: str | None, txr_id: int | None, timeout: float
     if not result.ok:
         raise SystemExit(1)
 
-
-def parse_relay(value: str) -> tuple[str, int]:
-    return parse_hostport(value, 3478)

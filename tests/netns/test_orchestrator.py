@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator.probe import build_answer
 from tests.netns.udp import UdpResponder
 from tests.support import until
 from voxrelay import token as tk
 from voxrelay.directory.records import parse_keyring
+from voxrelay.probe import build_answer
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO_PORT = 40000
@@ -150,7 +150,7 @@ def mint(orch: Orchestrator, port: int) -> str:
 
 def test_restart_under_a_live_flow_loses_nothing(chain: dict[str, Any]) -> None:
     lab, orch, view = chain["lab"], chain["orch"], chain["view"]
-    from orchestrator.probe import build_request
+    from voxrelay.probe import build_request
 
     client = lab.socket(lab.client)
     client.settimeout(1.0)

@@ -189,7 +189,7 @@ def test_directory_down_is_one_line():
 
 
 def test_probe_by_transceiver_uses_directory_keys_and_port(embedded):
-    from orchestrator.probe import ProbeResponder
+    from voxrelay.probe import ProbeResponder
 
     _store, url = embedded
     # No relay here: point --relay straight at a responder, as if the relay forwarded.

@@ -8,14 +8,16 @@ import pytest
 from aioice import stun
 
 from orchestrator import probe as pr
+from voxrelay import addr
+from voxrelay import probe as wire
 from voxrelay import token as tk
 
 KEY = bytes(range(16))
 
 
 def test_answer_echoes_transaction_and_sender():
-    request = pr.build_request("T" * 32)
-    answer = stun.parse_message(pr.build_answer(bytes(request), ("10.0.2.1", 20001)))
+    request = wire.build_request("T" * 32)
+    answer = stun.parse_message(wire.build_answer(bytes(request), ("10.0.2.1", 20001)))
     assert answer.transaction_id == request.transaction_id
     assert answer.message_class == stun.Class.RESPONSE
     assert answer.attributes["XOR-MAPPED-ADDRESS"] == ("10.0.2.1", 20001)
@@ -23,18 +25,18 @@ def test_answer_echoes_transaction_and_sender():
 
 @pytest.mark.parametrize("data", [b"", b"\x00" * 19, b"hello world, not stun at all"])
 def test_responder_ignores_non_stun(data):
-    assert pr.build_answer(data, ("10.0.0.1", 1)) is None
+    assert wire.build_answer(data, ("10.0.0.1", 1)) is None
 
 
 def test_responder_ignores_responses():
     msg = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE)
-    assert pr.build_answer(bytes(msg), ("10.0.0.1", 1)) is None
+    assert wire.build_answer(bytes(msg), ("10.0.0.1", 1)) is None
 
 
 async def test_probe_round_trip_and_timeout():
-    transport, responder = await pr.ProbeResponder.serve("127.0.0.1", 0)
+    transport, responder = await wire.ProbeResponder.serve("127.0.0.1", 0)
     port = transport.get_extra_info("sockname")[1]
-    ufrag = pr.mint_probe_token({3: KEY}, 3, 42, port)
+    ufrag = wire.mint_probe_token({3: KEY}, 3, 42, port)
     assert tk.verify(ufrag, {3: KEY}).port == port
     try:
         result = await pr.probe_async(("127.0.0.1", port), ufrag, timeout=1.0)
@@ -68,9 +70,9 @@ def test_malformed_token_is_reported():
 @pytest.mark.parametrize("value, expected", [("1.2.3.4:99", ("1.2.3.4", 99)), ("1.2.3.4", ("1.2.3.4", 3478)),
                                              ("[fd00::1]:5", ("fd00::1", 5))])
 def test_parse_hostport(value, expected):
-    assert pr.parse_hostport(value, 3478) == expected
+    assert addr.parse_hostport(value, 3478, what="relay") == expected
 
 
 def test_parse_hostport_rejects():
-    with pytest.raises(ValueError, match="^'x:0' is not host:port$"):
-        pr.parse_hostport("x:0", 1)
+    with pytest.raises(ValueError, match=r"^relay port '0' is not in 1\.\.65535$"):
+        addr.parse_hostport("x:0", 1, what="relay")

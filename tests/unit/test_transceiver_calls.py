@@ -260,7 +260,8 @@ async def test_with_the_orchestrators_directory() -> None:
         record = await inner.get_transceiver(7)
         assert record is not None and (record.address, record.probe_port) == (
             "127.0.0.1", probe_port)
-        from orchestrator.probe import mint_probe_token, probe_async
+        from orchestrator.probe import probe_async
+        from voxrelay.probe import mint_probe_token
         # The probe responder answers on the announced port (here without a relay).
         ufrag = mint_probe_token(ring.active_keys(), ring.current, 7, probe_port)
         result = await probe_async(("127.0.0.1", probe_port), ufrag)
