@@ -55,8 +55,12 @@ def test_second_relay_reaches_the_same_transceiver() -> None:
         assert not pins.pin_dir_for(lab.relay.name).exists()
 
 
+# The child takes Ctrl-C as a terminal would deliver it, even when this run was
+# started in the background of a non-interactive shell (which leaves SIGINT
+# ignored in every process below it).
 _CHILD = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from lab.topology import Lab
     with Lab() as lab:
         print(lab.suffix, flush=True)
