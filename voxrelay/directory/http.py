@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .base import Change, ChangeFeed, Directory, DirectoryUnavailable, Snapshot, UnknownTransceiver
 from .records import (
@@ -66,7 +67,7 @@ def make_app(directory: Directory) -> web.Application:
     routes = web.RouteTableDef()
 
     @web.middleware
-    async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except UnknownTransceiver as exc:
