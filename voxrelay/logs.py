@@ -48,7 +48,9 @@ class TextFormatter(logging.Formatter):
         record.service = self.service
         return super().format(record)
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+    def formatTime(  # noqa: N802  logging.Formatter's name, overridden
+        self, record: logging.LogRecord, datefmt: str | None = None
+    ) -> str:
         return _utc_time(record)
 
 
