@@ -132,8 +132,9 @@ class Directory(abc.ABC):
         breaks."""
         raise NotImplementedError(f"{type(self).__name__} has no change feed")
 
-    async def close(self) -> None:  # noqa: B027  a no-op default, not a missing abstractmethod
-        """Release the backend's connections; the memory store holds none."""
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the backend's connections (``async with`` calls it)."""
 
     async def __aenter__(self) -> Self:
         return self

@@ -160,3 +160,7 @@ class MemoryDirectory(Directory):
 
     async def follow(self, poll: float) -> _Feed:
         return _Feed(self._feeds, poll)
+
+    async def close(self) -> None:
+        """Nothing to release: the store lives in this process, and a closed
+        one keeps its records for whoever still holds it."""
