@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from voxrelay.directory.base import Change, Directory, DirectoryUnavailable, Snapshot
-from voxrelay.directory.records import MAX_KEY_ID, Keyring, TransceiverRecord
+from voxrelay.directory.records import Keyring, TransceiverRecord
+from voxrelay.token import MAX_KEY_ID
 
 log = logging.getLogger(__name__)
 

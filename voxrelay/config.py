@@ -32,7 +32,8 @@ class RelayConfig:
     private_interface: str = "eth1"
     """Interface that faces transceivers; the XDP program is attached here too."""
     public_address: str = "0.0.0.0"
-    """The relay's public IPv4 (the VIP clients send to). 0.0.0.0: first address of public_interface."""
+    """The relay's public IPv4 (the VIP clients send to).
+    0.0.0.0: first address of public_interface."""
     private_address: str = "0.0.0.0"
     """The relay's private IPv4. 0.0.0.0: first address of private_interface."""
     public_port: int = 3478
@@ -46,7 +47,8 @@ class RelayConfig:
     new_flows_per_sec: int = 50
     """Per client address: new flows per second before STUN floods are dropped. 0 = unlimited."""
     max_flows_per_token: int = 8
-    """Flows one token may create (NAT rebinding needs a few; a copied token must not drain ports)."""
+    """Flows one token may create (NAT rebinding needs a few; a copied token
+    must not drain ports)."""
     flow_idle_seconds: int = 120
     """A flow with no packet for this long is treated as gone."""
 
@@ -101,7 +103,8 @@ class ModelConfig:
     listen: str = "127.0.0.1:50051"
     """gRPC listen address."""
     reply: str = "echo"
-    """"echo" repeats what it heard; an http(s) URL sends the transcript to an OpenAI-compatible chat endpoint."""
+    """"echo" repeats what it heard; an http(s) URL sends the transcript to an
+    OpenAI-compatible chat endpoint."""
 
 
 @dataclass
@@ -141,7 +144,8 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"[relay] public_port {r.public_port} is outside 1..65535")
     if not 1024 <= r.port_min <= r.port_max <= 65535:
         raise ConfigError(
-            f"[relay] port range {r.port_min}..{r.port_max} must satisfy 1024 <= min <= max <= 65535"
+            f"[relay] port range {r.port_min}..{r.port_max} "
+            "must satisfy 1024 <= min <= max <= 65535"
         )
     if r.port_min <= r.public_port <= r.port_max:
         raise ConfigError(f"[relay] public_port {r.public_port} lies inside the flow port range")

@@ -31,12 +31,17 @@ _HANDLER_NAME = "voxrelay"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(service)s %(name)s: %(message)s"
 
 
-def _utc_time(record: logging.LogRecord) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{seconds}.{int(record.msecs):03d}Z"
+class _UtcFormatter(logging.Formatter):
+    """``formatTime`` gives ISO 8601 UTC with milliseconds
+    (``2026-01-02T03:04:05.678Z``): logging's own knobs for its default time
+    format, so neither formatter overrides ``formatTime``."""
+
+    converter = staticmethod(time.gmtime)
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03dZ"
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(_UtcFormatter):
     """``TEXT_FORMAT`` with an ISO 8601 UTC timestamp, so hosts in different
     zones (and the lab's namespaces) produce comparable times."""
 
@@ -48,11 +53,8 @@ class TextFormatter(logging.Formatter):
         record.service = self.service
         return super().format(record)
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        return _utc_time(record)
 
-
-class JsonFormatter(logging.Formatter):
+class JsonFormatter(_UtcFormatter):
     """One JSON object per line: time, level, service, logger, message
     (and ``exc`` with the traceback text when there is one)."""
 
@@ -62,7 +64,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, str] = {
-            "time": _utc_time(record),
+            "time": self.formatTime(record),
             "level": record.levelname,
             "service": self.service,
             "logger": record.name,

@@ -26,6 +26,7 @@ from .base import (
     Snapshot,
     UnknownTransceiver,
 )
+from .memory import MemoryDirectory
 from .records import (
     DEFAULT_PROBE_PORT,
     Keyring,
@@ -44,16 +45,14 @@ def connect(url: str, *, grace: float = 10.0, prefix: str = "voxrelay:") -> Dire
     matters for Redis and memory, ``prefix`` only for Redis (the HTTP server
     decides its own grace)."""
     if url == "memory":
-        from .memory import MemoryDirectory
-
         return MemoryDirectory(grace=grace)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("http", "https"):
-        from .http import HttpDirectory
+        from .http import HttpDirectory  # noqa: PLC0415  aiohttp's client: only when asked for
 
         return HttpDirectory(url)
     if scheme in ("redis", "rediss", "unix"):
-        from .redis import RedisDirectory
+        from .redis import RedisDirectory  # noqa: PLC0415  redis-py: only when asked for
 
         return RedisDirectory(url, grace=grace, prefix=prefix)
     raise ValueError(

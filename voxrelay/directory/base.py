@@ -132,8 +132,9 @@ class Directory(abc.ABC):
         breaks."""
         raise NotImplementedError(f"{type(self).__name__} has no change feed")
 
+    @abc.abstractmethod
     async def close(self) -> None:
-        pass
+        """Release the backend's connections (``async with`` calls it)."""
 
     async def __aenter__(self) -> Self:
         return self

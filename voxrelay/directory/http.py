@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .base import Change, ChangeFeed, Directory, DirectoryUnavailable, Snapshot, UnknownTransceiver
 from .records import (
@@ -54,6 +55,12 @@ def _txr_id(request: web.Request) -> int:
     return validate_transceiver_id(value)
 
 
+def _without_stamps(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` without the times the directory stamps: a client cannot
+    backdate itself, so the server drops them and the client does not send them."""
+    return {k: v for k, v in body.items() if k not in ("last_heartbeat", "announced_at")}
+
+
 async def _body(request: web.Request) -> Any:
     try:
         return await request.json()
@@ -66,7 +73,7 @@ def make_app(directory: Directory) -> web.Application:
     routes = web.RouteTableDef()
 
     @web.middleware
-    async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except UnknownTransceiver as exc:
@@ -78,8 +85,7 @@ def make_app(directory: Directory) -> web.Application:
     async def announce(request: web.Request) -> web.Response:
         body = await _body(request)
         if isinstance(body, dict):
-            # The directory stamps times; a client cannot backdate itself.
-            body = {k: v for k, v in body.items() if k not in ("last_heartbeat", "announced_at")}
+            body = _without_stamps(body)
         record = await directory.announce(parse_transceiver(body))
         return web.json_response(record.to_json())
 
@@ -146,7 +152,8 @@ def make_app(directory: Directory) -> web.Application:
 
     @routes.delete("/v1/sessions/{sid}")
     async def delete_session(request: web.Request) -> web.Response:
-        return web.json_response({"removed": await directory.delete_session(request.match_info["sid"])})
+        removed = await directory.delete_session(request.match_info["sid"])
+        return web.json_response({"removed": removed})
 
     app = web.Application(middlewares=[errors])
     app.add_routes(routes)
@@ -186,19 +193,22 @@ class HttpDirectory(Directory):
             raise DirectoryUnavailable(f"directory {self.url} answered {status}")
         return status, payload
 
-    async def _record(self, method: str, path: str, txr_id: int, body: Any = None) -> TransceiverRecord:
+    async def _record(
+        self, method: str, path: str, txr_id: int, body: Any = None
+    ) -> TransceiverRecord:
         status, payload = await self._call(method, path, body)
         if status == 404:
             raise UnknownTransceiver(txr_id)
         return parse_transceiver(payload)
 
     async def announce(self, record: TransceiverRecord) -> TransceiverRecord:
-        body = {k: v for k, v in record.to_json().items() if k not in ("last_heartbeat", "announced_at")}
+        body = _without_stamps(record.to_json())
         return await self._record("POST", "/v1/transceivers", record.id, body)
 
     async def heartbeat(self, txr_id: int, load: int = 0) -> TransceiverRecord:
         validate_load(load)
-        return await self._record("POST", f"/v1/transceivers/{txr_id}/heartbeat", txr_id, {"load": load})
+        path = f"/v1/transceivers/{txr_id}/heartbeat"
+        return await self._record("POST", path, txr_id, {"load": load})
 
     async def set_status(self, txr_id: int, status: str) -> TransceiverRecord:
         verb = {"draining": "drain", "active": "undrain"}.get(status)

@@ -12,6 +12,7 @@ the meantime because the sync never deletes on a directory it has not read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,20 +25,22 @@ from .records import (
     Keyring,
     TransceiverRecord,
     validate_session_id,
+    validate_session_ttl,
     validate_status,
     validate_transceiver_id,
 )
 
 
 class _Feed:
-    """One follower's queue of change hints. Registered at creation, so no
-    change made after ``changes()`` returns can be missed."""
+    """One follower's queue of change hints. Registered in the store's set of
+    feeds at creation, so no change made after ``follow()`` returns can be
+    missed; ``aclose`` takes it out again."""
 
-    def __init__(self, owner: MemoryDirectory, poll: float) -> None:
-        self._owner = owner
+    def __init__(self, feeds: set[_Feed], poll: float) -> None:
+        self._feeds = feeds
         self._poll = poll
         self.queue: asyncio.Queue[Change] = asyncio.Queue(maxsize=10_000)
-        owner._feeds.add(self)
+        feeds.add(self)
 
     def __aiter__(self) -> AsyncIterator[Change | None]:
         return self
@@ -49,7 +52,7 @@ class _Feed:
             return None
 
     async def aclose(self) -> None:
-        self._owner._feeds.discard(self)
+        self._feeds.discard(self)
 
 
 class MemoryDirectory(Directory):
@@ -63,11 +66,9 @@ class MemoryDirectory(Directory):
 
     def _notify(self, change: Change) -> None:
         for feed in list(self._feeds):
-            try:
+            # A follower this far behind resyncs on its next poll anyway.
+            with contextlib.suppress(asyncio.QueueFull):
                 feed.queue.put_nowait(change)
-            except asyncio.QueueFull:
-                # A follower this far behind resyncs on its next poll anyway.
-                pass
 
     def _live(self, txr_id: int) -> TransceiverRecord:
         record = self._transceivers.get(validate_transceiver_id(txr_id))
@@ -126,8 +127,7 @@ class MemoryDirectory(Directory):
 
     async def put_session(self, session_id: str, data: dict[str, Any], ttl: float) -> None:
         validate_session_id(session_id)
-        if ttl <= 0:
-            raise ValueError(f"session ttl must be positive, got {ttl}")
+        validate_session_ttl(ttl)
         self._sessions[session_id] = (time.monotonic() + ttl, copy.deepcopy(data))
         self._expire_sessions()
 
@@ -159,4 +159,8 @@ class MemoryDirectory(Directory):
         return Snapshot(transceivers=dict(self._transceivers), keyring=self._keyring)
 
     async def follow(self, poll: float) -> _Feed:
-        return _Feed(self, poll)
+        return _Feed(self._feeds, poll)
+
+    async def close(self) -> None:
+        """Nothing to release: the store lives in this process, and a closed
+        one keeps its records for whoever still holds it."""

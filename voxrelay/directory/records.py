@@ -93,6 +93,12 @@ def validate_session_id(value: Any) -> str:
     return value
 
 
+def validate_session_ttl(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"session ttl must be positive, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class TransceiverRecord:
     """One transceiver as the directory knows it.

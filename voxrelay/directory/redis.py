@@ -37,6 +37,7 @@ from .records import (
     parse_keyring,
     parse_transceiver,
     validate_session_id,
+    validate_session_ttl,
     validate_status,
     validate_transceiver_id,
 )
@@ -47,8 +48,9 @@ STREAM_MAXLEN = 10_000
 
 
 class _StreamFeed:
-    def __init__(self, owner: RedisDirectory, cursor: str, poll: float) -> None:
-        self._owner = owner
+    def __init__(self, redis: Any, stream: str, cursor: str, poll: float) -> None:
+        self._redis = redis
+        self._stream = stream
         self._cursor = cursor
         self._poll_ms = max(1, int(poll * 1000))
         self._pending: list[Change] = []
@@ -59,8 +61,8 @@ class _StreamFeed:
     async def __anext__(self) -> Change | None:
         if not self._pending:
             try:
-                reply: Any = await self._owner._redis.xread(
-                    {self._owner._stream: self._cursor}, count=512, block=self._poll_ms
+                reply: Any = await self._redis.xread(
+                    {self._stream: self._cursor}, count=512, block=self._poll_ms
                 )
             except (RedisError, OSError) as exc:
                 raise DirectoryUnavailable(f"redis change feed broke: {exc}") from None
@@ -89,6 +91,10 @@ def _parse_change(fields: dict[str, str]) -> Change | None:
             pass
     log.warning("ignoring malformed change hint %r", fields)
     return None
+
+
+def _decode_keyring(raw: str | None) -> Keyring:
+    return Keyring() if raw is None else parse_keyring(json.loads(raw))
 
 
 class RedisDirectory(Directory):
@@ -128,8 +134,14 @@ class RedisDirectory(Directory):
         # Never print a password that may be in the URL.
         return self.url.split("@")[-1]
 
-    async def _hint(self, pipe: Any, kind: str, txr_id: int = 0) -> None:
-        pipe.xadd(self._stream, {"kind": kind, "id": str(txr_id)}, maxlen=STREAM_MAXLEN, approximate=True)
+    def _hint(self, pipe: Any, kind: str, txr_id: int = 0) -> None:
+        # Queued on a MULTI pipeline: it is sent with the write it describes.
+        pipe.xadd(
+            self._stream, {"kind": kind, "id": str(txr_id)}, maxlen=STREAM_MAXLEN, approximate=True
+        )
+
+    def _session_key(self, session_id: str) -> str:
+        return f"{self._p}session:{validate_session_id(session_id)}"
 
     def _decode_txr(self, raw: str | None) -> TransceiverRecord | None:
         if raw is None:
@@ -141,31 +153,58 @@ class RedisDirectory(Directory):
             log.warning("ignoring bad transceiver record in redis: %s", exc)
             return None
 
-    async def _update_txr(
-        self, txr_id: int, change: Callable[[TransceiverRecord], TransceiverRecord], notify: bool
-    ) -> TransceiverRecord:
-        key = self._txr_key(txr_id)
+    async def _read_modify_write(
+        self,
+        key: str,
+        modify: Callable[[str | None], tuple[T, str | None]],
+        *,
+        px: int | None,
+        hint: tuple[str, int] | None,
+        what: str,
+    ) -> T:
+        """Read ``key`` under WATCH; ``modify`` turns its value into (result,
+        new value, or None to write nothing), and the new value is written
+        (with its change ``hint``) in MULTI, so a concurrent write to ``key``
+        makes this one start over instead of being overwritten."""
 
-        async def attempt() -> TransceiverRecord:
+        async def attempt() -> T:
             async with self._redis.pipeline(transaction=True) as pipe:
                 for _ in range(16):
                     try:
                         await pipe.watch(key)
-                        current = self._decode_txr(await pipe.get(key))
-                        if current is None or not is_live(current, self._clock(), self.grace):
-                            raise UnknownTransceiver(txr_id)
-                        updated = change(current)
+                        result, value = modify(await pipe.get(key))
+                        if value is None:
+                            await pipe.unwatch()
+                            return result
                         pipe.multi()
-                        pipe.set(key, json.dumps(updated.to_json()), px=self._ttl_ms())
-                        if notify:
-                            await self._hint(pipe, "transceiver", txr_id)
+                        pipe.set(key, value, px=px)
+                        if hint is not None:
+                            self._hint(pipe, *hint)
                         await pipe.execute()
-                        return updated
                     except WatchError:
                         continue
-            raise DirectoryUnavailable(f"transceiver {txr_id}: too much contention in redis")
+                    return result
+            raise DirectoryUnavailable(f"{what}: too much contention in redis")
 
         return await self._guard(attempt())
+
+    async def _update_txr(
+        self, txr_id: int, change: Callable[[TransceiverRecord], TransceiverRecord], notify: bool
+    ) -> TransceiverRecord:
+        def modify(raw: str | None) -> tuple[TransceiverRecord, str]:
+            current = self._decode_txr(raw)
+            if current is None or not is_live(current, self._clock(), self.grace):
+                raise UnknownTransceiver(txr_id)
+            updated = change(current)
+            return updated, json.dumps(updated.to_json())
+
+        return await self._read_modify_write(
+            self._txr_key(txr_id),
+            modify,
+            px=self._ttl_ms(),
+            hint=("transceiver", txr_id) if notify else None,
+            what=f"transceiver {txr_id}",
+        )
 
     # --- transceivers ----------------------------------------------------------
     async def announce(self, record: TransceiverRecord) -> TransceiverRecord:
@@ -175,7 +214,7 @@ class RedisDirectory(Directory):
         async def op() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(self._txr_key(stored.id), json.dumps(stored.to_json()), px=self._ttl_ms())
-                await self._hint(pipe, "transceiver", stored.id)
+                self._hint(pipe, "transceiver", stored.id)
                 await pipe.execute()
 
         await self._guard(op())
@@ -194,7 +233,7 @@ class RedisDirectory(Directory):
         async def op() -> bool:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(self._txr_key(txr_id))
-                await self._hint(pipe, "transceiver", txr_id)
+                self._hint(pipe, "transceiver", txr_id)
                 deleted, _ = await pipe.execute()
                 return bool(deleted)
 
@@ -208,33 +247,19 @@ class RedisDirectory(Directory):
 
     # --- keys --------------------------------------------------------------------
     async def keyring(self) -> Keyring:
-        raw = await self._guard(self._redis.get(self._p + "keys"))
-        return Keyring() if raw is None else parse_keyring(json.loads(raw))
+        return _decode_keyring(await self._guard(self._redis.get(self._p + "keys")))
 
     async def _rotate(self, only_if_empty: bool) -> Keyring:
-        key = self._p + "keys"
+        def modify(raw: str | None) -> tuple[Keyring, str | None]:
+            ring = _decode_keyring(raw)
+            if only_if_empty and ring.current is not None:
+                return ring, None
+            ring = ring.rotated(new_key())
+            return ring, json.dumps(ring.to_json())
 
-        async def attempt() -> Keyring:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for _ in range(16):
-                    try:
-                        await pipe.watch(key)
-                        raw = await pipe.get(key)
-                        ring = Keyring() if raw is None else parse_keyring(json.loads(raw))
-                        if only_if_empty and ring.current is not None:
-                            await pipe.unwatch()
-                            return ring
-                        ring = ring.rotated(new_key())
-                        pipe.multi()
-                        pipe.set(key, json.dumps(ring.to_json()))
-                        await self._hint(pipe, "keys")
-                        await pipe.execute()
-                        return ring
-                    except WatchError:
-                        continue
-            raise DirectoryUnavailable("key rotation: too much contention in redis")
-
-        return await self._guard(attempt())
+        return await self._read_modify_write(
+            self._p + "keys", modify, px=None, hint=("keys", 0), what="key rotation"
+        )
 
     async def rotate_keys(self) -> Keyring:
         return await self._rotate(only_if_empty=False)
@@ -244,21 +269,17 @@ class RedisDirectory(Directory):
 
     # --- sessions ------------------------------------------------------------------
     async def put_session(self, session_id: str, data: dict[str, Any], ttl: float) -> None:
-        validate_session_id(session_id)
-        if ttl <= 0:
-            raise ValueError(f"session ttl must be positive, got {ttl}")
+        key = self._session_key(session_id)
+        validate_session_ttl(ttl)
         payload = json.dumps(data)
-        await self._guard(
-            self._redis.set(f"{self._p}session:{session_id}", payload, px=max(1, int(ttl * 1000)))
-        )
+        await self._guard(self._redis.set(key, payload, px=max(1, int(ttl * 1000))))
 
     async def get_session(self, session_id: str) -> dict[str, Any] | None:
-        raw = await self._guard(self._redis.get(f"{self._p}session:{validate_session_id(session_id)}"))
+        raw = await self._guard(self._redis.get(self._session_key(session_id)))
         return None if raw is None else dict(json.loads(raw))
 
     async def delete_session(self, session_id: str) -> bool:
-        key = f"{self._p}session:{validate_session_id(session_id)}"
-        return bool(await self._guard(self._redis.delete(key)))
+        return bool(await self._guard(self._redis.delete(self._session_key(session_id))))
 
     # --- the sync's side -------------------------------------------------------------
     async def snapshot(self) -> Snapshot:
@@ -271,9 +292,7 @@ class RedisDirectory(Directory):
                 record = self._decode_txr(raw)
                 if record is not None and is_live(record, now, self.grace):
                     live[record.id] = record
-            raw_ring = await self._redis.get(self._p + "keys")
-            ring = Keyring() if raw_ring is None else parse_keyring(json.loads(raw_ring))
-            return Snapshot(live, ring)
+            return Snapshot(live, _decode_keyring(await self._redis.get(self._p + "keys")))
 
         return await self._guard(op())
 
@@ -282,7 +301,7 @@ class RedisDirectory(Directory):
             last = await self._redis.xrevrange(self._stream, count=1)
             return last[0][0] if last else "0-0"
 
-        return _StreamFeed(self, await self._guard(op()), poll)
+        return _StreamFeed(self._redis, self._stream, await self._guard(op()), poll)
 
     async def close(self) -> None:
         await self._redis.aclose()
