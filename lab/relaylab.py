@@ -5,7 +5,8 @@ interfaces (veth pairs), their addresses, routes and permanent neighbours,
 enters it with the calling thread (BPF_PROG_TEST_RUN looks up the ingress
 interface and runs bpf_fib_lookup in the caller's namespace), compiles and
 loads bpf/relay.c once, and removes everything on ``close()``. The packet
-table (packet_table.py), the property test and the bench reuse it.
+table (tests/bpf/packet_table.py, on the packets of lab/packets.py), the property
+test and the bench (bench/progcost.py) reuse it.
 
 Topology (all inside the namespace)::
 
