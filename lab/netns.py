@@ -123,6 +123,7 @@ def ensure_veth(
     netns: str | None = None,
     peer_netns: str | None = None,
     mtu: int | None = None,
+    mac: str | None = None,
 ) -> tuple[netlink.LinkInfo, netlink.LinkInfo]:
     """A veth pair ``ifname`` (in ``netns``) <-> ``peer`` (in ``peer_netns``), both up.
 
@@ -130,6 +131,7 @@ def ensure_veth(
     ``peer_netns`` (IFLA_NET_NS_FD), so the names never exist in the caller's
     namespace and cannot collide there. If both ends already exist where
     asked, nothing is created. Names are at most 15 characters (IFNAMSIZ).
+    ``mac`` pins ``ifname``'s address (the kernel picks a random one).
     """
     for name in (ifname, peer):
         if not 0 < len(name) <= 15:
@@ -151,13 +153,13 @@ def ensure_veth(
                     f"{ifname!r} or {peer!r} exists, but not as a pair between "
                     f"{netns or '(current)'} and {peer_netns or '(current)'}; delete it first"
                 ) from None
-    for name, target in ((ifname, netns), (peer, peer_netns)):
-        set_link_up(name, target, mtu=mtu)
+    set_link_up(ifname, netns, mtu=mtu, mac=mac)
+    set_link_up(peer, peer_netns, mtu=mtu)
     return netlink.link_info(ifname, netns), netlink.link_info(peer, peer_netns)
 
 def set_link_up(ifname: str, netns: str | None = None, *, mtu: int | None = None,
-                master: str | None = None) -> None:
-    """Bring ``ifname`` up (optionally set its MTU and enslave it to ``master``)."""
+                master: str | None = None, mac: str | None = None) -> None:
+    """Bring ``ifname`` up (optionally set its MTU and MAC, and enslave it to ``master``)."""
     with netlink.iproute(netns) as ipr:
         index = netlink.link_index(ipr, ifname)
         if index is None:
@@ -165,6 +167,8 @@ def set_link_up(ifname: str, netns: str | None = None, *, mtu: int | None = None
         spec: dict[str, Any] = {"index": index, "state": "up"}
         if mtu is not None:
             spec["mtu"] = mtu
+        if mac is not None:
+            spec["address"] = mac
         if master is not None:
             master_index = netlink.link_index(ipr, master)
             if master_index is None:
@@ -203,9 +207,11 @@ def ensure_address(ifname: str, cidr: str, netns: str | None = None) -> None:
                 raise
 
 def ensure_route(
-    dst: str, *, gateway: str | None = None, ifname: str | None = None, netns: str | None = None
+    dst: str, *, gateway: str | None = None, ifname: str | None = None, netns: str | None = None,
+    blackhole: bool = False,
 ) -> None:
-    """Route ``dst`` (a CIDR, or ``"default"``) via ``gateway`` and/or out of ``ifname``.
+    """Route ``dst`` (a CIDR, or ``"default"``) via ``gateway`` and/or out of ``ifname``,
+    or, with ``blackhole``, nowhere (the kernel discards what it routes there).
 
     Uses RTM_NEWROUTE with replace semantics, so running it twice is harmless
     and a different existing route to the same prefix is replaced.
@@ -218,6 +224,8 @@ def ensure_route(
         spec["dst"] = str(net)
     if gateway is not None:
         spec["gateway"] = gateway
+    if blackhole:
+        spec["type"] = "blackhole"
     with netlink.iproute(netns) as ipr:
         if ifname is not None:
             index = netlink.link_index(ipr, ifname)
