@@ -452,7 +452,7 @@ ROWS: list[Row] = [
 ]
 
 
-# --- repeat-N runs (bench) ------------------------------------------------------
+# --- repeat-N runs -------------------------------------------------------------
 
 # Rows whose first packet changes the state its repetitions would see (it
 # creates a flow, so every later copy is a known flow).
@@ -470,8 +470,9 @@ def repeat_row(lab: RelayLab, row: Row, repeat: int) -> int:
 
     One BPF_PROG_TEST_RUN per copy: with the kernel's own repeat the program
     would see its rewritten output from the second run on, and live frames
-    reuse pages that hold an earlier rewrite (see prog_test_run). For bench/
-    only: tests make no timing claims."""
+    reuse pages that hold an earlier rewrite (see prog_test_run). The test
+    checks only the verdicts: tests make no timing claims (bench/progcost.py
+    does, on its own cases)."""
     lab.reset()
     ctx = Context(lab)
     if row.setup is not None:

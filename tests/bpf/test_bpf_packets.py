@@ -171,7 +171,7 @@ def test_rate_window_reopens_after_a_second(lab: RelayLab) -> None:
 
 
 def test_steady_rows_repeat_with_the_same_verdict(lab: RelayLab) -> None:
-    """The bench's repeat-N run of the table: each copy gets the row's verdict."""
+    """The table's repeat-N run: each copy gets the row's verdict."""
     from tests.bpf.packet_table import repeat_row, steady_rows
 
     rows = steady_rows()
