@@ -2,14 +2,14 @@
 
     python -m bench.progcost [--runs N] [--json]
 
-Runs the packet table's lab (tests/bpf/relay_lab.py: a private namespace
-with the relay loaded) and times each hot case as N single runs of a fresh
-copy of the packet (the kernel does not restore a rewritten packet between
-its own repeats, so a repeat-N run would take another path from the second
-copy on). Each single run's duration includes the kernel's timer read around
-it; the "floor" case (a one-instruction XDP program, same harness) measures
-that overhead, and ``net`` subtracts it. Medians, because the machine is
-shared. Needs root.
+Runs the packet table's lab (lab/relaylab.py: a private namespace with the
+relay loaded) on its packets (lab/packets.py), and times each hot case as N
+single runs of a fresh copy of the packet (the kernel does not restore a
+rewritten packet between its own repeats, so a repeat-N run would take
+another path from the second copy on). Each single run's duration includes
+the kernel's timer read around it; the "floor" case (a one-instruction XDP
+program, same harness) measures that overhead, and ``net`` subtracts it.
+Medians, because the machine is shared. Needs root.
 
 Cases: a known flow both ways with a cached next hop (the media path), the
 same with a cold next hop (bpf_fib_lookup on every packet), and a new flow
@@ -20,9 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import statistics
+import struct
 import sys
+import time
 from typing import Any
+
+from lab import bpftest, stun
+from lab import packets as T
+from lab.relaylab import PRIVATE, PUBLIC_PORT, VIP, RelayLab
 
 STEADY = "known flow, both sides alternating, cached next hop, hot (kernel repeat)"
 CASES = (
@@ -45,13 +52,6 @@ def _set_cycle(lab: Any, relay_port: int) -> bytes:
     two hot paths alternately on one buffer: the program and its maps stay
     in cache as under real load, and no per-run timer or syscall is counted.
     """
-    import socket
-    import struct
-    import time
-
-    from tests.bpf import packet_table as T
-    from tests.bpf.relay_lab import PRIVATE, PUBLIC_PORT, VIP
-
     cfg = lab.maps.read_config()
     gen = cfg.nh_generation
     now = time.monotonic_ns()
@@ -88,8 +88,6 @@ def _set_cycle(lab: Any, relay_port: int) -> bytes:
 
 def steady(repeat: int = 200_000, rounds: int = 7, check: bool = True) -> float:
     """Median over ``rounds`` of the kernel's mean ns per packet (see _set_cycle)."""
-    from tests.bpf.relay_lab import RelayLab
-
     with RelayLab() as lab:
         pkt = _set_cycle(lab, 40500)
         res = []
@@ -107,7 +105,7 @@ def steady(repeat: int = 200_000, rounds: int = 7, check: bool = True) -> float:
 
 
 def _noop_fd() -> tuple[Any, int]:
-    from bcc import BPF
+    from bcc import BPF  # optional and slow to import: only a measuring run needs it
 
     b = BPF(text=b"int xdp_noop(struct xdp_md *ctx) { return XDP_PASS; }")
     return b, b.load_func(b"xdp_noop", BPF.XDP).fd
@@ -115,10 +113,6 @@ def _noop_fd() -> tuple[Any, int]:
 
 def measure(runs: int = 3000) -> dict[str, dict[str, float]]:
     """Median and p10 ns per case (``net`` = median minus the floor's median)."""
-    from lab import bpftest, stun
-    from tests.bpf import packet_table as T
-    from tests.bpf.relay_lab import RelayLab
-
     samples: dict[str, list[int]] = {}
     # The relay's default map sizes (consts.h), as deployed: an LRU update's
     # cost depends on them.

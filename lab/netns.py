@@ -25,7 +25,7 @@ import os
 import socket
 from typing import Any
 
-from pyroute2 import NetlinkError
+from pyroute2 import IPRoute, NetlinkError
 from pyroute2 import netns as _netns
 from pyroute2.ethtool.ioctl import IoctlEthtool
 from pyroute2.netlink.rtnl import ndmsg
@@ -110,6 +110,13 @@ def _with_netns_sysfs(netns: str | None, path: str, value: str) -> None:
     if code:
         raise OSError(code, f"writing {value!r} to {path} in netns {netns!r}: {os.strerror(code)}")
 
+def _index(ipr: IPRoute, ifname: str, netns: str | None, what: str = "interface") -> int:
+    """``ifname``'s index in the namespace ``ipr`` speaks to; raises if it is absent."""
+    index = netlink.link_index(ipr, ifname)
+    if index is None:
+        raise netlink.NetlinkSetupError(f"no {what} {ifname!r} in netns {netns or '(current)'}")
+    return index
+
 def link_exists(ifname: str, netns: str | None = None) -> bool:
     if netns is not None and not netlink.netns_exists(netns):
         return False
@@ -123,6 +130,7 @@ def ensure_veth(
     netns: str | None = None,
     peer_netns: str | None = None,
     mtu: int | None = None,
+    mac: str | None = None,
 ) -> tuple[netlink.LinkInfo, netlink.LinkInfo]:
     """A veth pair ``ifname`` (in ``netns``) <-> ``peer`` (in ``peer_netns``), both up.
 
@@ -130,6 +138,7 @@ def ensure_veth(
     ``peer_netns`` (IFLA_NET_NS_FD), so the names never exist in the caller's
     namespace and cannot collide there. If both ends already exist where
     asked, nothing is created. Names are at most 15 characters (IFNAMSIZ).
+    ``mac`` pins ``ifname``'s address (the kernel picks a random one).
     """
     for name in (ifname, peer):
         if not 0 < len(name) <= 15:
@@ -151,25 +160,22 @@ def ensure_veth(
                     f"{ifname!r} or {peer!r} exists, but not as a pair between "
                     f"{netns or '(current)'} and {peer_netns or '(current)'}; delete it first"
                 ) from None
-    for name, target in ((ifname, netns), (peer, peer_netns)):
-        set_link_up(name, target, mtu=mtu)
+    set_link_up(ifname, netns, mtu=mtu, mac=mac)
+    set_link_up(peer, peer_netns, mtu=mtu)
     return netlink.link_info(ifname, netns), netlink.link_info(peer, peer_netns)
 
 def set_link_up(ifname: str, netns: str | None = None, *, mtu: int | None = None,
-                master: str | None = None) -> None:
-    """Bring ``ifname`` up (optionally set its MTU and enslave it to ``master``)."""
+                master: str | None = None, mac: str | None = None) -> None:
+    """Bring ``ifname`` up (optionally set its MTU and MAC, and enslave it to ``master``)."""
     with netlink.iproute(netns) as ipr:
-        index = netlink.link_index(ipr, ifname)
-        if index is None:
-            raise netlink.NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+        index = _index(ipr, ifname, netns)
         spec: dict[str, Any] = {"index": index, "state": "up"}
         if mtu is not None:
             spec["mtu"] = mtu
+        if mac is not None:
+            spec["address"] = mac
         if master is not None:
-            master_index = netlink.link_index(ipr, master)
-            if master_index is None:
-                raise netlink.NetlinkSetupError(f"no bridge {master!r} in netns {netns or '(current)'}")
-            spec["master"] = master_index
+            spec["master"] = _index(ipr, master, netns, what="bridge")
         ipr.link("set", **spec)
 
 def ensure_bridge(ifname: str, netns: str | None = None, *, mac: str | None = None) -> netlink.LinkInfo:
@@ -187,9 +193,7 @@ def ensure_address(ifname: str, cidr: str, netns: str | None = None) -> None:
     """Put ``cidr`` (e.g. ``"10.0.0.1/24"``) on ``ifname`` unless it is there."""
     iface = ipaddress.ip_interface(cidr)
     with netlink.iproute(netns) as ipr:
-        index = netlink.link_index(ipr, ifname)
-        if index is None:
-            raise netlink.NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+        index = _index(ipr, ifname, netns)
         present = [
             a for a in ipr.get_addr(index=index)
             if a.get_attr("IFA_ADDRESS") == str(iface.ip) and a["prefixlen"] == iface.network.prefixlen
@@ -203,9 +207,11 @@ def ensure_address(ifname: str, cidr: str, netns: str | None = None) -> None:
                 raise
 
 def ensure_route(
-    dst: str, *, gateway: str | None = None, ifname: str | None = None, netns: str | None = None
+    dst: str, *, gateway: str | None = None, ifname: str | None = None, netns: str | None = None,
+    blackhole: bool = False,
 ) -> None:
-    """Route ``dst`` (a CIDR, or ``"default"``) via ``gateway`` and/or out of ``ifname``.
+    """Route ``dst`` (a CIDR, or ``"default"``) via ``gateway`` and/or out of ``ifname``,
+    or, with ``blackhole``, nowhere (the kernel discards what it routes there).
 
     Uses RTM_NEWROUTE with replace semantics, so running it twice is harmless
     and a different existing route to the same prefix is replaced.
@@ -218,11 +224,11 @@ def ensure_route(
         spec["dst"] = str(net)
     if gateway is not None:
         spec["gateway"] = gateway
+    if blackhole:
+        spec["type"] = "blackhole"
     with netlink.iproute(netns) as ipr:
         if ifname is not None:
-            index = netlink.link_index(ipr, ifname)
-            if index is None:
-                raise netlink.NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+            index = _index(ipr, ifname, netns)
             spec["oif"] = index
         ipr.route("replace", **spec)
 
@@ -236,17 +242,13 @@ def ensure_neighbour(
     """
     state = ndmsg.states["permanent"] if permanent else ndmsg.states["reachable"]
     with netlink.iproute(netns) as ipr:
-        index = netlink.link_index(ipr, ifname)
-        if index is None:
-            raise netlink.NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+        index = _index(ipr, ifname, netns)
         ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=index, state=state)
 
 def neighbour(ifname: str, ip: str, netns: str | None = None) -> tuple[str, str] | None:
     """``(mac, state name)`` of the entry for ``ip`` on ``ifname``, or None."""
     with netlink.iproute(netns) as ipr:
-        index = netlink.link_index(ipr, ifname)
-        if index is None:
-            raise netlink.NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+        index = _index(ipr, ifname, netns)
         for entry in ipr.get_neighbours(ifindex=index, dst=ip):
             mac = entry.get_attr("NDA_LLADDR")
             if mac is None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the test tiers in order, stopping at the first that fails:
-#   fast  - tests/unit: pure unit tests (no root, no BPF)
+#   fast  - tests/unit and bench/tests: pure unit tests (no root, no BPF)
 #   bpf   - tests/bpf: needs root and BPF: packet tables through BPF_PROG_TEST_RUN,
 #           map sync on pinned maps, the Ansible apply
 #   netns - tests/netns: whole chain across network namespaces
@@ -23,7 +23,7 @@ run_tier() {
   return $rc
 }
 
-run_tier fast tests/unit || exit 1
+run_tier fast tests/unit bench/tests || exit 1
 [ "${1:-all}" = fast ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "tiers bpf and netns need root; run as root (CI does)" >&2

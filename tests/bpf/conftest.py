@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.bpf.relay_lab import RelayLab, root_and_bpf_available
+from lab.relaylab import RelayLab, root_and_bpf_available
 
 
 @pytest.fixture(autouse=True, scope="session")

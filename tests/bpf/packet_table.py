@@ -7,8 +7,10 @@ the expected output packet independently with scapy (addresses, ports, MACs,
 and IP/UDP checksums recomputed from scratch) for a byte-for-byte compare.
 Pass and drop rows expect the packet back untouched.
 
-tests/bpf/test_bpf_packets.py runs the table; bench/ may import ``ROWS``
-and ``RelayLab`` for a repeat-N run of the same packets.
+The packets themselves, the lab's addresses and ``open_flow`` are lab
+machinery (lab/packets.py, lab/relaylab.py), shared with bench/progcost.py;
+what is here is what the tests assert. tests/bpf/test_bpf_packets.py runs
+the table, once per row and repeat-N (``repeat_row``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -28,7 +30,18 @@ from scapy.packet import Raw
 
 from lab import stun
 from lab.bpftest import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
-from tests.bpf.relay_lab import (
+from lab.packets import (
+    CLIENT,
+    CLIENT_PORT,
+    WIRE_MAC,
+    Context,
+    from_transceiver,
+    mint,
+    open_flow,
+    to_relay,
+    username,
+)
+from lab.relaylab import (
     GATEWAY_MAC,
     KEY1,
     KEY2,
@@ -45,37 +58,7 @@ from tests.bpf.relay_lab import (
 )
 from voxrelay import token
 
-# --- packet builders ---------------------------------------------------------
-
-CLIENT = IPv4Address("203.0.113.7")
-CLIENT_PORT = 51000
-WIRE_MAC = "02:00:00:00:09:09"  # whoever sent the frame to the relay
-
-
-def mint(key: bytes = KEY1, *, key_id: int = 1, transceiver_id: int = 7, port: int = 50007,
-         ttl: int = 3600, now: float | None = None) -> str:
-    return token.mint(key, key_id=key_id, transceiver_id=transceiver_id, port=port, ttl=ttl,
-                      now=now)
-
-
-def username(ufrag: str) -> str:
-    return f"{ufrag}:cLnT"
-
-
-def to_relay(payload: bytes, *, src: IPv4Address | str = CLIENT, sport: int = CLIENT_PORT,
-             dst: IPv4Address | str = VIP, dport: int = PUBLIC_PORT, **ip: Any) -> Any:
-    """A client's UDP datagram to the relay's public port (scapy packet)."""
-    return (Ether(src=WIRE_MAC, dst=VPUB_MAC) / IP(src=str(src), dst=str(dst), ttl=57, **ip)
-            / UDP(sport=sport, dport=dport) / Raw(payload))
-
-
-def from_transceiver(payload: bytes, relay_port: int, *, txr: int = 7,
-                     sport: int = 50007, src: IPv4Address | str | None = None) -> Any:
-    """A transceiver's UDP reply to the relay's private address and a relay port."""
-    addr = TRANSCEIVERS[txr][0] if src is None else src
-    return (Ether(src=WIRE_MAC, dst=VPRIV_MAC) / IP(src=str(addr), dst=str(PRIVATE), ttl=64)
-            / UDP(sport=sport, dport=relay_port) / Raw(payload))
-
+# --- payloads ----------------------------------------------------------------
 
 DTLS = bytes.fromhex("16fefd") + os.urandom(40)   # a DTLS record's first bytes
 SRTP = bytes.fromhex("8078") + os.urandom(90)
@@ -94,14 +77,6 @@ def rebuilt(pkt: Any, *, smac: str, dmac: str, src: IPv4Address, dst: IPv4Addres
 
 
 # --- rows --------------------------------------------------------------------
-
-@dataclass
-class Context:
-    """What a row's setup leaves for its packet and expectation."""
-
-    lab: RelayLab
-    values: dict[str, Any] = field(default_factory=dict)
-
 
 @dataclass
 class Row:
@@ -134,22 +109,6 @@ def to_client(ctx: Context, pkt: Any) -> bytes:
     rev = {r.relay_port: r for r in ctx.lab.maps.reverse_entries()}[pkt[UDP].dport]
     return rebuilt(pkt, smac=VPUB_MAC, dmac=GATEWAY_MAC, src=VIP, dst=rev.client_addr,
                    sport=PUBLIC_PORT, dport=rev.client_port)
-
-
-def send(ctx: Context, pkt: Any, stat: str, ingress: str = "vpub") -> None:
-    res = ctx.lab.run(bytes(pkt), ingress)
-    assert res.stat == stat, f"setup packet: expected {stat}, got {res.stat}"
-
-
-def open_flow(ctx: Context, *, client: str = str(CLIENT), sport: int = CLIENT_PORT,
-              ufrag: str | None = None) -> int:
-    """Create a flow with a valid Binding Request; returns its relay port."""
-    ufrag = ufrag or ctx.values.setdefault("ufrag", mint())
-    send(ctx, to_relay(stun.ice_binding_request(username(ufrag)), src=client, sport=sport),
-         "STAT_FWD_NEW_FLOW")
-    flow = ctx.lab.maps.flow(client, sport)
-    assert flow is not None
-    return flow.relay_port
 
 
 def with_config(**changes: Any) -> Callable[[Context], None]:
@@ -493,7 +452,7 @@ ROWS: list[Row] = [
 ]
 
 
-# --- repeat-N runs (bench) ------------------------------------------------------
+# --- repeat-N runs -------------------------------------------------------------
 
 # Rows whose first packet changes the state its repetitions would see (it
 # creates a flow, so every later copy is a known flow).
@@ -511,8 +470,9 @@ def repeat_row(lab: RelayLab, row: Row, repeat: int) -> int:
 
     One BPF_PROG_TEST_RUN per copy: with the kernel's own repeat the program
     would see its rewritten output from the second run on, and live frames
-    reuse pages that hold an earlier rewrite (see prog_test_run). For bench/
-    only: tests make no timing claims."""
+    reuse pages that hold an earlier rewrite (see prog_test_run). The test
+    checks only the verdicts: tests make no timing claims (bench/progcost.py
+    does, on its own cases)."""
     lab.reset()
     ctx = Context(lab)
     if row.setup is not None:

@@ -10,28 +10,21 @@ import pytest
 
 pytestmark = pytest.mark.root
 
+from lab.packets import CLIENT, CLIENT_PORT, Context, from_transceiver, open_flow, to_relay
 from lab.pinned_relay import fresh_pin_dir
-from orchestrator import abi, bpfprog
-from orchestrator.bccmaps import RelayMaps, TransceiverStatus
-from orchestrator.bpfsys import map_info
-from orchestrator.errors import MapLayoutError
-from orchestrator.verdicts import verdict_names
-from tests.bpf.packet_table import (
-    CLIENT,
-    CLIENT_PORT,
-    DTLS,
-    Context,
-    from_transceiver,
-    open_flow,
-    to_relay,
-)
-from tests.bpf.relay_lab import (
+from lab.relaylab import (
     LAB_LIMITS,
     PRIVATE,
     VIP,
     RelayLab,
     lab_relay_config,
 )
+from orchestrator import abi, bpfprog
+from orchestrator.bccmaps import RelayMaps, TransceiverStatus
+from orchestrator.bpfsys import map_info
+from orchestrator.errors import MapLayoutError
+from orchestrator.verdicts import verdict_names
+from tests.bpf.packet_table import DTLS
 from voxrelay.config import RelayConfig
 
 

@@ -1,6 +1,6 @@
 """The packet table (packet_table.py) through BPF_PROG_TEST_RUN.
 
-One relay program is loaded in a private network namespace (relay_lab.py);
+One relay program is loaded in a private network namespace (lab/relaylab.py);
 before each row the maps go back to the lab defaults, then the row's setup
 runs, then its packet. Each row asserts the XDP action, the one counter that
 moved (RelayLab.run also checks that exactly one did, besides rx_total), and
@@ -19,19 +19,10 @@ from scapy.layers.l2 import Ether
 
 from lab import stun
 from lab.bpftest import XDP_DROP, XDP_PASS, XDP_REDIRECT, prog_test_run
+from lab.packets import Context, mint, open_flow, to_relay, username
+from lab.relaylab import RelayLab
 from orchestrator.verdicts import VERDICT_VALUES, verdict_names
-from tests.bpf.packet_table import (
-    DTLS,
-    ROWS,
-    Context,
-    Row,
-    mint,
-    open_flow,
-    to_relay,
-    to_txr,
-    username,
-)
-from tests.bpf.relay_lab import RelayLab
+from tests.bpf.packet_table import DTLS, ROWS, Row, to_txr
 
 
 def _diff(got: bytes, want: bytes) -> str:
@@ -97,7 +88,7 @@ def test_new_flow_next_hop_follows_a_neighbour_change_after_a_bump(lab: RelayLab
     orchestrator does on a neighbour change) makes new flows ask again."""
     from pyroute2 import IPRoute
 
-    from tests.bpf.relay_lab import TRANSCEIVERS
+    from lab.relaylab import TRANSCEIVERS
 
     addr, mac, _ = TRANSCEIVERS[7]
     moved_mac = "02:00:00:00:07:77"
@@ -126,7 +117,7 @@ def test_new_flow_next_hop_follows_a_neighbour_change_after_a_bump(lab: RelayLab
 
 def test_two_way_exchange_keeps_one_flow(lab: RelayLab) -> None:
     """A call's first packets, both ways, through one flow and one port."""
-    from tests.bpf.packet_table import from_transceiver
+    from lab.packets import from_transceiver
 
     lab.reset()
     ctx = Context(lab)
@@ -158,13 +149,13 @@ def test_prog_test_run_does_not_reset_between_repeats(lab: RelayLab) -> None:
 
 
 def _client() -> tuple[str, int]:
-    from tests.bpf.packet_table import CLIENT, CLIENT_PORT
+    from lab.packets import CLIENT, CLIENT_PORT
 
     return str(CLIENT), CLIENT_PORT
 
 
 def test_rate_window_reopens_after_a_second(lab: RelayLab) -> None:
-    from tests.bpf.relay_lab import lab_relay_config
+    from lab.relaylab import lab_relay_config
 
     lab.reset(lab_relay_config(new_flows_per_sec=1))
     ctx = Context(lab)
@@ -180,7 +171,7 @@ def test_rate_window_reopens_after_a_second(lab: RelayLab) -> None:
 
 
 def test_steady_rows_repeat_with_the_same_verdict(lab: RelayLab) -> None:
-    """The bench's repeat-N run of the table: each copy gets the row's verdict."""
+    """The table's repeat-N run: each copy gets the row's verdict."""
     from tests.bpf.packet_table import repeat_row, steady_rows
 
     rows = steady_rows()

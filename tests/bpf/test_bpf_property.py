@@ -35,12 +35,8 @@ from hypothesis import strategies as st
 
 from lab import stun
 from lab.bpftest import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
-from orchestrator.bccmaps import TransceiverStatus
-from tests.bpf.packet_table import (
-    from_transceiver,
-    to_relay,
-)
-from tests.bpf.relay_lab import (
+from lab.packets import from_transceiver, to_relay
+from lab.relaylab import (
     KEY1,
     KEY2,
     PORT_MAX,
@@ -52,6 +48,7 @@ from tests.bpf.relay_lab import (
     RelayLab,
     lab_relay_config,
 )
+from orchestrator.bccmaps import TransceiverStatus
 from voxrelay import token
 
 BATCH = 25

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from lab.relaylab import LAB_LIMITS, PRIVATE, VIP, lab_relay_config
 from orchestrator import abi, bpfprog, pins
 from orchestrator.bccmaps import RelayMaps, TransceiverStatus, be16_of, be32_of
 from orchestrator.bccview import open_relay
 from orchestrator.errors import MapLayoutError
 from orchestrator.pinview import open_pinview
 from orchestrator.verdicts import metric_label
-from tests.bpf.relay_lab import LAB_LIMITS, PRIVATE, VIP, lab_relay_config
 from voxrelay.cli import cli
 
 pytestmark = pytest.mark.root

@@ -19,9 +19,9 @@ import pytest
 pytestmark = pytest.mark.root
 
 from lab import stun
+from lab.packets import to_relay
+from lab.relaylab import KEY1, KEY2, RelayLab
 from orchestrator.verdicts import from_label
-from tests.bpf.packet_table import to_relay
-from tests.bpf.relay_lab import KEY1, KEY2, RelayLab
 from voxrelay import token
 
 KEYS = {1: KEY1, 2: KEY2}

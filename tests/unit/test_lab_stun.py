@@ -1,4 +1,4 @@
-"""lab/stun.py, the one STUN builder of tests and bench (more in test_bench_report.py)."""
+"""lab/stun.py, the one STUN builder of tests and bench (more in bench/tests/test_report.py)."""
 
 from __future__ import annotations
 

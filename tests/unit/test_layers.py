@@ -2,7 +2,7 @@
 
 `lint-imports` checks the layers contract in pyproject.toml
 ([tool.importlinter]: voxrelay < orchestrator | transceiver < lab <
-bench : tests). The cycle test builds the same import graph with grimp
+bench | tests). The cycle test builds the same import graph with grimp
 (import-linter's graph library) over the product packages and lists every
 circle, with the file and line of each import in it. grimp reads every
 import statement, so an import inside a function (often a circle dodged at

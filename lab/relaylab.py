@@ -5,7 +5,8 @@ interfaces (veth pairs), their addresses, routes and permanent neighbours,
 enters it with the calling thread (BPF_PROG_TEST_RUN looks up the ingress
 interface and runs bpf_fib_lookup in the caller's namespace), compiles and
 loads bpf/relay.c once, and removes everything on ``close()``. The packet
-table (packet_table.py), the property test and the bench reuse it.
+table (tests/bpf/packet_table.py, on the packets of lab/packets.py), the property
+test and the bench (bench/progcost.py) reuse it.
 
 Topology (all inside the namespace)::
 
@@ -23,8 +24,18 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any, Self
 
+from pyroute2 import netns as pyroute2_netns
+
 from lab import bpftest
-from orchestrator import bpfprog
+from lab.netns import (
+    create_netns,
+    delete_netns,
+    ensure_address,
+    ensure_neighbour,
+    ensure_route,
+    ensure_veth,
+)
+from orchestrator import bpfprog, hostnet
 from orchestrator.bccmaps import RelayMaps, TransceiverStatus
 from orchestrator.verdicts import RelayStat, verdict_names
 from voxrelay.config import RelayConfig
@@ -94,7 +105,8 @@ class RelayLab:
         try:
             self._build_netns()
             self.bpf = bpfprog.compile_relay(self._limits)
-            self.fd = bpfprog.load_relay_fn(self.bpf).fd
+            fn: Any = bpfprog.load_relay_fn(self.bpf)
+            self.fd = fn.fd
             self.maps = RelayMaps(self.bpf)
             self.reset()
         except BaseException:
@@ -106,49 +118,35 @@ class RelayLab:
         self.close()
 
     def close(self) -> None:
-        from pyroute2 import netns
-
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None
         if self._entered:
-            netns.popns()
+            pyroute2_netns.popns()
             self._entered = False
         if self._created:
-            netns.remove(self.netns)
+            delete_netns(self.netns)
             self._created = False
 
     def _build_netns(self) -> None:
-        from pyroute2 import IPRoute, netns
-
-        netns.create(self.netns)
+        ns = self.netns
+        create_netns(ns)  # with its loopback up
         self._created = True
-        netns.pushns(self.netns)
+        for name, peer, mac in (("vpub", "vpubp", VPUB_MAC), ("vpriv", "vprivp", VPRIV_MAC)):
+            link, _ = ensure_veth(name, peer, netns=ns, peer_netns=ns, mac=mac)
+            self.ifindex[name] = link.ifindex
+        ensure_address("vpub", f"{VIP}/24", ns)
+        ensure_address("vpriv", f"{PRIVATE}/24", ns)
+        ensure_route("default", gateway=str(GATEWAY), netns=ns)
+        ensure_route(BLACKHOLE, blackhole=True, netns=ns)
+        ensure_neighbour("vpub", str(GATEWAY), GATEWAY_MAC, netns=ns)
+        for addr, neigh_mac, _ in TRANSCEIVERS.values():
+            if neigh_mac is not None:
+                ensure_neighbour("vpriv", str(addr), neigh_mac, netns=ns)
+        # bpf_fib_lookup answers FWD_DISABLED unless forwarding is on.
+        hostnet.set_sysctl("net/ipv4/conf/all/forwarding", 1, ns)
+        pyroute2_netns.pushns(ns)
         self._entered = True
-        with IPRoute() as ipr:
-            lo = ipr.link_lookup(ifname="lo")[0]
-            ipr.link("set", index=lo, state="up")
-            for name, peer, mac in (("vpub", "vpubp", VPUB_MAC), ("vpriv", "vprivp", VPRIV_MAC)):
-                ipr.link("add", ifname=name, kind="veth", peer=peer)
-                idx = ipr.link_lookup(ifname=name)[0]
-                ipr.link("set", index=idx, address=mac)
-                ipr.link("set", index=idx, state="up")
-                ipr.link("set", index=ipr.link_lookup(ifname=peer)[0], state="up")
-                self.ifindex[name] = idx
-            ipr.addr("add", index=self.ifindex["vpub"], address=str(VIP), prefixlen=24)
-            ipr.addr("add", index=self.ifindex["vpriv"], address=str(PRIVATE), prefixlen=24)
-            ipr.route("add", dst="0.0.0.0/0", gateway=str(GATEWAY))
-            ipr.route("add", dst=BLACKHOLE, type="blackhole")
-            ipr.neigh("add", dst=str(GATEWAY), lladdr=GATEWAY_MAC,
-                      ifindex=self.ifindex["vpub"], state=0x80)  # NUD_PERMANENT
-            for addr, mac, _ in TRANSCEIVERS.values():
-                if mac is not None:
-                    ipr.neigh("add", dst=str(addr), lladdr=mac,
-                              ifindex=self.ifindex["vpriv"], state=0x80)
-        # bpf_fib_lookup answers FWD_DISABLED unless forwarding is on (this
-        # netns only: /proc/sys/net follows the writer's namespace).
-        with open("/proc/sys/net/ipv4/conf/all/forwarding", "w") as f:
-            f.write("1")
 
     # --- state -------------------------------------------------------------------
 
