@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc.aio
 from aioice import Candidate
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from transceiver.ice import PortPool, RoutedIce, random_ice_password, restart_ice, routed_ice
@@ -89,6 +89,7 @@ class Call:
         self.on_closed = on_closed
         self.port = 0
         self.ufrag = ""
+        self.answer_sdp = ""  # the last answer sent: to the offer or to an ICE restart
         self.pc: RTCPeerConnection | None = None
         self.routed: RoutedIce | None = None
         self.track = ReplyTrack()
@@ -99,9 +100,9 @@ class Call:
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.chunks_in = 0
-        self._channel: Any = None
+        self._channel: RTCDataChannel | None = None
         self._early: list[str] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
     # ------------------------------------------------------------ setup
@@ -143,7 +144,8 @@ class Call:
             backoff=settings.model_backoff,
         )
         self.link.start()
-        return self.pc.localDescription.sdp
+        self.answer_sdp = self.pc.localDescription.sdp
+        return self.answer_sdp
 
     async def restart(self, offer_text: str) -> str:
         """ICE restart: new credentials (a fresh token for the same port)."""
@@ -169,7 +171,8 @@ class Call:
         self.ufrag = ufrag
         await pc.setLocalDescription(await pc.createAnswer())
         self.emit({"type": "ice_restart", "ufrag": ufrag})
-        return pc.localDescription.sdp
+        self.answer_sdp = pc.localDescription.sdp
+        return self.answer_sdp
 
     # ------------------------------------------------------------ teardown
 
@@ -203,7 +206,7 @@ class Call:
         if self.port:
             self.settings.ports.release(self.port)
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Coroutine[object, object, None], name: str) -> None:
         task = asyncio.create_task(coro, name=f"call-{self.id}-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -226,7 +229,7 @@ class Call:
         if state in ("failed", "closed") and not self._closing:
             self._spawn_close(f"peer connection {state} (client gone or consent expired)")
 
-    def _on_datachannel(self, channel: Any) -> None:
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
         if channel.label != EVENTS_LABEL:
             return
         self._channel = channel
