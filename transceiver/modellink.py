@@ -37,9 +37,8 @@ _AUDIO_QUEUE_CHUNKS = 100  # 2 s of audio: bounded, the model should keep up
 class _VoiceModel(Protocol):
     """The client side of voice.proto's service, as the link calls it."""
 
-    def Converse(  # noqa: N802  the RPC, named as in voice.proto
-        self, request_iterator: AsyncIterator[voice_pb2.ClientMessage]
-    ) -> grpc.aio.StreamStreamCall: ...
+    # The RPC, named as in voice.proto: a multi-callable the stub sets up.
+    Converse: Callable[[AsyncIterator[voice_pb2.ClientMessage]], grpc.aio.StreamStreamCall]
 
 
 # protoc's grpc module is not annotated (and is never edited: genproto.py
