@@ -58,21 +58,31 @@ class CallSettings:
     """What every call of one transceiver shares."""
 
     transceiver_id: int
+    """Carried in every routing token this transceiver mints."""
     ports: PortPool
+    """Where each call's UDP socket is bound (its port goes into the token)."""
     advertised: list[Candidate]
     """Relay candidates for the answer, nearest first (``ice.relay_candidates``)."""
     model_target: str
+    """gRPC address of the voice model."""
     max_calls: int = 50
+    """Above this (counting calls being set up), a new call is refused (503)."""
     token_ttl: int = 3600
+    """Seconds a call's routing token stays valid (ICE restarts mint a fresh one)."""
     ice_timeout: float = 30.0
     """A call whose ICE has not connected by then is closed."""
     consent_interval: float = 5.0
+    """Seconds between consent checks to the client (RFC 7675), +-20 % jitter."""
     consent_failures: int = 6
+    """Consecutive unanswered consent checks that close the call."""
     session_ttl: float = 120.0
+    """Seconds a call's session record lives in the directory unless refreshed."""
     barge_in_frames: int = 8
     """Consecutive 20 ms voiced frames (VAD) that stop a playing reply."""
     vad_mode: int = 2
+    """webrtcvad aggressiveness: 0 (least) to 3 (most) at filtering out non-speech."""
     model_backoff: Backoff = field(default_factory=Backoff)
+    """Reconnect delays of each call's model stream while the model is away."""
 
 
 MintUfrag = Callable[[int], Awaitable[str]]

@@ -163,12 +163,20 @@ def make_app(manager: CallManager, api_token: str = "") -> web.Application:
 
 @dataclass
 class ServiceSettings:
+    """The service around the calls: HTTP signaling and directory registration."""
+
     listen_host: str
+    """HTTP signaling address (POST /v1/calls)."""
     listen_port: int
+    """HTTP signaling port; 0 picks a free one (``Transceiver.port`` after start)."""
     private_address: str
+    """Where the relay forwards calls to, as the directory record names it."""
     api_token: str = ""
+    """Bearer token clients must present; empty disables the check (lab only)."""
     heartbeat_seconds: float = 2.0
+    """Interval of the directory heartbeat (load, draining, session refresh)."""
     drain_grace_seconds: float = 10.0
+    """On stop: how long existing calls may continue before they are closed."""
     probe_port: int = 0
     """UDP port of the STUN probe responder (``voxrelay probe``); 0: none (the
     directory record names ``DEFAULT_PROBE_PORT`` then)."""
