@@ -132,7 +132,7 @@ async def start_transceiver(
     relays: list[tuple[str, int]],
     model_target: str,
     *,
-    api_token: str = "secret",  # noqa: S107  the rigs' bearer token, a test value
+    api_token: str = "secret",
     max_calls: int = 50,
     probe_port: int = 0,
     **call_options: Any,
