@@ -110,6 +110,9 @@ async def test_ice_restart_keeps_the_call(rig) -> None:
         assert len(rig.service.manager.calls) == 1
 
 
+SDP_AUTHORIZED = {"Content-Type": "application/sdp", "Authorization": "Bearer secret"}
+
+
 async def _post(url: str, body: str, headers: dict[str, str]) -> tuple[int, dict, dict]:
     async with aiohttp.ClientSession() as session, session.post(
         url + "/v1/calls", data=body, headers=headers
@@ -117,15 +120,22 @@ async def _post(url: str, body: str, headers: dict[str, str]) -> tuple[int, dict
         return r.status, dict(r.headers), await r.json()
 
 
+async def _post_fresh_offer(url: str) -> tuple[int, dict, dict]:
+    """POST a new client's real offer by hand, to see a refusal's status and body."""
+    client = CallClient(url, "secret", 15)
+    try:
+        await client.pc.setLocalDescription(await client.pc.createOffer())
+        return await _post(url, client.pc.localDescription.sdp, SDP_AUTHORIZED)
+    finally:
+        await client.close()
+
+
 @pytest.mark.parametrize(
     ("body", "headers", "status", "message"),
     [
-        ("", {"Content-Type": "application/sdp", "Authorization": "Bearer secret"}, 400,
-         "SDP offer is empty"),
-        ("garbage", {"Content-Type": "application/sdp", "Authorization": "Bearer secret"}, 400,
-         "SDP offer must start with v=0"),
-        (NO_AUDIO_OFFER, {"Content-Type": "application/sdp", "Authorization": "Bearer secret"}, 400,
-         "SDP offer has no audio m-line"),
+        ("", SDP_AUTHORIZED, 400, "SDP offer is empty"),
+        ("garbage", SDP_AUTHORIZED, 400, "SDP offer must start with v=0"),
+        (NO_AUDIO_OFFER, SDP_AUTHORIZED, 400, "SDP offer has no audio m-line"),
         ("v=0", {"Content-Type": "application/sdp"}, 401, "missing bearer token"),
         ("v=0", {"Content-Type": "application/sdp", "Authorization": "Bearer nope"}, 401,
          "wrong bearer token"),
@@ -149,12 +159,7 @@ async def test_errors_allocate_nothing(rig, body, headers, status, message) -> N
 async def test_at_capacity_is_503_with_retry_after(rig) -> None:
     rig.service.manager.settings.max_calls = 1
     async with CallClient(rig.service.url, "secret", 15):
-        client = CallClient(rig.service.url, "secret", 15)
-        await client.pc.setLocalDescription(await client.pc.createOffer())
-        status, headers, payload = await _post(
-            rig.service.url, client.pc.localDescription.sdp,
-            {"Content-Type": "application/sdp", "Authorization": "Bearer secret"})
-        await client.close()
+        status, headers, payload = await _post_fresh_offer(rig.service.url)
         assert status == 503
         assert headers["Retry-After"] == "5"
         assert payload["error"]["message"] == "at capacity: 1 calls"
@@ -234,12 +239,7 @@ async def test_drain_refuses_new_calls_and_closes_old_ones(rig) -> None:
     drain = asyncio.create_task(rig.service.manager.drain(0.5))
     await asyncio.sleep(0.05)
     assert (await rig.directory.get_transceiver(7)).status == "draining"
-    probe = CallClient(rig.service.url, "secret", 15)
-    await probe.pc.setLocalDescription(await probe.pc.createOffer())
-    status, _, payload = await _post(
-        rig.service.url, probe.pc.localDescription.sdp,
-        {"Content-Type": "application/sdp", "Authorization": "Bearer secret"})
-    await probe.close()
+    status, _, payload = await _post_fresh_offer(rig.service.url)
     assert (status, payload["error"]["message"]) == (503, "transceiver is draining: no new calls")
     await drain
     assert call.closed.is_set()
