@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc.aio
 from aioice import Candidate
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from transceiver.ice import PortPool, RoutedIce, random_ice_password, restart_ice, routed_ice
@@ -58,21 +58,31 @@ class CallSettings:
     """What every call of one transceiver shares."""
 
     transceiver_id: int
+    """Carried in every routing token this transceiver mints."""
     ports: PortPool
+    """Where each call's UDP socket is bound (its port goes into the token)."""
     advertised: list[Candidate]
     """Relay candidates for the answer, nearest first (``ice.relay_candidates``)."""
     model_target: str
+    """gRPC address of the voice model."""
     max_calls: int = 50
+    """Above this (counting calls being set up), a new call is refused (503)."""
     token_ttl: int = 3600
+    """Seconds a call's routing token stays valid (ICE restarts mint a fresh one)."""
     ice_timeout: float = 30.0
     """A call whose ICE has not connected by then is closed."""
     consent_interval: float = 5.0
+    """Seconds between consent checks to the client (RFC 7675), +-20 % jitter."""
     consent_failures: int = 6
+    """Consecutive unanswered consent checks that close the call."""
     session_ttl: float = 120.0
+    """Seconds a call's session record lives in the directory unless refreshed."""
     barge_in_frames: int = 8
     """Consecutive 20 ms voiced frames (VAD) that stop a playing reply."""
     vad_mode: int = 2
+    """webrtcvad aggressiveness: 0 (least) to 3 (most) at filtering out non-speech."""
     model_backoff: Backoff = field(default_factory=Backoff)
+    """Reconnect delays of each call's model stream while the model is away."""
 
 
 MintUfrag = Callable[[int], Awaitable[str]]
@@ -89,6 +99,7 @@ class Call:
         self.on_closed = on_closed
         self.port = 0
         self.ufrag = ""
+        self.answer_sdp = ""  # the last answer sent: to the offer or to an ICE restart
         self.pc: RTCPeerConnection | None = None
         self.routed: RoutedIce | None = None
         self.track = ReplyTrack()
@@ -99,9 +110,9 @@ class Call:
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.chunks_in = 0
-        self._channel: Any = None
+        self._channel: RTCDataChannel | None = None
         self._early: list[str] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
     # ------------------------------------------------------------ setup
@@ -143,7 +154,8 @@ class Call:
             backoff=settings.model_backoff,
         )
         self.link.start()
-        return self.pc.localDescription.sdp
+        self.answer_sdp = self.pc.localDescription.sdp
+        return self.answer_sdp
 
     async def restart(self, offer_text: str) -> str:
         """ICE restart: new credentials (a fresh token for the same port)."""
@@ -169,7 +181,8 @@ class Call:
         self.ufrag = ufrag
         await pc.setLocalDescription(await pc.createAnswer())
         self.emit({"type": "ice_restart", "ufrag": ufrag})
-        return pc.localDescription.sdp
+        self.answer_sdp = pc.localDescription.sdp
+        return self.answer_sdp
 
     # ------------------------------------------------------------ teardown
 
@@ -203,7 +216,7 @@ class Call:
         if self.port:
             self.settings.ports.release(self.port)
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Coroutine[object, object, None], name: str) -> None:
         task = asyncio.create_task(coro, name=f"call-{self.id}-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -226,7 +239,7 @@ class Call:
         if state in ("failed", "closed") and not self._closing:
             self._spawn_close(f"peer connection {state} (client gone or consent expired)")
 
-    def _on_datachannel(self, channel: Any) -> None:
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
         if channel.label != EVENTS_LABEL:
             return
         self._channel = channel

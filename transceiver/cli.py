@@ -34,23 +34,25 @@ async def _directory(spec: str) -> Directory:
 
 
 async def _serve(cfg: TransceiverConfig, directory_spec: str, as_json: bool) -> None:
-    from transceiver.call import CallSettings
-    from transceiver.ice import PortPool, parse_relay, relay_candidates
-    from transceiver.signaling import ServiceSettings, Transceiver
+    # aiortc, av and grpc take ~0.5 s to import: `voxrelay --help` loads every
+    # command's module, so the service's modules load only when it runs.
+    from transceiver import call, ice, signaling  # noqa: PLC0415  heavy, see above
 
     try:
-        relays = [parse_relay(r) for r in cfg.relays]
-        advertised = relay_candidates(relays, cfg.region)
+        relays = [ice.parse_relay(r) for r in cfg.relays]
+        advertised = ice.relay_candidates(relays, cfg.region)
     except ValueError as exc:
         raise click.ClickException(f"[transceiver] relays: {exc}") from None
     host, port = _split_listen(cfg.listen)
     directory = await _directory(directory_spec)
-    service = Transceiver(
-        ServiceSettings(host, port, cfg.private_address, api_token=cfg.api_token,
-                        drain_grace_seconds=cfg.drain_grace_seconds, probe_port=cfg.probe_port),
-        CallSettings(transceiver_id=cfg.id,
-                     ports=PortPool(cfg.private_address, cfg.port_min, cfg.port_max),
-                     advertised=advertised, model_target=cfg.model, max_calls=cfg.max_calls),
+    service = signaling.Transceiver(
+        signaling.ServiceSettings(
+            host, port, cfg.private_address, api_token=cfg.api_token,
+            drain_grace_seconds=cfg.drain_grace_seconds, probe_port=cfg.probe_port),
+        call.CallSettings(
+            transceiver_id=cfg.id,
+            ports=ice.PortPool(cfg.private_address, cfg.port_min, cfg.port_max),
+            advertised=advertised, model_target=cfg.model, max_calls=cfg.max_calls),
         directory,
     )
     try:
@@ -61,13 +63,16 @@ async def _serve(cfg: TransceiverConfig, directory_spec: str, as_json: bool) -> 
             await directory.close()
             raise
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {cfg.listen} or probe port: {exc}") from None
+        raise click.ClickException(
+            f"cannot listen on {cfg.listen} or probe port: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - the directory refused or is unreachable
-        raise click.ClickException(f"cannot register with directory {directory_spec}: {exc}") from None
+        raise click.ClickException(
+            f"cannot register with directory {directory_spec}: {exc}") from None
     advertised_at = [f"{c.host}:{c.port}" for c in advertised]
     ready = {"event": "ready", "url": service.url, "id": cfg.id, "relays": advertised_at}
     click.echo(json.dumps(ready) if as_json else
-               f"transceiver {cfg.id} listening on {service.url}; relays {', '.join(advertised_at)}")
+               f"transceiver {cfg.id} listening on {service.url}; "
+               f"relays {', '.join(advertised_at)}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -84,10 +89,12 @@ def transceiver() -> None:
 
 @transceiver.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="TOML config ([transceiver] table). Default: /etc/voxrelay/voxrelay.toml if present.")
+              help="TOML config ([transceiver] table). "
+                   "Default: /etc/voxrelay/voxrelay.toml if present.")
 @click.option("--listen", help="Override [transceiver] listen (HOST:PORT for HTTP signaling).")
 @click.option("--directory", "directory_spec",
-              help="'memory' (standalone, lab), or the directory URL; default: [transceiver] directory.")
+              help="'memory' (standalone, lab), or the directory URL; "
+                   "default: [transceiver] directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Log calls and ICE state changes.")
 def run(config_path: Path | None, listen: str | None, directory_spec: str | None,

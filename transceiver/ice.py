@@ -88,6 +88,7 @@ class Internal:
 
 
 _CONN = "aioice.ice.Connection"
+_PAIR = "aioice.ice.CandidatePair"
 INTERNALS: tuple[Internal, ...] = (
     # RoutedConnection: construction and the three overrides.
     Internal(_CONN, "ice_controlling", "parameter"),
@@ -117,14 +118,14 @@ INTERNALS: tuple[Internal, ...] = (
     Internal(_CONN, "_local_username", "attribute", "str"),
     Internal(_CONN, "_local_password", "attribute", "str"),
     Internal(_CONN, "_closing", "attribute", "bool"),
-    Internal("aioice.ice.CandidatePair", "task", "attribute", "NoneType"),
-    Internal("aioice.ice.CandidatePair", "nominated", "attribute", "bool"),
-    Internal("aioice.ice.CandidatePair", "state", "attribute", "State"),
-    Internal("aioice.ice.CandidatePair", "protocol", "attribute", "StunProtocol"),
-    Internal("aioice.ice.CandidatePair", "remote_addr", "property"),
-    Internal("aioice.ice.CandidatePair.State", "FROZEN", "constant", "State"),
-    Internal("aioice.ice.CandidatePair.State", "WAITING", "constant", "State"),
     Internal("aioice.ice", "CandidatePair", "class"),
+    Internal(_PAIR, "task", "attribute", "NoneType"),
+    Internal(_PAIR, "nominated", "attribute", "bool"),
+    Internal(_PAIR, "state", "attribute", "State"),
+    Internal(_PAIR, "protocol", "attribute", "StunProtocol"),
+    Internal(_PAIR, "remote_addr", "property"),
+    Internal(f"{_PAIR}.State", "FROZEN", "constant", "State"),
+    Internal(f"{_PAIR}.State", "WAITING", "constant", "State"),
     Internal("aioice.ice", "StunProtocol", "class"),
     Internal("aioice.ice.StunProtocol", "local_candidate", "annotation"),
     Internal("aioice.ice.StunProtocol", "request", "method"),
@@ -335,7 +336,9 @@ class RoutedConnection(Connection):
 
     @property
     def bound_address(self) -> tuple[str, int]:
-        return self.routed.sock.getsockname()[:2]
+        # typeshed types getsockname() as Any; an AF_INET socket's is (host, port)
+        address: tuple[str, int] = self.routed.sock.getsockname()[:2]
+        return address
 
     async def gather_candidates(self) -> None:
         if self._local_candidates_start:
@@ -370,7 +373,9 @@ class RoutedConnection(Connection):
     async def query_consent(self) -> None:
         # aioice's loop, with the interval and failure count per connection so
         # that a vanished client is detected in bounded time (RFC 7675).
-        assert self.remote_password is not None
+        if self.remote_password is None:  # aioice checks consent only once connected
+            raise RuntimeError(f"{self}: consent checks need the remote ICE password")
+        integrity_key = self.remote_password.encode("utf8")
         failures = 0
         interval = self.routed.consent_interval
         while True:
@@ -381,7 +386,7 @@ class RoutedConnection(Connection):
                     await pair.protocol.request(
                         request,
                         pair.remote_addr,
-                        integrity_key=self.remote_password.encode("utf8"),
+                        integrity_key=integrity_key,
                         retransmissions=0,
                     )
                     failures = 0
@@ -402,6 +407,10 @@ _routed: contextvars.ContextVar[RoutedIce | None] = contextvars.ContextVar(
     "voxrelay_routed_ice", default=None
 )
 _AioiceConnection = aioice.ice.Connection
+# aiortc's gatherer calls the global ``Connection`` of aiortc.rtcicetransport,
+# aioice's class imported there (not re-exported, so mypy hides it as an
+# attribute): that module global is the one name install() patches.
+_GATHERER_GLOBALS: dict[str, object] = vars(aiortc.rtcicetransport)
 
 
 def _connection_factory(**kwargs: Any) -> Connection:
@@ -413,10 +422,11 @@ def _connection_factory(**kwargs: Any) -> Connection:
 
 def install() -> None:
     """Point aiortc's gatherer at our factory (idempotent)."""
-    if aiortc.rtcicetransport.Connection is not _connection_factory:
-        if aiortc.rtcicetransport.Connection is not _AioiceConnection:
+    current = _GATHERER_GLOBALS["Connection"]
+    if current is not _connection_factory:
+        if current is not _AioiceConnection:
             raise RuntimeError("aiortc.rtcicetransport.Connection was patched by someone else")
-        aiortc.rtcicetransport.Connection = _connection_factory  # type: ignore[misc,assignment]
+        _GATHERER_GLOBALS["Connection"] = _connection_factory
 
 
 @contextlib.contextmanager

@@ -13,7 +13,8 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, InitVar, dataclass, field
+from typing import Protocol
 
 import grpc
 import grpc.aio
@@ -33,6 +34,18 @@ CHANNEL_OPTIONS = [
 _AUDIO_QUEUE_CHUNKS = 100  # 2 s of audio: bounded, the model should keep up
 
 
+class _VoiceModel(Protocol):
+    """The client side of voice.proto's service, as the link calls it."""
+
+    # The RPC, named as in voice.proto: a multi-callable the stub sets up.
+    Converse: Callable[[AsyncIterator[voice_pb2.ClientMessage]], grpc.aio.StreamStreamCall]
+
+
+# protoc's grpc module is not annotated (and is never edited: genproto.py
+# regenerates it); this is the type of the one name of it the link calls.
+_voice_model_stub: Callable[[grpc.aio.Channel], _VoiceModel] = voice_pb2_grpc.VoiceModelStub
+
+
 def open_channel(target: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
 
@@ -49,6 +62,7 @@ class Backoff:
         return base * (0.8 + 0.4 * random.random())
 
 
+@dataclass(eq=False)
 class ModelLink:
     """Keeps a ``Converse`` stream open for one call.
 
@@ -57,29 +71,25 @@ class ModelLink:
     fails. ``seq`` restarts at 0 on each new stream, as the proto says.
     """
 
-    def __init__(
-        self,
-        channel: grpc.aio.Channel,
-        call_id: str,
-        on_message: Callable[[voice_pb2.ServerMessage], None],
-        on_state: Callable[[str, str], None],
-        *,
-        language: str = "en-US",
-        backoff: Backoff = Backoff(),
-    ) -> None:
-        self._stub = voice_pb2_grpc.VoiceModelStub(channel)
-        self.call_id = call_id
-        self.language = language
-        self.on_message = on_message
-        self.on_state = on_state
-        self.backoff = backoff
-        self.connected = False
-        self.streams_opened = 0
-        self.chunks_dropped = 0
-        self._queue: asyncio.Queue[voice_pb2.ClientMessage | None] | None = None
-        self._seq = 0
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
+    channel: InitVar[grpc.aio.Channel]
+    call_id: str
+    on_message: Callable[[voice_pb2.ServerMessage], None]
+    on_state: Callable[[str, str], None]
+    _: KW_ONLY
+    language: str = "en-US"
+    backoff: Backoff = field(default_factory=Backoff)
+    connected: bool = field(default=False, init=False)
+    streams_opened: int = field(default=0, init=False)
+    chunks_dropped: int = field(default=0, init=False)
+    _queue: asyncio.Queue[voice_pb2.ClientMessage | None] | None = field(
+        default=None, init=False, repr=False
+    )
+    _seq: int = field(default=0, init=False, repr=False)
+    _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _closing: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = _voice_model_stub(channel)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"model-link-{self.call_id}")

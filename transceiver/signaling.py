@@ -20,12 +20,13 @@ the one registration loop), drain on shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import grpc.aio
 from aiohttp import web
 
 from transceiver.call import CallError, CallSettings
@@ -93,10 +94,9 @@ async def create_call(request: web.Request) -> web.StreamResponse:
         call = await request.app[_MANAGER].create(offer)
     except CallError as exc:
         return _call_error(exc)
-    assert call.pc is not None
     return web.Response(
         status=201,
-        text=call.pc.localDescription.sdp,
+        text=call.answer_sdp,
         content_type=SDP_TYPE,
         headers={"Location": f"/v1/calls/{call.id}"},
     )
@@ -163,12 +163,20 @@ def make_app(manager: CallManager, api_token: str = "") -> web.Application:
 
 @dataclass
 class ServiceSettings:
+    """The service around the calls: HTTP signaling and directory registration."""
+
     listen_host: str
+    """HTTP signaling address (POST /v1/calls)."""
     listen_port: int
+    """HTTP signaling port; 0 picks a free one (``Transceiver.port`` after start)."""
     private_address: str
+    """Where the relay forwards calls to, as the directory record names it."""
     api_token: str = ""
+    """Bearer token clients must present; empty disables the check (lab only)."""
     heartbeat_seconds: float = 2.0
+    """Interval of the directory heartbeat (load, draining, session refresh)."""
     drain_grace_seconds: float = 10.0
+    """On stop: how long existing calls may continue before they are closed."""
     probe_port: int = 0
     """UDP port of the STUN probe responder (``voxrelay probe``); 0: none (the
     directory record names ``DEFAULT_PROBE_PORT`` then)."""
@@ -178,7 +186,7 @@ class Transceiver:
     """The running service: HTTP site, calls, and directory registration."""
 
     def __init__(self, settings: ServiceSettings, calls: CallSettings, directory: Directory,
-                 channel: Any = None) -> None:
+                 channel: grpc.aio.Channel | None = None) -> None:
         self.settings = settings
         self.directory = directory
         self.manager = CallManager(calls, directory, channel)
@@ -240,10 +248,8 @@ class Transceiver:
             # Cancelled too: a beat may be waiting on a directory that is down.
             self._stop_heartbeat.set()
             self._heartbeat.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
-            except asyncio.CancelledError:
-                pass
         try:
             await self.directory.remove(self.manager.settings.transceiver_id)
         except Exception as exc:  # noqa: BLE001 - shutting down regardless

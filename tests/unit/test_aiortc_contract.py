@@ -85,7 +85,8 @@ async def test_internal_exists_with_its_kind(internal: ice.Internal) -> None:
         instance = FACTORIES[internal.owner]()
         assert internal.name in vars(instance), f"{where} is no longer set on instances"
         got = type(vars(instance)[internal.name]).__name__
-        assert got == internal.type, f"{where} is a {got} on a fresh instance, not a {internal.type}"
+        assert got == internal.type, (
+            f"{where} is a {got} on a fresh instance, not a {internal.type}")
     elif internal.kind == "annotation":
         declared = [inspect.get_annotations(c) for c in owner.__mro__]
         assert any(internal.name in d for d in declared), f"{where} is no longer declared"

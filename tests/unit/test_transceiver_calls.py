@@ -76,7 +76,8 @@ async def test_call_answer_relay_only_token_ufrag_and_reply(rig) -> None:
         assert (token.transceiver_id, token.port) == (7, call.port)
         assert call.routed.primary().bound_address == ("127.0.0.1", call.port)
         # ICE went through the relay: the nominated remote is the relay's flow socket.
-        assert rig.relay.counters["new_flow"] == 1 and rig.relay.seen_ufrags == [ufrag]
+        assert rig.relay.counters["new_flow"] == 1
+        assert rig.relay.seen_ufrags == [ufrag]
         assert call.status()["remote"][1] != client.pc.sctp.transport.transport \
             .iceGatherer.getLocalCandidates()[0].port
         await client.wait_event("model", state="connected")
@@ -96,7 +97,8 @@ async def test_ice_restart_keeps_the_call(rig) -> None:
         first_ufrag = call.ufrag
         await client.wait_event("model", state="connected")
         new_ufrag = await client.restart_ice()
-        assert new_ufrag != first_ufrag and call.ufrag == new_ufrag
+        assert new_ufrag != first_ufrag
+        assert call.ufrag == new_ufrag
         token = tokens.verify(new_ufrag, rig.ring.active_keys())
         assert token.port == call.port  # same transceiver, same socket
         assert rig.service.manager.get(client.call_id) is call
@@ -108,6 +110,9 @@ async def test_ice_restart_keeps_the_call(rig) -> None:
         assert len(rig.service.manager.calls) == 1
 
 
+SDP_AUTHORIZED = {"Content-Type": "application/sdp", "Authorization": "Bearer secret"}
+
+
 async def _post(url: str, body: str, headers: dict[str, str]) -> tuple[int, dict, dict]:
     async with aiohttp.ClientSession() as session, session.post(
         url + "/v1/calls", data=body, headers=headers
@@ -115,15 +120,22 @@ async def _post(url: str, body: str, headers: dict[str, str]) -> tuple[int, dict
         return r.status, dict(r.headers), await r.json()
 
 
+async def _post_fresh_offer(url: str) -> tuple[int, dict, dict]:
+    """POST a new client's real offer by hand, to see a refusal's status and body."""
+    client = CallClient(url, "secret", 15)
+    try:
+        await client.pc.setLocalDescription(await client.pc.createOffer())
+        return await _post(url, client.pc.localDescription.sdp, SDP_AUTHORIZED)
+    finally:
+        await client.close()
+
+
 @pytest.mark.parametrize(
-    "body, headers, status, message",
+    ("body", "headers", "status", "message"),
     [
-        ("", {"Content-Type": "application/sdp", "Authorization": "Bearer secret"}, 400,
-         "SDP offer is empty"),
-        ("garbage", {"Content-Type": "application/sdp", "Authorization": "Bearer secret"}, 400,
-         "SDP offer must start with v=0"),
-        (NO_AUDIO_OFFER, {"Content-Type": "application/sdp", "Authorization": "Bearer secret"}, 400,
-         "SDP offer has no audio m-line"),
+        ("", SDP_AUTHORIZED, 400, "SDP offer is empty"),
+        ("garbage", SDP_AUTHORIZED, 400, "SDP offer must start with v=0"),
+        (NO_AUDIO_OFFER, SDP_AUTHORIZED, 400, "SDP offer has no audio m-line"),
         ("v=0", {"Content-Type": "application/sdp"}, 401, "missing bearer token"),
         ("v=0", {"Content-Type": "application/sdp", "Authorization": "Bearer nope"}, 401,
          "wrong bearer token"),
@@ -136,26 +148,25 @@ async def test_errors_allocate_nothing(rig, body, headers, status, message) -> N
     fds = open_fds()
     got, _, payload = await _post(rig.service.url, body, headers)
     assert (got, payload["error"]["message"]) == (status, message)
-    assert rig.service.manager.calls == {} and rig.service.manager.load == 0
-    assert open_udp_ports(low, high) == [] and not rig.service.manager.settings.ports.in_use
-    assert rig.directory.session_ids() == set() and open_fds() == fds
+    assert rig.service.manager.calls == {}
+    assert rig.service.manager.load == 0
+    assert open_udp_ports(low, high) == []
+    assert not rig.service.manager.settings.ports.in_use
+    assert rig.directory.session_ids() == set()
+    assert open_fds() == fds
 
 
 async def test_at_capacity_is_503_with_retry_after(rig) -> None:
     rig.service.manager.settings.max_calls = 1
     async with CallClient(rig.service.url, "secret", 15):
-        client = CallClient(rig.service.url, "secret", 15)
-        await client.pc.setLocalDescription(await client.pc.createOffer())
-        status, headers, payload = await _post(
-            rig.service.url, client.pc.localDescription.sdp,
-            {"Content-Type": "application/sdp", "Authorization": "Bearer secret"})
-        await client.close()
-        assert status == 503 and headers["Retry-After"] == "5"
+        status, headers, payload = await _post_fresh_offer(rig.service.url)
+        assert status == 503
+        assert headers["Retry-After"] == "5"
         assert payload["error"]["message"] == "at capacity: 1 calls"
         assert len(rig.service.manager.calls) == 1
-    with pytest.raises(CallFailed, match="404"):
-        async with CallClient(rig.service.url, "secret", 15) as c:
-            c.location = "/v1/calls/nope"
+    async with CallClient(rig.service.url, "secret", 15) as c:
+        c.location = "/v1/calls/nope"
+        with pytest.raises(CallFailed, match="404"):
             await c.restart_ice()
 
 
@@ -189,7 +200,8 @@ async def test_client_vanishes_call_is_freed() -> None:
         await client.pc.close()
         await asyncio.wait_for(call.closed.wait(), 10)
         assert "consent" in call.close_reason or "failed" in call.close_reason
-        assert service.manager.calls == {} and not service.manager.settings.ports.in_use
+        assert service.manager.calls == {}
+        assert not service.manager.settings.ports.in_use
         await asyncio.sleep(0.05)
         assert directory.session_ids() == set()
         await client.close()
@@ -208,7 +220,9 @@ async def test_twenty_calls_leak_nothing(rig) -> None:
             assert client.call_id in rig.directory.session_ids()
     await asyncio.sleep(0.3)
     manager = rig.service.manager
-    assert manager.calls == {} and not manager.settings.ports.in_use and len(manager.sessions) == 0
+    assert manager.calls == {}
+    assert not manager.settings.ports.in_use
+    assert len(manager.sessions) == 0
     assert rig.directory.session_ids() == set()
     assert open_udp_ports(low, high) == []
     # The relay stand-in keeps one socket per flow (as the XDP relay keeps
@@ -225,15 +239,11 @@ async def test_drain_refuses_new_calls_and_closes_old_ones(rig) -> None:
     drain = asyncio.create_task(rig.service.manager.drain(0.5))
     await asyncio.sleep(0.05)
     assert (await rig.directory.get_transceiver(7)).status == "draining"
-    probe = CallClient(rig.service.url, "secret", 15)
-    await probe.pc.setLocalDescription(await probe.pc.createOffer())
-    status, _, payload = await _post(
-        rig.service.url, probe.pc.localDescription.sdp,
-        {"Content-Type": "application/sdp", "Authorization": "Bearer secret"})
-    await probe.close()
+    status, _, payload = await _post_fresh_offer(rig.service.url)
     assert (status, payload["error"]["message"]) == (503, "transceiver is draining: no new calls")
     await drain
-    assert call.closed.is_set() and call.close_reason == "transceiver shut down"
+    assert call.closed.is_set()
+    assert call.close_reason == "transceiver shut down"
     assert call.pc.connectionState == "closed"
     await client.close()
 
@@ -258,8 +268,8 @@ async def test_with_the_orchestrators_directory() -> None:
                                       probe_port=probe_port)
     try:
         record = await inner.get_transceiver(7)
-        assert record is not None and (record.address, record.probe_port) == (
-            "127.0.0.1", probe_port)
+        assert record is not None
+        assert (record.address, record.probe_port) == ("127.0.0.1", probe_port)
         from orchestrator.probe import probe_async
         from voxrelay.probe import mint_probe_token
         # The probe responder answers on the announced port (here without a relay).
@@ -268,8 +278,8 @@ async def test_with_the_orchestrators_directory() -> None:
         assert result.ok, result.reason
         async with CallClient(service.url, "secret", 15) as client:
             session = await inner.get_session(client.call_id)
-            assert session is not None and session["port"] == service.manager.get(
-                client.call_id).port
+            assert session is not None
+            assert session["port"] == service.manager.get(client.call_id).port
             ufrag = re.search(r"a=ice-ufrag:(\S+)", client.answer_sdp).group(1)
             assert tokens.verify(ufrag, ring.active_keys()).key_id == ring.current
             await client.wait_event("model", state="connected")
@@ -298,7 +308,8 @@ async def test_barge_in_stops_the_reply(rig) -> None:
         await client.wait_for(lambda: call.track.playing, "the reply to play", poll=True)
         client.speak(interruption)
         event = await client.wait_event("barge_in")
-        assert event["source"] in ("vad", "transcript") and event["dropped_ms"] > 0
+        assert event["source"] in ("vad", "transcript")
+        assert event["dropped_ms"] > 0
         assert not call.track.playing
         await client.wait_for(lambda: rig.model.barge_ins >= 1, "the model to get barge_in",
                               poll=True)

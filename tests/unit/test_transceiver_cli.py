@@ -9,9 +9,11 @@ from voxrelay.cli import cli
 
 def test_help_names_the_run_command() -> None:
     result = CliRunner().invoke(cli, ["transceiver", "--help"])
-    assert result.exit_code == 0 and "run" in result.output
+    assert result.exit_code == 0
+    assert "run" in result.output
     result = CliRunner().invoke(cli, ["transceiver", "run", "--help"])
-    assert result.exit_code == 0 and "--directory" in result.output
+    assert result.exit_code == 0
+    assert "--directory" in result.output
 
 
 def test_bad_relay_spec_is_a_clear_error(tmp_path) -> None:

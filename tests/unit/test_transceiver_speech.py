@@ -47,4 +47,5 @@ async def test_spoken_sentence_gives_transcript_and_audible_reply(tmp_path) -> N
     timings = result.of_type("timings")
     assert any(t.get("processing_ms", 0) > 0 for t in timings)
     assert any(t.get("first_audio_ms", -1) >= 0 for t in timings)
-    assert relay.counters["new_flow"] == 1 and relay.counters["drop_bad_token"] == 0
+    assert relay.counters["new_flow"] == 1
+    assert relay.counters["drop_bad_token"] == 0

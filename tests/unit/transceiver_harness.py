@@ -16,6 +16,7 @@ import asyncio
 import os
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aioice import stun
@@ -178,4 +179,4 @@ def free_udp_port() -> int:
 
 
 def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    return len(list(Path("/proc/self/fd").iterdir()))
