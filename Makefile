@@ -23,7 +23,9 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check voxrelay orchestrator transceiver lab tests bench
-	$(VENV)/bin/mypy voxrelay orchestrator transceiver lab
+	$(VENV)/bin/mypy --strict voxrelay orchestrator transceiver
+	$(VENV)/bin/mypy lab
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) build *.egg-info
