@@ -89,9 +89,6 @@ class RelayAddr(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(RelayAddr) == 16, "struct relay_addr layout"
-
-
 class RelayConfig(ctypes.Structure):
     """``struct relay_config`` (bpf/structs.h)."""
 
@@ -115,9 +112,6 @@ class RelayConfig(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(RelayConfig) == 80, "struct relay_config layout"
-
-
 class TokenKey(ctypes.Structure):
     """``struct token_key`` (bpf/structs.h)."""
 
@@ -128,9 +122,6 @@ class TokenKey(ctypes.Structure):
         ("active", ctypes.c_uint32),
         ("pad", ctypes.c_uint32),
     ]
-
-
-assert ctypes.sizeof(TokenKey) == 24, "struct token_key layout"
 
 
 class Transceiver(ctypes.Structure):
@@ -146,9 +137,6 @@ class Transceiver(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(Transceiver) == 24, "struct transceiver layout"
-
-
 class FlowKey(ctypes.Structure):
     """``struct flow_key`` (bpf/structs.h)."""
 
@@ -161,9 +149,6 @@ class FlowKey(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(FlowKey) == 20, "struct flow_key layout"
-
-
 class NextHop(ctypes.Structure):
     """``struct next_hop`` (bpf/structs.h)."""
 
@@ -174,9 +159,6 @@ class NextHop(ctypes.Structure):
         ("dmac", ctypes.c_uint8 * 6),
         ("generation", ctypes.c_uint32),
     ]
-
-
-assert ctypes.sizeof(NextHop) == 20, "struct next_hop layout"
 
 
 class Flow(ctypes.Structure):
@@ -196,9 +178,6 @@ class Flow(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(Flow) == 72, "struct flow layout"
-
-
 class ReverseKey(ctypes.Structure):
     """``struct reverse_key`` (bpf/structs.h)."""
 
@@ -207,9 +186,6 @@ class ReverseKey(ctypes.Structure):
         ("relay_port", ctypes.c_uint16),
         ("pad", ctypes.c_uint16),
     ]
-
-
-assert ctypes.sizeof(ReverseKey) == 4, "struct reverse_key layout"
 
 
 class ReverseFlow(ctypes.Structure):
@@ -229,9 +205,6 @@ class ReverseFlow(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(ReverseFlow) == 80, "struct reverse_flow layout"
-
-
 class RateWindow(ctypes.Structure):
     """``struct rate_window`` (bpf/structs.h)."""
 
@@ -243,7 +216,19 @@ class RateWindow(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(RateWindow) == 16, "struct rate_window layout"
+_STRUCT_SIZES: dict[type[ctypes.Structure], tuple[str, int]] = {
+    RelayAddr: ("relay_addr", 16),
+    RelayConfig: ("relay_config", 80),
+    TokenKey: ("token_key", 24),
+    Transceiver: ("transceiver", 24),
+    FlowKey: ("flow_key", 20),
+    NextHop: ("next_hop", 20),
+    Flow: ("flow", 72),
+    ReverseKey: ("reverse_key", 4),
+    ReverseFlow: ("reverse_flow", 80),
+    RateWindow: ("rate_window", 16),
+}
+"""Each struct's C name and size as bcc laid it out (and structs.h asserts)."""
 
 
 MAP_NAMES: tuple[str, ...] = (
@@ -281,7 +266,24 @@ MAP_CTYPES: dict[str, tuple[type, type]] = {
 }
 """(key, value) ctypes per map; the value is one CPU's for per-CPU maps."""
 
-for _name, (_key, _value) in MAP_CTYPES.items():
-    _sizes = (ctypes.sizeof(_key), ctypes.sizeof(_value))
-    assert _sizes == MAP_LAYOUTS[_name][1:], _name
-del _name, _key, _value, _sizes
+
+def _check_layouts() -> None:
+    """Refuse to import where ctypes lays a struct or a map out otherwise than bcc did.
+
+    A hand edit, or a platform whose ctypes packs differently: either way a map
+    read or write through these classes would be garbage, so fail at import.
+    """
+    for cls, (c_name, size) in _STRUCT_SIZES.items():
+        if ctypes.sizeof(cls) != size:
+            raise RuntimeError(f"orchestrator.abi: struct {c_name} is {size} bytes in bpf/, "
+                               f"ctypes makes {ctypes.sizeof(cls)}: regenerate with "
+                               "python -m orchestrator.genabi")
+    for name, (key, value) in MAP_CTYPES.items():
+        sizes = (ctypes.sizeof(key), ctypes.sizeof(value))
+        if sizes != MAP_LAYOUTS[name][1:]:
+            raise RuntimeError(f"orchestrator.abi: map {name} has key/value sizes "
+                               f"{MAP_LAYOUTS[name][1:]} in bpf/, ctypes makes {sizes}: "
+                               "regenerate with python -m orchestrator.genabi")
+
+
+_check_layouts()
