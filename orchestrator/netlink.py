@@ -29,6 +29,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
@@ -61,7 +62,7 @@ class LinkInfo:
 
 
 def netns_path(name: str) -> str:
-    return os.path.join(NETNS_RUN_DIR, name)
+    return str(Path(NETNS_RUN_DIR) / name)
 
 
 def netns_exists(name: str) -> bool:

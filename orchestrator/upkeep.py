@@ -91,4 +91,4 @@ class BpfRelayUpkeep:
 
     def refresh_clock(self) -> int | None:
         with self._lock:
-            return self.view.maps.set_clock_offset()  # type: ignore[no-any-return]
+            return self.view.maps.set_clock_offset()

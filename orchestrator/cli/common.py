@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import click
 
@@ -26,14 +26,16 @@ from voxrelay.config import Config, ConfigError, load_config
 from voxrelay.directory import Directory, DirectoryUnavailable, UnknownTransceiver, connect
 
 F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-def friendly(fn: F) -> F:
+def friendly(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn the failures an operator can fix into one-line errors."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except (RelayUnavailable, MapLayoutError, ConfigError, DirectoryUnavailable,
@@ -50,7 +52,7 @@ def friendly(fn: F) -> F:
                 f"this build cannot import {exc.name or exc}: run scripts/setup.sh to reinstall"
             ) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def config_option(fn: F) -> F:
@@ -62,7 +64,8 @@ def config_option(fn: F) -> F:
 
 
 def json_option(fn: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print JSON instead of a table.")(fn)
 
 
 def name_option(fn: F) -> F:
@@ -117,7 +120,8 @@ def run_with(coro_fn: Callable[[Directory], Any], directory: Directory) -> Any:
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
     return "\n".join(lines)
 
 

@@ -35,5 +35,6 @@ def keys_rotate(config_path: Path | None, directory_url: str | None, as_json: bo
     """
     ring = common.run_with(lambda d: d.rotate_keys(), common.directory(config_path, directory_url))
     data = {"current": ring.current, "active": list(ring.active),
-            "fingerprints": {str(i): common.key_fingerprint(k) for i, k in ring.active_keys().items()}}
+            "fingerprints": {str(i): common.key_fingerprint(k)
+                             for i, k in ring.active_keys().items()}}
     emit(as_json, data, f"current key id {ring.current}; active {', '.join(map(str, ring.active))}")

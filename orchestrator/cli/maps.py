@@ -50,7 +50,8 @@ def maps_keys(config_path: Path | None, name: str | None, as_json: bool) -> None
     rows = [{"key_id": i, "fingerprint": common.key_fingerprint(k), "current": i == current}
             for i, k in sorted(slots.items())]
     emit(as_json, rows, table(["KEY_ID", "FINGERPRINT", "CURRENT"],
-                              [[r["key_id"], r["fingerprint"], "*" if r["current"] else ""] for r in rows]))
+                              [[r["key_id"], r["fingerprint"], "*" if r["current"] else ""]
+                               for r in rows]))
 
 
 @maps.command("stats")
@@ -78,7 +79,8 @@ def _parse_client(value: str) -> tuple[str, int | None]:
     return value, None
 
 
-def filter_flows(flows: list[FlowEntry], transceiver: int | None, client: str | None) -> list[FlowEntry]:
+def filter_flows(flows: list[FlowEntry], transceiver: int | None,
+                 client: str | None) -> list[FlowEntry]:
     """Pure: the flows of one transceiver and/or one client (addr or addr:port)."""
     out = flows
     if transceiver is not None:
@@ -107,8 +109,8 @@ def maps_flows(config_path: Path | None, name: str | None, as_json: bool,
     shown = flows if limit == 0 else flows[:limit]
     text = table(
         ["CLIENT", "TRANSCEIVER", "TXR_ADDRESS", "RELAY_PORT", "AGE_S", "IDLE_S"],
-        [[f.client, f.transceiver_id, f.transceiver, f.relay_port, f"{f.age_s:.1f}", f"{f.idle_s:.1f}"]
-         for f in shown],
+        [[f.client, f.transceiver_id, f.transceiver, f.relay_port,
+          f"{f.age_s:.1f}", f"{f.idle_s:.1f}"] for f in shown],
     )
     if len(shown) < len(flows):
         text += f"\n... {len(flows) - len(shown)} more (--limit 0 for all)"

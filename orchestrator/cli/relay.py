@@ -95,7 +95,8 @@ def relay_unload(config_path: Path | None, name: str | None, netns: str | None) 
 @click.option("--netns", default=None, help="Network namespace holding the interfaces.")
 @json_option
 @friendly
-def relay_status(config_path: Path | None, name: str | None, netns: str | None, as_json: bool) -> None:
+def relay_status(config_path: Path | None, name: str | None, netns: str | None,
+                 as_json: bool) -> None:
     """What is attached and pinned for this relay (exit 1 when not loaded)."""
     relay_name = name or common.config_from(config_path).relay.name
 
@@ -114,6 +115,7 @@ def _status_text(st: Any) -> str:
     head = (f"relay {st.name!r}: {'loaded' if st.loaded else 'NOT attached'}, program "
             f"{st.prog_name or '-'} id {st.prog_id or '-'}, mode {st.mode or '-'}")
     ifs = table(["INTERFACE", "IFINDEX", "LINK", "ATTACHED"],
-                [[i.ifname, i.ifindex, i.link_id, "yes" if i.attached else "no"] for i in st.interfaces])
+                [[i.ifname, i.ifindex, i.link_id, "yes" if i.attached else "no"]
+                 for i in st.interfaces])
     mps = table(["MAP", "TYPE", "MAX_ENTRIES"], [[m.name, m.type, m.max_entries] for m in st.maps])
     return f"{head}\n\n{ifs}\n\n{mps}"

@@ -32,7 +32,8 @@ def orchestrator() -> None:
 @config_option
 @name_option
 @click.option("--probe-relay", default=None, metavar="HOST[:PORT]",
-              help="Probe every active transceiver through this relay address and export the results.")
+              help="Probe every active transceiver through this relay address "
+                   "and export the results.")
 @click.option("--probe-interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
 @click.option("--upkeep-interval", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Seconds between rewrites of the config's clock offset (token expiry follows "
@@ -52,7 +53,7 @@ def orchestrator_run(config_path: Path | None, name: str | None, probe_relay: st
     if name:
         config.relay.name = name
     view = open_relay(config.relay.name)
-    upkeep = BpfRelayUpkeep(view)  # type: ignore[arg-type]
+    upkeep = BpfRelayUpkeep(view)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -61,10 +62,10 @@ def orchestrator_run(config_path: Path | None, name: str | None, probe_relay: st
             loop.add_signal_handler(sig, stop.set)
 
         def ready(running: Any) -> None:
+            metrics_host = config.orchestrator.metrics_listen.rsplit(":", 1)[0]
             click.echo(f"orchestrator for relay {config.relay.name!r}: directory "
                        f"{config.orchestrator.directory}, metrics on "
-                       f"{config.orchestrator.metrics_listen.rsplit(':', 1)[0]}:{running.metrics_port}",
-                       err=True)
+                       f"{metrics_host}:{running.metrics_port}", err=True)
 
         await run_orchestrator(config, view, stop, probe_relay=probe_relay,
                                probe_interval=probe_interval, on_ready=ready,

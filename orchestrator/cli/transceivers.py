@@ -35,7 +35,8 @@ def _txr_command(verb: str, doc: str) -> click.Command:
     @directory_option
     @json_option
     @friendly
-    def command(txr_id: int, config_path: Path | None, directory_url: str | None, as_json: bool) -> None:
+    def command(txr_id: int, config_path: Path | None, directory_url: str | None,
+                as_json: bool) -> None:
         async def go(d: Directory) -> Any:
             if verb == "remove":
                 return {"id": txr_id, "removed": await d.remove(txr_id)}
@@ -44,7 +45,8 @@ def _txr_command(verb: str, doc: str) -> click.Command:
 
         result = common.run_with(go, common.directory(config_path, directory_url))
         if verb == "remove":
-            text = f"transceiver {txr_id} " + ("removed" if result["removed"] else "was not in the directory")
+            outcome = "removed" if result["removed"] else "was not in the directory"
+            text = f"transceiver {txr_id} {outcome}"
         else:
             text = f"transceiver {txr_id} is {result['status']}"
         emit(as_json, result, text)
