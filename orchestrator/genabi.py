@@ -242,30 +242,15 @@ from __future__ import annotations
 import ctypes
 import enum
 from typing import NamedTuple
+
+from orchestrator.layouts import check_layouts
 '''
 
 
-_CHECK_LAYOUTS = '''def _check_layouts() -> None:
-    """Refuse to import where ctypes lays a struct or a map out otherwise than bcc did.
-
-    A hand edit, or a platform whose ctypes packs differently: either way a map
-    read or write through these classes would be garbage, so fail at import.
-    """
-    for cls, (c_name, size) in _STRUCT_SIZES.items():
-        if ctypes.sizeof(cls) != size:
-            raise RuntimeError(f"orchestrator.abi: struct {c_name} is {size} bytes in bpf/, "
-                               f"ctypes makes {ctypes.sizeof(cls)}: regenerate with "
-                               "python -m orchestrator.genabi")
-    for name, (key, value) in MAP_CTYPES.items():
-        sizes = (ctypes.sizeof(key), ctypes.sizeof(value))
-        if sizes != MAP_LAYOUTS[name][1:]:
-            raise RuntimeError(f"orchestrator.abi: map {name} has key/value sizes "
-                               f"{MAP_LAYOUTS[name][1:]} in bpf/, ctypes makes {sizes}: "
-                               "regenerate with python -m orchestrator.genabi")
-
-
-_check_layouts()
-'''
+_CHECK_LAYOUTS = """\
+# Last, the generated text checks itself (orchestrator/layouts.py says why).
+check_layouts(_STRUCT_SIZES, MAP_CTYPES, MAP_LAYOUTS)
+"""
 
 
 def _render_struct(struct: StructSource) -> list[str]:
