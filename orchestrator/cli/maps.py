@@ -7,15 +7,7 @@ from pathlib import Path
 import click
 
 from orchestrator.cli import common
-from orchestrator.cli.common import (
-    CONTEXT,
-    config_option,
-    emit,
-    friendly,
-    json_option,
-    name_option,
-    table,
-)
+from orchestrator.cli.common import CONTEXT, emit, relay_read_options, table
 from orchestrator.relay import FlowEntry
 from orchestrator.sync import keyring_from_map
 
@@ -26,10 +18,7 @@ def maps() -> None:
 
 
 @maps.command("transceivers")
-@config_option
-@name_option
-@json_option
-@friendly
+@relay_read_options
 def maps_transceivers(config_path: Path | None, name: str | None, as_json: bool) -> None:
     """Transceivers the XDP program routes to: id, private address, status."""
     txrs = common.view(config_path, name).transceivers()
@@ -39,10 +28,7 @@ def maps_transceivers(config_path: Path | None, name: str | None, as_json: bool)
 
 
 @maps.command("keys")
-@config_option
-@name_option
-@json_option
-@friendly
+@relay_read_options
 def maps_keys(config_path: Path | None, name: str | None, as_json: bool) -> None:
     """Active token key slots (fingerprints only; the keys are secret)."""
     slots = common.view(config_path, name).keys()
@@ -55,11 +41,8 @@ def maps_keys(config_path: Path | None, name: str | None, as_json: bool) -> None
 
 
 @maps.command("stats")
-@config_option
-@name_option
-@json_option
+@relay_read_options
 @click.option("--all", "show_all", is_flag=True, help="Also show counters that are zero.")
-@friendly
 def maps_stats(config_path: Path | None, name: str | None, as_json: bool, show_all: bool) -> None:
     """Packets by verdict and drop reason, summed over CPUs."""
     view = common.view(config_path, name)
@@ -93,14 +76,11 @@ def filter_flows(flows: list[FlowEntry], transceiver: int | None,
 
 
 @maps.command("flows")
-@config_option
-@name_option
-@json_option
+@relay_read_options
 @click.option("--transceiver", type=int, default=None, help="Only flows to this transceiver id.")
 @click.option("--client", default=None, metavar="ADDR[:PORT]", help="Only flows of this client.")
 @click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True,
               help="Rows to print (0: all). The flows map can hold a million.")
-@friendly
 def maps_flows(config_path: Path | None, name: str | None, as_json: bool,
                transceiver: int | None, client: str | None, limit: int) -> None:
     """Live flows: client -> transceiver, relay-side port, age and idle time."""

@@ -9,13 +9,7 @@ from typing import Any
 import click
 
 from orchestrator.cli import common
-from orchestrator.cli.common import (
-    CONTEXT,
-    config_option,
-    directory_option,
-    friendly,
-    json_option,
-)
+from orchestrator.cli.common import CONTEXT, directory_options
 from orchestrator.probe import probe as run_probe
 from voxrelay.addr import parse_hostport
 from voxrelay.directory import Directory
@@ -31,10 +25,7 @@ from voxrelay.probe import mint_probe_token
                    "(keys and probe port from the directory).")
 @click.option("--timeout", type=float, default=1.0, show_default=True, help="Seconds per attempt.")
 @click.option("--attempts", type=click.IntRange(1, 10), default=3, show_default=True)
-@config_option
-@directory_option
-@json_option
-@friendly
+@directory_options
 def probe(relay_addr: str, ufrag: str | None, txr_id: int | None, timeout: float, attempts: int,
           config_path: Path | None, directory_url: str | None, as_json: bool) -> None:
     """Send a STUN Binding Request through relay -> transceiver and expect the answer.

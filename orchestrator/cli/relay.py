@@ -22,6 +22,9 @@ from orchestrator.cli.common import (
 )
 from orchestrator.relay import require_bpf
 
+_netns_option = click.option("--netns", default=None,
+                             help="Network namespace holding the interfaces.")
+
 
 def _loader_call(fn: Callable[[], Any]) -> Any:
     require_bpf("loading or inspecting the XDP relay")
@@ -52,7 +55,7 @@ def relay() -> None:
 @name_option
 @click.option("--mode", type=click.Choice(["native", "generic"]), default=None,
               help="XDP mode (default: [relay] xdp_mode).")
-@click.option("--netns", default=None, help="Network namespace holding the interfaces.")
+@_netns_option
 @click.option("--replace", "do_replace", is_flag=True,
               help="Swap the running program atomically, keeping maps and flows.")
 @json_option
@@ -76,7 +79,7 @@ def relay_load(config_path: Path | None, name: str | None, mode: str | None, net
 @relay.command("unload")
 @config_option
 @name_option
-@click.option("--netns", default=None, help="Network namespace holding the interfaces.")
+@_netns_option
 @friendly
 def relay_unload(config_path: Path | None, name: str | None, netns: str | None) -> None:
     """Detach the relay and remove its pins (its flows end; transceivers are untouched)."""
@@ -92,7 +95,7 @@ def relay_unload(config_path: Path | None, name: str | None, netns: str | None) 
 @relay.command("status")
 @config_option
 @name_option
-@click.option("--netns", default=None, help="Network namespace holding the interfaces.")
+@_netns_option
 @json_option
 @friendly
 def relay_status(config_path: Path | None, name: str | None, netns: str | None,

@@ -9,15 +9,7 @@ from typing import Any
 import click
 
 from orchestrator.cli import common
-from orchestrator.cli.common import (
-    CONTEXT,
-    config_option,
-    emit,
-    friendly,
-    json_option,
-    name_option,
-    table,
-)
+from orchestrator.cli.common import CONTEXT, emit, relay_read_options, table
 from orchestrator.sync import keyring_from_map
 from voxrelay import token as tk
 
@@ -65,10 +57,7 @@ def _token_json(t: tk.Token) -> dict[str, Any]:
               help="Key as 32 hex digits (default: the relay's current key).")
 @click.option("--key-id", type=click.IntRange(0, 255), default=None,
               help="Key id (default: current).")
-@config_option
-@name_option
-@json_option
-@friendly
+@relay_read_options
 def token_mint(txr_id: int, port: int, ttl: int, key_hex: str | None, key_id: int | None,
                config_path: Path | None, name: str | None, as_json: bool) -> None:
     """Mint a token that routes to TRANSCEIVER:PORT (prints the ufrag)."""
@@ -83,10 +72,7 @@ def token_mint(txr_id: int, port: int, ttl: int, key_hex: str | None, key_id: in
 @click.option("--verify/--no-verify", default=None,
               help="Check MAC and expiry against the relay's keys map "
                    "(default: when --key-hex is given).")
-@config_option
-@name_option
-@json_option
-@friendly
+@relay_read_options
 def token_inspect(ufrag: str, key_hex: str | None, verify: bool | None, config_path: Path | None,
                   name: str | None, as_json: bool) -> None:
     """Decode a ufrag; with keys, check it as the kernel would (exit 1 if it would drop it).

@@ -8,14 +8,7 @@ from typing import Any
 import click
 
 from orchestrator.cli import common
-from orchestrator.cli.common import (
-    CONTEXT,
-    config_option,
-    directory_option,
-    emit,
-    friendly,
-    json_option,
-)
+from orchestrator.cli.common import CONTEXT, directory_options, emit
 from voxrelay.directory import Directory
 
 
@@ -31,10 +24,7 @@ def transceivers() -> None:
 
 def _txr_command(verb: str, doc: str) -> click.Command:
     @click.argument("txr_id", type=int, metavar="ID")
-    @config_option
-    @directory_option
-    @json_option
-    @friendly
+    @directory_options
     def command(txr_id: int, config_path: Path | None, directory_url: str | None,
                 as_json: bool) -> None:
         async def go(d: Directory) -> Any:
