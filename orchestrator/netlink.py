@@ -30,12 +30,13 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as _netns
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 NETNS_RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -91,7 +92,7 @@ def enter_netns(name: str) -> None:
         os.close(fd)
 
 
-def run_in_netns(netns: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def run_in_netns(netns: str | None, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Call ``fn(*args, **kwargs)`` on a thread inside ``netns`` and return its result.
 
     The thread ends with the call, so the caller's namespace is never touched.

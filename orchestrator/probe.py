@@ -116,5 +116,8 @@ def probe(relay: tuple[str, int], ufrag: str, *, timeout: float = 2.0, attempts:
     )
 
 
-async def probe_async(relay: tuple[str, int], ufrag: str, **kwargs: Any) -> ProbeResult:
-    return await asyncio.to_thread(probe, relay, ufrag, **kwargs)
+async def probe_async(relay: tuple[str, int], ufrag: str, *, timeout: float = 2.0,
+                      attempts: int = 3, transceiver_id: int | None = None) -> ProbeResult:
+    """``probe`` on a worker thread, so that the event loop keeps running."""
+    return await asyncio.to_thread(probe, relay, ufrag, timeout=timeout, attempts=attempts,
+                                   transceiver_id=transceiver_id)

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -115,8 +115,10 @@ def directory(config_path: Path | None, url: str | None) -> Directory:
     return connect(url or directory_url(config), grace=config.orchestrator.heartbeat_grace_seconds)
 
 
-def run_with(coro_fn: Callable[[Directory], Any], directory: Directory) -> Any:
-    async def main() -> Any:
+def run_with(coro_fn: Callable[[Directory], Awaitable[R]], directory: Directory) -> R:
+    """Run ``coro_fn(directory)`` to completion, closing the directory after."""
+
+    async def main() -> R:
         try:
             return await coro_fn(directory)
         finally:
@@ -125,7 +127,7 @@ def run_with(coro_fn: Callable[[Directory], Any], directory: Directory) -> Any:
     return asyncio.run(main())
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
@@ -133,7 +135,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def emit(as_json: bool, data: Any, text: str) -> None:
+def emit(as_json: bool, data: object, text: str) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else text)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import click
 from pyroute2.netlink.exceptions import NetlinkError
@@ -22,11 +22,13 @@ from orchestrator.cli.common import (
 )
 from orchestrator.relay import require_bpf
 
+T = TypeVar("T")
+
 _netns_option = click.option("--netns", default=None,
                              help="Network namespace holding the interfaces.")
 
 
-def _loader_call(fn: Callable[[], Any]) -> Any:
+def _loader_call(fn: Callable[[], T]) -> T:
     require_bpf("loading or inspecting the XDP relay")
     try:
         return fn()
@@ -67,7 +69,7 @@ def relay_load(config_path: Path | None, name: str | None, mode: str | None, net
     if name:
         config.relay.name = name
 
-    def go() -> Any:
+    def go() -> loader.RelayStatus:
         if do_replace:
             return loader.replace(config.relay, netns=netns)
         return loader.load(config.relay, netns=netns, mode=mode)
@@ -85,7 +87,7 @@ def relay_unload(config_path: Path | None, name: str | None, netns: str | None) 
     """Detach the relay and remove its pins (its flows end; transceivers are untouched)."""
     relay_name = name or common.config_from(config_path).relay.name
 
-    def go() -> Any:
+    def go() -> bool:
         return loader.unload(relay_name, netns=netns)
 
     found = _loader_call(go)
@@ -103,7 +105,7 @@ def relay_status(config_path: Path | None, name: str | None, netns: str | None,
     """What is attached and pinned for this relay (exit 1 when not loaded)."""
     relay_name = name or common.config_from(config_path).relay.name
 
-    def go() -> Any:
+    def go() -> loader.RelayStatus:
         return loader.status(relay_name, netns=netns)
 
     st = _loader_call(go)
@@ -112,7 +114,7 @@ def relay_status(config_path: Path | None, name: str | None, netns: str | None,
         raise SystemExit(1)
 
 
-def _status_text(st: Any) -> str:
+def _status_text(st: loader.RelayStatus) -> str:
     if not st.loaded and not st.maps:
         return f"relay {st.name!r} is not loaded (run `voxrelay relay load`)"
     head = (f"relay {st.name!r}: {'loaded' if st.loaded else 'NOT attached'}, program "

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -18,7 +17,7 @@ from orchestrator.cli.common import (
     friendly,
     name_option,
 )
-from orchestrator.service import run_orchestrator
+from orchestrator.service import Running, run_orchestrator
 from orchestrator.upkeep import BpfRelayUpkeep
 from voxrelay.logs import setup_logging
 
@@ -61,7 +60,7 @@ def orchestrator_run(config_path: Path | None, name: str | None, probe_relay: st
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
 
-        def ready(running: Any) -> None:
+        def ready(running: Running) -> None:
             metrics_host = config.orchestrator.metrics_listen.rsplit(":", 1)[0]
             click.echo(f"orchestrator for relay {config.relay.name!r}: directory "
                        f"{config.orchestrator.directory}, metrics on "
