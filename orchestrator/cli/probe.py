@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -12,7 +11,7 @@ from orchestrator.cli import common
 from orchestrator.cli.common import CONTEXT, directory_options
 from orchestrator.probe import probe as run_probe
 from voxrelay.addr import parse_hostport
-from voxrelay.directory import Directory
+from voxrelay.directory import Directory, Keyring, TransceiverRecord
 from voxrelay.probe import mint_probe_token
 
 
@@ -40,7 +39,7 @@ def probe(relay_addr: str, ufrag: str | None, txr_id: int | None, timeout: float
         token = ufrag
     elif txr_id is not None and ufrag is None:
 
-        async def fetch(d: Directory) -> Any:
+        async def fetch(d: Directory) -> tuple[TransceiverRecord | None, Keyring]:
             return await d.get_transceiver(txr_id), await d.keyring()
 
         record, ring = common.run_with(fetch, common.directory(config_path, directory_url))
