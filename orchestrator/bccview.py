@@ -115,11 +115,7 @@ def open_relay(name: str) -> BpfRelayView:
     for map_name, limit in _LIMIT_OF_MAP.items():
         if limit not in known:
             continue
-        fd = bpfsys.obj_get(str(pin_dir / map_name))
-        try:
-            limits[limit] = bpfsys.map_info(fd).max_entries
-        finally:
-            bpfsys.close(fd)
+        limits[limit] = bpfsys.with_pinned_fd(pin_dir / map_name, bpfsys.map_info).max_entries
     try:
         relay_maps = loader.open_maps(name, limits=limits)
     except loader.LoaderError as exc:

@@ -19,8 +19,10 @@ import ctypes.util
 import errno
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}[os.uname().machine]
 
@@ -58,6 +60,8 @@ MAP_TYPE_NAMES = {
     1: "hash", 2: "array", 3: "prog_array", 4: "perf_event_array", 5: "percpu_hash",
     6: "percpu_array", 9: "lru_hash", 10: "lru_percpu_hash", 14: "devmap", 17: "cpumap",
 }
+
+T = TypeVar("T")
 
 _ATTR_SIZE = 128
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -168,6 +172,18 @@ def link_info(fd: int) -> BpfLinkInfo:
     type_, id_, prog_id = struct.unpack_from("=III", raw, 0)
     (ifindex,) = struct.unpack_from("=I", raw, 16)
     return BpfLinkInfo(id_, type_, prog_id, ifindex if type_ == BPF_LINK_TYPE_XDP else 0)
+
+
+def with_pinned_fd(path: str | os.PathLike[str], fn: Callable[[int], T]) -> T:
+    """``fn(fd)`` on the object pinned at ``path``; the fd is opened and closed here.
+
+    E.g. ``with_pinned_fd(pin, map_info)``.
+    """
+    fd = obj_get(os.fspath(path))
+    try:
+        return fn(fd)
+    finally:
+        close(fd)
 
 
 def prog_fd_by_id(prog_id: int) -> int:

@@ -132,11 +132,7 @@ def check_pinned_maps(bpf: Any, pin_dir: Path, names: Sequence[str]) -> bccmaps.
                 "(which removes the pins and the flows in them) and load again."
             )
         pin = pin_dir / name
-        fd = bpfsys.obj_get(str(pin))
-        try:
-            pinned = bpfsys.map_info(fd)
-        finally:
-            bpfsys.close(fd)
+        pinned = bpfsys.with_pinned_fd(pin, bpfsys.map_info)
         if pinned.id != info.id:
             raise MapLayoutError(
                 f"the program's map {name!r} (id {info.id}) is not the one pinned at {pin} "
@@ -338,11 +334,7 @@ def unload(name: str, *, netns: str | None = None) -> bool:
         pin_dir = pins.pin_dir_for(name)
         found = bool(link_pins) or pin_dir.exists() or state is not None
         for pin in link_pins:
-            fd = bpfsys.obj_get(str(pin))
-            try:
-                bpfsys.link_detach(fd)
-            finally:
-                bpfsys.close(fd)
+            bpfsys.with_pinned_fd(pin, bpfsys.link_detach)
         pins.unpin_all(name)
         if netns is None or netlink.netns_exists(netns):
             hostnet.undo_host(name, state.sysctl_restore if state else {}, netns)
@@ -359,11 +351,7 @@ def status(name: str, *, netns: str | None = None) -> RelayStatus:
     interfaces = []
     prog_ids = set()
     for pin in pins.link_pins(name):
-        fd = bpfsys.obj_get(str(pin))
-        try:
-            info = bpfsys.link_info(fd)
-        finally:
-            bpfsys.close(fd)
+        info = bpfsys.with_pinned_fd(pin, bpfsys.link_info)
         attached = info.ifindex != 0
         mode = None
         if attached and (netns is None or netlink.netns_exists(netns)):

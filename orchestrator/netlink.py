@@ -146,12 +146,18 @@ def link_index(ipr: IPRoute, ifname: str) -> int | None:
     return found[0] if found else None
 
 
+def _existing_index(ipr: IPRoute, ifname: str, netns: str | None) -> int:
+    """The ifindex of ``ifname``; NetlinkSetupError (naming the netns) if there is none."""
+    index = link_index(ipr, ifname)
+    if index is None:
+        raise NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+    return index
+
+
 def link_info(ifname: str, netns: str | None = None) -> LinkInfo:
     """The interface ``ifname`` in ``netns``; raises NetlinkSetupError if absent."""
     with iproute(netns) as ipr:
-        index = link_index(ipr, ifname)
-        if index is None:
-            raise NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+        index = _existing_index(ipr, ifname, netns)
         (msg,) = ipr.link("get", index=index)
         return LinkInfo(
             ifname=ifname,
@@ -165,9 +171,7 @@ def link_info(ifname: str, netns: str | None = None) -> LinkInfo:
 def addresses(ifname: str, netns: str | None = None) -> list[str]:
     """The IPv4 addresses on ``ifname`` as ``addr/prefix`` strings, in kernel order."""
     with iproute(netns) as ipr:
-        index = link_index(ipr, ifname)
-        if index is None:
-            raise NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+        index = _existing_index(ipr, ifname, netns)
         return [
             f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
             for a in ipr.get_addr(index=index, family=socket.AF_INET)
@@ -190,9 +194,7 @@ def xdp_attached(ifname: str, netns: str | None = None) -> tuple[str | None, int
     This sees programs attached by netlink and by BPF link alike.
     """
     with iproute(netns) as ipr:
-        index = link_index(ipr, ifname)
-        if index is None:
-            raise NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+        index = _existing_index(ipr, ifname, netns)
         (msg,) = ipr.link("get", index=index)
         xdp = msg.get_attr("IFLA_XDP")
         if xdp is None:
@@ -214,9 +216,7 @@ def set_xdp_fd(
     or REPLACE with ``expected_fd`` to act only on that program.
     """
     with iproute(netns) as ipr:
-        index = link_index(ipr, ifname)
-        if index is None:
-            raise NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+        index = _existing_index(ipr, ifname, netns)
         attrs: list[tuple[str, int]] = [("IFLA_XDP_FD", prog_fd), ("IFLA_XDP_FLAGS", flags)]
         if expected_fd is not None:
             attrs.append(("IFLA_XDP_EXPECTED_FD", expected_fd))
