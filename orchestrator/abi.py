@@ -13,6 +13,8 @@ import ctypes
 import enum
 from typing import NamedTuple
 
+from orchestrator.layouts import check_layouts
+
 
 class Stat(enum.IntEnum):
     """``enum relay_stat``: the index of the ``stats`` map.
@@ -89,9 +91,6 @@ class RelayAddr(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(RelayAddr) == 16, "struct relay_addr layout"
-
-
 class RelayConfig(ctypes.Structure):
     """``struct relay_config`` (bpf/structs.h)."""
 
@@ -115,9 +114,6 @@ class RelayConfig(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(RelayConfig) == 80, "struct relay_config layout"
-
-
 class TokenKey(ctypes.Structure):
     """``struct token_key`` (bpf/structs.h)."""
 
@@ -128,9 +124,6 @@ class TokenKey(ctypes.Structure):
         ("active", ctypes.c_uint32),
         ("pad", ctypes.c_uint32),
     ]
-
-
-assert ctypes.sizeof(TokenKey) == 24, "struct token_key layout"
 
 
 class Transceiver(ctypes.Structure):
@@ -146,9 +139,6 @@ class Transceiver(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(Transceiver) == 24, "struct transceiver layout"
-
-
 class FlowKey(ctypes.Structure):
     """``struct flow_key`` (bpf/structs.h)."""
 
@@ -161,9 +151,6 @@ class FlowKey(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(FlowKey) == 20, "struct flow_key layout"
-
-
 class NextHop(ctypes.Structure):
     """``struct next_hop`` (bpf/structs.h)."""
 
@@ -174,9 +161,6 @@ class NextHop(ctypes.Structure):
         ("dmac", ctypes.c_uint8 * 6),
         ("generation", ctypes.c_uint32),
     ]
-
-
-assert ctypes.sizeof(NextHop) == 20, "struct next_hop layout"
 
 
 class Flow(ctypes.Structure):
@@ -196,9 +180,6 @@ class Flow(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(Flow) == 72, "struct flow layout"
-
-
 class ReverseKey(ctypes.Structure):
     """``struct reverse_key`` (bpf/structs.h)."""
 
@@ -207,9 +188,6 @@ class ReverseKey(ctypes.Structure):
         ("relay_port", ctypes.c_uint16),
         ("pad", ctypes.c_uint16),
     ]
-
-
-assert ctypes.sizeof(ReverseKey) == 4, "struct reverse_key layout"
 
 
 class ReverseFlow(ctypes.Structure):
@@ -229,9 +207,6 @@ class ReverseFlow(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(ReverseFlow) == 80, "struct reverse_flow layout"
-
-
 class RateWindow(ctypes.Structure):
     """``struct rate_window`` (bpf/structs.h)."""
 
@@ -243,7 +218,19 @@ class RateWindow(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(RateWindow) == 16, "struct rate_window layout"
+_STRUCT_SIZES: dict[type[ctypes.Structure], tuple[str, int]] = {
+    RelayAddr: ("relay_addr", 16),
+    RelayConfig: ("relay_config", 80),
+    TokenKey: ("token_key", 24),
+    Transceiver: ("transceiver", 24),
+    FlowKey: ("flow_key", 20),
+    NextHop: ("next_hop", 20),
+    Flow: ("flow", 72),
+    ReverseKey: ("reverse_key", 4),
+    ReverseFlow: ("reverse_flow", 80),
+    RateWindow: ("rate_window", 16),
+}
+"""Each struct's C name and size as bcc laid it out (and structs.h asserts)."""
 
 
 MAP_NAMES: tuple[str, ...] = (
@@ -281,7 +268,6 @@ MAP_CTYPES: dict[str, tuple[type, type]] = {
 }
 """(key, value) ctypes per map; the value is one CPU's for per-CPU maps."""
 
-for _name, (_key, _value) in MAP_CTYPES.items():
-    _sizes = (ctypes.sizeof(_key), ctypes.sizeof(_value))
-    assert _sizes == MAP_LAYOUTS[_name][1:], _name
-del _name, _key, _value, _sizes
+
+# Last, the generated text checks itself (orchestrator/layouts.py says why).
+check_layouts(_STRUCT_SIZES, MAP_CTYPES, MAP_LAYOUTS)

@@ -228,7 +228,9 @@ class RelayMaps:
         leaf.nh_generation = nh_generation
         table[table.Key(0)] = leaf
         entry = self.read_config()
-        assert entry is not None
+        if entry is None:  # public_port 0 is how read_config tells "never written"
+            raise ValueError(f"config[0] reads back as unwritten: public_port "
+                             f"{relay.public_port} must be 1..65535")
         return entry
 
     def read_config(self) -> ConfigEntry | None:
@@ -299,7 +301,7 @@ class RelayMaps:
             raise ValueError(f"transceiver address {ip} is not IPv4 (IPv6 is not supported yet)")
         table = self._t["transceivers"]
         leaf = table.Leaf()
-        leaf.addr.addr[0] = be32_of(ip)  # type: ignore[arg-type]
+        leaf.addr.addr[0] = be32_of(ip)
         leaf.family = AF_INET
         leaf.status = TransceiverStatus(status)
         table[table.Key(transceiver_id)] = leaf

@@ -13,10 +13,9 @@ create an empty map beside a relay.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from orchestrator import bpfprog, bpfsys, loader
-from orchestrator.bccmaps import TransceiverStatus
+from orchestrator.bccmaps import RelayMaps, TransceiverStatus
 from orchestrator.pinview import PinView, open_pinview
 from orchestrator.relay import FlowEntry, RelayUnavailable, require_bpf, require_pinned
 from orchestrator.sync import MapTransceiver
@@ -41,7 +40,7 @@ class BpfRelayView:
     one way to read them.
     """
 
-    def __init__(self, name: str, relay_maps: Any, reader: PinView) -> None:
+    def __init__(self, name: str, relay_maps: RelayMaps, reader: PinView) -> None:
         self.name = name
         self.maps = relay_maps
         self.reader = reader
@@ -100,7 +99,7 @@ class BpfRelayView:
         _cleanup(self.maps)
 
 
-def _cleanup(relay_maps: Any) -> None:
+def _cleanup(relay_maps: RelayMaps) -> None:
     """Close the fds of the bcc object behind ``relay_maps``."""
     bpf = getattr(relay_maps.table("config"), "bpf", None)
     if bpf is not None:
@@ -116,11 +115,7 @@ def open_relay(name: str) -> BpfRelayView:
     for map_name, limit in _LIMIT_OF_MAP.items():
         if limit not in known:
             continue
-        fd = bpfsys.obj_get(str(pin_dir / map_name))
-        try:
-            limits[limit] = bpfsys.map_info(fd).max_entries
-        finally:
-            bpfsys.close(fd)
+        limits[limit] = bpfsys.with_pinned_fd(pin_dir / map_name, bpfsys.map_info).max_entries
     try:
         relay_maps = loader.open_maps(name, limits=limits)
     except loader.LoaderError as exc:

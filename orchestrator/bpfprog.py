@@ -10,13 +10,14 @@ Running the program on packets (BPF_PROG_TEST_RUN) is lab tooling:
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrator import bpfsys, pins
 from orchestrator.abi import MAP_NAMES
@@ -27,6 +28,18 @@ if TYPE_CHECKING:  # pragma: no cover
 RELAY_SOURCE = "relay.c"
 RELAY_FUNCTION = "xdp_relay"
 """Name of the XDP entry point in relay.c."""
+
+def import_bcc() -> Any:
+    """The ``bcc`` module, imported on first use: the one home of that import.
+
+    bcc is an optional heavy dependency (Debian's python3-bpfcc linked into the
+    venv): only compiling and loading need it, so pure modules and the pin
+    readers work on machines without it. It is untyped, hence ``Any``.
+    Raises ImportError where it is missing (``relay.require_bpf`` turns that
+    into the one-line error).
+    """
+    return importlib.import_module("bcc")
+
 
 _IFNDEF = re.compile(r"^#ifndef\s+([A-Z][A-Z0-9_]*)\s*$", re.MULTILINE)
 
@@ -112,8 +125,7 @@ def compile_relay(
     Raises ``orchestrator.errors.MapLayoutError`` when a reused pin has another
     type or key/value size than this build's map.
     """
-    import bcc  # optional heavy dependency: only the kernel side needs it
-
+    bcc = import_bcc()
     if pin_dir is not None:
         Path(pin_dir).mkdir(parents=True, exist_ok=True)
     src = bpf_dir() / RELAY_SOURCE
@@ -129,11 +141,18 @@ def compile_relay(
     return bpf
 
 
-def load_relay_fn(bpf: bcc.BPF) -> object:
-    """Load (verify) the XDP entry point; returns bcc's function (``.fd``)."""
-    import bcc  # optional heavy dependency (see compile_relay)
+class LoadedFunction(Protocol):
+    """What the loader uses of bcc's loaded function (``BPF.load_func``)."""
 
-    return bpf.load_func(RELAY_FUNCTION, bcc.BPF.XDP)
+    @property
+    def fd(self) -> int:
+        """The program's fd; ``bpf.cleanup`` closes it."""
+
+
+def load_relay_fn(bpf: bcc.BPF) -> LoadedFunction:
+    """Load (verify) the XDP entry point; returns bcc's function (``.fd``)."""
+    fn: LoadedFunction = bpf.load_func(RELAY_FUNCTION, import_bcc().BPF.XDP)
+    return fn
 
 
 XDP_WRITTEN_MAPS: tuple[str, ...] = ("flows", "reverse", "rate", "token_flows")

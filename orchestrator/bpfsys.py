@@ -13,12 +13,16 @@ of any particular libbpf version.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}[os.uname().machine]
 
@@ -57,6 +61,8 @@ MAP_TYPE_NAMES = {
     6: "percpu_array", 9: "lru_hash", 10: "lru_percpu_hash", 14: "devmap", 17: "cpumap",
 }
 
+T = TypeVar("T")
+
 _ATTR_SIZE = 128
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -79,10 +85,8 @@ def _attr() -> ctypes.Array[ctypes.c_char]:
 
 
 def close(fd: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.close(fd)
-    except OSError:
-        pass
 
 
 # --- objects in bpffs ----------------------------------------------------------
@@ -170,6 +174,18 @@ def link_info(fd: int) -> BpfLinkInfo:
     return BpfLinkInfo(id_, type_, prog_id, ifindex if type_ == BPF_LINK_TYPE_XDP else 0)
 
 
+def with_pinned_fd(path: str | os.PathLike[str], fn: Callable[[int], T]) -> T:
+    """``fn(fd)`` on the object pinned at ``path``; the fd is opened and closed here.
+
+    E.g. ``with_pinned_fd(pin, map_info)``.
+    """
+    fd = obj_get(os.fspath(path))
+    try:
+        return fn(fd)
+    finally:
+        close(fd)
+
+
 def prog_fd_by_id(prog_id: int) -> int:
     attr = _attr()
     struct.pack_into("=I", attr, 0, prog_id)
@@ -185,20 +201,29 @@ def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
     return _bpf(BPF_MAP_CREATE, attr, f"create map {name!r}")
 
 
-def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
-    """The value at ``key`` (raw bytes, ``value_size`` long; per-CPU maps: one
-    8-byte-aligned slot per possible CPU), or None when the key is absent."""
-    key_buf = ctypes.create_string_buffer(key, len(key))
-    value_buf = ctypes.create_string_buffer(value_size)
+def _map_elem(cmd: int, fd: int, key: bytes | None, key_size: int, out_size: int,
+              what: str) -> bytes | None:
+    """A map command of ``{map_fd, key, value/next_key}`` that fills ``out_size`` bytes;
+    None when the kernel answers ENOENT (no such key, or no next key)."""
+    key_buf = ctypes.create_string_buffer(key, key_size) if key is not None else None
+    out_buf = ctypes.create_string_buffer(out_size)
     attr = _attr()
-    struct.pack_into("=IIQQ", attr, 0, fd, 0, ctypes.addressof(key_buf), ctypes.addressof(value_buf))
+    struct.pack_into("=IIQQ", attr, 0, fd, 0,
+                     ctypes.addressof(key_buf) if key_buf is not None else 0,
+                     ctypes.addressof(out_buf))
     try:
-        _bpf(BPF_MAP_LOOKUP_ELEM, attr, "map lookup")
+        _bpf(cmd, attr, what)
     except BpfError as exc:
         if exc.errno == errno.ENOENT:
             return None
         raise
-    return value_buf.raw
+    return out_buf.raw
+
+
+def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
+    """The value at ``key`` (raw bytes, ``value_size`` long; per-CPU maps: one
+    8-byte-aligned slot per possible CPU), or None when the key is absent."""
+    return _map_elem(BPF_MAP_LOOKUP_ELEM, fd, key, len(key), value_size, "map lookup")
 
 
 def map_next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:
@@ -208,25 +233,12 @@ def map_next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:
     deleted meanwhile makes a hash map start over from its first key, so a
     walk of a busy map may see a key twice (callers that count use a set).
     """
-    key_buf = ctypes.create_string_buffer(key, key_size) if key is not None else None
-    next_buf = ctypes.create_string_buffer(key_size)
-    attr = _attr()
-    struct.pack_into("=IIQQ", attr, 0, fd, 0,
-                     ctypes.addressof(key_buf) if key_buf is not None else 0,
-                     ctypes.addressof(next_buf))
-    try:
-        _bpf(BPF_MAP_GET_NEXT_KEY, attr, "map next key")
-    except BpfError as exc:
-        if exc.errno == errno.ENOENT:
-            return None
-        raise
-    return next_buf.raw
+    return _map_elem(BPF_MAP_GET_NEXT_KEY, fd, key, key_size, key_size, "map next key")
 
 
 def possible_cpus() -> int:
     """CPUs the kernel may bring up: the number of slots in a per-CPU map's value."""
-    with open("/sys/devices/system/cpu/possible") as f:
-        text = f.read().strip()
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
     count = 0
     for part in text.split(","):
         lo, _, hi = part.partition("-")
@@ -265,7 +277,10 @@ def link_create_xdp(prog_fd: int, ifindex: int, mode_flags: int) -> int:
 
 
 def link_update(link_fd: int, new_prog_fd: int, old_prog_fd: int) -> None:
-    """Atomically swap a link's program, only if ``old_prog_fd``'s program is attached (else EPERM)."""
+    """Atomically swap a link's program, only if ``old_prog_fd``'s program is attached.
+
+    Else the kernel answers EPERM.
+    """
     attr = _attr()
     struct.pack_into("=IIII", attr, 0, link_fd, new_prog_fd, BPF_F_REPLACE, old_prog_fd)
     _bpf(BPF_LINK_UPDATE, attr, "replace the program of an XDP link")

@@ -38,6 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# bpfprog imports the abi.py this module writes: that works while abi.py is
+# stale, since compile_relay() without pins never checks layouts against it.
+from orchestrator import bpfprog, bpfsys
+
 ENUM_NAME = "relay_stat"
 PREFIX = "STAT_"
 RETIRED_PREFIX = "STAT_RETIRED_"
@@ -204,9 +208,7 @@ class KernelMap:
 
 def kernel_maps(names: Sequence[str]) -> list[KernelMap]:
     """Compile relay.c with bcc (default limits, no pins) and describe ``names``."""
-    import bcc
-
-    from orchestrator import bpfprog, bpfsys
+    bcc = bpfprog.import_bcc()
 
     bpf = bpfprog.compile_relay()
     try:
@@ -240,10 +242,18 @@ from __future__ import annotations
 import ctypes
 import enum
 from typing import NamedTuple
+
+from orchestrator.layouts import check_layouts
 '''
 
 
-def _render_struct(struct: StructSource, size: int | None) -> list[str]:
+_CHECK_LAYOUTS = """\
+# Last, the generated text checks itself (orchestrator/layouts.py says why).
+check_layouts(_STRUCT_SIZES, MAP_CTYPES, MAP_LAYOUTS)
+"""
+
+
+def _render_struct(struct: StructSource) -> list[str]:
     cls = camel(struct.c_name)
     lines = [f"class {cls}(ctypes.Structure):",
              f'    """``struct {struct.c_name}`` (bpf/structs.h)."""', ""]
@@ -254,9 +264,6 @@ def _render_struct(struct: StructSource, size: int | None) -> list[str]:
     lines.append("    _fields_ = [")
     lines += [f'        ("{name}", {expr}),' for name, expr in struct.fields]
     lines.append("    ]")
-    if size is not None:
-        lines += ["", "",
-                  f'assert ctypes.sizeof({cls}) == {size}, "struct {struct.c_name} layout"']
     return lines
 
 
@@ -283,7 +290,7 @@ def _struct_sizes(ordered: Sequence[str], structs: dict[str, StructSource],
                   c_sizes: dict[str, int]) -> dict[str, int]:
     """What ctypes makes of each struct, refused where C's _Static_assert says otherwise."""
     source = "import ctypes\n" + "\n".join(
-        line for c_name in ordered for line in _render_struct(structs[c_name], None))
+        line for c_name in ordered for line in _render_struct(structs[c_name]))
     namespace: dict[str, Any] = {}
     # Our own rendering of bcc's description, run to let ctypes lay it out.
     exec(compile(source, "<genabi structs>", "exec"), namespace)  # noqa: S102
@@ -350,8 +357,13 @@ def render(verdicts: dict[str, int], stats_map_size: int, consts: dict[str, int]
     out.append("    value_size: int")
     out += ["", ""]
     for c_name in ordered:
-        out += _render_struct(structs[c_name], sizes[c_name])
+        out += _render_struct(structs[c_name])
         out += ["", ""]
+    out.append("_STRUCT_SIZES: dict[type[ctypes.Structure], tuple[str, int]] = {")
+    out += [f'    {camel(c_name)}: ("{c_name}", {sizes[c_name]}),' for c_name in ordered]
+    out.append("}")
+    out.append('"""Each struct\'s C name and size as bcc laid it out (and structs.h asserts)."""')
+    out += ["", ""]
     out.append("MAP_NAMES: tuple[str, ...] = (")
     out += [f'    "{m.name}",' for m in maps]
     out.append(")")
@@ -370,11 +382,7 @@ def render(verdicts: dict[str, int], stats_map_size: int, consts: dict[str, int]
     out.append("}")
     out.append('"""(key, value) ctypes per map; the value is one CPU\'s for per-CPU maps."""')
     out.append("")
-    out.append("for _name, (_key, _value) in MAP_CTYPES.items():")
-    out.append("    _sizes = (ctypes.sizeof(_key), ctypes.sizeof(_value))")
-    out.append("    assert _sizes == MAP_LAYOUTS[_name][1:], _name")
-    out.append("del _name, _key, _value, _sizes")
-    out.append("")
+    out += ["", _CHECK_LAYOUTS]
     return "\n".join(out)
 
 
@@ -385,9 +393,7 @@ _MAP_TYPE_NAMES = {1: "HASH", 2: "ARRAY", 5: "PERCPU_HASH", 6: "PERCPU_ARRAY", 9
 
 def generate() -> str:
     """Read the headers, compile relay.c once, and return the text of abi.py."""
-    from orchestrator.bpfprog import bpf_dir
-
-    src = bpf_dir()
+    src = bpfprog.bpf_dir()
     verdicts_h = (src / "verdicts.h").read_text()
     consts_h = (src / "consts.h").read_text()
     verdicts = parse_verdicts(verdicts_h)
@@ -422,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.writelines(difflib.unified_diff(
             current.splitlines(keepends=True), text.splitlines(keepends=True),
             f"{args.output} (committed)", f"{args.output} (from bpf/)"))
-        print(f"\n{args.output} is stale: run python -m orchestrator.genabi", file=sys.stderr)
+        sys.stderr.write(f"\n{args.output} is stale: run python -m orchestrator.genabi\n")
         return 1
     if current != text:
         args.output.write_text(text)

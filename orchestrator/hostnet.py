@@ -25,6 +25,7 @@ import contextlib
 import json
 import subprocess
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from orchestrator import bpfsys, netlink
@@ -34,11 +35,11 @@ from voxrelay.config import RelayConfig
 # --- sysctls ------------------------------------------------------------------
 
 
-def _sysctl_file(key: str) -> str:
+def _sysctl_file(key: str) -> Path:
     key = key.replace(".", "/") if "/" not in key else key
     if ".." in key or key.startswith("/"):
         raise ValueError(f"bad sysctl key {key!r}")
-    return f"/proc/sys/{key}"
+    return Path("/proc/sys") / key
 
 def set_sysctl(key: str, value: str | int, netns: str | None = None) -> None:
     """Write a sysctl (``net.ipv4.ip_forward`` or ``net/ipv4/...`` form) in ``netns``.
@@ -49,8 +50,7 @@ def set_sysctl(key: str, value: str | int, netns: str | None = None) -> None:
 
     def write() -> None:
         # The newline makes an empty value a real write (clearing a list sysctl).
-        with open(path, "w") as f:
-            f.write(f"{value}\n")
+        path.write_text(f"{value}\n")
 
     netlink.run_in_netns(netns, write)
 
@@ -58,8 +58,7 @@ def get_sysctl(key: str, netns: str | None = None) -> str:
     path = _sysctl_file(key)
 
     def read() -> str:
-        with open(path) as f:
-            return f.read().strip()
+        return path.read_text().strip()
 
     return netlink.run_in_netns(netns, read)
 
@@ -91,6 +90,9 @@ def _nft(doc: dict[str, Any] | None, netns: str | None, args: Sequence[str] = ()
         netns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )
+    # text=True: both are str (Popen[Any] only because of the **kwargs pass-through).
+    out: str
+    err: str
     out, err = proc.communicate(None if doc is None else json.dumps(doc), timeout=30)
     if proc.returncode != 0:
         raise LoaderError(f"nft {' '.join(argv[2:])} failed: {err.strip() or out.strip()}")
@@ -110,7 +112,8 @@ def install_forward_drop(name: str, ifnames: Sequence[str], netns: str | None = 
         {"flush": {"table": {"family": "inet", "name": table}}},
         {"add": {"chain": {**base, "name": "forward", "type": "filter", "hook": "forward",
                            "prio": 0, "policy": "accept"}}},
-        {"add": {"rule": {**base, "chain": "forward", "comment": "XDP passed it up: not ours to route",
+        {"add": {"rule": {**base, "chain": "forward",
+                          "comment": "XDP passed it up: not ours to route",
                           "expr": [
                               {"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
                                          "right": {"set": list(ifnames)}}},

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -110,7 +109,7 @@ def _compile_pinned(limits: Mapping[str, int] | None, pin_dir: Path) -> Any:
         raise MapLayoutError(f"{exc}. {pins.RELOAD_ADVICE}") from None
 
 
-def check_pinned_maps(bpf: Any, pin_dir: Path, names: Sequence[str]) -> Any:
+def check_pinned_maps(bpf: Any, pin_dir: Path, names: Sequence[str]) -> bccmaps.RelayMaps:
     """Check the compiled ``bpf``'s maps against its pins; returns ``bccmaps.RelayMaps(bpf)``.
 
     bcc's BPF_TABLE_PINNED opens an existing pin without looking at it, so a
@@ -133,11 +132,7 @@ def check_pinned_maps(bpf: Any, pin_dir: Path, names: Sequence[str]) -> Any:
                 "(which removes the pins and the flows in them) and load again."
             )
         pin = pin_dir / name
-        fd = bpfsys.obj_get(str(pin))
-        try:
-            pinned = bpfsys.map_info(fd)
-        finally:
-            bpfsys.close(fd)
+        pinned = bpfsys.with_pinned_fd(pin, bpfsys.map_info)
         if pinned.id != info.id:
             raise MapLayoutError(
                 f"the program's map {name!r} (id {info.id}) is not the one pinned at {pin} "
@@ -149,7 +144,8 @@ def check_pinned_maps(bpf: Any, pin_dir: Path, names: Sequence[str]) -> Any:
 # --- load / replace / unload / status ---------------------------------------------------------
 
 
-def _compile(relay: RelayConfig, limits: Mapping[str, int] | None) -> tuple[Any, Any, int]:
+def _compile(relay: RelayConfig,
+             limits: Mapping[str, int] | None) -> tuple[Any, bccmaps.RelayMaps, int]:
     """Compile (reusing pins), check the pinned maps, then verify and load the program.
 
     Returns (bcc.BPF, bccmaps.RelayMaps, program fd).
@@ -158,14 +154,14 @@ def _compile(relay: RelayConfig, limits: Mapping[str, int] | None) -> tuple[Any,
     bpf = _compile_pinned(limits, pin_dir)
     try:
         relay_maps = check_pinned_maps(bpf, pin_dir, MAP_NAMES)
-        fn = bpfprog.load_relay_fn(bpf)
+        prog_fd = bpfprog.load_relay_fn(bpf).fd
     except BaseException:
         bpf.cleanup()
         raise
-    return bpf, relay_maps, int(fn.fd)  # type: ignore[attr-defined]
+    return bpf, relay_maps, prog_fd
 
 
-def _write_config(relay_maps: Any, relay: RelayConfig, netns: str | None,
+def _write_config(relay_maps: bccmaps.RelayMaps, relay: RelayConfig, netns: str | None,
                   public: str, private: str) -> None:
     """The ``config`` map, from the relay's settings and the interfaces' indexes."""
     relay_maps.write_config(
@@ -221,7 +217,7 @@ def load(
             ipaddress.IPv4Address(addr)
 
         pin_dir = pins.pin_dir_for(relay.name)
-        pins_before = set(os.listdir(pin_dir)) if pin_dir.is_dir() else set()
+        pins_before = {p.name for p in pin_dir.iterdir()} if pin_dir.is_dir() else set()
         made: list[tuple[int, Path]] = []
         bpf: Any = None
         restore: dict[str, str] | None = None
@@ -267,6 +263,15 @@ def load(
     return status(relay.name, netns=netns)
 
 
+def _attached_prog_id(pin: Path, link_fd: int) -> int:
+    """The id of the program the link pinned at ``pin`` runs; refuses a defunct link."""
+    info = bpfsys.link_info(link_fd)
+    if not info.ifindex:
+        raise LoaderError(f"the link on {pin.name} is defunct (interface gone); "
+                          "unload and load again")
+    return info.prog_id
+
+
 def replace(
     relay: RelayConfig, *, netns: str | None = None, limits: Mapping[str, int] | None = None
 ) -> RelayStatus:
@@ -298,11 +303,7 @@ def replace(
             for pin in link_pins:
                 link_fd = bpfsys.obj_get(str(pin))
                 opened.append(link_fd)
-                info = bpfsys.link_info(link_fd)
-                if not info.ifindex:
-                    raise LoaderError(f"the link on {pin.name} is defunct (interface gone); "
-                                      "unload and load again")
-                old_fd = bpfsys.prog_fd_by_id(info.prog_id)
+                old_fd = bpfsys.prog_fd_by_id(_attached_prog_id(pin, link_fd))
                 opened.append(old_fd)
                 bpfsys.link_update(link_fd, new_fd, old_fd)
                 done.append((link_fd, old_fd))
@@ -333,11 +334,7 @@ def unload(name: str, *, netns: str | None = None) -> bool:
         pin_dir = pins.pin_dir_for(name)
         found = bool(link_pins) or pin_dir.exists() or state is not None
         for pin in link_pins:
-            fd = bpfsys.obj_get(str(pin))
-            try:
-                bpfsys.link_detach(fd)
-            finally:
-                bpfsys.close(fd)
+            bpfsys.with_pinned_fd(pin, bpfsys.link_detach)
         pins.unpin_all(name)
         if netns is None or netlink.netns_exists(netns):
             hostnet.undo_host(name, state.sysctl_restore if state else {}, netns)
@@ -354,11 +351,7 @@ def status(name: str, *, netns: str | None = None) -> RelayStatus:
     interfaces = []
     prog_ids = set()
     for pin in pins.link_pins(name):
-        fd = bpfsys.obj_get(str(pin))
-        try:
-            info = bpfsys.link_info(fd)
-        finally:
-            bpfsys.close(fd)
+        info = bpfsys.with_pinned_fd(pin, bpfsys.link_info)
         attached = info.ifindex != 0
         mode = None
         if attached and (netns is None or netlink.netns_exists(netns)):
@@ -403,7 +396,7 @@ def placement(name: str) -> tuple[str | None, tuple[str, ...]] | None:
     return state.netns, tuple(state.interfaces)
 
 
-def open_maps(name: str, *, limits: Mapping[str, int] | None = None) -> Any:
+def open_maps(name: str, *, limits: Mapping[str, int] | None = None) -> bccmaps.RelayMaps:
     """The typed maps (``bccmaps.RelayMaps``) of the loaded relay ``name``, from its pins.
 
     Compiles the program to get bcc's views of the maps (nothing is attached)

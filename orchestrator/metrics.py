@@ -20,6 +20,7 @@ client addresses.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -135,10 +136,8 @@ class OrchestratorMetrics:
     def forget_transceiver(self, transceiver_id: int) -> None:
         """Stop exporting the probe results of a transceiver that left the map."""
         for gauge in (self.probe_success, self.probe_rtt):
-            try:
+            with contextlib.suppress(KeyError):  # it never had a probe result
                 gauge.remove(str(transceiver_id))
-            except KeyError:
-                pass
 
     def forget_transceivers(self, transceiver_ids: Iterable[int]) -> None:
         """``Syncer(on_delete=...)``: the sync removed these from the map."""

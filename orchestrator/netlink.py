@@ -29,12 +29,14 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as _netns
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 NETNS_RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -61,7 +63,7 @@ class LinkInfo:
 
 
 def netns_path(name: str) -> str:
-    return os.path.join(NETNS_RUN_DIR, name)
+    return str(Path(NETNS_RUN_DIR) / name)
 
 
 def netns_exists(name: str) -> bool:
@@ -90,7 +92,7 @@ def enter_netns(name: str) -> None:
         os.close(fd)
 
 
-def run_in_netns(netns: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def run_in_netns(netns: str | None, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Call ``fn(*args, **kwargs)`` on a thread inside ``netns`` and return its result.
 
     The thread ends with the call, so the caller's namespace is never touched.
@@ -144,12 +146,18 @@ def link_index(ipr: IPRoute, ifname: str) -> int | None:
     return found[0] if found else None
 
 
+def _existing_index(ipr: IPRoute, ifname: str, netns: str | None) -> int:
+    """The ifindex of ``ifname``; NetlinkSetupError (naming the netns) if there is none."""
+    index = link_index(ipr, ifname)
+    if index is None:
+        raise NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+    return index
+
+
 def link_info(ifname: str, netns: str | None = None) -> LinkInfo:
     """The interface ``ifname`` in ``netns``; raises NetlinkSetupError if absent."""
     with iproute(netns) as ipr:
-        index = link_index(ipr, ifname)
-        if index is None:
-            raise NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+        index = _existing_index(ipr, ifname, netns)
         (msg,) = ipr.link("get", index=index)
         return LinkInfo(
             ifname=ifname,
@@ -163,9 +171,7 @@ def link_info(ifname: str, netns: str | None = None) -> LinkInfo:
 def addresses(ifname: str, netns: str | None = None) -> list[str]:
     """The IPv4 addresses on ``ifname`` as ``addr/prefix`` strings, in kernel order."""
     with iproute(netns) as ipr:
-        index = link_index(ipr, ifname)
-        if index is None:
-            raise NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+        index = _existing_index(ipr, ifname, netns)
         return [
             f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
             for a in ipr.get_addr(index=index, family=socket.AF_INET)
@@ -188,9 +194,7 @@ def xdp_attached(ifname: str, netns: str | None = None) -> tuple[str | None, int
     This sees programs attached by netlink and by BPF link alike.
     """
     with iproute(netns) as ipr:
-        index = link_index(ipr, ifname)
-        if index is None:
-            raise NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+        index = _existing_index(ipr, ifname, netns)
         (msg,) = ipr.link("get", index=index)
         xdp = msg.get_attr("IFLA_XDP")
         if xdp is None:
@@ -212,9 +216,7 @@ def set_xdp_fd(
     or REPLACE with ``expected_fd`` to act only on that program.
     """
     with iproute(netns) as ipr:
-        index = link_index(ipr, ifname)
-        if index is None:
-            raise NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+        index = _existing_index(ipr, ifname, netns)
         attrs: list[tuple[str, int]] = [("IFLA_XDP_FD", prog_fd), ("IFLA_XDP_FLAGS", flags)]
         if expected_fd is not None:
             attrs.append(("IFLA_XDP_EXPECTED_FD", expected_fd))

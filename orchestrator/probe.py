@@ -72,7 +72,8 @@ def probe(relay: tuple[str, int], ufrag: str, *, timeout: float = 2.0, attempts:
         try:
             sock.connect(relay)  # replies from anywhere else are not the relay's
         except OSError as exc:
-            return ProbeResult(False, where, transceiver_id, reason=f"cannot reach {where}: {exc.strerror}")
+            return ProbeResult(False, where, transceiver_id,
+                               reason=f"cannot reach {where}: {exc.strerror}")
         for _ in range(max(1, attempts)):
             started = time.perf_counter()
             try:
@@ -93,8 +94,9 @@ def probe(relay: tuple[str, int], ufrag: str, *, timeout: float = 2.0, attempts:
                                    f"({answer.error_code})",
                         )
                     mapped = answer.attributes.get("XOR-MAPPED-ADDRESS")
-                    return ProbeResult(True, where, transceiver_id, rtt,
-                                       mapped_address=f"{mapped[0]}:{mapped[1]}" if mapped else None)
+                    return ProbeResult(
+                        True, where, transceiver_id, rtt,
+                        mapped_address=f"{mapped[0]}:{mapped[1]}" if mapped else None)
             except TimeoutError:
                 continue
             except ConnectionRefusedError:
@@ -104,7 +106,8 @@ def probe(relay: tuple[str, int], ufrag: str, *, timeout: float = 2.0, attempts:
                            "nothing listens there and no XDP relay is attached",
                 )
             except OSError as exc:
-                return ProbeResult(False, where, transceiver_id, reason=f"send to {where} failed: {exc.strerror}")
+                return ProbeResult(False, where, transceiver_id,
+                                   reason=f"send to {where} failed: {exc.strerror}")
     return ProbeResult(
         False, where, transceiver_id,
         reason=f"no answer from transceiver {transceiver_id} through {where} after "
@@ -113,5 +116,8 @@ def probe(relay: tuple[str, int], ufrag: str, *, timeout: float = 2.0, attempts:
     )
 
 
-async def probe_async(relay: tuple[str, int], ufrag: str, **kwargs: Any) -> ProbeResult:
-    return await asyncio.to_thread(probe, relay, ufrag, **kwargs)
+async def probe_async(relay: tuple[str, int], ufrag: str, *, timeout: float = 2.0,
+                      attempts: int = 3, transceiver_id: int | None = None) -> ProbeResult:
+    """``probe`` on a worker thread, so that the event loop keeps running."""
+    return await asyncio.to_thread(probe, relay, ufrag, timeout=timeout, attempts=attempts,
+                                   transceiver_id=transceiver_id)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from orchestrator import pins
+from orchestrator import bpfprog, pins
 from orchestrator.abi import MAP_NAMES
 from orchestrator.sync import MapTransceiver, SyncMaps
 
@@ -71,7 +71,7 @@ def require_bpf(what: str) -> None:
     """One clear error before anything that needs root and bcc."""
     require_root(what)
     try:
-        import bcc  # noqa: F401 - optional heavy dependency, only probed here
+        bpfprog.import_bcc()
     except ImportError:
         raise RelayUnavailable(
             "bcc is not importable from this Python: run scripts/setup.sh "

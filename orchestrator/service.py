@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.probe import probe_async
 from orchestrator.relay import RelayView
-from orchestrator.sync import Syncer, keyring_from_map
+from orchestrator.sync import Syncer, keyring_from_map, sleep_or_stop
 from voxrelay.addr import parse_hostport
 from voxrelay.config import Config
 from voxrelay.directory import Directory, DirectoryUnavailable, connect
@@ -63,7 +63,8 @@ async def _serve(app: web.Application, listen: str) -> tuple[web.AppRunner, int]
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    # One site, so its sockets are all the runner's: the first one's port.
+    bound = int(runner.addresses[0][1])
     return runner, bound
 
 
@@ -95,10 +96,7 @@ async def _probe_loop(running: Running, relay: tuple[str, int], interval: float,
                         log.warning("probe: %s", result.reason)
         except DirectoryUnavailable as exc:
             log.warning("probe skipped: %s", exc)
-        try:
-            await asyncio.wait_for(stop.wait(), interval)
-        except TimeoutError:
-            pass
+        await sleep_or_stop(stop, interval)
 
 
 async def _upkeep_loop(upkeep: Upkeep, view: RelayView, interval: float,
@@ -109,13 +107,12 @@ async def _upkeep_loop(upkeep: Upkeep, view: RelayView, interval: float,
         try:
             upkeep.refresh_clock()
             upkeep.prime(t.address for t in view.transceivers().values())
-        except Exception as exc:  # noqa: BLE001 - housekeeping must not end the service
-            log.error("relay upkeep failed, retrying in %.0f s: %s", interval, exc)
-        try:
-            await asyncio.wait_for(stop.wait(), interval)
+        except Exception:
+            # Housekeeping must not end the service; anything may fail here, so
+            # the log keeps the traceback.
+            log.exception("relay upkeep failed, retrying in %.0f s", interval)
+        if await sleep_or_stop(stop, interval):
             return
-        except TimeoutError:
-            pass
 
 
 async def run_orchestrator(
@@ -177,7 +174,8 @@ async def run_orchestrator(
                 _upkeep_loop(upkeep, view, upkeep_interval, stop), name="upkeep"))
         if probe_relay:
             tasks.append(asyncio.create_task(
-                _probe_loop(running, parse_hostport(probe_relay, 3478, what="relay"), probe_interval, stop),
+                _probe_loop(running, parse_hostport(probe_relay, 3478, what="relay"),
+                            probe_interval, stop),
                 name="probe"))
         log.info("orchestrator up: directory %s, metrics on :%d", oc.directory, metrics_port)
         if on_ready is not None:

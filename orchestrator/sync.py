@@ -24,6 +24,7 @@ Rules that keep calls alive:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -35,6 +36,13 @@ from voxrelay.directory.records import Keyring, TransceiverRecord
 from voxrelay.token import MAX_KEY_ID
 
 log = logging.getLogger(__name__)
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds``, or less if ``stop`` is set meanwhile; True when it was."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
 
 
 @dataclass(frozen=True)
@@ -64,9 +72,8 @@ class Delta:
     retire_keys: tuple[int, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(
-            self.upsert_transceivers or self.delete_transceivers or self.set_keys or self.retire_keys
-        )
+        return bool(self.upsert_transceivers or self.delete_transceivers
+                    or self.set_keys or self.retire_keys)
 
 
 class SyncMaps(Protocol):
@@ -305,12 +312,11 @@ class Syncer:
                         log.warning("directory unavailable, keeping the maps as they are: %s", exc)
                     self.connected = False
                 else:
-                    log.error("map write failed, will resync: %s", exc)
+                    # With the traceback: it names the write that failed. The
+                    # backoff keeps a lasting failure from flooding the log.
+                    log.exception("map write failed, will resync")
                 self.in_sync = False
-                try:
-                    await asyncio.wait_for(stop.wait(), backoff)
-                except TimeoutError:
-                    pass
+                await sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, self.backoff_max)
             finally:
                 if feed is not None:

@@ -10,7 +10,6 @@ import logging
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from orchestrator import loader, neighbours, netlink
 from orchestrator.bccview import BpfRelayView
@@ -50,7 +49,7 @@ class BpfRelayUpkeep:
         where = loader.placement(view.name)
         self.netns, self.ifnames = where if where is not None else (None, ())
         self._lock = threading.Lock()
-        self._watcher: Any = None
+        self._watcher: neighbours.NeighbourWatcher | None = None
         self.bumps = 0
 
     def start(self) -> None:
@@ -91,4 +90,4 @@ class BpfRelayUpkeep:
 
     def refresh_clock(self) -> int | None:
         with self._lock:
-            return self.view.maps.set_clock_offset()  # type: ignore[no-any-return]
+            return self.view.maps.set_clock_offset()

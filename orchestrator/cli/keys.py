@@ -7,14 +7,7 @@ from pathlib import Path
 import click
 
 from orchestrator.cli import common
-from orchestrator.cli.common import (
-    CONTEXT,
-    config_option,
-    directory_option,
-    emit,
-    friendly,
-    json_option,
-)
+from orchestrator.cli.common import CONTEXT, directory_options, emit
 
 
 @click.group(context_settings=CONTEXT)
@@ -23,10 +16,7 @@ def keys() -> None:
 
 
 @keys.command("rotate")
-@config_option
-@directory_option
-@json_option
-@friendly
+@directory_options
 def keys_rotate(config_path: Path | None, directory_url: str | None, as_json: bool) -> None:
     """Make a new current key; the previous one stays valid until the next rotation.
 
@@ -35,5 +25,6 @@ def keys_rotate(config_path: Path | None, directory_url: str | None, as_json: bo
     """
     ring = common.run_with(lambda d: d.rotate_keys(), common.directory(config_path, directory_url))
     data = {"current": ring.current, "active": list(ring.active),
-            "fingerprints": {str(i): common.key_fingerprint(k) for i, k in ring.active_keys().items()}}
+            "fingerprints": {str(i): common.key_fingerprint(k)
+                             for i, k in ring.active_keys().items()}}
     emit(as_json, data, f"current key id {ring.current}; active {', '.join(map(str, ring.active))}")

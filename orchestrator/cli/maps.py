@@ -7,15 +7,7 @@ from pathlib import Path
 import click
 
 from orchestrator.cli import common
-from orchestrator.cli.common import (
-    CONTEXT,
-    config_option,
-    emit,
-    friendly,
-    json_option,
-    name_option,
-    table,
-)
+from orchestrator.cli.common import CONTEXT, emit, relay_read_options, table
 from orchestrator.relay import FlowEntry
 from orchestrator.sync import keyring_from_map
 
@@ -26,10 +18,7 @@ def maps() -> None:
 
 
 @maps.command("transceivers")
-@config_option
-@name_option
-@json_option
-@friendly
+@relay_read_options
 def maps_transceivers(config_path: Path | None, name: str | None, as_json: bool) -> None:
     """Transceivers the XDP program routes to: id, private address, status."""
     txrs = common.view(config_path, name).transceivers()
@@ -39,10 +28,7 @@ def maps_transceivers(config_path: Path | None, name: str | None, as_json: bool)
 
 
 @maps.command("keys")
-@config_option
-@name_option
-@json_option
-@friendly
+@relay_read_options
 def maps_keys(config_path: Path | None, name: str | None, as_json: bool) -> None:
     """Active token key slots (fingerprints only; the keys are secret)."""
     slots = common.view(config_path, name).keys()
@@ -50,15 +36,13 @@ def maps_keys(config_path: Path | None, name: str | None, as_json: bool) -> None
     rows = [{"key_id": i, "fingerprint": common.key_fingerprint(k), "current": i == current}
             for i, k in sorted(slots.items())]
     emit(as_json, rows, table(["KEY_ID", "FINGERPRINT", "CURRENT"],
-                              [[r["key_id"], r["fingerprint"], "*" if r["current"] else ""] for r in rows]))
+                              [[r["key_id"], r["fingerprint"], "*" if r["current"] else ""]
+                               for r in rows]))
 
 
 @maps.command("stats")
-@config_option
-@name_option
-@json_option
+@relay_read_options
 @click.option("--all", "show_all", is_flag=True, help="Also show counters that are zero.")
-@friendly
 def maps_stats(config_path: Path | None, name: str | None, as_json: bool, show_all: bool) -> None:
     """Packets by verdict and drop reason, summed over CPUs."""
     view = common.view(config_path, name)
@@ -78,7 +62,8 @@ def _parse_client(value: str) -> tuple[str, int | None]:
     return value, None
 
 
-def filter_flows(flows: list[FlowEntry], transceiver: int | None, client: str | None) -> list[FlowEntry]:
+def filter_flows(flows: list[FlowEntry], transceiver: int | None,
+                 client: str | None) -> list[FlowEntry]:
     """Pure: the flows of one transceiver and/or one client (addr or addr:port)."""
     out = flows
     if transceiver is not None:
@@ -91,14 +76,11 @@ def filter_flows(flows: list[FlowEntry], transceiver: int | None, client: str | 
 
 
 @maps.command("flows")
-@config_option
-@name_option
-@json_option
+@relay_read_options
 @click.option("--transceiver", type=int, default=None, help="Only flows to this transceiver id.")
 @click.option("--client", default=None, metavar="ADDR[:PORT]", help="Only flows of this client.")
 @click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True,
               help="Rows to print (0: all). The flows map can hold a million.")
-@friendly
 def maps_flows(config_path: Path | None, name: str | None, as_json: bool,
                transceiver: int | None, client: str | None, limit: int) -> None:
     """Live flows: client -> transceiver, relay-side port, age and idle time."""
@@ -107,8 +89,8 @@ def maps_flows(config_path: Path | None, name: str | None, as_json: bool,
     shown = flows if limit == 0 else flows[:limit]
     text = table(
         ["CLIENT", "TRANSCEIVER", "TXR_ADDRESS", "RELAY_PORT", "AGE_S", "IDLE_S"],
-        [[f.client, f.transceiver_id, f.transceiver, f.relay_port, f"{f.age_s:.1f}", f"{f.idle_s:.1f}"]
-         for f in shown],
+        [[f.client, f.transceiver_id, f.transceiver, f.relay_port,
+          f"{f.age_s:.1f}", f"{f.idle_s:.1f}"] for f in shown],
     )
     if len(shown) < len(flows):
         text += f"\n... {len(flows) - len(shown)} more (--limit 0 for all)"

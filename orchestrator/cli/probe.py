@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
 from orchestrator.cli import common
-from orchestrator.cli.common import (
-    CONTEXT,
-    config_option,
-    directory_option,
-    friendly,
-    json_option,
-)
+from orchestrator.cli.common import CONTEXT, directory_options
 from orchestrator.probe import probe as run_probe
 from voxrelay.addr import parse_hostport
-from voxrelay.directory import Directory
+from voxrelay.directory import Directory, Keyring, TransceiverRecord
 from voxrelay.probe import mint_probe_token
 
 
@@ -27,13 +20,11 @@ from voxrelay.probe import mint_probe_token
               help="The relay's public address (port default 3478). Probe from where clients are.")
 @click.option("--token", "ufrag", default=None, help="A probe token (see `voxrelay token mint`).")
 @click.option("--transceiver", "txr_id", type=int, default=None,
-              help="Mint a probe token for this transceiver (keys and probe port from the directory).")
+              help="Mint a probe token for this transceiver "
+                   "(keys and probe port from the directory).")
 @click.option("--timeout", type=float, default=1.0, show_default=True, help="Seconds per attempt.")
 @click.option("--attempts", type=click.IntRange(1, 10), default=3, show_default=True)
-@config_option
-@directory_option
-@json_option
-@friendly
+@directory_options
 def probe(relay_addr: str, ufrag: str | None, txr_id: int | None, timeout: float, attempts: int,
           config_path: Path | None, directory_url: str | None, as_json: bool) -> None:
     """Send a STUN Binding Request through relay -> transceiver and expect the answer.
@@ -44,21 +35,23 @@ def probe(relay_addr: str, ufrag: str | None, txr_id: int | None, timeout: float
     the reason when it does not.
     """
     relay = parse_hostport(relay_addr, 3478, what="relay")
-    if (ufrag is None) == (txr_id is None):
-        raise click.UsageError("give exactly one of --token or --transceiver")
-    if ufrag is None:
-        assert txr_id is not None
+    if ufrag is not None and txr_id is None:
+        token = ufrag
+    elif txr_id is not None and ufrag is None:
 
-        async def fetch(d: Directory) -> Any:
+        async def fetch(d: Directory) -> tuple[TransceiverRecord | None, Keyring]:
             return await d.get_transceiver(txr_id), await d.keyring()
 
         record, ring = common.run_with(fetch, common.directory(config_path, directory_url))
         if record is None:
-            raise click.ClickException(f"transceiver {txr_id} is not in the directory (gone or expired)")
+            raise click.ClickException(
+                f"transceiver {txr_id} is not in the directory (gone or expired)")
         if ring.current is None:
             raise click.ClickException("the directory has no token key yet")
-        ufrag = mint_probe_token(ring.keys, ring.current, txr_id, record.probe_port)
-    result = run_probe(relay, ufrag, timeout=timeout, attempts=attempts, transceiver_id=txr_id)
+        token = mint_probe_token(ring.keys, ring.current, txr_id, record.probe_port)
+    else:
+        raise click.UsageError("give exactly one of --token or --transceiver")
+    result = run_probe(relay, token, timeout=timeout, attempts=attempts, transceiver_id=txr_id)
     if result.ok:
         text = (f"ok: transceiver {result.transceiver_id} answered through {result.relay} "
                 f"in {result.rtt_ms:.2f} ms (seen as {result.mapped_address})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import click
 from pyroute2.netlink.exceptions import NetlinkError
@@ -22,8 +22,13 @@ from orchestrator.cli.common import (
 )
 from orchestrator.relay import require_bpf
 
+T = TypeVar("T")
 
-def _loader_call(fn: Callable[[], Any]) -> Any:
+_netns_option = click.option("--netns", default=None,
+                             help="Network namespace holding the interfaces.")
+
+
+def _loader_call(fn: Callable[[], T]) -> T:
     require_bpf("loading or inspecting the XDP relay")
     try:
         return fn()
@@ -52,7 +57,7 @@ def relay() -> None:
 @name_option
 @click.option("--mode", type=click.Choice(["native", "generic"]), default=None,
               help="XDP mode (default: [relay] xdp_mode).")
-@click.option("--netns", default=None, help="Network namespace holding the interfaces.")
+@_netns_option
 @click.option("--replace", "do_replace", is_flag=True,
               help="Swap the running program atomically, keeping maps and flows.")
 @json_option
@@ -64,7 +69,7 @@ def relay_load(config_path: Path | None, name: str | None, mode: str | None, net
     if name:
         config.relay.name = name
 
-    def go() -> Any:
+    def go() -> loader.RelayStatus:
         if do_replace:
             return loader.replace(config.relay, netns=netns)
         return loader.load(config.relay, netns=netns, mode=mode)
@@ -76,13 +81,13 @@ def relay_load(config_path: Path | None, name: str | None, mode: str | None, net
 @relay.command("unload")
 @config_option
 @name_option
-@click.option("--netns", default=None, help="Network namespace holding the interfaces.")
+@_netns_option
 @friendly
 def relay_unload(config_path: Path | None, name: str | None, netns: str | None) -> None:
     """Detach the relay and remove its pins (its flows end; transceivers are untouched)."""
     relay_name = name or common.config_from(config_path).relay.name
 
-    def go() -> Any:
+    def go() -> bool:
         return loader.unload(relay_name, netns=netns)
 
     found = _loader_call(go)
@@ -92,14 +97,15 @@ def relay_unload(config_path: Path | None, name: str | None, netns: str | None) 
 @relay.command("status")
 @config_option
 @name_option
-@click.option("--netns", default=None, help="Network namespace holding the interfaces.")
+@_netns_option
 @json_option
 @friendly
-def relay_status(config_path: Path | None, name: str | None, netns: str | None, as_json: bool) -> None:
+def relay_status(config_path: Path | None, name: str | None, netns: str | None,
+                 as_json: bool) -> None:
     """What is attached and pinned for this relay (exit 1 when not loaded)."""
     relay_name = name or common.config_from(config_path).relay.name
 
-    def go() -> Any:
+    def go() -> loader.RelayStatus:
         return loader.status(relay_name, netns=netns)
 
     st = _loader_call(go)
@@ -108,12 +114,13 @@ def relay_status(config_path: Path | None, name: str | None, netns: str | None, 
         raise SystemExit(1)
 
 
-def _status_text(st: Any) -> str:
+def _status_text(st: loader.RelayStatus) -> str:
     if not st.loaded and not st.maps:
         return f"relay {st.name!r} is not loaded (run `voxrelay relay load`)"
     head = (f"relay {st.name!r}: {'loaded' if st.loaded else 'NOT attached'}, program "
             f"{st.prog_name or '-'} id {st.prog_id or '-'}, mode {st.mode or '-'}")
     ifs = table(["INTERFACE", "IFINDEX", "LINK", "ATTACHED"],
-                [[i.ifname, i.ifindex, i.link_id, "yes" if i.attached else "no"] for i in st.interfaces])
+                [[i.ifname, i.ifindex, i.link_id, "yes" if i.attached else "no"]
+                 for i in st.interfaces])
     mps = table(["MAP", "TYPE", "MAX_ENTRIES"], [[m.name, m.type, m.max_entries] for m in st.maps])
     return f"{head}\n\n{ifs}\n\n{mps}"

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -18,7 +17,7 @@ from orchestrator.cli.common import (
     friendly,
     name_option,
 )
-from orchestrator.service import run_orchestrator
+from orchestrator.service import Running, run_orchestrator
 from orchestrator.upkeep import BpfRelayUpkeep
 from voxrelay.logs import setup_logging
 
@@ -32,7 +31,8 @@ def orchestrator() -> None:
 @config_option
 @name_option
 @click.option("--probe-relay", default=None, metavar="HOST[:PORT]",
-              help="Probe every active transceiver through this relay address and export the results.")
+              help="Probe every active transceiver through this relay address "
+                   "and export the results.")
 @click.option("--probe-interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
 @click.option("--upkeep-interval", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Seconds between rewrites of the config's clock offset (token expiry follows "
@@ -52,7 +52,7 @@ def orchestrator_run(config_path: Path | None, name: str | None, probe_relay: st
     if name:
         config.relay.name = name
     view = open_relay(config.relay.name)
-    upkeep = BpfRelayUpkeep(view)  # type: ignore[arg-type]
+    upkeep = BpfRelayUpkeep(view)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -60,11 +60,11 @@ def orchestrator_run(config_path: Path | None, name: str | None, probe_relay: st
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
 
-        def ready(running: Any) -> None:
+        def ready(running: Running) -> None:
+            metrics_host = config.orchestrator.metrics_listen.rsplit(":", 1)[0]
             click.echo(f"orchestrator for relay {config.relay.name!r}: directory "
                        f"{config.orchestrator.directory}, metrics on "
-                       f"{config.orchestrator.metrics_listen.rsplit(':', 1)[0]}:{running.metrics_port}",
-                       err=True)
+                       f"{metrics_host}:{running.metrics_port}", err=True)
 
         await run_orchestrator(config, view, stop, probe_relay=probe_relay,
                                probe_interval=probe_interval, on_ready=ready,

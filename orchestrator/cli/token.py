@@ -9,15 +9,7 @@ from typing import Any
 import click
 
 from orchestrator.cli import common
-from orchestrator.cli.common import (
-    CONTEXT,
-    config_option,
-    emit,
-    friendly,
-    json_option,
-    name_option,
-    table,
-)
+from orchestrator.cli.common import CONTEXT, emit, relay_read_options, table
 from orchestrator.sync import keyring_from_map
 from voxrelay import token as tk
 
@@ -28,7 +20,7 @@ def token() -> None:
 
 
 def _keys_for(key_hex: str | None, key_id: int | None, config_path: Path | None,
-              name: str | None) -> tuple[dict[int, bytes], int | None]:
+              name: str | None) -> tuple[dict[int, bytes], int]:
     """(active keys, current id): from --key-hex, else from the relay's maps."""
     if key_hex is not None:
         try:
@@ -36,14 +28,16 @@ def _keys_for(key_hex: str | None, key_id: int | None, config_path: Path | None,
         except ValueError:
             raise ValueError("--key-hex is not hexadecimal") from None
         if len(key) != tk.KEY_BYTES:
-            raise ValueError(f"--key-hex must be {tk.KEY_BYTES} bytes ({2 * tk.KEY_BYTES} hex digits), got {len(key)}")
+            raise ValueError(f"--key-hex must be {tk.KEY_BYTES} bytes "
+                             f"({2 * tk.KEY_BYTES} hex digits), got {len(key)}")
         kid = 0 if key_id is None else key_id
         return {kid: key}, kid
     slots = common.view(config_path, name).keys()
     if not slots:
-        raise ValueError("the relay has no active token key: is `voxrelay orchestrator run` running?")
+        raise ValueError(
+            "the relay has no active token key: is `voxrelay orchestrator run` running?")
     current = keyring_from_map(slots).current if key_id is None else key_id
-    if current not in slots:
+    if current is None or current not in slots:
         raise ValueError(f"token key id {current} is not active in the relay's keys map")
     return slots, current
 
@@ -54,20 +48,20 @@ def _token_json(t: tk.Token) -> dict[str, Any]:
 
 
 @token.command("mint")
-@click.option("--transceiver", "txr_id", type=int, required=True, help="Transceiver id to route to.")
+@click.option("--transceiver", "txr_id", type=int, required=True,
+              help="Transceiver id to route to.")
 @click.option("--port", type=int, required=True, help="The transceiver's UDP port for this call.")
-@click.option("--ttl", type=int, default=3600, show_default=True, help="Seconds the token may start flows.")
-@click.option("--key-hex", default=None, help="Key as 32 hex digits (default: the relay's current key).")
-@click.option("--key-id", type=click.IntRange(0, 255), default=None, help="Key id (default: current).")
-@config_option
-@name_option
-@json_option
-@friendly
+@click.option("--ttl", type=int, default=3600, show_default=True,
+              help="Seconds the token may start flows.")
+@click.option("--key-hex", default=None,
+              help="Key as 32 hex digits (default: the relay's current key).")
+@click.option("--key-id", type=click.IntRange(0, 255), default=None,
+              help="Key id (default: current).")
+@relay_read_options
 def token_mint(txr_id: int, port: int, ttl: int, key_hex: str | None, key_id: int | None,
                config_path: Path | None, name: str | None, as_json: bool) -> None:
     """Mint a token that routes to TRANSCEIVER:PORT (prints the ufrag)."""
     slots, current = _keys_for(key_hex, key_id, config_path, name)
-    assert current is not None
     ufrag = tk.mint(slots[current], key_id=current, transceiver_id=txr_id, port=port, ttl=ttl)
     emit(as_json, {"ufrag": ufrag, **_token_json(tk.decode(ufrag)[0])}, ufrag)
 
@@ -76,11 +70,9 @@ def token_mint(txr_id: int, port: int, ttl: int, key_hex: str | None, key_id: in
 @click.argument("ufrag")
 @click.option("--key-hex", default=None, help="Check the MAC with this key (32 hex digits).")
 @click.option("--verify/--no-verify", default=None,
-              help="Check MAC and expiry against the relay's keys map (default: when --key-hex is given).")
-@config_option
-@name_option
-@json_option
-@friendly
+              help="Check MAC and expiry against the relay's keys map "
+                   "(default: when --key-hex is given).")
+@relay_read_options
 def token_inspect(ufrag: str, key_hex: str | None, verify: bool | None, config_path: Path | None,
                   name: str | None, as_json: bool) -> None:
     """Decode a ufrag; with keys, check it as the kernel would (exit 1 if it would drop it).

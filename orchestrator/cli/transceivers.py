@@ -8,14 +8,7 @@ from typing import Any
 import click
 
 from orchestrator.cli import common
-from orchestrator.cli.common import (
-    CONTEXT,
-    config_option,
-    directory_option,
-    emit,
-    friendly,
-    json_option,
-)
+from orchestrator.cli.common import CONTEXT, directory_options, emit
 from voxrelay.directory import Directory
 
 
@@ -31,11 +24,9 @@ def transceivers() -> None:
 
 def _txr_command(verb: str, doc: str) -> click.Command:
     @click.argument("txr_id", type=int, metavar="ID")
-    @config_option
-    @directory_option
-    @json_option
-    @friendly
-    def command(txr_id: int, config_path: Path | None, directory_url: str | None, as_json: bool) -> None:
+    @directory_options
+    def command(txr_id: int, config_path: Path | None, directory_url: str | None,
+                as_json: bool) -> None:
         async def go(d: Directory) -> Any:
             if verb == "remove":
                 return {"id": txr_id, "removed": await d.remove(txr_id)}
@@ -44,7 +35,8 @@ def _txr_command(verb: str, doc: str) -> click.Command:
 
         result = common.run_with(go, common.directory(config_path, directory_url))
         if verb == "remove":
-            text = f"transceiver {txr_id} " + ("removed" if result["removed"] else "was not in the directory")
+            outcome = "removed" if result["removed"] else "was not in the directory"
+            text = f"transceiver {txr_id} {outcome}"
         else:
             text = f"transceiver {txr_id} is {result['status']}"
         emit(as_json, result, text)

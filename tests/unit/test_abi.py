@@ -57,3 +57,20 @@ def test_render_refuses_a_size_c_disagrees_with() -> None:
     with pytest.raises(ValueError, match="struct rate_window: C asserts 24 bytes, bcc's layout "
                                          "gives 16"):
         genabi.render(_VERDICTS, 64, {}, _FAKE_MAPS, {"rate_window": 24})
+
+
+def test_abi_refuses_to_import_a_layout_ctypes_disagrees_with() -> None:
+    import ctypes
+
+    from orchestrator.layouts import check_layouts
+
+    class Two(ctypes.Structure):
+        _fields_ = [("a", ctypes.c_uint16)]
+
+    check_layouts({Two: ("two", 2)}, {"m": (ctypes.c_uint32, Two)}, {"m": (1, 4, 2)})
+    with pytest.raises(RuntimeError, match=r"struct two is 4 bytes in bpf/, ctypes makes 2: "
+                                           r"regenerate with python -m orchestrator\.genabi"):
+        check_layouts({Two: ("two", 4)}, {}, {})
+    with pytest.raises(RuntimeError, match=r"map m has key/value sizes \(4, 8\) in bpf/, "
+                                           r"ctypes makes \(4, 2\)"):
+        check_layouts({}, {"m": (ctypes.c_uint32, Two)}, {"m": (1, 4, 8)})

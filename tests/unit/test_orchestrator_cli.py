@@ -244,11 +244,41 @@ def test_not_root_is_one_line_for_every_bpf_command(monkeypatch):
         assert len(out.output.splitlines()) == 1 and "Traceback" not in out.output
 
 
+# Loading and the orchestrator compile relay.c (bcc); the readers read the pins straight.
+BCC_COMMANDS = (["relay", "status"], ["relay", "load"], ["relay", "load", "--replace"],
+                ["relay", "unload"], ["orchestrator", "run"])
+PIN_READERS = (["maps", "stats"], ["maps", "flows"], ["maps", "keys"], ["maps", "transceivers"],
+               ["token", "mint", "--transceiver", "1", "--port", "5"])
+
+
+def test_the_bpf_commands_are_the_bcc_ones_and_the_pin_readers():
+    assert {tuple(a) for a in BPF_COMMANDS} <= {tuple(a) for a in BCC_COMMANDS + PIN_READERS}
+
+
 def test_bcc_missing_is_one_line_for_every_bpf_command(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setitem(sys.modules, "bcc", None)  # import bcc -> ImportError
-    for args in BPF_COMMANDS:
+    for args in BCC_COMMANDS:
         out = CliRunner().invoke(cli, [*args, "--name", "vxnope"])
         assert out.exit_code == 1, args
         assert out.output == ("Error: bcc is not importable from this Python: run scripts/setup.sh "
                               "(it links Debian's python3-bpfcc into the venv)\n"), (args, out.output)
+
+
+def test_pin_readers_need_root_and_a_loaded_relay_but_not_bcc(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setitem(sys.modules, "bcc", None)  # import bcc -> ImportError
+    name = f"vxnope-{os.getpid()}"
+    for args in PIN_READERS:
+        out = CliRunner().invoke(cli, [*args, "--name", name])
+        assert out.exit_code == 1, args
+        assert out.output == (f"Error: no relay {name!r} is loaded (nothing pinned under "
+                              f"/sys/fs/bpf/voxrelay/{name}): run `voxrelay relay load` first\n"
+                              ), (args, out.output)
+        assert "bcc" not in out.output
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    for args in PIN_READERS:
+        out = CliRunner().invoke(cli, [*args, "--name", name])
+        assert out.exit_code == 1, args
+        assert out.output == ("Error: reading the relay's BPF maps needs root: run this with "
+                              "sudo\n"), (args, out.output)
