@@ -43,6 +43,7 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 def list_netns() -> list[str]:
     return sorted(_netns.listnetns())
 
+
 def create_netns(name: str) -> None:
     """Create the namespace ``name`` unless it exists, and bring its loopback up."""
     if not netlink.netns_exists(name):
@@ -51,6 +52,7 @@ def create_netns(name: str) -> None:
         lo = ipr.link_lookup(ifname="lo")
         if lo:
             ipr.link("set", index=lo[0], state="up")
+
 
 def delete_netns(name: str) -> None:
     """Remove the namespace ``name`` (its veths go with it). Absent is fine."""
@@ -61,11 +63,13 @@ def delete_netns(name: str) -> None:
     except FileNotFoundError:
         pass
 
+
 def netns_socket(
     netns: str | None, family: int = socket.AF_INET, type: int = socket.SOCK_DGRAM
 ) -> socket.socket:
     """A socket that lives in ``netns`` (usable from any thread afterwards)."""
     return netlink.run_in_netns(netns, socket.socket, family, type)
+
 
 def _with_netns_sysfs(netns: str | None, path: str, value: str) -> None:
     """Write ``value`` to a sysfs ``path`` as seen from inside ``netns``.
@@ -110,6 +114,7 @@ def _with_netns_sysfs(netns: str | None, path: str, value: str) -> None:
     if code:
         raise OSError(code, f"writing {value!r} to {path} in netns {netns!r}: {os.strerror(code)}")
 
+
 def _index(ipr: IPRoute, ifname: str, netns: str | None, what: str = "interface") -> int:
     """``ifname``'s index in the namespace ``ipr`` speaks to; raises if it is absent."""
     index = netlink.link_index(ipr, ifname)
@@ -117,11 +122,13 @@ def _index(ipr: IPRoute, ifname: str, netns: str | None, what: str = "interface"
         raise netlink.NetlinkSetupError(f"no {what} {ifname!r} in netns {netns or '(current)'}")
     return index
 
+
 def link_exists(ifname: str, netns: str | None = None) -> bool:
     if netns is not None and not netlink.netns_exists(netns):
         return False
     with netlink.iproute(netns) as ipr:
         return netlink.link_index(ipr, ifname) is not None
+
 
 def ensure_veth(
     ifname: str,
@@ -164,6 +171,7 @@ def ensure_veth(
     set_link_up(peer, peer_netns, mtu=mtu)
     return netlink.link_info(ifname, netns), netlink.link_info(peer, peer_netns)
 
+
 def set_link_up(ifname: str, netns: str | None = None, *, mtu: int | None = None,
                 master: str | None = None, mac: str | None = None) -> None:
     """Bring ``ifname`` up (optionally set its MTU and MAC, and enslave it to ``master``)."""
@@ -178,6 +186,7 @@ def set_link_up(ifname: str, netns: str | None = None, *, mtu: int | None = None
             spec["master"] = _index(ipr, master, netns, what="bridge")
         ipr.link("set", **spec)
 
+
 def ensure_bridge(ifname: str, netns: str | None = None, *, mac: str | None = None) -> netlink.LinkInfo:
     """A Linux bridge ``ifname``, up; ``mac`` pins its address (else it follows its ports)."""
     if not link_exists(ifname, netns):
@@ -188,6 +197,7 @@ def ensure_bridge(ifname: str, netns: str | None = None, *, mac: str | None = No
             ipr.link("add", **spec)
     set_link_up(ifname, netns)
     return netlink.link_info(ifname, netns)
+
 
 def ensure_address(ifname: str, cidr: str, netns: str | None = None) -> None:
     """Put ``cidr`` (e.g. ``"10.0.0.1/24"``) on ``ifname`` unless it is there."""
@@ -205,6 +215,7 @@ def ensure_address(ifname: str, cidr: str, netns: str | None = None) -> None:
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise
+
 
 def ensure_route(
     dst: str, *, gateway: str | None = None, ifname: str | None = None, netns: str | None = None,
@@ -232,6 +243,7 @@ def ensure_route(
             spec["oif"] = index
         ipr.route("replace", **spec)
 
+
 def ensure_neighbour(
     ifname: str, ip: str, mac: str, *, netns: str | None = None, permanent: bool = True
 ) -> None:
@@ -245,6 +257,7 @@ def ensure_neighbour(
         index = _index(ipr, ifname, netns)
         ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=index, state=state)
 
+
 def neighbour(ifname: str, ip: str, netns: str | None = None) -> tuple[str, str] | None:
     """``(mac, state name)`` of the entry for ``ip`` on ``ifname``, or None."""
     with netlink.iproute(netns) as ipr:
@@ -256,6 +269,7 @@ def neighbour(ifname: str, ip: str, netns: str | None = None) -> tuple[str, str]
             names = [n for n, bit in ndmsg.states.items() if bit and entry["state"] & bit]
             return mac, ",".join(names) or "none"
     return None
+
 
 def set_threaded_napi(ifname: str, netns: str | None = None, enabled: bool = True) -> bool:
     """Run ``ifname``'s NAPI polling in kernel threads (``/sys/class/net/X/threaded``).
@@ -270,6 +284,7 @@ def set_threaded_napi(ifname: str, netns: str | None = None, enabled: bool = Tru
             return False
         raise
     return True
+
 
 def set_tx_checksum(ifname: str, enabled: bool, netns: str | None = None) -> list[str]:
     """Turn every ``tx-checksum-*`` feature of ``ifname`` on or off (``ethtool -K tx``).
