@@ -5,9 +5,12 @@ offloads and NAPI threads: what builds a topology, which the product never
 does (it finds its interfaces; ``orchestrator.netlink`` keeps what it needs).
 Everything here is idempotent in the way pyroute2's ``ensure()`` is: it adds
 what is missing, leaves what is already right alone, replaces what differs,
-and returns once the change is visible. Every function takes ``netns``: the
-name of a network namespace under ``/run/netns`` (``None`` is the caller's
-own). Nothing shells out to ``ip``.
+and returns once the change is visible. Addresses, bridges, link state and
+neighbours go through ``IPRoute.ensure()`` itself (dump with the spec, add,
+fall back to set on EEXIST, then ``poll()`` until the dump shows it); veths
+and routes keep their own code, for the reasons given where they are made.
+Every function takes ``netns``: the name of a network namespace under
+``/run/netns`` (``None`` is the caller's own). Nothing shells out to ``ip``.
 
 sysfs (``/sys/class/net``) shows the namespace of whoever mounted it, so
 writes there go through a forked child with a private mount namespace that
@@ -37,20 +40,26 @@ _MS_REC = 0x4000
 _MS_SLAVE = 1 << 19
 _MNT_DETACH = 2
 
+# Netlink changes to links, addresses and neighbours are visible to the next
+# dump at once; the wait is for a loaded machine, not for the kernel.
+_ENSURE_TIMEOUT = 5.0
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def list_netns() -> list[str]:
     return sorted(_netns.listnetns())
 
+
 def create_netns(name: str) -> None:
     """Create the namespace ``name`` unless it exists, and bring its loopback up."""
     if not netlink.netns_exists(name):
         _netns.create(name)
     with netlink.iproute(name) as ipr:
-        lo = ipr.link_lookup(ifname="lo")
-        if lo:
-            ipr.link("set", index=lo[0], state="up")
+        lo = netlink.link_index(ipr, "lo")
+        if lo is not None:
+            _ensure(ipr, ipr.link, "loopback", name, index=lo, state="up")
+
 
 def delete_netns(name: str) -> None:
     """Remove the namespace ``name`` (its veths go with it). Absent is fine."""
@@ -61,11 +70,13 @@ def delete_netns(name: str) -> None:
     except FileNotFoundError:
         pass
 
+
 def netns_socket(
     netns: str | None, family: int = socket.AF_INET, type: int = socket.SOCK_DGRAM
 ) -> socket.socket:
     """A socket that lives in ``netns`` (usable from any thread afterwards)."""
     return netlink.run_in_netns(netns, socket.socket, family, type)
+
 
 def _with_netns_sysfs(netns: str | None, path: str, value: str) -> None:
     """Write ``value`` to a sysfs ``path`` as seen from inside ``netns``.
@@ -110,6 +121,7 @@ def _with_netns_sysfs(netns: str | None, path: str, value: str) -> None:
     if code:
         raise OSError(code, f"writing {value!r} to {path} in netns {netns!r}: {os.strerror(code)}")
 
+
 def _index(ipr: IPRoute, ifname: str, netns: str | None, what: str = "interface") -> int:
     """``ifname``'s index in the namespace ``ipr`` speaks to; raises if it is absent."""
     index = netlink.link_index(ipr, ifname)
@@ -117,11 +129,30 @@ def _index(ipr: IPRoute, ifname: str, netns: str | None, what: str = "interface"
         raise netlink.NetlinkSetupError(f"no {what} {ifname!r} in netns {netns or '(current)'}")
     return index
 
+
+def _ensure(ipr: IPRoute, method: Any, what: str, netns: str | None, **spec: Any) -> None:
+    """``ipr.ensure(method, present=True, **spec)`` with a message instead of a bare timeout.
+
+    ``ensure()`` returns on its first dump when the object is already there,
+    so a repeated call costs one dump and writes nothing. It only times out
+    when the kernel accepted the change but the dump never matches the spec
+    (say, a link of that name that is not a bridge), which is a setup error.
+    """
+    try:
+        ipr.ensure(method, present=True, timeout=_ENSURE_TIMEOUT, **spec)
+    except TimeoutError:
+        raise netlink.NetlinkSetupError(
+            f"{what} in netns {netns or '(current)'} is still not as asked ({spec}) "
+            f"after {_ENSURE_TIMEOUT:g}s; is something else of that name in the way?"
+        ) from None
+
+
 def link_exists(ifname: str, netns: str | None = None) -> bool:
     if netns is not None and not netlink.netns_exists(netns):
         return False
     with netlink.iproute(netns) as ipr:
         return netlink.link_index(ipr, ifname) is not None
+
 
 def ensure_veth(
     ifname: str,
@@ -143,6 +174,13 @@ def ensure_veth(
     for name in (ifname, peer):
         if not 0 < len(name) <= 15:
             raise ValueError(f"interface name {name!r} must be 1..15 characters")
+    # Not ipr.ensure(): its dump matches ``ifname`` (and kind) but ignores
+    # ``peer``, so an ``ifname`` paired with some other veth passes as
+    # present; the peer may sit in another namespace that dump cannot see;
+    # and its EEXIST fallback "set" cannot turn a lone link into a pair
+    # (it fails with ENODEV instead of the message below). So both ends are
+    # looked up by name where they should be, and one "add" makes the pair;
+    # set_link_up() then brings both ends up through ensure().
     if not (link_exists(ifname, netns) and link_exists(peer, peer_netns)):
         peer_spec: dict[str, Any] = {"ifname": peer}
         if peer_netns != netns:
@@ -164,6 +202,7 @@ def ensure_veth(
     set_link_up(peer, peer_netns, mtu=mtu)
     return netlink.link_info(ifname, netns), netlink.link_info(peer, peer_netns)
 
+
 def set_link_up(ifname: str, netns: str | None = None, *, mtu: int | None = None,
                 master: str | None = None, mac: str | None = None) -> None:
     """Bring ``ifname`` up (optionally set its MTU and MAC, and enslave it to ``master``)."""
@@ -173,38 +212,35 @@ def set_link_up(ifname: str, netns: str | None = None, *, mtu: int | None = None
         if mtu is not None:
             spec["mtu"] = mtu
         if mac is not None:
-            spec["address"] = mac
+            spec["address"] = mac.lower()  # the dump shows lower case; the match is exact
         if master is not None:
             spec["master"] = _index(ipr, master, netns, what="bridge")
-        ipr.link("set", **spec)
+        # ensure() first tries "add"; the kernel answers EEXIST for an
+        # existing index (RTM_NEWLINK with NLM_F_EXCL), and ensure() then
+        # "set"s: so a link already up as asked is not written to at all.
+        _ensure(ipr, ipr.link, f"interface {ifname!r}", netns, **spec)
+
 
 def ensure_bridge(ifname: str, netns: str | None = None, *, mac: str | None = None) -> netlink.LinkInfo:
     """A Linux bridge ``ifname``, up; ``mac`` pins its address (else it follows its ports)."""
-    if not link_exists(ifname, netns):
-        spec: dict[str, Any] = {"ifname": ifname, "kind": "bridge"}
-        if mac is not None:
-            spec["address"] = mac
-        with netlink.iproute(netns) as ipr:
-            ipr.link("add", **spec)
-    set_link_up(ifname, netns)
+    spec: dict[str, Any] = {"ifname": ifname, "kind": "bridge", "state": "up"}
+    if mac is not None:
+        spec["address"] = mac.lower()  # the dump shows lower case; the match is exact
+    with netlink.iproute(netns) as ipr:
+        _ensure(ipr, ipr.link, f"bridge {ifname!r}", netns, **spec)
     return netlink.link_info(ifname, netns)
+
 
 def ensure_address(ifname: str, cidr: str, netns: str | None = None) -> None:
     """Put ``cidr`` (e.g. ``"10.0.0.1/24"``) on ``ifname`` unless it is there."""
     iface = ipaddress.ip_interface(cidr)
     with netlink.iproute(netns) as ipr:
         index = _index(ipr, ifname, netns)
-        present = [
-            a for a in ipr.get_addr(index=index)
-            if a.get_attr("IFA_ADDRESS") == str(iface.ip) and a["prefixlen"] == iface.network.prefixlen
-        ]
-        if present:
-            return
-        try:
-            ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise
+        # The addr dump matches index, address and prefixlen all three, so
+        # 10.0.0.1/16 beside an existing 10.0.0.1/24 is added, as before.
+        _ensure(ipr, ipr.addr, f"address {cidr} on {ifname!r}", netns,
+                index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+
 
 def ensure_route(
     dst: str, *, gateway: str | None = None, ifname: str | None = None, netns: str | None = None,
@@ -215,6 +251,13 @@ def ensure_route(
 
     Uses RTM_NEWROUTE with replace semantics, so running it twice is harmless
     and a different existing route to the same prefix is replaced.
+
+    Not ``ipr.ensure()``: pyroute2 0.9.7's route dump filter drops the prefix
+    length of ``dst="a.b.c.d/n"`` (an existing 10.77.0.0/24 passes for
+    10.77.0.0/16) and matches every IPv4 route for ``0.0.0.0/0`` (a default
+    route via G is taken as present once any route via G exists), and it
+    searches every table. One "replace" is atomic, creates or overwrites, and
+    the kernel applies it before answering, so nothing needs polling.
     """
     spec: dict[str, Any] = {}
     if dst == "default":
@@ -232,18 +275,25 @@ def ensure_route(
             spec["oif"] = index
         ipr.route("replace", **spec)
 
+
 def ensure_neighbour(
     ifname: str, ip: str, mac: str, *, netns: str | None = None, permanent: bool = True
 ) -> None:
     """A neighbour entry ``ip -> mac`` on ``ifname`` (permanent by default).
 
-    ``replace`` creates or overwrites, so this is safe to repeat. A
+    ``ensure()`` leaves a matching entry alone and otherwise adds it, or
+    replaces an entry for ``ip`` with another MAC or state (its EEXIST
+    fallback "set" is NLM_F_REPLACE), so this is safe to repeat. A
     permanent entry is never aged or probed, which keeps ARP out of tests.
     """
     state = ndmsg.states["permanent"] if permanent else ndmsg.states["reachable"]
     with netlink.iproute(netns) as ipr:
         index = _index(ipr, ifname, netns)
-        ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=index, state=state)
+        # The dump compares strings: the kernel's forms (lower-case MAC,
+        # compressed IPv6) are what it must be asked in.
+        _ensure(ipr, ipr.neigh, f"neighbour {ip} on {ifname!r}", netns,
+                dst=str(ipaddress.ip_address(ip)), lladdr=mac.lower(), ifindex=index, state=state)
+
 
 def neighbour(ifname: str, ip: str, netns: str | None = None) -> tuple[str, str] | None:
     """``(mac, state name)`` of the entry for ``ip`` on ``ifname``, or None."""
@@ -256,6 +306,7 @@ def neighbour(ifname: str, ip: str, netns: str | None = None) -> tuple[str, str]
             names = [n for n, bit in ndmsg.states.items() if bit and entry["state"] & bit]
             return mac, ",".join(names) or "none"
     return None
+
 
 def set_threaded_napi(ifname: str, netns: str | None = None, enabled: bool = True) -> bool:
     """Run ``ifname``'s NAPI polling in kernel threads (``/sys/class/net/X/threaded``).
@@ -270,6 +321,7 @@ def set_threaded_napi(ifname: str, netns: str | None = None, enabled: bool = Tru
             return False
         raise
     return True
+
 
 def set_tx_checksum(ifname: str, enabled: bool, netns: str | None = None) -> list[str]:
     """Turn every ``tx-checksum-*`` feature of ``ifname`` on or off (``ethtool -K tx``).
