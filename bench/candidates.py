@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import xdp
-from bench.topo import CLIENT_IP, RELAY_PRIV_IP, TXR_IP, VIP, Lab
+from bench.topo import CLIENT_IP, RELAY_PRIV_IP, TXR_IP, VIP, BenchTopology
 from bench.turn import channel_data
 from lab.stun import binding_request
 from voxrelay.token import mint, new_key
@@ -49,7 +49,7 @@ class Candidate:
 
     key: str
     label: str
-    lab: Lab
+    lab: BenchTopology
     work: Path
     dst: tuple[str, int] = (VIP, RELAY_PORT)
     user_cpu: int | None = None       # the core a userspace relay is pinned to

@@ -30,7 +30,7 @@ from typing import Any
 
 from bench import candidates as C
 from bench import report, tools, xdp
-from bench.topo import CLIENT_IP, TXR_IP, Lab, in_netns, lab
+from bench.topo import CLIENT_IP, TXR_IP, BenchTopology, in_netns, topology
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -123,7 +123,7 @@ def environment(shared: bool) -> dict[str, Any]:
 
 
 class Bench:
-    def __init__(self, lb: Lab, exe: dict[str, Path], work: Path, args: argparse.Namespace):
+    def __init__(self, lb: BenchTopology, exe: dict[str, Path], work: Path, args: argparse.Namespace):
         self.lab, self.exe, self.work, self.args = lb, exe, work, args
         self.t_start = time.monotonic()
         self.res: dict[str, Any] = {
@@ -290,9 +290,9 @@ class Bench:
                 # attached to it: the ceiling has it on the public side only.
                 done = []
                 for ifname in (self.lab.r_pub, self.lab.r_priv):
-                    with contextlib.suppress(subprocess.CalledProcessError):
-                        self.lab.set_threaded_napi(ifname, True)
-                        done.append(ifname)
+                    with contextlib.suppress(OSError):
+                        if self.lab.set_threaded_napi(ifname, True):
+                            done.append(ifname)
                 if not done:
                     raise RuntimeError("could not set threaded NAPI on the relay's veths")
             counter = cand.sink if isinstance(cand, C.GeneratorOnly) else self.sink
@@ -310,12 +310,12 @@ class Bench:
         finally:
             if threaded:
                 for ifname in (self.lab.r_pub, self.lab.r_priv):
-                    with contextlib.suppress(OSError, subprocess.SubprocessError):
+                    with contextlib.suppress(OSError):
                         self.lab.set_threaded_napi(ifname, False)
             cand.stop()
 
 
-def make_candidates(lb: Lab, work: Path, only: set[str] | None) -> list[tuple[C.Candidate, bool]]:
+def make_candidates(lb: BenchTopology, work: Path, only: set[str] | None) -> list[tuple[C.Candidate, bool]]:
     from bench import voxrelay_candidate as V
 
     mk: list[tuple[C.Candidate, bool]] = [
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     exe = tools.build(work / "bin")
     log("building the lab")
     try:
-        with lab() as lb:
+        with topology() as lb:
             bench = Bench(lb, exe, work, args)
             try:
                 load1 = float(Path("/proc/loadavg").read_text().split()[0])
@@ -463,7 +463,7 @@ def _section(module: str, what: str, timeout: float, extra: list[str]) -> str:
     return out.stdout.strip()
 
 
-def _prog_test_run(lb: Lab) -> tuple[dict[str, Any], str | None]:
+def _prog_test_run(lb: BenchTopology) -> tuple[dict[str, Any], str | None]:
     from bench import progcost
 
     log("BPF_PROG_TEST_RUN of the relay program (bench/progcost.py)")

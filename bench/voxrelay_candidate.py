@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from bench.candidates import KEY_ID, RELAY_PORT, TXR_ID, Candidate
-from bench.topo import RELAY_PRIV_IP, TXR_IP, VIP, Lab, in_netns
+from bench.topo import RELAY_PRIV_IP, TXR_IP, VIP, BenchTopology, in_netns
 
 AF_INET = 2
 TRANSCEIVER_ACTIVE = 1
@@ -43,7 +43,7 @@ def _be16(port: int) -> int:
     return struct.unpack("=H", struct.pack(">H", port))[0]
 
 
-def configure(bpf: Any, lb: Lab, key: bytes, nh_generation: int = 1) -> None:
+def configure(bpf: Any, lb: BenchTopology, key: bytes, nh_generation: int = 1) -> None:
     """Write config[0], keys[KEY_ID] and transceivers[TXR_ID]."""
     cfg_t = bpf["config"]
     cfg = cfg_t.Leaf()
