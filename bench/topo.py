@@ -1,4 +1,4 @@
-"""The bench's veth lab: client | relay (public, private) | transceiver.
+"""The bench's veth topology: client | relay (public, private) | transceiver.
 
 Three namespaces and two veth pairs::
 
