@@ -30,7 +30,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from lab.topology import Lab
 
 T = TypeVar("T")
 
@@ -234,7 +237,8 @@ class Stack:
     """The transceiver's HTTP API as the client namespace reaches it (through
     the signaling front on the last relay, never the transceiver's own address)."""
     services: dict[str, Service] = field(default_factory=dict)
-    topology: object | None = None
+    topology: Lab | None = None
+    """The namespaces and links the services run in (built first, removed last)."""
 
     def service(self, name: str, netns: str | None, argv: list[str], **env: str) -> Service:
         svc = Service(name, netns, argv, self.workdir / f"{name}.log", env=dict(env))
