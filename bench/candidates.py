@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import xdp
-from bench.topo import CLIENT_IP, RELAY_PRIV_IP, TXR_IP, VIP, Lab
+from bench.topo import CLIENT_IP, RELAY_PRIV_IP, TXR_IP, VIP, BenchTopology
 from bench.turn import channel_data
 from lab.stun import binding_request
 from voxrelay.token import mint, new_key
@@ -49,7 +49,7 @@ class Candidate:
 
     key: str
     label: str
-    lab: Lab
+    topo: BenchTopology
     work: Path
     dst: tuple[str, int] = (VIP, RELAY_PORT)
     user_cpu: int | None = None       # the core a userspace relay is pinned to
@@ -94,7 +94,7 @@ class Candidate:
         f = self.work / f"prime-{self.key}.bin"
         f.write_bytes(payload)
         subprocess.run(
-            self.lab.cmd(self.lab.ns_client, [
+            self.topo.cmd(self.topo.ns_client, [
                 str(gen), "--src", CLIENT_IP, "--dst", self.dst[0], "--dport", str(self.dst[1]),
                 "--sport-base", str(SPORT_BASE), "--flows", str(flows), "--count", str(flows),
                 "--rate", "20000", "--duration", "10", "--payload-file", str(f),
@@ -141,7 +141,7 @@ class GeneratorOnly(Candidate):
 
     def start(self) -> None:
         self.sink = xdp.load_sink()
-        self.attached.attach(self.sink, "xdp_sink", self.lab.ns_relay, self.lab.r_pub)
+        self.attached.attach(self.sink, "xdp_sink", self.topo.ns_relay, self.topo.r_pub)
 
     def prime_payload(self, port: int) -> bytes | None:
         return None
@@ -168,9 +168,9 @@ class Ceiling(Candidate):
     supports_ping = False
 
     def start(self) -> None:
-        lb = self.lab
-        self.bpf = xdp.load_ceiling(lb.ifindex[lb.r_priv], lb.mac[lb.r_priv], lb.mac[lb.t0])
-        self.attached.attach(self.bpf, "xdp_ceiling", lb.ns_relay, lb.r_pub)
+        topo = self.topo
+        self.bpf = xdp.load_ceiling(topo.ifindex[topo.r_priv], topo.mac[topo.r_priv], topo.mac[topo.t0])
+        self.attached.attach(self.bpf, "xdp_ceiling", topo.ns_relay, topo.r_pub)
 
     def prime_payload(self, port: int) -> bytes | None:
         return None
@@ -181,7 +181,7 @@ class Nftables(Candidate):
     private side. The ping-pong client port is DNATed to the echo port."""
 
     def start(self) -> None:
-        lb = self.lab
+        topo = self.topo
         rules = f"""
 table ip vxbench {{
   chain pre {{
@@ -191,17 +191,17 @@ table ip vxbench {{
   }}
   chain post {{
     type nat hook postrouting priority srcnat; policy accept;
-    oifname "{lb.r_priv}" masquerade
+    oifname "{topo.r_priv}" masquerade
   }}
 }}
 """
         f = self.work / "nft.conf"
         f.write_text(rules)
-        lb.run(lb.ns_relay, ["nft", "-f", str(f)])
+        topo.run(topo.ns_relay, ["nft", "-f", str(f)])
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
-            self.lab.run(self.lab.ns_relay, ["nft", "delete", "table", "ip", "vxbench"])
+            self.topo.run(self.topo.ns_relay, ["nft", "delete", "table", "ip", "vxbench"])
         super().stop()
 
     def prime_payload(self, port: int) -> bytes | None:
@@ -214,7 +214,7 @@ class UserspacePython(Candidate):
     """bench/userspace_relay.py pinned to its own core."""
 
     def start(self) -> None:
-        lb = self.lab
+        topo = self.topo
         argv = [
             sys.executable, "-m", "bench.userspace_relay",
             "--public", f"{VIP}:{RELAY_PORT}", "--private", RELAY_PRIV_IP,
@@ -222,7 +222,7 @@ class UserspacePython(Candidate):
             "--duration", "600",
         ]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        p = subprocess.Popen(lb.cmd(lb.ns_relay, argv, cpu=self.user_cpu), stdout=subprocess.PIPE,
+        p = subprocess.Popen(topo.cmd(topo.ns_relay, argv, cpu=self.user_cpu), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env)
         self.procs.append(p)
         assert p.stdout is not None
@@ -236,7 +236,7 @@ class Coturn(Candidate):
     loaded through one TURN allocation + channel per flow."""
 
     def start(self) -> None:
-        lb = self.lab
+        topo = self.topo
         argv = [
             "turnserver", "-n", "--no-auth", "--no-tls", "--no-dtls", "--no-tcp",
             "--no-cli", "--listening-ip", VIP, "--listening-port", str(RELAY_PORT),
@@ -246,7 +246,7 @@ class Coturn(Candidate):
             "--log-file", str(self.work / "coturn.log"), "--simple-log",
             "--pidfile", str(self.work / "coturn.pid"), "--no-stdout-log",
         ]
-        p = subprocess.Popen(lb.cmd(lb.ns_relay, argv, cpu=self.user_cpu),
+        p = subprocess.Popen(topo.cmd(topo.ns_relay, argv, cpu=self.user_cpu),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.procs.append(p)
         time.sleep(1.0)
@@ -254,10 +254,10 @@ class Coturn(Candidate):
             raise RuntimeError(f"turnserver exited: {p.stderr.read() if p.stderr else ''}")
 
     def _allocate(self, sport_base: int, flows: int, peer_port: int) -> None:
-        lb = self.lab
+        topo = self.topo
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         r = subprocess.run(
-            lb.cmd(lb.ns_client, [
+            topo.cmd(topo.ns_client, [
                 sys.executable, "-m", "bench.turn", "--server", f"{VIP}:{RELAY_PORT}",
                 "--peer", f"{TXR_IP}:{peer_port}", "--src", CLIENT_IP,
                 "--sport-base", str(sport_base), "--flows", str(flows),

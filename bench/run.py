@@ -30,7 +30,7 @@ from typing import Any
 
 from bench import candidates as C
 from bench import report, tools, xdp
-from bench.topo import CLIENT_IP, TXR_IP, Lab, in_netns, lab
+from bench.topo import CLIENT_IP, TXR_IP, BenchTopology, in_netns, topology
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -123,8 +123,8 @@ def environment(shared: bool) -> dict[str, Any]:
 
 
 class Bench:
-    def __init__(self, lb: Lab, exe: dict[str, Path], work: Path, args: argparse.Namespace):
-        self.lab, self.exe, self.work, self.args = lb, exe, work, args
+    def __init__(self, topo: BenchTopology, exe: dict[str, Path], work: Path, args: argparse.Namespace):
+        self.topo, self.exe, self.work, self.args = topo, exe, work, args
         self.t_start = time.monotonic()
         self.res: dict[str, Any] = {
             "flows": args.flows, "runs": args.runs, "duration": args.duration,
@@ -137,10 +137,10 @@ class Bench:
         # the client's veth: both make their veth a valid XDP_REDIRECT target.
         self.sink = xdp.load_sink()
         self.base = xdp.Attached()
-        self.base.attach(self.sink, "xdp_sink", lb.ns_txr, lb.t0)
-        self.base.attach(self.sink, "xdp_pass", lb.ns_client, lb.c0)
+        self.base.attach(self.sink, "xdp_sink", topo.ns_txr, topo.t0)
+        self.base.attach(self.sink, "xdp_pass", topo.ns_client, topo.c0)
         # The XDP-native generator (bench/xdp/gen.c): frames out of c0 that never were skbs.
-        self.gen_prog = xdp.load_gen(lb.ifindex[lb.c0])
+        self.gen_prog = xdp.load_gen(topo.ifindex[topo.c0])
 
     def over_budget(self) -> bool:
         return time.monotonic() - self.t_start > self.args.budget
@@ -156,7 +156,7 @@ class Bench:
         before = xdp.sink_total(counter)
         cpu0 = cand.cpu_seconds()
         out = subprocess.run(
-            self.lab.cmd(self.lab.ns_client, [
+            self.topo.cmd(self.topo.ns_client, [
                 str(self.exe["udpgen"]), "--src", CLIENT_IP, "--dst", cand.dst[0],
                 "--dport", str(cand.dst[1]), "--sport-base", str(C.SPORT_BASE),
                 "--flows", str(flows), "--duration", str(self.args.duration), *extra,
@@ -178,9 +178,9 @@ class Bench:
         from scapy.layers.inet import IP, UDP
         from scapy.layers.l2 import Ether
 
-        lb = self.lab
+        topo = self.topo
         payload = cand.load_payload() or C.rtp_payload()
-        return bytes(Ether(src=lb.mac[lb.c0], dst=lb.mac[lb.r_pub])
+        return bytes(Ether(src=topo.mac[topo.c0], dst=topo.mac[topo.r_pub])
                      / IP(src=CLIENT_IP, dst=cand.dst[0], flags="DF")
                      / UDP(sport=C.SPORT_BASE, dport=cand.dst[1]) / payload)
 
@@ -188,18 +188,18 @@ class Bench:
         """One run of the XDP-native generator. The relay's public veth needs
         NAPI to take XDP frames: an XDP program gives it one, GRO (switched on
         for the run only, so that udpgen's runs keep their path) otherwise."""
-        lb = self.lab
+        topo = self.topo
         frame = self.frame_for(cand)
-        lb.run(lb.ns_relay, ["ethtool", "-K", lb.r_pub, "gro", "on"])
+        topo.run(topo.ns_relay, ["ethtool", "-K", topo.r_pub, "gro", "on"])
         try:
             before = xdp.sink_total(counter)
-            with in_netns(lb.ns_client):
+            with in_netns(topo.ns_client):
                 sent, elapsed = xdp.xdp_generate(self.gen_prog, frame, flows, C.SPORT_BASE,
                                                  self.args.duration)
             time.sleep(0.2)
             got = xdp.sink_total(counter) - before
         finally:
-            lb.run(lb.ns_relay, ["ethtool", "-K", lb.r_pub, "gro", "off"])
+            topo.run(topo.ns_relay, ["ethtool", "-K", topo.r_pub, "gro", "off"])
         return {"sent": sent / elapsed, "delivered": got / elapsed, "packets": got}
 
     def throughput(self, cand: C.Candidate, counter: Any, runs_now: int) -> None:
@@ -231,9 +231,9 @@ class Bench:
 
     # -- latency ---------------------------------------------------------------
     def latency(self, cand: C.Candidate) -> None:
-        lb = self.lab
+        topo = self.topo
         echo = subprocess.Popen(
-            lb.cmd(lb.ns_txr, [str(self.exe["udpecho"]), TXR_IP, str(xdp.ECHO_PORT), "120"]),
+            topo.cmd(topo.ns_txr, [str(self.exe["udpecho"]), TXR_IP, str(xdp.ECHO_PORT), "120"]),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             time.sleep(0.2)
@@ -242,7 +242,7 @@ class Bench:
             runs = []
             for _ in range(self.args.runs):
                 out = subprocess.run(
-                    lb.cmd(lb.ns_client, [
+                    topo.cmd(topo.ns_client, [
                         str(self.exe["udpping"]), "--src", CLIENT_IP, "--dst", dst[0],
                         "--dport", str(dst[1]), "--sport", str(C.PING_SPORT),
                         "--count", str(self.args.pings), "--size", str(C.PAYLOAD), *extra,
@@ -289,10 +289,10 @@ class Bench:
                 # A veth has NAPI (and so a "threaded" knob) only while XDP is
                 # attached to it: the ceiling has it on the public side only.
                 done = []
-                for ifname in (self.lab.r_pub, self.lab.r_priv):
-                    with contextlib.suppress(subprocess.CalledProcessError):
-                        self.lab.set_threaded_napi(ifname, True)
-                        done.append(ifname)
+                for ifname in (self.topo.r_pub, self.topo.r_priv):
+                    with contextlib.suppress(OSError):
+                        if self.topo.set_threaded_napi(ifname, True):
+                            done.append(ifname)
                 if not done:
                     raise RuntimeError("could not set threaded NAPI on the relay's veths")
             counter = cand.sink if isinstance(cand, C.GeneratorOnly) else self.sink
@@ -309,25 +309,25 @@ class Bench:
                 traceback.print_exc()
         finally:
             if threaded:
-                for ifname in (self.lab.r_pub, self.lab.r_priv):
-                    with contextlib.suppress(OSError, subprocess.SubprocessError):
-                        self.lab.set_threaded_napi(ifname, False)
+                for ifname in (self.topo.r_pub, self.topo.r_priv):
+                    with contextlib.suppress(OSError):
+                        self.topo.set_threaded_napi(ifname, False)
             cand.stop()
 
 
-def make_candidates(lb: Lab, work: Path, only: set[str] | None) -> list[tuple[C.Candidate, bool]]:
+def make_candidates(topo: BenchTopology, work: Path, only: set[str] | None) -> list[tuple[C.Candidate, bool]]:
     from bench import voxrelay_candidate as V
 
     mk: list[tuple[C.Candidate, bool]] = [
-        (C.GeneratorOnly("gen_only", LABELS["gen_only"], lb, work), False),
-        (C.Ceiling("ceiling", LABELS["ceiling"], lb, work), False),
-        (C.Ceiling("ceiling_threaded", LABELS["ceiling_threaded"], lb, work), True),
-        (V.VoxRelay("voxrelay", LABELS["voxrelay"], lb, work), False),
-        (V.VoxRelay("voxrelay_threaded", LABELS["voxrelay_threaded"], lb, work), True),
-        (C.Direct("direct", LABELS["direct"], lb, work), False),
-        (C.Nftables("nftables", LABELS["nftables"], lb, work), False),
-        (C.UserspacePython("userspace", LABELS["userspace"], lb, work, user_cpu=1), False),
-        (C.Coturn("coturn", LABELS["coturn"], lb, work, user_cpu=1), False),
+        (C.GeneratorOnly("gen_only", LABELS["gen_only"], topo, work), False),
+        (C.Ceiling("ceiling", LABELS["ceiling"], topo, work), False),
+        (C.Ceiling("ceiling_threaded", LABELS["ceiling_threaded"], topo, work), True),
+        (V.VoxRelay("voxrelay", LABELS["voxrelay"], topo, work), False),
+        (V.VoxRelay("voxrelay_threaded", LABELS["voxrelay_threaded"], topo, work), True),
+        (C.Direct("direct", LABELS["direct"], topo, work), False),
+        (C.Nftables("nftables", LABELS["nftables"], topo, work), False),
+        (C.UserspacePython("userspace", LABELS["userspace"], topo, work, user_cpu=1), False),
+        (C.Coturn("coturn", LABELS["coturn"], topo, work, user_cpu=1), False),
     ]
     return [(c, t) for c, t in mk if only is None or c.key in only]
 
@@ -372,17 +372,17 @@ def main(argv: list[str] | None = None) -> int:
     work = C.workdir()
     log(f"building tools in {work}")
     exe = tools.build(work / "bin")
-    log("building the lab")
+    log("building the topology (bench/topo.py)")
     try:
-        with lab() as lb:
-            bench = Bench(lb, exe, work, args)
+        with topology() as topo:
+            bench = Bench(topo, exe, work, args)
             try:
                 load1 = float(Path("/proc/loadavg").read_text().split()[0])
                 bench.res["env"] = environment(args.shared or load1 > 0.5)
-                bench.res["prog_test_run"], note = _prog_test_run(lb)
+                bench.res["prog_test_run"], note = _prog_test_run(topo)
                 if note:
                     bench.res["notes"]["prog_test_run"] = note
-                cands = make_candidates(lb, work, only)
+                cands = make_candidates(topo, work, only)
                 # Shared-core candidates take turns round by round, so that each
                 # round's runs (and the generator-only baseline they are paired
                 # with) see the same background load of a shared machine.
@@ -463,7 +463,7 @@ def _section(module: str, what: str, timeout: float, extra: list[str]) -> str:
     return out.stdout.strip()
 
 
-def _prog_test_run(lb: Lab) -> tuple[dict[str, Any], str | None]:
+def _prog_test_run(topo: BenchTopology) -> tuple[dict[str, Any], str | None]:
     from bench import progcost
 
     log("BPF_PROG_TEST_RUN of the relay program (bench/progcost.py)")

@@ -617,7 +617,7 @@ def _ip(*args: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _direct_path(lab: Any) -> Any:
+async def _direct_path(running: Any) -> Any:
     """A veth from the client namespace into the transceiver namespace and a
     second transceiver there advertising its own address; yields its URL."""
     from lab.stack import MODEL_PORT, _write_toml, python_argv, source_root, tcp_open
@@ -627,39 +627,39 @@ async def _direct_path(lab: Any) -> Any:
     client_if, txr_if = f"bvc{suffix}", f"bvt{suffix}"
     client_addr, txr_addr = f"{net}.1", f"{net}.2"
     port = 41000
-    _ip("link", "add", client_if, "netns", lab.client_ns, "type", "veth",
-        "peer", "name", txr_if, "netns", lab.transceiver_ns)
+    _ip("link", "add", client_if, "netns", running.client_ns, "type", "veth",
+        "peer", "name", txr_if, "netns", running.transceiver_ns)
     try:
-        for ns, ifname, addr in ((lab.client_ns, client_if, client_addr), (lab.transceiver_ns, txr_if, txr_addr)):
+        for ns, ifname, addr in ((running.client_ns, client_if, client_addr), (running.transceiver_ns, txr_if, txr_addr)):
             _ip("-n", ns, "addr", "add", f"{addr}/30", "dev", ifname)
             _ip("-n", ns, "link", "set", ifname, "up")
         # The client's ICE also pairs its lab-side address with the direct
         # candidate; a route back to it makes that pair work too, so the
         # direct calls do not pay for a dead pair the relay calls do not have.
-        _ip("-n", lab.transceiver_ns, "route", "add", f"{lab.client_address}/32", "via", client_addr)
-        config = _write_toml(lab.workdir / "transceiver-direct.toml", {"transceiver": {
+        _ip("-n", running.transceiver_ns, "route", "add", f"{running.client_address}/32", "via", client_addr)
+        config = _write_toml(running.workdir / "transceiver-direct.toml", {"transceiver": {
             "id": 2,
             "listen": f"{txr_addr}:8081",
             "private_address": txr_addr,
             "relays": [f"{txr_addr}:{port}"],
             "port_min": port, "port_max": port,
             "probe_port": 0,
-            "directory": lab.directory_url,
-            "model": f"{lab.model_address}:{MODEL_PORT}",
+            "directory": running.directory_url,
+            "model": f"{running.model_address}:{MODEL_PORT}",
             "drain_grace_seconds": 1.0,
         }})
-        svc = lab.service("transceiver-direct", lab.transceiver_ns,
+        svc = running.service("transceiver-direct", running.transceiver_ns,
                           python_argv("transceiver", "run", "--config", str(config)),
                           PYTHONPATH=str(source_root()))
         svc.start()
         try:
-            await svc.wait_ready(lambda: tcp_open(lab.client_ns, txr_addr, 8081), 60)
+            await svc.wait_ready(lambda: tcp_open(running.client_ns, txr_addr, 8081), 60)
             yield f"http://{txr_addr}:8081"
         finally:
             await svc.stop()
     finally:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
-            _ip("-n", lab.client_ns, "link", "del", client_if)
+            _ip("-n", running.client_ns, "link", "del", client_if)
 
 
 def _env(xdp_mode: str, shared: bool = False) -> dict[str, Any]:
@@ -667,15 +667,15 @@ def _env(xdp_mode: str, shared: bool = False) -> dict[str, Any]:
             "python": sys.version.split()[0], "shared": shared}
 
 
-async def _capacity_steps(lab: Any, res: VoiceResults, url: str, steps: Sequence[int], window: float,
+async def _capacity_steps(running: Any, res: VoiceResults, url: str, steps: Sequence[int], window: float,
                           timeout: float, pids: dict[str, int], capture: EgressCapture,
                           progress: Any, log: Any) -> None:
     for n in steps:
         with progress.step(f"capacity: {n} concurrent calls, {window:.0f} s window"):
-            step = await lab.client_call(_capacity_step, url, n, window, timeout, pids, capture)
+            step = await running.client_call(_capacity_step, url, n, window, timeout, pids, capture)
         if not step.sent.on_time and step.connected == n:
             with progress.step(f"capacity: {n} concurrent calls late, running it once more"):
-                again = await lab.client_call(_capacity_step, url, n, window, timeout, pids, capture)
+                again = await running.client_call(_capacity_step, url, n, window, timeout, pids, capture)
             step = better_step(step, again)
             step.attempts = 2
         res.capacity.append(step)
@@ -691,7 +691,7 @@ async def _capacity_steps(lab: Any, res: VoiceResults, url: str, steps: Sequence
 async def run_bench(setup_calls: int, steps: Sequence[int], window: float, turns: int,
                     timeout: float, xdp_mode: str, log: Any, shared: bool = False) -> VoiceResults:
     from lab.demo import speak
-    from lab.stack import LabOptions, PrintProgress, start_lab
+    from lab.stack import PrintProgress, StackOptions, start_stack
 
     started = time.monotonic()
     res = VoiceResults(env=_env(xdp_mode, shared))
@@ -702,29 +702,29 @@ async def run_bench(setup_calls: int, steps: Sequence[int], window: float, turns
         from lab.client import read_wav_pcm
 
         pcm = read_wav_pcm(speak("what is the weather like today", Path(tmp) / "speech.wav"))
-        async with start_lab(LabOptions(xdp_mode=xdp_mode, relays=1), progress) as lab:
-            pids = {"transceiver": lab.services["transceiver"].proc.pid,
-                    "model": lab.services["model"].proc.pid}
-            url = lab.signaling_url
+        async with start_stack(StackOptions(xdp_mode=xdp_mode, relays=1), progress) as running:
+            pids = {"transceiver": running.services["transceiver"].proc.pid,
+                    "model": running.services["model"].proc.pid}
+            url = running.signaling_url
             with progress.step(f"call setup through the relay: {setup_calls} calls"):
-                res.setup["relay"], res.setup_failures["relay"] = await lab.client_call(
+                res.setup["relay"], res.setup_failures["relay"] = await running.client_call(
                     _setup_calls, url, setup_calls, timeout)
             with progress.step(f"voice path: {turns} turns"):
                 try:
-                    res.turns = await lab.client_call(_turns, url, pcm, turns, timeout)
+                    res.turns = await running.client_call(_turns, url, pcm, turns, timeout)
                 except Exception as exc:  # noqa: BLE001 - reported, the other figures stand
                     res.notes.append(f"voice turns failed: {exc}")
-            capture = EgressCapture(lab.transceiver_ns, lab.topology.transceiver_lan.ifname,
-                                    lab.transceiver_address)
+            capture = EgressCapture(running.transceiver_ns, running.topology.transceiver_lan.ifname,
+                                    running.transceiver_address)
             try:
-                await _capacity_steps(lab, res, url, steps, window, timeout, pids, capture, progress, log)
+                await _capacity_steps(running, res, url, steps, window, timeout, pids, capture, progress, log)
             finally:
                 capture.close()
             async with contextlib.AsyncExitStack() as stack:
                 with progress.step("direct path: veth client <-> transceiver, second transceiver"):
-                    direct_url = await stack.enter_async_context(_direct_path(lab))
+                    direct_url = await stack.enter_async_context(_direct_path(running))
                 with progress.step(f"call setup direct: {setup_calls} calls"):
-                    res.setup["direct"], res.setup_failures["direct"] = await lab.client_call(
+                    res.setup["direct"], res.setup_failures["direct"] = await running.client_call(
                         _setup_calls, direct_url, setup_calls, timeout)
     res.elapsed_s = time.monotonic() - started
     from transceiver.model.vad import VadSettings

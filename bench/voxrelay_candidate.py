@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from bench.candidates import KEY_ID, RELAY_PORT, TXR_ID, Candidate
-from bench.topo import RELAY_PRIV_IP, TXR_IP, VIP, Lab, in_netns
+from bench.topo import RELAY_PRIV_IP, TXR_IP, VIP, BenchTopology, in_netns
 
 AF_INET = 2
 TRANSCEIVER_ACTIVE = 1
@@ -43,7 +43,7 @@ def _be16(port: int) -> int:
     return struct.unpack("=H", struct.pack(">H", port))[0]
 
 
-def configure(bpf: Any, lb: Lab, key: bytes, nh_generation: int = 1) -> None:
+def configure(bpf: Any, topo: BenchTopology, key: bytes, nh_generation: int = 1) -> None:
     """Write config[0], keys[KEY_ID] and transceivers[TXR_ID]."""
     cfg_t = bpf["config"]
     cfg = cfg_t.Leaf()
@@ -52,8 +52,8 @@ def configure(bpf: Any, lb: Lab, key: bytes, nh_generation: int = 1) -> None:
     cfg.public_port = _be16(RELAY_PORT)
     cfg.family = AF_INET
     cfg.port_min, cfg.port_max = 20000, 59999
-    cfg.public_ifindex = lb.ifindex[lb.r_pub]
-    cfg.private_ifindex = lb.ifindex[lb.r_priv]
+    cfg.public_ifindex = topo.ifindex[topo.r_pub]
+    cfg.private_ifindex = topo.ifindex[topo.r_priv]
     cfg.new_flows_per_sec = 0
     cfg.max_flows_per_token = 0
     cfg.clock_offset_ns = time.time_ns() - time.monotonic_ns()
@@ -83,17 +83,17 @@ def stats(bpf: Any) -> dict[int, int]:
 class VoxRelay(Candidate):
     def start(self) -> None:
         bpfprog = _need("orchestrator.bpfprog")
-        lb = self.lab
+        topo = self.topo
         self.bpf = bpfprog.compile_relay()
-        configure(self.bpf, lb, self.token_key)
+        configure(self.bpf, topo, self.token_key)
         fn = bpfprog.load_relay_fn(self.bpf)
         self.prog_fd = fn.fd
         from bcc import BPF
 
-        for ifname in (lb.r_pub, lb.r_priv):
-            with in_netns(lb.ns_relay):
+        for ifname in (topo.r_pub, topo.r_priv):
+            with in_netns(topo.ns_relay):
                 BPF.attach_xdp(ifname, fn, 0)
-            self.attached.links.append((lb.ns_relay, ifname))
+            self.attached.links.append((topo.ns_relay, ifname))
 
     def stop(self) -> None:
         if hasattr(self, "bpf"):

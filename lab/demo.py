@@ -140,35 +140,35 @@ async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str) -> CallR
     """Build the lab, place one call from the client namespace, measure it, tear down."""
     from lab.call import TimedCallClient, icmp_rtt_in, speak_turn
     from lab.client import read_wav_pcm
-    from lab.stack import LabOptions, PrintProgress, start_lab
-    from lab.topology import Lab as Topology
+    from lab.stack import PrintProgress, StackOptions, start_stack
+    from lab.topology import Lab
 
     pcm = read_wav_pcm(wav)
     progress = PrintProgress()
-    async with start_lab(LabOptions(xdp_mode=xdp_mode, relays=1), progress) as lab:
-        relay = lab.relays[0]
+    async with start_stack(StackOptions(xdp_mode=xdp_mode, relays=1), progress) as stack:
+        relay = stack.relays[0]
 
         async def call() -> tuple[object, bytes, list[dict[str, object]]]:
-            async with TimedCallClient(lab.signaling_url, timeout=timeout) as client:
+            async with TimedCallClient(stack.signaling_url, timeout=timeout) as client:
                 await client.wait_event("model", state="connected")
                 turn = await speak_turn(client, pcm, timeout=timeout)
                 return turn, bytes(client.reply), list(client.events)
 
         with progress.step("measuring client <-> relay and relay <-> transceiver RTT"):
-            client_rtt = await icmp_rtt_in(lab.client_ns, relay.public_address)
-            relay_rtt = await icmp_rtt_in(relay.netns, lab.transceiver_address)
-        topo = lab.topology
-        assert isinstance(topo, Topology)
+            client_rtt = await icmp_rtt_in(stack.client_ns, relay.public_address)
+            relay_rtt = await icmp_rtt_in(relay.netns, stack.transceiver_address)
+        topo = stack.topology
+        assert isinstance(topo, Lab)
 
         def relay_udp_in() -> int:
             """The relay's own stack's Udp InDatagrams: XDP-forwarded packets never count here."""
             return topo.snmp(relay.netns)["Udp"]["InDatagrams"]
 
-        before = lab.relay_stats(0)
+        before = stack.relay_stats(0)
         udp_before = relay_udp_in()
         with progress.step("calling through the relay and speaking"):
-            turn, reply_pcm, events = await asyncio.wait_for(lab.client_call(call), timeout + 10)
-        after = lab.relay_stats(0)
+            turn, reply_pcm, events = await asyncio.wait_for(stack.client_call(call), timeout + 10)
+        after = stack.relay_stats(0)
         stack_udp = relay_udp_in() - udp_before
         counters = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
     from lab.call import Turn
@@ -241,9 +241,9 @@ def demo(wav: Path | None, sentence: str, out: Path, timeout: float, xdp_mode: s
             click.echo("\ninterrupted: everything the demo created has been removed", err=True)
             sys.exit(130)
         except Exception as exc:
-            from lab.stack import LabError
+            from lab.stack import StackError
 
-            if isinstance(exc, (LabError, asyncio.TimeoutError)):
+            if isinstance(exc, (StackError, asyncio.TimeoutError)):
                 msg = str(exc) or f"the call did not finish in {timeout:.0f} s"
                 raise click.ClickException(msg) from None
             raise

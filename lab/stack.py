@@ -1,6 +1,6 @@
-"""A running voxrelay stack in network namespaces: the demo's and the whole-chain tests' lab.
+"""A running voxrelay stack in network namespaces: the demo's and the whole-chain tests' ``Stack``.
 
-``lab.topology`` builds the namespaces and links; this module starts the
+``lab.topology.Lab`` builds the namespaces and links; ``start_stack`` starts the
 services on top of it and tears them down again:
 
 * the XDP relay, loaded on the relay's public and private interfaces;
@@ -30,17 +30,20 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from lab.topology import Lab
 
 T = TypeVar("T")
 
 
-class LabError(RuntimeError):
-    """A lab step failed; the message says which step and shows the service's log."""
+class StackError(RuntimeError):
+    """A step of ``start_stack`` failed; the message says which step and shows the service's log."""
 
 
 class Progress(Protocol):
-    """Where the lab reports its setup steps (the demo prints them; tests log them)."""
+    """Where ``start_stack`` reports its setup steps (the demo prints them; tests log them)."""
 
     def step(self, label: str) -> contextlib.AbstractContextManager[None]: ...
 
@@ -120,11 +123,11 @@ class Service:
         while loop.time() < deadline:
             if not self.running():
                 code = self.proc.returncode if self.proc is not None else None
-                raise LabError(f"{self.name} exited with status {code} while starting\n{self.log_tail()}")
+                raise StackError(f"{self.name} exited with status {code} while starting\n{self.log_tail()}")
             if await probe():
                 return
             await asyncio.sleep(0.1)
-        raise LabError(f"{self.name} not ready after {timeout:.0f} s\n{self.log_tail()}")
+        raise StackError(f"{self.name} not ready after {timeout:.0f} s\n{self.log_tail()}")
 
     async def stop(self, grace: float = 5.0) -> None:
         proc = self.proc
@@ -172,7 +175,7 @@ async def tcp_open(netns: str | None, host: str, port: int) -> bool:
 
 
 @dataclass
-class LabOptions:
+class StackOptions:
     xdp_mode: str = "native"
     """XDP mode on the lab's veths: native (the peers run XDP_PASS) or generic."""
     relays: int = 2
@@ -185,7 +188,7 @@ class LabOptions:
 
 @dataclass(frozen=True)
 class RelayHandle:
-    """One relay of the lab, as the tests and the demo address it."""
+    """One relay of the stack, as the tests and the demo address it."""
 
     name: str
     """Relay name: its maps are pinned under /sys/fs/bpf/voxrelay/<name>/."""
@@ -207,10 +210,11 @@ REBIND_HOST = 50
 
 
 @dataclass
-class Lab:
-    """Handles to everything the lab started. Built by ``start_lab``."""
+class Stack:
+    """The running stack: handles to every service ``start_stack`` started on its
+    ``lab.topology.Lab`` (``topology``), and the addresses to reach them."""
 
-    options: LabOptions
+    options: StackOptions
     workdir: Path
     client_ns: str = ""
     client_if: str = ""
@@ -233,7 +237,8 @@ class Lab:
     """The transceiver's HTTP API as the client namespace reaches it (through
     the signaling front on the last relay, never the transceiver's own address)."""
     services: dict[str, Service] = field(default_factory=dict)
-    topology: object | None = None
+    topology: Lab | None = None
+    """The namespaces and links the services run in (built first, removed last)."""
 
     def service(self, name: str, netns: str | None, argv: list[str], **env: str) -> Service:
         svc = Service(name, netns, argv, self.workdir / f"{name}.log", env=dict(env))
@@ -301,7 +306,7 @@ def _write_toml(path: Path, tables: dict[str, dict[str, object]]) -> Path:
     return path
 
 
-async def _probe_through_relays(lab: Lab, deadline: float) -> None:
+async def _probe_through_relays(running: Stack, deadline: float) -> None:
     """Wait until a STUN probe from the client namespace comes back through every
     relay: the key is in the relay's map, the transceiver is in it, and the
     transceiver's probe responder answers (orchestrator/probe.py)."""
@@ -311,14 +316,14 @@ async def _probe_through_relays(lab: Lab, deadline: float) -> None:
     from voxrelay.probe import DEFAULT_PROBE_PORT, mint_probe_token
 
     async def keyring():  # type: ignore[no-untyped-def]
-        directory = connect(lab.directory_url)
+        directory = connect(running.directory_url)
         try:
             return await directory.keyring()
         finally:
             await directory.close()
 
     loop = asyncio.get_running_loop()
-    pending = list(lab.relays)
+    pending = list(running.relays)
     reason = "no probe sent"
     while pending:
         if loop.time() > deadline:
@@ -326,23 +331,23 @@ async def _probe_through_relays(lab: Lab, deadline: float) -> None:
                 stats = {k: v for k, v in read_relay_stats(pending[0].name).items() if v}
             except OSError as exc:
                 stats = {"unreadable": str(exc)}  # type: ignore[dict-item]
-            raise LabError(
+            raise StackError(
                 f"relay {pending[0].name} does not forward to the transceiver: {reason}\n"
-                f"relay counters: {stats}\n{lab.logs()}"
+                f"relay counters: {stats}\n{running.logs()}"
             )
-        for name, svc in lab.services.items():
+        for name, svc in running.services.items():
             if not svc.running():
-                raise LabError(f"{name} exited while the lab was starting\n{svc.log_tail()}")
-        ring = await asyncio.to_thread(run_in_netns, lab.relays[0].netns, lambda: asyncio.run(keyring()))
+                raise StackError(f"{name} exited while the lab was starting\n{svc.log_tail()}")
+        ring = await asyncio.to_thread(run_in_netns, running.relays[0].netns, lambda: asyncio.run(keyring()))
         if ring.current is None:
             reason = "the directory has no token key yet"
             await asyncio.sleep(0.2)
             continue
-        ufrag = mint_probe_token(ring.keys, ring.current, lab.transceiver_id, DEFAULT_PROBE_PORT)
+        ufrag = mint_probe_token(ring.keys, ring.current, running.transceiver_id, DEFAULT_PROBE_PORT)
         relay = pending[0]
         result = await asyncio.to_thread(
-            run_in_netns, lab.client_ns, probe, (relay.public_address, relay.public_port), ufrag,
-            timeout=0.3, attempts=1, transceiver_id=lab.transceiver_id)
+            run_in_netns, running.client_ns, probe, (relay.public_address, relay.public_port), ufrag,
+            timeout=0.3, attempts=1, transceiver_id=running.transceiver_id)
         if result.ok:
             pending.pop(0)
         else:
@@ -351,7 +356,7 @@ async def _probe_through_relays(lab: Lab, deadline: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def start_lab(options: LabOptions | None = None, progress: Progress | None = None) -> AsyncIterator[Lab]:
+async def start_stack(options: StackOptions | None = None, progress: Progress | None = None) -> AsyncIterator[Stack]:
     """Build the topology, load the relay, start the services; undo all of it on exit.
 
     * relay 1's orchestrator runs the embedded directory (on its private
@@ -367,33 +372,33 @@ async def start_lab(options: LabOptions | None = None, progress: Progress | None
     """
     from lab import topology
 
-    options = options or LabOptions()
+    options = options or StackOptions()
     progress = progress or QuietProgress()
     own_workdir = options.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="voxrelay-lab-")) if own_workdir else Path(options.workdir)  # type: ignore[arg-type]
     workdir.mkdir(parents=True, exist_ok=True)
-    lab = Lab(options=options, workdir=workdir)
+    running = Stack(options=options, workdir=workdir)
     loop = asyncio.get_running_loop()
     env = {"PYTHONPATH": str(source_root())}
     clean_exit = False
     try:
-        async with contextlib.AsyncExitStack() as stack:
+        async with contextlib.AsyncExitStack() as undo:
             # pyroute2's blocking API cannot run inside an event loop: the
             # topology is built and removed on a worker thread (which also keeps
             # its SIGTERM handler out of our loop: ``_run`` in demo.py owns it).
             topo = topology.Lab(relays=options.relays, xdp_mode=options.xdp_mode)
-            lab.topology = topo
+            running.topology = topo
             with progress.step(f"building namespaces (client, {options.relays} relay(s), transceiver, model)"):
-                stack.push_async_callback(asyncio.to_thread, _remove_empty_pin_root)
-                stack.push_async_callback(asyncio.to_thread, topo.close)
+                undo.push_async_callback(asyncio.to_thread, _remove_empty_pin_root)
+                undo.push_async_callback(asyncio.to_thread, topo.close)
                 await asyncio.to_thread(topo.__enter__)
-            lab.client_ns = topo.client
-            lab.transceiver_ns = topo.transceiver
-            lab.transceiver_address = topo.transceiver_lan.address
-            lab.model_ns = topo.model
-            lab.model_address = topo.model_lan.address
+            running.client_ns = topo.client
+            running.transceiver_ns = topo.transceiver
+            running.transceiver_address = topo.transceiver_lan.address
+            running.model_ns = topo.model
+            running.model_address = topo.model_lan.address
             for host in topo.relay_hosts:
-                lab.relays.append(RelayHandle(host.name, host.netns, host.public.ifname,
+                running.relays.append(RelayHandle(host.name, host.netns, host.public.ifname,
                                               host.private.ifname, host.public.address,
                                               host.private.address))
             # The relays' own TCP (orchestrator 2 -> the directory on relay 1,
@@ -405,21 +410,21 @@ async def start_lab(options: LabOptions | None = None, progress: Progress | None
             for host in topo.relay_hosts:
                 await asyncio.to_thread(set_tx_checksum, host.private.ifname, False, host.netns)
             first = topo.relay_hosts[0]
-            lab.client_if = first.client_side.ifname
-            lab.client_address = first.client_side.address
-            lab.client_mac = first.client_side.mac
-            lab.client_rebind_address = first.client_side.address.rsplit(".", 1)[0] + f".{REBIND_HOST}"
-            lab.directory_url = f"http://{first.private.address}:{DIRECTORY_PORT}"
+            running.client_if = first.client_side.ifname
+            running.client_address = first.client_side.address
+            running.client_mac = first.client_side.mac
+            running.client_rebind_address = first.client_side.address.rsplit(".", 1)[0] + f".{REBIND_HOST}"
+            running.directory_url = f"http://{first.private.address}:{DIRECTORY_PORT}"
 
             # Services stop before the topology goes: registered later, undone first.
             async def stop_services() -> None:
-                for svc in reversed(list(lab.services.values())):
+                for svc in reversed(list(running.services.values())):
                     await svc.stop()
 
-            stack.push_async_callback(stop_services)
+            undo.push_async_callback(stop_services)
 
-            with progress.step(f"loading the XDP relay ({options.xdp_mode}) on {len(lab.relays)} relay(s)"):
-                for index in range(len(lab.relays)):
+            with progress.step(f"loading the XDP relay ({options.xdp_mode}) on {len(running.relays)} relay(s)"):
+                for index in range(len(running.relays)):
                     await asyncio.to_thread(topo.load_relay, index)
 
             with progress.step("starting the orchestrator (embedded directory) and the model server"):
@@ -428,16 +433,16 @@ async def start_lab(options: LabOptions | None = None, progress: Progress | None
                     config = _write_toml(workdir / f"orchestrator-{index + 1}.toml", {
                         "relay": {"name": host.name},
                         "orchestrator": {
-                            "directory": "embedded" if index == 0 else lab.directory_url,
+                            "directory": "embedded" if index == 0 else running.directory_url,
                             "listen": f"{host.private.address}:{DIRECTORY_PORT}",
                             "metrics_listen": "127.0.0.1:9478",
                         },
                     })
-                    svc = lab.service(f"orchestrator-{index + 1}", host.netns,
+                    svc = running.service(f"orchestrator-{index + 1}", host.netns,
                                       python_argv("orchestrator", "run", "-v", "--config", str(config)), **env)
                     orchestrators.append(svc)
-                model = lab.service("model", lab.model_ns, python_argv(
-                    "model", "serve", "--listen", f"{lab.model_address}:{MODEL_PORT}", "--reply", "echo"), **env)
+                model = running.service("model", running.model_ns, python_argv(
+                    "model", "serve", "--listen", f"{running.model_address}:{MODEL_PORT}", "--reply", "echo"), **env)
                 # The directory first: the second orchestrator syncs from it.
                 orchestrators[0].start()
                 model.start()
@@ -446,39 +451,39 @@ async def start_lab(options: LabOptions | None = None, progress: Progress | None
                 for svc in orchestrators[1:]:
                     svc.start()
                 await model.wait_ready(
-                    lambda: tcp_open(lab.model_ns, lab.model_address, MODEL_PORT), options.start_timeout)
+                    lambda: tcp_open(running.model_ns, running.model_address, MODEL_PORT), options.start_timeout)
 
             with progress.step("starting the transceiver and its signaling front"):
-                relays = [f"{r.public_address}:{r.public_port}" for r in lab.relays]
+                relays = [f"{r.public_address}:{r.public_port}" for r in running.relays]
                 config = _write_toml(workdir / "transceiver.toml", {"transceiver": {
                     "id": TRANSCEIVER_ID,
-                    "listen": f"{lab.transceiver_address}:{SIGNALING_PORT}",
-                    "private_address": lab.transceiver_address,
+                    "listen": f"{running.transceiver_address}:{SIGNALING_PORT}",
+                    "private_address": running.transceiver_address,
                     "relays": relays,
-                    "directory": lab.directory_url,
-                    "model": f"{lab.model_address}:{MODEL_PORT}",
+                    "directory": running.directory_url,
+                    "model": f"{running.model_address}:{MODEL_PORT}",
                     "drain_grace_seconds": 1.0,
                 }})
-                txr = lab.service("transceiver", lab.transceiver_ns,
+                txr = running.service("transceiver", running.transceiver_ns,
                                   python_argv("transceiver", "run", "--config", str(config)), **env)
                 txr.start()
                 await txr.wait_ready(
-                    lambda: tcp_open(lab.transceiver_ns, lab.transceiver_address, SIGNALING_PORT),
+                    lambda: tcp_open(running.transceiver_ns, running.transceiver_address, SIGNALING_PORT),
                     options.start_timeout)
                 front_relay = topo.relay_hosts[-1]
-                front = lab.service("signaling-front", front_relay.netns, [
+                front = running.service("signaling-front", front_relay.netns, [
                     sys.executable, "-m", "lab.tcpfront",
                     f"{front_relay.public.address}:{SIGNALING_PORT}",
-                    f"{lab.transceiver_address}:{SIGNALING_PORT}"], **env)
+                    f"{running.transceiver_address}:{SIGNALING_PORT}"], **env)
                 front.start()
                 await front.wait_ready(
-                    lambda: tcp_open(lab.client_ns, front_relay.public.address, SIGNALING_PORT),
+                    lambda: tcp_open(running.client_ns, front_relay.public.address, SIGNALING_PORT),
                     options.start_timeout)
-                lab.signaling_url = f"http://{front_relay.public.address}:{SIGNALING_PORT}"
+                running.signaling_url = f"http://{front_relay.public.address}:{SIGNALING_PORT}"
 
             with progress.step("waiting until a STUN probe reaches the transceiver through every relay"):
-                await _probe_through_relays(lab, loop.time() + options.start_timeout)
-            yield lab
+                await _probe_through_relays(running, loop.time() + options.start_timeout)
+            yield running
         clean_exit = True
     finally:
         if own_workdir and clean_exit:

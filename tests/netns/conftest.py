@@ -67,8 +67,9 @@ def no_leaks() -> Iterator[None]:
 
 
 @dataclass
-class RelayLab:
-    """A lab with the relay loaded, a key and a transceiver in its maps, and an echo server."""
+class LoadedRelay:
+    """A ``lab.topology.Lab`` with the relay loaded, a key and a transceiver in its maps,
+    and an echo server on the transceiver (the ``loaded_relay`` fixture)."""
 
     lab: Lab
     maps: Any
@@ -99,7 +100,7 @@ class RelayLab:
 
 
 @pytest.fixture(scope="module")
-def relay_lab() -> Iterator[RelayLab]:
+def loaded_relay() -> Iterator[LoadedRelay]:
     with Lab() as lab:
         lab.load_relay()
         maps = loader.open_maps(lab.relay.name)
@@ -110,7 +111,7 @@ def relay_lab() -> Iterator[RelayLab]:
         sock.bind((lab.transceiver_lan.address, ECHO_PORT))
         echo = UdpResponder(sock)
         try:
-            yield RelayLab(lab, maps, key, echo)
+            yield LoadedRelay(lab, maps, key, echo)
         finally:
             echo.close()
             del maps  # closes bcc's fds before the lab unpins the maps

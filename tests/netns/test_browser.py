@@ -96,9 +96,9 @@ def pad_with_silence(path: Path, seconds: float) -> Path:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def lab():
-    from lab.stack import LabOptions, start_lab
+    from lab.stack import StackOptions, start_stack
 
-    async with start_lab(LabOptions(relays=1)) as running:
+    async with start_stack(StackOptions(relays=1)) as running:
         yield running
 
 

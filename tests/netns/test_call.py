@@ -57,9 +57,9 @@ def speech_pcm(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def lab():
-    from lab.stack import LabOptions, start_lab
+    from lab.stack import StackOptions, start_stack
 
-    async with start_lab(LabOptions(relays=2)) as running:
+    async with start_stack(StackOptions(relays=2)) as running:
         yield running
 
 

@@ -134,34 +134,34 @@ class Stream:
 
 
 def test_one_more_drop_reason_replaces_under_a_live_call(
-    relay_lab: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    loaded_relay: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lab = relay_lab.lab
+    lab = loaded_relay.lab
     relay = lab.relay
     vip = relay.vip
     status = loader.status(relay.name)
     assert status.loaded
     maps_before = {(m.name, m.id) for m in status.maps}
     assert {name for name, _ in maps_before} == set(abi.MAP_NAMES)
-    relay_lab.echo.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+    loaded_relay.echo.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
 
     # A forged token before and after the replace: the new program must count
     # this reason under the same number, i.e. the same label.
-    forged = relay_lab.stun(token.mint(token.new_key(), key_id=relay_lab.KEY_ID,
-                                       transceiver_id=relay_lab.TRANSCEIVER_ID,
-                                       port=relay_lab.ECHO_PORT))
-    stranger = relay_lab.client_socket()
+    forged = loaded_relay.stun(token.mint(token.new_key(), key_id=loaded_relay.KEY_ID,
+                                       transceiver_id=loaded_relay.TRANSCEIVER_ID,
+                                       port=loaded_relay.ECHO_PORT))
+    stranger = loaded_relay.client_socket()
     stranger.bind((relay.client_side.address, 0))
 
-    client = relay_lab.client_socket()
+    client = loaded_relay.client_socket()
     client.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
     client.bind((relay.client_side.address, 0))
     try:
-        request = relay_lab.stun(relay_lab.mint())
+        request = loaded_relay.stun(loaded_relay.mint())
         client.sendto(request, vip)
         assert client.recvfrom(4096) == (request, vip)
-        echoed_before = len(relay_lab.echo.received)
-        stats_before = relay_lab.stats()
+        echoed_before = len(loaded_relay.echo.received)
+        stats_before = loaded_relay.stats()
 
         copy = _copy_with_one_more_reason(tmp_path)
         compiled_from: list[Path] = []
@@ -201,14 +201,14 @@ def test_one_more_drop_reason_replaces_under_a_live_call(
     # Not one datagram lost or duplicated, either way.
     sent = list(range(stream.sent))
     at_transceiver = [int.from_bytes(d[:4], "big")
-                      for d, _ in relay_lab.echo.received[echoed_before:]]
+                      for d, _ in loaded_relay.echo.received[echoed_before:]]
     assert sorted(at_transceiver) == sent, "lost or duplicated on the way in"
     assert sorted(stream.echoes) == sent, "lost or duplicated on the way back"
 
     # The counters kept their numbers, labels and totals across programs: one
     # flow all along, every datagram counted once in each direction, and the
     # forged token counted twice under its reason.
-    stats = _delta(relay_lab.stats(), stats_before)
+    stats = _delta(loaded_relay.stats(), stats_before)
     assert stats.get("STAT_FWD_TO_TRANSCEIVER") == stream.sent
     assert stats.get("STAT_FWD_TO_CLIENT") == stream.sent
     assert stats.get("STAT_DROP_TOKEN_BAD_MAC") == 2
