@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Word error rate of the default model's ASR on espeak-ng speech, per mode.
 
 Speaks each sentence with espeak-ng (the same helper the tests and demo use),

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Orchestrator benchmarks: announce -> routable latency, and flow map capacity.
 
     sudo PYTHONPATH=$PWD .venv/bin/python -m bench.bench_sync [--markdown] [--samples N]

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The relays under test, each set up on the same lab and torn down after.
 
 Every candidate answers the same questions:

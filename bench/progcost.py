@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The relay program's own cost per packet, from BPF_PROG_TEST_RUN.
 
     python -m bench.progcost [--runs N] [--json]

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Turn raw bench results into BENCHMARKS.md and PNG plots.
 
 Pure except for ``plot`` (matplotlib) and ``write``. Everything is quoted as

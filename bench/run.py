@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Run every relay benchmark, bounded, and write BENCHMARKS.md.
 
     python -m bench.run [--quick] [--runs N] [--duration S] [--only a,b]

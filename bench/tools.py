@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Build the bench's C tools (bench/gen/*.c) with gcc into a build dir, once
 per run, and wrap their invocations."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The bench's veth topology: client | relay (public, private) | transceiver.
 
 Three namespaces and two veth pairs::

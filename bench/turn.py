@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A minimal TURN client (RFC 8656) to load coturn with the bench's generator.
 
 For each client source port: Allocate (UDP), then ChannelBind one channel to

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Baseline: the XDP relay's NAT done in userspace with Python asyncio.
 
 Same behaviour as bpf/relay.c, so the comparison is fair:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Control- and media-plane benchmarks: call setup, transceiver capacity, voice path overhead.
 
 ``python -m bench.voice [--markdown] [--json]`` builds the demo's lab

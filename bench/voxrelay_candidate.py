@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The voxrelay XDP relay as a bench candidate (its PROG_TEST_RUN costs: bench/progcost.py).
 
 Compiles bpf/relay.c with the kernel helper's ``orchestrator.bpfprog`` and ``lab.bpftest``

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The bench's own XDP programs (bench/xdp/*.c), loaded with bcc.
 
 ``Attached`` remembers every (namespace, interface) it attached to, and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* Limits and protocol constants for the relay. Every #ifndef value can be
  * overridden by the orchestrator with -D cflags (orchestrator/loader.py). */
 #ifndef VOXRELAY_CONSTS_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* Incremental Internet checksum updates (RFC 1624, eqn. 3):
  *     HC' = ~(~HC + ~m + m')
  * Start an accumulator from the old checksum, add each replaced field, then

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* The relay's BPF maps: one line each on what it holds and who writes it.
  *
  * orchestrator/maps.py is the typed Python view of these maps;

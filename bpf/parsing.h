@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* Bounds-checked cursor helpers for the relay's headers.
  *
  * Each helper checks that the whole header lies inside the packet before it

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* voxrelay: the XDP relay.
  *
  * One program on both of the relay's interfaces. Per packet:

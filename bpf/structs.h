@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* Key and value layouts of the relay's BPF maps: the single source of truth.
  *
  * Python mirrors: none by hand. orchestrator/maps.py takes the ctypes types

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* The routing token, kernel half: decode and verify the server ufrag.
  *
  * The other half is voxrelay/token.py (mint, decode, verify in Python). The

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* Verdicts and drop reasons: the index of the per-CPU `stats` array.
  *
  * THE NUMBERS ARE AN ABI. The `stats` map is pinned and outlives the program:

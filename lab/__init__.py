@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The lab: voxrelay's stack in network namespaces on one machine.
 
 Floor 3 of four (docs/architecture.md): it builds the netns topology

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Run the XDP relay on packets with BPF_PROG_TEST_RUN (tests, bench, lab).
 
 Lab tooling, not product code: the orchestrator never runs its program on

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The demo's call, measured on the client's clock, plus the RTT probes.
 
 The call itself is ``lab.client.CallClient`` (the transceiver's own

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """An aiortc client for the transceiver's HTTP API (tests and ``voxrelay demo``).
 
 ``place_call`` speaks a WAV (or PCM) as the microphone, collects the JSON

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``voxrelay demo``: one voice call through the XDP relay, across network namespaces.
 
 The README's main command. It builds the lab (``lab.stack``), places a call

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Network namespace tooling for the lab, the tests and the bench, through pyroute2.
 
 Namespaces, veth pairs, bridges, addresses, routes, permanent neighbours,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Packets for the relay lab (lab/relaylab.py), and the one setup every user needs.
 
 The builders make the frames that arrive at the relay in a ``RelayLab``: a

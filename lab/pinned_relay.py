@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """relay.c compiled with its maps pinned under a fresh name, for tests and the bench.
 
 Both sides of a running relay, without attaching it to any interface: the

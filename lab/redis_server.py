@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A private redis-server (Debian's package) for tests and the bench.
 
 Listens on a unix socket in a given directory (no TCP port to collide on)

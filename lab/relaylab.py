@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A loaded relay program in a private network namespace, for PROG_TEST_RUN.
 
 ``RelayLab`` builds a uniquely named namespace holding the relay's two

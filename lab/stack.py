@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A running voxrelay stack in network namespaces: the demo's and the whole-chain tests' ``Stack``.
 
 ``lab.topology.Lab`` builds the namespaces and links; ``start_stack`` starts the

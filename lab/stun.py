@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The little STUN that tests and the bench send to a relay (RFC 5389).
 
 One builder of Binding Requests for every test tier and the bench, and the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A TCP forwarder: the lab's stand-in for a public HTTPS load balancer.
 
 In production, clients reach a transceiver's signaling (POST /v1/calls, the

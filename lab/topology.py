@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The lab: client, relay(s), transceiver and model server as network namespaces.
 
 Used by tests/netns, ``voxrelay demo`` and bench/. Every namespace, pin and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Typed reads and writes over the relay's BPF maps through bcc tables (bpf/maps.h).
 
 ``RelayMaps`` wraps the tables of a ``bcc.BPF`` built by

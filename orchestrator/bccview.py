@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``RelayView`` over the real pinned maps of a loaded relay, through bcc.
 
 ``open_relay(name)`` reopens ``/sys/fs/bpf/voxrelay/<name>/*`` without

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Compile the XDP relay with bcc, pin its maps, and check reused pins.
 
 ``compile_relay`` is the only place that turns ``bpf/relay.c`` into a

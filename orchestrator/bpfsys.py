@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The few bpf(2) commands the loader needs that bcc does not wrap.
 
 bcc 0.26 attaches XDP only through netlink (``attach_xdp``), which outlives

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The loader's errors, below every module that raises them.
 
 ``MapLayoutError`` is raised both by ``bpfprog.compile_relay`` (a reused pin

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Host plumbing the relay needs around its XDP program, all idempotent.
 
 Done at load (``loader.load``) and undone at unload:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The import-time check of ``orchestrator/abi.py``: its ctypes lay out as bcc did.
 
 abi.py is generated data (classes and tables); this is the logic it runs on

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Load, replace, unload and inspect the XDP relay on a host (or a namespace).
 
 How the relay owns its hook

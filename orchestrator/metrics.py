@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Prometheus exporter for ``voxrelay orchestrator run``.
 
 Map-backed values (packets, flows, transceivers, keys) are read at scrape

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Next hops for the XDP relay: resolving them, and noticing when they change.
 
 ``bpf_fib_lookup`` never starts ARP; a packet whose next hop is unresolved

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The netlink the relay itself needs, through pyroute2: interfaces, addresses, XDP.
 
 What builds a lab (namespaces, veths, bridges, routes, neighbours, offloads)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Where a relay's pins, lock and load state live, and what the kernel says they hold.
 
 A relay ``<name>`` owns:

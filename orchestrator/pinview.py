@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A read-only view of a loaded relay, straight from its pins: no compile, no bcc.
 
 ``open_pinview(name)`` opens every map pinned under

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The liveness probe: one STUN Binding Request through relay -> transceiver.
 
 How it works (and what the transceiver must run):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What the CLI, the sync and the exporter read from (and write to) a loaded relay.
 
 ``RelayView`` is a small protocol over the pinned BPF maps, so that the CLI

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``voxrelay orchestrator run``: directory + map sync + /metrics (+ probes).
 
 One asyncio process per relay host. It attaches nothing and loads nothing:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Keep the relay's BPF maps equal to what the directory says.
 
 Desired state is a pair of typed dicts (transceivers, active keys) built from

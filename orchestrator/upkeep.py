@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What keeps a loaded relay right besides its routing maps: next hops and the clock.
 
 ``BpfRelayUpkeep`` is the ``service.Upkeep`` of a real relay (the tests give

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The relay's verdicts and drop reasons: labels and classes over ``orchestrator.abi``.
 
 ``enum relay_stat`` in ``bpf/verdicts.h`` is the one source of truth: it

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # One-step, idempotent setup for voxrelay on Debian 12 (run as root).
 #
 #  1. apt: bcc (python3-bpfcc), kernel headers, iproute2, nftables, espeak-ng, redis...

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Runs the test tiers in order, stopping at the first that fails:
 #   fast  - tests/unit and bench/tests: pure unit tests (no root, no BPF)
 #   bpf   - tests/bpf: needs root and BPF: packet tables through BPF_PROG_TEST_RUN,

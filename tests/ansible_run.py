@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Running the Ansible tools of the venv against ansible/ (tests/unit and tests/bpf both do)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Shared by every tier: the Redis fixture, and the tier rule (root tests live in
 tests/bpf or tests/netns). Plain helper functions are in tests/support.py."""
 

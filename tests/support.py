@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Helpers that tests call as plain functions (fixtures are in tests/conftest.py)."""
 
 from __future__ import annotations

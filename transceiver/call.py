@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A call: one aiortc peer connection behind the relay, bridged to the model.
 
 ``Call`` owns what one call allocates: its UDP port (from ``CallSettings.ports``),

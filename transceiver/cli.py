@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``voxrelay transceiver``: run a transceiver (HTTP signaling + aiortc calls)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """ICE behind the relay: a small, documented adapter over aioice.
 
 Why an adapter at all: aiortc builds its aioice ``Connection`` deep inside

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """All calls of one transceiver: admission, lookup, sessions, drain.
 
 ``CallManager`` is the library the HTTP layer (``signaling.py``) is thin over:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Audio between aiortc and the model: 16 kHz mono s16le, 20 ms chunks.
 
 Inbound: aiortc's Opus decoder gives 48 kHz stereo frames; ``PcmChunker``

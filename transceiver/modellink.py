@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One call's gRPC stream to the voice model (client side of voice.proto).
 
 The stream is (re)opened with exponential backoff: a call connects even when

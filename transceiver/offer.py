@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Checking an SDP offer before anything is allocated for it.
 
 A pure function: text in, ``Offer`` out, or ``ValueError`` with the exact

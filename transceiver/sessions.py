@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The transceiver's own session store: call records with a TTL.
 
 The store is the fast local truth; the directory holds the same records for

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """HTTP signaling, modelled on the OpenAI Realtime WebRTC API.
 
     POST   /v1/calls        body: SDP offer (application/sdp), Bearer token

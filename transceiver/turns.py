@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A call's turns: what the model says, talking over it, and how long replies take.
 
 ``Turns`` is one call's conversation bookkeeping: the model's messages become

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The one ``host:port`` parser.
 
 Every address a user types (``--probe-relay``, ``listen`` settings, the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ``voxrelay`` command: a thin root that mounts each room's commands.
 
 The rooms above this floor (``orchestrator``, ``transceiver``, ``lab``)

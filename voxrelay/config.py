@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Configuration as documented dataclasses, one docstring per field.
 
 A single TOML file (default ``/etc/voxrelay/voxrelay.toml``) has one table per

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One log format for every voxrelay service.
 
 ``orchestrator run``, ``transceiver run``, ``model serve`` and the lab stack

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The liveness probe's wire contract, spoken by both rooms.
 
 The orchestrator sends the probe (``orchestrator/probe.py``); the transceiver

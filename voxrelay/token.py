@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The routing token: the server-side ICE ufrag that names a call's transceiver.
 
 This module is one half of the only contract that C and Python share. The

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* udpecho: answers every UDP datagram on --port with the same bytes, back to
  * its source. The ping-pong peer for the latency runs (and the "transceiver"
  * that answers STUN primers). Exits after --duration seconds. */

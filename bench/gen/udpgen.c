@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* udpgen: the bench's UDP load generator.
  *
  * Sends one fixed payload (default: 200 bytes shaped like an Opus RTP packet)

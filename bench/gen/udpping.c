@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* udpping: UDP ping-pong from a fixed source port, one packet in flight.
  *
  * Optionally sends --prime FILE first (a STUN Binding Request carrying a

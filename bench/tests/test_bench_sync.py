@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """bench/bench_sync.py's pure parts: flow keys and the markdown section."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Pure pieces of the bench: report maths and rendering, generator output
 parsing, STUN/TURN message building."""
 

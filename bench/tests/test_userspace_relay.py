@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The userspace baseline relay keeps the XDP relay's NAT behaviour: admission
 by routing token, per-client flows, replies only from the flow's transceiver.
 The last test runs it for real on loopback."""

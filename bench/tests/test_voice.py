@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """bench/voice.py: the statistics and the report (pure; no lab, no aiortc)."""
 
 from __future__ import annotations

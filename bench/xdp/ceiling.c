@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* Bench ceiling: the least an XDP relay can do. Every IPv4 UDP packet on the
  * relay's public interface gets new MAC addresses and is redirected out of
  * the private interface, with no parsing beyond the headers, no map lookup

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* Bench generator in XDP: run with BPF_PROG_TEST_RUN's live-frames mode, it
  * sends frames that never were skbs out of the client's veth, as a NIC's
  * driver hands frames to XDP. (udpgen's raw-socket packets are skbs, and veth

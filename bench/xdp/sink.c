@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
 /* Bench sink: counts and drops every IPv4 UDP packet except ping-pong traffic
  * to ECHO_PORT, which goes on to the stack. Attached to the transceiver end of
  * the topology, it is the cheapest possible receiver, so that the delivered

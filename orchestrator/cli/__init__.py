@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The orchestrator's commands: a thin click layer over the typed library.
 
 One module per command group (``relay``, ``maps``, ``transceivers``, ``keys``,

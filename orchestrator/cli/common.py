@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What every orchestrator command shares: options, one-line errors, tables, openers.
 
 Every command prints a table (or one line) by default and JSON with

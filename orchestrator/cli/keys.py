@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``voxrelay keys``: the routing-token keys, in the directory."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``voxrelay maps``: show the relay's pinned BPF maps."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``voxrelay probe``: a STUN round trip through relay -> transceiver (orchestrator/probe.py)."""
 
 from __future__ import annotations

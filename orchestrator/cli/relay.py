@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``voxrelay relay``: load, replace, unload and inspect the XDP relay (thin over ``loader``)."""
 
 from __future__ import annotations

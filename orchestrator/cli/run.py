@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``voxrelay orchestrator run``: directory, map sync, /metrics."""
 
 from __future__ import annotations

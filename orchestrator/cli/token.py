@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``voxrelay token``: mint or inspect a routing token, to debug routing."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``voxrelay transceivers``: drain, undrain or remove a transceiver in the directory."""
 
 from __future__ import annotations

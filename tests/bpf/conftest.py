@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The root tier: BPF_PROG_TEST_RUN packet tables, pinned maps, and a real
 Ansible apply. Every test here needs root (and bcc); CI runs this tier as
 root, so where that is missing the tier fails saying why: a skip is not a pass.

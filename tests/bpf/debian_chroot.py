@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A disposable Debian 12 root for applying the Ansible roles for real.
 
 The root is a debootstrap minbase tree (plus python3, which Ansible needs on

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The relay's packet table: one row per path through bpf/relay.c.
 
 Each ``Row`` names the input packet (built with scapy), the map setup before

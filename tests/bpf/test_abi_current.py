@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """orchestrator/abi.py is what genabi makes of bpf/ now (needs bcc and root)."""
 
 from __future__ import annotations

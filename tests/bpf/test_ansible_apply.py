@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The Ansible roles applied for real (root): site.yml to a Debian 12 root.
 
 site.yml is applied to a Debian 12 root (debootstrap), reached through

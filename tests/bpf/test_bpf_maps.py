@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """orchestrator/bccmaps.py over a real relay program, and pinned-map reuse."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The packet table (packet_table.py) through BPF_PROG_TEST_RUN.
 
 One relay program is loaded in a private network namespace (lab/relaylab.py);

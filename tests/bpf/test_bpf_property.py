@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Random and mutated packets through the relay: >= 10,000, one loaded program.
 
 Hypothesis draws batches of packet specs: valid Binding Requests with tokens

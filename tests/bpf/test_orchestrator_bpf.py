@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Sync, takeover and /metrics against the real BPF maps (root), with real Redis.
 
 One relay is compiled, its maps pinned under a unique name, and its program

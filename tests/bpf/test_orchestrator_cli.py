@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The BPF commands of the CLI as root: one line, no traceback, when nothing is loaded."""
 
 from __future__ import annotations

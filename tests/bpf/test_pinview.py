@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """orchestrator/pinview.py against a pinned relay: the same readings as bcc, without a compile."""
 
 from __future__ import annotations

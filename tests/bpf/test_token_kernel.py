@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """voxrelay/token.py and bpf/token.h agree: mint in Python, verify in the kernel.
 
 Each case builds a ufrag (valid, mutated, re-signed with other fields, or

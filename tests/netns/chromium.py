@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Debian's Chromium, headless, in a network namespace, driven over CDP.
 
 The DevTools protocol runs over ``--remote-debugging-pipe`` (fds 3 and 4 of

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fixtures for the whole-chain tier: labs of namespaces, a loaded relay, leak checks.
 
 These tests need root and BPF; CI runs them as root. Nothing here skips.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What the relay's kernel stack sees: AF_PACKET taps inside a namespace.
 
 XDP runs before the kernel's packet taps, so a packet that the relay program

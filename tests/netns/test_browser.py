@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A real browser through the relay: Debian's Chromium, headless, in the client namespace.
 
 The fake microphone plays a sentence made with espeak-ng (looped, so that the

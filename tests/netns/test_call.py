@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Whole chain: an aiortc call from the client namespace, through the XDP relay.
 
 One lab (lab.stack: topology, two relays, orchestrator, transceiver, model)

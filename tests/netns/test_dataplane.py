@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The XDP relay between namespaces: client <-> relay (public/private) <-> transceiver.
 
 Every packet of the relayed path is forwarded by XDP; these tests check that

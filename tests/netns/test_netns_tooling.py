@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """lab/netns.py on pyroute2's ensure(): a second run changes nothing and returns at
 once, missing interfaces are named, and the cases ensure() gets wrong stay right.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The orchestrator across namespaces: restart under a live flow, and the probe.
 
 client ns --> relay ns (XDP, loaded once for the module) --> transceiver ns.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Loader lifecycle in a lab: load, refuse a double load, replace atomically, unload cleanly.
 
 Also the host plumbing the loader owns: the hook cannot be taken over by

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Adding a drop reason is an upgrade a live call survives (issue #15 item 5).
 
 A relay carries a sequenced stream of datagrams on one flow while

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The lab itself: two relays into one private LAN, and teardown when interrupted."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A UDP responder on a thread, for sockets made inside a lab namespace.
 
 One loop serves the tests' echo server (the transceiver end of a relayed flow)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A tiny voice.proto server for transceiver tests that are not about speech.
 
 It does no ASR: a turn is "speech" (energy) followed by 300 ms of quiet, and

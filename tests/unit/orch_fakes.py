@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """In-memory stand-ins for the relay's maps (pure tests of sync, CLI, metrics)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """genabi renders orchestrator/abi.py from what bcc reports; VOXRELAY_BPF_DIR picks other C.
 
 The check that the committed abi.py is current needs root: tests/bpf/test_abi_current.py.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """voxrelay/addr.py: the one host:port parser, with exact messages.
 
 The last tables keep the semantics of the five parsers it replaces: what each

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The aioice/aiortc internals transceiver/ice.py relies on are still there.
 
 transceiver/ice.py is the one module that reaches past aioice's and aiortc's

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The Ansible roles: lint, syntax, and variables that match the config.
 
 ansible-lint (production profile), ``ansible-playbook --syntax-check``, and a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """orchestrator/bpfprog.py: finding the C, building cflags, pin paths (no BPF needed)."""
 
 from __future__ import annotations

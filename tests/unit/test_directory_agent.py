@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """keep_announced: a transceiver stays in the directory across its restarts."""
 
 import asyncio

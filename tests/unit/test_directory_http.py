@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The embedded directory over HTTP: what a transceiver sees, errors included."""
 
 from __future__ import annotations

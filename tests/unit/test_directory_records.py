@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Directory records: bad input is refused with exact messages."""
 
 import pytest

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Every repository path the newcomer's docs name exists.
 
 README.md, docs/architecture.md and CONTRIBUTING.md name files and folders in

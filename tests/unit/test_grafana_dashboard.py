@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The shipped dashboard parses and only queries metrics the exporter serves."""
 
 import json

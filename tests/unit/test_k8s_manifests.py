@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """deploy/k8s: valid against the Kubernetes schemas, and shaped as the design needs.
 
 kubernetes-validate bundles the OpenAPI schemas of each Kubernetes release, so

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """lab/stun.py, the one STUN builder of tests and bench (more in bench/tests/test_report.py)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The four floors stay floors, and product code has no import circle.
 
 `lint-imports` checks the layers contract in pyproject.toml

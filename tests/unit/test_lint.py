@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """ruff and mypy over the Python tree, as ``make lint`` runs them.
 
 Fast tier: a finding fails the suite here, with the linter's own output, rather

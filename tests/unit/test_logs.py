@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """voxrelay/logs.py: one format (time, level, service, logger, message) for every service."""
 
 from __future__ import annotations

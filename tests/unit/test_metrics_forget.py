@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A transceiver that leaves the map leaves /metrics too (its probe gauges)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """/metrics and `orchestrator run` as a library, with fake maps."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Offline ASR: the grammar, the phone-consistency check, and real decodes of espeak-ng speech."""
 
 from __future__ import annotations

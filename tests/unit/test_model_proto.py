@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """voice.proto: messages survive serialization, and the committed stubs match the .proto."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Reply policies: echo, and an OpenAI-compatible chat endpoint (a fake on loopback)."""
 
 from __future__ import annotations

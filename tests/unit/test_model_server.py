@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The default model over a real in-process gRPC stream: espeak-ng speech in, a spoken reply out."""
 
 from __future__ import annotations

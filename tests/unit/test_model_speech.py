@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """espeak-ng synthesis at 16 kHz, resampling, framing."""
 
 from __future__ import annotations

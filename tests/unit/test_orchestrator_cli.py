@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """CLI output with fake maps and a real embedded directory: tables, --json, errors."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The probe's STUN exchange, on loopback (no relay: the responder answers directly)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Map sync against both directory backends (Redis real), with in-memory maps."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The Python half of the routing-token contract (bpf/token.h is the other)."""
 
 import base64

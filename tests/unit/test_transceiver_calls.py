@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Calls through the HTTP API: two aiortc peers in one process, on loopback.
 
 The client reaches the transceiver through ``LoopbackRelay``, a userspace

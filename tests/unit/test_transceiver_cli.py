@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ``voxrelay transceiver`` CLI: help and clear errors, no tracebacks."""
 
 from __future__ import annotations

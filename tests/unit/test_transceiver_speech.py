@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A spoken sentence through the whole transceiver with the real default model.
 
 espeak-ng says an assistant phrase; the aiortc client sends it as its

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Pure parts of the transceiver: offer checks, relay specs, ports, media, clock."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The verdict numbers are an ABI: bpf/verdicts.h, its generated mirror abi.py, verdicts.py.
 
 The pinned ``stats`` map outlives programs and dashboards keep a counter by its

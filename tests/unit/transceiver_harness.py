@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Test harness for the transceiver: a loopback stand-in for the XDP relay,
 a transceiver factory, and leak probes.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Speech recognition behind a small protocol, with an offline pocketsphinx default.
 
 An ``Asr`` opens one ``Utterance`` per turn. The server feeds it 16 kHz s16le

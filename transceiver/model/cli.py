@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``voxrelay model``: run the default offline voice model."""
 
 from __future__ import annotations

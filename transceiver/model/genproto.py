@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Regenerate the committed gRPC stubs from voice.proto.
 
 The stubs (voice_pb2.py, voice_pb2_grpc.py, voice_pb2.pyi) are committed so

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Reply policies: what the assistant says back to a final transcript.
 
 ``echo`` (the default) repeats what it heard, which makes the whole voice path

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The default voice model: a grpc.aio server for voice.proto's VoiceModel.
 
 Per stream (one per call):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Speech audio helpers: espeak-ng synthesis at 16 kHz, PCM framing and levels.
 
 Everything that crosses the model API is 16 kHz mono s16le in 20 ms chunks

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Text to speech behind a small protocol, with Debian's espeak-ng as the default."""
 
 from __future__ import annotations

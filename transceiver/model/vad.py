@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Turn detection: webrtcvad over 20 ms frames, with start and end hysteresis."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The transceiver directory: records, one interface, two backends.
 
 Transceivers use it like this (the URL picks the backend)::

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What a transceiver runs to stay in the directory: announce, heartbeat,
 re-announce when forgotten, keep trying when the directory is down.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The directory interface: one contract, an embedded and a Redis backend.
 
 ``Directory`` is what both sides use:

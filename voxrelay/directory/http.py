@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The embedded directory's HTTP API, and the client transceivers use for it.
 
 Served by ``voxrelay orchestrator run`` on the private side

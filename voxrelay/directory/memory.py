@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The embedded directory: an in-process store for a one-host deployment.
 
 The orchestrator owns it and serves it to transceivers over HTTP

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Directory records: what the directory holds, validated before it is stored.
 
 Every record that reaches the directory (and so, later, a BPF map) passes

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The Redis directory: many relay hosts, one source of truth.
 
 Layout (every key under a prefix, default ``voxrelay:``):
