@@ -11,16 +11,19 @@ from pathlib import Path
 
 import click
 
+from voxrelay.addr import parse_hostport
 from voxrelay.config import ConfigError, TransceiverConfig, load_config
 from voxrelay.directory import Directory, connect
 from voxrelay.logs import setup_logging
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
-    host, colon, port = listen.rpartition(":")
-    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise click.ClickException(f"[transceiver] listen {listen!r} must be HOST:PORT")
-    return host or "0.0.0.0", int(port)
+    """``[transceiver] listen``: HOST:PORT, an empty host meaning every interface."""
+    try:
+        return parse_hostport(listen, default_host="0.0.0.0", allow_zero=True,
+                              what="[transceiver] listen")
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 async def _directory(spec: str) -> Directory:

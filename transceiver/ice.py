@@ -47,7 +47,6 @@ import asyncio
 import contextlib
 import contextvars
 import errno
-import ipaddress
 import logging
 import random
 import secrets
@@ -63,6 +62,8 @@ from aioice import Candidate, Connection, stun
 from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import CandidatePair, StunProtocol
 from aiortc import RTCIceTransport
+
+from voxrelay.addr import parse_hostport
 
 logger = logging.getLogger(__name__)
 
@@ -171,15 +172,7 @@ def parse_relay(spec: str) -> RelaySpec:
     parts = spec.split()
     if not parts:
         raise ValueError("relay spec is empty")
-    addr, colon, port_text = parts[0].rpartition(":")
-    if not colon or not addr:
-        raise ValueError(f"relay {parts[0]!r} must be ADDR:PORT")
-    try:
-        ipaddress.IPv4Address(addr)
-    except ValueError:
-        raise ValueError(f"relay address {addr!r} is not an IPv4 address") from None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"relay port {port_text!r} is not in 1..65535")
+    addr, port = parse_hostport(parts[0], ipv4_only=True, what="relay")
     region = ""
     rtt: float | None = None
     for option in parts[1:]:
@@ -199,7 +192,7 @@ def parse_relay(spec: str) -> RelaySpec:
                 raise ValueError(f"relay rtt_ms {value!r} is outside 0..60000")
         else:
             raise ValueError(f"relay option {key!r} is unknown; known: region, rtt_ms")
-    return RelaySpec(addr, int(port_text), region, rtt)
+    return RelaySpec(addr, port, region, rtt)
 
 
 def relay_candidates(relays: list[RelaySpec], region: str = "") -> list[Candidate]:
