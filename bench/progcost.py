@@ -30,7 +30,7 @@ from typing import Any
 
 from lab import bpftest, stun
 from lab import packets as T
-from lab.relaylab import PRIVATE, PUBLIC_PORT, VIP, RelayLab
+from lab.relaylab import PRIVATE, PUBLIC_PORT, VIP, ProgTestRelay
 
 STEADY = "known flow, both sides alternating, cached next hop, hot (kernel repeat)"
 CASES = (
@@ -89,7 +89,7 @@ def _set_cycle(lab: Any, relay_port: int) -> bytes:
 
 def steady(repeat: int = 200_000, rounds: int = 7, check: bool = True) -> float:
     """Median over ``rounds`` of the kernel's mean ns per packet (see _set_cycle)."""
-    with RelayLab() as lab:
+    with ProgTestRelay() as lab:
         pkt = _set_cycle(lab, 40500)
         res = []
         for _ in range(rounds):
@@ -117,7 +117,7 @@ def measure(runs: int = 3000) -> dict[str, dict[str, float]]:
     samples: dict[str, list[int]] = {}
     # The relay's default map sizes (consts.h), as deployed: an LRU update's
     # cost depends on them.
-    with RelayLab(limits={"MAX_FLOWS": 131072}) as lab:
+    with ProgTestRelay(limits={"MAX_FLOWS": 131072}) as lab:
         ctx = T.Context(lab)
         relay_port = T.open_flow(ctx)
         media = bytes.fromhex("8078") + bytes(198)  # ~an Opus RTP packet

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Packets for the relay lab (lab/relaylab.py), and the one setup every user needs.
 
-The builders make the frames that arrive at the relay in a ``RelayLab``: a
+The builders make the frames that arrive at the relay in a ``ProgTestRelay``: a
 client's datagram to the public port, a transceiver's reply to a relay port,
 a token minted with the lab's key. ``open_flow`` sends a valid Binding
 Request and returns the relay port of the flow it opened. tests/bpf's packet
@@ -28,7 +28,7 @@ from lab.relaylab import (
     VIP,
     VPRIV_MAC,
     VPUB_MAC,
-    RelayLab,
+    ProgTestRelay,
 )
 from voxrelay import token
 
@@ -66,7 +66,7 @@ def from_transceiver(payload: bytes, relay_port: int, *, txr: int = 7,
 class Context:
     """What a row's setup leaves for its packet and expectation."""
 
-    lab: RelayLab
+    lab: ProgTestRelay
     values: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """A loaded relay program in a private network namespace, for PROG_TEST_RUN.
 
-``RelayLab`` builds a uniquely named namespace holding the relay's two
+``ProgTestRelay`` builds a uniquely named namespace holding the relay's two
 interfaces (veth pairs), their addresses, routes and permanent neighbours,
 enters it with the calling thread (BPF_PROG_TEST_RUN looks up the ingress
 interface and runs bpf_fib_lookup in the caller's namespace), compiles and
@@ -87,8 +87,9 @@ class Result:
     moved: dict[str, int] = field(default_factory=dict)
 
 
-class RelayLab:
-    """Namespace + veths + loaded relay. Use as a context manager."""
+class ProgTestRelay:
+    """The relay loaded in a namespace of its own, for BPF_PROG_TEST_RUN: namespace,
+    veths, the compiled program and its maps. Use as a context manager."""
 
     def __init__(self, limits: dict[str, int] | None = None) -> None:
         self.netns = f"vxk-{secrets.token_hex(4)}"

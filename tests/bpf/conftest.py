@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab.relaylab import RelayLab, root_and_bpf_available
+from lab.relaylab import ProgTestRelay, root_and_bpf_available
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -21,7 +21,7 @@ def root_and_bpf() -> None:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[RelayLab]:
-    """The relay loaded in its own namespace, once per module (RelayLab.reset between tests)."""
-    with RelayLab() as relay_lab:
+def lab() -> Iterator[ProgTestRelay]:
+    """The relay loaded in its own namespace, once per module (ProgTestRelay.reset between tests)."""
+    with ProgTestRelay() as relay_lab:
         yield relay_lab

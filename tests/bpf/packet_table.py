@@ -54,7 +54,7 @@ from lab.relaylab import (
     VIP,
     VPRIV_MAC,
     VPUB_MAC,
-    RelayLab,
+    ProgTestRelay,
     lab_relay_config,
 )
 from voxrelay import token
@@ -465,7 +465,7 @@ def steady_rows(rows: list[Row] | None = None) -> list[Row]:
     return [r for r in (rows or ROWS) if r.stat not in _NOT_STEADY]
 
 
-def repeat_row(lab: RelayLab, row: Row, repeat: int) -> int:
+def repeat_row(lab: ProgTestRelay, row: Row, repeat: int) -> int:
     """Set the row up, run its packet ``repeat`` times, check that every copy
     got the row's verdict, and return the kernel's mean ns per packet.
 

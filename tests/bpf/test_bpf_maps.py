@@ -17,7 +17,7 @@ from lab.relaylab import (
     LAB_LIMITS,
     PRIVATE,
     VIP,
-    RelayLab,
+    ProgTestRelay,
     lab_relay_config,
 )
 from orchestrator import abi, bpfprog
@@ -36,7 +36,7 @@ def pin_dir() -> Iterator[Path]:
     assert not path.exists(), f"pins left behind in {path}"
 
 
-def test_config_round_trip(lab: RelayLab) -> None:
+def test_config_round_trip(lab: ProgTestRelay) -> None:
     relay = RelayConfig(public_port=3479, port_min=30000, port_max=30999, new_flows_per_sec=7,
                         max_flows_per_token=3, flow_idle_seconds=45)
     before = lab.maps.read_config()
@@ -68,7 +68,7 @@ def test_config_round_trip(lab: RelayLab) -> None:
         ({"new_flows_per_sec": -1}, None, "new_flows_per_sec -1 is outside 0..4294967295"),
     ],
 )
-def test_config_errors(lab: RelayLab, changes: dict, addrs: tuple | None, message: str) -> None:
+def test_config_errors(lab: ProgTestRelay, changes: dict, addrs: tuple | None, message: str) -> None:
     pub, priv = addrs or (str(VIP), str(PRIVATE))
     with pytest.raises(ValueError) as info:
         lab.maps.write_config(lab_relay_config(**changes), public_addr=pub, private_addr=priv,
@@ -76,7 +76,7 @@ def test_config_errors(lab: RelayLab, changes: dict, addrs: tuple | None, messag
     assert str(info.value) == message
 
 
-def test_transceivers_and_keys(lab: RelayLab) -> None:
+def test_transceivers_and_keys(lab: ProgTestRelay) -> None:
     m = lab.maps
     lab.reset()
     m.set_transceiver(42, "10.9.8.7")
@@ -100,7 +100,7 @@ def test_transceivers_and_keys(lab: RelayLab) -> None:
         m.set_key(256, bytes(16))
 
 
-def test_flows_stats_and_delete(lab: RelayLab) -> None:
+def test_flows_stats_and_delete(lab: ProgTestRelay) -> None:
     lab.reset()
     ctx = Context(lab)
     port = open_flow(ctx)

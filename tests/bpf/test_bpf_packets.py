@@ -4,7 +4,7 @@
 One relay program is loaded in a private network namespace (lab/relaylab.py);
 before each row the maps go back to the lab defaults, then the row's setup
 runs, then its packet. Each row asserts the XDP action, the one counter that
-moved (RelayLab.run also checks that exactly one did, besides rx_total), and
+moved (ProgTestRelay.run also checks that exactly one did, besides rx_total), and
 the output bytes.
 """
 
@@ -21,7 +21,7 @@ from scapy.layers.l2 import Ether
 from lab import stun
 from lab.bpftest import XDP_DROP, XDP_PASS, XDP_REDIRECT, prog_test_run
 from lab.packets import Context, mint, open_flow, to_relay, username
-from lab.relaylab import RelayLab
+from lab.relaylab import ProgTestRelay
 from orchestrator.verdicts import VERDICT_VALUES, verdict_names
 from tests.bpf.packet_table import DTLS, ROWS, Row, to_txr
 
@@ -32,7 +32,7 @@ def _diff(got: bytes, want: bytes) -> str:
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
-def test_row(lab: RelayLab, row: Row) -> None:
+def test_row(lab: ProgTestRelay, row: Row) -> None:
     lab.reset()
     ctx = Context(lab)
     if row.setup is not None:
@@ -57,7 +57,7 @@ def test_table_covers_every_verdict() -> None:
     assert covered <= set(VERDICT_VALUES)
 
 
-def test_flow_uses_cached_next_hop_until_generation_changes(lab: RelayLab) -> None:
+def test_flow_uses_cached_next_hop_until_generation_changes(lab: ProgTestRelay) -> None:
     lab.reset()
     ctx = Context(lab)
     open_flow(ctx)
@@ -83,7 +83,7 @@ def test_flow_uses_cached_next_hop_until_generation_changes(lab: RelayLab) -> No
     assert refreshed.next_hop.generation == generation + 1
 
 
-def test_new_flow_next_hop_follows_a_neighbour_change_after_a_bump(lab: RelayLab) -> None:
+def test_new_flow_next_hop_follows_a_neighbour_change_after_a_bump(lab: ProgTestRelay) -> None:
     """The per-CPU next-hop cache (relay.c resolve_next_hop) lets a second new
     flow to a transceiver skip the fib, but a generation bump (what the
     orchestrator does on a neighbour change) makes new flows ask again."""
@@ -99,7 +99,7 @@ def test_new_flow_next_hop_follows_a_neighbour_change_after_a_bump(lab: RelayLab
     first = lab.maps.flow(_client()[0], 1111)
     assert first is not None and first.next_hop is not None
     assert first.next_hop.dmac == mac
-    with IPRoute() as ipr:  # the lab's namespace: RelayLab entered it
+    with IPRoute() as ipr:  # the lab's namespace: ProgTestRelay entered it
         idx = lab.ifindex["vpriv"]
         ipr.neigh("replace", dst=str(addr), lladdr=moved_mac, ifindex=idx, state=0x80)
         try:
@@ -116,7 +116,7 @@ def test_new_flow_next_hop_follows_a_neighbour_change_after_a_bump(lab: RelayLab
             ipr.neigh("replace", dst=str(addr), lladdr=mac, ifindex=idx, state=0x80)
 
 
-def test_two_way_exchange_keeps_one_flow(lab: RelayLab) -> None:
+def test_two_way_exchange_keeps_one_flow(lab: ProgTestRelay) -> None:
     """A call's first packets, both ways, through one flow and one port."""
     from lab.packets import from_transceiver
 
@@ -134,7 +134,7 @@ def test_two_way_exchange_keeps_one_flow(lab: RelayLab) -> None:
     assert len(lab.maps.flows()) == len(lab.maps.reverse_entries()) == 1
 
 
-def test_prog_test_run_does_not_reset_between_repeats(lab: RelayLab) -> None:
+def test_prog_test_run_does_not_reset_between_repeats(lab: ProgTestRelay) -> None:
     """The trap the bench must know: repeat N runs on the previous output."""
     lab.reset()
     ctx = Context(lab)
@@ -155,7 +155,7 @@ def _client() -> tuple[str, int]:
     return str(CLIENT), CLIENT_PORT
 
 
-def test_rate_window_reopens_after_a_second(lab: RelayLab) -> None:
+def test_rate_window_reopens_after_a_second(lab: ProgTestRelay) -> None:
     from lab.relaylab import lab_relay_config
 
     lab.reset(lab_relay_config(new_flows_per_sec=1))
@@ -171,7 +171,7 @@ def test_rate_window_reopens_after_a_second(lab: RelayLab) -> None:
     assert res.stat == "STAT_FWD_NEW_FLOW"
 
 
-def test_steady_rows_repeat_with_the_same_verdict(lab: RelayLab) -> None:
+def test_steady_rows_repeat_with_the_same_verdict(lab: ProgTestRelay) -> None:
     """The table's repeat-N run: each copy gets the row's verdict."""
     from tests.bpf.packet_table import repeat_row, steady_rows
 

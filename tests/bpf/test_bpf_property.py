@@ -46,7 +46,7 @@ from lab.relaylab import (
     PUBLIC_PORT,
     TRANSCEIVERS,
     VIP,
-    RelayLab,
+    ProgTestRelay,
     lab_relay_config,
 )
 from orchestrator.bccmaps import TransceiverStatus
@@ -63,8 +63,8 @@ PRIVATE_BYTES = PRIVATE.packed
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[RelayLab]:
-    with RelayLab() as relay_lab:
+def lab() -> Iterator[ProgTestRelay]:
+    with ProgTestRelay() as relay_lab:
         # limits on, so that their drops mix in; flows never go idle here
         relay_lab.reset(lab_relay_config(new_flows_per_sec=20, max_flows_per_token=4))
         yield relay_lab
@@ -108,7 +108,7 @@ specs = st.builds(
 )
 
 
-def build(spec: Spec, lab: RelayLab) -> bytes:
+def build(spec: Spec, lab: ProgTestRelay) -> bytes:
     client = f"203.0.113.{10 + spec.client}"
     cport = 40000 + spec.cport
     if spec.kind in ("stun", "stunish"):
@@ -175,7 +175,7 @@ def token_allows(payload: bytes) -> bool:
     return False
 
 
-def may_forward(lab: RelayLab, data: bytes) -> bool:
+def may_forward(lab: ProgTestRelay, data: bytes) -> bool:
     parsed = udp_of(data)
     if parsed is None:
         return False
@@ -202,7 +202,7 @@ class Counter:
     examples = 0
 
 
-def test_random_and_mutated_packets(lab: RelayLab) -> None:
+def test_random_and_mutated_packets(lab: ProgTestRelay) -> None:
     counter = Counter()
 
     @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,

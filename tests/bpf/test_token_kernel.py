@@ -21,7 +21,7 @@ pytestmark = pytest.mark.root
 
 from lab import stun
 from lab.packets import to_relay
-from lab.relaylab import KEY1, KEY2, RelayLab
+from lab.relaylab import KEY1, KEY2, ProgTestRelay
 from orchestrator.verdicts import from_label
 from voxrelay import token
 
@@ -80,7 +80,7 @@ def python_verdict(ufrag: str, now: int) -> str:
     return "STAT_FWD_NEW_FLOW"
 
 
-def test_kernel_agrees_with_python(lab: RelayLab) -> None:
+def test_kernel_agrees_with_python(lab: ProgTestRelay) -> None:
     rng = random.Random(20240611)
     lab.reset()
     seen: dict[str, int] = {}
@@ -103,7 +103,7 @@ def test_kernel_agrees_with_python(lab: RelayLab) -> None:
 
 
 
-def test_every_byte_value_in_a_token(lab: RelayLab) -> None:
+def test_every_byte_value_in_a_token(lab: ProgTestRelay) -> None:
     """The kernel's base64 table: each of the 256 byte values at one place of a
     valid token is malformed unless it is in the alphabet (then the MAC or
     the body no longer matches, or it is the original character)."""
