@@ -7,6 +7,7 @@ and neighbour changes invalidate cached next hops.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 
 import pytest
@@ -135,29 +136,35 @@ def test_prime_neighbour_resolves_without_traffic(lab: Lab) -> None:
           what="the primed neighbour to resolve")
 
 
-def test_neighbour_change_bumps_next_hop_generation(lab: Lab) -> None:
+async def test_neighbour_change_bumps_next_hop_generation(lab: Lab) -> None:
     relay = lab.relay
-    lab.load_relay()
-    maps = loader.open_maps(relay.name)
+    # pyroute2's synchronous IPRoute refuses a thread with a running loop:
+    # the lab's netlink calls go to threads, the watcher runs on this loop.
+    await asyncio.to_thread(lab.load_relay)
+    maps = await asyncio.to_thread(loader.open_maps, relay.name)
     generation = maps.read_config().nh_generation
     bumps: list[int] = []
-    watcher = neighbours.NeighbourWatcher(lambda: bumps.append(maps.bump_nh_generation()),
-                                          netns=relay.netns, ifnames=["pub", "priv"])
-    try:
+    async with neighbours.NeighbourWatcher(lambda: bumps.append(maps.bump_nh_generation()),
+                                           netns=relay.netns, ifnames=["pub", "priv"]) as watcher:
         # Re-writing the same MAC is not a change.
-        ensure_neighbour("priv", lab.transceiver_lan.address, lab.transceiver_lan.mac,
-                         netns=relay.netns)
-        assert watcher.poll(0.3) == 0
+        seen = watcher.changes
+        await asyncio.to_thread(ensure_neighbour, "priv", lab.transceiver_lan.address,
+                                lab.transceiver_lan.mac, netns=relay.netns)
+        assert await watcher.wait_changes(seen, 0.3) == 0
         # A new MAC for the transceiver is.
-        ensure_neighbour("priv", lab.transceiver_lan.address, "02:00:00:00:00:99",
-                         netns=relay.netns)
-        assert watcher.poll(2.0) == 1
+        seen = watcher.changes
+        await asyncio.to_thread(ensure_neighbour, "priv", lab.transceiver_lan.address,
+                                "02:00:00:00:00:99", netns=relay.netns)
+        assert await watcher.wait_changes(seen, 2.0) == 1
         # So is the entry going away.
-        with netlink.iproute(relay.netns) as ipr:
-            ipr.neigh("del", dst=lab.transceiver_lan.address,
-                      ifindex=netlink.link_info("priv", relay.netns).ifindex)
-        assert watcher.poll(2.0) == 1
-    finally:
-        watcher.stop()
+        seen = watcher.changes
+
+        def delete() -> None:
+            with netlink.iproute(relay.netns) as ipr:
+                ipr.neigh("del", dst=lab.transceiver_lan.address,
+                          ifindex=netlink.link_info("priv", relay.netns).ifindex)
+
+        await asyncio.to_thread(delete)
+        assert await watcher.wait_changes(seen, 2.0) == 1
     assert bumps == [generation + 1, generation + 2]
     assert maps.read_config().nh_generation == generation + 2
