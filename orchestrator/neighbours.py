@@ -75,10 +75,13 @@ class NeighbourWatcher:
     """
 
     def __init__(self, on_change: Callable[[], None], *, netns: str | None = None,
-                 ifnames: Sequence[str] | None = None) -> None:
+                 ifnames: Sequence[str] | None = None, rcvbuf: int | None = None) -> None:
         self.on_change = on_change
         self.netns = netns
         self.ifnames = tuple(ifnames or ())
+        # The event socket's receive buffer (None: pyroute2's 1 MiB). A burst
+        # larger than it loses events, which ``run`` counts as a change.
+        self.rcvbuf = rcvbuf
         self.ifindexes: set[int] | None = None
         self.changes = 0
         self._known: dict[tuple[int, str], str | None] = {}
@@ -107,9 +110,13 @@ class NeighbourWatcher:
             await ipr.bind(groups=RTMGRP_NEIGH)
             if self.ifnames:
                 self.ifindexes = {await _ifindex(ipr, n, self.netns) for n in self.ifnames}
+            self._known.clear()
             async for entry in await ipr.get_neighbours(family=socket.AF_INET):
                 self._known[(entry["ifindex"], entry.get_attr("NDA_DST"))] = entry.get_attr(
                     "NDA_LLADDR")
+            if self.rcvbuf is not None:
+                # Set after the dump, whose replies need the room.
+                ipr.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
         except BaseException:
             ipr.close()
             raise
@@ -117,19 +124,39 @@ class NeighbourWatcher:
         return ipr
 
     async def run(self) -> None:
-        """Follow events until cancelled (opening first if ``open`` was not awaited)."""
+        """Follow events until cancelled (opening first if ``open`` was not awaited).
+
+        A receive-buffer overrun (ENOBUFS) loses events and leaves pyroute2's
+        socket unusable: the watcher subscribes and reads the table again, and
+        then counts one change, since a lost event may have been one. (The
+        thread this replaces died there, and next hops went stale unnoticed.)
+        """
         ipr = self._ipr or await self.open()
         try:
             while True:
-                # get() with no sequence number yields the events of one datagram.
-                changed = 0
-                async for msg in ipr.get():
-                    if self._relevant(msg):
-                        changed += 1
-                if changed:
-                    self._signal(changed)
+                try:
+                    await self._follow(ipr)
+                except OSError as exc:
+                    # pyroute2 0.9 re-raises the recv error as OSError(ENOBUFS).
+                    if exc.errno != errno.ENOBUFS:
+                        raise
+                    log.warning("neighbour events lost (%s): resubscribing, and "
+                                "invalidating the cached next hops", exc)
+                    self.close()
+                    ipr = await self.open()
+                    self._signal(1)
         finally:
             self.close()
+
+    async def _follow(self, ipr: AsyncIPRoute) -> None:
+        while True:
+            # get() with no sequence number yields the events of one datagram.
+            changed = 0
+            async for msg in ipr.get():
+                if self._relevant(msg):
+                    changed += 1
+            if changed:
+                self._signal(changed)
 
     def _relevant(self, msg: Any) -> bool:
         msg_type = msg["header"]["type"]
