@@ -5,24 +5,27 @@
 is passed up and counted (STAT_PASS_NO_NEIGH), and the forward drop
 (``hostnet``) stops it there. So the control plane resolves next hops:
 ``prime_neighbour`` when a transceiver is added, and ``NeighbourWatcher``
-calls back when a neighbour changes, which the upkeep turns into a
+(a coroutine on pyroute2's ``AsyncIPRoute``) calls back when a neighbour
+changes, which the upkeep turns into a
 ``config.nh_generation`` bump that invalidates the next hops cached in flows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
-import select
+import logging
 import socket
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pyroute2 import NetlinkError
+from pyroute2 import AsyncIPRoute, NetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_NEIGH
 from pyroute2.netlink.rtnl import ndmsg as nd
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from orchestrator import netlink
+
+log = logging.getLogger(__name__)
 
 
 def route_oif(dst: str, netns: str | None = None) -> tuple[int, str | None]:
@@ -52,98 +55,191 @@ def prime_neighbour(ip: str, *, netns: str | None = None) -> tuple[int, str]:
     return ifindex, hop
 
 
-_RTMGRP_NEIGH = 0x4
 _RTM_NEWNEIGH = 28
 _RTM_DELNEIGH = 29
+_NUD_FAILED = 0x20
 
 
 class NeighbourWatcher:
     """Calls ``on_change()`` when a neighbour on the relay's interfaces changes its MAC or goes.
 
-    Listens to rtnetlink neighbour events inside ``netns``. Only what
-    invalidates a cached next hop counts: a new MAC for a known neighbour, a
-    deletion, or a FAILED entry. ``on_change`` is typically
-    ``bump_nh_generation`` bound to the relay's maps. Use ``poll(timeout)``
-    from your own loop, or ``start()``/``stop()`` for a background thread.
+    Follows rtnetlink neighbour events (RTNLGRP_NEIGH) inside ``netns`` on
+    pyroute2's ``AsyncIPRoute``, as a coroutine on the caller's event loop.
+    Only what invalidates a cached next hop counts: a new MAC for a known
+    neighbour, a deletion, or a FAILED entry. ``on_change`` is typically
+    ``bump_nh_generation`` bound to the relay's maps; it runs on the loop.
+
+    ``await start()`` subscribes and reads the current table (so that a
+    change right after it returns is seen), then follows events on a task
+    until ``await stop()``; or ``async with`` it. ``wait_changes`` lets a
+    caller await the changes it provoked.
     """
 
     def __init__(self, on_change: Callable[[], None], *, netns: str | None = None,
-                 ifnames: Sequence[str] | None = None) -> None:
+                 ifnames: Sequence[str] | None = None, rcvbuf: int | None = None) -> None:
         self.on_change = on_change
         self.netns = netns
-        self.ifindexes = (
-            {netlink.link_info(n, netns).ifindex for n in ifnames} if ifnames else None
-        )
+        self.ifnames = tuple(ifnames or ())
+        # The event socket's receive buffer (None: pyroute2's 1 MiB). A burst
+        # larger than it loses events, which ``run`` counts as a change.
+        self.rcvbuf = rcvbuf
+        self.ifindexes: set[int] | None = None
         self.changes = 0
         self._known: dict[tuple[int, str], str | None] = {}
-        self._sock = netlink.run_in_netns(
-            netns, socket.socket, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE
-        )
-        self._sock.bind((0, _RTMGRP_NEIGH))
-        self._sock.setblocking(False)
-        self._marshal = MarshalRtnl()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._seed()
+        self._ipr: AsyncIPRoute | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._signalled = asyncio.Event()
 
-    def _seed(self) -> None:
-        with netlink.iproute(self.netns) as ipr:
-            for entry in ipr.get_neighbours(family=socket.AF_INET):
+    async def open(self) -> AsyncIPRoute:
+        """Subscribe to neighbour events in ``netns``, then read its neighbour table.
+
+        Subscribing first means a change between the two is not missed (it
+        is compared against the table read). Raises NetlinkSetupError for a
+        missing namespace or interface.
+        """
+        # The socket is made on a thread that setns()es into the namespace
+        # (netlink.run_in_netns) and handed to pyroute2 by fd: AsyncIPRoute's
+        # own netns= forks a child per socket, and a fork of the asyncio
+        # service shares its signal wakeup fd (the child's SIGTERM stopped
+        # the service). A netlink socket stays in the namespace it was made in.
+        sock = await asyncio.to_thread(
+            netlink.run_in_netns, self.netns, socket.socket,
+            socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE,
+        )
+        ipr = AsyncIPRoute(fileno=sock.detach())
+        try:
+            await ipr.bind(groups=RTMGRP_NEIGH)
+            if self.ifnames:
+                self.ifindexes = {await _ifindex(ipr, n, self.netns) for n in self.ifnames}
+            self._known.clear()
+            async for entry in await ipr.get_neighbours(family=socket.AF_INET):
                 self._known[(entry["ifindex"], entry.get_attr("NDA_DST"))] = entry.get_attr(
                     "NDA_LLADDR")
+            if self.rcvbuf is not None:
+                # Set after the dump, whose replies need the room.
+                ipr.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        except BaseException:
+            ipr.close()
+            raise
+        self._ipr = ipr
+        return ipr
 
-    def _relevant(self, msg_type: int, entry: Any) -> bool:
-        ifindex = entry["ifindex"]
+    async def run(self) -> None:
+        """Follow events until cancelled (opening first if ``open`` was not awaited).
+
+        A receive-buffer overrun (ENOBUFS) loses events and leaves pyroute2's
+        socket unusable: the watcher subscribes and reads the table again, and
+        then counts one change, since a lost event may have been one. (The
+        thread this replaces died there, and next hops went stale unnoticed.)
+        """
+        ipr = self._ipr or await self.open()
+        try:
+            while True:
+                try:
+                    await self._follow(ipr)
+                except OSError as exc:
+                    # pyroute2 0.9 re-raises the recv error as OSError(ENOBUFS).
+                    if exc.errno != errno.ENOBUFS:
+                        raise
+                    log.warning("neighbour events lost (%s): resubscribing, and "
+                                "invalidating the cached next hops", exc)
+                    self.close()
+                    ipr = await self.open()
+                    self._signal(1)
+        finally:
+            self.close()
+
+    async def _follow(self, ipr: AsyncIPRoute) -> None:
+        while True:
+            # get() with no sequence number yields the events of one datagram.
+            changed = 0
+            async for msg in ipr.get():
+                if self._relevant(msg):
+                    changed += 1
+            if changed:
+                self._signal(changed)
+
+    def _relevant(self, msg: Any) -> bool:
+        msg_type = msg["header"]["type"]
+        if msg_type not in (_RTM_NEWNEIGH, _RTM_DELNEIGH) or msg["family"] != socket.AF_INET:
+            return False
+        ifindex = msg["ifindex"]
         if self.ifindexes is not None and ifindex not in self.ifindexes:
             return False
-        key = (ifindex, entry.get_attr("NDA_DST"))
-        mac = entry.get_attr("NDA_LLADDR")
+        key = (ifindex, msg.get_attr("NDA_DST"))
+        mac = msg.get_attr("NDA_LLADDR")
         before = self._known.get(key)
-        if msg_type == _RTM_DELNEIGH or entry["state"] & 0x20:  # NUD_FAILED
+        if msg_type == _RTM_DELNEIGH or msg["state"] & _NUD_FAILED:
             self._known.pop(key, None)
             return before is not None
         self._known[key] = mac
         return before is not None and mac is not None and mac != before
 
-    def poll(self, timeout: float = 0.0) -> int:
-        """Handle pending events (waiting up to ``timeout`` s); returns changes signalled."""
-        ready, _, _ = select.select([self._sock], [], [], timeout)
-        if not ready:
-            return 0
-        changed = 0
-        while True:
-            try:
-                data = self._sock.recv(65536)
-            except BlockingIOError:
-                break
-            # pyroute2's rtnetlink marshal splits and decodes the datagram.
-            for entry in self._marshal.parse(data):
-                msg_type = entry["header"]["type"]
-                if msg_type not in (_RTM_NEWNEIGH, _RTM_DELNEIGH):
-                    continue
-                if entry["family"] == socket.AF_INET and self._relevant(msg_type, entry):
-                    changed += 1
-        if changed:
-            self.changes += changed
+    def _signal(self, changed: int) -> None:
+        self.changes += changed
+        try:
             self.on_change()
-        return changed
+        finally:
+            # Wake every wait_changes; later waiters wait on a fresh event.
+            self._signalled.set()
+            self._signalled = asyncio.Event()
 
-    def start(self) -> None:
-        def run() -> None:
-            while not self._stop.is_set():
-                self.poll(0.5)
+    async def wait_changes(self, since: int, timeout: float) -> int:
+        """Wait up to ``timeout`` s for ``changes`` to pass ``since``; returns by how much.
 
-        self._thread = threading.Thread(target=run, name="neighbour-watcher", daemon=True)
-        self._thread.start()
+        0 when none came in time. Take ``since = watcher.changes`` before
+        provoking a change, so that a change handled before this is awaited
+        still counts.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.changes <= since:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(self._signalled.wait(), remaining)
+            except TimeoutError:
+                break
+        return self.changes - since
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._sock.close()
+    async def start(self) -> None:
+        """``open`` (errors raise here), then follow events on a task until ``stop``."""
+        await self.open()
+        self._task = asyncio.create_task(self.run(), name="neighbour-watcher")
+        self._task.add_done_callback(_log_end)
 
-    def __enter__(self) -> NeighbourWatcher:  # noqa: PYI034
+    async def stop(self) -> None:
+        """Cancel the following task and close the socket."""
+        task, self._task = self._task, None
+        try:
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        ipr, self._ipr = self._ipr, None
+        if ipr is not None:
+            ipr.close()
+
+    async def __aenter__(self) -> NeighbourWatcher:  # noqa: PYI034
+        await self.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def _ifindex(ipr: AsyncIPRoute, ifname: str, netns: str | None) -> int:
+    found = await ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise netlink.NetlinkSetupError(f"no interface {ifname!r} in netns {netns or '(current)'}")
+    return int(found[0])
+
+
+def _log_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("neighbour watcher stopped; cached next hops are no longer invalidated",
+                  exc_info=task.exception())

@@ -34,10 +34,11 @@ log = logging.getLogger(__name__)
 class Upkeep(Protocol):
     """Relay housekeeping besides the routing maps (upkeep.BpfRelayUpkeep)."""
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Start following neighbour changes (invalidate cached next hops)."""
 
-    def stop(self) -> None: ...
+    async def stop(self) -> None:
+        """Stop following them (cancels what ``start`` started)."""
 
     def prime(self, addresses: Iterable[str]) -> None:
         """Start resolving the next hop to each transceiver address; never raises."""
@@ -155,7 +156,7 @@ async def run_orchestrator(
     metrics.maps_in_sync.set_function(lambda: 1 if syncer.in_sync else 0)
     try:
         if upkeep is not None:
-            upkeep.start()
+            await upkeep.start()
         if oc.directory == "embedded":
             runner, directory_port = await _serve(make_app(directory), oc.listen)
             runners.append(runner)
@@ -193,4 +194,4 @@ async def run_orchestrator(
             await runner.cleanup()
         await directory.close()
         if upkeep is not None:
-            upkeep.stop()
+            await upkeep.stop()

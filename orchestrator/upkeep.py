@@ -12,6 +12,8 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
+from pyroute2 import NetlinkError
+
 from orchestrator import loader, neighbours, netlink
 from orchestrator.bccview import BpfRelayView
 from orchestrator.relay import RelayUnavailable
@@ -33,17 +35,18 @@ class BpfRelayUpkeep:
     The netns and interfaces come from the relay's load state, so that an
     orchestrator outside the relay's namespace (the tests, or a host that
     loads the relay into one) watches the right neighbour table.
-    The watcher thread and the service both write ``config[0]``
-    (read-modify-write), so one lock orders them.
+    The watcher is a task on the service's event loop (``start``/``stop``);
+    it and ``refresh_clock`` (on whatever thread its caller is) both
+    read-modify-write ``config[0]``, so one lock orders them.
     """
 
     def __init__(self, view: BpfRelayView) -> None:
         # pyroute2's synchronous IPRoute refuses to run on a thread with a
-        # running event loop, and the service calls in from its loop: every
-        # netlink operation runs on this one worker thread instead. And the
-        # namespace is entered with netlink.run_in_netns (setns on a thread),
-        # not pyroute2's netns= (which forks a child per socket: a fork of an
-        # asyncio process shares its signal wakeup fd, and stopped the service).
+        # running event loop, and the service calls in from its loop: priming
+        # runs on this one worker thread instead. And the namespace is entered
+        # with netlink.run_in_netns (setns on a thread), not pyroute2's netns=
+        # (which forks a child per socket: a fork of an asyncio process shares
+        # its signal wakeup fd, and stopped the service).
         self._netlink = ThreadPoolExecutor(1, thread_name_prefix="relay-upkeep")
 
         self.view = view
@@ -53,24 +56,27 @@ class BpfRelayUpkeep:
         self._watcher: neighbours.NeighbourWatcher | None = None
         self.bumps = 0
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Start the neighbour watcher's task; RelayUnavailable if it cannot subscribe."""
+        watcher = neighbours.NeighbourWatcher(
+            self._on_neighbour_change, netns=self.netns, ifnames=self.ifnames or None)
         try:
-            self._watcher = self._netlink.submit(
-                netlink.run_in_netns, self.netns, neighbours.NeighbourWatcher,
-                self._on_neighbour_change, ifnames=self.ifnames or None,
-            ).result()
-        except (OSError, ValueError, RuntimeError) as exc:
+            await watcher.start()
+        except (OSError, ValueError, RuntimeError, NetlinkError) as exc:
             raise RelayUnavailable(
                 f"cannot watch the neighbours of relay {self.view.name!r} "
                 f"(netns {self.netns or 'this one'}): {exc}"
             ) from None
-        self._watcher.start()
+        self._watcher = watcher
 
-    def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher = None
-        self._netlink.shutdown(wait=True, cancel_futures=True)
+    async def stop(self) -> None:
+        """Cancel the watcher's task (the service calls this in its ``finally``)."""
+        watcher, self._watcher = self._watcher, None
+        try:
+            if watcher is not None:
+                await watcher.stop()
+        finally:
+            self._netlink.shutdown(wait=True, cancel_futures=True)
 
     def _on_neighbour_change(self) -> None:
         with self._lock:

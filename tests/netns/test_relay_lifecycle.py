@@ -8,10 +8,13 @@ and neighbour changes invalidate cached next hops.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import threading
 
 import pytest
 from pyroute2 import NetlinkError
+from pyroute2.netlink.rtnl import ndmsg
 
 from lab.netns import ensure_neighbour, neighbour
 from lab.topology import Lab
@@ -136,29 +139,68 @@ def test_prime_neighbour_resolves_without_traffic(lab: Lab) -> None:
           what="the primed neighbour to resolve")
 
 
-def test_neighbour_change_bumps_next_hop_generation(lab: Lab) -> None:
+async def test_neighbour_change_bumps_next_hop_generation(lab: Lab) -> None:
     relay = lab.relay
-    lab.load_relay()
-    maps = loader.open_maps(relay.name)
+    # pyroute2's synchronous IPRoute refuses a thread with a running loop:
+    # the lab's netlink calls go to threads, the watcher runs on this loop.
+    await asyncio.to_thread(lab.load_relay)
+    maps = await asyncio.to_thread(loader.open_maps, relay.name)
     generation = maps.read_config().nh_generation
     bumps: list[int] = []
-    watcher = neighbours.NeighbourWatcher(lambda: bumps.append(maps.bump_nh_generation()),
-                                          netns=relay.netns, ifnames=["pub", "priv"])
-    try:
+    async with neighbours.NeighbourWatcher(lambda: bumps.append(maps.bump_nh_generation()),
+                                           netns=relay.netns, ifnames=["pub", "priv"]) as watcher:
         # Re-writing the same MAC is not a change.
-        ensure_neighbour("priv", lab.transceiver_lan.address, lab.transceiver_lan.mac,
-                         netns=relay.netns)
-        assert watcher.poll(0.3) == 0
+        seen = watcher.changes
+        await asyncio.to_thread(ensure_neighbour, "priv", lab.transceiver_lan.address,
+                                lab.transceiver_lan.mac, netns=relay.netns)
+        assert await watcher.wait_changes(seen, 0.3) == 0
         # A new MAC for the transceiver is.
-        ensure_neighbour("priv", lab.transceiver_lan.address, "02:00:00:00:00:99",
-                         netns=relay.netns)
-        assert watcher.poll(2.0) == 1
+        seen = watcher.changes
+        await asyncio.to_thread(ensure_neighbour, "priv", lab.transceiver_lan.address,
+                                "02:00:00:00:00:99", netns=relay.netns)
+        assert await watcher.wait_changes(seen, 2.0) == 1
         # So is the entry going away.
-        with netlink.iproute(relay.netns) as ipr:
-            ipr.neigh("del", dst=lab.transceiver_lan.address,
-                      ifindex=netlink.link_info("priv", relay.netns).ifindex)
-        assert watcher.poll(2.0) == 1
-    finally:
-        watcher.stop()
+        seen = watcher.changes
+
+        def delete() -> None:
+            with netlink.iproute(relay.netns) as ipr:
+                ipr.neigh("del", dst=lab.transceiver_lan.address,
+                          ifindex=netlink.link_info("priv", relay.netns).ifindex)
+
+        await asyncio.to_thread(delete)
+        assert await watcher.wait_changes(seen, 2.0) == 1
     assert bumps == [generation + 1, generation + 2]
     assert maps.read_config().nh_generation == generation + 2
+
+
+async def test_lost_neighbour_events_count_as_a_change(lab: Lab) -> None:
+    relay = lab.relay
+    priv = await asyncio.to_thread(netlink.link_info, "priv", relay.netns)
+    on_change: list[int] = []
+    # The smallest receive buffer the kernel allows (it rounds 1 up).
+    async with neighbours.NeighbourWatcher(lambda: on_change.append(1), netns=relay.netns,
+                                           ifnames=["priv"], rcvbuf=1) as watcher:
+        seen = watcher.changes
+
+        def burst() -> None:
+            # New entries only: none of them is a change by itself.
+            with netlink.iproute(relay.netns) as ipr:
+                for i in range(150):
+                    ipr.neigh("replace", dst=f"10.77.0.{100 + i}",
+                              lladdr=f"02:00:00:00:70:{i:02x}", ifindex=priv.ifindex,
+                              state=ndmsg.states["permanent"])
+
+        # Joined on the loop's own thread, so that nothing reads the socket
+        # while the burst overruns it.
+        thread = threading.Thread(target=burst)
+        thread.start()
+        thread.join()
+        # So the one change is the overrun's.
+        assert await watcher.wait_changes(seen, 5.0) == 1
+        assert on_change == [1]
+        # The watcher resubscribed: a later change is still seen, once.
+        await asyncio.sleep(0.3)
+        seen = watcher.changes
+        await asyncio.to_thread(ensure_neighbour, "priv", "10.77.0.100", "02:00:00:00:71:01",
+                                netns=relay.netns)
+        assert await watcher.wait_changes(seen, 2.0) == 1

@@ -111,10 +111,10 @@ class RecordingUpkeep:
         self.primed: list[str] = []
         self.clock_refreshes = 0
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self.events.append("start")
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         self.events.append("stop")
 
     def prime(self, addresses) -> None:
