@@ -122,9 +122,24 @@ class LoopbackRelay:
         self._public.close()
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to sockets bound to port 0."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port_range(size: int = 40) -> tuple[int, int]:
-    """A port range unlikely to collide with parallel test runs."""
-    base = 30000 + (os.getpid() * 97) % 20000
+    """The calls' port range for this test process: below the kernel's
+    ephemeral range, so that no socket bound to port 0 (a client's ICE
+    gatherer, a resolver's query, another process on the machine) can land in
+    it and look like a port the transceiver leaked; and spread by pid, so that
+    parallel runs do not collide."""
+    top = _ephemeral_low() - size
+    span = max(1, top - 10000)
+    base = 10000 + (os.getpid() * 97) % span
     return base, base + size - 1
 
 
