@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
 
+from orchestrator.service import Running, run_orchestrator
 from orchestrator.sync import MapTransceiver
+from voxrelay.config import Config
 
 
 class FakeRelayMaps:
@@ -69,3 +73,24 @@ class FakeRelayView(FakeRelayMaps):
 
     def flow_capacity(self) -> int:
         return self.capacity
+
+
+@contextlib.asynccontextmanager
+async def embedded_orchestrator(view: FakeRelayView, **orchestrator: object) -> AsyncIterator[Running]:
+    """``voxrelay orchestrator run`` over ``view`` with its embedded directory and
+    /metrics on free loopback ports (``orchestrator`` sets [orchestrator]
+    fields); stopped, and awaited, on the way out."""
+    config = Config()
+    config.orchestrator.listen = "127.0.0.1:0"
+    config.orchestrator.metrics_listen = "127.0.0.1:0"
+    for name, value in orchestrator.items():
+        setattr(config.orchestrator, name, value)
+    stop = asyncio.Event()
+    ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_orchestrator(config, view, stop, poll=0.05,
+                                                on_ready=ready.set_result))
+    try:
+        yield await asyncio.wait_for(ready, 5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)

@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from orchestrator.metrics import OrchestratorMetrics, split_stat
 from orchestrator.service import run_orchestrator
 from orchestrator.sync import MapTransceiver
-from tests.unit.orch_fakes import FakeRelayView
+from tests.support import until_async
+from tests.unit.orch_fakes import FakeRelayView, embedded_orchestrator
 from voxrelay.config import Config
 from voxrelay.directory import TransceiverRecord, connect
 
@@ -64,25 +65,14 @@ async def test_orchestrator_run_embedded_end_to_end():
     view = FakeRelayView()
     view.key_slots = {7: bytes(range(16))}  # as left by a previous orchestrator
     view.txrs = {3: MapTransceiver("10.0.1.3", "active")}
-    config = Config()
-    config.orchestrator.listen = "127.0.0.1:0"
-    config.orchestrator.metrics_listen = "127.0.0.1:0"
-    config.orchestrator.heartbeat_grace_seconds = 30
-    stop = asyncio.Event()
-    ready: asyncio.Future = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_orchestrator(config, view, stop, poll=0.05,
-                                                on_ready=lambda r: ready.set_result(r)))
-    try:
-        running = await asyncio.wait_for(ready, 5)
+    async with embedded_orchestrator(view, heartbeat_grace_seconds=30) as running:
         client = connect(f"http://127.0.0.1:{running.directory_port}")
         # The restarted embedded directory kept the map's key: old tokens stay valid.
         ring = await client.keyring()
-        assert ring.current == 7 and ring.active_keys() == view.key_slots
+        assert ring.current == 7
+        assert ring.active_keys() == view.key_slots
         await client.announce(TransceiverRecord(4, "10.0.1.4", 3479))
-        for _ in range(250):
-            if 4 in view.txrs:
-                break
-            await asyncio.sleep(0.02)
+        await until_async(lambda: 4 in view.txrs, what="transceiver 4 in the map")
         assert view.txrs[4] == MapTransceiver("10.0.1.4", "active")
         # Transceiver 3 is in its hold period (it may be about to re-announce).
         assert 3 in view.txrs
@@ -97,9 +87,6 @@ async def test_orchestrator_run_embedded_end_to_end():
         assert got[("voxrelay_maps_in_sync", ())] == 1
         assert got[("voxrelay_sync_lag_seconds_count", ())] == 1
         assert got[("voxrelay_transceivers", (("status", "active"),))] == 2
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
     assert 4 in view.txrs  # stopping leaves the maps as they are
 
 
