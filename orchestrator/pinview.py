@@ -80,19 +80,22 @@ class PinView:
         return out
 
     # --- RelayReader --------------------------------------------------------------
+    def counter(self, index: int) -> int | None:
+        """``stats[index]`` summed over CPUs, for any slot of the map (also one a
+        newer program counts that this build has no name for); None when the
+        map has no such slot."""
+        slot = 8  # per-CPU values are 8-byte aligned slots
+        value_size = self._sizes("stats")[1]
+        raw = bpfsys.map_lookup(self._fds["stats"], struct.pack("=I", index), slot * self._cpus)
+        if raw is None:
+            return None
+        return sum(int.from_bytes(raw[cpu * slot:cpu * slot + value_size], sys.byteorder)
+                   for cpu in range(self._cpus))
+
     def stats(self) -> dict[str, int]:
         """Counter label -> sum over CPUs, for every verdict (as ``bccview`` gives it)."""
-        fd, slot = self._fds["stats"], 8  # per-CPU values are 8-byte aligned slots
-        value_size = self._sizes("stats")[1]
-        out = {}
-        for name in verdict_names():
-            raw = bpfsys.map_lookup(fd, struct.pack("=I", RelayStat[name]), slot * self._cpus)
-            total = 0
-            if raw is not None:
-                for cpu in range(self._cpus):
-                    total += int.from_bytes(raw[cpu * slot:cpu * slot + value_size], sys.byteorder)
-            out[metric_label(name)] = total
-        return out
+        return {metric_label(name): self.counter(RelayStat[name]) or 0
+                for name in verdict_names()}
 
     def transceivers(self) -> dict[int, MapTransceiver]:
         return {

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 import shutil
 import socket
-import struct
 import threading
 import time
 from pathlib import Path
@@ -23,7 +22,8 @@ from typing import Any, Self
 
 import pytest
 
-from orchestrator import abi, bpfprog, bpfsys, genabi, loader, pins
+from orchestrator import abi, bpfprog, genabi, loader
+from orchestrator.pinview import open_pinview
 from voxrelay import token
 
 RATE_PPS = 2000
@@ -55,22 +55,10 @@ def _copy_with_one_more_reason(tmp_path: Path) -> Path:
     return copy
 
 
-def _possible_cpus() -> int:
-    # "0-3" or "0,2-5": per-CPU map values have one slot per possible CPU.
-    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
-    return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
-
-
-def _raw_stat(relay_name: str, index: int) -> int:
+def _raw_stat(relay_name: str, index: int) -> int | None:
     """``stats[index]`` summed over CPUs, read from the pin (any index of the map)."""
-    cpus = _possible_cpus()
-    fd = bpfsys.obj_get(str(pins.pin_dir_for(relay_name) / "stats"))
-    try:
-        raw = bpfsys.map_lookup(fd, struct.pack("=I", index), 8 * cpus)
-    finally:
-        bpfsys.close(fd)
-    assert raw is not None, index
-    return sum(struct.unpack(f"={cpus}Q", raw))
+    with open_pinview(relay_name) as view:
+        return view.counter(index)
 
 
 def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
