@@ -35,10 +35,9 @@ _LIMIT_OF_MAP = {
 class BpfRelayView:
     """Implements ``RelayView`` (and so the sync's ``SyncMaps``) over ``bccmaps.RelayMaps``.
 
-    The sync's reads and writes go through bcc (the typed writes live there);
-    counters and flows, which only the exporter and the CLI read, come from
-    ``reader`` (a ``pinview.PinView`` over the same pins), so that there is
-    one way to read them.
+    Writes go through bcc (the typed writes live there); every read, the
+    sync's included, comes from ``reader`` (a ``pinview.PinView`` over the
+    same pins), so that there is one way to read the maps.
     """
 
     def __init__(self, name: str, relay_maps: RelayMaps, reader: PinView) -> None:
@@ -49,10 +48,7 @@ class BpfRelayView:
 
     # --- SyncMaps ---------------------------------------------------------------
     def transceivers(self) -> dict[int, MapTransceiver]:
-        return {
-            i: MapTransceiver(str(e.addr), e.status.name.lower())
-            for i, e in self.maps.transceivers().items()
-        }
+        return self.reader.transceivers()
 
     def upsert_transceivers(self, entries: dict[int, MapTransceiver]) -> None:
         for txr_id, entry in entries.items():
@@ -63,14 +59,7 @@ class BpfRelayView:
             self.maps.delete_transceiver(txr_id)
 
     def keys(self) -> dict[int, bytes]:
-        # maps.active_keys() gives ids only (by design, for display); the sync
-        # compares key material, so it reads the slots itself.
-        table = self.maps.table("keys")
-        return {
-            int(k.value): int(v.k0).to_bytes(8, "little") + int(v.k1).to_bytes(8, "little")
-            for k, v in table.items()
-            if v.active
-        }
+        return self.reader.keys()
 
     def set_keys(self, keys: dict[int, bytes]) -> None:
         for key_id, key in keys.items():
