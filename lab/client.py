@@ -115,7 +115,9 @@ class CallClient:
         self.pc.on("track", self._on_track)
 
     async def __aenter__(self) -> Self:
-        self._session = aiohttp.ClientSession(base_url=self.url.rstrip("/") + "/")
+        # The credential on every request of the session (POST, PATCH, GET, DELETE).
+        auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._session = aiohttp.ClientSession(base_url=self.url.rstrip("/") + "/", headers=auth)
         try:
             await self.connect()
         except BaseException:
@@ -127,10 +129,7 @@ class CallClient:
         await self.close()
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/sdp"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        return headers
+        return {"Content-Type": "application/sdp"}
 
     def _on_message(self, message: str | bytes) -> None:
         event = json.loads(message)

@@ -150,7 +150,7 @@ async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str) -> CallR
         relay = stack.relays[0]
 
         async def call() -> tuple[object, bytes, list[dict[str, object]]]:
-            async with TimedCallClient(stack.signaling_url, timeout=timeout) as client:
+            async with TimedCallClient(stack.signaling_url, stack.api_key, timeout=timeout) as client:
                 await client.wait_event("model", state="connected")
                 turn = await speak_turn(client, pcm, timeout=timeout)
                 return turn, bytes(client.reply), list(client.events)

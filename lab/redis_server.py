@@ -19,11 +19,14 @@ MISSING = "redis-server is not installed (scripts/setup.sh installs it)"
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, *, appendfsync: str = "always") -> None:
+    def __init__(self, workdir: Path, *, appendfsync: str = "always",
+                 password: str = "") -> None:
         """``appendfsync`` "always" makes every acknowledged write survive a
         restart (what the tests check); the bench passes "everysec", Redis's
-        own default, so that an fsync per write is not in its latencies."""
+        own default, so that an fsync per write is not in its latencies.
+        ``password``: the server requires it (``requirepass``)."""
         self.workdir = workdir
+        self.password = password
         self.socket = workdir / "redis.sock"
         self.appendfsync = appendfsync
         self.proc: subprocess.Popen[bytes] | None = None
@@ -44,7 +47,8 @@ class RedisServer:
             [exe, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
              "--dir", str(self.workdir), "--appendonly", "yes",
              "--appendfsync", self.appendfsync,
-             "--save", "", "--daemonize", "no", "--loglevel", "warning"],
+             "--save", "", "--daemonize", "no", "--loglevel", "warning",
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10

@@ -185,6 +185,8 @@ class StackOptions:
     """Logs and config files; a temporary directory when None (removed on a clean exit)."""
     start_timeout: float = 60.0
     """Seconds each service has to become ready (bcc compiles and model loading are slow on 2 cores)."""
+    cors_origins: tuple[str, ...] = ()
+    """The transceiver's ``cors_origins``: web origins besides its own that may call."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,7 @@ class RelayHandle:
 # Ports of the lab's services (each in its own namespace, so fixed numbers are safe).
 DIRECTORY_PORT = 7480
 SIGNALING_PORT = 8080
+"""The transceiver's HTTP port, and the front's (``lab.topology.FRONT_PORT``)."""
 MODEL_PORT = 50051
 TRANSCEIVER_ID = 1
 REBIND_HOST = 50
@@ -233,6 +236,11 @@ class Stack:
     model_address: str = ""
     directory_url: str = ""
     """The embedded directory (orchestrator of relay 1), on the private side."""
+    directory_secret_file: Path | None = None
+    """The directory secret every service of the lab shares (in ``workdir``)."""
+    api_key: str = ""
+    """The transceiver's signaling API key: what a backend (or an aiortc client,
+    which sends no Origin) presents; browsers get a client secret minted with it."""
     relays: list[RelayHandle] = field(default_factory=list)
     signaling_url: str = ""
     """The transceiver's HTTP API as the client namespace reaches it (through
@@ -269,6 +277,33 @@ class Stack:
 
     def logs(self) -> str:
         return "\n".join(svc.log_tail() for svc in self.services.values())
+
+    @property
+    def directory_secret(self) -> str:
+        from voxrelay.secrets import load_secrets
+
+        assert self.directory_secret_file is not None, "the stack is not started"
+        return load_secrets(self.directory_secret_file)[0]
+
+    async def client_secret(self, seconds: float | None = None) -> dict[str, Any]:
+        """Mint an ephemeral client secret as an application backend would
+        (POST /v1/realtime/client_secrets with the API key, from the client
+        namespace): ``{"value": "ek_...", "expires_at": ...}``."""
+        import aiohttp
+
+        body = {} if seconds is None else {"expires_after": {"seconds": seconds}}
+
+        async def mint() -> dict[str, Any]:
+            async with aiohttp.ClientSession() as session, session.post(
+                f"{self.signaling_url}/v1/realtime/client_secrets", json=body,
+                headers={"Authorization": f"Bearer {self.api_key}"},
+            ) as response:
+                payload: dict[str, Any] = await response.json()
+                if response.status != 200:
+                    raise StackError(f"minting a client secret: {response.status} {payload}")
+                return payload
+
+        return await self.client_call(mint)
 
 
 def read_relay_stats(relay_name: str) -> dict[str, int]:
@@ -317,7 +352,7 @@ async def _probe_through_relays(running: Stack, deadline: float) -> None:
     from voxrelay.probe import DEFAULT_PROBE_PORT, mint_probe_token
 
     async def keyring():  # type: ignore[no-untyped-def]
-        directory = connect(running.directory_url)
+        directory = connect(running.directory_url, secret=running.directory_secret)
         try:
             return await directory.keyring()
         finally:
@@ -416,6 +451,14 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
             running.client_mac = first.client_side.mac
             running.client_rebind_address = first.client_side.address.rsplit(".", 1)[0] + f".{REBIND_HOST}"
             running.directory_url = f"http://{first.private.address}:{DIRECTORY_PORT}"
+            # The lab's secrets, made the way a one-host deployment makes them
+            # (voxrelay.secrets), in the workdir instead of /var/lib/voxrelay.
+            from voxrelay.secrets import write_secret_file
+
+            running.directory_secret_file = workdir / "directory.secret"
+            write_secret_file(running.directory_secret_file)
+            api_key_file = workdir / "api-key"
+            running.api_key = write_secret_file(api_key_file)
 
             # Services stop before the topology goes: registered later, undone first.
             async def stop_services() -> None:
@@ -437,6 +480,8 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
                             "directory": "embedded" if index == 0 else running.directory_url,
                             "listen": f"{host.private.address}:{DIRECTORY_PORT}",
                             "metrics_listen": "127.0.0.1:9478",
+                            "directory_secret_file": str(running.directory_secret_file),
+                            "state_dir": str(workdir / f"state-{index + 1}"),
                         },
                     })
                     svc = running.service(f"orchestrator-{index + 1}", host.netns,
@@ -464,6 +509,9 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
                     "directory": running.directory_url,
                     "model": f"{running.model_address}:{MODEL_PORT}",
                     "drain_grace_seconds": 1.0,
+                    "directory_secret_file": str(running.directory_secret_file),
+                    "api_key_file": str(api_key_file),
+                    "cors_origins": list(options.cors_origins),
                 }})
                 txr = running.service("transceiver", running.transceiver_ns,
                                   python_argv("transceiver", "run", "--config", str(config)), **env)

@@ -79,6 +79,9 @@ T = TypeVar("T")
 
 NETNS_PREFIX = "vx"
 PUBLIC_PORT = 3478
+FRONT_PORT = 8080
+"""TCP port of the lab's signaling front (``lab.stack``) on a relay's public
+address: the one TCP port the relays' input filter lets in (``public_tcp_ports``)."""
 LAN_PREFIX = 24
 LAN_BRIDGE = "lan"
 LAN_BRIDGE_MAC = "02:76:78:00:00:02"
@@ -128,6 +131,7 @@ class RelayHost:
             public_address=self.public.address,
             private_address=self.private.address,
             public_port=PUBLIC_PORT,
+            public_tcp_ports=[FRONT_PORT],
         )
         return replace(base, **overrides)
 

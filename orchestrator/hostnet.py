@@ -9,7 +9,16 @@ Done at load (``loader.load``) and undone at unload:
 * an nftables table ``voxrelay_<name>`` whose forward chain drops whatever
   arrives on the relay's interfaces: with forwarding on, anything the
   program passes up would otherwise be routed by the kernel, around the
-  relay's checks.
+  relay's checks;
+* in the same table, an input chain that drops every packet arriving on the
+  *public* interface for the host itself, except replies to the host's own
+  connections, the ICMP that keeps paths working, DHCP, the relay's UDP
+  port and ``[relay] public_tcp_ports``. Linux accepts a packet for any of
+  its addresses on any interface (the weak host model), so without this a
+  client could reach the directory on the *private* address by routing it
+  through the public interface. The filter belongs to loading the relay, not
+  to a deployment tool, so that no way of running it leaves the control
+  plane open.
 
 The earlier sysctl values are returned by ``prepare_host`` (the loader keeps
 them in the load state, ``pins.LoadState``) and restored by ``undo_host``.
@@ -100,15 +109,79 @@ def _nft(doc: dict[str, Any] | None, netns: str | None, args: Sequence[str] = ()
     return out
 
 
-def install_forward_drop(name: str, ifnames: Sequence[str], netns: str | None = None) -> None:
-    """Table ``inet voxrelay_<name>``: drop (and count) forwarding from the relay's interfaces.
+def _iif(ifname: str) -> dict[str, Any]:
+    return {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": ifname}}
 
-    Flushed and rewritten each time, so it is idempotent. Only packets that
-    arrive on ``ifnames`` are matched; other forwarding on the host is untouched.
-    """
+
+def _accept(chain: dict[str, Any], comment: str, *matches: dict[str, Any]) -> dict[str, Any]:
+    return {"add": {"rule": {**chain, "comment": comment,
+                             "expr": [*matches, {"accept": None}]}}}
+
+
+def _payload(protocol: str, fld: str, right: Any) -> dict[str, Any]:
+    return {"match": {"op": "==", "left": {"payload": {"protocol": protocol, "field": fld}},
+                      "right": right}}
+
+
+def _set(values: Sequence[Any]) -> Any:
+    return values[0] if len(values) == 1 else {"set": list(values)}
+
+
+def _input_rules(base: dict[str, Any], public_if: str, udp_port: int,
+                 tcp_ports: Sequence[int]) -> list[dict[str, Any]]:
+    """The public interface's input chain: what the host itself may receive there."""
+    chain = {**base, "chain": "input"}
+    on_public = _iif(public_if)
+    rules = [
+        {"add": {"chain": {**base, "name": "input", "type": "filter", "hook": "input",
+                           "prio": 0, "policy": "accept"}}},
+        _accept(chain, "replies to the host's own connections", on_public,
+                {"match": {"op": "in", "left": {"ct": {"key": "state"}},
+                           "right": ["established", "related"]}}),
+        _accept(chain, "ICMP that keeps paths working (PMTU, unreachable, ping)", on_public,
+                _payload("icmp", "type", _set(["echo-request", "destination-unreachable",
+                                               "time-exceeded", "parameter-problem"]))),
+        _accept(chain, "ICMPv6 neighbour discovery and errors", on_public,
+                _payload("icmpv6", "type", _set([
+                    "nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-advert",
+                    "packet-too-big", "destination-unreachable", "time-exceeded",
+                    "parameter-problem", "echo-request"]))),
+        _accept(chain, "DHCP client", on_public, _payload("udp", "dport", _set([68, 546]))),
+        _accept(chain, "the relay's port (XDP answers it first)", on_public,
+                _payload("udp", "dport", udp_port)),
+    ]
+    if tcp_ports:
+        rules.append(_accept(chain, "[relay] public_tcp_ports", on_public,
+                             _payload("tcp", "dport", _set(sorted(set(tcp_ports))))))
+    rules.append({"add": {"rule": {**chain,
+                                   "comment": "not a public service: the control plane is private",
+                                   "expr": [on_public, {"counter": None}, {"drop": None}]}}})
+    return rules
+
+
+def install_host_filter(name: str, public_if: str, private_if: str, *, public_port: int,
+                        public_tcp_ports: Sequence[int] = (),
+                        netns: str | None = None) -> None:
+    """Table ``inet voxrelay_<name>``: the forward drop on both interfaces and
+    the public interface's input filter (module docstring). Flushed and
+    rewritten each time, so it is idempotent; packets on other interfaces
+    are untouched."""
     table = nft_table_name(name)
     base = {"family": "inet", "table": table}
-    doc = {"nftables": [
+    doc = _forward_doc(table, base, [public_if, private_if])
+    doc["nftables"] += _input_rules(base, public_if, public_port, public_tcp_ports)
+    _nft(doc, netns)
+
+
+def install_forward_drop(name: str, ifnames: Sequence[str], netns: str | None = None) -> None:
+    """Only the forward drop (no input filter): drop (and count) forwarding
+    from ``ifnames``. Flushed and rewritten each time, so it is idempotent."""
+    table = nft_table_name(name)
+    _nft(_forward_doc(table, {"family": "inet", "table": table}, ifnames), netns)
+
+
+def _forward_doc(table: str, base: dict[str, Any], ifnames: Sequence[str]) -> dict[str, Any]:
+    return {"nftables": [
         {"add": {"table": {"family": "inet", "name": table}}},
         {"flush": {"table": {"family": "inet", "name": table}}},
         {"add": {"chain": {**base, "name": "forward", "type": "filter", "hook": "forward",
@@ -122,7 +195,6 @@ def install_forward_drop(name: str, ifnames: Sequence[str], netns: str | None = 
                               {"drop": None},
                           ]}}},
     ]}
-    _nft(doc, netns)
 
 
 def forward_drop_installed(name: str, netns: str | None = None) -> bool:
@@ -133,11 +205,22 @@ def forward_drop_installed(name: str, netns: str | None = None) -> bool:
 
 def forward_drop_count(name: str, netns: str | None = None) -> int:
     """Packets the forward-drop rule has dropped (0 when the table is absent)."""
+    return _chain_count(name, "forward", netns)
+
+
+def input_drop_count(name: str, netns: str | None = None) -> int:
+    """Packets for the host the public input filter has dropped (0 when absent)."""
+    return _chain_count(name, "input", netns)
+
+
+def _chain_count(name: str, chain: str, netns: str | None) -> int:
     if not forward_drop_installed(name, netns):
         return 0
     out = _nft(None, netns, ["list", "table", "inet", nft_table_name(name)])
     total = 0
     for item in json.loads(out)["nftables"]:
+        if item.get("rule", {}).get("chain") != chain:
+            continue
         for expr in item.get("rule", {}).get("expr", []):
             if isinstance(expr, dict) and isinstance(expr.get("counter"), dict):
                 total += int(expr["counter"]["packets"])
@@ -204,7 +287,8 @@ def resolve_address(configured: str, ifname: str, netns: str | None) -> str:
 
 
 def prepare_host(relay: RelayConfig, netns: str | None) -> dict[str, str]:
-    """Sysctls and the forward drop; returns the sysctl values to restore at unload."""
+    """Sysctls, the forward drop and the input filter; returns the sysctl values
+    to restore at unload."""
     restore: dict[str, str] = {}
     keys = [f"net/ipv4/conf/{relay.public_interface}/forwarding",
             f"net/ipv4/conf/{relay.private_interface}/forwarding",
@@ -214,7 +298,9 @@ def prepare_host(relay: RelayConfig, netns: str | None) -> dict[str, str]:
     for ifname in (relay.public_interface, relay.private_interface):
         set_forwarding(ifname, netns)
     reserve_local_ports(relay.port_min, relay.port_max, netns)
-    install_forward_drop(relay.name, [relay.public_interface, relay.private_interface], netns)
+    install_host_filter(relay.name, relay.public_interface, relay.private_interface,
+                        public_port=relay.public_port, public_tcp_ports=relay.public_tcp_ports,
+                        netns=netns)
     return restore
 
 

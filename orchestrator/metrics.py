@@ -17,6 +17,9 @@ client addresses.
     voxrelay_maps_in_sync                           0 while out of sync (outage, failed write)
     voxrelay_probe_success{transceiver}             1/0, last probe
     voxrelay_probe_rtt_seconds{transceiver}         last successful probe
+    voxrelay_directory_refused_total{reason}        directory requests refused: missing|wrong
+                                                    credential (someone is probing, or a
+                                                    transceiver has a stale secret)
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -127,6 +130,12 @@ class OrchestratorMetrics:
             "voxrelay_probe_rtt_seconds", "Round trip of the last successful probe.",
             ["transceiver"], registry=self.registry,
         )
+        self.directory_refused = Counter(
+            "voxrelay_directory_refused", "Directory API requests refused for their credential.",
+            ["reason"], registry=self.registry,
+        )
+        for reason in ("missing", "wrong"):
+            self.directory_refused.labels(reason)
 
     def record_probe(self, transceiver_id: int, ok: bool, rtt_ms: float | None) -> None:
         label = str(transceiver_id)

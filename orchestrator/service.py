@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from aiohttp import web
@@ -27,6 +28,8 @@ from voxrelay.directory import Directory, DirectoryUnavailable, connect
 from voxrelay.directory.http import make_app
 from voxrelay.directory.memory import MemoryDirectory
 from voxrelay.probe import mint_probe_token
+from voxrelay.secrets import directory_client_secret
+from voxrelay.secrets import directory_secrets as read_directory_secrets
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,19 @@ async def _serve(app: web.Application, listen: str) -> tuple[web.AppRunner, int]
 
 def embedded_url(config: Config) -> str:
     return f"http://{config.orchestrator.listen}"
+
+
+def directory_secrets(config: Config, *, create: bool = False) -> list[str]:
+    """The directory secret(s) of this config, the one in use first
+    ($VOXRELAY_DIRECTORY_SECRET or ``[orchestrator] directory_secret_file``)."""
+    return read_directory_secrets(config.orchestrator.directory_secret_file, create=create)
+
+
+def open_directory(config: Config, url: str | None = None) -> Directory:
+    """A client for this config's directory (or ``url``), with its secret."""
+    target = url or directory_url(config)
+    secret = directory_client_secret(config.orchestrator.directory_secret_file, target)
+    return connect(target, grace=config.orchestrator.heartbeat_grace_seconds, secret=secret)
 
 
 def directory_url(config: Config) -> str:
@@ -140,12 +156,14 @@ async def run_orchestrator(
     runners: list[web.AppRunner] = []
     directory_port = None
     if oc.directory == "embedded":
-        store = MemoryDirectory(grace=oc.heartbeat_grace_seconds)
+        secrets = directory_secrets(config, create=True)
+        store = MemoryDirectory(grace=oc.heartbeat_grace_seconds,
+                                intents_path=Path(oc.state_dir) / "intents.json")
         # A restarted orchestrator keeps the keys live tokens were minted with.
         store.restore_keyring(keyring_from_map(view.keys()))
         directory: Directory = store
     else:
-        directory = connect(oc.directory, grace=oc.heartbeat_grace_seconds)
+        directory = open_directory(config, oc.directory)
     syncer = Syncer(
         directory, view, poll=poll, on_lag=metrics.sync_lag.observe, ensure_keys=True,
         on_upsert=None if upkeep is None else (
@@ -158,7 +176,9 @@ async def run_orchestrator(
         if upkeep is not None:
             await upkeep.start()
         if oc.directory == "embedded":
-            runner, directory_port = await _serve(make_app(directory), oc.listen)
+            app = make_app(directory, secrets,
+                           on_refused=lambda reason: metrics.directory_refused.labels(reason).inc())
+            runner, directory_port = await _serve(app, oc.listen)
             runners.append(runner)
 
         async def scrape(request: web.Request) -> web.Response:

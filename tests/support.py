@@ -32,3 +32,7 @@ async def until_async(predicate: Callable[[], object], timeout: float = 5.0,
 
 def _timed_out(timeout: float, what: str) -> str:
     return f"timed out after {timeout:g} s waiting for {what}"
+
+
+DIRECTORY_SECRET = "unit-test-directory-secret-0123456789"  # noqa: S105 - a test's secret
+"""What tests/unit/conftest.py puts in $VOXRELAY_DIRECTORY_SECRET for every unit test."""

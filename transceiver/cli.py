@@ -15,6 +15,9 @@ from voxrelay.addr import parse_hostport
 from voxrelay.config import ConfigError, TransceiverConfig, load_config
 from voxrelay.directory import Directory, connect
 from voxrelay.logs import setup_logging
+from voxrelay.secrets import API_KEY_ENV, SecretError, directory_client_secret, load_secrets
+
+log = logging.getLogger(__name__)
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -26,9 +29,31 @@ def _split_listen(listen: str) -> tuple[str, int]:
         raise click.ClickException(str(exc)) from None
 
 
-async def _directory(spec: str) -> Directory:
+def api_keys(cfg: TransceiverConfig) -> list[str] | None:
+    """The signaling API keys: ``api_token`` if given inline, else $VOXRELAY_API_KEY
+    or ``api_key_file`` (created with a fresh key on first start); None when
+    ``auth = false``."""
+    if not cfg.auth:
+        log.warning("signaling authentication is OFF ([transceiver] auth = false): "
+                    "anyone who reaches %s can place calls", cfg.listen)
+        return None
+    if cfg.api_token:
+        return [cfg.api_token]
+    existed = Path(cfg.api_key_file).exists()
     try:
-        directory = connect(spec)
+        keys = load_secrets(cfg.api_key_file, env=API_KEY_ENV, create=True,
+                            what="signaling API key")
+    except SecretError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not existed and Path(cfg.api_key_file).exists():
+        click.echo(f"created the signaling API key in {cfg.api_key_file} (mode 0600): your "
+                   "backend sends it to POST /v1/realtime/client_secrets", err=True)
+    return keys
+
+
+async def _directory(spec: str, secret_file: str) -> Directory:
+    try:
+        directory = connect(spec, secret=directory_client_secret(secret_file, spec))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     if spec == "memory":
@@ -48,10 +73,13 @@ async def _serve(cfg: TransceiverConfig, directory_spec: str, as_json: bool) -> 
     except ValueError as exc:
         raise click.ClickException(f"[transceiver] relays: {exc}") from None
     host, port = _split_listen(cfg.listen)
-    directory = await _directory(directory_spec)
+    keys = api_keys(cfg)
+    directory = await _directory(directory_spec, cfg.directory_secret_file)
     service = signaling.Transceiver(
         signaling.ServiceSettings(
-            host, port, cfg.private_address, api_token=cfg.api_token,
+            host, port, cfg.private_address, api_keys=keys, cors_origins=cfg.cors_origins,
+            client_secret_ttl=cfg.client_secret_ttl_seconds,
+            client_secret_max_ttl=cfg.client_secret_max_ttl_seconds,
             drain_grace_seconds=cfg.drain_grace_seconds, probe_port=cfg.probe_port),
         call.CallSettings(
             transceiver_id=cfg.id,
@@ -107,6 +135,11 @@ def run(config_path: Path | None, listen: str | None, directory_spec: str | None
 
     Each call gets a UDP port on private_address and a routing-token ufrag
     naming it; the SDP answer advertises only the configured relays.
+
+    Signaling needs a credential: the API key in [transceiver] api_key_file
+    (created at first start) for backends, or an ephemeral client secret that
+    a backend minted with it (POST /v1/realtime/client_secrets) for browsers.
+    The directory needs its secret ([transceiver] directory_secret_file).
     """
     setup_logging(logging.INFO if verbose else logging.WARNING, "transceiver")
     try:

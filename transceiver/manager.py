@@ -81,7 +81,8 @@ class CallManager:
         await self.directory.put_session(record.call_id, record.to_json(),
                                          ttl=self.settings.session_ttl)
 
-    async def create(self, offer_text: str) -> Call:
+    async def create(self, offer_text: str, *, client: str = "") -> Call:
+        """``client``: the identity of the caller's credential (transceiver/auth.py)."""
         try:
             parse_offer(offer_text)
         except ValueError as exc:
@@ -146,7 +147,8 @@ class CallManager:
         """No new calls; let existing ones finish for ``grace`` s, then close them."""
         self.draining = True
         try:
-            await self.directory.drain(self.settings.transceiver_id)
+            # Its own word, not an operator intent: the record goes when it withdraws.
+            await self.directory.set_status(self.settings.transceiver_id, "draining")
         except DirectoryError as exc:
             # The heartbeat loop announces us as draining when the directory is back.
             logger.warning("could not mark transceiver %s draining in the directory: %s",

@@ -52,6 +52,11 @@ class RelayConfig:
     must not drain ports)."""
     flow_idle_seconds: int = 120
     """A flow with no packet for this long is treated as gone."""
+    public_tcp_ports: list[int] = field(default_factory=list)
+    """TCP ports this host serves on public_interface (e.g. 443 for a TCP
+    front). ``relay load`` drops every other packet addressed to the host
+    itself that arrives there (nftables input chain), so that no control-plane
+    port (the directory, metrics, ssh) can be reached from the public side."""
 
 
 @dataclass
@@ -60,6 +65,14 @@ class OrchestratorConfig:
     """"embedded" (one host) or a redis:// URL (many hosts)."""
     listen: str = "127.0.0.1:7480"
     """Embedded directory's HTTP API (announce/heartbeat), on the private side."""
+    directory_secret_file: str = "/var/lib/voxrelay/directory.secret"  # noqa: S105 - a path
+    """The secret every directory request must carry (Bearer). With the
+    embedded directory the orchestrator creates it (mode 0600) if it is
+    missing; copy it to every transceiver host. With Redis it is the Redis
+    password unless the URL has one. Env VOXRELAY_DIRECTORY_SECRET overrides."""
+    state_dir: str = "/var/lib/voxrelay"
+    """Where the embedded directory keeps what must outlive a restart: the
+    operator's drain and remove decisions (intents.json)."""
     metrics_listen: str = "127.0.0.1:9478"
     """Prometheus /metrics."""
     heartbeat_grace_seconds: float = 10.0
@@ -95,8 +108,25 @@ class TransceiverConfig:
     """gRPC address of the voice model."""
     max_calls: int = 50
     """Above this, POST /v1/calls answers 503 with Retry-After."""
+    auth: bool = True
+    """Require a credential on signaling: an API key or an ephemeral client
+    secret minted with one. false is for a closed lab only."""
+    api_key_file: str = "/var/lib/voxrelay/api-key"
+    """The signaling API keys, one per line, the first in use (created with a
+    fresh key at first start if missing). An application backend presents
+    one to POST /v1/realtime/client_secrets; browsers never see it.
+    Env VOXRELAY_API_KEY overrides."""
     api_token: str = ""
-    """Bearer token clients must present; empty disables the check (lab only)."""
+    """An API key given inline instead of api_key_file (prefer the file)."""
+    client_secret_ttl_seconds: float = 600.0
+    """Default lifetime of an ephemeral client secret."""
+    client_secret_max_ttl_seconds: float = 7200.0
+    """Longest lifetime a backend may ask for."""
+    cors_origins: list[str] = field(default_factory=list)
+    """Web origins (e.g. "https://app.example.com") whose pages may call
+    signaling; "*" allows any. Same-origin pages need no entry."""
+    directory_secret_file: str = "/var/lib/voxrelay/directory.secret"  # noqa: S105 - a path
+    """The directory secret (see [orchestrator]); env VOXRELAY_DIRECTORY_SECRET overrides."""
 
 
 @dataclass
@@ -150,6 +180,9 @@ def validate(config: Config) -> Config:
         )
     if r.port_min <= r.public_port <= r.port_max:
         raise ConfigError(f"[relay] public_port {r.public_port} lies inside the flow port range")
+    for port in r.public_tcp_ports:
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ConfigError(f"[relay] public_tcp_ports: {port!r} is not a port in 1..65535")
     if r.xdp_mode not in ("native", "generic"):
         raise ConfigError(f"[relay] xdp_mode {r.xdp_mode!r} must be 'native' or 'generic'")
     t = config.transceiver
@@ -158,6 +191,17 @@ def validate(config: Config) -> Config:
             f"[transceiver] port range {t.port_min}..{t.port_max} must satisfy "
             "1024 <= min <= max <= 65535"
         )
+    for origin in t.cors_origins:
+        if not isinstance(origin, str) or not (
+            origin == "*" or origin.startswith(("http://", "https://"))
+        ) or origin.endswith("/"):
+            raise ConfigError(
+                f"[transceiver] cors_origins: {origin!r} must be '*' or scheme://host[:port] "
+                "with no path")
+    if not 0 < t.client_secret_ttl_seconds <= t.client_secret_max_ttl_seconds:
+        raise ConfigError(
+            "[transceiver] client_secret_ttl_seconds must be > 0 and "
+            "<= client_secret_max_ttl_seconds")
     if not 1 <= config.transceiver.id <= 0xFFFFFFFF:
         raise ConfigError(f"[transceiver] id {config.transceiver.id} is outside 1..4294967295")
     return config

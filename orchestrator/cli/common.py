@@ -22,9 +22,9 @@ import click
 from orchestrator.errors import MapLayoutError
 from orchestrator.pinview import open_pinview
 from orchestrator.relay import RelayReader, RelayUnavailable
-from orchestrator.service import directory_url
+from orchestrator.service import open_directory
 from voxrelay.config import Config, ConfigError, load_config
-from voxrelay.directory import Directory, DirectoryUnavailable, UnknownTransceiver, connect
+from voxrelay.directory import Directory, DirectoryError
 
 F = TypeVar("F", bound=Callable[..., Any])
 P = ParamSpec("P")
@@ -39,8 +39,7 @@ def friendly(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (RelayUnavailable, MapLayoutError, ConfigError, DirectoryUnavailable,
-                UnknownTransceiver) as exc:
+        except (RelayUnavailable, MapLayoutError, ConfigError, DirectoryError) as exc:
             raise click.ClickException(str(exc)) from None
         except PermissionError as exc:
             raise click.ClickException(
@@ -112,8 +111,8 @@ def view(config_path: Path | None, name: str | None) -> RelayReader:
 
 
 def directory(config_path: Path | None, url: str | None) -> Directory:
-    config = config_from(config_path)
-    return connect(url or directory_url(config), grace=config.orchestrator.heartbeat_grace_seconds)
+    """The directory this config names (or ``url``), with the directory secret."""
+    return open_directory(config_from(config_path), url)
 
 
 def run_with(coro_fn: Callable[[Directory], Awaitable[R]], directory: Directory) -> R:

@@ -47,7 +47,7 @@ APPLY_VARS: dict[str, object] = {
     "relay_new_flows_per_sec": 20,
     "relay_max_flows_per_token": 4,
     "relay_flow_idle_seconds": 90,
-    "relay_firewall_public_tcp_ports": [2222],
+    "relay_public_tcp_ports": [2222],
     "orchestrator_directory": "redis://127.0.0.1:6380/0",
     "orchestrator_listen": "198.18.1.1:7480",
     "orchestrator_metrics_listen": "198.18.1.1:9478",

@@ -95,7 +95,7 @@ async def test_call_through_relay(lab, speech_pcm: bytes) -> None:
     before = lab.relay_stats(0)
 
     async def call() -> tuple:
-        async with TimedCallClient(lab.signaling_url, timeout=30) as client:
+        async with TimedCallClient(lab.signaling_url, lab.api_key, timeout=30) as client:
             await client.wait_event("model", state="connected")
             turn = await speak_turn(client, speech_pcm, timeout=30)
             status = await call_status(client)
@@ -181,7 +181,7 @@ async def test_address_change_ice_restart(lab, speech_pcm: bytes) -> None:
     new_address = lab.client_rebind_address
 
     async def call() -> dict:
-        async with TimedCallClient(lab.signaling_url, timeout=30) as client:
+        async with TimedCallClient(lab.signaling_url, lab.api_key, timeout=30) as client:
             await client.wait_event("model", state="connected")
             first = await speak_turn(client, speech_pcm, timeout=30)
             before = await call_status(client)
@@ -238,7 +238,7 @@ async def test_relay_failover(lab, speech_pcm: bytes) -> None:
     first_relay, second_relay = lab.relays[0], lab.relays[1]
 
     async def call() -> dict:
-        async with TimedCallClient(lab.signaling_url, timeout=30) as client:
+        async with TimedCallClient(lab.signaling_url, lab.api_key, timeout=30) as client:
             await client.wait_event("model", state="connected")
             answer = client.answer_sdp
             before = await call_status(client)
@@ -308,7 +308,7 @@ async def test_no_path_around_relay(lab, speech_pcm: bytes) -> None:
 
     async def call_then_probe() -> dict:
         # A live call, so that its media port is open while we probe it.
-        async with TimedCallClient(lab.signaling_url, timeout=30) as client:
+        async with TimedCallClient(lab.signaling_url, lab.api_key, timeout=30) as client:
             await client.wait_event("model", state="connected")
             ports = await asyncio.to_thread(transceiver_udp_ports, lab)
             assert ports, "the transceiver has no UDP socket during a call"

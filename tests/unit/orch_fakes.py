@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator, Iterable
 
 from orchestrator.service import Running, run_orchestrator
@@ -83,6 +84,8 @@ async def embedded_orchestrator(view: FakeRelayView, **orchestrator: object) -> 
     config = Config()
     config.orchestrator.listen = "127.0.0.1:0"
     config.orchestrator.metrics_listen = "127.0.0.1:0"
+    state = tempfile.TemporaryDirectory(prefix="voxrelay-orch-")
+    config.orchestrator.state_dir = state.name
     for name, value in orchestrator.items():
         setattr(config.orchestrator, name, value)
     stop = asyncio.Event()
@@ -94,3 +97,4 @@ async def embedded_orchestrator(view: FakeRelayView, **orchestrator: object) -> 
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+        state.cleanup()

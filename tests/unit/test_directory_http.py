@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from aiohttp import web
 
+from tests.support import DIRECTORY_SECRET
 from voxrelay.directory import (
     DirectoryUnavailable,
     TransceiverRecord,
@@ -22,12 +23,12 @@ from voxrelay.directory.redis import RedisDirectory
 @pytest.fixture
 async def served():
     store = MemoryDirectory(grace=10.0)
-    runner = web.AppRunner(make_app(store))
+    runner = web.AppRunner(make_app(store, [DIRECTORY_SECRET]))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
-    client = connect(f"http://127.0.0.1:{port}")
+    client = connect(f"http://127.0.0.1:{port}", secret=DIRECTORY_SECRET)
     try:
         yield store, client
     finally:
@@ -87,7 +88,7 @@ async def test_http_rejects_bad_records_with_the_validator_message(served):
         ({"id": 1, "address": "10.0.0.1", "probe_port": 0}, "transceiver probe_port must not be 0"),
         ({"id": 1, "address": "nope", "probe_port": 1}, "transceiver address 'nope' is not an IP address"),
         ({"id": 1, "address": "10.0.0.1", "probe_port": 1, "status": "x"},
-         "transceiver status 'x' is not one of: active, draining"),
+         "transceiver status 'x' is not one of: active, draining, removed"),
     ]:
         with pytest.raises(ValueError) as exc:
             await c._call("POST", "/v1/transceivers", body)  # raw body: no client-side check

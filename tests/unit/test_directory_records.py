@@ -30,7 +30,7 @@ def test_good_record_round_trips():
         ({"probe_port": 0}, "transceiver probe_port must not be 0"),
         ({"probe_port": 70000}, "transceiver probe_port 70000 is outside 1..65535"),
         ({"probe_port": "3479"}, "transceiver probe_port must be an integer, got '3479'"),
-        ({"status": "up"}, "transceiver status 'up' is not one of: active, draining"),
+        ({"status": "up"}, "transceiver status 'up' is not one of: active, draining, removed"),
         ({"id": 0}, "transceiver id 0 is outside 1..4294967295"),
         ({"id": 2**32}, "transceiver id 4294967296 is outside 1..4294967295"),
         ({"id": True}, "transceiver id must be an integer, got True"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from tests.support import until_async
+from tests.support import DIRECTORY_SECRET, until_async
 from tests.unit.orch_fakes import FakeRelayView, embedded_orchestrator
 from tests.unit.test_metrics_service import samples
 from voxrelay.directory import TransceiverRecord, connect
@@ -20,7 +20,7 @@ def probe_labels(registry) -> set[tuple[str, str]]:
 async def test_removed_transceiver_probe_metrics_are_forgotten():
     view = FakeRelayView()
     async with embedded_orchestrator(view) as running:
-        client = connect(f"http://127.0.0.1:{running.directory_port}")
+        client = connect(f"http://127.0.0.1:{running.directory_port}", secret=DIRECTORY_SECRET)
         try:
             await client.announce(TransceiverRecord(5, "10.0.1.5", 3479))
             await client.announce(TransceiverRecord(6, "10.0.1.6", 3479))

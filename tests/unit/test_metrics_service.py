@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from orchestrator.metrics import OrchestratorMetrics, split_stat
 from orchestrator.service import run_orchestrator
 from orchestrator.sync import MapTransceiver
-from tests.support import until_async
+from tests.support import DIRECTORY_SECRET, until_async
 from tests.unit.orch_fakes import FakeRelayView, embedded_orchestrator
 from voxrelay.config import Config
 from voxrelay.directory import TransceiverRecord, connect
@@ -66,7 +66,7 @@ async def test_orchestrator_run_embedded_end_to_end():
     view.key_slots = {7: bytes(range(16))}  # as left by a previous orchestrator
     view.txrs = {3: MapTransceiver("10.0.1.3", "active")}
     async with embedded_orchestrator(view, heartbeat_grace_seconds=30) as running:
-        client = connect(f"http://127.0.0.1:{running.directory_port}")
+        client = connect(f"http://127.0.0.1:{running.directory_port}", secret=DIRECTORY_SECRET)
         # The restarted embedded directory kept the map's key: old tokens stay valid.
         ring = await client.keyring()
         assert ring.current == 7
@@ -127,7 +127,7 @@ async def test_orchestrator_run_primes_added_transceivers_and_refreshes_the_cloc
     try:
         running = await asyncio.wait_for(ready, 5)
         assert upkeep.events == ["start"]
-        client = connect(f"http://127.0.0.1:{running.directory_port}")
+        client = connect(f"http://127.0.0.1:{running.directory_port}", secret=DIRECTORY_SECRET)
         await client.announce(TransceiverRecord(4, "10.0.1.4", 3479))
         for _ in range(250):
             if "10.0.1.4" in upkeep.primed and upkeep.clock_refreshes >= 3:

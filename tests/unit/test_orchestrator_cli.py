@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from orchestrator.cli import common as ocli
 from orchestrator.relay import FlowEntry, RelayUnavailable
 from orchestrator.sync import MapTransceiver
+from tests.support import DIRECTORY_SECRET
 from tests.unit.orch_fakes import FakeRelayView
 from voxrelay import token as tk
 from voxrelay.cli import cli
@@ -136,7 +137,7 @@ def embedded():
     holder = {}
 
     async def start():
-        runner = web.AppRunner(make_app(store))
+        runner = web.AppRunner(make_app(store, [DIRECTORY_SECRET]))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -165,13 +166,31 @@ def embedded():
 def test_transceivers_drain_undrain_remove(embedded):
     store, url = embedded
     out = run("transceivers", "drain", "7", "--directory", url)
-    assert out.output == "transceiver 7 is draining\n"
-    assert store._transceivers[7].status == "draining"
-    assert json.loads(run("transceivers", "undrain", "7", "--directory", url, "--json").output)["status"] == "active"
-    assert run("transceivers", "remove", "7", "--directory", url).output == "transceiver 7 removed\n"
+    assert out.output == "transceiver 7 draining: no new flows, its calls continue\n"
+    assert store._intents == {7: "draining"}
+    assert asyncio.run(store.get_transceiver(7)).status == "draining"
+    listed = json.loads(run("transceivers", "list", "--directory", url, "--json").output)
+    assert listed["intents"] == {"7": "draining"}
+    assert [t["status"] for t in listed["transceivers"]] == ["draining"]
+    undrained = json.loads(run("transceivers", "undrain", "7", "--directory", url, "--json").output)
+    assert undrained["record"]["status"] == "active" and store._intents == {}
+    out = run("transceivers", "remove", "7", "--directory", url)
+    assert out.output == ("transceiver 7 removed: out of the maps until "
+                          "`voxrelay transceivers undrain 7`\n")
+    assert store._intents == {7: "removed"} and 7 not in store._transceivers
+    # An intent waits for a transceiver that is not announced.
+    out = run("transceivers", "drain", "8", "--directory", url)
+    assert out.output.endswith("(it is not announced right now; the intent waits for it)\n")
+    out = CliRunner().invoke(cli, ["transceivers", "drain", "0", "--directory", url])
+    assert out.exit_code == 2 and "0 is not in the range 1<=x<=4294967295" in out.output
+
+
+def test_directory_commands_without_the_secret_fail_in_one_line(embedded, monkeypatch):
+    _, url = embedded
+    monkeypatch.setenv("VOXRELAY_DIRECTORY_SECRET", "a-wrong-secret-of-enough-length")
     out = CliRunner().invoke(cli, ["transceivers", "drain", "7", "--directory", url])
     assert out.exit_code == 1
-    assert out.output == "Error: transceiver 7 is not in the directory (announce it first)\n"
+    assert out.output.startswith(f"Error: directory {url} refused us: wrong directory secret")
 
 
 def test_keys_rotate(embedded):

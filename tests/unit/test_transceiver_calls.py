@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from lab.client import CallClient, CallFailed
+from tests.support import DIRECTORY_SECRET
 from tests.unit.fake_model import TRANSCRIPT, start_fake_model, tone
 from tests.unit.transceiver_harness import (
     LoopbackRelay,
@@ -137,9 +138,9 @@ async def _post_fresh_offer(url: str) -> tuple[int, dict, dict]:
         ("", SDP_AUTHORIZED, 400, "SDP offer is empty"),
         ("garbage", SDP_AUTHORIZED, 400, "SDP offer must start with v=0"),
         (NO_AUDIO_OFFER, SDP_AUTHORIZED, 400, "SDP offer has no audio m-line"),
-        ("v=0", {"Content-Type": "application/sdp"}, 401, "missing bearer token"),
+        ("v=0", {"Content-Type": "application/sdp"}, 401, "send Authorization: Bearer <API key or ephemeral client secret>"),
         ("v=0", {"Content-Type": "application/sdp", "Authorization": "Bearer nope"}, 401,
-         "wrong bearer token"),
+         "wrong API key"),
         ("v=0", {"Content-Type": "text/plain", "Authorization": "Bearer secret"}, 415,
          "Content-Type must be application/sdp, got text/plain"),
     ],
@@ -259,9 +260,9 @@ async def test_with_the_orchestrators_directory() -> None:
     inner = MemoryDirectory()
     ring = await inner.ensure_keyring()
     probe_port = free_udp_port()
-    http = TestServer(make_app(inner), host="127.0.0.1")
+    http = TestServer(make_app(inner, [DIRECTORY_SECRET]), host="127.0.0.1")
     await http.start_server()
-    directory = HttpDirectory(str(http.make_url("")))
+    directory = HttpDirectory(str(http.make_url("")), secret=DIRECTORY_SECRET)
     relay = LoopbackRelay(ring.active_keys())
     relay_addr = await relay.start()
     server, _, model_port = await start_fake_model()

@@ -148,9 +148,10 @@ async def start_transceiver(
     relays: list[tuple[str, int]],
     model_target: str,
     *,
-    api_token: str = "secret",
+    api_keys: list[str] | None = ["secret"],  # noqa: B006 - never mutated
     max_calls: int = 50,
     probe_port: int = 0,
+    cors_origins: list[str] | None = None,
     **call_options: Any,
 ) -> Transceiver:
     low, high = free_port_range()
@@ -164,9 +165,9 @@ async def start_transceiver(
         **call_options,
     )
     service = Transceiver(
-        ServiceSettings("127.0.0.1", 0, "127.0.0.1", api_token=api_token,
+        ServiceSettings("127.0.0.1", 0, "127.0.0.1", api_keys=api_keys,
                         heartbeat_seconds=0.2, drain_grace_seconds=1.0,
-                        probe_port=probe_port),
+                        probe_port=probe_port, cors_origins=cors_origins or []),
         calls, directory)
     await service.start()
     return service

@@ -45,6 +45,7 @@ async def keep_announced(
     draining: Callable[[], bool] = lambda: False,
     after_beat: Callable[[], Awaitable[None]] | None = None,
     announced: bool = False,
+    on_record: Callable[[TransceiverRecord], None] | None = None,
 ) -> None:
     """Heartbeat every ``interval`` seconds (keep it well under the
     directory's grace) until ``stop``, with ``load()`` as the load; announce
@@ -53,7 +54,10 @@ async def keep_announced(
     so that minting follows rotations; ``after_beat`` runs after every beat
     (the transceiver refreshes its session records there). ``announced``:
     the caller has announced already (to fail fast at start-up), so the loop
-    begins with a wait and a heartbeat.
+    begins with a wait and a heartbeat. ``on_record`` gets the record the
+    directory answered each announce and heartbeat with: its status carries
+    the operator's intent ("draining", "removed"), which is how a transceiver
+    learns that it should turn new calls away.
 
     Nothing but ``stop`` ends the loop: a directory that is down is retried
     (``DirectoryUnavailable`` also means it may have lost us, so the next
@@ -65,14 +69,16 @@ async def keep_announced(
     while not stop.is_set():
         try:
             if not announced:
-                await announce(directory, record, load=load(), draining=draining())
+                answer = await announce(directory, record, load=load(), draining=draining())
                 announced = True
             else:
                 try:
-                    await directory.heartbeat(record.id, load())
+                    answer = await directory.heartbeat(record.id, load())
                 except UnknownTransceiver:
                     announced = False
                     continue  # announce at once, not after another interval
+            if on_record is not None:
+                on_record(answer)
             if on_keyring is not None:
                 on_keyring(await directory.keyring())
             if after_beat is not None:

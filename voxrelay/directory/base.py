@@ -8,6 +8,16 @@
   ``voxrelay.directory.agent.keep_announced`` is the loop that does it);
 - the orchestrator's sync calls ``snapshot`` and follows ``changes``.
 
+Two kinds of state live side by side. A transceiver's *record* is its own
+word (address, load, its own "draining" at shutdown) and goes with it: it
+expires without heartbeats and is replaced by every announce. The operator's
+*intent* ("draining" or "removed", set by ``voxrelay transceivers``) is kept
+apart and outlives both the record and a restart of the directory (the
+embedded store writes it to a file, Redis keeps it in a hash): whatever a
+transceiver announces, ``effective`` applies the intent on top, so a drained
+transceiver that comes back stays draining and a removed one stays out of
+``snapshot`` until ``undrain`` clears the intent.
+
 Liveness is decided in one place: ``snapshot`` and ``get_transceiver`` leave
 out every record whose last heartbeat is older than ``grace`` seconds, so the
 embedded store and Redis expire transceivers the same way (Redis TTLs only
@@ -21,7 +31,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self
 
-from .records import Keyring, TransceiverRecord
+from .records import Keyring, TransceiverRecord, validate_transceiver_id
 
 
 class DirectoryError(Exception):
@@ -30,6 +40,11 @@ class DirectoryError(Exception):
 
 class DirectoryUnavailable(DirectoryError):
     """The directory cannot be reached; the caller keeps what it has and retries."""
+
+
+class DirectoryAuthError(DirectoryError):
+    """The directory refused our credential (or we sent none): a configuration
+    error, so it is reported as such instead of being retried silently."""
 
 
 class UnknownTransceiver(DirectoryError, KeyError):
@@ -68,6 +83,26 @@ class ChangeFeed(Protocol):
     async def aclose(self) -> None: ...
 
 
+INTENTS = ("draining", "removed")
+"""The operator's decisions about a transceiver (``Directory.set_intent``)."""
+
+
+def validate_intent(value: Any) -> str | None:
+    if value is not None and value not in INTENTS:
+        raise ValueError(f"intent {value!r} is not one of: {', '.join(INTENTS)} (or none)")
+    return None if value is None else str(value)
+
+
+def effective(record: TransceiverRecord, intent: str | None) -> TransceiverRecord:
+    """``record`` as the relay must see it: the operator's intent wins over
+    what the transceiver said of itself."""
+    if intent == "removed":
+        return record.with_(status="removed")
+    if intent == "draining" and record.status == "active":
+        return record.with_(status="draining")
+    return record
+
+
 class Directory(abc.ABC):
     grace: float
 
@@ -82,21 +117,51 @@ class Directory(abc.ABC):
 
     @abc.abstractmethod
     async def set_status(self, txr_id: int, status: str) -> TransceiverRecord:
-        """"active" or "draining"; raises ``UnknownTransceiver``."""
-
-    async def drain(self, txr_id: int) -> TransceiverRecord:
-        return await self.set_status(txr_id, "draining")
-
-    async def undrain(self, txr_id: int) -> TransceiverRecord:
-        return await self.set_status(txr_id, "active")
+        """The transceiver's own word, "active" or "draining" (it drains
+        itself at shutdown); raises ``UnknownTransceiver``. Not sticky: the
+        next announce replaces it. Operators use ``drain``/``undrain``/``evict``."""
 
     @abc.abstractmethod
     async def remove(self, txr_id: int) -> bool:
-        """Forget a transceiver; False if it was not there."""
+        """Forget a transceiver's record (it withdraws at shutdown); False if
+        it was not there. Leaves any intent in place."""
 
     @abc.abstractmethod
     async def get_transceiver(self, txr_id: int) -> TransceiverRecord | None:
-        """The live record, or None if absent or past its grace."""
+        """The live record with the intent applied, or None if absent, past
+        its grace, or removed by the operator."""
+
+    # --- the operator's intent --------------------------------------------------
+    @abc.abstractmethod
+    async def set_intent(self, txr_id: int, intent: str | None) -> None:
+        """Record the operator's decision ("draining", "removed"; None clears
+        it) durably, for a transceiver that may or may not be announced now."""
+
+    @abc.abstractmethod
+    async def intents(self) -> dict[int, str]:
+        """Every transceiver with an operator intent."""
+
+    async def drain(self, txr_id: int) -> TransceiverRecord | None:
+        """No new flows to ``txr_id`` until ``undrain``, across its re-announces
+        and directory restarts; its calls continue. The record, if announced."""
+        await self.set_intent(validate_transceiver_id(txr_id), "draining")
+        return await self.get_transceiver(txr_id)
+
+    async def undrain(self, txr_id: int) -> TransceiverRecord | None:
+        """Clear the operator's intent (drain or remove): re-admit ``txr_id``.
+        Its record counts again as soon as it is announced (or at once)."""
+        await self.set_intent(validate_transceiver_id(txr_id), None)
+        record = await self.get_transceiver(txr_id)
+        if record is not None and record.status != "active":
+            # Drained by its own word before: the operator re-admits it.
+            record = await self.set_status(txr_id, "active")
+        return record
+
+    async def evict(self, txr_id: int) -> bool:
+        """Take ``txr_id`` out of the maps until ``undrain``, even while it
+        keeps announcing itself; True if it had a record."""
+        await self.set_intent(validate_transceiver_id(txr_id), "removed")
+        return await self.remove(txr_id)
 
     @abc.abstractmethod
     async def keyring(self) -> Keyring: ...

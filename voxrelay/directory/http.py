@@ -6,14 +6,21 @@ Served by ``voxrelay orchestrator run`` on the private side
 ``error`` is the validator's exact message, and the client raises it again as
 ``ValueError`` so that both ends see the same words.
 
+Every request must carry ``Authorization: Bearer <directory secret>``
+(``[orchestrator] directory_secret_file``); anything else is a 401 that
+changes nothing, checked before the request body is read. The secret guards
+the token keys (whoever holds them can mint routing tokens) and every write
+(whoever can announce a transceiver chooses where the relay sends UDP).
+
     POST   /v1/transceivers                 announce (a TransceiverRecord)
     GET    /v1/transceivers                 every live transceiver
-    GET    /v1/transceivers/{id}            one; 404 if absent or expired
+    GET    /v1/transceivers/{id}            one; 404 if absent, expired or removed
     POST   /v1/transceivers/{id}/heartbeat  {"load": n}; 404: announce again
-    POST   /v1/transceivers/{id}/drain      no new flows, existing ones continue
-    POST   /v1/transceivers/{id}/undrain
-    DELETE /v1/transceivers/{id}
-    GET    /v1/keys                         the keyring (secret: private side only)
+    POST   /v1/transceivers/{id}/status     {"status": "draining"}: its own word
+    DELETE /v1/transceivers/{id}            withdraw the record (intent stays)
+    GET    /v1/intents                      the operator's intents {"<id>": "draining"}
+    PUT    /v1/intents/{id}                 {"intent": "draining" | "removed" | null}
+    GET    /v1/keys                         the keyring
     POST   /v1/keys/rotate
     PUT    /v1/sessions/{sid}               {"data": {...}, "ttl": seconds}
     GET    /v1/sessions/{sid}               404 if absent or expired
@@ -23,21 +30,32 @@ Served by ``voxrelay orchestrator run`` on the private side
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .base import Change, ChangeFeed, Directory, DirectoryUnavailable, Snapshot, UnknownTransceiver
+from .base import (
+    Change,
+    ChangeFeed,
+    Directory,
+    DirectoryAuthError,
+    DirectoryUnavailable,
+    Snapshot,
+    UnknownTransceiver,
+    validate_intent,
+)
 from .records import (
     Keyring,
     TransceiverRecord,
     parse_keyring,
     parse_transceiver,
     validate_load,
+    validate_self_status,
     validate_session_id,
     validate_transceiver_id,
 )
@@ -69,9 +87,40 @@ async def _body(request: web.Request) -> Any:
         raise ValueError(f"request body is not JSON: {exc.msg}") from None
 
 
-def make_app(directory: Directory) -> web.Application:
-    """An aiohttp app serving ``directory``; the caller runs it."""
+def bearer_matches(header: str | None, secrets: Sequence[str]) -> str | None:
+    """None if ``header`` is ``Bearer <one of secrets>``, else why not (for the 401)."""
+    if not header:
+        return "missing credential: send Authorization: Bearer <directory secret>"
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if scheme.lower() != "bearer" or not value:
+        return "Authorization must be 'Bearer <directory secret>'"
+    # Every secret is compared, so the time taken does not tell which one was close.
+    matched = False
+    for secret in secrets:
+        matched |= hmac.compare_digest(value.encode(), secret.encode())
+    return None if matched else "wrong directory secret"
+
+
+def make_app(directory: Directory, secrets: Sequence[str],
+             on_refused: Callable[[str], None] | None = None) -> web.Application:
+    """An aiohttp app serving ``directory`` to holders of one of ``secrets``
+    (the first in use, the rest still accepted during a rotation);
+    ``on_refused(reason)`` counts refusals. The caller runs it."""
+    if not secrets:
+        raise ValueError("the directory API needs at least one secret")
+    accepted = list(secrets)
     routes = web.RouteTableDef()
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        problem = bearer_matches(request.headers.get("Authorization"), accepted)
+        if problem is not None:
+            if on_refused is not None:
+                on_refused("missing" if problem.startswith("missing") else "wrong")
+            return web.json_response({"error": problem}, status=401,
+                                     headers={"WWW-Authenticate": 'Bearer realm="voxrelay"'})
+        return await handler(request)
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -113,13 +162,29 @@ def make_app(directory: Directory) -> web.Application:
         load = validate_load(body.get("load", 0))
         return web.json_response((await directory.heartbeat(_txr_id(request), load)).to_json())
 
-    @routes.post("/v1/transceivers/{txr_id}/drain")
-    async def drain(request: web.Request) -> web.Response:
-        return web.json_response((await directory.drain(_txr_id(request))).to_json())
+    @routes.post("/v1/transceivers/{txr_id}/status")
+    async def set_status(request: web.Request) -> web.Response:
+        body = await _body(request)
+        if not isinstance(body, dict):
+            raise ValueError('status body must be {"status": "active" | "draining"}')
+        status = validate_self_status(body.get("status"))
+        record = await directory.set_status(_txr_id(request), status)
+        return web.json_response(record.to_json())
 
-    @routes.post("/v1/transceivers/{txr_id}/undrain")
-    async def undrain(request: web.Request) -> web.Response:
-        return web.json_response((await directory.undrain(_txr_id(request))).to_json())
+    @routes.get("/v1/intents")
+    async def intents(request: web.Request) -> web.Response:
+        found = await directory.intents()
+        return web.json_response({"intents": {str(k): v for k, v in sorted(found.items())}})
+
+    @routes.put("/v1/intents/{txr_id}")
+    async def set_intent(request: web.Request) -> web.Response:
+        body = await _body(request)
+        if not isinstance(body, dict) or "intent" not in body:
+            raise ValueError('intent body must be {"intent": "draining" | "removed" | null}')
+        txr_id = _txr_id(request)
+        intent = validate_intent(body["intent"])
+        await directory.set_intent(txr_id, intent)
+        return web.json_response({"id": txr_id, "intent": intent})
 
     @routes.delete("/v1/transceivers/{txr_id}")
     async def remove(request: web.Request) -> web.Response:
@@ -156,7 +221,8 @@ def make_app(directory: Directory) -> web.Application:
         removed = await directory.delete_session(request.match_info["sid"])
         return web.json_response({"removed": removed})
 
-    app = web.Application(middlewares=[errors])
+    # auth first: a refused request reaches no handler and reads no body.
+    app = web.Application(middlewares=[auth, errors], client_max_size=64 * 1024)
     app.add_routes(routes)
     return app
 
@@ -169,15 +235,16 @@ class HttpDirectory(Directory):
     the sync runs beside the store it follows.
     """
 
-    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, *, secret: str = "", timeout: float = 5.0) -> None:
         self.url = url.rstrip("/")
         self.grace = 0.0  # decided by the server
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         self._session: aiohttp.ClientSession | None = None
 
     async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
         try:
             async with self._session.request(method, self.url + path, json=body) as resp:
                 payload = await resp.json(content_type=None)
@@ -188,6 +255,10 @@ class HttpDirectory(Directory):
             ) from None
         except json.JSONDecodeError:
             raise DirectoryUnavailable(f"directory {self.url} answered with non-JSON") from None
+        if status == 401:
+            raise DirectoryAuthError(
+                f"directory {self.url} refused us: {payload.get('error', 'unauthorized')} "
+                "(check directory_secret_file or $VOXRELAY_DIRECTORY_SECRET)")
         if status == 400:
             raise ValueError(payload.get("error", "bad request"))
         if status >= 500:
@@ -212,10 +283,16 @@ class HttpDirectory(Directory):
         return await self._record("POST", path, txr_id, {"load": load})
 
     async def set_status(self, txr_id: int, status: str) -> TransceiverRecord:
-        verb = {"draining": "drain", "active": "undrain"}.get(status)
-        if verb is None:
-            raise ValueError(f"transceiver status {status!r} is not one of: active, draining")
-        return await self._record("POST", f"/v1/transceivers/{txr_id}/{verb}", txr_id)
+        return await self._record("POST", f"/v1/transceivers/{txr_id}/status", txr_id,
+                                  {"status": validate_self_status(status)})
+
+    async def set_intent(self, txr_id: int, intent: str | None) -> None:
+        validate_transceiver_id(txr_id)
+        await self._call("PUT", f"/v1/intents/{txr_id}", {"intent": validate_intent(intent)})
+
+    async def intents(self) -> dict[int, str]:
+        _, payload = await self._call("GET", "/v1/intents")
+        return {validate_transceiver_id(int(k)): str(v) for k, v in payload["intents"].items()}
 
     async def remove(self, txr_id: int) -> bool:
         _, payload = await self._call("DELETE", f"/v1/transceivers/{txr_id}")

@@ -19,7 +19,12 @@ from typing import Any
 
 from voxrelay.token import KEY_BYTES, MAX_KEY_ID
 
-STATUSES = ("active", "draining")
+STATUSES = ("active", "draining", "removed")
+"""A record's status as the directory hands it out; "removed" only ever comes
+from an operator's intent (``base.effective``), and such a record never
+reaches a map."""
+SELF_STATUSES = ("active", "draining")
+"""What a transceiver may say of itself (``Directory.set_status``)."""
 MAX_TRANSCEIVER_ID = 0xFFFFFFFF
 MAX_ACTIVE_KEYS = 2  # the key in use plus the previous one, for rotation
 DEFAULT_PROBE_PORT = 3479
@@ -63,6 +68,13 @@ def validate_port(value: Any, what: str) -> int:
 def validate_status(value: Any) -> str:
     if value not in STATUSES:
         raise ValueError(f"transceiver status {value!r} is not one of: {', '.join(STATUSES)}")
+    return str(value)
+
+
+def validate_self_status(value: Any) -> str:
+    if value not in SELF_STATUSES:
+        raise ValueError(
+            f"a transceiver's own status {value!r} is not one of: {', '.join(SELF_STATUSES)}")
     return str(value)
 
 

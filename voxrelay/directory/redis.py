@@ -6,6 +6,8 @@ Layout (every key under a prefix, default ``voxrelay:``):
     {p}txr:{id}        JSON TransceiverRecord, TTL 2 x grace (garbage collection;
                        liveness is last_heartbeat + grace, as everywhere)
     {p}keys            JSON Keyring (no TTL)
+    {p}intents         hash id -> "draining" | "removed": the operator's intents
+                       (no TTL; base.py explains why they are kept apart)
     {p}session:{sid}   JSON session record, TTL as the transceiver asked
     {p}changes         stream of change hints {kind, id}, trimmed to ~10k
 
@@ -14,6 +16,14 @@ last id, takes a full snapshot, then follows the stream from that id: the
 hints between the two are replayed, which is harmless because applying one is
 idempotent. Read-modify-write (heartbeat, drain, rotate) runs under
 WATCH/MULTI so that a heartbeat never overwrites a concurrent drain.
+
+Authentication and TLS are Redis's own (docs/deployment.md, "Security"): a
+``rediss://`` URL for TLS (``?ssl_ca_certs=/path/ca.pem`` and friends as
+query parameters), and a password or ACL user in the URL
+(``redis://user:pass@host``). When the URL has no password the directory
+secret (``[orchestrator] directory_secret_file``) is sent as the password, so
+the secret stays out of the config file. A refused credential raises
+``DirectoryAuthError``, not "unreachable".
 """
 
 from __future__ import annotations
@@ -25,21 +35,31 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, WatchError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from voxrelay.token import new_key
 
-from .base import Change, Directory, DirectoryUnavailable, Snapshot, UnknownTransceiver, is_live
+from .base import (
+    Change,
+    Directory,
+    DirectoryAuthError,
+    DirectoryUnavailable,
+    Snapshot,
+    UnknownTransceiver,
+    effective,
+    is_live,
+    validate_intent,
+)
 from .records import (
     Keyring,
     TransceiverRecord,
     parse_keyring,
     parse_transceiver,
+    validate_self_status,
     validate_session_id,
     validate_session_ttl,
-    validate_status,
     validate_transceiver_id,
 )
 
@@ -94,6 +114,13 @@ def _parse_change(fields: dict[str, str]) -> Change | None:
     return None
 
 
+def _is_auth_refusal(exc: BaseException) -> bool:
+    # redis-py 5+ opens with HELLO, and a server that wants a password answers
+    # it with an error that redis-py raises as a plain ConnectionError.
+    text = str(exc)
+    return any(s in text for s in ("NOAUTH", "WRONGPASS", "already authenticated"))
+
+
 def _decode_keyring(raw: str | None) -> Keyring:
     return Keyring() if raw is None else parse_keyring(json.loads(raw))
 
@@ -107,15 +134,19 @@ class RedisDirectory(Directory):
         prefix: str = "voxrelay:",
         clock: Callable[[], float] = time.time,
         timeout: float = 2.0,
+        password: str | None = None,
     ) -> None:
         self.url = url
         self.grace = grace
         self._clock = clock
         self._p = prefix
         self._stream = prefix + "changes"
+        self._intents_key = prefix + "intents"
         # decode_responses=True: every reply is str; redis-py's stubs cannot say so.
+        # A password in the URL takes precedence over ``password`` (redis-py's rule).
         self._redis: Any = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=None, socket_connect_timeout=timeout
+            url, decode_responses=True, socket_timeout=None, socket_connect_timeout=timeout,
+            password=password,
         )
 
     # --- plumbing -------------------------------------------------------------
@@ -128,7 +159,15 @@ class RedisDirectory(Directory):
     async def _guard(self, op: Awaitable[T]) -> T:
         try:
             return await op
+        except (AuthenticationError, NoPermissionError) as exc:
+            raise DirectoryAuthError(
+                f"redis {self._safe_url()} refused our credential: {exc} "
+                "(check the URL's user/password or the directory secret)") from None
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if _is_auth_refusal(exc):
+                raise DirectoryAuthError(
+                    f"redis {self._safe_url()} wants a credential: {exc} "
+                    "(put a password in the URL or set the directory secret)") from None
             raise DirectoryUnavailable(f"redis {self._safe_url()} is unreachable: {exc}") from None
 
     def _safe_url(self) -> str:
@@ -207,8 +246,20 @@ class RedisDirectory(Directory):
             what=f"transceiver {txr_id}",
         )
 
+    async def _intent(self, txr_id: int) -> str | None:
+        value = await self._guard(self._redis.hget(self._intents_key, str(txr_id)))
+        try:
+            return validate_intent(value)
+        except ValueError:
+            log.warning("ignoring bad intent %r for transceiver %d in redis", value, txr_id)
+            return None
+
+    async def _effective(self, record: TransceiverRecord) -> TransceiverRecord:
+        return effective(record, await self._intent(record.id))
+
     # --- transceivers ----------------------------------------------------------
     async def announce(self, record: TransceiverRecord) -> TransceiverRecord:
+        validate_self_status(record.status)
         now = self._clock()
         stored = record.with_(last_heartbeat=now, announced_at=now)
 
@@ -219,16 +270,44 @@ class RedisDirectory(Directory):
                 await pipe.execute()
 
         await self._guard(op())
-        return stored
+        return await self._effective(stored)
 
     async def heartbeat(self, txr_id: int, load: int = 0) -> TransceiverRecord:
-        return await self._update_txr(
+        return await self._effective(await self._update_txr(
             txr_id, lambda r: r.with_(load=load, last_heartbeat=self._clock()), notify=False
-        )
+        ))
 
     async def set_status(self, txr_id: int, status: str) -> TransceiverRecord:
-        validate_status(status)
-        return await self._update_txr(txr_id, lambda r: r.with_(status=status), notify=True)
+        validate_self_status(status)
+        return await self._effective(
+            await self._update_txr(txr_id, lambda r: r.with_(status=status), notify=True))
+
+    async def set_intent(self, txr_id: int, intent: str | None) -> None:
+        validate_transceiver_id(txr_id)
+        validate_intent(intent)
+
+        async def op() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if intent is None:
+                    pipe.hdel(self._intents_key, str(txr_id))
+                else:
+                    pipe.hset(self._intents_key, str(txr_id), intent)
+                self._hint(pipe, "transceiver", txr_id)
+                await pipe.execute()
+
+        await self._guard(op())
+
+    async def intents(self) -> dict[int, str]:
+        raw = await self._guard(self._redis.hgetall(self._intents_key))
+        out: dict[int, str] = {}
+        for key, value in raw.items():
+            try:
+                intent = validate_intent(value)
+                if intent is not None:
+                    out[validate_transceiver_id(int(key))] = intent
+            except ValueError:
+                log.warning("ignoring bad intent %r=%r in redis", key, value)
+        return out
 
     async def remove(self, txr_id: int) -> bool:
         async def op() -> bool:
@@ -244,7 +323,8 @@ class RedisDirectory(Directory):
         record = self._decode_txr(await self._guard(self._redis.get(self._txr_key(txr_id))))
         if record is None or not is_live(record, self._clock(), self.grace):
             return None
-        return record
+        record = await self._effective(record)
+        return None if record.status == "removed" else record
 
     # --- keys --------------------------------------------------------------------
     async def keyring(self) -> Keyring:
@@ -287,12 +367,15 @@ class RedisDirectory(Directory):
         async def op() -> Snapshot:
             keys = [k async for k in self._redis.scan_iter(match=f"{self._p}txr:*", count=1000)]
             values = await self._redis.mget(keys) if keys else []
+            intents = await self.intents()
             now = self._clock()
             live: dict[int, TransceiverRecord] = {}
             for raw in values:
                 record = self._decode_txr(raw)
                 if record is not None and is_live(record, now, self.grace):
-                    live[record.id] = record
+                    record = effective(record, intents.get(record.id))
+                    if record.status != "removed":
+                        live[record.id] = record
             return Snapshot(live, _decode_keyring(await self._redis.get(self._p + "keys")))
 
         return await self._guard(op())
