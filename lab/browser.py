@@ -660,7 +660,8 @@ async def browser_call(
                 if during is not None:
                     await during(call)
                 await call.hold(hold_seconds, until=until)
-            await call.hangup()
+            if result.signaling is not None and result.signaling.ok:
+                await call.hangup()
     except TimeoutError:
         if result is None:
             raise ChromiumError(f"the browser did not place the call within {timeout:.0f} s") from None

@@ -8,6 +8,12 @@ model's reply must come back as audio (inbound RTP packets and non-zero
 audio energy), an event must arrive on the "events" data channel, and the
 selected candidate pair must be the relay's VIP:3478 over UDP. After the
 hang-up (DELETE from the page) the transceiver holds no call.
+
+The cross-origin path of the harness (``serve_static``: the same page from
+127.0.0.1 in the client namespace, calling the signaling URL it is given)
+is checked against today's signaling, which allows no other origin: the
+browser's preflight is refused, the page reports the failed fetch, and no
+call is made.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from lab.browser import BrowserCallResult, browser_call, find_chromium, speech_wav
+from lab.browser import BrowserCallResult, browser_call, find_chromium, serve_static, speech_wav
 from tests.support import until
 
 pytestmark = [pytest.mark.netns, pytest.mark.root]
@@ -84,3 +90,34 @@ async def test_browser_call_through_relay(lab, tmp_path: Path) -> None:
     assert result.hangup_status == 204, result.describe()
     until(lambda: healthz(lab)["calls"] == 0, timeout=5, interval=0.2,
           what="the transceiver to drop the call after DELETE")
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_cross_origin_page_not_allowed_places_no_call(lab, tmp_path: Path) -> None:
+    wav = speech_wav(SENTENCE, tmp_path / "mic.wav")
+    async with serve_static(lab.client_ns) as page_url:
+        assert not page_url.startswith(lab.signaling_url)
+        result = await browser_call(lab.client_ns, page_url, audio_wav=wav,
+                                    signaling_url=lab.signaling_url, hold_seconds=0, timeout=30)
+    # Status 0: the fetch failed in the browser (CORS), not an HTTP refusal.
+    assert result.signaling is not None, result.describe()
+    assert not result.signaling.ok and result.signaling.status == 0, result.describe()
+    assert "Failed to fetch" in result.signaling.body, result.signaling
+    assert not result.connected
+    assert result.hangup_status is None
+    assert healthz(lab)["calls"] == 0
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_refused_post_reports_status_and_body(lab, tmp_path: Path) -> None:
+    """An HTTP refusal comes back with its status and body: here the static
+    page server itself as the "signaling URL", which has no /v1/calls."""
+    wav = speech_wav(SENTENCE, tmp_path / "mic.wav")
+    async with serve_static(lab.client_ns) as page_url:
+        result = await browser_call(lab.client_ns, page_url, audio_wav=wav,
+                                    signaling_url=page_url, hold_seconds=0, timeout=30)
+    assert result.signaling is not None, result.describe()
+    assert (result.signaling.ok, result.signaling.status) == (False, 404), result.signaling
+    assert "Not Found" in result.signaling.body, result.signaling
+    assert any(e.startswith("POST /v1/calls: 404") for e in result.errors), result.errors
+    assert not result.connected

@@ -92,6 +92,7 @@ async function call(options) {
     // A network failure or a CORS refusal: the browser hides which.
     setStatus("error: " + e);
     errors.push("POST " + endpoint + ": " + e);
+    pc.close(); pc = null;
     return { ok: false, status: 0, body: String(e), location: null };
   }
   const body = await response.text();
@@ -100,6 +101,7 @@ async function call(options) {
     try { message = (JSON.parse(body).error || {}).message || body; } catch (e) { /* not JSON */ }
     setStatus("refused: " + response.status + " " + message);
     errors.push("POST " + endpoint + ": " + response.status + " " + body);
+    pc.close(); pc = null;
     return { ok: false, status: response.status, body: body, location: null };
   }
   const location = response.headers.get("Location");
