@@ -26,7 +26,7 @@ APT_PACKAGES=(
   iproute2 nftables ethtool tcpdump
   espeak-ng sox redis-server
   gcc coturn   # bench/: gcc builds the load generator; coturn is a baseline
-  chromium     # tests/netns/test_browser.py: a real WebRTC client
+  chromium     # lab/browser.py (tests/netns/test_browser*.py): a real WebRTC client
   debootstrap  # tests/bpf/test_ansible_apply.py: a real Debian root to apply the roles to
   # Recommends that matter here, named because we install without recommends:
   netbase                                      # nftables: service names

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.netns.chromium import Chromium, ChromiumError, find_chromium
+from lab.browser import Chromium, ChromiumError, find_chromium
 
 pytestmark = [pytest.mark.netns, pytest.mark.root]
 
