@@ -259,6 +259,38 @@ class Stack:
         (``fwd_to_client``...), read straight from the pinned stats map."""
         return read_relay_stats(self.relays[index].name)
 
+    def relay_transceivers(self, index: int = 0) -> dict[int, str]:
+        """Relay ``index``'s transceivers map: id -> "active" | "draining" (from its pins)."""
+        from orchestrator.pinview import open_pinview
+
+        with open_pinview(self.relays[index].name) as view:
+            return {i: t.status for i, t in view.transceivers().items()}
+
+    def transceiver_announced(self) -> bool:
+        """True when the embedded directory holds the lab's transceiver's record
+        (whatever the operator's intent), read from relay 1's namespace. It asks
+        with a heartbeat, which is the one read that sees a removed record; its
+        load of 0 lasts until the transceiver's own next beat."""
+        from orchestrator.netlink import run_in_netns
+
+        def ask() -> bool:
+            import json
+            import urllib.error
+            import urllib.request
+
+            request = urllib.request.Request(
+                f"{self.directory_url}/v1/transceivers/{self.transceiver_id}/heartbeat",
+                data=b"{}", method="POST",
+                headers={"Authorization": f"Bearer {self.directory_secret}",
+                         "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    return bool(json.loads(response.read()).get("id"))
+            except (urllib.error.URLError, OSError):
+                return False
+
+        return run_in_netns(self.relays[0].netns, ask)
+
     def run_in_client(self, fn: Callable[..., T], *args: object) -> T:
         """Run ``fn(*args)`` on a thread in the client namespace (blocking)."""
         from orchestrator.netlink import run_in_netns

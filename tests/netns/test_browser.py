@@ -115,7 +115,10 @@ async def test_browser_call_through_relay(lab, tmp_path: Path) -> None:
     async with Chromium(netns=lab.client_ns, fake_audio=wav,
                         secure_origins=(lab.signaling_url,)) as browser:
         try:
-            await browser.navigate(lab.signaling_url + "/")
+            # As a person would: the page's token field (here ?token=) holds a
+            # client secret that the application's backend minted.
+            secret = await lab.client_secret()
+            await browser.navigate(f"{lab.signaling_url}/?token={secret['value']}")
             assert "voxrelay" in await browser.text()
             await browser.evaluate("document.getElementById('call').click()")
             try:

@@ -107,8 +107,9 @@ def client_flow_ports(lab) -> set[int]:
 
 def call_status(lab, call_id: str) -> dict:
     def get() -> dict:
-        url = f"{lab.signaling_url}/v1/calls/{call_id}"
-        with urllib.request.urlopen(url, timeout=5) as response:
+        request = urllib.request.Request(f"{lab.signaling_url}/v1/calls/{call_id}",
+                                         headers={"Authorization": f"Bearer {lab.api_key}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())
 
     return lab.run_in_client(get)
@@ -117,7 +118,9 @@ def call_status(lab, call_id: str) -> dict:
 @pytest.mark.asyncio(loop_scope="module")
 async def test_browser_keeps_call_across_source_port_change(lab, tmp_path: Path) -> None:
     wav = speech_wav(SENTENCE, tmp_path / "mic.wav")
-    async with open_browser_call(lab.client_ns, lab.signaling_url + "/", audio_wav=wav) as call:
+    secret = await lab.client_secret()
+    async with open_browser_call(lab.client_ns, lab.signaling_url + "/", audio_wav=wav,
+                                 bearer=secret["value"]) as call:
         result = call.result
         assert result.connected, result.describe() + "\n" + lab.logs()
         assert result.call_id is not None

@@ -101,7 +101,13 @@ def test_relay_daemonset_uses_host_network_capabilities_and_the_host_bpffs():
 def test_transceiver_readiness_and_liveness_run_voxrelay_probe_through_the_relay():
     dep = _find("Deployment", "voxrelay-transceiver")
     (container,) = _pod(dep)["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # The secrets come from the Secret, never from the manifest itself.
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
+               if "valueFrom" in e}
+    assert secrets == {
+        "VOXRELAY_DIRECTORY_SECRET": {"name": "voxrelay-secrets", "key": "directory-secret"},
+        "VOXRELAY_API_KEY": {"name": "voxrelay-secrets", "key": "api-key"}}
     cm = _find("ConfigMap", "voxrelay-transceiver")
     relays = tomllib.loads(cm["data"]["voxrelay.toml.in"].replace("@TRANSCEIVER_ID@", "1")
                            )["transceiver"]["relays"]
