@@ -278,13 +278,13 @@ class Stack:
             import urllib.error
             import urllib.request
 
-            request = urllib.request.Request(
+            request = urllib.request.Request(  # noqa: S310 - our own http:// URL
                 f"{self.directory_url}/v1/transceivers/{self.transceiver_id}/heartbeat",
                 data=b"{}", method="POST",
                 headers={"Authorization": f"Bearer {self.directory_secret}",
                          "Content-Type": "application/json"})
             try:
-                with urllib.request.urlopen(request, timeout=2) as response:
+                with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
                     return bool(json.loads(response.read()).get("id"))
             except (urllib.error.URLError, OSError):
                 return False

@@ -56,14 +56,18 @@ def _connects(host: str, port: int, timeout: float = 1.5) -> bool:
         return True
 
 
+def _ip(netns: str, *args: str) -> None:
+    subprocess.run(["ip", "-n", netns, *args], check=True, timeout=10)
+
+
 @pytest.mark.asyncio(loop_scope="module")
 async def test_directory_is_unreachable_from_the_client_side(lab) -> None:
     from lab.stack import DIRECTORY_PORT, SIGNALING_PORT
 
     relay = lab.relays[0]
     # An attacker routes the relay's private address through its public one.
-    subprocess.run(["ip", "-n", lab.client_ns, "route", "add", f"{relay.private_address}/32",
-                    "via", relay.public_address], check=True)
+    _ip(lab.client_ns, "route", "add", f"{relay.private_address}/32", "via",
+        relay.public_address)
     try:
         dropped = hostnet.input_drop_count(relay.name, relay.netns)
         for host in (relay.private_address, relay.public_address):
@@ -75,8 +79,7 @@ async def test_directory_is_unreachable_from_the_client_side(lab) -> None:
         # The private side still reaches the directory.
         assert run_in_netns(lab.transceiver_ns, _connects, relay.private_address, DIRECTORY_PORT)
     finally:
-        subprocess.run(["ip", "-n", lab.client_ns, "route", "del", f"{relay.private_address}/32"],
-                       check=True)
+        _ip(lab.client_ns, "route", "del", f"{relay.private_address}/32")
 
 
 def _http(method: str, url: str, body: object = None, headers: dict[str, str] | None = None
