@@ -102,9 +102,10 @@ async def _announce_latencies(backend: str, kernel: Any, view: Any, samples: int
     runner = None
     if backend == "embedded":
         store = MemoryDirectory(grace=60.0)
-        runner, port = await _serve(make_app(store), "127.0.0.1:0")
+        secret = secrets.token_urlsafe(32)
+        runner, port = await _serve(make_app(store, [secret]), "127.0.0.1:0")
         follower: Directory = store
-        client = connect(f"http://127.0.0.1:{port}")
+        client = connect(f"http://127.0.0.1:{port}", secret=secret)
     else:
         assert redis_url is not None
         follower = connect(redis_url, grace=60.0, prefix=f"bench{secrets.token_hex(3)}:")

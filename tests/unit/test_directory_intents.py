@@ -9,6 +9,8 @@ transceiver's re-announces and a restart of the store that holds it.
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 from aiohttp import web
@@ -170,3 +172,66 @@ async def test_redis_intents_and_password(tmp_path):
             assert await again.intents() == {7: "draining"}
         finally:
             await again.close()
+
+
+def _tls_files(tmp_path):
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl)."""
+    import subprocess
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True,
+                       timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "1", "-subj", "/CN=voxrelay-test-ca")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr",
+        "-subj", "/CN=127.0.0.1")
+    (tmp_path / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "srv.pem", "-days", "1", "-extfile", "ext")
+    return tmp_path / "ca.pem", tmp_path / "srv.pem", tmp_path / "srv.key"
+
+
+async def test_redis_over_tls_checks_the_server_certificate(tmp_path):
+    """The documented TLS form works (rediss:// with ssl_ca_certs), and a server
+    whose certificate is not trusted is refused, not used."""
+    import shutil
+    import socket
+    import subprocess
+
+    from voxrelay.directory import DirectoryUnavailable
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed; scripts/setup.sh installs it")
+    ca, cert, key = _tls_files(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a server for the test, started once
+        [exe, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+         "--tls-auth-clients", "no", "--requirepass", DIRECTORY_SECRET, "--save", "",
+         "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"rediss://127.0.0.1:{port}/0"
+        trusted = connect(f"{url}?ssl_ca_certs={ca}", secret=DIRECTORY_SECRET)
+        try:
+            for _ in range(100):  # until the server listens
+                try:
+                    await trusted.set_intent(3, "draining")
+                    break
+                except DirectoryUnavailable:
+                    await asyncio.sleep(0.05)
+            assert await trusted.intents() == {3: "draining"}
+        finally:
+            await trusted.close()
+        untrusted = connect(url, secret=DIRECTORY_SECRET)
+        try:
+            with pytest.raises(DirectoryUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+                await untrusted.intents()
+        finally:
+            await untrusted.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
