@@ -17,7 +17,8 @@ hints between the two are replayed, which is harmless because applying one is
 idempotent. Read-modify-write (heartbeat, drain, rotate) runs under
 WATCH/MULTI so that a heartbeat never overwrites a concurrent drain.
 
-Authentication and TLS are Redis's own (tested: tests/unit/test_directory_intents.py) (docs/deployment.md, "Security"): a
+Authentication and TLS are Redis's own (docs/deployment.md, "Security";
+tests/unit/test_directory_intents.py tries both): a
 ``rediss://`` URL for TLS (``?ssl_ca_certs=/path/ca.pem`` and friends as
 query parameters), and a password or ACL user in the URL
 (``redis://user:pass@host``). When the URL has no password the directory
