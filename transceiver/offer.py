@@ -34,7 +34,8 @@ def parse_offer(text: str) -> Offer:
     try:
         description = sdp.SessionDescription.parse(text)
     except Exception as exc:  # noqa: BLE001 - aiortc's parser raises whatever it trips on
-        raise ValueError(f"SDP offer does not parse: {exc or type(exc).__name__}") from None
+        # str(): an exception object is always truthy, and some of aiortc's carry no message.
+        raise ValueError(f"SDP offer does not parse: {str(exc) or type(exc).__name__}") from None
     if not description.media:
         raise ValueError("SDP offer has no m-line")
     kinds = tuple(m.kind for m in description.media)

@@ -293,3 +293,14 @@ def test_proto_round_trip() -> None:
     client = voice_pb2.ClientMessage(audio=voice_pb2.AudioChunk(pcm=b"\x01" * 640,
                                                                 sample_rate=16000, seq=9))
     assert voice_pb2.ClientMessage.FromString(client.SerializeToString()) == client
+
+
+def test_an_offer_aiortc_cannot_parse_names_the_reason_even_without_a_message(monkeypatch):
+    from aiortc import sdp
+
+    def trip(text: str) -> None:
+        raise AssertionError  # what aiortc's parser raises on some inputs: no message
+
+    monkeypatch.setattr(sdp.SessionDescription, "parse", staticmethod(trip))
+    with pytest.raises(ValueError, match=r"^SDP offer does not parse: AssertionError$"):
+        parse_offer("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n")
