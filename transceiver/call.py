@@ -24,8 +24,10 @@ from aioice import Candidate
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
+from transceiver.events import OAI_EVENTS_LABEL, OaiEvents
 from transceiver.ice import PortPool, RoutedIce, random_ice_password, restart_ice, routed_ice
 from transceiver.media import ReplyTrack, pcm_chunks
+from transceiver.model import voice_pb2
 from transceiver.modellink import Backoff, ModelLink
 from transceiver.offer import parse_offer
 from transceiver.turns import Turns
@@ -81,7 +83,7 @@ class CallSettings:
     barge_in_frames: int = 8
     """Consecutive 20 ms voiced frames (VAD) that stop a playing reply."""
     vad_mode: int = 2
-    """webrtcvad aggressiveness: 0 (least) to 3 (most) at filtering out non-speech."""
+    """Barge-in VAD (Silero) strictness: 0 (least) to 3 (most) at filtering out non-speech."""
     model_backoff: Backoff = field(default_factory=Backoff)
     """Reconnect delays of each call's model stream while the model is away."""
 
@@ -112,6 +114,7 @@ class Call:
         self.close_reason = ""
         self.chunks_in = 0
         self._channel: RTCDataChannel | None = None
+        self._oai: OaiEvents | None = None
         self._early: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -241,6 +244,9 @@ class Call:
             self._spawn_close(f"peer connection {state} (client gone or consent expired)")
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label == OAI_EVENTS_LABEL:
+            self._attach_oai(channel)
+            return
         if channel.label != EVENTS_LABEL:
             return
         self._channel = channel
@@ -254,6 +260,19 @@ class Call:
             flush()
         else:
             channel.on("open", flush)
+
+    def _attach_oai(self, channel: RTCDataChannel) -> None:
+        # OpenAI Realtime's event names (transceiver/events.py); events sent
+        # before the channel opens are not replayed there.
+        def send(text: str) -> None:
+            if channel.readyState == "open":
+                channel.send(text)
+
+        def to_model(update: voice_pb2.SessionUpdate) -> bool:
+            return self.link is not None and self.link.send_session(update)
+
+        self._oai = OaiEvents(send, to_model, lambda: self.turns.barge_in("response.cancel"))
+        channel.on("message", self._oai.on_client_message)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
@@ -280,6 +299,8 @@ class Call:
         text = json.dumps(event)
         self.events_sent.append(event)
         del self.events_sent[:-200]
+        if self._oai is not None:
+            self._oai.forward(event)
         channel = self._channel
         if channel is not None and channel.readyState == "open":
             channel.send(text)
