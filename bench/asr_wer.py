@@ -96,7 +96,7 @@ def engines(names: list[str]) -> dict[str, object]:
             out[name] = PocketsphinxAsr("free")
         else:
             raise SystemExit(f"unknown engine {name!r}")
-        getattr(out[name], "warm_up")()
+        out[name].warm_up()  # type: ignore[attr-defined]
     return out
 
 

@@ -65,8 +65,8 @@ def test_parse_client_events() -> None:
         ("nope", "client event is not JSON"),
         ("[]", "client event must be a JSON object"),
         ('{"type": "input_audio_buffer.append"}',
-         "unsupported client event type 'input_audio_buffer.append'; "
-         "supported: session.update, response.cancel"),
+         ("unsupported client event type 'input_audio_buffer.append'; "
+          "supported: session.update, response.cancel")),
         ('{"type": "session.update", "session": {"turn_detection": {"silence_duration_ms": 5}}}',
          "session.update: turn_detection.silence_duration_ms must be an integer 20..5000"),
     ]:
