@@ -25,7 +25,14 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessi
 from aiortc.mediastreams import MediaStreamTrack
 
 from transceiver.events import OAI_EVENTS_LABEL, OaiEvents
-from transceiver.ice import PortPool, RoutedIce, random_ice_password, restart_ice, routed_ice
+from transceiver.ice import (
+    PortPool,
+    RoutedIce,
+    random_ice_password,
+    restart_ice,
+    routed_ice,
+    short_audio_jitter,
+)
 from transceiver.media import ReplyTrack, pcm_chunks
 from transceiver.model import voice_pb2
 from transceiver.modellink import Backoff, ModelLink
@@ -135,6 +142,7 @@ class Call:
                 consent_interval=settings.consent_interval,
                 consent_failures=settings.consent_failures,
             )
+            short_audio_jitter()
             with routed_ice(self.routed):
                 self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
                 pc.on("track", self._on_track)
