@@ -65,7 +65,7 @@ MAX_CHUNK_BYTES = 64 * 1024
 PARTIAL_EVERY_MS = 1000
 """A partial transcript is decoded at most once per this much new audio, and
 sent only when it changes (each is a whole re-decode of the growing turn)."""
-SPECULATE_MS = 100
+SPECULATE_MS = 60
 """Silence after which the end-of-turn decode starts (see the module doc)."""
 MAX_PENDING_AUDIO_MS = 5000
 """Per stream, audio queued for ASR beyond this is dropped and counted."""
