@@ -33,7 +33,7 @@ from transceiver.ice import (
     routed_ice,
     short_audio_jitter,
 )
-from transceiver.media import ReplyTrack, pcm_chunks
+from transceiver.media import OPUS_RATE, ReplyTrack, pcm_chunks
 from transceiver.model import voice_pb2
 from transceiver.modellink import Backoff, ModelLink
 from transceiver.offer import parse_offer
@@ -112,7 +112,7 @@ class Call:
         self.answer_sdp = ""  # the last answer sent: to the offer or to an ICE restart
         self.pc: RTCPeerConnection | None = None
         self.routed: RoutedIce | None = None
-        self.track = ReplyTrack()
+        self.track = ReplyTrack(rate=OPUS_RATE)
         self.link: ModelLink | None = None
         self.turns = Turns(self.track, self.emit, self._tell_model_barge_in,
                            vad_mode=settings.vad_mode, barge_in_frames=settings.barge_in_frames)

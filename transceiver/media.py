@@ -33,6 +33,9 @@ CHUNK_MS = 20
 CHUNK_SAMPLES = SAMPLE_RATE * CHUNK_MS // 1000  # 320
 CHUNK_BYTES = CHUNK_SAMPLES * 2  # 640
 SILENCE = bytes(CHUNK_BYTES)
+OPUS_RATE = 48000
+"""What aiortc's Opus encoder takes: a track that gives it 48 kHz stereo frames
+passes its resampler untouched (libswresample held ~a frame back otherwise)."""
 
 
 def split_chunks(pcm: bytes) -> list[bytes]:
@@ -98,6 +101,35 @@ class Decimator:
         self._phase = (self._phase - filtered.size) % self.factor
         self._hist = buf[buf.size - (self._h.size - 1):]
         return np.asarray(out, dtype=np.float64)
+
+
+class Interpolator:
+    """Integer-ratio upsampling of int16 mono, streaming: zero-stuff, then the
+    ``Decimator``'s low-pass with its history carried, so every frame gives
+    its output at once."""
+
+    def __init__(self, factor: int, taps: int = 31) -> None:
+        self.factor = factor
+        self._h = _decimation_filter(factor, taps) * factor
+        self._hist = np.zeros(taps - 1)
+
+    def push(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        stuffed = np.zeros(x.size * self.factor)
+        stuffed[::self.factor] = x
+        buf = np.concatenate([self._hist, stuffed])
+        self._hist = buf[buf.size - (self._h.size - 1):]
+        return np.asarray(np.convolve(buf, self._h, mode="valid"), dtype=np.float64)
+
+
+def opus_frame(pcm: bytes, pts: int, up: Interpolator) -> av.AudioFrame:
+    """One 20 ms 16 kHz mono chunk as a 48 kHz stereo s16 AudioFrame (pts in 48 kHz)."""
+    y = up.push(np.frombuffer(pcm, dtype="<i2").astype(np.float64))
+    s16 = np.clip(np.round(y), -32768, 32767).astype("<i2")
+    frame = av.AudioFrame.from_ndarray(np.repeat(s16, 2)[None, :], format="s16", layout="stereo")
+    frame.pts = pts
+    frame.sample_rate = OPUS_RATE
+    frame.time_base = fractions.Fraction(1, OPUS_RATE)
+    return frame
 
 
 class PcmChunker:
@@ -178,8 +210,14 @@ class ReplyTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, on_segment_start: Callable[[float], None] | None = None) -> None:
+    def __init__(self, on_segment_start: Callable[[float], None] | None = None,
+                 rate: int = SAMPLE_RATE) -> None:
+        """``rate`` 16000 gives 16 kHz mono frames; ``OPUS_RATE`` 48 kHz stereo,
+        which aiortc's Opus encoder takes without resampling (calls use it)."""
         super().__init__()
+        if rate not in (SAMPLE_RATE, OPUS_RATE):
+            raise ValueError(f"ReplyTrack rate must be {SAMPLE_RATE} or {OPUS_RATE}, got {rate}")
+        self._up = Interpolator(OPUS_RATE // SAMPLE_RATE) if rate == OPUS_RATE else None
         self._queue: deque[bytes | None] = deque()
         self._start: float | None = None
         self._pts = 0
@@ -247,4 +285,6 @@ class ReplyTrack(MediaStreamTrack):
             self.audio_frames_sent += 1
             break
         self.frames_sent += 1
+        if self._up is not None:
+            return opus_frame(pcm, self._pts * self._up.factor, self._up)
         return pcm_frame(pcm, self._pts)

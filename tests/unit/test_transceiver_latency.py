@@ -147,3 +147,22 @@ def test_turns_barge_in_on_the_model_vad_and_on_silero_locally() -> None:
     assert events[-1]["type"] == "barge_in"
     assert turns.barge_ins == 2
     track.stop()
+
+
+async def test_opus_rate_track_round_trips_through_the_chunker() -> None:
+    # A call's reply track gives 48 kHz stereo (the encoder's own format);
+    # the chunker brings it back to 16 kHz at once, level kept.
+    t = np.arange(16000) / 16000
+    tone = (np.sin(2 * np.pi * 300 * t) * 8000).astype("<i2").tobytes()
+    track = ReplyTrack(rate=48000)
+    track.push(tone)
+    chunker = PcmChunker()
+    out = []
+    for _ in range(50):
+        frame = await track.recv()
+        assert (frame.sample_rate, frame.samples, len(frame.layout.channels)) == (48000, 960, 2)
+        out.append(chunker.push(frame))
+    track.stop()
+    assert [len(c) for c in out] == [1] * 50
+    pcm = np.frombuffer(b"".join(c[0] for c in out), dtype="<i2").astype(float)
+    assert 5400 < np.sqrt(np.mean(pcm[800:] ** 2)) < 5900  # 8000 peak: RMS 5657
