@@ -276,11 +276,13 @@ def demo(wav: Path | None, sentence: str, out: Path, timeout: float, xdp_mode: s
     Builds client, relay (public + private side), transceiver and model
     namespaces on this host, loads the relay, starts the orchestrator with its
     embedded directory, a transceiver and the offline model server, then an
-    aiortc client in the client namespace speaks a sentence through the relay.
-    It prints what the model heard and answered, and four figures:
+    aiortc client in the client namespace speaks a sentence through the relay,
+    --turns times in one call. It prints what the model heard and answered,
+    four figures of the first turn:
       client <-> relay RTT, relay <-> transceiver RTT, the model's processing
       time, and end of speech -> first reply audio (client's clock),
-    and saves the spoken reply to --out.
+    then per turn the breakdown of that wait (VAD, ASR, reply, TTS first
+    chunk, transport) and its p50, and saves the spoken reply to --out.
 
     \b
     Needs root (namespaces, XDP). Everything it creates is removed on exit,
