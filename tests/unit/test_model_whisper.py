@@ -190,3 +190,34 @@ async def test_speech_events_bracket_each_turn(whisper: WhisperAsr) -> None:
     assert 240 <= timings.vad_ms <= 260
     assert timings.tts_ms > 0
     await asyncio.sleep(0)
+
+
+def test_a_calls_asr_queue_drops_and_counts_instead_of_blocking() -> None:
+    from transceiver.model.server import (
+        MAX_PENDING_AUDIO_MS,
+        STREAMS_PER_WORKER,
+        DecodePool,
+        _Stream,
+    )
+
+    class NoAsr:
+        name = "none"
+
+        def open(self) -> None:
+            raise AssertionError("not reached: no worker runs in this test")
+
+    options = ModelOptions(asr=NoAsr(), decode_workers=3)  # type: ignore[arg-type]
+    assert options.max_streams == 3 * STREAMS_PER_WORKER
+    stream = _Stream(options, "stalled", DecodePool(1))
+    room = MAX_PENDING_AUDIO_MS // 20
+    for _ in range(room + 60):  # no ASR worker drains the queue
+        stream._queue_audio(bytes(CHUNK_BYTES))
+    assert stream.asr_ops.qsize() == room
+    assert stream.dropped_chunks == 60
+    errors = []
+    while not stream.out.empty():
+        msg = stream.out.get_nowait()
+        errors.append((msg.error.code, msg.error.message))
+    assert errors == [("overload", "ASR is behind: dropped 1 audio chunks so far"),
+                      ("overload", "ASR is behind: dropped 50 audio chunks so far")]
+    stream.pool.close()
