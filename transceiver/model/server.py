@@ -54,7 +54,7 @@ from transceiver.model.asr import Asr, AsrResult, Utterance
 from transceiver.model.reply import Conversation, EchoReply, ReplyPolicy
 from transceiver.model.speech import CHUNK_BYTES, CHUNK_MS, SAMPLE_RATE
 from transceiver.model.tts import EspeakTts, Tts
-from transceiver.model.vad import Event, TurnDetector, VadSettings
+from transceiver.model.vad import Event, SileroVad, TurnDetector, VadSettings
 from transceiver.model.whisper import WhisperAsr
 from voxrelay.addr import parse_hostport
 
@@ -625,6 +625,9 @@ async def serve_model(listen: str = "127.0.0.1:0",
     port = server.add_insecure_port(str(addr))
     if port == 0:
         raise OSError(f"cannot listen on {addr}")
+    # The VAD loads per stream; load it once now so that a missing model file
+    # is an error at start-up, not in every call.
+    await asyncio.to_thread(SileroVad)
     warm = getattr(options.asr, "warm_up", None)
     if warm is not None:
         await asyncio.to_thread(warm)
