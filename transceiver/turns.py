@@ -47,7 +47,10 @@ class TurnClock:
 
     def turn_closed(self, turn: int, speech_end_ms: float) -> float | None:
         """Record the model's end of speech; returns first_audio_ms if audio already started."""
-        at = self._arrived.get(int(speech_end_ms // CHUNK_MS))
+        # speech_end_ms is the stream time after the chunk that closed the
+        # turn, so that chunk is the one before: the model may answer before
+        # the next chunk has even been sent (a speculative decode does).
+        at = self._arrived.get(int(speech_end_ms // CHUNK_MS) - 1)
         if at is None:
             return None
         if self._pending_audio is not None and self._pending_audio >= at:
