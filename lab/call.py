@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from lab.client import CallClient, read_wav_pcm
+from transceiver.ice import short_audio_jitter
 from transceiver.media import CHUNK_BYTES, SAMPLE_RATE
 
 # A 20 ms frame whose RMS (int16 units) is above this is speech, not silence or
@@ -54,6 +55,10 @@ class TimedCallClient(CallClient):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # The client's receiver holds one audio frame, as a browser's adaptive
+        # buffer settles to on a clean path (aiortc's fixed 4 would add 60 ms
+        # to every measured turn that no real client has).
+        short_audio_jitter()
         self.audible_at: list[float] = []
         """Arrival time of each audible 20 ms reply chunk."""
         self.chunks_received = 0

@@ -30,7 +30,7 @@ from transceiver.ice import (
     restart_ice,
     set_local_credentials,
 )
-from transceiver.media import CHUNK_BYTES, SAMPLE_RATE, ReplyTrack, pcm_chunks
+from transceiver.media import CHUNK_BYTES, OPUS_RATE, SAMPLE_RATE, ReplyTrack, pcm_chunks
 
 
 class CallFailed(Exception):
@@ -104,7 +104,7 @@ class CallClient:
 
     def __post_init__(self) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.mic = ReplyTrack()
+        self.mic = ReplyTrack(rate=OPUS_RATE)  # straight into the Opus encoder
         self.reply = bytearray()
         self._event_cond = asyncio.Condition()
         self._session: aiohttp.ClientSession | None = None

@@ -58,6 +58,33 @@ class CallResult:
     """What relay 1's XDP program counted during the call (non-zero verdicts only)."""
     relay_stack_udp: int = 0
     """UDP datagrams the relay's own kernel stack received during the call: 0 when XDP carried all."""
+    turns: list[dict[str, object]] = field(default_factory=list)
+    """Per turn: transcript, whether it was right, and the latency breakdown (``breakdown``)."""
+    p50_ms: float | None = None
+    """Median over the turns of end of speech -> first reply audio (client clock)."""
+
+
+BREAKDOWN = (("vad_ms", "VAD"), ("asr_ms", "ASR"), ("reply_ms", "reply"),
+             ("tts_ms", "TTS first chunk"), ("transport_ms", "transport"))
+
+
+def breakdown(total_ms: float | None, timings: dict[str, object]) -> dict[str, float | None]:
+    """Split one turn's end of speech -> first reply audio into its legs.
+
+    VAD: the end-of-turn silence the model waited; ASR, reply, TTS: the
+    model's own figures (ASR after the VAD closed the turn, so a speculative
+    decode shows as ~0); transport: the rest, i.e. the audio's way to the
+    model and back (Opus, jitter buffers, relay, gRPC) plus the VAD's
+    hang-over past the last audible frame.
+    """
+    legs: dict[str, float | None] = {}
+    for key in ("vad_ms", "asr_ms", "reply_ms", "tts_ms"):
+        v = timings.get(key)
+        legs[key] = float(v) if isinstance(v, (int, float)) else None
+    known = [v for v in legs.values() if v is not None]
+    legs["transport_ms"] = (total_ms - sum(known)) if total_ms is not None else None
+    legs["total_ms"] = total_ms
+    return legs
 
 
 def speak(text: str, path: Path) -> Path:
@@ -132,12 +159,26 @@ def print_result(result: CallResult) -> None:
             f"{c.get('fwd_to_client', 0)} to the client), {dropped} dropped; "
             f"relay's own UDP stack saw {result.relay_stack_udp}"
         )
+    if len(result.turns) > 1:
+        click.echo("")
+        head = "  turn  right  " + "".join(f"{label:>17}" for _, label in BREAKDOWN) + "   total"
+        click.echo(head)
+        for t in result.turns:
+            b = t["breakdown"]
+            assert isinstance(b, dict)
+            cells = "".join(f"{_fmt_ms(b.get(k)):>17}" for k, _ in BREAKDOWN)
+            click.echo(f"  {t['turn']:>4}  {'yes' if t['right'] else 'NO ':>5}  {cells}   "
+                       f"{_fmt_ms(b.get('total_ms'))}")
+        right = sum(bool(t["right"]) for t in result.turns)
+        click.echo(f"\n  p50 end of speech -> first reply audio over {len(result.turns)} turns: "
+                   f"{_fmt_ms(result.p50_ms)}; transcripts right: {right}/{len(result.turns)}")
     if result.reply_wav:
         secs = result.reply_samples / result.reply_sample_rate if result.reply_sample_rate else 0
         click.echo(f"\n  reply audio: {result.reply_wav} ({secs:.1f} s)")
 
 
-async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str) -> CallResult:
+async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str, turns: int = 1,
+                   sentence: str = "") -> CallResult:
     """Build the lab, place one call from the client namespace, measure it, tear down."""
     from lab.call import TimedCallClient, icmp_rtt_in, speak_turn
     from lab.client import read_wav_pcm
@@ -152,8 +193,8 @@ async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str) -> CallR
         async def call() -> tuple[object, bytes, list[dict[str, object]]]:
             async with TimedCallClient(stack.signaling_url, stack.api_key, timeout=timeout) as client:
                 await client.wait_event("model", state="connected")
-                turn = await speak_turn(client, pcm, timeout=timeout)
-                return turn, bytes(client.reply), list(client.events)
+                said = [await speak_turn(client, pcm, timeout=timeout) for _ in range(turns)]
+                return said, bytes(client.reply), list(client.events)
 
         with progress.step("measuring client <-> relay and relay <-> transceiver RTT"):
             client_rtt = await icmp_rtt_in(stack.client_ns, relay.public_address)
@@ -168,13 +209,27 @@ async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str) -> CallR
         before = stack.relay_stats(0)
         udp_before = relay_udp_in()
         with progress.step("calling through the relay and speaking"):
-            turn, reply_pcm, events = await asyncio.wait_for(stack.client_call(call), timeout + 10)
+            said, reply_pcm, events = await asyncio.wait_for(stack.client_call(call),
+                                                             timeout * turns + 10)
         after = stack.relay_stats(0)
         stack_udp = relay_udp_in() - udp_before
         counters = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
-    from lab.call import Turn
+    import statistics
 
+    from lab.call import Turn
+    from transceiver.model.whisper import normalize
+
+    assert isinstance(said, list)
+    turn = said[0]
     assert isinstance(turn, Turn)
+    per_turn: list[dict[str, object]] = []
+    for i, t in enumerate(said, 1):
+        total = t.speech_end_to_first_reply_audio_ms
+        per_turn.append({"turn": i, "transcript": t.transcript,
+                         "right": bool(sentence) and normalize(t.transcript) == normalize(sentence),
+                         "breakdown": breakdown(total, t.timings)})
+    totals = [t.speech_end_to_first_reply_audio_ms for t in said
+              if t.speech_end_to_first_reply_audio_ms is not None]
     processing = turn.timings.get("processing_ms")
     result = CallResult(
         transcript=turn.transcript,
@@ -191,6 +246,8 @@ async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str) -> CallR
         events=events,
         relay_counters=counters,
         relay_stack_udp=stack_udp,
+        turns=per_turn,
+        p50_ms=statistics.median(totals) if totals else None,
     )
     if reply_pcm:
         result.reply_wav = str(write_wav(out, reply_pcm, 16000))
@@ -208,19 +265,24 @@ async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str) -> CallR
               help="Seconds the call may take once the lab is up.")
 @click.option("--xdp-mode", type=click.Choice(["generic", "native"]), default="native",
               show_default=True, help="XDP attach mode on the lab's veth interfaces.")
+@click.option("--turns", type=click.IntRange(1, 50), default=10, show_default=True,
+              help="Times the sentence is spoken in the one call; the latency p50 is over them.")
 @click.option("--json", "json_out", is_flag=True, help="Print the result as JSON on stdout.")
-def demo(wav: Path | None, sentence: str, out: Path, timeout: float, xdp_mode: str, json_out: bool) -> None:
+def demo(wav: Path | None, sentence: str, out: Path, timeout: float, xdp_mode: str, turns: int,
+         json_out: bool) -> None:
     """Place one voice call through the XDP relay, in network namespaces.
 
     \b
     Builds client, relay (public + private side), transceiver and model
     namespaces on this host, loads the relay, starts the orchestrator with its
     embedded directory, a transceiver and the offline model server, then an
-    aiortc client in the client namespace speaks a sentence through the relay.
-    It prints what the model heard and answered, and four figures:
+    aiortc client in the client namespace speaks a sentence through the relay,
+    --turns times in one call. It prints what the model heard and answered,
+    four figures of the first turn:
       client <-> relay RTT, relay <-> transceiver RTT, the model's processing
       time, and end of speech -> first reply audio (client's clock),
-    and saves the spoken reply to --out.
+    then per turn the breakdown of that wait (VAD, ASR, reply, TTS first
+    chunk, transport) and its p50, and saves the spoken reply to --out.
 
     \b
     Needs root (namespaces, XDP). Everything it creates is removed on exit,
@@ -232,10 +294,11 @@ def demo(wav: Path | None, sentence: str, out: Path, timeout: float, xdp_mode: s
         raise click.ClickException("demo needs root: it creates network namespaces and loads XDP")
     with tempfile.TemporaryDirectory(prefix="voxrelay-demo-") as tmp:
         try:
+            said = sentence if wav is None else ""
             if wav is None:
                 wav = speak(sentence, Path(tmp) / "speech.wav")
             check_wav(wav)
-            result = _run(run_demo(wav.resolve(), out, timeout, xdp_mode))
+            result = _run(run_demo(wav.resolve(), out, timeout, xdp_mode, turns, said))
         except DemoError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:

@@ -24,8 +24,17 @@ from aioice import Candidate
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from transceiver.ice import PortPool, RoutedIce, random_ice_password, restart_ice, routed_ice
-from transceiver.media import ReplyTrack, pcm_chunks
+from transceiver.events import OAI_EVENTS_LABEL, OaiEvents
+from transceiver.ice import (
+    PortPool,
+    RoutedIce,
+    random_ice_password,
+    restart_ice,
+    routed_ice,
+    short_audio_jitter,
+)
+from transceiver.media import OPUS_RATE, ReplyTrack, pcm_chunks
+from transceiver.model import voice_pb2
 from transceiver.modellink import Backoff, ModelLink
 from transceiver.offer import parse_offer
 from transceiver.turns import Turns
@@ -81,7 +90,7 @@ class CallSettings:
     barge_in_frames: int = 8
     """Consecutive 20 ms voiced frames (VAD) that stop a playing reply."""
     vad_mode: int = 2
-    """webrtcvad aggressiveness: 0 (least) to 3 (most) at filtering out non-speech."""
+    """Barge-in VAD (Silero) strictness: 0 (least) to 3 (most) at filtering out non-speech."""
     model_backoff: Backoff = field(default_factory=Backoff)
     """Reconnect delays of each call's model stream while the model is away."""
 
@@ -103,7 +112,7 @@ class Call:
         self.answer_sdp = ""  # the last answer sent: to the offer or to an ICE restart
         self.pc: RTCPeerConnection | None = None
         self.routed: RoutedIce | None = None
-        self.track = ReplyTrack()
+        self.track = ReplyTrack(rate=OPUS_RATE)
         self.link: ModelLink | None = None
         self.turns = Turns(self.track, self.emit, self._tell_model_barge_in,
                            vad_mode=settings.vad_mode, barge_in_frames=settings.barge_in_frames)
@@ -112,6 +121,7 @@ class Call:
         self.close_reason = ""
         self.chunks_in = 0
         self._channel: RTCDataChannel | None = None
+        self._oai: OaiEvents | None = None
         self._early: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -132,6 +142,7 @@ class Call:
                 consent_interval=settings.consent_interval,
                 consent_failures=settings.consent_failures,
             )
+            short_audio_jitter()
             with routed_ice(self.routed):
                 self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
                 pc.on("track", self._on_track)
@@ -241,6 +252,9 @@ class Call:
             self._spawn_close(f"peer connection {state} (client gone or consent expired)")
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label == OAI_EVENTS_LABEL:
+            self._attach_oai(channel)
+            return
         if channel.label != EVENTS_LABEL:
             return
         self._channel = channel
@@ -254,6 +268,19 @@ class Call:
             flush()
         else:
             channel.on("open", flush)
+
+    def _attach_oai(self, channel: RTCDataChannel) -> None:
+        # OpenAI Realtime's event names (transceiver/events.py); events sent
+        # before the channel opens are not replayed there.
+        def send(text: str) -> None:
+            if channel.readyState == "open":
+                channel.send(text)
+
+        def to_model(update: voice_pb2.SessionUpdate) -> bool:
+            return self.link is not None and self.link.send_session(update)
+
+        self._oai = OaiEvents(send, to_model, lambda: self.turns.barge_in("response.cancel"))
+        channel.on("message", self._oai.on_client_message)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
@@ -280,6 +307,8 @@ class Call:
         text = json.dumps(event)
         self.events_sent.append(event)
         del self.events_sent[:-200]
+        if self._oai is not None:
+            self._oai.forward(event)
         channel = self._channel
         if channel is not None and channel.readyState == "open":
             channel.send(text)

@@ -57,7 +57,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aioice.ice
+import aiortc.jitterbuffer
 import aiortc.rtcicetransport
+import aiortc.rtcrtpreceiver
 from aioice import Candidate, Connection, stun
 from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import CandidatePair, StunProtocol
@@ -141,6 +143,10 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("aiortc.rtcicetransport.RTCIceTransport", "_connection", "attribute", "Connection"),
     Internal("aiortc.rtcicetransport.RTCIceGatherer", "_remote_candidates_end", "attribute",
              "bool"),
+    # aiortc: the audio receiver's jitter buffer (short_audio_jitter, issue #12).
+    Internal("aiortc.rtcrtpreceiver", "JitterBuffer", "class",
+             why="RTCRtpReceiver builds its buffer from this module global"),
+    Internal("aiortc.jitterbuffer.JitterBuffer", "prefetch", "parameter"),
 )
 
 _ICE_CHARS = string.ascii_letters + string.digits + "+/"
@@ -432,6 +438,27 @@ def routed_ice(routed: RoutedIce) -> Iterator[None]:
         yield
     finally:
         _routed.reset(token)
+
+
+# ---------------------------------------------------------------- jitter buffer
+
+AUDIO_JITTER_FRAMES = 1
+"""Audio frames aiortc's receiver holds before decoding (aiortc: a fixed 4, 80 ms).
+Behind the relay the path is a LAN: one frame is enough (issue #12)."""
+
+
+class _ShortAudioJitterBuffer(aiortc.jitterbuffer.JitterBuffer):
+    def __init__(self, capacity: int, prefetch: int = 0, is_video: bool = False) -> None:
+        if not is_video:
+            prefetch = min(prefetch, AUDIO_JITTER_FRAMES)
+        super().__init__(capacity, prefetch=prefetch, is_video=is_video)
+
+
+def short_audio_jitter() -> None:
+    """Make receivers built from now on hold ``AUDIO_JITTER_FRAMES`` audio frames
+    (process-wide, idempotent); video keeps aiortc's buffer."""
+    receiver_globals: dict[str, object] = vars(aiortc.rtcrtpreceiver)
+    receiver_globals["JitterBuffer"] = _ShortAudioJitterBuffer
 
 
 # ---------------------------------------------------------------- restart

@@ -4,20 +4,28 @@
 Inbound: aiortc's Opus decoder gives 48 kHz stereo frames; ``PcmChunker``
 resamples them and cuts exact 640-byte chunks, and ``pcm_chunks`` is the one
 loop that reads a track that way (the transceiver's calls and the aiortc
-test clients in lab/ and bench/ all use it). Outbound: ``ReplyTrack`` is an
-aiortc audio track that plays queued model audio and silence otherwise, paced
-on an absolute clock (start + n * 20 ms) so it neither gaps nor drifts.
+test clients in lab/ and bench/ all use it). 48 kHz is decimated by 3 with a
+short FIR whose history is carried between frames, so a 20 ms frame gives its
+20 ms chunk at once (libswresample held part of each frame back until the
+next one, ~20 ms per stage). Outbound: ``ReplyTrack`` is an aiortc audio track
+that plays queued model audio and silence otherwise, paced on an absolute
+clock (start + n * 20 ms) so it neither gaps nor drifts; when reply audio
+arrives while the track idles, the frame being waited for is sent at once and
+the clock restarts from it, so the first reply frame does not wait for a tick.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 import av
+import numpy as np
+import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 SAMPLE_RATE = 16000
@@ -25,6 +33,9 @@ CHUNK_MS = 20
 CHUNK_SAMPLES = SAMPLE_RATE * CHUNK_MS // 1000  # 320
 CHUNK_BYTES = CHUNK_SAMPLES * 2  # 640
 SILENCE = bytes(CHUNK_BYTES)
+OPUS_RATE = 48000
+"""What aiortc's Opus encoder takes: a track that gives it 48 kHz stereo frames
+passes its resampler untouched (libswresample held ~a frame back otherwise)."""
 
 
 def split_chunks(pcm: bytes) -> list[bytes]:
@@ -60,16 +71,103 @@ async def recv_audio(track: MediaStreamTrack) -> av.AudioFrame:
     return frame
 
 
+def _decimation_filter(factor: int, taps: int = 31) -> npt.NDArray[np.float64]:
+    """Hann-windowed sinc low-pass at 0.9 x the output Nyquist."""
+    cutoff = 0.9 / (2 * factor)
+    n = np.arange(taps) - (taps - 1) / 2
+    h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.hanning(taps)
+    return np.asarray(h / h.sum(), dtype=np.float64)
+
+
+class Decimator:
+    """Integer-ratio downsampling of mono float samples, streaming.
+
+    Each ``push`` returns every output sample its input completes; the FIR's
+    history (taps - 1 input samples) is kept, never future input.
+    """
+
+    def __init__(self, factor: int, taps: int = 31) -> None:
+        self.factor = factor
+        self._h = _decimation_filter(factor, taps)
+        self._hist = np.zeros(taps - 1)
+        self._phase = 0  # input samples to skip before the next output
+
+    def push(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        if self.factor == 1:
+            return x
+        buf = np.concatenate([self._hist, x])
+        filtered = np.convolve(buf, self._h, mode="valid")  # one per input sample
+        out = filtered[self._phase::self.factor]
+        self._phase = (self._phase - filtered.size) % self.factor
+        self._hist = buf[buf.size - (self._h.size - 1):]
+        return np.asarray(out, dtype=np.float64)
+
+
+class Interpolator:
+    """Integer-ratio upsampling of int16 mono, streaming: zero-stuff, then the
+    ``Decimator``'s low-pass with its history carried, so every frame gives
+    its output at once."""
+
+    def __init__(self, factor: int, taps: int = 31) -> None:
+        self.factor = factor
+        self._h = _decimation_filter(factor, taps) * factor
+        self._hist = np.zeros(taps - 1)
+
+    def push(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        stuffed = np.zeros(x.size * self.factor)
+        stuffed[::self.factor] = x
+        buf = np.concatenate([self._hist, stuffed])
+        self._hist = buf[buf.size - (self._h.size - 1):]
+        return np.asarray(np.convolve(buf, self._h, mode="valid"), dtype=np.float64)
+
+
+def opus_frame(pcm: bytes, pts: int, up: Interpolator) -> av.AudioFrame:
+    """One 20 ms 16 kHz mono chunk as a 48 kHz stereo s16 AudioFrame (pts in 48 kHz)."""
+    y = up.push(np.frombuffer(pcm, dtype="<i2").astype(np.float64))
+    s16 = np.clip(np.round(y), -32768, 32767).astype("<i2")
+    frame = av.AudioFrame.from_ndarray(np.repeat(s16, 2)[None, :], format="s16", layout="stereo")
+    frame.pts = pts
+    frame.sample_rate = OPUS_RATE
+    frame.time_base = fractions.Fraction(1, OPUS_RATE)
+    return frame
+
+
 class PcmChunker:
-    """Any aiortc AudioFrame in, exact 20 ms 16 kHz mono chunks out."""
+    """Any aiortc AudioFrame in, exact 20 ms 16 kHz mono chunks out.
+
+    Rates that are a whole multiple of 16 kHz (48 kHz: Opus) go through
+    ``Decimator``, which holds nothing back; others through libswresample.
+    """
 
     def __init__(self) -> None:
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        self._resampler: av.AudioResampler | None = None
+        self._decimator: Decimator | None = None
+        self._rate = 0
         self._pending = bytearray()
 
+    def _to_16k(self, frame: av.AudioFrame) -> bytes:
+        rate = frame.sample_rate
+        if rate != self._rate:
+            self._rate = rate
+            self._decimator = Decimator(rate // SAMPLE_RATE) if rate % SAMPLE_RATE == 0 else None
+            self._resampler = None
+        if self._decimator is None:
+            if self._resampler is None:
+                self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            return b"".join(out.to_ndarray().tobytes() for out in self._resampler.resample(frame))
+        x = frame.to_ndarray().astype(np.float64)
+        channels = len(frame.layout.channels)
+        if frame.format.is_planar:
+            x = x.reshape(channels, -1).mean(axis=0)
+        else:
+            x = x.reshape(-1, channels).mean(axis=1)
+        if frame.format.name.startswith(("flt", "dbl")):
+            x = x * 32768.0
+        y = self._decimator.push(x)
+        return np.clip(np.round(y), -32768, 32767).astype("<i2").tobytes()
+
     def push(self, frame: av.AudioFrame) -> list[bytes]:
-        for out in self._resampler.resample(frame):
-            self._pending += out.to_ndarray().tobytes()
+        self._pending += self._to_16k(frame)
         chunks = []
         while len(self._pending) >= CHUNK_BYTES:
             chunks.append(bytes(self._pending[:CHUNK_BYTES]))
@@ -112,8 +210,14 @@ class ReplyTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, on_segment_start: Callable[[float], None] | None = None) -> None:
+    def __init__(self, on_segment_start: Callable[[float], None] | None = None,
+                 rate: int = SAMPLE_RATE) -> None:
+        """``rate`` 16000 gives 16 kHz mono frames; ``OPUS_RATE`` 48 kHz stereo,
+        which aiortc's Opus encoder takes without resampling (calls use it)."""
         super().__init__()
+        if rate not in (SAMPLE_RATE, OPUS_RATE):
+            raise ValueError(f"ReplyTrack rate must be {SAMPLE_RATE} or {OPUS_RATE}, got {rate}")
+        self._up = Interpolator(OPUS_RATE // SAMPLE_RATE) if rate == OPUS_RATE else None
         self._queue: deque[bytes | None] = deque()
         self._start: float | None = None
         self._pts = 0
@@ -122,6 +226,7 @@ class ReplyTrack(MediaStreamTrack):
         self.on_segment_start = on_segment_start
         self.frames_sent = 0
         self.audio_frames_sent = 0
+        self._arrived = asyncio.Event()
 
     @property
     def playing(self) -> bool:
@@ -132,6 +237,7 @@ class ReplyTrack(MediaStreamTrack):
         chunks = split_chunks(pcm)
         self._queue.extend(chunks)
         self._queued += len(chunks)
+        self._arrived.set()
 
     def end_segment(self) -> None:
         self._queue.append(None)
@@ -154,7 +260,16 @@ class ReplyTrack(MediaStreamTrack):
             # instead of accumulating drift.
             wait = self._start + self._pts / SAMPLE_RATE - time.monotonic()
             if wait > 0:
-                await asyncio.sleep(wait)
+                if self._queued or self._in_segment:
+                    await asyncio.sleep(wait)
+                else:
+                    # Idle (silence): a reply's first chunk goes out as soon
+                    # as it is pushed, and the schedule restarts from now.
+                    self._arrived.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._arrived.wait(), wait)
+                    if self._queued:
+                        self._start = time.monotonic() - self._pts / SAMPLE_RATE
         pcm = SILENCE
         while self._queue:
             item = self._queue.popleft()
@@ -170,4 +285,6 @@ class ReplyTrack(MediaStreamTrack):
             self.audio_frames_sent += 1
             break
         self.frames_sent += 1
+        if self._up is not None:
+            return opus_frame(pcm, self._pts * self._up.factor, self._up)
         return pcm_frame(pcm, self._pts)

@@ -117,6 +117,14 @@ class ModelLink:
         queue.put_nowait(voice_pb2.ClientMessage(control=voice_pb2.Control(barge_in=True)))
         return True
 
+    def send_session(self, update: voice_pb2.SessionUpdate) -> bool:
+        """Send a session update (silence timeout, instructions); False if not connected."""
+        queue = self._queue
+        if not self.connected or queue is None:
+            return False
+        queue.put_nowait(voice_pb2.ClientMessage(control=voice_pb2.Control(session=update)))
+        return True
+
     async def close(self, timeout: float = 1.0) -> None:
         """End the stream politely (end_of_input), then stop reconnecting."""
         self._closing = True

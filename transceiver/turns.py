@@ -3,9 +3,11 @@
 
 ``Turns`` is one call's conversation bookkeeping: the model's messages become
 reply audio on the call's ``ReplyTrack`` and JSON events on its data channel;
-a caller who speaks over a playing reply stops it (barge-in, from webrtcvad on
-the inbound chunks or from a transcript arriving); and ``TurnClock`` measures
-how long the caller waited for the reply.
+a caller who speaks over a playing reply stops it (barge-in: the Silero VAD
+the model detects turns with, run here on the inbound chunks so that no
+round trip to the model delays it, or the model's own speech-started event or
+a transcript arriving); and ``TurnClock`` measures how long the caller waited
+for the reply.
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import webrtcvad
-
-from transceiver.media import CHUNK_MS, SAMPLE_RATE, ReplyTrack
+from transceiver.media import CHUNK_MS, ReplyTrack
 from transceiver.model import voice_pb2
+from transceiver.model.vad import SileroVad
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -46,7 +47,10 @@ class TurnClock:
 
     def turn_closed(self, turn: int, speech_end_ms: float) -> float | None:
         """Record the model's end of speech; returns first_audio_ms if audio already started."""
-        at = self._arrived.get(int(speech_end_ms // CHUNK_MS))
+        # speech_end_ms is the stream time after the chunk that closed the
+        # turn, so that chunk is the one before: the model may answer before
+        # the next chunk has even been sent (a speculative decode does).
+        at = self._arrived.get(int(speech_end_ms // CHUNK_MS) - 1)
         if at is None:
             return None
         if self._pending_audio is not None and self._pending_audio >= at:
@@ -81,7 +85,12 @@ class Turns:
         self.clock = TurnClock()
         self.barge_ins = 0
         self.barge_in_frames = barge_in_frames
-        self._vad = webrtcvad.Vad(vad_mode)
+        if not 0 <= vad_mode <= 3:
+            raise ValueError(f"vad_mode {vad_mode} must be 0..3")
+        # vad_mode keeps its meaning (higher rejects more non-speech) as a
+        # Silero probability threshold: 0.35, 0.45, 0.55, 0.65.
+        self.vad_threshold = 0.35 + 0.1 * vad_mode
+        self._vad = SileroVad()
         self._voiced = 0
         self._suppress_audio = False
         track.on_segment_start = self._on_segment_start
@@ -91,10 +100,12 @@ class Turns:
     def heard(self, chunk: bytes) -> None:
         """One inbound 20 ms chunk, before it goes to the model: over a
         playing reply, enough voiced chunks in a row are a barge-in."""
+        # Scored every chunk, so that its LSTM state follows the caller.
+        self._vad.push(chunk)
         if not self.track.playing:
             self._voiced = 0
             return
-        if self._vad.is_speech(chunk, SAMPLE_RATE):
+        if self._vad.probability >= self.vad_threshold:
             self._voiced += 1
             if self._voiced >= self.barge_in_frames:
                 self.barge_in("vad")
@@ -138,7 +149,8 @@ class Turns:
             event: dict[str, Any] = {
                 "type": "timings", "turn": m.turn, "processing_ms": m.processing_ms,
                 "asr_ms": m.asr_ms, "reply_ms": m.reply_ms, "tts_ms": m.tts_ms,
-                "speech_end_ms": m.speech_end_ms,
+                "speech_end_ms": m.speech_end_ms, "vad_ms": m.vad_ms,
+                "asr_wait_ms": m.asr_wait_ms,
             }
             first = self.clock.turn_closed(m.turn, m.speech_end_ms)
             if first is not None:
@@ -147,6 +159,12 @@ class Turns:
         elif kind == "error":
             self.emit({"type": "error", "source": "model", "code": message.error.code,
                        "message": message.error.message})
+        elif kind == "speech":
+            sp = message.speech
+            if sp.started and self.track.playing:
+                self.barge_in("vad")
+            self.emit({"type": "speech", "started": sp.started, "turn": sp.turn,
+                       "audio_ms": sp.audio_ms})
         elif kind == "turn_end":
             self._suppress_audio = False
             self.track.end_segment()

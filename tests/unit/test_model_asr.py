@@ -121,7 +121,7 @@ def test_vad_silence_is_no_turn() -> None:
 
 
 def test_vad_settings_validated() -> None:
-    with pytest.raises(ValueError, match=re.escape("VAD aggressiveness 4 must be 0..3")):
-        VadSettings(aggressiveness=4)
+    with pytest.raises(ValueError, match=re.escape("VAD threshold 1.5 must be in (0.15, 1)")):
+        VadSettings(threshold=1.5)
     with pytest.raises(ValueError, match="VAD frame must be 640 bytes, got 320"):
         TurnDetector().push(bytes(320))

@@ -270,12 +270,13 @@ def test_cli_help_and_bad_options() -> None:
     runner = CliRunner()
     result = runner.invoke(model_cli, ["serve", "--help"])
     assert result.exit_code == 0
-    for word in ("--listen", "--reply", "--asr", "grammar", "free", "chat/completions"):
+    for word in ("--listen", "--reply", "--asr", "whisper", "pocketsphinx", "--asr-model",
+                 "--silence-ms", "chat/completions"):
         assert word in result.output
     result = runner.invoke(model_cli, ["serve", "--reply", "gpt"])
     assert result.exit_code == 1
     assert "unknown reply policy 'gpt'" in result.output
     assert "Traceback" not in result.output
-    result = runner.invoke(model_cli, ["serve", "--asr", "whisper"])
+    result = runner.invoke(model_cli, ["serve", "--asr", "grammar"])
     assert result.exit_code == 2
-    assert "'whisper' is not one of 'grammar', 'free'" in result.output
+    assert "'grammar' is not one of 'whisper', 'pocketsphinx', 'pocketsphinx-free'" in result.output

@@ -3,7 +3,7 @@
 
 espeak-ng says an assistant phrase; the aiortc client sends it as its
 microphone through the HTTP API and the loopback relay stand-in (the XDP
-relay path is tests/netns); the default model (VAD -> pocketsphinx -> echo ->
+relay path is tests/netns); the default model (Silero VAD -> Whisper -> echo ->
 espeak-ng) answers. We assert the transcript's words, that the reply is
 audible, and the per-turn timings events.
 """

@@ -241,11 +241,11 @@ def test_turn_clock_pairs_speech_end_and_first_audio() -> None:
     clock = TurnClock()
     for seq in range(100):
         clock.chunk_sent(seq, 10.0 + seq * 0.02)
-    assert clock.turn_closed(1, 1000.0) is None  # seq 50 arrived at 11.0
-    assert clock.segment_started(11.25) == (1, pytest.approx(250.0))
+    assert clock.turn_closed(1, 1000.0) is None  # the turn's last chunk, seq 49, arrived at 10.98
+    assert clock.segment_started(11.25) == (1, pytest.approx(270.0))
     # Audio before timings: paired when the timings arrive.
     assert clock.segment_started(12.5) is None
-    assert clock.turn_closed(2, 1600.0) == pytest.approx(900.0)  # seq 80 arrived at 11.6
+    assert clock.turn_closed(2, 1600.0) == pytest.approx(920.0)  # seq 79 arrived at 11.58
 
 
 async def test_turns_barge_in_drops_the_reply_until_the_next_final_transcript() -> None:

@@ -32,6 +32,8 @@ class Conversation:
     """One call's turns, oldest first, as chat messages."""
 
     messages: list[dict[str, str]] = field(default_factory=list)
+    instructions: str = ""
+    """The client's system prompt (session.update); "" keeps the policy's own."""
 
     def add(self, role: str, text: str) -> None:
         self.messages.append({"role": role, "content": text})
@@ -90,7 +92,8 @@ class ChatReply:
     async def reply(self, transcript: str, conversation: Conversation) -> str:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, *conversation.messages,
+        system = conversation.instructions or SYSTEM_PROMPT
+        messages = [{"role": "system", "content": system}, *conversation.messages,
                     {"role": "user", "content": transcript}]
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         body = {"model": self.model, "messages": messages, "stream": False}

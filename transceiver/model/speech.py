@@ -14,7 +14,7 @@ import io
 import shutil
 import subprocess
 import wave
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +105,126 @@ def resample(samples: npt.NDArray[np.int16], src_rate: int,
     t = np.arange(n_out, dtype=np.float64) * (src_rate / dst_rate)
     y = np.interp(t, np.arange(x.size), x)
     return np.clip(np.round(y), -32768, 32767).astype(np.int16)
+
+
+class StreamResampler:
+    """``resample`` for audio that arrives in pieces: each ``push`` returns what it can.
+
+    The same low-pass (when downsampling) and linear interpolation as
+    ``resample``, with the filter's history carried between pieces, so no
+    piece waits for the next one beyond the filter's half length (31 input
+    samples, 1.4 ms at 22050 Hz). ``flush`` ends the stream.
+    """
+
+    _TAPS = 63
+
+    def __init__(self, src_rate: int, dst_rate: int = SAMPLE_RATE) -> None:
+        if src_rate <= 0 or dst_rate <= 0:
+            raise ValueError(f"sample rates must be positive, got {src_rate} -> {dst_rate}")
+        self.ratio = src_rate / dst_rate
+        self._h: npt.NDArray[np.float64] | None = None
+        if dst_rate < src_rate:
+            cutoff = 0.9 * dst_rate / 2 / src_rate
+            n = np.arange(self._TAPS) - (self._TAPS - 1) / 2
+            h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.hanning(self._TAPS)
+            self._h = h / h.sum()
+        half = (self._TAPS - 1) // 2 if self._h is not None else 0
+        # Zero history stands in for the samples before the first one, as
+        # np.convolve(mode="same") assumes.
+        self._raw = np.zeros(half)
+        self._filtered = np.zeros(0)
+        self._base = 0  # input index of self._filtered[0]
+        self._next = 0  # output samples produced so far
+
+    def _filter(self, raw: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        if self._h is None:
+            return raw
+        return np.convolve(raw, self._h, mode="valid")
+
+    def _emit(self, final: bool) -> npt.NDArray[np.int16]:
+        end = self._base + self._filtered.size  # input samples available
+        t = np.arange(self._next, self._next + int(end / self.ratio) + 2) * self.ratio
+        t = t[(t <= end - 1) if final else (t < end - 1)]
+        if t.size == 0:
+            return np.zeros(0, dtype=np.int16)
+        y = np.interp(t - self._base, np.arange(self._filtered.size), self._filtered)
+        self._next += t.size
+        keep = max(0, int(np.floor(self._next * self.ratio)) - 1 - self._base)
+        self._filtered = self._filtered[keep:]
+        self._base += keep
+        out: npt.NDArray[np.int16] = np.clip(np.round(y), -32768, 32767).astype(np.int16)
+        return out
+
+    def push(self, samples: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
+        self._raw = np.concatenate([self._raw, samples.astype(np.float64)])
+        need = self._TAPS if self._h is not None else 1
+        if self._raw.size < need:
+            return np.zeros(0, dtype=np.int16)
+        self._filtered = np.concatenate([self._filtered, self._filter(self._raw)])
+        self._raw = self._raw[self._raw.size - (need - 1):] if need > 1 else self._raw[:0]
+        return self._emit(final=False)
+
+    def flush(self) -> npt.NDArray[np.int16]:
+        half = (self._TAPS - 1) // 2 if self._h is not None else 0
+        if half:
+            self._raw = np.concatenate([self._raw, np.zeros(half)])
+            self._filtered = np.concatenate([self._filtered, self._filter(self._raw)])
+            self._raw = self._raw[:0]
+        return self._emit(final=True)
+
+
+async def synthesize_stream(text: str, voice: Voice = Voice(),
+                            piece_bytes: int = 4096) -> AsyncIterator[bytes]:
+    """Like ``synthesize_async``, but yields 16 kHz PCM as espeak-ng writes it.
+
+    espeak-ng writes its WAV to the pipe clause by clause, so the first
+    clause's audio can play while the rest is synthesized.
+    """
+    if not text.strip():
+        return
+    proc = await asyncio.create_subprocess_exec(
+        *_espeak_argv(text, voice), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None  # noqa: S101 (PIPE given)
+    assert proc.stderr is not None  # noqa: S101
+    try:
+        async with asyncio.timeout(ESPEAK_TIMEOUT_S):
+            head = bytearray()
+            resampler: StreamResampler | None = None
+            odd = b""
+            while True:
+                piece = await proc.stdout.read(piece_bytes)
+                if not piece:
+                    break
+                if resampler is None:
+                    head += piece
+                    pos = head.find(b"data")
+                    if pos < 0 or len(head) < pos + 8:
+                        continue
+                    _, rate = _decode_espeak_wav(bytes(head[:pos + 8]) + b"\0\0")
+                    resampler = StreamResampler(rate)
+                    piece = bytes(head[pos + 8:])
+                data = odd + piece
+                odd = data[len(data) - len(data) % 2:]
+                data = data[:len(data) - len(data) % 2]
+                out = resampler.push(np.frombuffer(data, dtype="<i2"))
+                if out.size:
+                    yield out.astype("<i2").tobytes()
+            err = await proc.stderr.read()
+            await proc.wait()
+        if proc.returncode != 0:
+            raise _exited(proc.returncode, err)
+        if resampler is None:
+            raise SpeechError(f"{ESPEAK} did not produce a WAV stream ({len(head)} bytes)")
+        tail = resampler.flush()
+        if tail.size:
+            yield tail.astype("<i2").tobytes()
+    except TimeoutError:
+        raise _timed_out() from None
+    finally:
+        if proc.returncode is None:  # cancelled or failed: do not leave espeak-ng behind
+            proc.kill()
+            await proc.wait()
 
 
 def _timed_out() -> SpeechError:

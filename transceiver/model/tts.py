@@ -3,9 +3,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Protocol
 
-from transceiver.model.speech import SAMPLE_RATE, SpeechError, Voice, synthesize_async
+from transceiver.model.speech import (
+    SAMPLE_RATE,
+    SpeechError,
+    Voice,
+    synthesize_async,
+    synthesize_stream,
+)
 
 
 class Tts(Protocol):
@@ -14,9 +21,13 @@ class Tts(Protocol):
     async def speak(self, text: str) -> bytes:
         """``text`` as 16 kHz mono s16le PCM ("" gives b"")."""
 
+    def stream(self, text: str) -> AsyncIterator[bytes]:
+        """``text`` as 16 kHz mono s16le PCM in pieces, the first as soon as it exists."""
+
 
 class EspeakTts:
-    """espeak-ng run as a subprocess per reply (offline, ~50 ms for a sentence)."""
+    """espeak-ng run as a subprocess per reply (offline; ~50 ms for a sentence, first
+    audio after ~30 ms when streamed)."""
 
     def __init__(self, voice: Voice | None = None) -> None:
         voice = voice or Voice()
@@ -28,3 +39,6 @@ class EspeakTts:
         if rate != SAMPLE_RATE:  # synthesize_async resamples to it; the API promises it
             raise SpeechError(f"espeak-ng PCM is {rate} Hz, want {SAMPLE_RATE}")
         return pcm
+
+    def stream(self, text: str) -> AsyncIterator[bytes]:
+        return synthesize_stream(text, self.voice)

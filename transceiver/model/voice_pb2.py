@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtransceiver/model/voice.proto\x12\x11voxrelay.model.v1\";\n\nAudioChunk\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"h\n\x07\x43ontrol\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x18.voxrelay.model.v1.StartH\x00\x12\x16\n\x0c\x65nd_of_input\x18\x02 \x01(\x08H\x00\x12\x12\n\x08\x62\x61rge_in\x18\x03 \x01(\x08H\x00\x42\x06\n\x04kind\"\x92\x01\n\x05Start\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x36\n\x07options\x18\x03 \x03(\x0b\x32%.voxrelay.model.v1.Start.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"v\n\rClientMessage\x12.\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x1d.voxrelay.model.v1.AudioChunkH\x00\x12-\n\x07\x63ontrol\x18\x02 \x01(\x0b\x32\x1a.voxrelay.model.v1.ControlH\x00\x42\x06\n\x04kind\"7\n\nTranscript\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05\x66inal\x18\x02 \x01(\x08\x12\x0c\n\x04turn\x18\x03 \x01(\r\"#\n\x05Reply\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04turn\x18\x02 \x01(\r\"{\n\x0bTurnTimings\x12\x0c\n\x04turn\x18\x01 \x01(\r\x12\x15\n\rspeech_end_ms\x18\x02 \x01(\x01\x12\x15\n\rprocessing_ms\x18\x03 \x01(\x01\x12\x0e\n\x06\x61sr_ms\x18\x04 \x01(\x01\x12\x10\n\x08reply_ms\x18\x05 \x01(\x01\x12\x0e\n\x06tts_ms\x18\x06 \x01(\x01\"+\n\nModelError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9e\x02\n\rServerMessage\x12.\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x1d.voxrelay.model.v1.AudioChunkH\x00\x12\x33\n\ntranscript\x18\x02 \x01(\x0b\x32\x1d.voxrelay.model.v1.TranscriptH\x00\x12)\n\x05reply\x18\x03 \x01(\x0b\x32\x18.voxrelay.model.v1.ReplyH\x00\x12\x31\n\x07timings\x18\x04 \x01(\x0b\x32\x1e.voxrelay.model.v1.TurnTimingsH\x00\x12.\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1d.voxrelay.model.v1.ModelErrorH\x00\x12\x12\n\x08turn_end\x18\x06 \x01(\rH\x00\x42\x06\n\x04kind2`\n\nVoiceModel\x12R\n\x08\x43onverse\x12 .voxrelay.model.v1.ClientMessage\x1a .voxrelay.model.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtransceiver/model/voice.proto\x12\x11voxrelay.model.v1\"\x11\n\x0f\x43\x61pacityRequest\"\x93\x01\n\rCapacityReply\x12\x13\n\x0bmax_streams\x18\x01 \x01(\r\x12\x16\n\x0e\x61\x63tive_streams\x18\x02 \x01(\r\x12\x16\n\x0e\x64\x65\x63ode_workers\x18\x03 \x01(\r\x12\x0b\n\x03\x61sr\x18\x04 \x01(\t\x12\x16\n\x0e\x64ropped_chunks\x18\x05 \x01(\x04\x12\x18\n\x10skipped_partials\x18\x06 \x01(\x04\";\n\nAudioChunk\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"\x9d\x01\n\x07\x43ontrol\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x18.voxrelay.model.v1.StartH\x00\x12\x16\n\x0c\x65nd_of_input\x18\x02 \x01(\x08H\x00\x12\x12\n\x08\x62\x61rge_in\x18\x03 \x01(\x08H\x00\x12\x33\n\x07session\x18\x04 \x01(\x0b\x32 .voxrelay.model.v1.SessionUpdateH\x00\x42\x06\n\x04kind\"u\n\rSessionUpdate\x12 \n\x13silence_duration_ms\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0cinstructions\x18\x02 \x01(\tH\x01\x88\x01\x01\x42\x16\n\x14_silence_duration_msB\x0f\n\r_instructions\"\x92\x01\n\x05Start\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x36\n\x07options\x18\x03 \x03(\x0b\x32%.voxrelay.model.v1.Start.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"v\n\rClientMessage\x12.\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x1d.voxrelay.model.v1.AudioChunkH\x00\x12-\n\x07\x63ontrol\x18\x02 \x01(\x0b\x32\x1a.voxrelay.model.v1.ControlH\x00\x42\x06\n\x04kind\"7\n\nTranscript\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05\x66inal\x18\x02 \x01(\x08\x12\x0c\n\x04turn\x18\x03 \x01(\r\"#\n\x05Reply\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04turn\x18\x02 \x01(\r\"\xa0\x01\n\x0bTurnTimings\x12\x0c\n\x04turn\x18\x01 \x01(\r\x12\x15\n\rspeech_end_ms\x18\x02 \x01(\x01\x12\x15\n\rprocessing_ms\x18\x03 \x01(\x01\x12\x0e\n\x06\x61sr_ms\x18\x04 \x01(\x01\x12\x10\n\x08reply_ms\x18\x05 \x01(\x01\x12\x0e\n\x06tts_ms\x18\x06 \x01(\x01\x12\x0e\n\x06vad_ms\x18\x07 \x01(\x01\x12\x13\n\x0b\x61sr_wait_ms\x18\x08 \x01(\x01\">\n\x0bSpeechEvent\x12\x0f\n\x07started\x18\x01 \x01(\x08\x12\x0c\n\x04turn\x18\x02 \x01(\r\x12\x10\n\x08\x61udio_ms\x18\x03 \x01(\x01\"+\n\nModelError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xd0\x02\n\rServerMessage\x12.\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x1d.voxrelay.model.v1.AudioChunkH\x00\x12\x33\n\ntranscript\x18\x02 \x01(\x0b\x32\x1d.voxrelay.model.v1.TranscriptH\x00\x12)\n\x05reply\x18\x03 \x01(\x0b\x32\x18.voxrelay.model.v1.ReplyH\x00\x12\x31\n\x07timings\x18\x04 \x01(\x0b\x32\x1e.voxrelay.model.v1.TurnTimingsH\x00\x12.\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1d.voxrelay.model.v1.ModelErrorH\x00\x12\x12\n\x08turn_end\x18\x06 \x01(\rH\x00\x12\x30\n\x06speech\x18\x07 \x01(\x0b\x32\x1e.voxrelay.model.v1.SpeechEventH\x00\x42\x06\n\x04kind2\xb2\x01\n\nVoiceModel\x12R\n\x08\x43onverse\x12 .voxrelay.model.v1.ClientMessage\x1a .voxrelay.model.v1.ServerMessage(\x01\x30\x01\x12P\n\x08\x43\x61pacity\x12\".voxrelay.model.v1.CapacityRequest\x1a .voxrelay.model.v1.CapacityReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,26 +33,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_START_OPTIONSENTRY']._loaded_options = None
   _globals['_START_OPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_AUDIOCHUNK']._serialized_start=52
-  _globals['_AUDIOCHUNK']._serialized_end=111
-  _globals['_CONTROL']._serialized_start=113
-  _globals['_CONTROL']._serialized_end=217
-  _globals['_START']._serialized_start=220
-  _globals['_START']._serialized_end=366
-  _globals['_START_OPTIONSENTRY']._serialized_start=320
-  _globals['_START_OPTIONSENTRY']._serialized_end=366
-  _globals['_CLIENTMESSAGE']._serialized_start=368
-  _globals['_CLIENTMESSAGE']._serialized_end=486
-  _globals['_TRANSCRIPT']._serialized_start=488
-  _globals['_TRANSCRIPT']._serialized_end=543
-  _globals['_REPLY']._serialized_start=545
-  _globals['_REPLY']._serialized_end=580
-  _globals['_TURNTIMINGS']._serialized_start=582
-  _globals['_TURNTIMINGS']._serialized_end=705
-  _globals['_MODELERROR']._serialized_start=707
-  _globals['_MODELERROR']._serialized_end=750
-  _globals['_SERVERMESSAGE']._serialized_start=753
-  _globals['_SERVERMESSAGE']._serialized_end=1039
-  _globals['_VOICEMODEL']._serialized_start=1041
-  _globals['_VOICEMODEL']._serialized_end=1137
+  _globals['_CAPACITYREQUEST']._serialized_start=52
+  _globals['_CAPACITYREQUEST']._serialized_end=69
+  _globals['_CAPACITYREPLY']._serialized_start=72
+  _globals['_CAPACITYREPLY']._serialized_end=219
+  _globals['_AUDIOCHUNK']._serialized_start=221
+  _globals['_AUDIOCHUNK']._serialized_end=280
+  _globals['_CONTROL']._serialized_start=283
+  _globals['_CONTROL']._serialized_end=440
+  _globals['_SESSIONUPDATE']._serialized_start=442
+  _globals['_SESSIONUPDATE']._serialized_end=559
+  _globals['_START']._serialized_start=562
+  _globals['_START']._serialized_end=708
+  _globals['_START_OPTIONSENTRY']._serialized_start=662
+  _globals['_START_OPTIONSENTRY']._serialized_end=708
+  _globals['_CLIENTMESSAGE']._serialized_start=710
+  _globals['_CLIENTMESSAGE']._serialized_end=828
+  _globals['_TRANSCRIPT']._serialized_start=830
+  _globals['_TRANSCRIPT']._serialized_end=885
+  _globals['_REPLY']._serialized_start=887
+  _globals['_REPLY']._serialized_end=922
+  _globals['_TURNTIMINGS']._serialized_start=925
+  _globals['_TURNTIMINGS']._serialized_end=1085
+  _globals['_SPEECHEVENT']._serialized_start=1087
+  _globals['_SPEECHEVENT']._serialized_end=1149
+  _globals['_MODELERROR']._serialized_start=1151
+  _globals['_MODELERROR']._serialized_end=1194
+  _globals['_SERVERMESSAGE']._serialized_start=1197
+  _globals['_SERVERMESSAGE']._serialized_end=1533
+  _globals['_VOICEMODEL']._serialized_start=1536
+  _globals['_VOICEMODEL']._serialized_end=1714
 # @@protoc_insertion_point(module_scope)

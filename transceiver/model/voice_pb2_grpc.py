@@ -39,6 +39,11 @@ class VoiceModelStub:
                 request_serializer=transceiver_dot_model_dot_voice__pb2.ClientMessage.SerializeToString,
                 response_deserializer=transceiver_dot_model_dot_voice__pb2.ServerMessage.FromString,
                 _registered_method=True)
+        self.Capacity = channel.unary_unary(
+                '/voxrelay.model.v1.VoiceModel/Capacity',
+                request_serializer=transceiver_dot_model_dot_voice__pb2.CapacityRequest.SerializeToString,
+                response_deserializer=transceiver_dot_model_dot_voice__pb2.CapacityReply.FromString,
+                _registered_method=True)
 
 
 class VoiceModelServicer:
@@ -51,6 +56,14 @@ class VoiceModelServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Capacity(self, request, context):
+        """How many Converse streams the server takes at once, and how busy it is.
+        A transceiver admits calls up to max_streams (more get ModelError "busy").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VoiceModelServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +71,11 @@ def add_VoiceModelServicer_to_server(servicer, server):
                     servicer.Converse,
                     request_deserializer=transceiver_dot_model_dot_voice__pb2.ClientMessage.FromString,
                     response_serializer=transceiver_dot_model_dot_voice__pb2.ServerMessage.SerializeToString,
+            ),
+            'Capacity': grpc.unary_unary_rpc_method_handler(
+                    servicer.Capacity,
+                    request_deserializer=transceiver_dot_model_dot_voice__pb2.CapacityRequest.FromString,
+                    response_serializer=transceiver_dot_model_dot_voice__pb2.CapacityReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +105,33 @@ class VoiceModel:
             '/voxrelay.model.v1.VoiceModel/Converse',
             transceiver_dot_model_dot_voice__pb2.ClientMessage.SerializeToString,
             transceiver_dot_model_dot_voice__pb2.ServerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Capacity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voxrelay.model.v1.VoiceModel/Capacity',
+            transceiver_dot_model_dot_voice__pb2.CapacityRequest.SerializeToString,
+            transceiver_dot_model_dot_voice__pb2.CapacityReply.FromString,
             options,
             channel_credentials,
             insecure,
