@@ -1,9 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """Next hops for the XDP relay: resolving them, and noticing when they change.
 
-``bpf_fib_lookup`` never starts ARP; a packet whose next hop is unresolved
-is passed up and counted (STAT_PASS_NO_NEIGH), and the forward drop
-(``hostnet``) stops it there. So the control plane resolves next hops:
+``bpf_fib_lookup`` never starts ARP. A reply to a client whose next hop is
+unresolved goes to the MAC the client's flow was opened from (bpf/relay.c
+``learn_client_hop``, counted STAT_FWD_TO_CLIENT_LEARNT_NH); any other
+packet whose next hop is unresolved is passed up and counted
+(STAT_PASS_NO_NEIGH), and the forward drop (``hostnet``) stops it there. So
+the control plane resolves the transceivers' next hops:
 ``prime_neighbour`` when a transceiver is added, and ``NeighbourWatcher``
 (a coroutine on pyroute2's ``AsyncIPRoute``) calls back when a neighbour
 changes, which the upkeep turns into a
