@@ -8,6 +8,7 @@
 - A transceiver-shaped reply sent from the client's side, and a Binding
   Request with a forged private source, are dropped and counted, and
   allocate nothing.
+- ``relay load`` writes the blocked prefixes, and ``--replace`` changes them.
 
 The lab's neighbours along the relayed path are permanent; each test puts
 back what it deletes.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from ipaddress import IPv4Network
 from typing import Any
 
 import pytest
@@ -25,8 +27,10 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from lab.netns import ensure_neighbour, neighbour
-from orchestrator import netlink
+from orchestrator import loader, netlink
+from orchestrator.bccmaps import BlockedBy
 from tests.support import until
+from voxrelay.config import DEFAULT_BLOCKED_SOURCE_PREFIXES
 
 DATAGRAMS = 20
 
@@ -171,3 +175,45 @@ def test_spoofed_packets_from_the_public_side_are_counted_drops(loaded_relay: An
     assert relayed == {"STAT_DROP_INGRESS_NOT_PRIVATE": 1, "STAT_DROP_BLOCKED_SOURCE": 1}, stats
     assert len(loaded_relay.echo.received) == echoed, "a forged packet reached the transceiver"
     assert _state(loaded_relay) == state, "a forged packet allocated or refreshed state"
+
+
+def test_loader_writes_the_blocked_prefixes_and_replace_changes_them(loaded_relay: Any) -> None:
+    """``relay load`` blocks the private subnet and the relay's own addresses beside the
+    defaults; ``--replace`` with an operator prefix blocks new flows from it (and only
+    new ones), and a replace without it unblocks again."""
+    lab = loaded_relay.lab
+    relay = lab.relay
+    blocked = loaded_relay.maps.blocked_sources()
+    assert blocked[IPv4Network(f"{relay.private.address}/{relay.private.prefixlen}",
+                               strict=False)] == BlockedBy.PRIVATE_SUBNET
+    assert blocked[IPv4Network(f"{relay.public.address}/32")] == BlockedBy.RELAY_ADDRESS
+    assert {IPv4Network(p) for p in DEFAULT_BLOCKED_SOURCE_PREFIXES} <= set(blocked)
+
+    client = loaded_relay.client_socket()
+    try:
+        client.bind((relay.client_side.address, 0))
+        _exchange(loaded_relay, client, loaded_relay.stun(loaded_relay.mint()))  # a live flow
+        operator = f"{relay.client_side.address}/32"
+        loader.replace(relay.relay_config(blocked_source_prefixes=[operator]), netns=relay.netns)
+        try:
+            now = loaded_relay.maps.blocked_sources()
+            assert now[IPv4Network(operator)] == BlockedBy.OPERATOR
+            assert not {IPv4Network(p) for p in DEFAULT_BLOCKED_SOURCE_PREFIXES} & set(now)
+            # The open flow goes on; a new one from the same address is refused.
+            _exchange(loaded_relay, client, b"still relayed")
+            other = loaded_relay.client_socket()
+            try:
+                other.bind((relay.client_side.address, 0))
+                before = loaded_relay.stats()
+                other.sendto(loaded_relay.stun(loaded_relay.mint()), relay.vip)
+                stats = _settled_stats(loaded_relay, before, 1)
+                assert stats.get("STAT_DROP_BLOCKED_SOURCE") == 1, stats
+                assert loaded_relay.maps.flow(relay.client_side.address,
+                                              other.getsockname()[1]) is None
+            finally:
+                other.close()
+        finally:
+            loader.replace(relay.relay_config(), netns=relay.netns)
+        assert loaded_relay.maps.blocked_sources() == blocked
+    finally:
+        client.close()
