@@ -9,6 +9,7 @@
   Request with a forged private source, are dropped and counted, and
   allocate nothing.
 - ``relay load`` writes the blocked prefixes, and ``--replace`` changes them.
+- The orchestrator's upkeep primes the public side's gateways.
 
 The lab's neighbours along the relayed path are permanent; each test puts
 back what it deletes.
@@ -16,6 +17,7 @@ back what it deletes.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -26,8 +28,8 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from lab.netns import ensure_neighbour, neighbour
-from orchestrator import loader, netlink
+from lab.netns import ensure_neighbour, ensure_route, neighbour
+from orchestrator import bccview, loader, neighbours, netlink, upkeep
 from orchestrator.bccmaps import BlockedBy
 from tests.support import until
 from voxrelay.config import DEFAULT_BLOCKED_SOURCE_PREFIXES
@@ -217,3 +219,33 @@ def test_loader_writes_the_blocked_prefixes_and_replace_changes_them(loaded_rela
         assert loaded_relay.maps.blocked_sources() == blocked
     finally:
         client.close()
+
+
+def test_upkeep_primes_the_public_gateway(loaded_relay: Any) -> None:
+    """Nothing on the relay would ARP for the public side's gateway (client traffic
+    never reaches its stack): the orchestrator's upkeep primes it on every pass."""
+    lab = loaded_relay.lab
+    relay, gateway = lab.relay, lab.relay.client_side
+    routed = "203.0.113.0/24"
+    ensure_route(routed, gateway=gateway.address, netns=relay.netns)
+    with netlink.iproute(relay.netns) as ipr:
+        ipr.neigh("del", dst=gateway.address,
+                  ifindex=netlink.link_info(relay.public.ifname, relay.netns).ifindex)
+    try:
+        assert neighbours.interface_gateways(relay.public.ifname, relay.netns) == [gateway.address]
+        assert neighbours.interface_gateways(relay.private.ifname, relay.netns) == []
+        assert neighbour(relay.public.ifname, gateway.address, relay.netns) is None
+        view = bccview.open_relay(relay.name)
+        keeper = upkeep.BpfRelayUpkeep(view)
+        try:
+            keeper.prime([])
+            until(lambda: (neighbour(relay.public.ifname, gateway.address, relay.netns)
+                           or ("", ""))[0] == gateway.mac,
+                  what="the public gateway's neighbour entry to resolve")
+        finally:
+            asyncio.run(keeper.stop())
+            view.close()
+    finally:
+        with netlink.iproute(relay.netns) as ipr:
+            ipr.route("del", dst=routed)
+        ensure_neighbour(relay.public.ifname, gateway.address, gateway.mac, netns=relay.netns)
