@@ -30,7 +30,7 @@ from typing import Any
 
 from lab import bpftest, stun
 from lab import packets as T
-from lab.relaylab import PRIVATE, PUBLIC_PORT, VIP, ProgTestRelay
+from lab.relaylab import PRIVATE, PUBLIC_PORT, VIP, ProgTestRelay, lab_relay_config
 
 STEADY = "known flow, both sides alternating, cached next hop, hot (kernel repeat)"
 CASES = (
@@ -52,7 +52,10 @@ def _set_cycle(lab: Any, relay_port: int) -> bytes:
     next hops cached in both entries, the kernel's own repeat then runs the
     two hot paths alternately on one buffer: the program and its maps stay
     in cache as under real load, and no per-run timer or syscall is counted.
+    The kernel's repeat keeps the ingress interface, so both sides are
+    configured to be taken from vpub.
     """
+    lab.configure(lab_relay_config(), private_if="vpub")
     cfg = lab.maps.read_config()
     gen = cfg.nh_generation
     now = time.monotonic_ns()

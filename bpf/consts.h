@@ -25,6 +25,9 @@
 #ifndef MAX_TOKENS_TRACKED
 #define MAX_TOKENS_TRACKED 65536   /* token_flows LRU: flows created per token */
 #endif
+#ifndef MAX_BLOCKED_PREFIXES
+#define MAX_BLOCKED_PREFIXES 1024  /* blocked_sources: the private subnet(s) + the operator's list */
+#endif
 #ifndef MAX_STUN_ATTRS
 #define MAX_STUN_ATTRS 16          /* attributes walked looking for USERNAME */
 #endif
@@ -52,6 +55,9 @@
 #define LAST_SEEN_GRANULARITY_NS 100000000ULL /* refresh last_seen at most every 100 ms: fewer shared writes */
 #define RATE_WINDOW_NS 1000000000ULL
 #define NS_PER_SEC 1000000000ULL
+
+/* struct source_prefix: bits of family + pad before the address (LPM prefixlen). */
+#define SOURCE_PREFIX_HDR_BITS 32
 
 #ifndef AF_INET
 #define AF_INET 2

@@ -14,10 +14,13 @@
 #ifdef PIN_DIR
 #define RELAY_MAP(type, key, value, name, entries) \
 	BPF_TABLE_PINNED(type, key, value, name, entries, PIN_DIR "/" #name)
+#define RELAY_MAP_FLAGS(type, key, value, name, entries, flags) \
+	BPF_TABLE_PINNED(type, key, value, name, entries, PIN_DIR "/" #name, flags)
 #else
 #define RELAY_MAP(type, key, value, name, entries) \
 	BPF_TABLE(type, key, value, name, entries)
-
+#define RELAY_MAP_FLAGS(type, key, value, name, entries, flags) \
+	BPF_F_TABLE(type, key, value, name, entries, flags)
 #endif
 
 /* config[0]: addresses, ports, limits and clocks. Orchestrator writes (at load and on change). */
@@ -34,6 +37,11 @@ RELAY_MAP("hash", struct reverse_key, struct reverse_flow, reverse, MAX_RELAY_PO
 RELAY_MAP("lru_hash", struct relay_addr, struct rate_window, rate, MAX_RATE_SOURCES);
 /* token_flows[token mac]: how many flows that token has created. XDP writes. */
 RELAY_MAP("lru_hash", __u64, __u64, token_flows, MAX_TOKENS_TRACKED);
+/* blocked_sources[prefix]: client sources that may not open a flow (the private subnet, the
+ * relay's own addresses, relay.blocked_source_prefixes); the value is why (bccmaps.BlockedBy
+ * bits, for readers only). Loader writes at load and replace. LPM tries are never preallocated. */
+RELAY_MAP_FLAGS("lpm_trie", struct source_prefix, __u32, blocked_sources, MAX_BLOCKED_PREFIXES,
+		BPF_F_NO_PREALLOC);
 /* stats[enum relay_stat]: per-CPU packet counters. XDP writes; orchestrator sums over CPUs.
  * STATS_MAP_SIZE, not STAT_MAX: a new reason must not change the pinned shape. */
 RELAY_MAP("percpu_array", __u32, __u64, stats, STATS_MAP_SIZE);

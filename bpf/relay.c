@@ -10,6 +10,12 @@
  *   - UDP to private_addr:[port_min, port_max] (private side): a reply from
  *     the flow's transceiver is rewritten to public_addr:public_port -> client
  *     and forwarded.
+ *   - Each side is taken only from its own interface: public-side packets
+ *     must arrive on public_ifindex, private-side ones on private_ifindex
+ *     (a transceiver-shaped reply sent from the public side is dropped).
+ *   - An unknown client whose source lies in a blocked prefix (the private
+ *     subnet, the relay's own addresses, the operator's list: the
+ *     blocked_sources trie) opens nothing.
  *   - Anything else addressed to the relay's UDP port (or port range) is
  *     dropped and counted by reason; traffic not for the relay passes
  *     untouched.
@@ -17,8 +23,10 @@
  *
  * Next hops come from bpf_fib_lookup (cached per flow while the config's
  * nh_generation holds). XDP_TX when the egress interface is the ingress one,
- * else bpf_redirect. When the neighbour is unresolved, the rewritten packet
- * is passed to the stack, whose forwarding path resolves it. */
+ * else bpf_redirect. bpf_fib_lookup never starts ARP: with no neighbour entry
+ * for the next hop, a reply to a client goes to the MAC its flow learnt
+ * (learn_client_hop); anything else is passed to the stack, rewritten, and
+ * counted STAT_PASS_NO_NEIGH. */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/in.h>
@@ -170,20 +178,31 @@ static __always_inline __u32 resolve_next_hop(struct xdp_md *ctx,
 }
 
 /* Set the MACs from the cached or resolved next hop and send the (already
- * rewritten) packet on its way. `ok` is the counter for a forwarded packet. */
+ * rewritten) packet on its way. `ok` is the counter for a forwarded packet.
+ *
+ * `learnt` (0: none) is the counter for a packet sent to the flow's own,
+ * stale next hop because the kernel has no neighbour entry for the route's
+ * next hop (BPF_FIB_LKUP_RET_NO_NEIGH). Only the reply path passes one:
+ * see learn_client_hop for why that next hop is right. It is used only when
+ * the route leaves by the interface it names (the fib fills in the egress
+ * ifindex on NO_NEIGH too), and it is not revalidated, so that every packet
+ * asks the fib again and takes the kernel's neighbour once there is one. */
 static __always_inline struct verdict send_to_next_hop(struct xdp_md *ctx,
 						       const struct relay_config *cfg,
 						       struct relay_scratch *s,
 						       struct ethhdr *eth, struct iphdr *iph,
-						       struct next_hop *nh, __u32 ok)
+						       struct next_hop *nh, __u32 ok, __u32 learnt)
 {
 	if (!nh->ifindex || nh->generation != cfg->nh_generation) {
 		__u32 stat = resolve_next_hop(ctx, cfg, s, iph, nh);
 
-		if (stat == STAT_PASS_NO_NEIGH)
-			return VERDICT(XDP_PASS, stat);
-		if (stat)
+		if (stat == STAT_PASS_NO_NEIGH) {
+			if (!learnt || !nh->ifindex || nh->ifindex != s->fib.ifindex)
+				return VERDICT(XDP_PASS, stat);
+			ok = learnt;
+		} else if (stat) {
 			return DROP(stat);
+		}
 	}
 	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
@@ -201,7 +220,48 @@ static __always_inline struct verdict forward_to_transceiver(struct xdp_md *ctx,
 {
 	rewrite_udp4(iph, udp, cfg->private_addr.addr[0], f->txr_addr.addr[0],
 		     f->relay_port, f->txr_port);
-	return send_to_next_hop(ctx, cfg, s, eth, iph, &f->nh, ok);
+	/* No learnt fallback: a client's frame says nothing about the
+	 * transceiver's MAC (the control plane primes those neighbours). */
+	return send_to_next_hop(ctx, cfg, s, eth, iph, &f->nh, ok, 0);
+}
+
+/* The next hop back to a new client, as the frame that opens its flow shows
+ * it: out of the interface it came in on, from the MAC it was sent to, to
+ * the MAC it came from. It goes into the reverse entry already stale (one
+ * generation old), so the fib still decides every reply's next hop; it is
+ * only the fallback for a next hop the kernel has no neighbour entry for,
+ * which would otherwise black-hole the call's first replies (nothing on the
+ * relay ARPs for a client: its packets never reach the stack).
+ *
+ * Why the frame's source MAC is the right one, on-link or not: a client on
+ * the public subnet sends its own frames, so h_source is the client; a
+ * client behind a router arrives in frames from that router, so h_source is
+ * the gateway that reaches the client, i.e. the next hop the fib would
+ * name. (With asymmetric routing it is the router the client's packets come
+ * through, which reaches it too.) The fallback is taken only when the route
+ * to the client leaves by this same interface. Broadcast and multicast MACs
+ * (the group bit) are never a next hop: such a frame teaches nothing. */
+static __always_inline void learn_client_hop(struct xdp_md *ctx, const struct relay_config *cfg,
+					     const struct ethhdr *eth, struct next_hop *nh)
+{
+	if ((eth->h_source[0] | eth->h_dest[0]) & 1)
+		return;
+	nh->ifindex = ctx->ingress_ifindex;
+	__builtin_memcpy(nh->smac, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(nh->dmac, eth->h_source, ETH_ALEN);
+	nh->generation = cfg->nh_generation - 1;
+}
+
+/* Is this (IPv4) source in a blocked prefix? One LPM lookup at full length. */
+static __always_inline int source_blocked(__be32 saddr)
+{
+	struct source_prefix key = {
+		.prefixlen = SOURCE_PREFIX_HDR_BITS + 32,
+		.family = AF_INET,
+	};
+
+	key.addr.addr[0] = saddr;
+	return blocked_sources.lookup(&key) != NULL;
 }
 
 /* Find USERNAME among the STUN attributes. `msg_end` is the message length
@@ -322,6 +382,10 @@ static __always_inline struct verdict new_flow(struct xdp_md *ctx, const struct 
 	struct relay_token tok = {};
 	__u8 *raw = s->token;
 
+	/* First, so that a spoofed private (or otherwise impossible) source
+	 * costs no parsing and never reaches the rate windows or the ports. */
+	if (source_blocked(iph->saddr))
+		return DROP(STAT_DROP_BLOCKED_SOURCE);
 	if (payload_len < STUN_HDR_LEN)
 		return DROP(STAT_DROP_NOT_STUN);
 	int stun_len = parse_stunhdr(c, &sh);
@@ -398,6 +462,7 @@ static __always_inline struct verdict new_flow(struct xdp_md *ctx, const struct 
 	rv->txr_port = tok.port;
 	rv->transceiver_id = txr_id;
 	rv->last_seen_ns = now;
+	learn_client_hop(ctx, cfg, eth, &rv->nh);
 	__be16 relay_port = allocate_port(cfg, rv, tok.mac, now);
 
 	if (!relay_port)
@@ -485,7 +550,8 @@ static __always_inline struct verdict private_side(struct xdp_md *ctx,
 	touch(&r->last_seen_ns, relay_now(s));
 	rewrite_udp4(iph, udp, cfg->public_addr.addr[0], r->client.addr.addr[0],
 		     cfg->public_port, r->client.port);
-	return send_to_next_hop(ctx, cfg, s, eth, iph, &r->nh, STAT_FWD_TO_CLIENT);
+	return send_to_next_hop(ctx, cfg, s, eth, iph, &r->nh, STAT_FWD_TO_CLIENT,
+				STAT_FWD_TO_CLIENT_LEARNT_NH);
 }
 
 static __always_inline int addr6_eq(const struct in6_addr *a, const struct relay_addr *b)
@@ -548,6 +614,15 @@ static __always_inline struct verdict relay(struct xdp_md *ctx)
 
 	if (!public && !private)
 		return VERDICT(XDP_PASS, STAT_PASS_NOT_RELAY);
+	/* Each side only from its own interface (the loader writes both
+	 * ifindexes): Linux takes a packet for any local address on any
+	 * interface, so the destination alone does not say where it came from,
+	 * and a transceiver's reply forged on the public side would otherwise
+	 * be delivered into a live client's flow. First, so it touches nothing. */
+	if (public && ctx->ingress_ifindex != cfg->public_ifindex)
+		return DROP(STAT_DROP_INGRESS_NOT_PUBLIC);
+	if (!public && ctx->ingress_ifindex != cfg->private_ifindex)
+		return DROP(STAT_DROP_INGRESS_NOT_PRIVATE);
 	if (iph->ihl != 5)
 		return DROP(STAT_DROP_IP_OPTIONS);
 	if (iph->frag_off & IP_MF_BE)

@@ -105,6 +105,18 @@ struct relay_config {
 	__u32 pad;
 };
 
+/* `blocked_sources` key, an LPM trie key: `prefixlen` counts the bits of
+ * everything after it (family, pad, addr), so that one trie holds both
+ * families without mixing them: an IPv4 /p is SOURCE_PREFIX_HDR_BITS + p,
+ * with family AF_INET and the address in addr[0]. A lookup of one address
+ * uses the full length of its family. */
+struct source_prefix {
+	__u32 prefixlen;
+	__u8 family;
+	__u8 pad[3];
+	struct relay_addr addr;
+};
+
 /* `rate` value: the per-source new-flow window. */
 struct rate_window {
 	__u64 window_start_ns;
@@ -122,5 +134,6 @@ _Static_assert(sizeof(struct transceiver) == 24, "transceiver layout");
 _Static_assert(sizeof(struct token_key) == 24, "token_key layout");
 _Static_assert(sizeof(struct relay_config) == 80, "relay_config layout");
 _Static_assert(sizeof(struct rate_window) == 16, "rate_window layout");
+_Static_assert(sizeof(struct source_prefix) == 24, "source_prefix layout");
 
 #endif

@@ -29,7 +29,7 @@
 
 /* Entries of the `stats` map. Fixed, and not a -D limit (so not in consts.h's
  * #ifndef list): changing it changes the pinned map's shape, which a replace
- * refuses. 64 leaves room for 37 more (0..26 are taken). */
+ * refuses. 64 leaves room for 33 more (0..30 are taken). */
 #define STATS_MAP_SIZE 64
 
 enum relay_stat {
@@ -39,8 +39,9 @@ enum relay_stat {
 	STAT_PASS_NOT_RELAY = 1,             /* not UDP to the relay's address and port (or a
 	                                      * later IPv4 fragment, whose port is unknown):
 	                                      * untouched */
-	STAT_PASS_NO_NEIGH = 2,              /* rewritten, but the next hop's MAC is unresolved:
-	                                      * passed to the stack, which may resolve it */
+	STAT_PASS_NO_NEIGH = 2,              /* rewritten, but the next hop's MAC is unresolved
+	                                      * (and, towards a client, no learnt one fits):
+	                                      * passed to the stack */
 	STAT_PASS_UNCONFIGURED = 3,          /* no config written yet: the relay is inert */
 
 	/* forwarded (XDP_REDIRECT or XDP_TX) */
@@ -72,7 +73,19 @@ enum relay_stat {
 	STAT_DROP_IPV6 = 26,                 /* IPv6 to a configured IPv6 relay address, or a token
 	                                      * for an IPv6 transceiver: layouts are ready, path is not */
 
-	/* new reasons here, numbered 27, 28, ... */
+	STAT_DROP_INGRESS_NOT_PUBLIC = 27,   /* UDP to the public address and port that did not
+	                                      * arrive on the public interface */
+	STAT_DROP_INGRESS_NOT_PRIVATE = 28,  /* UDP to the private address and a relay port that
+	                                      * did not arrive on the private interface (e.g. a
+	                                      * transceiver-shaped reply sent from the public side) */
+	STAT_DROP_BLOCKED_SOURCE = 29,       /* an unknown client whose source is in a blocked
+	                                      * prefix (the private subnet, the relay's own
+	                                      * address, relay.blocked_source_prefixes) */
+	STAT_FWD_TO_CLIENT_LEARNT_NH = 30,   /* transceiver reply, private -> public, with no
+	                                      * neighbour entry for the route's next hop: sent to
+	                                      * the MAC the client's packets came from */
+
+	/* new reasons here, numbered 31, 32, ... */
 
 	STAT_MAX                             /* implicit: one past the highest number in use */
 };

@@ -12,9 +12,18 @@ test and the bench (bench/progcost.py) reuse it.
 Topology (all inside the namespace)::
 
     client 203.0.113.0/24 --(gateway 198.51.100.1)-- vpub 198.51.100.10 = VIP
-    vpriv 10.77.0.1 --- transceivers 10.77.0.21 (id 7), .22 (id 8), .23 (id 11, draining)
+    client 203.0.113.128/25 --(gateway 198.51.100.2: no neighbour entry)-- vpub
+    client 198.51.100.40: on-link, no neighbour entry
+    client 203.0.113.64/27 --(10.77.0.98: no neighbour entry)-- vpriv: routed out of the
+                        other interface than its packets come in by
+    vpriv 10.77.0.1/24 --- transceivers 10.77.0.21 (id 7), .22 (id 8), .23 (id 11, draining)
                         10.77.0.99 (id 9): no neighbour entry  -> PASS_NO_NEIGH
                         192.0.2.50 (id 10): blackhole route     -> DROP_FIB_FAIL
+    vpub --- transceiver 198.51.100.60 (id 12): on the public side -> XDP_TX
+
+The program takes public-side packets only from vpub and private-side ones
+only from vpriv (config ifindexes), and blocks client sources in 10.77.0.0/24,
+the relay's two addresses and RelayConfig's default blocked_source_prefixes.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Self
 
 from pyroute2 import netns as pyroute2_netns
@@ -37,19 +46,29 @@ from lab.netns import (
     ensure_veth,
 )
 from orchestrator import bpfprog, hostnet
-from orchestrator.bccmaps import RelayMaps, TransceiverStatus
+from orchestrator.bccmaps import RelayMaps, TransceiverStatus, desired_blocked_sources
 from orchestrator.verdicts import RelayStat, verdict_names
 from voxrelay.config import RelayConfig
 
 VIP = IPv4Address("198.51.100.10")
 GATEWAY = IPv4Address("198.51.100.1")
 PRIVATE = IPv4Address("10.77.0.1")
+PRIVATE_NET = IPv4Network("10.77.0.0/24")
 PUBLIC_PORT = 3478
 PORT_MIN, PORT_MAX = 40000, 40999
 
 VPUB_MAC = "02:00:00:00:00:0a"
 VPRIV_MAC = "02:00:00:00:00:0b"
 GATEWAY_MAC = "02:00:00:00:01:01"
+UNRESOLVED_GATEWAY = IPv4Address("198.51.100.2")
+"""Next hop of ROUTED_NO_NEIGH; it has no neighbour entry."""
+ROUTED_NO_NEIGH = "203.0.113.128/25"
+"""Clients behind a router the relay has no neighbour entry for."""
+ONLINK_NO_NEIGH = IPv4Address("198.51.100.40")
+"""A client on the public subnet the relay has no neighbour entry for."""
+ROUTED_ELSEWHERE = "203.0.113.64/27"
+"""Clients whose route leaves by vpriv, via a next hop with no neighbour entry."""
+ELSEWHERE_GATEWAY = IPv4Address("10.77.0.98")
 
 # transceiver id -> (address, MAC of its neighbour entry or None, status)
 TRANSCEIVERS: dict[int, tuple[IPv4Address, str | None, TransceiverStatus]] = {
@@ -58,6 +77,7 @@ TRANSCEIVERS: dict[int, tuple[IPv4Address, str | None, TransceiverStatus]] = {
     9: (IPv4Address("10.77.0.99"), None, TransceiverStatus.ACTIVE),
     10: (IPv4Address("192.0.2.50"), None, TransceiverStatus.ACTIVE),
     11: (IPv4Address("10.77.0.23"), "02:00:00:00:02:23", TransceiverStatus.DRAINING),
+    12: (IPv4Address("198.51.100.60"), "02:00:00:00:02:60", TransceiverStatus.ACTIVE),
 }
 BLACKHOLE = "192.0.2.0/24"
 
@@ -138,13 +158,16 @@ class ProgTestRelay:
             link, _ = ensure_veth(name, peer, netns=ns, peer_netns=ns, mac=mac)
             self.ifindex[name] = link.ifindex
         ensure_address("vpub", f"{VIP}/24", ns)
-        ensure_address("vpriv", f"{PRIVATE}/24", ns)
+        ensure_address("vpriv", f"{PRIVATE}/{PRIVATE_NET.prefixlen}", ns)
         ensure_route("default", gateway=str(GATEWAY), netns=ns)
         ensure_route(BLACKHOLE, blackhole=True, netns=ns)
+        ensure_route(ROUTED_NO_NEIGH, gateway=str(UNRESOLVED_GATEWAY), netns=ns)
+        ensure_route(ROUTED_ELSEWHERE, gateway=str(ELSEWHERE_GATEWAY), netns=ns)
         ensure_neighbour("vpub", str(GATEWAY), GATEWAY_MAC, netns=ns)
         for addr, neigh_mac, _ in TRANSCEIVERS.values():
             if neigh_mac is not None:
-                ensure_neighbour("vpriv", str(addr), neigh_mac, netns=ns)
+                side = "vpriv" if addr in PRIVATE_NET else "vpub"
+                ensure_neighbour(side, str(addr), neigh_mac, netns=ns)
         # bpf_fib_lookup answers FWD_DISABLED unless forwarding is on.
         hostnet.set_sysctl("net/ipv4/conf/all/forwarding", 1, ns)
         pyroute2_netns.pushns(ns)
@@ -167,10 +190,20 @@ class ProgTestRelay:
         for tid, (addr, _, status) in TRANSCEIVERS.items():
             m.set_transceiver(tid, addr, status)
 
-    def configure(self, relay: RelayConfig) -> None:
+    def configure(self, relay: RelayConfig, *, public_if: str = "vpub",
+                  private_if: str = "vpriv") -> None:
+        """Write ``config`` and ``blocked_sources`` as the loader would for this namespace.
+
+        ``public_if``/``private_if`` name the interfaces the program accepts
+        each side from (a bench cycle that feeds the program its own output
+        on one interface sets both to it).
+        """
+        self.maps.write_blocked_sources(desired_blocked_sources(
+            relay, public_addr=VIP, private_addr=PRIVATE,
+            private_networks=[PRIVATE_NET]))
         self.maps.write_config(relay, public_addr=VIP, private_addr=PRIVATE,
-                               public_ifindex=self.ifindex["vpub"],
-                               private_ifindex=self.ifindex["vpriv"])
+                               public_ifindex=self.ifindex[public_if],
+                               private_ifindex=self.ifindex[private_if])
 
     # --- running packets -----------------------------------------------------------
 

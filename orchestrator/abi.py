@@ -50,9 +50,13 @@ class Stat(enum.IntEnum):
     STAT_DROP_SPOOFED_SOURCE = 24
     STAT_DROP_FIB_FAIL = 25
     STAT_DROP_IPV6 = 26
+    STAT_DROP_INGRESS_NOT_PUBLIC = 27
+    STAT_DROP_INGRESS_NOT_PRIVATE = 28
+    STAT_DROP_BLOCKED_SOURCE = 29
+    STAT_FWD_TO_CLIENT_LEARNT_NH = 30
 
 
-STAT_MAX = 27
+STAT_MAX = 31
 """One past the highest number in use (not the map's size)."""
 
 RETIRED: frozenset[int] = frozenset()
@@ -62,14 +66,18 @@ STATS_MAP_SIZE = 64
 """Entries of the ``stats`` map: fixed, with headroom for new reasons."""
 
 TRANSCEIVER_ACTIVE = 1
+"""``transceiver.status``: takes new flows (bpf/consts.h)."""
 TRANSCEIVER_DRAINING = 2
-"""``transceiver.status`` values (bpf/consts.h)."""
+"""``transceiver.status``: keeps its flows, gets no new ones."""
+SOURCE_PREFIX_HDR_BITS = 32
+"""``struct source_prefix``: prefixlen bits before the address."""
 
 
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LRU_HASH = 9
+BPF_MAP_TYPE_LPM_TRIE = 11
 
 
 class MapLayout(NamedTuple):
@@ -219,6 +227,18 @@ class RateWindow(ctypes.Structure):
     ]
 
 
+class SourcePrefix(ctypes.Structure):
+    """``struct source_prefix`` (bpf/structs.h)."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("family", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("addr", RelayAddr),
+    ]
+
+
 _STRUCT_SIZES: dict[type[ctypes.Structure], tuple[str, int]] = {
     RelayAddr: ("relay_addr", 16),
     RelayConfig: ("relay_config", 80),
@@ -230,6 +250,7 @@ _STRUCT_SIZES: dict[type[ctypes.Structure], tuple[str, int]] = {
     ReverseKey: ("reverse_key", 4),
     ReverseFlow: ("reverse_flow", 80),
     RateWindow: ("rate_window", 16),
+    SourcePrefix: ("source_prefix", 24),
 }
 """Each struct's C name and size as bcc laid it out (and structs.h asserts)."""
 
@@ -242,6 +263,7 @@ MAP_NAMES: tuple[str, ...] = (
     "reverse",
     "rate",
     "token_flows",
+    "blocked_sources",
     "stats",
 )
 """The pinned maps in bpf/maps.h order: every pin in a relay's pin directory."""
@@ -254,6 +276,7 @@ MAP_LAYOUTS: dict[str, MapLayout] = {
     "reverse": MapLayout(BPF_MAP_TYPE_HASH, 4, 80),
     "rate": MapLayout(BPF_MAP_TYPE_LRU_HASH, 16, 16),
     "token_flows": MapLayout(BPF_MAP_TYPE_LRU_HASH, 8, 8),
+    "blocked_sources": MapLayout(BPF_MAP_TYPE_LPM_TRIE, 24, 4),
     "stats": MapLayout(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8),
 }
 
@@ -265,6 +288,7 @@ MAP_CTYPES: dict[str, tuple[type, type]] = {
     "reverse": (ReverseKey, ReverseFlow),
     "rate": (RelayAddr, RateWindow),
     "token_flows": (ctypes.c_uint64, ctypes.c_uint64),
+    "blocked_sources": (SourcePrefix, ctypes.c_uint32),
     "stats": (ctypes.c_uint32, ctypes.c_uint64),
 }
 """(key, value) ctypes per map; the value is one CPU's for per-CPU maps."""

@@ -31,13 +31,13 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from orchestrator import abi
 from orchestrator.bpfprog import XDP_WRITTEN_MAPS, check_map_layouts
 from orchestrator.verdicts import STAT_MAX, RelayStat, verdict_names
-from voxrelay.config import RelayConfig
+from voxrelay.config import RelayConfig, parse_source_prefixes
 from voxrelay.token import KEY_BYTES, MAX_KEY_ID
 
 AF_INET = socket.AF_INET.value
@@ -49,6 +49,42 @@ class TransceiverStatus(enum.IntEnum):
     """Takes new flows."""
     DRAINING = abi.TRANSCEIVER_DRAINING
     """Keeps its flows but gets no new ones."""
+
+
+class BlockedBy(enum.IntFlag):
+    """Why a prefix is in ``blocked_sources`` (its value; the program only tests presence)."""
+
+    PRIVATE_SUBNET = 1
+    """A subnet of the relay's private interface."""
+    RELAY_ADDRESS = 2
+    """The relay's own public or private address."""
+    OPERATOR = 4
+    """``RelayConfig.blocked_source_prefixes``."""
+
+
+def desired_blocked_sources(relay: RelayConfig, *, public_addr: IPv4Address | str,
+                            private_addr: IPv4Address | str,
+                            private_networks: Iterable[IPv4Network | str]
+                            ) -> dict[IPv4Network, BlockedBy]:
+    """What ``blocked_sources`` should hold for ``relay``: prefix -> why.
+
+    Always the private interface's subnets (``private_networks``, from its
+    addresses) and the relay's own two addresses, then the operator's list;
+    a prefix named twice carries both reasons. Raises ConfigError for a bad
+    operator prefix.
+    """
+    out: dict[IPv4Network, BlockedBy] = {}
+
+    def add(network: IPv4Network, why: BlockedBy) -> None:
+        out[network] = out.get(network, BlockedBy(0)) | why
+
+    for net in private_networks:
+        add(IPv4Network(net, strict=False), BlockedBy.PRIVATE_SUBNET)
+    for addr in (public_addr, private_addr):
+        add(IPv4Network(f"{IPv4Address(addr)}/32"), BlockedBy.RELAY_ADDRESS)
+    for net in parse_source_prefixes(relay.blocked_source_prefixes):
+        add(net, BlockedBy.OPERATOR)
+    return out
 
 
 # --- byte order helpers ------------------------------------------------------
@@ -285,6 +321,48 @@ class RelayMaps:
         )
         table[table.Key(0)] = leaf
         return int(leaf.clock_offset_ns)
+
+    # --- blocked sources ------------------------------------------------------
+
+    def _prefix_key(self, network: IPv4Network) -> Any:
+        key = self._t["blocked_sources"].Key()
+        key.prefixlen = abi.SOURCE_PREFIX_HDR_BITS + network.prefixlen
+        key.family = AF_INET
+        key.addr.addr[0] = be32_of(network.network_address)
+        return key
+
+    def blocked_sources(self) -> dict[IPv4Network, BlockedBy]:
+        """``blocked_sources`` as it is: prefix -> why."""
+        out = {}
+        for k, v in self._t["blocked_sources"].items():
+            if k.family != AF_INET:
+                continue
+            bits = int(k.prefixlen) - abi.SOURCE_PREFIX_HDR_BITS
+            out[IPv4Network(f"{addr_of(k.addr.addr[0])}/{bits}")] = BlockedBy(int(v.value))
+        return out
+
+    def write_blocked_sources(self, desired: Mapping[IPv4Network, BlockedBy]
+                              ) -> tuple[int, int]:
+        """Make ``blocked_sources`` hold exactly ``desired``; returns (written, deleted).
+
+        Writes only the delta: new prefixes and changed reasons first, then
+        removals, so that no prefix that stays is unblocked for a moment.
+        Raises ValueError when ``desired`` does not fit the map.
+        """
+        table = self._t["blocked_sources"]
+        if len(desired) > table.max_entries:
+            raise ValueError(f"{len(desired)} blocked source prefixes do not fit the map "
+                             f"({table.max_entries}; MAX_BLOCKED_PREFIXES in bpf/consts.h)")
+        current = self.blocked_sources()
+        written = deleted = 0
+        for network, why in desired.items():
+            if current.get(network) != why:
+                table[self._prefix_key(network)] = table.Leaf(int(why))
+                written += 1
+        for network in current.keys() - desired.keys():
+            del table[self._prefix_key(network)]
+            deleted += 1
+        return written, deleted
 
     # --- transceivers --------------------------------------------------------
 

@@ -30,6 +30,7 @@ _LIMIT_OF_MAP = {
     "rate": "MAX_RATE_SOURCES",
     "reverse": "MAX_RELAY_PORTS",
     "token_flows": "MAX_TOKENS_TRACKED",
+    "blocked_sources": "MAX_BLOCKED_PREFIXES",
 }
 
 class BpfRelayView:

@@ -14,8 +14,8 @@ Where each part comes from:
   every enumerator, ascending, ``STAT_RETIRED_<N>`` for retired numbers), since
   the C compiler cannot.
 - ``STATS_MAP_SIZE`` and ``TRANSCEIVER_*``: ``#define`` lines of the headers.
-- ``MAP_NAMES``: the ``RELAY_MAP(...)`` lines of bpf/maps.h (exactly the
-  pinned maps), in their order.
+- ``MAP_NAMES``: the ``RELAY_MAP(...)`` and ``RELAY_MAP_FLAGS(...)`` lines of
+  bpf/maps.h (exactly the pinned maps), in their order.
 - ``MAP_LAYOUTS`` and the ctypes structures: bcc compiles relay.c once and the
   kernel reports each map's type, key and value size (``BPF_OBJ_GET_INFO``);
   the structures are written from bcc's JSON description of each map's key
@@ -50,7 +50,9 @@ OUTPUT = Path(__file__).resolve().parent / "abi.py"
 
 _COMMENTS = re.compile(r"/\*.*?\*/|//[^\n]*", re.DOTALL)
 _ENUMERATOR = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*(?:=\s*(\S+))?$")
-_RELAY_MAP = re.compile(r"^RELAY_MAP\(\s*\"(\w+)\"\s*,.*,\s*(\w+)\s*,\s*\w+\s*\)\s*;",
+# A RELAY_MAP or RELAY_MAP_FLAGS declaration, possibly over several lines: group 1
+# is the map type, group 2 the name, its 4th argument (keys and values hold no comma).
+_RELAY_MAP = re.compile(r"^RELAY_MAP(?:_FLAGS)?\(\s*\"(\w+)\"\s*,\s*[^,]+,\s*[^,]+,\s*(\w+)\s*,",
                         re.MULTILINE)
 _SIZE_ASSERT = re.compile(r"_Static_assert\(\s*sizeof\(struct\s+(\w+)\)\s*==\s*(\d+)")
 
@@ -339,8 +341,7 @@ def render(verdicts: dict[str, int], stats_map_size: int, consts: dict[str, int]
     out.append("")
     for name, value in consts.items():
         out.append(f"{name} = {value}")
-    if consts:
-        out.append('"""``transceiver.status`` values (bpf/consts.h)."""')
+        out.append(f'"""{CONSTS.get(name, "bpf/consts.h")}"""')
     out += ["", ""]
     types = sorted({(m.map_type, _MAP_TYPE_NAMES.get(m.map_type, "")) for m in maps})
     for number, type_name in types:
@@ -390,7 +391,15 @@ def render(verdicts: dict[str, int], stats_map_size: int, consts: dict[str, int]
 
 # uapi enum bpf_map_type, for the ones a relay may use.
 _MAP_TYPE_NAMES = {1: "HASH", 2: "ARRAY", 5: "PERCPU_HASH", 6: "PERCPU_ARRAY", 9: "LRU_HASH",
-                   10: "LRU_PERCPU_HASH"}
+                   10: "LRU_PERCPU_HASH", 11: "LPM_TRIE"}
+
+
+CONSTS = {
+    "TRANSCEIVER_ACTIVE": "``transceiver.status``: takes new flows (bpf/consts.h).",
+    "TRANSCEIVER_DRAINING": "``transceiver.status``: keeps its flows, gets no new ones.",
+    "SOURCE_PREFIX_HDR_BITS": "``struct source_prefix``: prefixlen bits before the address.",
+}
+"""The #defines of bpf/consts.h that abi.py mirrors, with their docstrings."""
 
 
 def generate() -> str:
@@ -400,7 +409,7 @@ def generate() -> str:
     consts_h = (src / "consts.h").read_text()
     verdicts = parse_verdicts(verdicts_h)
     stats_map_size = parse_define(verdicts_h, "STATS_MAP_SIZE")
-    consts = {n: parse_define(consts_h, n) for n in ("TRANSCEIVER_ACTIVE", "TRANSCEIVER_DRAINING")}
+    consts = {n: parse_define(consts_h, n) for n in CONSTS}
     maps = kernel_maps(parse_pinned_maps((src / "maps.h").read_text()))
     stats = next(m for m in maps if m.name == "stats")
     if (stats.key_size, stats.value_size, stats.max_entries) != (4, 8, stats_map_size):

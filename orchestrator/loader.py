@@ -164,7 +164,13 @@ def _compile(relay: RelayConfig,
 
 def _write_config(relay_maps: bccmaps.RelayMaps, relay: RelayConfig, netns: str | None,
                   public: str, private: str) -> None:
-    """The ``config`` map, from the relay's settings and the interfaces' indexes."""
+    """The ``config`` map, from the relay's settings and the interfaces' indexes, and the
+    ``blocked_sources`` trie: the private interface's subnets (read from it now), the
+    relay's own addresses and ``relay.blocked_source_prefixes`` (written first, so that a
+    replace never runs a moment without them)."""
+    relay_maps.write_blocked_sources(bccmaps.desired_blocked_sources(
+        relay, public_addr=public, private_addr=private,
+        private_networks=netlink.addresses(relay.private_interface, netns)))
     relay_maps.write_config(
         relay,
         public_addr=public,

@@ -1,10 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
 """Next hops for the XDP relay: resolving them, and noticing when they change.
 
-``bpf_fib_lookup`` never starts ARP; a packet whose next hop is unresolved
-is passed up and counted (STAT_PASS_NO_NEIGH), and the forward drop
-(``hostnet``) stops it there. So the control plane resolves next hops:
-``prime_neighbour`` when a transceiver is added, and ``NeighbourWatcher``
+``bpf_fib_lookup`` never starts ARP. A reply to a client whose next hop is
+unresolved goes to the MAC the client's flow was opened from (bpf/relay.c
+``learn_client_hop``, counted STAT_FWD_TO_CLIENT_LEARNT_NH); any other
+packet whose next hop is unresolved is passed up and counted
+(STAT_PASS_NO_NEIGH), and the forward drop (``hostnet``) stops it there. So
+the control plane resolves the transceivers' next hops:
+``prime_neighbour`` when a transceiver is added, ``prime_gateways`` for the
+public side's gateways, and ``NeighbourWatcher``
 (a coroutine on pyroute2's ``AsyncIPRoute``) calls back when a neighbour
 changes, which the upkeep turns into a
 ``config.nh_generation`` bump that invalidates the next hops cached in flows.
@@ -55,6 +59,45 @@ def prime_neighbour(ip: str, *, netns: str | None = None) -> tuple[int, str]:
     return ifindex, hop
 
 
+def interface_gateways(ifname: str, netns: str | None = None) -> list[str]:
+    """The IPv4 gateways that the main table's routes out of ``ifname`` name, in order.
+
+    On the public interface these are the next hops towards clients that do
+    not share its subnet (typically the default route's gateway). Multipath
+    routes contribute each hop that leaves by ``ifname``.
+    """
+    found: list[str] = []
+    with netlink.iproute(netns) as ipr:
+        index = netlink.link_index(ipr, ifname)
+        if index is None:
+            raise netlink.NetlinkSetupError(
+                f"no interface {ifname!r} in netns {netns or '(current)'}")
+        for route in ipr.get_routes(family=socket.AF_INET, table=_RT_TABLE_MAIN):
+            hops = [(route.get_attr("RTA_OIF"), route.get_attr("RTA_GATEWAY"))]
+            hops += [(hop["oif"], hop.get_attr("RTA_GATEWAY"))
+                     for hop in route.get_attr("RTA_MULTIPATH") or ()]
+            for oif, gateway in hops:
+                if oif == index and gateway and gateway not in found:
+                    found.append(gateway)
+    return found
+
+
+def prime_gateways(ifname: str, *, netns: str | None = None) -> list[str]:
+    """``prime_neighbour`` for each of ``interface_gateways(ifname)``; returns them.
+
+    Nothing else makes the kernel resolve the public side's gateway: the
+    relay's traffic to clients never passes through the stack, so an entry
+    that is deleted or garbage-collected stays missing, and every reply then
+    takes bpf/relay.c's learnt fallback (a fib lookup per packet) instead of
+    the kernel's answer.
+    """
+    gateways = interface_gateways(ifname, netns)
+    for gateway in gateways:
+        prime_neighbour(gateway, netns=netns)
+    return gateways
+
+
+_RT_TABLE_MAIN = 254
 _RTM_NEWNEIGH = 28
 _RTM_DELNEIGH = 29
 _NUD_FAILED = 0x20

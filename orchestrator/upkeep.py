@@ -25,7 +25,9 @@ class BpfRelayUpkeep:
     """What keeps a loaded relay right besides its routing maps (``service.Upkeep``).
 
     - next hops: ``bpf_fib_lookup`` never starts ARP, so every transceiver
-      address written to the maps gets ``neighbours.prime_neighbour``; and a
+      address written to the maps gets ``neighbours.prime_neighbour``, and
+      every ``prime`` also primes the public interface's gateways (the first
+      of the load state's interfaces), which nothing else would; and a
       ``neighbours.NeighbourWatcher`` on the relay's interfaces bumps
       ``config.nh_generation`` when a neighbour changes or goes, which
       invalidates the next hops cached in flows;
@@ -85,9 +87,18 @@ class BpfRelayUpkeep:
         log.info("neighbour changed: cached next hops invalidated")
 
     def prime(self, addresses: Iterable[str]) -> None:
-        """Queue resolution of each address (returns at once; failures are logged)."""
+        """Queue resolution of each address and of the public side's gateways
+        (returns at once; failures are logged)."""
         for address in list(addresses):
             self._netlink.submit(self._prime_one, address)
+        if self.ifnames:
+            self._netlink.submit(self._prime_gateways, self.ifnames[0])
+
+    def _prime_gateways(self, ifname: str) -> None:
+        try:
+            netlink.run_in_netns(self.netns, neighbours.prime_gateways, ifname)
+        except Exception as exc:  # noqa: BLE001 - a missing route must not stop the sync
+            log.warning("cannot resolve the gateways of %s: %s", ifname, exc)
 
     def _prime_one(self, address: str) -> None:
         try:

@@ -13,11 +13,21 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG_PATH = Path("/etc/voxrelay/voxrelay.toml")
+
+DEFAULT_BLOCKED_SOURCE_PREFIXES: tuple[str, ...] = (
+    "0.0.0.0/8",       # "this network" (RFC 1122): never a packet's source past its host
+    "127.0.0.0/8",     # loopback: never on a wire
+    "169.254.0.0/16",  # link-local (RFC 3927): never routed to a relay
+    "224.0.0.0/4",     # multicast: never a source
+    "240.0.0.0/4",     # reserved (RFC 1112) and 255.255.255.255 broadcast
+)
+"""``RelayConfig.blocked_source_prefixes``' default: sources no client can have."""
 
 
 class ConfigError(ValueError):
@@ -57,6 +67,21 @@ class RelayConfig:
     front). ``relay load`` drops every other packet addressed to the host
     itself that arrives there (nftables input chain), so that no control-plane
     port (the directory, metrics, ssh) can be reached from the public side."""
+    blocked_source_prefixes: list[str] = field(
+        default_factory=lambda: list(DEFAULT_BLOCKED_SOURCE_PREFIXES))
+    """IPv4 prefixes (``"a.b.c.d/n"``) no client source may lie in: a Binding
+    Request from one opens no flow and is counted ``drop_blocked_source``.
+    The relay always adds the private interface's subnet(s) and its own
+    public address, whatever this says, so that a forged source cannot make
+    the relay send a transceiver's answer into the private network. The
+    default lists sources that cannot belong to a client on any network:
+    0.0.0.0/8, loopback 127.0.0.0/8, link-local 169.254.0.0/16, multicast
+    224.0.0.0/4 and the reserved 240.0.0.0/4. RFC 1918 (10/8, 172.16/12,
+    192.168/16) and CGNAT (100.64/10) ranges are not in it, since clients may
+    reach a relay from them (a relay inside a private network, a carrier's
+    NAT); add them where no client can. Written at ``relay load`` and
+    ``--replace``; checked when a flow is created, so a prefix added by a
+    replace leaves flows already open to idle out."""
 
 
 @dataclass
@@ -185,6 +210,7 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"[relay] public_tcp_ports: {port!r} is not a port in 1..65535")
     if r.xdp_mode not in ("native", "generic"):
         raise ConfigError(f"[relay] xdp_mode {r.xdp_mode!r} must be 'native' or 'generic'")
+    parse_source_prefixes(r.blocked_source_prefixes)
     t = config.transceiver
     if not 1024 <= t.port_min <= t.port_max <= 65535:
         raise ConfigError(
@@ -205,6 +231,32 @@ def validate(config: Config) -> Config:
     if not 1 <= config.transceiver.id <= 0xFFFFFFFF:
         raise ConfigError(f"[transceiver] id {config.transceiver.id} is outside 1..4294967295")
     return config
+
+
+def parse_source_prefixes(prefixes: Iterable[object]) -> list[ipaddress.IPv4Network]:
+    """``[relay] blocked_source_prefixes`` as networks; ConfigError names a bad entry.
+
+    Host bits must be zero (``10.0.0.1/8`` is refused, naming ``10.0.0.0/8``),
+    so that what the operator wrote is what is blocked. IPv4 only, like the
+    relay's path.
+    """
+    out = []
+    for entry in prefixes:
+        where = f"[relay] blocked_source_prefixes entry {entry!r}"
+        if not isinstance(entry, str):
+            raise ConfigError(f"{where} must be a string like \"10.0.0.0/8\"")
+        try:
+            network = ipaddress.ip_network(entry)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(f"{where} is not an IPv4 prefix like \"10.0.0.0/8\"") from None
+            raise ConfigError(f"{where} has host bits set; did you mean {loose}?") from None
+        if network.version != 4:
+            raise ConfigError(f"{where} is IPv6; the relay's path is IPv4 only")
+        out.append(ipaddress.IPv4Network(network))
+    return out
 
 
 def load_config(path: Path | None = None) -> Config:

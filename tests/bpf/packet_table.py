@@ -46,9 +46,11 @@ from lab.relaylab import (
     GATEWAY_MAC,
     KEY1,
     KEY2,
+    ONLINK_NO_NEIGH,
     PORT_MAX,
     PORT_MIN,
     PRIVATE,
+    PRIVATE_NET,
     PUBLIC_PORT,
     TRANSCEIVERS,
     VIP,
@@ -102,7 +104,8 @@ def to_txr(ctx: Context, pkt: Any, *, txr: int = 7, port: int = 50007) -> bytes:
     assert PORT_MIN <= flow.relay_port <= PORT_MAX
     addr, mac, _ = TRANSCEIVERS[txr]
     assert flow.transceiver_addr == addr and flow.transceiver_port == port
-    return rebuilt(pkt, smac=VPRIV_MAC, dmac=mac or "", src=PRIVATE, dst=addr,
+    smac = VPRIV_MAC if addr in PRIVATE_NET else VPUB_MAC
+    return rebuilt(pkt, smac=smac, dmac=mac or "", src=PRIVATE, dst=addr,
                    sport=flow.relay_port, dport=port)
 
 
@@ -293,6 +296,75 @@ def _truncated_ip(ctx: Context) -> bytes:
     return bytes(to_relay(b""))[: 14 + 12]
 
 
+# --- where packets come from (issue #10) ---------------------------------------
+
+def _flow_state(ctx: Context) -> dict[str, list[tuple[bytes, bytes]]]:
+    """Every XDP-written map, raw, to show that a dropped packet changed none of them."""
+    return {name: sorted((bytes(k), bytes(v)) for k, v in ctx.lab.maps.table(name).items())
+            for name in ("flows", "reverse", "rate", "token_flows")}
+
+
+def _then_snapshot(setup: Callable[[Context], None] | None = None,
+                   **config: Any) -> Callable[[Context], None]:
+    """Run ``setup`` (with the rate limit and per-token cap on, so that both maps
+    would be touched), then keep the flow state for ``_unchanged``."""
+    def run(ctx: Context) -> None:
+        ctx.lab.configure(lab_relay_config(**{"new_flows_per_sec": 5,
+                                              "max_flows_per_token": 4, **config}))
+        if setup is not None:
+            setup(ctx)
+        ctx.values["state"] = _flow_state(ctx)
+    return run
+
+
+def _unchanged(ctx: Context, pkt: Any) -> None:
+    """Nothing allocated or refreshed: no flow, no port, no rate window, no token count,
+    no last_seen touched."""
+    assert _flow_state(ctx) == ctx.values["state"]
+
+
+def _stun_from(src: IPv4Address | str, **kw: Any) -> Callable[[Context], Any]:
+    return lambda ctx: to_relay(stun.ice_binding_request(username(mint(**kw))), src=src)
+
+
+def _open_flow_from(client: IPv4Address | str, **frame: Any) -> Callable[[Context], None]:
+    def setup(ctx: Context) -> None:
+        pkt = to_relay(stun.ice_binding_request(username(mint())), src=client)
+        for field_name, value in frame.items():
+            setattr(pkt[Ether], field_name, value)
+        res = ctx.lab.run(bytes(pkt))
+        assert res.stat == "STAT_FWD_NEW_FLOW", res.stat
+        flow = ctx.lab.maps.flow(client, CLIENT_PORT)
+        assert flow is not None
+        ctx.values["relay_port"] = flow.relay_port
+    return setup
+
+
+def _to_learnt_hop(ctx: Context, pkt: Any) -> bytes:
+    """A reply sent to the MAC the client's Binding Request came from (WIRE_MAC),
+    from the MAC it was sent to (the VIP's), out of the public interface."""
+    rev = {r.relay_port: r for r in ctx.lab.maps.reverse_entries()}[pkt[UDP].dport]
+    return rebuilt(pkt, smac=VPUB_MAC, dmac=WIRE_MAC, src=VIP, dst=rev.client_addr,
+                   sport=PUBLIC_PORT, dport=rev.client_port)
+
+
+def _check_learnt_stays_stale(ctx: Context, pkt: Any) -> None:
+    """The learnt hop is never validated: the next reply asks the fib again."""
+    rev = {r.relay_port: r for r in ctx.lab.maps.reverse_entries()}[pkt[UDP].dport]
+    config = ctx.lab.maps.read_config()
+    assert config is not None and rev.next_hop is not None
+    assert (rev.next_hop.ifindex, rev.next_hop.smac, rev.next_hop.dmac) == (
+        ctx.lab.ifindex["vpub"], VPUB_MAC, WIRE_MAC)
+    assert rev.next_hop.generation != config.nh_generation
+
+
+def _rewritten_for_stack(ctx: Context, pkt: Any) -> bytes:
+    """A reply rewritten for its client but passed up: MACs as they arrived."""
+    rev = {r.relay_port: r for r in ctx.lab.maps.reverse_entries()}[pkt[UDP].dport]
+    return rebuilt(pkt, smac=pkt[Ether].src, dmac=pkt[Ether].dst, src=VIP, dst=rev.client_addr,
+                   sport=PUBLIC_PORT, dport=rev.client_port)
+
+
 ROWS: list[Row] = [
     # --- new flows ---
     Row("valid token opens a flow and goes to its transceiver",
@@ -311,8 +383,9 @@ ROWS: list[Row] = [
                              src="203.0.113.99", sport=62000),
         XDP_REDIRECT, "STAT_FWD_NEW_FLOW", setup=_setup_rebinding, expect=to_txr,
         check=_check_rebinding),
-    Row("egress interface == ingress interface: XDP_TX",
-        stun_with(mint()), XDP_TX, "STAT_FWD_NEW_FLOW", ingress="vpriv", expect=to_txr),
+    Row("egress interface == ingress interface: XDP_TX (a transceiver on the public side)",
+        stun_with(mint(transceiver_id=12, port=50012)), XDP_TX, "STAT_FWD_NEW_FLOW",
+        expect=lambda ctx, pkt: to_txr(ctx, pkt, txr=12, port=50012)),
     Row("an idle flow's port is reclaimed when the port range is full",
         stun_with(mint()), XDP_REDIRECT, "STAT_FWD_NEW_FLOW", setup=_setup_reclaim,
         expect=to_txr, check=_check_reclaim),
@@ -348,6 +421,58 @@ ROWS: list[Row] = [
     Row("reply from another port of the right transceiver is spoofed",
         lambda ctx: _private_reply(ctx, sport=50008), XDP_DROP, "STAT_DROP_SPOOFED_SOURCE",
         setup=_setup_known, ingress="vpriv"),
+    # --- ingress interface: each side only from its own interface ---
+    Row("transceiver-shaped reply arriving on the public interface is dropped",
+        _private_reply, XDP_DROP, "STAT_DROP_INGRESS_NOT_PRIVATE",
+        setup=_then_snapshot(_setup_known), ingress="vpub", check=_unchanged),
+    Row("reply to an unallocated port arriving on the public interface is dropped",
+        lambda ctx: from_transceiver(SRTP, PORT_MIN), XDP_DROP,
+        "STAT_DROP_INGRESS_NOT_PRIVATE", setup=_then_snapshot(), ingress="vpub",
+        check=_unchanged),
+    Row("valid Binding Request arriving on the private interface is dropped",
+        stun_with(mint()), XDP_DROP, "STAT_DROP_INGRESS_NOT_PUBLIC",
+        setup=_then_snapshot(), ingress="vpriv", check=_unchanged),
+    Row("known client's media arriving on the private interface is dropped",
+        lambda ctx: to_relay(DTLS), XDP_DROP, "STAT_DROP_INGRESS_NOT_PUBLIC",
+        setup=_then_snapshot(_setup_known), ingress="vpriv", check=_unchanged),
+    # --- client sources that no client can have ---
+    Row("valid token from a source in the relay's private subnet is dropped",
+        _stun_from("10.77.0.21"), XDP_DROP, "STAT_DROP_BLOCKED_SOURCE",
+        setup=_then_snapshot(), check=_unchanged),
+    Row("valid token from the private subnet's far end (10.77.0.255) is dropped",
+        _stun_from("10.77.0.255"), XDP_DROP, "STAT_DROP_BLOCKED_SOURCE",
+        setup=_then_snapshot(), check=_unchanged),
+    Row("valid token from the relay's own VIP is dropped",
+        _stun_from(VIP), XDP_DROP, "STAT_DROP_BLOCKED_SOURCE",
+        setup=_then_snapshot(), check=_unchanged),
+    Row("valid token from loopback (default list) is dropped",
+        _stun_from("127.0.0.1"), XDP_DROP, "STAT_DROP_BLOCKED_SOURCE",
+        setup=_then_snapshot(), check=_unchanged),
+    Row("valid token from a multicast source (default list) is dropped",
+        _stun_from("239.1.2.3"), XDP_DROP, "STAT_DROP_BLOCKED_SOURCE",
+        setup=_then_snapshot(), check=_unchanged),
+    Row("valid token from an operator-listed prefix is dropped",
+        _stun_from("172.20.1.2"), XDP_DROP, "STAT_DROP_BLOCKED_SOURCE",
+        setup=_then_snapshot(blocked_source_prefixes=["172.16.0.0/12"]), check=_unchanged),
+    Row("junk from a blocked source is dropped as blocked, before any parsing",
+        lambda ctx: to_relay(DTLS, src="10.77.0.50"), XDP_DROP, "STAT_DROP_BLOCKED_SOURCE",
+        setup=_then_snapshot(), check=_unchanged),
+    # --- no neighbour entry for the client's next hop ---
+    Row("first reply to an on-link client with no neighbour entry: to the MAC it came from",
+        _private_reply, XDP_REDIRECT, "STAT_FWD_TO_CLIENT_LEARNT_NH",
+        setup=_open_flow_from(ONLINK_NO_NEIGH), ingress="vpriv", expect=_to_learnt_hop,
+        check=_check_learnt_stays_stale),
+    Row("first reply to a client behind an unresolved gateway: to the MAC it came from",
+        _private_reply, XDP_REDIRECT, "STAT_FWD_TO_CLIENT_LEARNT_NH",
+        setup=_open_flow_from("203.0.113.200"), ingress="vpriv", expect=_to_learnt_hop,
+        check=_check_learnt_stays_stale),
+    Row("no neighbour, and the client's route leaves by the other interface: passed up",
+        _private_reply, XDP_PASS, "STAT_PASS_NO_NEIGH",
+        setup=_open_flow_from("203.0.113.70"), ingress="vpriv", expect=_rewritten_for_stack),
+    Row("no neighbour, and the flow was opened by a broadcast frame (nothing learnt): passed up",
+        _private_reply, XDP_PASS, "STAT_PASS_NO_NEIGH",
+        setup=_open_flow_from(ONLINK_NO_NEIGH, dst="ff:ff:ff:ff:ff:ff"), ingress="vpriv",
+        expect=_rewritten_for_stack),
     # --- header drops ---
     Row("UDP header cut short", _truncated_udp, XDP_DROP, "STAT_DROP_TRUNCATED", raw=True),
     Row("IPv4 options", _ip_options, XDP_DROP, "STAT_DROP_IP_OPTIONS"),

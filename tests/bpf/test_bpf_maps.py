@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
@@ -21,12 +21,12 @@ from lab.relaylab import (
     lab_relay_config,
 )
 from orchestrator import abi, bpfprog
-from orchestrator.bccmaps import RelayMaps, TransceiverStatus
+from orchestrator.bccmaps import BlockedBy, RelayMaps, TransceiverStatus, desired_blocked_sources
 from orchestrator.bpfsys import map_info
 from orchestrator.errors import MapLayoutError
 from orchestrator.verdicts import verdict_names
 from tests.bpf.packet_table import DTLS
-from voxrelay.config import RelayConfig
+from voxrelay.config import DEFAULT_BLOCKED_SOURCE_PREFIXES, ConfigError, RelayConfig
 
 
 @pytest.fixture
@@ -183,3 +183,45 @@ def test_raised_limits_still_verify() -> None:
         assert bpfprog.load_relay_fn(bpf).fd >= 0
     finally:
         bpf.cleanup()
+
+
+def test_blocked_sources_are_written_as_a_delta(lab: ProgTestRelay) -> None:
+    lab.reset()
+    m = lab.maps
+    # What the lab (like the loader) writes: the private subnet, the relay's
+    # own two addresses (the private one is also in its subnet) and the defaults.
+    current = m.blocked_sources()
+    assert current[IPv4Network("10.77.0.0/24")] == BlockedBy.PRIVATE_SUBNET
+    assert current[IPv4Network(f"{VIP}/32")] == BlockedBy.RELAY_ADDRESS
+    assert current[IPv4Network(f"{PRIVATE}/32")] == BlockedBy.RELAY_ADDRESS
+    assert {IPv4Network(p) for p in DEFAULT_BLOCKED_SOURCE_PREFIXES} <= set(current)
+    assert m.write_blocked_sources(current) == (0, 0)  # idempotent: nothing to write
+
+    # The operator drops the defaults for one RFC 1918 range, which is also the
+    # private subnet's supernet: one prefix carries both reasons.
+    relay = lab_relay_config(blocked_source_prefixes=["10.0.0.0/8", "10.77.0.0/24"])
+    desired = desired_blocked_sources(relay, public_addr=VIP, private_addr=PRIVATE,
+                                      private_networks=["10.77.0.1/24"])
+    assert desired[IPv4Network("10.77.0.0/24")] == BlockedBy.PRIVATE_SUBNET | BlockedBy.OPERATOR
+    written, deleted = m.write_blocked_sources(desired)
+    assert (written, deleted) == (2, len(DEFAULT_BLOCKED_SOURCE_PREFIXES))
+    assert m.blocked_sources() == desired
+    lab.reset()
+    assert m.blocked_sources() == current
+
+
+def test_blocked_source_errors(lab: ProgTestRelay) -> None:
+    lab.reset()
+    relay = lab_relay_config(blocked_source_prefixes=["10.0.0.1/8"])
+    with pytest.raises(ConfigError) as info:
+        desired_blocked_sources(relay, public_addr=VIP, private_addr=PRIVATE,
+                                private_networks=[])
+    assert str(info.value) == ("[relay] blocked_source_prefixes entry '10.0.0.1/8' has host "
+                               "bits set; did you mean 10.0.0.0/8?")
+    before = lab.maps.blocked_sources()
+    room = lab.maps.table("blocked_sources").max_entries
+    too_many = {IPv4Network((0x0B000000 + (i << 8), 24)): BlockedBy.OPERATOR
+                for i in range(room + 1)}
+    with pytest.raises(ValueError, match=f"{room + 1} blocked source prefixes do not fit"):
+        lab.maps.write_blocked_sources(too_many)
+    assert lab.maps.blocked_sources() == before  # refused before writing anything

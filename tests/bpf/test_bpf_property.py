@@ -8,10 +8,11 @@ wrong sources, and random frames; then flips, truncates or extends bytes.
 For every packet the oracle, computed in Python from the maps *before* the
 run and from voxrelay/token.py, decides whether the packet may be forwarded:
 
-  - public side: the client 5-tuple had a flow, or its USERNAME carries a
-    token that token.verify() accepts for an active transceiver;
-  - private side: the relay port had a reverse entry and the source is that
-    entry's transceiver addr:port.
+  - public side, only arriving on the public interface: the client 5-tuple
+    had a flow, or its source is in no blocked prefix and its USERNAME
+    carries a token that token.verify() accepts for an active transceiver;
+  - private side, only arriving on the private interface: the relay port had
+    a reverse entry and the source is that entry's transceiver addr:port.
 
 Checked: a packet the oracle refuses is never sent on (XDP_TX, XDP_REDIRECT,
 or XDP_PASS with rewritten bytes) and a passed packet that may not be
@@ -25,7 +26,7 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
@@ -85,7 +86,13 @@ class Spec:
     mutations: list[tuple[int, int]]
     cut: int | None
     extra: bytes
-    ingress: str
+    wrong_ingress: bool
+    """Arrives on the other interface than its side's (public: vpub, replies: vpriv)."""
+
+    @property
+    def ingress(self) -> str:
+        home, away = ("vpriv", "vpub") if self.kind == "reply" else ("vpub", "vpriv")
+        return away if self.wrong_ingress else home
 
 
 specs = st.builds(
@@ -104,7 +111,7 @@ specs = st.builds(
     | st.just([]),
     cut=st.none() | st.integers(14, 120),  # PROG_TEST_RUN needs an Ethernet header
     extra=st.sampled_from([b"", b"", b"", b"\x00" * 8]) | st.binary(max_size=16),
-    ingress=st.sampled_from(["vpub", "vpub", "vpub", "vpriv"]),
+    wrong_ingress=st.sampled_from([False, False, False, True]),
 )
 
 
@@ -175,16 +182,23 @@ def token_allows(payload: bytes) -> bool:
     return False
 
 
-def may_forward(lab: ProgTestRelay, data: bytes) -> bool:
+def may_forward(lab: ProgTestRelay, data: bytes, ingress: str,
+                blocked: list[IPv4Network]) -> bool:
     parsed = udp_of(data)
     if parsed is None:
         return False
     src, dst, sport, dport, payload = parsed
     if dst == VIP_BYTES and dport == PUBLIC_PORT:
+        if ingress != "vpub":
+            return False
         if lab.maps.flow(IPv4Address(src), sport) is not None:
             return True
+        if any(IPv4Address(src) in net for net in blocked):
+            return False
         return token_allows(payload)
     if dst == PRIVATE_BYTES and PORT_MIN <= dport <= PORT_MAX:
+        if ingress != "vpriv":
+            return False
         table = lab.maps.table("reverse")
         try:
             rev = table[table.Key(relay_port=int.from_bytes(struct.pack(">H", dport),
@@ -204,6 +218,8 @@ class Counter:
 
 def test_random_and_mutated_packets(lab: ProgTestRelay) -> None:
     counter = Counter()
+    blocked = list(lab.maps.blocked_sources())
+    assert blocked, "the lab writes the private subnet and the default prefixes"
 
     @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -215,7 +231,7 @@ def test_random_and_mutated_packets(lab: ProgTestRelay) -> None:
             lab.maps.clear_flow_state()
         for spec in batch:
             data = build(spec, lab)
-            allowed = may_forward(lab, data)
+            allowed = may_forward(lab, data, spec.ingress, blocked)
             res = lab.run_raw(data, spec.ingress)
             counter.packets += 1
             assert res.retval in (XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT), res.retval
@@ -239,5 +255,6 @@ def test_random_and_mutated_packets(lab: ProgTestRelay) -> None:
     assert stats["STAT_RX_TOTAL"] >= TARGET_PACKETS
     for verdict in ("STAT_FWD_NEW_FLOW", "STAT_FWD_TO_TRANSCEIVER", "STAT_FWD_TO_CLIENT",
                     "STAT_DROP_NO_REVERSE", "STAT_DROP_SPOOFED_SOURCE",
-                    "STAT_DROP_TOKEN_BAD_MAC", "STAT_DROP_NOT_STUN", "STAT_PASS_NOT_RELAY"):
+                    "STAT_DROP_TOKEN_BAD_MAC", "STAT_DROP_NOT_STUN", "STAT_PASS_NOT_RELAY",
+                    "STAT_DROP_INGRESS_NOT_PUBLIC", "STAT_DROP_INGRESS_NOT_PRIVATE"):
         assert stats[verdict] > 0, (verdict, stats)

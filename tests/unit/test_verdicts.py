@@ -48,6 +48,10 @@ LEDGER = {
     24: "STAT_DROP_SPOOFED_SOURCE",
     25: "STAT_DROP_FIB_FAIL",
     26: "STAT_DROP_IPV6",
+    27: "STAT_DROP_INGRESS_NOT_PUBLIC",
+    28: "STAT_DROP_INGRESS_NOT_PRIVATE",
+    29: "STAT_DROP_BLOCKED_SOURCE",
+    30: "STAT_FWD_TO_CLIENT_LEARNT_NH",
 }
 
 
@@ -151,8 +155,9 @@ def test_maps_and_structs_match_the_headers() -> None:
     # The C side of what abi.py claims, read without bcc: the RELAY_MAP lines
     # and the _Static_assert sizes. (test_abi.py regenerates abi.py with bcc.)
     maps_h = (bpf_dir() / "maps.h").read_text()
-    assert abi.MAP_NAMES == tuple(re.findall(r"^RELAY_MAP\(.*, (\w+), \w+\);$", maps_h,
-                                             re.MULTILINE))
+    assert abi.MAP_NAMES == tuple(re.findall(
+        r"^RELAY_MAP(?:_FLAGS)?\(\"\w+\", [^,]+, [^,]+, (\w+), \w+(?:,\s+\w+)?\);$", maps_h,
+        re.MULTILINE))
     assert set(abi.MAP_LAYOUTS) == set(abi.MAP_CTYPES) == set(abi.MAP_NAMES)
     structs_h = (bpf_dir() / "structs.h").read_text()
     asserted = dict(re.findall(r"sizeof\(struct (\w+)\) == (\d+)", structs_h))
@@ -166,6 +171,7 @@ def test_maps_and_structs_match_the_headers() -> None:
     consts_h = (bpf_dir() / "consts.h").read_text()
     assert f"#define TRANSCEIVER_ACTIVE {abi.TRANSCEIVER_ACTIVE}\n" in consts_h
     assert f"#define TRANSCEIVER_DRAINING {abi.TRANSCEIVER_DRAINING}\n" in consts_h
+    assert f"#define SOURCE_PREFIX_HDR_BITS {abi.SOURCE_PREFIX_HDR_BITS}\n" in consts_h
 
 
 def test_abi_says_it_is_generated() -> None:
