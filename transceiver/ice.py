@@ -130,6 +130,8 @@ INTERNALS: tuple[Internal, ...] = (
     Internal(f"{_PAIR}.State", "WAITING", "constant", "State"),
     Internal("aioice.ice", "StunProtocol", "class"),
     Internal("aioice.ice.StunProtocol", "local_candidate", "annotation"),
+    Internal("aioice.ice.StunProtocol", "transport", "annotation",
+             why="closed by drop_transports when a call's close runs out of time"),
     Internal("aioice.ice.StunProtocol", "request", "method"),
     Internal("aioice.ice", "CONSENT_INTERVAL", "constant", "int"),
     Internal("aioice.ice", "CONSENT_FAILURES", "constant", "int"),
@@ -391,6 +393,14 @@ class RoutedConnection(Connection):
                     self._query_consent_task = None
                     await self.close()
                     return
+
+    def drop_transports(self) -> None:
+        """Close the datagram transports of this connection (idempotent): the
+        last resort of a call whose peer connection did not close in time."""
+        for protocol in self._protocols:
+            transport = getattr(protocol, "transport", None)
+            if transport is not None:
+                transport.close()
 
     def nominated_remote(self) -> tuple[str, int] | None:
         pair = self._nominated.get(1)
