@@ -165,6 +165,7 @@ class Call:
                 advertised=settings.advertised,
                 consent_interval=settings.consent_interval,
                 consent_failures=settings.consent_failures,
+                rebind_silence=settings.rebind_silence,
             )
             with routed_ice(self.routed):
                 self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))

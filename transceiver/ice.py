@@ -26,6 +26,19 @@ stock ``Connection``. It patches one name, ``aiortc.rtcicetransport.Connection``
 with a factory that falls through to aioice's class when no call is being set
 up.
 
+NAT rebinding is the fourth thing: a client's NAT may give its flow a new
+source port mid-call. The relay then makes a new flow, and the transceiver
+sees the client's next check arrive from a new peer-reflexive address. aioice
+(the controlled side) moves media only on USE-CANDIDATE, which an aiortc
+client's consent checks never carry, so it would keep sending to the dead
+mapping until consent expires. ``RoutedConnection`` moves the nominated pair
+to the new address, as pion and libwebrtc do, once both hold: the new pair
+is authenticated both ways (the client's check passed MESSAGE-INTEGRITY with
+our password, and our triggered check's response with theirs), and the
+current pair has been silent for ``RoutedIce.rebind_silence`` seconds (a
+timer waits for that when the check comes early). A pair the client
+nominates moves media at once (aioice's own rule).
+
 ICE restart (``restart_ice``) is missing from aioice too: it swaps credentials,
 forgets the old check list and learned candidates, and keeps the nominated
 pair carrying media until a new pair is nominated (RFC 8445 section 9). The
@@ -120,6 +133,12 @@ INTERNALS: tuple[Internal, ...] = (
     Internal(_CONN, "_local_username", "attribute", "str"),
     Internal(_CONN, "_local_password", "attribute", "str"),
     Internal(_CONN, "_closing", "attribute", "bool"),
+    # NAT rebinding: where an authenticated check and a check's result arrive.
+    Internal(_CONN, "check_incoming", "method", why="extended: a rebinding client's new address"),
+    Internal(_CONN, "check_complete", "method", why="extended: a rebinding client's new address"),
+    Internal(_CONN, "close", "method", why="extended: the rebinding timer is cancelled"),
+    Internal("aioice.ice.StunProtocol", "datagram_received", "method",
+             why="extended: when each remote address was last heard"),
     Internal("aioice.ice", "CandidatePair", "class"),
     Internal(_PAIR, "task", "attribute", "NoneType"),
     Internal(_PAIR, "nominated", "attribute", "bool"),
@@ -291,12 +310,35 @@ class RoutedIce:
     advertised: list[Candidate]
     consent_interval: float = aioice.ice.CONSENT_INTERVAL
     consent_failures: int = aioice.ice.CONSENT_FAILURES
+    rebind_silence: float = 0.5
+    """Seconds the nominated pair must be silent before media moves to a new,
+    authenticated address of the client (NAT rebinding)."""
     connections: list[RoutedConnection] = field(default_factory=list)
     """Every connection aiortc built for this call; with BUNDLE only one gathers."""
 
     def primary(self) -> RoutedConnection | None:
         """The connection that owns the socket (the one aiortc gathered)."""
         return next((c for c in self.connections if c.gathering_started), None)
+
+
+_HEARD_KEEP = 16  # remote addresses whose last packet time is kept, per socket
+
+
+class RoutedProtocol(StunProtocol):
+    """aioice's protocol, remembering when each remote address was last heard
+    (any datagram: media keeps a pair "live" as much as a check does)."""
+
+    def __init__(self, receiver: Connection) -> None:
+        super().__init__(receiver)
+        self.heard: dict[tuple[str, int], float] = {}
+
+    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        key = (str(addr[0]), int(addr[1]))
+        heard = self.heard
+        if key not in heard and len(heard) >= _HEARD_KEEP:
+            del heard[min(heard, key=heard.__getitem__)]
+        heard[key] = asyncio.get_running_loop().time()
+        super().datagram_received(data, addr)
 
 
 class RoutedConnection(Connection):
@@ -315,6 +357,9 @@ class RoutedConnection(Connection):
         )
         self.routed = routed
         self.ignored_remote_candidates = 0
+        self.rebinds = 0
+        """Times media moved to a new address of the client without a restart."""
+        self._rebind_timer: asyncio.TimerHandle | None = None
         routed.connections.append(self)
 
     @property
@@ -342,7 +387,7 @@ class RoutedConnection(Connection):
         self._local_candidates_start = True
         loop = asyncio.get_running_loop()
         _, protocol = await loop.create_datagram_endpoint(
-            lambda: StunProtocol(self), sock=self.routed.sock
+            lambda: RoutedProtocol(self), sock=self.routed.sock
         )
         host, port = self.bound_address
         protocol.local_candidate = Candidate(
@@ -393,6 +438,54 @@ class RoutedConnection(Connection):
                     self._query_consent_task = None
                     await self.close()
                     return
+
+    # ------------------------------------------------------------ NAT rebinding
+
+    def check_incoming(self, message: stun.Message, addr: tuple[str, int],
+                       protocol: StunProtocol) -> None:
+        # Called by aioice only for a request that passed MESSAGE-INTEGRITY.
+        super().check_incoming(message, addr, protocol)
+        self._consider_rebind(addr, protocol)
+
+    def check_complete(self, pair: CandidatePair) -> None:
+        super().check_complete(pair)
+        if pair.state == CandidatePair.State.SUCCEEDED:
+            self._consider_rebind(pair.remote_addr, pair.protocol)
+
+    def _consider_rebind(self, addr: tuple[str, int], protocol: StunProtocol) -> None:
+        """Move media to ``addr`` if it is a checked pair and the current one is silent."""
+        if self._closing:
+            return
+        component = protocol.local_candidate.component
+        current = self._nominated.get(component)
+        if current is None or current.remote_addr == addr:
+            return  # not connected yet (aioice nominates), or nothing new
+        pair = next((p for p in self._check_list if p.protocol is protocol
+                     and p.remote_addr == addr
+                     and p.state == CandidatePair.State.SUCCEEDED), None)
+        if pair is None:
+            return  # our triggered check has not succeeded yet: check_complete comes back
+        loop = asyncio.get_running_loop()
+        heard = getattr(current.protocol, "heard", {})
+        silent = loop.time() - heard.get(current.remote_addr, 0.0)
+        wait = self.routed.rebind_silence - silent
+        if self._rebind_timer is not None:
+            self._rebind_timer.cancel()
+            self._rebind_timer = None
+        if wait > 0:
+            self._rebind_timer = loop.call_later(wait, self._consider_rebind, addr, protocol)
+            return
+        logger.info("%s NAT rebinding: media moves from %s to %s (silent for %.2f s)",
+                    self, current.remote_addr, addr, silent)
+        pair.nominated = True
+        self._nominated[component] = pair
+        self.rebinds += 1
+
+    async def close(self) -> None:
+        if self._rebind_timer is not None:
+            self._rebind_timer.cancel()
+            self._rebind_timer = None
+        await super().close()
 
     def drop_transports(self) -> None:
         """Close the datagram transports of this connection (idempotent): the

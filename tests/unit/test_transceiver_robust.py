@@ -241,3 +241,42 @@ async def test_pending_calls_per_client_are_limited_with_429() -> None:
         await service.stop(0.2)
         relay.close()
         await server.stop(0)
+
+
+async def test_nat_rebinding_moves_media_without_a_restart(monkeypatch) -> None:
+    """The client's flow gets a new relay-side port mid-call (its NAT rebinds);
+    the client does nothing but its consent checks (no PATCH, no USE-CANDIDATE)."""
+    import aioice.ice
+
+    from tests.unit.fake_model import TRANSCRIPT, tone
+
+    # The client is stock aioice: it checks consent every CONSENT_INTERVAL s.
+    # Browsers check every 2.5 s; 1 s keeps this test short.
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 1)
+    server, model, port = await start_fake_model()
+    directory, relay, service = await _rig(f"127.0.0.1:{port}")
+    try:
+        async with CallClient(service.url, "secret", 20) as client:
+            call = service.manager.get(client.call_id)
+            conn = call.routed.primary()
+            await client.wait_event("model", state="connected")
+            before = conn.nominated_remote()
+            relay.rebind()
+            rebound = time.monotonic()
+            await until_async(lambda: conn.nominated_remote() not in (None, before),
+                              timeout=5, what="media to move to the new address")
+            heard = len(client.reply)
+            await until_async(lambda: len(client.reply) > heard + 640 * 10, timeout=5,
+                              what="reply audio to reach the client again")
+            assert time.monotonic() - rebound < 2.0 + 1.2  # one client check interval
+            assert conn.rebinds == 1
+            assert call.status()["remote"] == list(conn.nominated_remote())
+            assert service.manager.get(client.call_id) is call
+            assert relay.counters["new_flow"] == 2
+            await client.say_and_wait_reply(tone(800, 300.0))
+            assert client.result().transcript.endswith(TRANSCRIPT)
+            assert client.pc.connectionState == "connected"
+    finally:
+        await service.stop(0.2)
+        relay.close()
+        await server.stop(0)

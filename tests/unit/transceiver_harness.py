@@ -112,6 +112,18 @@ class LoopbackRelay:
         self._public.sendto(data, client)
         self.counters["forwarded_out"] += 1
 
+    def rebind(self) -> None:
+        """Forget every client's flow, as a NAT in front of the clients that
+        gives each a new source port would make the relay do: each client's
+        next packet must be a STUN check with its token again, and reaches the
+        transceiver from a new relay-side port; the old ports are closed."""
+        for flow in self.flows.values():
+            if isinstance(flow, asyncio.Task):
+                flow.cancel()
+            else:
+                flow.close()
+        self.flows.clear()
+
     def close(self) -> None:
         for flow in self.flows.values():
             if isinstance(flow, asyncio.Task):
