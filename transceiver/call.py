@@ -82,8 +82,9 @@ class CallSettings:
     """A call whose ICE has not connected by then is closed."""
     consent_interval: float = 5.0
     """Seconds between consent checks to the client (RFC 7675), +-20 % jitter."""
-    consent_failures: int = 6
-    """Consecutive unanswered consent checks that close the call."""
+    consent_timeout: float = 30.0
+    """Seconds after the client last answered a consent check that the call
+    closes (RFC 7675: 30 s)."""
     session_ttl: float = 120.0
     """Seconds a call's session record lives in the directory unless refreshed."""
     barge_in_frames: int = 8
@@ -164,7 +165,7 @@ class Call:
                 password=random_ice_password(),
                 advertised=settings.advertised,
                 consent_interval=settings.consent_interval,
-                consent_failures=settings.consent_failures,
+                consent_timeout=settings.consent_timeout,
                 rebind_silence=settings.rebind_silence,
             )
             with routed_ice(self.routed):
@@ -385,6 +386,9 @@ class Call:
             "connected": self.connected,
             "model_connected": bool(self.link and self.link.connected),
             "model_chunks_dropped": self.link.chunks_dropped if self.link else 0,
+            "consent_age_s": (round(asyncio.get_running_loop().time() - conn.consent_fresh_at, 3)
+                              if conn is not None and conn.consent_fresh_at else None),
+            "rebinds": conn.rebinds if conn is not None else 0,
             "chunks_in": self.chunks_in,
             "reply_frames": self.track.audio_frames_sent,
             "barge_ins": self.turns.barge_ins,

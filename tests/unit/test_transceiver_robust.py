@@ -280,3 +280,33 @@ async def test_nat_rebinding_moves_media_without_a_restart(monkeypatch) -> None:
         await service.stop(0.2)
         relay.close()
         await server.stop(0)
+
+
+async def test_consent_expires_consent_timeout_after_the_last_response() -> None:
+    """RFC 7675: the call closes consent_timeout s after the last authenticated
+    consent response, not after a count of failed checks (scaled down here:
+    2 s; tests/netns/test_robust.py measures the real 30 s)."""
+    consent_timeout = 2.0
+    server, model, port = await start_fake_model()
+    directory, relay, service = await _rig(f"127.0.0.1:{port}", consent_interval=0.3,
+                                           consent_timeout=consent_timeout)
+    loop = asyncio.get_running_loop()
+    try:
+        async with CallClient(service.url, "secret", 20) as client:
+            call = service.manager.get(client.call_id)
+            conn = call.routed.primary()
+            await until_async(lambda: conn.consent_fresh_at > 0, timeout=5,
+                              what="consent checks to start")
+            first = conn.consent_fresh_at
+            await until_async(lambda: conn.consent_fresh_at > first, timeout=5,
+                              what="a consent response")
+            relay.blocked = True  # the client's network goes away, both ways
+            await asyncio.wait_for(call.closed.wait(), consent_timeout + 5)
+            closed_after = loop.time() - conn.consent_fresh_at
+            assert consent_timeout <= closed_after < consent_timeout + 0.3, closed_after
+            assert "consent" in call.close_reason or "failed" in call.close_reason
+            assert service.manager.calls == {}
+    finally:
+        await service.stop(0.2)
+        relay.close()
+        await server.stop(0)
