@@ -95,6 +95,12 @@ class TransceiverConfig:
     """gRPC address of the voice model."""
     max_calls: int = 50
     """Above this, POST /v1/calls answers 503 with Retry-After."""
+    model_streams: int = 16
+    """Streams the voice model serves at once (its --max-streams): a call takes
+    one when ICE connects; a POST while all are taken answers 503 with Retry-After."""
+    max_pending_per_client: int = 4
+    """Calls one client credential may have that have not connected yet; more
+    answer 429 with Retry-After (no per-client limit when auth is off)."""
     api_token: str = ""
     """Bearer token clients must present; empty disables the check (lab only)."""
 
@@ -158,6 +164,9 @@ def validate(config: Config) -> Config:
             f"[transceiver] port range {t.port_min}..{t.port_max} must satisfy "
             "1024 <= min <= max <= 65535"
         )
+    for key in ("max_calls", "model_streams", "max_pending_per_client"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"[transceiver] {key} must be >= 1, got {getattr(t, key)}")
     if not 1 <= config.transceiver.id <= 0xFFFFFFFF:
         raise ConfigError(f"[transceiver] id {config.transceiver.id} is outside 1..4294967295")
     return config

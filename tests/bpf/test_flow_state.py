@@ -13,7 +13,6 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from click.testing import CliRunner

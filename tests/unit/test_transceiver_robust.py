@@ -46,7 +46,7 @@ class StalledModel(voice_pb2_grpc.VoiceModelServicer):
         self.active = 0
         self.opened = 0
 
-    async def Converse(self, request_iterator, context):  # noqa: N802 - the proto's name
+    async def Converse(self, request_iterator, context):  # the proto names it
         self.opened += 1
         self.active += 1
         try:
@@ -164,7 +164,7 @@ async def test_hang_ups_while_the_model_is_stalled_answer_fast_and_leak_nothing(
 
 async def test_pending_calls_hold_only_a_port_and_go_at_ice_timeout() -> None:
     server, model, port = await start_fake_model()
-    directory, relay, service = await _rig(f"127.0.0.1:{port}", ice_timeout=1.5,
+    _directory, relay, service = await _rig(f"127.0.0.1:{port}", ice_timeout=1.5,
                                            model_streams=2)
     manager = service.manager
     try:
@@ -192,8 +192,8 @@ async def test_pending_calls_hold_only_a_port_and_go_at_ice_timeout() -> None:
 async def test_a_post_beyond_the_models_streams_is_503_with_retry_after() -> None:
     from tests.unit.test_transceiver_calls import _post_fresh_offer
 
-    server, model, port = await start_fake_model()
-    directory, relay, service = await _rig(f"127.0.0.1:{port}", model_streams=1)
+    server, _model, port = await start_fake_model()
+    _directory, relay, service = await _rig(f"127.0.0.1:{port}", model_streams=1)
     try:
         async with CallClient(service.url, "secret", 20) as client:
             await client.wait_event("model", state="connected")
@@ -214,7 +214,7 @@ async def test_a_post_beyond_the_models_streams_is_503_with_retry_after() -> Non
 
 async def test_pending_calls_per_client_are_limited_with_429() -> None:
     server, model, port = await start_fake_model()
-    directory, relay, service = await _rig(f"127.0.0.1:{port}", max_pending_per_client=2)
+    _directory, relay, service = await _rig(f"127.0.0.1:{port}", max_pending_per_client=2)
     manager = service.manager
     try:
         offer = await _offer()
@@ -253,8 +253,8 @@ async def test_nat_rebinding_moves_media_without_a_restart(monkeypatch) -> None:
     # The client is stock aioice: it checks consent every CONSENT_INTERVAL s.
     # Browsers check every 2.5 s; 1 s keeps this test short.
     monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 1)
-    server, model, port = await start_fake_model()
-    directory, relay, service = await _rig(f"127.0.0.1:{port}")
+    server, _model, port = await start_fake_model()
+    _directory, relay, service = await _rig(f"127.0.0.1:{port}")
     try:
         async with CallClient(service.url, "secret", 20) as client:
             call = service.manager.get(client.call_id)
@@ -287,8 +287,8 @@ async def test_consent_expires_consent_timeout_after_the_last_response() -> None
     consent response, not after a count of failed checks (scaled down here:
     2 s; tests/netns/test_robust.py measures the real 30 s)."""
     consent_timeout = 2.0
-    server, model, port = await start_fake_model()
-    directory, relay, service = await _rig(f"127.0.0.1:{port}", consent_interval=0.3,
+    server, _model, port = await start_fake_model()
+    _directory, relay, service = await _rig(f"127.0.0.1:{port}", consent_interval=0.3,
                                            consent_timeout=consent_timeout)
     loop = asyncio.get_running_loop()
     try:
