@@ -21,6 +21,7 @@ are ``CallManager``'s (transceiver/manager.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
@@ -145,6 +146,7 @@ class Call:
         self.chunks_in = 0
         self._channel: RTCDataChannel | None = None
         self._early: list[str] = []
+        self._events_flushed = asyncio.Event()  # the events channel opened, early ones sent
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._teardown: asyncio.Task[None] | None = None
@@ -194,7 +196,8 @@ class Call:
         if not self.model_slot(self):
             self.emit({"type": "error", "source": "model", "code": "model_at_capacity",
                        "message": "the voice model serves no more calls now; call again later"})
-            self._spawn_close("voice model at capacity when ICE connected")
+            self._spawn(self._close_when_told("voice model at capacity when ICE connected"),
+                        "refused")
             return
         self.link = ModelLink(
             self.channel,
@@ -311,6 +314,14 @@ class Call:
         if self.pc is not None and self.pc.connectionState != "connected":
             self._spawn_close("ICE did not connect in time")
 
+    async def _close_when_told(self, reason: str, wait: float = 2.0) -> None:
+        """Close once the events channel has carried what was emitted (the
+        caller learns why), or after ``wait`` s if it never opens."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._events_flushed.wait(), wait)
+        await asyncio.sleep(0.1)  # let SCTP send it before the peer connection goes
+        self._spawn_close(reason)
+
     def _spawn_close(self, reason: str) -> None:
         # close() cancels this call's tasks, so it must not run inside one.
         asyncio.get_running_loop().create_task(self.close(reason))
@@ -335,6 +346,7 @@ class Call:
             early, self._early = self._early, []
             for text in early:
                 channel.send(text)
+            self._events_flushed.set()
 
         if channel.readyState == "open":
             flush()

@@ -310,3 +310,44 @@ async def test_consent_expires_consent_timeout_after_the_last_response() -> None
         await service.stop(0.2)
         relay.close()
         await server.stop(0)
+
+
+async def test_calls_connecting_beyond_the_models_streams_are_closed_not_left_mute() -> None:
+    """Two calls admitted while the model had a free stream both connect; only
+    one gets it, the other is told so and closed (never a call without a model)."""
+    from lab.client import CallFailed
+
+    server, model, port = await start_fake_model()
+    _directory, relay, service = await _rig(f"127.0.0.1:{port}", model_streams=1)
+    manager = service.manager
+    clients = [CallClient(service.url, "secret", 20) for _ in range(2)]
+
+    async def place(client: CallClient) -> str:
+        try:
+            await client.__aenter__()
+        except CallFailed as exc:  # the other call's ICE connected first: refused at POST
+            return str(exc)
+        return "connected"
+
+    try:
+        outcomes = await asyncio.gather(*(place(c) for c in clients))
+        assert outcomes.count("connected") >= 1, outcomes
+        await until_async(lambda: manager.model_streams_in_use == 1 and len(manager.calls) == 1,
+                          timeout=10, what="one call with the model, the other gone")
+        [kept] = manager.calls.values()
+        assert kept.link is not None
+        assert model.streams == 1
+        for client, outcome in zip(clients, outcomes):
+            if client.call_id == kept.id:
+                continue
+            if outcome == "connected":
+                event = await client.wait_event("error", code="model_at_capacity")
+                assert "no more calls" in event["message"]
+            else:
+                assert outcome.startswith("POST /v1/calls: 503"), outcome
+    finally:
+        for client in clients:
+            await client.close()
+        await service.stop(0.2)
+        relay.close()
+        await server.stop(0)
