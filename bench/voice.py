@@ -316,6 +316,8 @@ class VoiceResults:
     capacity: list[CapacityStep] = field(default_factory=list)
     turns: list[TurnSample] = field(default_factory=list)
     load_turns: list[LoadTurnStep] = field(default_factory=list)
+    sections: list[str] = field(default_factory=lambda: list(SECTIONS))
+    """The sections that ran (``--only``); the report shows only these."""
     vad_silence_ms: float | None = None
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -336,76 +338,80 @@ def render_markdown(res: VoiceResults) -> str:
                         "are noisy." if env.get("shared") else ""))
         lines.append("")
 
-    lines += ["### Call setup (client clock, ms from POST offer sent)", "",
-              ("| path | calls | answer p50 / p95 | ICE connected p50 / p95 | DTLS connected p50 / p95 "
-              "| first audio p50 / p95 |"), "|---|---|---|---|---|---|"]
-    summaries = {}
-    for path in ("relay", "direct"):
-        samples = res.setup.get(path, [])
-        failed = len(res.setup_failures.get(path, []))
-        if not samples:
-            lines.append(f"| {path} | 0 ({failed} failed) | n/a | n/a | n/a | n/a |")
-            continue
-        s = setup_summary(samples)
-        summaries[path] = s
-        cells = [f"{_f(s[k]['p50'])} / {_f(s[k]['p95'])}"
-                 for k in ("answer_ms", "ice_ms", "dtls_ms", "first_audio_ms")]
-        count = f"{len(samples)}" + (f" ({failed} failed)" if failed else "")
-        lines.append(f"| {path} | {count} | " + " | ".join(cells) + " |")
-    if "relay" in summaries and "direct" in summaries:
-        r, d = summaries["relay"]["first_audio_ms"], summaries["direct"]["first_audio_ms"]
-        lines += ["", (f"Relay minus direct, first audio: p50 {_f(r['p50'] - d['p50'])} ms, "
-                      f"p95 {_f(r['p95'] - d['p95'])} ms.")]
-    lines.append("")
+    if "setup" in res.sections or "direct" in res.sections:
+        lines += ["### Call setup (client clock, ms from POST offer sent)", "",
+                  ("| path | calls | answer p50 / p95 | ICE connected p50 / p95 | DTLS connected p50 / p95 "
+                  "| first audio p50 / p95 |"), "|---|---|---|---|---|---|"]
+        summaries = {}
+        for path in ("relay", "direct"):
+            samples = res.setup.get(path, [])
+            failed = len(res.setup_failures.get(path, []))
+            if not samples:
+                lines.append(f"| {path} | 0 ({failed} failed) | n/a | n/a | n/a | n/a |")
+                continue
+            s = setup_summary(samples)
+            summaries[path] = s
+            cells = [f"{_f(s[k]['p50'])} / {_f(s[k]['p95'])}"
+                     for k in ("answer_ms", "ice_ms", "dtls_ms", "first_audio_ms")]
+            count = f"{len(samples)}" + (f" ({failed} failed)" if failed else "")
+            lines.append(f"| {path} | {count} | " + " | ".join(cells) + " |")
+        if "relay" in summaries and "direct" in summaries:
+            r, d = summaries["relay"]["first_audio_ms"], summaries["direct"]["first_audio_ms"]
+            lines += ["", (f"Relay minus direct, first audio: p50 {_f(r['p50'] - d['p50'])} ms, "
+                          f"p95 {_f(r['p95'] - d['p95'])} ms.")]
+        lines.append("")
 
-    lines += ["### Transceiver capacity (concurrent calls through the relay, Opus both ways)", "",
-              ("Sent: the transceiver's outbound RTP audio packets, timestamped by the kernel on its "
-              "interface (its pacing). Received: the same frames decoded at the clients. Lateness is "
-              "against each call's own 20 ms schedule; a step is on time while the sent p99 is under "
-              "20 ms and at most 1% of frames are missing."), "",
-              ("| calls | connected | sent frames / expected | sent lateness p50 / p99 / max (ms) "
-               "| received lateness p50 / p99 (ms) | transceiver CPU | per call "
-               "| transceiver waiting for a CPU (thread-s/s) | model CPU | client CPU | on time |"),
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for st in res.capacity:
-        s, r = st.sent, st.received
-        lines.append(
-            f"| {st.calls} | {st.connected} | {s.frames} / {s.expected} | "
-            f"{_f(s.late_p50_ms)} / {_f(s.late_p99_ms)} / {_f(s.late_max_ms)} | "
-            f"{_f(r.late_p50_ms)} / {_f(r.late_p99_ms)} | "
-            f"{100 * st.transceiver_cpu:.0f}% | "
-            f"{100 * st.transceiver_cpu / max(1, st.connected):.1f}% | {st.transceiver_runq:.2f} | "
-            f"{100 * st.model_cpu:.0f}% | {100 * st.client_cpu:.0f}% | "
-            f"{'yes' if st.sent.on_time else 'no'}{' (2nd run)' if st.attempts > 1 else ''} |")
-    for st in res.capacity:
-        if st.failures:
-            lines.append(f"\n{st.calls} calls: {st.calls - st.connected} did not connect: "
-                         + "; ".join(st.failures[:3]))
-    cpc, at = calls_per_core(res.capacity)
-    lines.append("")
-    if cpc is None:
-        lines.append("Calls per core: n/a (no step was on time with all calls connected).")
-    else:
-        lines.append(f"**Calls per transceiver core: {cpc:.0f}** (at {at} concurrent calls: "
-                     f"{at} / its CPU share). The largest on-time step is {at} calls"
-                     + ("; the steps above it were not run or not on time." if at != max(
-                         (s.calls for s in res.capacity), default=at) else "."))
-    lines.append("")
+    if "capacity" in res.sections:
+        lines += ["### Transceiver capacity (concurrent calls through the relay, Opus both ways)", "",
+                  ("Sent: the transceiver's outbound RTP audio packets, timestamped by the kernel on its "
+                  "interface (its pacing). Received: the same frames decoded at the clients. Lateness is "
+                  "against each call's own 20 ms schedule; a step is on time while the sent p99 is under "
+                  "20 ms and at most 1% of frames are missing."), "",
+                  ("| calls | connected | sent frames / expected | sent lateness p50 / p99 / max (ms) "
+                   "| received lateness p50 / p99 (ms) | transceiver CPU | per call "
+                   "| transceiver waiting for a CPU (thread-s/s) | model CPU | client CPU | on time |"),
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for st in res.capacity:
+            s, r = st.sent, st.received
+            lines.append(
+                f"| {st.calls} | {st.connected} | {s.frames} / {s.expected} | "
+                f"{_f(s.late_p50_ms)} / {_f(s.late_p99_ms)} / {_f(s.late_max_ms)} | "
+                f"{_f(r.late_p50_ms)} / {_f(r.late_p99_ms)} | "
+                f"{100 * st.transceiver_cpu:.0f}% | "
+                f"{100 * st.transceiver_cpu / max(1, st.connected):.1f}% | {st.transceiver_runq:.2f} | "
+                f"{100 * st.model_cpu:.0f}% | {100 * st.client_cpu:.0f}% | "
+                f"{'yes' if st.sent.on_time else 'no'}{' (2nd run)' if st.attempts > 1 else ''} |")
+        for st in res.capacity:
+            if st.failures:
+                lines.append(f"\n{st.calls} calls: {st.calls - st.connected} did not connect: "
+                             + "; ".join(st.failures[:3]))
+        cpc, at = calls_per_core(res.capacity)
+        lines.append("")
+        if cpc is None:
+            lines.append("Calls per core: n/a (no step was on time with all calls connected).")
+        else:
+            lines.append(f"**Calls per transceiver core: {cpc:.0f}** (at {at} concurrent calls: "
+                         f"{at} / its CPU share). The largest on-time step is {at} calls"
+                         + ("; the steps above it were not run or not on time." if at != max(
+                             (s.calls for s in res.capacity), default=at) else "."))
+        lines.append("")
 
-    lines += ["### Voice path overhead, excluding inference", "",
-              "| turn | speech end -> first reply audio (ms) | model processing (ms) | overhead (ms) |",
-              "|---|---|---|---|"]
-    for i, t in enumerate(res.turns, 1):
-        lines.append(f"| {i} | {_f(t.end_to_reply_ms)} | {_f(t.processing_ms)} | {_f(t.overhead_ms)} |")
-    if res.turns:
-        med = statistics.median(t.overhead_ms for t in res.turns)
-        lines += ["", f"**Median overhead: {_f(med)} ms** over {len(res.turns)} turns"
-                  + (f", of which the model's VAD end-of-speech wait is about {_f(res.vad_silence_ms, 0)} ms"
-                     if res.vad_silence_ms is not None else "") + "."]
-    else:
-        lines.append("No turn completed.")
+    if "turns" in res.sections:
+        lines += ["### Voice path overhead, excluding inference", "",
+                  "| turn | speech end -> first reply audio (ms) | model processing (ms) | overhead (ms) |",
+                  "|---|---|---|---|"]
+        for i, t in enumerate(res.turns, 1):
+            lines.append(f"| {i} | {_f(t.end_to_reply_ms)} | {_f(t.processing_ms)} | {_f(t.overhead_ms)} |")
+        if res.turns:
+            med = statistics.median(t.overhead_ms for t in res.turns)
+            lines += ["", f"**Median overhead: {_f(med)} ms** over {len(res.turns)} turns"
+                      + (f", of which the model's VAD end-of-speech wait is about {_f(res.vad_silence_ms, 0)} ms"
+                         if res.vad_silence_ms is not None else "") + "."]
+        else:
+            lines.append("No turn completed.")
     if res.load_turns:
-        lines += ["", *render_load_turns(res.load_turns)]
+        lines += ["", *render_load_turns(res.load_turns)] if lines[-1] else render_load_turns(
+            res.load_turns)
     if res.notes:
         lines += ["", "### What limits these figures", ""] + [f"- {n}" for n in res.notes]
     return "\n".join(lines) + "\n"
@@ -889,7 +895,7 @@ async def run_bench(setup_calls: int, steps: Sequence[int], window: float, turns
     from lab.stack import PrintProgress, StackOptions, start_stack
 
     started = time.monotonic()
-    res = VoiceResults(env=_env(xdp_mode, shared))
+    res = VoiceResults(env=_env(xdp_mode, shared), sections=list(only))
     progress = PrintProgress()
     import tempfile
 
