@@ -354,8 +354,7 @@ async def test_sigterm_exits_within_the_drain_grace(lab) -> None:
     assert transceiver.poll() is None
     started = time.monotonic()
     os.killpg(transceiver.pid, signal.SIGTERM)
-    while transceiver.poll() is None and time.monotonic() - started < 10:
-        await asyncio.sleep(0.02)
+    await asyncio.to_thread(transceiver.wait, 10)
     took = time.monotonic() - started
     assert transceiver.returncode == 0, lab.services["transceiver"].log_tail()
     assert took <= DRAIN_GRACE + 0.5, f"exit took {took:.2f} s"

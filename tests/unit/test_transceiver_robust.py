@@ -337,7 +337,7 @@ async def test_calls_connecting_beyond_the_models_streams_are_closed_not_left_mu
         [kept] = manager.calls.values()
         assert kept.link is not None
         assert model.streams == 1
-        for client, outcome in zip(clients, outcomes):
+        for client, outcome in zip(clients, outcomes, strict=True):
             if client.call_id == kept.id:
                 continue
             if outcome == "connected":
