@@ -351,3 +351,43 @@ async def test_calls_connecting_beyond_the_models_streams_are_closed_not_left_mu
         await service.stop(0.2)
         relay.close()
         await server.stop(0)
+
+
+async def test_a_failing_or_hanging_teardown_step_does_not_stop_the_others() -> None:
+    server, model, port = await start_fake_model()
+    directory, relay, service = await _rig(f"127.0.0.1:{port}")
+    manager = service.manager
+    low, high = free_port_range()
+    try:
+        async with CallClient(service.url, "secret", 20) as client:
+            await client.wait_event("model", state="connected")
+            call = manager.get(client.call_id)
+
+            def broken_stop() -> None:
+                raise RuntimeError("track refuses to stop")
+
+            async def hanging_close() -> None:
+                await asyncio.Event().wait()
+
+            call.track.stop = broken_stop
+            call.pc.close = hanging_close
+            started = time.monotonic()
+            assert await client.hangup() == 204
+            assert time.monotonic() - started < DELETE_SECONDS
+            assert len(call.teardown_errors) == 2, call.teardown_errors
+            assert "reply track" in call.teardown_errors[0]
+            assert "closing the peer connection: not done in" in call.teardown_errors[1]
+            # Everything after the broken steps still happened.
+            assert call.closed.is_set() and manager.calls == {}
+            assert not manager.settings.ports.in_use
+            assert open_udp_ports(low, high) == []
+            await until_async(lambda: directory.session_ids() == set(), timeout=5,
+                              what="the session record to go")
+            await until_async(lambda: model.streams == 1 and manager.model_streams_in_use == 0,
+                              timeout=5, what="the model slot to be given back")
+            await call.close("again")  # idempotent: returns at once
+            assert call.close_reason == "ended by DELETE"
+    finally:
+        await service.stop(0.2)
+        relay.close()
+        await server.stop(0)
