@@ -387,6 +387,11 @@ async def test_a_failing_or_hanging_teardown_step_does_not_stop_the_others() -> 
                               timeout=5, what="the model slot to be given back")
             await call.close("again")  # idempotent: returns at once
             assert call.close_reason == "ended by DELETE"
+            # Undo the sabotage and close what it kept open, so that nothing
+            # of this call is left to the garbage collector.
+            del call.track.stop, call.pc.close
+            call.track.stop()
+            await call.pc.close()
     finally:
         await service.stop(0.2)
         relay.close()
