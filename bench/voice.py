@@ -40,6 +40,18 @@ relay in native mode) once and measures, in one session:
    the transceiver, the gRPC hops, the model's VAD end-of-speech wait and the
    jitter buffers.
 
+4. **Turns under load, model included**: N concurrent calls through the relay
+   (N stepping through ``--turn-steps``, 1, 5, 10, 20), each speaking one
+   sentence, the starts spread over one sentence's length; per step, the
+   turn latency (end of speech -> first audible reply frame, client clock)
+   p50 / p95 over all calls, the model's own processing time, the
+   transceiver's RTP pacing meanwhile, and both processes' CPU. The
+   transceiver is late when its RTP p99 lateness reaches one frame (as in 2.);
+   the model is late when a call gets no reply or the model's processing p95
+   exceeds ``MODEL_BUDGET_MS``; a step is within capacity while every call
+   gets its reply and the turn p95 is within ``TURN_BUDGET_MS``.
+
+``--only setup,turns,capacity,load-turns,direct`` runs some of them.
 Everything the lab and this module create is removed on exit. Results go to
 ``bench/results/voice.md`` (markdown) and, with ``--json``, stdout.
 """
@@ -68,6 +80,13 @@ LATE_MS = FRAME_MS
 LATE_P99_LIMIT_MS = LATE_MS
 MISSING_LIMIT = 0.01
 DEFAULT_STEPS = (1, 5, 10, 20, 40)
+TURN_STEPS = (1, 5, 10, 20)
+TURN_BUDGET_MS = 2000.0
+"""A reply that starts later than this after the end of speech is too late for
+a conversation (it includes the model VAD's 500 ms end-of-speech wait)."""
+MODEL_BUDGET_MS = 1000.0
+"""The model is late when its p95 processing (ASR + reply + TTS) exceeds this."""
+SECTIONS = ("setup", "turns", "capacity", "load-turns", "direct")
 RESULTS = Path(__file__).resolve().parent / "results" / "voice.md"
 
 
@@ -226,12 +245,79 @@ class TurnSample:
 
 
 @dataclass
+class LoadTurnStep:
+    """One step of "turns under load": ``calls`` concurrent calls, one turn each."""
+
+    calls: int
+    connected: int
+    latencies_ms: list[float]
+    """End of speech -> first audible reply frame, per call that got a reply."""
+    processing_ms: list[float]
+    """What the model reports per turn (ASR + reply + TTS)."""
+    sent: StreamStats
+    """The transceiver's outbound RTP pacing over the step's window."""
+    window_s: float = 0.0
+    transceiver_cpu: float = 0.0
+    model_cpu: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def replies(self) -> int:
+        return len(self.latencies_ms)
+
+    def latency(self, p: float) -> float | None:
+        return percentile(self.latencies_ms, p) if self.latencies_ms else None
+
+    def processing(self, p: float) -> float | None:
+        return percentile(self.processing_ms, p) if self.processing_ms else None
+
+    @property
+    def transceiver_late(self) -> bool:
+        return not self.sent.on_time
+
+    @property
+    def model_late(self) -> bool:
+        p95 = self.processing(95)
+        return self.replies < self.connected or (p95 is not None and p95 > MODEL_BUDGET_MS)
+
+    @property
+    def within_capacity(self) -> bool:
+        p95 = self.latency(95)
+        return (self.connected == self.calls and self.replies == self.calls
+                and p95 is not None and p95 <= TURN_BUDGET_MS)
+
+
+def first_late_step(steps: Sequence[LoadTurnStep]) -> tuple[int | None, list[str]]:
+    """(calls, ["transceiver", "model"]) of the first step where either was late."""
+    for st in steps:
+        late = [name for name, flag in (("transceiver", st.transceiver_late),
+                                        ("model", st.model_late)) if flag]
+        if late:
+            return st.calls, late
+    return None, []
+
+
+def capacity_with_model(steps: Sequence[LoadTurnStep]) -> int | None:
+    """The largest step, of a run from the smallest up, before the first one
+    out of capacity (replies missing or turn p95 over budget)."""
+    best = None
+    for st in sorted(steps, key=lambda s: s.calls):
+        if not st.within_capacity:
+            break
+        best = st.calls
+    return best
+
+
+@dataclass
 class VoiceResults:
     env: dict[str, Any] = field(default_factory=dict)
     setup: dict[str, list[SetupSample]] = field(default_factory=dict)
     setup_failures: dict[str, list[str]] = field(default_factory=dict)
     capacity: list[CapacityStep] = field(default_factory=list)
     turns: list[TurnSample] = field(default_factory=list)
+    load_turns: list[LoadTurnStep] = field(default_factory=list)
+    sections: list[str] = field(default_factory=lambda: list(SECTIONS))
+    """The sections that ran (``--only``); the report shows only these."""
     vad_silence_ms: float | None = None
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -252,77 +338,118 @@ def render_markdown(res: VoiceResults) -> str:
                         "are noisy." if env.get("shared") else ""))
         lines.append("")
 
-    lines += ["### Call setup (client clock, ms from POST offer sent)", "",
-              ("| path | calls | answer p50 / p95 | ICE connected p50 / p95 | DTLS connected p50 / p95 "
-              "| first audio p50 / p95 |"), "|---|---|---|---|---|---|"]
-    summaries = {}
-    for path in ("relay", "direct"):
-        samples = res.setup.get(path, [])
-        failed = len(res.setup_failures.get(path, []))
-        if not samples:
-            lines.append(f"| {path} | 0 ({failed} failed) | n/a | n/a | n/a | n/a |")
-            continue
-        s = setup_summary(samples)
-        summaries[path] = s
-        cells = [f"{_f(s[k]['p50'])} / {_f(s[k]['p95'])}"
-                 for k in ("answer_ms", "ice_ms", "dtls_ms", "first_audio_ms")]
-        count = f"{len(samples)}" + (f" ({failed} failed)" if failed else "")
-        lines.append(f"| {path} | {count} | " + " | ".join(cells) + " |")
-    if "relay" in summaries and "direct" in summaries:
-        r, d = summaries["relay"]["first_audio_ms"], summaries["direct"]["first_audio_ms"]
-        lines += ["", (f"Relay minus direct, first audio: p50 {_f(r['p50'] - d['p50'])} ms, "
-                      f"p95 {_f(r['p95'] - d['p95'])} ms.")]
-    lines.append("")
+    if "setup" in res.sections or "direct" in res.sections:
+        lines += ["### Call setup (client clock, ms from POST offer sent)", "",
+                  ("| path | calls | answer p50 / p95 | ICE connected p50 / p95 | DTLS connected p50 / p95 "
+                  "| first audio p50 / p95 |"), "|---|---|---|---|---|---|"]
+        summaries = {}
+        for path in ("relay", "direct"):
+            samples = res.setup.get(path, [])
+            failed = len(res.setup_failures.get(path, []))
+            if not samples:
+                lines.append(f"| {path} | 0 ({failed} failed) | n/a | n/a | n/a | n/a |")
+                continue
+            s = setup_summary(samples)
+            summaries[path] = s
+            cells = [f"{_f(s[k]['p50'])} / {_f(s[k]['p95'])}"
+                     for k in ("answer_ms", "ice_ms", "dtls_ms", "first_audio_ms")]
+            count = f"{len(samples)}" + (f" ({failed} failed)" if failed else "")
+            lines.append(f"| {path} | {count} | " + " | ".join(cells) + " |")
+        if "relay" in summaries and "direct" in summaries:
+            r, d = summaries["relay"]["first_audio_ms"], summaries["direct"]["first_audio_ms"]
+            lines += ["", (f"Relay minus direct, first audio: p50 {_f(r['p50'] - d['p50'])} ms, "
+                          f"p95 {_f(r['p95'] - d['p95'])} ms.")]
+        lines.append("")
 
-    lines += ["### Transceiver capacity (concurrent calls through the relay, Opus both ways)", "",
-              ("Sent: the transceiver's outbound RTP audio packets, timestamped by the kernel on its "
-              "interface (its pacing). Received: the same frames decoded at the clients. Lateness is "
-              "against each call's own 20 ms schedule; a step is on time while the sent p99 is under "
-              "20 ms and at most 1% of frames are missing."), "",
-              ("| calls | connected | sent frames / expected | sent lateness p50 / p99 / max (ms) "
-               "| received lateness p50 / p99 (ms) | transceiver CPU | per call "
-               "| transceiver waiting for a CPU (thread-s/s) | model CPU | client CPU | on time |"),
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for st in res.capacity:
-        s, r = st.sent, st.received
-        lines.append(
-            f"| {st.calls} | {st.connected} | {s.frames} / {s.expected} | "
-            f"{_f(s.late_p50_ms)} / {_f(s.late_p99_ms)} / {_f(s.late_max_ms)} | "
-            f"{_f(r.late_p50_ms)} / {_f(r.late_p99_ms)} | "
-            f"{100 * st.transceiver_cpu:.0f}% | "
-            f"{100 * st.transceiver_cpu / max(1, st.connected):.1f}% | {st.transceiver_runq:.2f} | "
-            f"{100 * st.model_cpu:.0f}% | {100 * st.client_cpu:.0f}% | "
-            f"{'yes' if st.sent.on_time else 'no'}{' (2nd run)' if st.attempts > 1 else ''} |")
-    for st in res.capacity:
-        if st.failures:
-            lines.append(f"\n{st.calls} calls: {st.calls - st.connected} did not connect: "
-                         + "; ".join(st.failures[:3]))
-    cpc, at = calls_per_core(res.capacity)
-    lines.append("")
-    if cpc is None:
-        lines.append("Calls per core: n/a (no step was on time with all calls connected).")
-    else:
-        lines.append(f"**Calls per transceiver core: {cpc:.0f}** (at {at} concurrent calls: "
-                     f"{at} / its CPU share). The largest on-time step is {at} calls"
-                     + ("; the steps above it were not run or not on time." if at != max(
-                         (s.calls for s in res.capacity), default=at) else "."))
-    lines.append("")
+    if "capacity" in res.sections:
+        lines += ["### Transceiver capacity (concurrent calls through the relay, Opus both ways)", "",
+                  ("Sent: the transceiver's outbound RTP audio packets, timestamped by the kernel on its "
+                  "interface (its pacing). Received: the same frames decoded at the clients. Lateness is "
+                  "against each call's own 20 ms schedule; a step is on time while the sent p99 is under "
+                  "20 ms and at most 1% of frames are missing."), "",
+                  ("| calls | connected | sent frames / expected | sent lateness p50 / p99 / max (ms) "
+                   "| received lateness p50 / p99 (ms) | transceiver CPU | per call "
+                   "| transceiver waiting for a CPU (thread-s/s) | model CPU | client CPU | on time |"),
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for st in res.capacity:
+            s, r = st.sent, st.received
+            lines.append(
+                f"| {st.calls} | {st.connected} | {s.frames} / {s.expected} | "
+                f"{_f(s.late_p50_ms)} / {_f(s.late_p99_ms)} / {_f(s.late_max_ms)} | "
+                f"{_f(r.late_p50_ms)} / {_f(r.late_p99_ms)} | "
+                f"{100 * st.transceiver_cpu:.0f}% | "
+                f"{100 * st.transceiver_cpu / max(1, st.connected):.1f}% | {st.transceiver_runq:.2f} | "
+                f"{100 * st.model_cpu:.0f}% | {100 * st.client_cpu:.0f}% | "
+                f"{'yes' if st.sent.on_time else 'no'}{' (2nd run)' if st.attempts > 1 else ''} |")
+        for st in res.capacity:
+            if st.failures:
+                lines.append(f"\n{st.calls} calls: {st.calls - st.connected} did not connect: "
+                             + "; ".join(st.failures[:3]))
+        cpc, at = calls_per_core(res.capacity)
+        lines.append("")
+        if cpc is None:
+            lines.append("Calls per core: n/a (no step was on time with all calls connected).")
+        else:
+            lines.append(f"**Calls per transceiver core: {cpc:.0f}** (at {at} concurrent calls: "
+                         f"{at} / its CPU share). The largest on-time step is {at} calls"
+                         + ("; the steps above it were not run or not on time." if at != max(
+                             (s.calls for s in res.capacity), default=at) else "."))
+        lines.append("")
 
-    lines += ["### Voice path overhead, excluding inference", "",
-              "| turn | speech end -> first reply audio (ms) | model processing (ms) | overhead (ms) |",
-              "|---|---|---|---|"]
-    for i, t in enumerate(res.turns, 1):
-        lines.append(f"| {i} | {_f(t.end_to_reply_ms)} | {_f(t.processing_ms)} | {_f(t.overhead_ms)} |")
-    if res.turns:
-        med = statistics.median(t.overhead_ms for t in res.turns)
-        lines += ["", f"**Median overhead: {_f(med)} ms** over {len(res.turns)} turns"
-                  + (f", of which the model's VAD end-of-speech wait is about {_f(res.vad_silence_ms, 0)} ms"
-                     if res.vad_silence_ms is not None else "") + "."]
-    else:
-        lines.append("No turn completed.")
+    if "turns" in res.sections:
+        lines += ["### Voice path overhead, excluding inference", "",
+                  "| turn | speech end -> first reply audio (ms) | model processing (ms) | overhead (ms) |",
+                  "|---|---|---|---|"]
+        for i, t in enumerate(res.turns, 1):
+            lines.append(f"| {i} | {_f(t.end_to_reply_ms)} | {_f(t.processing_ms)} | {_f(t.overhead_ms)} |")
+        if res.turns:
+            med = statistics.median(t.overhead_ms for t in res.turns)
+            lines += ["", f"**Median overhead: {_f(med)} ms** over {len(res.turns)} turns"
+                      + (f", of which the model's VAD end-of-speech wait is about {_f(res.vad_silence_ms, 0)} ms"
+                         if res.vad_silence_ms is not None else "") + "."]
+        else:
+            lines.append("No turn completed.")
+    if res.load_turns:
+        lines += ["", *render_load_turns(res.load_turns)] if lines[-1] else render_load_turns(
+            res.load_turns)
     if res.notes:
         lines += ["", "### What limits these figures", ""] + [f"- {n}" for n in res.notes]
     return "\n".join(lines) + "\n"
+
+
+def render_load_turns(steps: Sequence[LoadTurnStep]) -> list[str]:
+    """The "turns under load" subsection (pure)."""
+    lines = ["### Turns under load, model included (concurrent calls, one turn each)", "",
+             ("Each call speaks the same sentence, the starts spread over one sentence's length. "
+              "Turn latency: end of speech -> first audible reply frame on the client's clock. "
+              f"Model processing: ASR + reply + TTS as the model reports it. The transceiver is "
+              "late when its RTP p99 lateness reaches 20 ms; the model is late when a call gets "
+              f"no reply or its processing p95 exceeds {MODEL_BUDGET_MS:.0f} ms. Within capacity: "
+              f"every call answered and the turn p95 within {TURN_BUDGET_MS:.0f} ms."), "",
+             ("| calls | connected | replies | turn latency p50 / p95 (ms) | model processing "
+              "p50 / p95 (ms) | transceiver RTP p99 late (ms) | transceiver CPU | model CPU "
+              "| late |"),
+             "|---|---|---|---|---|---|---|---|---|"]
+    for st in steps:
+        late = [n for n, f in (("transceiver", st.transceiver_late), ("model", st.model_late)) if f]
+        lines.append(
+            f"| {st.calls} | {st.connected} | {st.replies} | "
+            f"{_f(st.latency(50), 0)} / {_f(st.latency(95), 0)} | "
+            f"{_f(st.processing(50), 0)} / {_f(st.processing(95), 0)} | "
+            f"{_f(st.sent.late_p99_ms)} | {100 * st.transceiver_cpu:.0f}% | "
+            f"{100 * st.model_cpu:.0f}% | {', '.join(late) or 'no'} |")
+    for st in steps:
+        if st.failures:
+            lines.append(f"\n{st.calls} calls: " + "; ".join(st.failures[:3]))
+    cap = capacity_with_model(steps)
+    at, late = first_late_step(steps)
+    lines += ["", (f"**Capacity with the model: {cap} concurrent calls** "
+                   f"(the largest step with every turn answered within {TURN_BUDGET_MS:.0f} ms "
+                   "at p95)." if cap is not None else
+                   "**Capacity with the model: n/a** (not even the first step was within capacity).")]
+    lines.append(f"First late step: {at} calls ({' and '.join(late)} late)." if at is not None
+                 else "No step was late.")
+    return lines
 
 
 def results_json(res: VoiceResults) -> dict[str, Any]:
@@ -336,6 +463,12 @@ def results_json(res: VoiceResults) -> dict[str, Any]:
     out["calls_per_core_at"] = at
     out["setup_summary"] = {k: setup_summary(v) for k, v in res.setup.items() if v}
     out["overhead_median_ms"] = statistics.median(t.overhead_ms for t in res.turns) if res.turns else None
+    for st, raw in zip(res.load_turns, out["load_turns"]):
+        raw.update({"latency_p50_ms": st.latency(50), "latency_p95_ms": st.latency(95),
+                    "transceiver_late": st.transceiver_late, "model_late": st.model_late,
+                    "within_capacity": st.within_capacity})
+    out["capacity_with_model"] = capacity_with_model(res.load_turns)
+    out["first_late_step"] = first_late_step(res.load_turns)[0]
     return out
 
 
@@ -613,6 +746,71 @@ async def _turns(url: str, pcm: bytes, count: int, timeout: float) -> list[TurnS
     return out
 
 
+async def _load_turn_step(url: str, calls: int, pcm: bytes, timeout: float,
+                          pids: dict[str, int], capture: EgressCapture) -> LoadTurnStep:
+    """``calls`` concurrent calls, one spoken turn each (runs in the client namespace)."""
+    from lab.call import speak_turn, speech_end_offset
+
+    client_cls = _bench_client_class()
+    gate = asyncio.Semaphore(5)  # DTLS handshakes are CPU-heavy: not all at once
+    failures: list[str] = []
+
+    def failed(exc: BaseException) -> None:
+        reason = str(exc) or type(exc).__name__
+        if reason not in failures:
+            failures.append(reason)
+
+    async def open_one() -> Any:
+        client = client_cls(url, timeout=timeout)
+        async with gate:
+            try:
+                await client.__aenter__()
+                await client.wait_event("model", state="connected")
+            except Exception as exc:  # noqa: BLE001 - counted as not connected; reported
+                failed(exc)
+                await client.close()
+                return None
+        return client
+
+    rng = random.Random(calls)
+    spread = speech_end_offset(pcm)
+
+    async def one_turn(client: Any) -> Any:
+        await asyncio.sleep(rng.uniform(0, spread))
+        try:
+            return await speak_turn(client, pcm, timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - a turn without a reply; reported
+            failed(exc)
+            return None
+
+    await _wait_idle(url, 15)
+    clients: list[Any] = []
+    try:
+        opened = await asyncio.gather(*(open_one() for _ in range(calls)))
+        clients = [c for c in opened if c is not None]
+        await asyncio.sleep(1.0)  # past the jitter buffers' start
+        cpu0 = {k: _cpu_seconds(p) for k, p in pids.items()}
+        t0, wall0 = time.monotonic(), time.time()
+        turns = await asyncio.gather(*(one_turn(c) for c in clients))
+        cpu1 = {k: _cpu_seconds(p) for k, p in pids.items()}
+        t1, wall1 = time.monotonic(), time.time()
+        await asyncio.sleep(0.3)  # the capture reader catches up with the window's end
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    wall = max(t1 - t0, 1e-3)
+    latencies = [t.speech_end_to_first_reply_audio_ms for t in turns
+                 if t is not None and t.speech_end_to_first_reply_audio_ms is not None]
+    processing = [float(t.timings["processing_ms"]) for t in turns
+                  if t is not None and "processing_ms" in t.timings]
+    sent = capture.window(wall0, wall1)
+    capture.times.clear()
+    return LoadTurnStep(
+        calls=calls, connected=len(clients), latencies_ms=latencies, processing_ms=processing,
+        sent=stream_stats(sent + [[]] * max(0, len(clients) - len(sent)), wall), window_s=wall,
+        transceiver_cpu=(cpu1["transceiver"] - cpu0["transceiver"]) / wall,
+        model_cpu=(cpu1["model"] - cpu0["model"]) / wall, failures=failures)
+
+
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
 
@@ -690,12 +888,14 @@ async def _capacity_steps(running: Any, res: VoiceResults, url: str, steps: Sequ
 
 
 async def run_bench(setup_calls: int, steps: Sequence[int], window: float, turns: int,
-                    timeout: float, xdp_mode: str, log: Any, shared: bool = False) -> VoiceResults:
+                    timeout: float, xdp_mode: str, log: Any, shared: bool = False,
+                    turn_steps: Sequence[int] = TURN_STEPS,
+                    only: Sequence[str] = SECTIONS) -> VoiceResults:
     from lab.demo import speak
     from lab.stack import PrintProgress, StackOptions, start_stack
 
     started = time.monotonic()
-    res = VoiceResults(env=_env(xdp_mode, shared))
+    res = VoiceResults(env=_env(xdp_mode, shared), sections=list(only))
     progress = PrintProgress()
     import tempfile
 
@@ -703,30 +903,52 @@ async def run_bench(setup_calls: int, steps: Sequence[int], window: float, turns
         from lab.client import read_wav_pcm
 
         pcm = read_wav_pcm(speak("what is the weather like today", Path(tmp) / "speech.wav"))
-        async with start_stack(StackOptions(xdp_mode=xdp_mode, relays=1), progress) as running:
+        # Every step's calls must get a model stream (the transceiver admits
+        # no call beyond the model's streams): the model serves the largest.
+        streams = max([16, *(steps if "capacity" in only else []),
+                       *(turn_steps if "load-turns" in only else [])])
+        async with start_stack(StackOptions(xdp_mode=xdp_mode, relays=1, model_streams=streams),
+                               progress) as running:
             pids = {"transceiver": running.services["transceiver"].proc.pid,
                     "model": running.services["model"].proc.pid}
             url = running.signaling_url
-            with progress.step(f"call setup through the relay: {setup_calls} calls"):
-                res.setup["relay"], res.setup_failures["relay"] = await running.client_call(
-                    _setup_calls, url, setup_calls, timeout)
-            with progress.step(f"voice path: {turns} turns"):
-                try:
-                    res.turns = await running.client_call(_turns, url, pcm, turns, timeout)
-                except Exception as exc:  # noqa: BLE001 - reported, the other figures stand
-                    res.notes.append(f"voice turns failed: {exc}")
+            if "setup" in only:
+                with progress.step(f"call setup through the relay: {setup_calls} calls"):
+                    res.setup["relay"], res.setup_failures["relay"] = await running.client_call(
+                        _setup_calls, url, setup_calls, timeout)
+            if "turns" in only:
+                with progress.step(f"voice path: {turns} turns"):
+                    try:
+                        res.turns = await running.client_call(_turns, url, pcm, turns, timeout)
+                    except Exception as exc:  # noqa: BLE001 - reported, the other figures stand
+                        res.notes.append(f"voice turns failed: {exc}")
             capture = EgressCapture(running.transceiver_ns, running.topology.transceiver_lan.ifname,
                                     running.transceiver_address)
             try:
-                await _capacity_steps(running, res, url, steps, window, timeout, pids, capture, progress, log)
+                if "capacity" in only:
+                    await _capacity_steps(running, res, url, steps, window, timeout, pids,
+                                          capture, progress, log)
+                if "load-turns" in only:
+                    for n in turn_steps:
+                        with progress.step(f"turns under load: {n} concurrent calls, one turn each"):
+                            step = await running.client_call(_load_turn_step, url, n, pcm,
+                                                             timeout, pids, capture)
+                        res.load_turns.append(step)
+                        log(f"    {n} calls: {step.replies}/{step.calls} replies, turn p50/p95 "
+                            f"{_f(step.latency(50), 0)}/{_f(step.latency(95), 0)} ms, model "
+                            f"p95 {_f(step.processing(95), 0)} ms, transceiver RTP p99 late "
+                            f"{_f(step.sent.late_p99_ms)} ms")
             finally:
                 capture.close()
-            async with contextlib.AsyncExitStack() as stack:
-                with progress.step("direct path: veth client <-> transceiver, second transceiver"):
-                    direct_url = await stack.enter_async_context(_direct_path(running))
-                with progress.step(f"call setup direct: {setup_calls} calls"):
-                    res.setup["direct"], res.setup_failures["direct"] = await running.client_call(
-                        _setup_calls, direct_url, setup_calls, timeout)
+            if "direct" in only:
+                async with contextlib.AsyncExitStack() as stack:
+                    with progress.step("direct path: veth client <-> transceiver, "
+                                       "second transceiver"):
+                        direct_url = await stack.enter_async_context(_direct_path(running))
+                    with progress.step(f"call setup direct: {setup_calls} calls"):
+                        res.setup["direct"], res.setup_failures["direct"] = (
+                            await running.client_call(_setup_calls, direct_url, setup_calls,
+                                                      timeout))
     res.elapsed_s = time.monotonic() - started
     from transceiver.model.vad import VadSettings
 
@@ -767,6 +989,14 @@ def limits_notes(res: VoiceResults) -> list[str]:
         "before closing a turn), the client's and transceiver's jitter buffers, Opus, the relay "
         "and two gRPC directions; processing_ms (ASR + reply + TTS) is what the model reports."),
     ]
+    if res.load_turns:
+        notes.append(
+            "Turns under load: the clients decode every reply frame (to find the first audible "
+            "one), so at 20 calls this process's CPU competes with the transceiver and the "
+            "model on the same 2 cores; the model's ASR (pocketsphinx) runs in threads, one "
+            "utterance per call at a time, which is what grows its processing time with the "
+            "number of calls. The transceiver admits no call beyond the model's streams "
+            "(model_streams), so the lab's model serves as many as the largest step.")
     late = next((st for st in res.capacity if not st.sent.on_time), None)
     if late is not None:
         notes.append(
@@ -788,6 +1018,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated concurrent call counts")
     p.add_argument("--capacity-seconds", type=float, default=6.0)
     p.add_argument("--turns", type=int, default=5)
+    p.add_argument("--turn-steps", default=",".join(map(str, TURN_STEPS)),
+                   help="comma-separated concurrent call counts for turns under load")
+    p.add_argument("--only", default=",".join(SECTIONS),
+                   help=f"comma-separated sections to run, of {','.join(SECTIONS)}")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--xdp-mode", choices=["native", "generic"], default="native")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -798,8 +1032,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         steps = [int(s) for s in args.capacity_steps.split(",") if s.strip()]
+        turn_steps = [int(s) for s in args.turn_steps.split(",") if s.strip()]
     except ValueError:
-        p.error(f"--capacity-steps: not a list of integers: {args.capacity_steps!r}")
+        p.error("--capacity-steps, --turn-steps: not a list of integers")
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    if not only or any(s not in SECTIONS for s in only):
+        p.error(f"--only: sections are {', '.join(SECTIONS)}")
+    if not turn_steps or min(turn_steps) < 1:
+        p.error("--turn-steps must be positive")
     if not steps or min(steps) < 1 or args.setup_calls < 1 or args.turns < 0 or args.capacity_seconds <= 0:
         p.error("--setup-calls, --capacity-steps and --capacity-seconds must be positive, --turns >= 0")
     if os.geteuid() != 0:
@@ -811,7 +1051,7 @@ def main(argv: list[str] | None = None) -> int:
     from lab.demo import _run
 
     res = _run(run_bench(args.setup_calls, steps, args.capacity_seconds, args.turns,
-                         args.timeout, args.xdp_mode, log, args.shared))
+                         args.timeout, args.xdp_mode, log, args.shared, turn_steps, only))
     text = render_markdown(res)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

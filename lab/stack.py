@@ -183,6 +183,8 @@ class StackOptions:
     """Relays in the topology (the second one is for failover)."""
     workdir: Path | None = None
     """Logs and config files; a temporary directory when None (removed on a clean exit)."""
+    model_streams: int = 16
+    """The model's --max-streams, and the transceiver's model_streams to match."""
     start_timeout: float = 60.0
     """Seconds each service has to become ready (bcc compiles and model loading are slow on 2 cores)."""
     cors_origins: tuple[str, ...] = ()
@@ -520,7 +522,8 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
                                       python_argv("orchestrator", "run", "-v", "--config", str(config)), **env)
                     orchestrators.append(svc)
                 model = running.service("model", running.model_ns, python_argv(
-                    "model", "serve", "--listen", f"{running.model_address}:{MODEL_PORT}", "--reply", "echo"), **env)
+                    "model", "serve", "--listen", f"{running.model_address}:{MODEL_PORT}", "--reply", "echo",
+                    "--max-streams", str(options.model_streams)), **env)
                 # The directory first: the second orchestrator syncs from it.
                 orchestrators[0].start()
                 model.start()
@@ -544,6 +547,7 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
                     "directory_secret_file": str(running.directory_secret_file),
                     "api_key_file": str(api_key_file),
                     "cors_origins": list(options.cors_origins),
+                    "model_streams": options.model_streams,
                 }})
                 txr = running.service("transceiver", running.transceiver_ns,
                                   python_argv("transceiver", "run", "--config", str(config)), **env)

@@ -112,19 +112,36 @@ class PinView:
             if v.active
         }
 
+    def flow_idle_seconds(self) -> float:
+        """The relay's flow_idle_seconds, from its ``config`` map (0: never idle)."""
+        raw = self._lookup("config", struct.pack("=I", 0))
+        if raw is None:
+            return 0.0
+        return int(abi.RelayConfig.from_buffer_copy(raw).flow_idle_ns) / 1e9
+
     def flows(self) -> list[FlowEntry]:
         now_ns = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC
-        return [
-            FlowEntry(
+        idle_limit = self.flow_idle_seconds()
+        # The transceiver's packets refresh the reverse entry only: a flow is
+        # idle when neither direction has seen a packet (as relay.c decides).
+        replies = {port_of(k.relay_port): (v, int(v.last_seen_ns))
+                   for k, v in self._items("reverse")}
+        rows = []
+        for k, v in self._items("flows"):
+            last_seen = int(v.last_seen_ns)
+            reply = replies.get(port_of(v.relay_port))
+            if reply is not None and bytes(reply[0].client) == bytes(k):
+                last_seen = max(last_seen, reply[1])
+            rows.append(FlowEntry(
                 client=f"{addr_of(k.addr.addr[0])}:{port_of(k.port)}",
                 transceiver_id=int(v.transceiver_id),
                 transceiver=f"{addr_of(v.txr_addr.addr[0])}:{port_of(v.txr_port)}",
                 relay_port=port_of(v.relay_port),
                 age_s=max(0, now_ns - v.created_ns) / 1e9,
-                idle_s=max(0, now_ns - v.last_seen_ns) / 1e9,
-            )
-            for k, v in self._items("flows")
-        ]
+                idle_s=max(0, now_ns - last_seen) / 1e9,
+                idle_limit_s=idle_limit,
+            ))
+        return rows
 
     def flow_count(self) -> int:
         return len(self._keys("flows"))

@@ -19,6 +19,10 @@ from orchestrator import bpfprog, pins
 from orchestrator.abi import MAP_NAMES
 from orchestrator.sync import MapTransceiver, SyncMaps
 
+FLOW_ACTIVE_SECONDS = 10.0
+"""A flow that saw a packet within this many seconds is "active": a live call
+passes media at 50 packets/s, and even a muted one a consent check every ~5 s."""
+
 
 @dataclass(frozen=True)
 class FlowEntry:
@@ -29,10 +33,23 @@ class FlowEntry:
     transceiver: str       # transceiver addr:port
     relay_port: int
     age_s: float           # since created
-    idle_s: float          # since the last packet
+    idle_s: float          # since the last packet, either way
+    idle_limit_s: float = 0.0
+    """The relay's ``flow_idle_seconds`` (0: flows never expire)."""
+
+    @property
+    def state(self) -> str:
+        """``active`` (a packet within FLOW_ACTIVE_SECONDS), ``idle``, or
+        ``expired``: unseen for longer than the relay's flow_idle_seconds. The
+        XDP program treats an expired flow as gone (its client's next check
+        makes a new one, its port may be taken over) but deletes it only then,
+        so it stays in the map until something reuses its slot."""
+        if self.idle_limit_s and self.idle_s > self.idle_limit_s:
+            return "expired"
+        return "active" if self.idle_s < FLOW_ACTIVE_SECONDS else "idle"
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "state": self.state}
 
 
 class RelayReader(Protocol):

@@ -5,7 +5,15 @@
 the token ufrag naming that port, the peer connection with its routed ICE
 (transceiver/ice.py), the model link and the call's tasks. Every path that
 fails after allocating something frees it before raising, so an error leaves
-no socket, port, task or record behind. What the model says and barge-in are
+no socket, port, task or record behind.
+
+Until ICE connects a call holds only its port (and the peer connection bound
+to it): the model stream opens when media can flow, if the manager grants a
+model slot then (``model_slot``), so a caller who never connects costs the
+model nothing. ``close`` is total, idempotent and bounded: every teardown step
+runs, whatever an earlier one raised, each within its own time budget, and it
+runs in a task of its own, so a cancelled caller (a DELETE whose client went
+away) cannot stop it half-way. What the model says and barge-in are
 the call's ``Turns`` (transceiver/turns.py); admission and the set of calls
 are ``CallManager``'s (transceiver/manager.py).
 """
@@ -13,6 +21,7 @@ are ``CallManager``'s (transceiver/manager.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
@@ -83,8 +92,9 @@ class CallSettings:
     """A call whose ICE has not connected by then is closed."""
     consent_interval: float = 5.0
     """Seconds between consent checks to the client (RFC 7675), +-20 % jitter."""
-    consent_failures: int = 6
-    """Consecutive unanswered consent checks that close the call."""
+    consent_timeout: float = 30.0
+    """Seconds after the client last answered a consent check that the call
+    closes (RFC 7675: 30 s)."""
     session_ttl: float = 120.0
     """Seconds a call's session record lives in the directory unless refreshed."""
     barge_in_frames: int = 8
@@ -93,6 +103,22 @@ class CallSettings:
     """Barge-in VAD (Silero) strictness: 0 (least) to 3 (most) at filtering out non-speech."""
     model_backoff: Backoff = field(default_factory=Backoff)
     """Reconnect delays of each call's model stream while the model is away."""
+    model_streams: int = 16
+    """Concurrent streams the voice model serves (its ``--max-streams``). A call
+    takes one when ICE connects; a POST while all are taken is refused (503)."""
+    max_pending_per_client: int = 4
+    """Calls one client identity may have set up but not yet connected; more
+    are refused (429). Identity "" (no auth) is not limited per client."""
+    rebind_silence: float = 0.5
+    """NAT rebinding: seconds the nominated pair must have been silent before an
+    authenticated check from a new address of the client moves media there."""
+
+
+# Time budgets of the teardown steps (seconds). Their sum bounds Call.close:
+# DELETE must answer within 1 s even when the model has stopped reading.
+_TASKS_BUDGET = 0.2
+_MODEL_BUDGET = 0.3
+_PC_BUDGET = 0.4
 
 
 MintUfrag = Callable[[int], Awaitable[str]]
@@ -101,8 +127,15 @@ MintUfrag = Callable[[int], Awaitable[str]]
 
 class Call:
     def __init__(self, call_id: str, settings: CallSettings, channel: grpc.aio.Channel,
-                 mint_ufrag: MintUfrag, on_closed: Callable[[Call], None]) -> None:
+                 mint_ufrag: MintUfrag, on_closed: Callable[[Call], None], *,
+                 client: str = "", model_slot: Callable[[Call], bool] | None = None) -> None:
         self.id = call_id
+        self.client = client
+        """Identity of the credential that placed the call ("" without auth)."""
+        self.model_slot = model_slot or (lambda call: True)
+        """Asked once, when ICE connects: may this call open a model stream?"""
+        self.connected = False
+        """ICE connected at least once (the call is no longer pending)."""
         self.settings = settings
         self.channel = channel
         self.mint_ufrag = mint_ufrag
@@ -123,8 +156,12 @@ class Call:
         self._channel: RTCDataChannel | None = None
         self._oai: OaiEvents | None = None
         self._early: list[str] = []
+        self._events_flushed = asyncio.Event()  # the events channel opened, early ones sent
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._teardown: asyncio.Task[None] | None = None
+        self.teardown_errors: list[str] = []
+        """Teardown steps that failed or ran out of time (logged, never raised)."""
 
     # ------------------------------------------------------------ setup
 
@@ -140,7 +177,8 @@ class Call:
                 password=random_ice_password(),
                 advertised=settings.advertised,
                 consent_interval=settings.consent_interval,
-                consent_failures=settings.consent_failures,
+                consent_timeout=settings.consent_timeout,
+                rebind_silence=settings.rebind_silence,
             )
             short_audio_jitter()
             with routed_ice(self.routed):
@@ -158,16 +196,28 @@ class Call:
             await self._free()
             raise
         self._spawn(self._ice_watchdog(), "ice-watchdog")
+        self.answer_sdp = self.pc.localDescription.sdp
+        return self.answer_sdp
+
+    def _on_connected(self) -> None:
+        """ICE connected: open the model stream, if the model has room for it."""
+        self.connected = True
+        if self.link is not None or self._closing:
+            return
+        if not self.model_slot(self):
+            self.emit({"type": "error", "source": "model", "code": "model_at_capacity",
+                       "message": "the voice model serves no more calls now; call again later"})
+            self._spawn(self._close_when_told("voice model at capacity when ICE connected"),
+                        "refused")
+            return
         self.link = ModelLink(
             self.channel,
             self.id,
             self.turns.on_model_message,
             self.turns.on_model_state,
-            backoff=settings.model_backoff,
+            backoff=self.settings.model_backoff,
         )
         self.link.start()
-        self.answer_sdp = self.pc.localDescription.sdp
-        return self.answer_sdp
 
     async def restart(self, offer_text: str) -> str:
         """ICE restart: new credentials (a fresh token for the same port)."""
@@ -199,17 +249,37 @@ class Call:
     # ------------------------------------------------------------ teardown
 
     async def close(self, reason: str) -> None:
-        if self._closing:
-            await self.closed.wait()
-            return
-        self._closing = True
-        self.close_reason = reason
-        logger.info("call %s closing: %s", self.id, reason)
-        if self.link is not None:
-            await self.link.close()
-        await self._free()
-        self.closed.set()
-        self.on_closed(self)
+        """Free everything the call holds; idempotent, bounded, never raises."""
+        if self._teardown is None:
+            self._closing = True
+            self.close_reason = reason
+            logger.info("call %s closing: %s", self.id, reason)
+            self._teardown = asyncio.get_running_loop().create_task(
+                self._close_all(), name=f"call-{self.id}-close")
+        # Shielded: cancelling the caller (a DELETE whose client went away)
+        # must not stop the teardown half-way.
+        await asyncio.shield(self.closed.wait())
+
+    async def _close_all(self) -> None:
+        try:
+            await self._free()
+        finally:
+            self.closed.set()
+            try:
+                self.on_closed(self)
+            except Exception:  # the call is closed regardless
+                logger.exception("call %s: on_closed failed", self.id)
+
+    async def _step(self, what: str, coro: Awaitable[object], budget: float) -> None:
+        """One teardown step: errors and overruns are logged and counted, never raised."""
+        try:
+            await asyncio.wait_for(coro, budget)
+        except TimeoutError:
+            self.teardown_errors.append(f"{what}: not done in {budget} s")
+            logger.warning("call %s: %s took longer than %s s", self.id, what, budget)
+        except Exception as exc:  # noqa: BLE001 - every later step must still run
+            self.teardown_errors.append(f"{what}: {exc!r}")
+            logger.warning("call %s: %s failed: %r", self.id, what, exc)
 
     async def _free(self) -> None:
         current = asyncio.current_task()
@@ -217,14 +287,31 @@ class Call:
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self.track.stop()
+            await self._step("stopping the call's tasks",
+                             asyncio.wait(tasks), _TASKS_BUDGET)
+        try:
+            self.track.stop()
+        except Exception as exc:  # noqa: BLE001 - keep tearing down
+            self.teardown_errors.append(f"reply track: {exc!r}")
+        # The model stream and the peer connection end side by side: neither
+        # waits on the other, and each has its own budget.
+        steps = []
+        if self.link is not None:
+            steps.append(self._step("closing the model stream",
+                                    self.link.close(timeout=_MODEL_BUDGET / 2),
+                                    _MODEL_BUDGET))
         if self.pc is not None:
-            await self.pc.close()
+            steps.append(self._step("closing the peer connection", self.pc.close(), _PC_BUDGET))
+        if steps:
+            await asyncio.gather(*steps)
         # aioice closes the socket it gathered on; close it ourselves when the
-        # call failed before gathering.
-        if self.routed is not None and self.routed.sock.fileno() != -1:
-            self.routed.sock.close()
+        # call failed before gathering, or when the peer connection's close
+        # did not finish in time.
+        if self.routed is not None:
+            for conn in self.routed.connections:
+                conn.drop_transports()
+            if self.routed.sock.fileno() != -1:
+                self.routed.sock.close()
         if self.port:
             self.settings.ports.release(self.port)
 
@@ -238,6 +325,14 @@ class Call:
         if self.pc is not None and self.pc.connectionState != "connected":
             self._spawn_close("ICE did not connect in time")
 
+    async def _close_when_told(self, reason: str, wait: float = 2.0) -> None:
+        """Close once the events channel has carried what was emitted (the
+        caller learns why), or after ``wait`` s if it never opens."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._events_flushed.wait(), wait)
+        await asyncio.sleep(0.1)  # let SCTP send it before the peer connection goes
+        self._spawn_close(reason)
+
     def _spawn_close(self, reason: str) -> None:
         # close() cancels this call's tasks, so it must not run inside one.
         asyncio.get_running_loop().create_task(self.close(reason))
@@ -248,6 +343,8 @@ class Call:
         if self.pc is None:
             return
         state = self.pc.connectionState
+        if state == "connected" and not self.connected:
+            self._on_connected()
         if state in ("failed", "closed") and not self._closing:
             self._spawn_close(f"peer connection {state} (client gone or consent expired)")
 
@@ -263,6 +360,7 @@ class Call:
             early, self._early = self._early, []
             for text in early:
                 channel.send(text)
+            self._events_flushed.set()
 
         if channel.readyState == "open":
             flush()
@@ -325,7 +423,13 @@ class Call:
             "ufrag": self.ufrag,
             "state": self.pc.connectionState if self.pc else "new",
             "remote": list(conn.nominated_remote() or ()) if conn else [],
+            "client": self.client,
+            "connected": self.connected,
             "model_connected": bool(self.link and self.link.connected),
+            "model_chunks_dropped": self.link.chunks_dropped if self.link else 0,
+            "consent_age_s": (round(asyncio.get_running_loop().time() - conn.consent_fresh_at, 3)
+                              if conn is not None and conn.consent_fresh_at else None),
+            "rebinds": conn.rebinds if conn is not None else 0,
             "chunks_in": self.chunks_in,
             "reply_frames": self.track.audio_frames_sent,
             "barge_ins": self.turns.barge_ins,

@@ -26,6 +26,19 @@ stock ``Connection``. It patches one name, ``aiortc.rtcicetransport.Connection``
 with a factory that falls through to aioice's class when no call is being set
 up.
 
+NAT rebinding is the fourth thing: a client's NAT may give its flow a new
+source port mid-call. The relay then makes a new flow, and the transceiver
+sees the client's next check arrive from a new peer-reflexive address. aioice
+(the controlled side) moves media only on USE-CANDIDATE, which an aiortc
+client's consent checks never carry, so it would keep sending to the dead
+mapping until consent expires. ``RoutedConnection`` moves the nominated pair
+to the new address, as pion and libwebrtc do, once both hold: the new pair
+is authenticated both ways (the client's check passed MESSAGE-INTEGRITY with
+our password, and our triggered check's response with theirs), and the
+current pair has been silent for ``RoutedIce.rebind_silence`` seconds (a
+timer waits for that when the check comes early). A pair the client
+nominates moves media at once (aioice's own rule).
+
 ICE restart (``restart_ice``) is missing from aioice too: it swaps credentials,
 forgets the old check list and learned candidates, and keeps the nominated
 pair carrying media until a new pair is nominated (RFC 8445 section 9). The
@@ -122,6 +135,12 @@ INTERNALS: tuple[Internal, ...] = (
     Internal(_CONN, "_local_username", "attribute", "str"),
     Internal(_CONN, "_local_password", "attribute", "str"),
     Internal(_CONN, "_closing", "attribute", "bool"),
+    # NAT rebinding: where an authenticated check and a check's result arrive.
+    Internal(_CONN, "check_incoming", "method", why="extended: a rebinding client's new address"),
+    Internal(_CONN, "check_complete", "method", why="extended: a rebinding client's new address"),
+    Internal(_CONN, "close", "method", why="extended: the rebinding timer is cancelled"),
+    Internal("aioice.ice.StunProtocol", "datagram_received", "method",
+             why="extended: when each remote address was last heard"),
     Internal("aioice.ice", "CandidatePair", "class"),
     Internal(_PAIR, "task", "attribute", "NoneType"),
     Internal(_PAIR, "nominated", "attribute", "bool"),
@@ -132,9 +151,10 @@ INTERNALS: tuple[Internal, ...] = (
     Internal(f"{_PAIR}.State", "WAITING", "constant", "State"),
     Internal("aioice.ice", "StunProtocol", "class"),
     Internal("aioice.ice.StunProtocol", "local_candidate", "annotation"),
+    Internal("aioice.ice.StunProtocol", "transport", "annotation",
+             why="closed by drop_transports when a call's close runs out of time"),
     Internal("aioice.ice.StunProtocol", "request", "method"),
     Internal("aioice.ice", "CONSENT_INTERVAL", "constant", "int"),
-    Internal("aioice.ice", "CONSENT_FAILURES", "constant", "int"),
     Internal("aioice.candidate", "candidate_foundation", "function"),
     Internal("aioice.candidate", "candidate_priority", "function"),
     Internal("aioice.stun", "TransactionError", "class"),
@@ -294,13 +314,38 @@ class RoutedIce:
     password: str
     advertised: list[Candidate]
     consent_interval: float = aioice.ice.CONSENT_INTERVAL
-    consent_failures: int = aioice.ice.CONSENT_FAILURES
+    consent_timeout: float = 30.0
+    """Seconds after the last authenticated consent response that the
+    connection closes (RFC 7675 section 5.1)."""
+    rebind_silence: float = 0.5
+    """Seconds the nominated pair must be silent before media moves to a new,
+    authenticated address of the client (NAT rebinding)."""
     connections: list[RoutedConnection] = field(default_factory=list)
     """Every connection aiortc built for this call; with BUNDLE only one gathers."""
 
     def primary(self) -> RoutedConnection | None:
         """The connection that owns the socket (the one aiortc gathered)."""
         return next((c for c in self.connections if c.gathering_started), None)
+
+
+_HEARD_KEEP = 16  # remote addresses whose last packet time is kept, per socket
+
+
+class RoutedProtocol(StunProtocol):
+    """aioice's protocol, remembering when each remote address was last heard
+    (any datagram: media keeps a pair "live" as much as a check does)."""
+
+    def __init__(self, receiver: Connection) -> None:
+        super().__init__(receiver)
+        self.heard: dict[tuple[str, int], float] = {}
+
+    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        key = (str(addr[0]), int(addr[1]))
+        heard = self.heard
+        if key not in heard and len(heard) >= _HEARD_KEEP:
+            del heard[min(heard, key=heard.__getitem__)]
+        heard[key] = asyncio.get_running_loop().time()
+        super().datagram_received(data, addr)
 
 
 class RoutedConnection(Connection):
@@ -319,6 +364,11 @@ class RoutedConnection(Connection):
         )
         self.routed = routed
         self.ignored_remote_candidates = 0
+        self.rebinds = 0
+        self.consent_fresh_at = 0.0
+        """Loop time of the last authenticated consent response (0: none yet)."""
+        """Times media moved to a new address of the client without a restart."""
+        self._rebind_timer: asyncio.TimerHandle | None = None
         routed.connections.append(self)
 
     @property
@@ -346,7 +396,7 @@ class RoutedConnection(Connection):
         self._local_candidates_start = True
         loop = asyncio.get_running_loop()
         _, protocol = await loop.create_datagram_endpoint(
-            lambda: StunProtocol(self), sock=self.routed.sock
+            lambda: RoutedProtocol(self), sock=self.routed.sock
         )
         host, port = self.bound_address
         protocol.local_candidate = Candidate(
@@ -371,32 +421,98 @@ class RoutedConnection(Connection):
             self.ignored_remote_candidates += 1
 
     async def query_consent(self) -> None:
-        # aioice's loop, with the interval and failure count per connection so
-        # that a vanished client is detected in bounded time (RFC 7675).
+        # Consent freshness (RFC 7675): consent lasts consent_timeout s after
+        # the last authenticated response to one of our checks, which go out
+        # every consent_interval s (+-20 %). aioice counts failed checks
+        # instead, which puts the close anywhere between 24 and 36 s after
+        # the last response; a deadline puts it at 30 s.
         if self.remote_password is None:  # aioice checks consent only once connected
             raise RuntimeError(f"{self}: consent checks need the remote ICE password")
         integrity_key = self.remote_password.encode("utf8")
-        failures = 0
         interval = self.routed.consent_interval
-        while True:
-            await asyncio.sleep(interval * (0.8 + 0.4 * random.random()))
-            for pair in list(self._nominated.values()):
-                request = self.build_request(pair, nominate=False)
-                try:
-                    await pair.protocol.request(
-                        request,
-                        pair.remote_addr,
-                        integrity_key=integrity_key,
-                        retransmissions=0,
-                    )
-                    failures = 0
-                except stun.TransactionError:
-                    failures += 1
-                if failures >= self.routed.consent_failures:
-                    logger.info("%s consent to send expired", self)
-                    self._query_consent_task = None
-                    await self.close()
-                    return
+        timeout = self.routed.consent_timeout
+        loop = asyncio.get_running_loop()
+        # ICE connected (a check succeeded) just before aioice starts this loop.
+        self.consent_fresh_at = loop.time()
+        try:
+            async with asyncio.timeout_at(self.consent_fresh_at + timeout) as deadline:
+                while True:
+                    await asyncio.sleep(interval * (0.8 + 0.4 * random.random()))
+                    for pair in list(self._nominated.values()):
+                        request = self.build_request(pair, nominate=False)
+                        try:
+                            await pair.protocol.request(
+                                request,
+                                pair.remote_addr,
+                                integrity_key=integrity_key,
+                                retransmissions=0,
+                            )
+                        except stun.TransactionError:
+                            continue
+                        self.consent_fresh_at = loop.time()
+                        deadline.reschedule(self.consent_fresh_at + timeout)
+        except TimeoutError:
+            pass
+        logger.info("%s consent to send expired (%.1f s since the last response)",
+                    self, loop.time() - self.consent_fresh_at)
+        self._query_consent_task = None
+        await self.close()
+
+    # ------------------------------------------------------------ NAT rebinding
+
+    def check_incoming(self, message: stun.Message, addr: tuple[str, int],
+                       protocol: StunProtocol) -> None:
+        # Called by aioice only for a request that passed MESSAGE-INTEGRITY.
+        super().check_incoming(message, addr, protocol)
+        self._consider_rebind(addr, protocol)
+
+    def check_complete(self, pair: CandidatePair) -> None:
+        super().check_complete(pair)
+        if pair.state == CandidatePair.State.SUCCEEDED:
+            self._consider_rebind(pair.remote_addr, pair.protocol)
+
+    def _consider_rebind(self, addr: tuple[str, int], protocol: StunProtocol) -> None:
+        """Move media to ``addr`` if it is a checked pair and the current one is silent."""
+        if self._closing:
+            return
+        component = protocol.local_candidate.component
+        current = self._nominated.get(component)
+        if current is None or current.remote_addr == addr:
+            return  # not connected yet (aioice nominates), or nothing new
+        pair = next((p for p in self._check_list if p.protocol is protocol
+                     and p.remote_addr == addr
+                     and p.state == CandidatePair.State.SUCCEEDED), None)
+        if pair is None:
+            return  # our triggered check has not succeeded yet: check_complete comes back
+        loop = asyncio.get_running_loop()
+        heard = getattr(current.protocol, "heard", {})
+        silent = loop.time() - heard.get(current.remote_addr, 0.0)
+        wait = self.routed.rebind_silence - silent
+        if self._rebind_timer is not None:
+            self._rebind_timer.cancel()
+            self._rebind_timer = None
+        if wait > 0:
+            self._rebind_timer = loop.call_later(wait, self._consider_rebind, addr, protocol)
+            return
+        logger.info("%s NAT rebinding: media moves from %s to %s (silent for %.2f s)",
+                    self, current.remote_addr, addr, silent)
+        pair.nominated = True
+        self._nominated[component] = pair
+        self.rebinds += 1
+
+    async def close(self) -> None:
+        if self._rebind_timer is not None:
+            self._rebind_timer.cancel()
+            self._rebind_timer = None
+        await super().close()
+
+    def drop_transports(self) -> None:
+        """Close the datagram transports of this connection (idempotent): the
+        last resort of a call whose peer connection did not close in time."""
+        for protocol in self._protocols:
+            transport = getattr(protocol, "transport", None)
+            if transport is not None:
+                transport.close()
 
     def nominated_remote(self) -> tuple[str, int] | None:
         pair = self._nominated.get(1)

@@ -3,10 +3,31 @@
 
 ``CallManager`` is the library the HTTP layer (``signaling.py``) is thin over:
 ``create`` (offer -> answer), ``restart`` (ICE restart), ``end``, ``drain``
-and ``close``. It admits a call only while it is not draining and below
-``max_calls`` (counting calls still being set up), mints each call's token
-ufrag with the directory's current key, and keeps each live call's session
-record in the directory.
+and ``close``. It mints each call's token ufrag with the directory's current
+key, and keeps each live call's session record in the directory.
+
+Admission is one policy over three limits, checked at POST in this order:
+
+1. ``max_calls``: every call, pending or connected, holds a UDP port and a
+   peer connection; beyond it, 503 + Retry-After (``AtCapacity``).
+2. ``model_streams``: the voice model serves that many streams (its
+   ``--max-streams``, 16 by default). A call takes a model slot only when ICE
+   connects, so pending calls cannot starve the model; a POST while every
+   slot is taken is 503 + Retry-After (``ModelAtCapacity``), never a call
+   without a model. Should more pending calls connect at once than slots are
+   left, the late ones are closed with a ``model_at_capacity`` event.
+3. ``max_pending_per_client``: calls one client identity has set up but not
+   connected yet; beyond it, 429 + Retry-After (``TooManyPending``). A
+   fuzzer's POSTs that never start ICE therefore hold at most that many
+   ports each, until ``ice_timeout`` frees them. Identity "" (auth off) is
+   not limited per client: without credentials there is no client to tell
+   apart behind a load balancer.
+
+The model's capacity is configuration (``model_streams``), not asked of the
+model: voice.proto has no capacity call, and a model shared by several
+transceivers would need a reservation protocol a count does not give. A model
+that still refuses a stream says ``busy`` on it, which reaches the caller as
+an event.
 """
 
 from __future__ import annotations
@@ -30,6 +51,16 @@ logger = logging.getLogger(__name__)
 
 class AtCapacity(CallError):
     status = 503
+
+
+class ModelAtCapacity(AtCapacity):
+    """Every model stream is taken (503, Retry-After)."""
+
+
+class TooManyPending(AtCapacity):
+    """This client has too many calls that have not connected yet (429, Retry-After)."""
+
+    status = 429
 
 
 class Draining(CallError):
@@ -58,10 +89,48 @@ class CallManager:
         self.sessions = SessionStore(settings.session_ttl)
         self.draining = False
         self._pending = 0
+        self._pending_by_client: dict[str, int] = {}  # calls in create(), per identity
+        self._model_calls: set[str] = set()  # ids of calls holding a model slot
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def load(self) -> int:
         return len(self.calls) + self._pending
+
+    @property
+    def model_streams_in_use(self) -> int:
+        return len(self._model_calls)
+
+    def pending(self, client: str) -> int:
+        """Calls of ``client`` being set up or answered but not yet connected."""
+        answered = sum(1 for c in self.calls.values()
+                       if c.client == client and not c.connected and not c.closed.is_set())
+        return answered + self._pending_by_client.get(client, 0)
+
+    def _take_model_slot(self, call: Call) -> bool:
+        if call.id in self._model_calls:
+            return True
+        if self.calls.get(call.id) is not call:
+            return False  # closed meanwhile
+        if len(self._model_calls) >= self.settings.model_streams:
+            return False
+        self._model_calls.add(call.id)
+        return True
+
+    def admit(self, client: str) -> None:
+        """Raise the ``CallError`` a new call of ``client`` gets now, if any."""
+        settings = self.settings
+        if self.draining:
+            raise Draining("transceiver is draining: no new calls")
+        if self.load >= settings.max_calls:
+            raise AtCapacity(f"at capacity: {settings.max_calls} calls")
+        if len(self._model_calls) >= settings.model_streams:
+            raise ModelAtCapacity(
+                f"voice model at capacity: {settings.model_streams} streams in use")
+        if client and self.pending(client) >= settings.max_pending_per_client:
+            raise TooManyPending(
+                f"too many calls not connected yet for this client: "
+                f"{settings.max_pending_per_client}")
 
     async def mint_ufrag(self, port: int) -> str:
         """A routing token naming this transceiver and ``port``, minted with
@@ -82,22 +151,27 @@ class CallManager:
                                          ttl=self.settings.session_ttl)
 
     async def create(self, offer_text: str, *, client: str = "") -> Call:
-        """``client``: the identity of the caller's credential (transceiver/auth.py)."""
+        """Admit and answer a call; ``client`` is the identity of the caller's
+        credential (transceiver/auth.py; "" when auth is off), for the
+        per-client pending limit."""
         try:
             parse_offer(offer_text)
         except ValueError as exc:
             raise BadOffer(str(exc)) from None
-        if self.draining:
-            raise Draining("transceiver is draining: no new calls")
-        if self.load >= self.settings.max_calls:
-            raise AtCapacity(f"at capacity: {self.settings.max_calls} calls")
+        self.admit(client)
         self._pending += 1
+        self._pending_by_client[client] = self._pending_by_client.get(client, 0) + 1
         call = Call(secrets.token_urlsafe(12), self.settings, self.channel, self.mint_ufrag,
-                    self._forget)
+                    self._forget, client=client, model_slot=self._take_model_slot)
         try:
             await call.answer(offer_text)
         finally:
             self._pending -= 1
+            left = self._pending_by_client[client] - 1
+            if left:
+                self._pending_by_client[client] = left
+            else:
+                del self._pending_by_client[client]
         self.calls[call.id] = call
         try:
             await self._put_session(call)
@@ -123,10 +197,13 @@ class CallManager:
         await self.get(call_id).close("ended by DELETE")
 
     def _forget(self, call: Call) -> None:
+        self._model_calls.discard(call.id)
         if self.calls.get(call.id) is call:
             del self.calls[call.id]
             self.sessions.delete(call.id)
-            asyncio.get_running_loop().create_task(self._forget_remote(call.id))
+            task = asyncio.get_running_loop().create_task(self._forget_remote(call.id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _forget_remote(self, call_id: str) -> None:
         try:
@@ -137,7 +214,12 @@ class CallManager:
     async def refresh_sessions(self) -> None:
         """Extend the TTL of live calls here and in the directory; drop expired ones."""
         for call in list(self.calls.values()):
-            await self._put_session(call)
+            if call.closed.is_set() or call.close_reason:
+                continue  # closing: its record is being deleted
+            try:
+                await self._put_session(call)
+            except Exception as exc:  # noqa: BLE001 - the next beat retries
+                logger.warning("could not refresh session %s: %s", call.id, exc)
         for call_id in self.sessions.expire():
             expired = self.calls.get(call_id)
             if expired is not None:
@@ -163,9 +245,18 @@ class CallManager:
     async def close_all(self, reason: str) -> None:
         calls = list(self.calls.values())
         await asyncio.gather(*(c.close(reason) for c in calls), return_exceptions=True)
-        # Let the directory deletions scheduled by _forget run.
-        await asyncio.sleep(0)
+        # The directory deletions scheduled by _forget: bounded, as the
+        # records expire by TTL anyway.
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=1.0)
 
     async def close(self) -> None:
+        """Close every call and the model channel; bounded, never raises."""
         await self.close_all("transceiver closed")
-        await self.channel.close()
+        for task in list(self._background):
+            task.cancel()
+        try:
+            # grace=None cancels whatever stream is still open at once.
+            await asyncio.wait_for(self.channel.close(None), 2.0)
+        except Exception as exc:  # noqa: BLE001 - shutting down regardless
+            logger.warning("could not close the model channel cleanly: %r", exc)

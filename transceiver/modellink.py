@@ -5,12 +5,18 @@ The stream is (re)opened with exponential backoff: a call connects even when
 the model is down, reports it, and picks the model up again when it returns.
 Audio produced while the model is away is dropped, not buffered: a stale
 sentence replayed later would be worse than a missed one.
+
+Back-pressure never raises into the call: when the model reads slower than
+the caller speaks, the stream's bounded queue fills and further audio is
+dropped and counted (``chunks_dropped``); a barge-in that finds the queue full
+is counted too (``controls_dropped``). ``close`` is idempotent, bounded by its
+timeout and never raises: it ends the stream politely when the queue has room
+and cancels it otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
@@ -82,6 +88,9 @@ class ModelLink:
     connected: bool = field(default=False, init=False)
     streams_opened: int = field(default=0, init=False)
     chunks_dropped: int = field(default=0, init=False)
+    """Audio chunks not queued: no stream, the queue full (a slow model), or closing."""
+    controls_dropped: int = field(default=0, init=False)
+    """Barge-ins and end-of-input messages that found the queue full."""
     _queue: asyncio.Queue[voice_pb2.ClientMessage | None] | None = field(
         default=None, init=False, repr=False
     )
@@ -98,7 +107,7 @@ class ModelLink:
     def send_audio(self, pcm: bytes) -> int | None:
         """Queue one chunk; returns its stream seq, or None if it was dropped."""
         queue = self._queue
-        if not self.connected or queue is None or queue.full():
+        if self._closing or not self.connected or queue is None or queue.full():
             self.chunks_dropped += 1
             return None
         seq = self._seq
@@ -112,7 +121,10 @@ class ModelLink:
 
     def send_barge_in(self) -> bool:
         queue = self._queue
-        if not self.connected or queue is None:
+        if self._closing or not self.connected or queue is None:
+            return False
+        if queue.full():
+            self.controls_dropped += 1
             return False
         queue.put_nowait(voice_pb2.ClientMessage(control=voice_pb2.Control(barge_in=True)))
         return True
@@ -126,26 +138,40 @@ class ModelLink:
         return True
 
     async def close(self, timeout: float = 1.0) -> None:
-        """End the stream politely (end_of_input), then stop reconnecting."""
+        """End the stream: politely (end_of_input) when the queue has room,
+        else by cancelling it; stop reconnecting. Idempotent, returns within
+        about ``timeout`` s, and never raises (a failing stream was already
+        reported through ``on_state``)."""
         self._closing = True
         queue = self._queue
+        polite = False
         if self.connected and queue is not None:
-            queue.put_nowait(
-                voice_pb2.ClientMessage(control=voice_pb2.Control(end_of_input=True))
-            )
-            queue.put_nowait(None)
+            # Two slots: end_of_input, then the end of the request iterator.
+            if queue.maxsize - queue.qsize() >= 2:
+                queue.put_nowait(
+                    voice_pb2.ClientMessage(control=voice_pb2.Control(end_of_input=True))
+                )
+                queue.put_nowait(None)
+                polite = True
+            else:
+                self.controls_dropped += 1
         task, self._task = self._task, None
         if task is None:
             return
-        # The stream ends by itself after end_of_input; if the model does not
-        # close it in time, cancel it. Stream errors were already reported
-        # through on_state.
-        with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        if not task.done():
+        try:
+            if polite:
+                # The stream ends by itself after end_of_input; if the model
+                # does not close it in time, it is cancelled below.
+                await asyncio.wait({task}, timeout=timeout)
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=timeout)
+        except asyncio.CancelledError:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-                await task
+            raise
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            logger.warning("call %s: model stream ended with %r", self.call_id,
+                           task.exception())
 
     async def _requests(
         self, queue: asyncio.Queue[voice_pb2.ClientMessage | None]

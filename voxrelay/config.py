@@ -141,6 +141,12 @@ class TransceiverConfig:
     fresh key at first start if missing). An application backend presents
     one to POST /v1/realtime/client_secrets; browsers never see it.
     Env VOXRELAY_API_KEY overrides."""
+    model_streams: int = 16
+    """Streams the voice model serves at once (its --max-streams): a call takes
+    one when ICE connects; a POST while all are taken answers 503 with Retry-After."""
+    max_pending_per_client: int = 4
+    """Calls one client credential may have that have not connected yet; more
+    answer 429 with Retry-After (no per-client limit when auth is off)."""
     api_token: str = ""
     """An API key given inline instead of api_key_file (prefer the file)."""
     client_secret_ttl_seconds: float = 600.0
@@ -228,6 +234,9 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             "[transceiver] client_secret_ttl_seconds must be > 0 and "
             "<= client_secret_max_ttl_seconds")
+    for key in ("max_calls", "model_streams", "max_pending_per_client"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"[transceiver] {key} must be >= 1, got {getattr(t, key)}")
     if not 1 <= config.transceiver.id <= 0xFFFFFFFF:
         raise ConfigError(f"[transceiver] id {config.transceiver.id} is outside 1..4294967295")
     return config

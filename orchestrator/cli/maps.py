@@ -80,19 +80,32 @@ def filter_flows(flows: list[FlowEntry], transceiver: int | None,
 @relay_read_options
 @click.option("--transceiver", type=int, default=None, help="Only flows to this transceiver id.")
 @click.option("--client", default=None, metavar="ADDR[:PORT]", help="Only flows of this client.")
+@click.option("--all", "show_all", is_flag=True,
+              help="Also show expired flows (unseen for longer than flow_idle_seconds).")
 @click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True,
               help="Rows to print (0: all). The flows map can hold a million.")
 def maps_flows(config_path: Path | None, name: str | None, as_json: bool,
-               transceiver: int | None, client: str | None, limit: int) -> None:
-    """Live flows: client -> transceiver, relay-side port, age and idle time."""
+               transceiver: int | None, client: str | None, show_all: bool, limit: int) -> None:
+    """Flows: client -> transceiver, relay-side port, age, idle time and state.
+
+    STATE is active (a packet in the last 10 s), idle, or expired (unseen for
+    longer than the relay's flow_idle_seconds: the relay treats it as gone,
+    though it stays in the map until its slot is reused). Expired flows are
+    hidden unless --all.
+    """
     flows = filter_flows(common.view(config_path, name).flows(), transceiver, client)
+    expired = sum(1 for f in flows if f.state == "expired")
+    if not show_all:
+        flows = [f for f in flows if f.state != "expired"]
     flows.sort(key=lambda f: (f.transceiver_id, f.client))
     shown = flows if limit == 0 else flows[:limit]
     text = table(
-        ["CLIENT", "TRANSCEIVER", "TXR_ADDRESS", "RELAY_PORT", "AGE_S", "IDLE_S"],
+        ["CLIENT", "TRANSCEIVER", "TXR_ADDRESS", "RELAY_PORT", "AGE_S", "IDLE_S", "STATE"],
         [[f.client, f.transceiver_id, f.transceiver, f.relay_port,
-          f"{f.age_s:.1f}", f"{f.idle_s:.1f}"] for f in shown],
+          f"{f.age_s:.1f}", f"{f.idle_s:.1f}", f.state] for f in shown],
     )
     if len(shown) < len(flows):
         text += f"\n... {len(flows) - len(shown)} more (--limit 0 for all)"
+    if expired and not show_all:
+        text += f"\n({expired} expired not shown; --all shows them)"
     emit(as_json, [f.to_json() for f in shown], text)

@@ -11,10 +11,9 @@ is shared by the tests of this module; each test places its own call.
 * test_address_change_ice_restart: the client's address changes mid-call (a
   NAT in front of it starts using a new address and port). The client then does
   an ICE restart over signaling (PATCH /v1/calls/<id>); media resumes on the
-  same transceiver and call within 1 s of the restart. We chose ICE restart,
-  not a bare STUN check with the same token: the transceiver is the controlled
-  ICE agent, and a consent check from a new address (no USE-CANDIDATE) does not
-  move its nominated pair, so its media would keep going to the old mapping.
+  same transceiver and call within 1 s of the restart. (Without a PATCH the
+  transceiver also follows the new address, at the client's next consent
+  check: tests/netns/test_robust.py, test_nat_rebinding_without_a_restart.)
 * test_relay_failover: the answer lists both relays. Relay 1 (the nominated
   path) goes down; the client notices the media stop and restarts ICE; the call
   goes on through relay 2 within FAILOVER_SECONDS of relay 1 going down.

@@ -81,8 +81,28 @@ def test_maps_flows_filters(view):
     assert [r["relay_port"] for r in data] == [20003]
     out = run("maps", "flows", "--limit", "1")
     assert out.output.splitlines()[0].split() == ["CLIENT", "TRANSCEIVER", "TXR_ADDRESS",
-                                                  "RELAY_PORT", "AGE_S", "IDLE_S"]
+                                                  "RELAY_PORT", "AGE_S", "IDLE_S", "STATE"]
     assert out.output.splitlines()[-1] == "... 2 more (--limit 0 for all)"
+
+
+def test_maps_flows_state_hides_expired_unless_all(view):
+    view.flow_rows = [
+        FlowEntry("198.51.100.7:5000", 1, "10.0.1.1:40000", 20001, 30.0, 0.5, 120.0),
+        FlowEntry("198.51.100.8:6000", 1, "10.0.1.1:40002", 20002, 90.0, 60.0, 120.0),
+        FlowEntry("198.51.100.9:7000", 1, "10.0.1.1:40004", 20003, 400.0, 300.0, 120.0),
+        FlowEntry("198.51.100.10:7000", 1, "10.0.1.1:40006", 20004, 400.0, 300.0, 0.0),
+    ]
+    data = json.loads(run("maps", "flows", "--json").output)
+    assert [(r["relay_port"], r["state"]) for r in data] == [
+        (20004, "idle"), (20001, "active"), (20002, "idle")]
+    data = json.loads(run("maps", "flows", "--json", "--all").output)
+    assert sorted((r["relay_port"], r["state"]) for r in data) == [
+        (20001, "active"), (20002, "idle"), (20003, "expired"), (20004, "idle")]
+    out = run("maps", "flows")
+    lines = out.output.splitlines()
+    assert lines[1].split()[-1] == "idle" and lines[2].split()[-1] == "active"
+    assert lines[-1] == "(1 expired not shown; --all shows them)"
+    assert "expired" in run("maps", "flows", "--all").output
 
 
 def test_relay_unavailable_is_one_line(monkeypatch):

@@ -192,7 +192,7 @@ async def test_client_vanishes_call_is_freed() -> None:
     relay_addr = await relay.start()
     server, _, model_port = await start_fake_model()
     service = await start_transceiver(directory, [relay_addr], f"127.0.0.1:{model_port}",
-                                      consent_interval=0.2, consent_failures=3)
+                                      consent_interval=0.2, consent_timeout=0.6)
     try:
         client = CallClient(service.url, "secret", 15)
         await client.__aenter__()

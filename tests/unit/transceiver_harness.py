@@ -61,6 +61,8 @@ class LoopbackRelay:
         "forwarded_in": 0, "forwarded_out": 0, "new_flow": 0, "drop_not_stun": 0,
         "drop_bad_token": 0})
     flows: dict[tuple[str, int], Any] = field(default_factory=dict)
+    blocked: bool = False
+    """Drop everything, both ways (the client's network is gone)."""
     seen_ufrags: list[str] = field(default_factory=list)
 
     async def start(self) -> tuple[str, int]:
@@ -71,6 +73,8 @@ class LoopbackRelay:
         return self.address
 
     def from_client(self, data: bytes, client: tuple[str, int]) -> None:
+        if self.blocked:
+            return
         flow = self.flows.get(client)
         if flow is None:
             try:
@@ -109,8 +113,22 @@ class LoopbackRelay:
             self.counters["forwarded_in"] += 1
 
     def to_client(self, data: bytes, client: tuple[str, int]) -> None:
+        if self.blocked:
+            return
         self._public.sendto(data, client)
         self.counters["forwarded_out"] += 1
+
+    def rebind(self) -> None:
+        """Forget every client's flow, as a NAT in front of the clients that
+        gives each a new source port would make the relay do: each client's
+        next packet must be a STUN check with its token again, and reaches the
+        transceiver from a new relay-side port; the old ports are closed."""
+        for flow in self.flows.values():
+            if isinstance(flow, asyncio.Task):
+                flow.cancel()
+            else:
+                flow.close()
+        self.flows.clear()
 
     def close(self) -> None:
         for flow in self.flows.values():
