@@ -71,6 +71,14 @@ class Credential:
     def is_api_key(self) -> bool:
         return self.kind in ("api_key", "none")
 
+    @property
+    def pending_limit_key(self) -> str:
+        """What the per-client pending-call limit counts under: each client
+        secret (one browser session, untrusted) on its own; "" (no per-client
+        limit) for an API key, which is the operator's own backend and may set
+        up many users' calls at once, bounded by ``max_calls`` alone."""
+        return self.identity if self.kind == "client_secret" else ""
+
 
 @dataclass(frozen=True)
 class ClientSecret:

@@ -230,7 +230,7 @@ async def create_call(request: web.Request) -> web.StreamResponse:
     if isinstance(offer, web.Response):
         return offer
     try:
-        call = await request.app[_MANAGER].create(offer, client=credential.identity)
+        call = await request.app[_MANAGER].create(offer, client=credential.pending_limit_key)
     except CallError as exc:
         return _call_error(exc)
     owners = request.app[_GATE].owners

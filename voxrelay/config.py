@@ -145,8 +145,9 @@ class TransceiverConfig:
     """Streams the voice model serves at once (its --max-streams): a call takes
     one when ICE connects; a POST while all are taken answers 503 with Retry-After."""
     max_pending_per_client: int = 4
-    """Calls one client credential may have that have not connected yet; more
-    answer 429 with Retry-After (no per-client limit when auth is off)."""
+    """Calls one ephemeral client secret (one browser session) may have that
+    have not connected yet; more answer 429 with Retry-After. API keys (your
+    backend) and auth off have no per-client limit, only max_calls."""
     api_token: str = ""
     """An API key given inline instead of api_key_file (prefer the file)."""
     client_secret_ttl_seconds: float = 600.0
