@@ -281,6 +281,19 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
+HOW_TO_RUN = (
+    "To run it: `make setup` (either of the README's two commands runs it) installs "
+    "what the bench needs, the `[bench]` extra (matplotlib) included; then, as root, "
+    "`make bench` rewrites this file, `docs/bench/*.png` and `bench/results/` in under "
+    "10 minutes on 2 cores (`bench/run.py` holds itself to `--total`, 575 s, and the "
+    "Makefile's timeout(1) is the backstop). A missing dependency stops it before any load, "
+    "naming what is missing; a section that fails is named under Notes and makes the exit "
+    "status 1. `python -m bench.run --smoke --results-dir DIR --out DIR/BENCHMARKS.md` "
+    "runs every section once with tiny counts in about a minute (the root test tier does, "
+    "`tests/bpf/test_bench_smoke.py`); `--render-only` rewrites this file from "
+    "`bench/results/results.json`.")
+
+
 def render(res: dict[str, Any], figures: dict[str, str]) -> str:
     env = res["env"]
     flows = res["flows"]
@@ -300,6 +313,8 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
         "difference against the generator-only run. The threaded-NAPI rows run after those "
         "rounds, in rounds of their own (toggling threaded NAPI slowed later rounds of the "
         "XDP relay in a first run), and pair with the generator-only runs by index."),
+        "",
+        HOW_TO_RUN,
         "",
         "## Environment",
         "",

@@ -277,6 +277,7 @@ def test_render_says_rounds_and_marks_ratios_not_separated() -> None:
         {"sent": 4e5, "delivered": p} for p in (260e3, 240e3, 255e3)]
     md = report.render(res, {})
     assert "median of 3 runs" in md
+    assert "`make bench` rewrites this file" in md and "--smoke" in md  # how to run it
     assert "(min to max) and the number of rounds" in md
     rows = {r[0]: r for r in report.main_table(res, 1)}
     # 240/260, 250/240, 260/255: 0.92, 1.04, 1.02
