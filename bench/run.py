@@ -175,17 +175,22 @@ class Deadline:
 
 @contextlib.contextmanager
 def alarm(seconds: float) -> Any:
-    """Raise TimeUp in the main thread after ``seconds``; cancelled on exit."""
+    """Raise TimeUp in the main thread after ``seconds``; cancelled on exit,
+    and a timer that was armed before (pytest-timeout's) armed again with what
+    it had left."""
     def fire(signum: int, frame: Any) -> None:
         raise TimeUp(f"the relay phase was stopped after {seconds:.0f} s (hard stop)")
 
+    t0 = time.monotonic()
     old = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    old_left, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+        if old_left:
+            signal.setitimer(signal.ITIMER_REAL, max(0.001, old_left - (time.monotonic() - t0)))
 
 
 @contextlib.contextmanager

@@ -116,3 +116,20 @@ def test_alarm_raises_time_up_and_is_cancelled_on_exit() -> None:
     with run.alarm(0.05):
         pass
     time.sleep(0.1)  # no alarm left armed: this would raise
+
+
+def test_alarm_gives_an_earlier_timer_back() -> None:
+    import signal
+
+    fired = []
+    old = signal.signal(signal.SIGALRM, lambda *_: fired.append(1))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 30)
+        with run.alarm(10):
+            pass
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 25 < left <= 30
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert fired == []
