@@ -69,9 +69,11 @@ class Spread:
     @property
     def separated(self) -> bool:
         """False when the range includes 1.0: some round had it one way, some the
-        other (or exactly even), so the run does not tell the two apart. One round
-        has no range to judge by; it counts as separated unless it is exactly 1."""
-        return not self.lo <= 1.0 <= self.hi
+        other (or exactly even), so the run does not tell the two apart. Judged
+        on the two decimals the report prints, so that a range shown as "0.65 to
+        1.00" is marked too. One round has no range to judge by; it counts as
+        separated unless it is 1.00."""
+        return not round(self.lo, 2) <= 1.0 <= round(self.hi, 2)
 
 
 def spread(values: Iterable[float | None]) -> Spread | None:
@@ -101,14 +103,14 @@ def ratio_spread(res: dict[str, Any], cand: str, ref: str, flows: int,
 def cost_ratio_spread(res: dict[str, Any], cand: str, ref: str, flows: int,
                       key: str = "throughput") -> Spread | None:
     """``ref``'s shared-core cost per packet over ``cand``'s, round by round, each
-    cost paired against that round's generator-only run. A round where ``cand``'s
+    cost paired against that round's generator-only run. A round where either
     cost is not above zero (within the noise) has no ratio and is left out."""
     def costs(c: str) -> list[float | None]:
         runs = res.get(key, {}).get(c, {}).get(str(flows), [])
         base = res.get(key, {}).get(GEN_ONLY, {}).get(str(flows), [])
         return [cost_us(r["delivered"], b["delivered"]) for r, b in zip(runs, base)]
 
-    return spread(None if mine is None or theirs is None or mine <= 0 else theirs / mine
+    return spread(theirs / mine if mine and theirs and mine > 0 and theirs > 0 else None
                   for mine, theirs in zip(costs(cand), costs(ref)))
 
 
@@ -216,9 +218,9 @@ def cost_ratio_section(res: dict[str, Any], key: str = "throughput") -> list[str
         rows.append(row)
     return [
         ("Cost ratios: the other candidate's shared-core µs per packet divided by the XDP "
-        "relay's, round by round (above 1.00x the relay is cheaper). A round where the "
-        "relay's measured cost is not above zero (within the noise) has no ratio and is "
-        "left out of the count; n/a when no round has one. " + SPREAD_NOTE),
+        "relay's, round by round (above 1.00x the relay is cheaper). A round where either "
+        "measured cost is not above zero (within the noise) has no ratio and is left out "
+        "of the count; n/a when no round has one. " + SPREAD_NOTE),
         "",
         md_table(["against", *[f"{f:,} flows" for f in res["flows"]]], rows),
         "",

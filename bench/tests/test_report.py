@@ -217,6 +217,8 @@ def test_spread_median_range_and_count() -> None:
         ([0.9, 1.1, 1.3], False),    # rounds disagree: the range crosses 1.0
         ([1.0, 1.2, 1.4], False),    # one round was even: not told apart
         ([0.8, 1.0], False),
+        ([0.65, 0.8, 0.998], False),  # printed "0.65 to 1.00": marked as it reads
+        ([0.65, 0.8, 0.994], True),   # printed "0.65 to 0.99"
         ([4.0], True),               # one round: no range, a point clear of 1
         ([1.0], False),
     ],
@@ -253,7 +255,7 @@ def test_ratio_spread_counts_the_rounds_it_has() -> None:
     assert report.ratio_spread(res, "voxrelay", "coturn", 1) is None
 
 
-def test_cost_ratio_spread_leaves_out_rounds_without_a_relay_cost() -> None:
+def test_cost_ratio_spread_leaves_out_rounds_without_a_cost() -> None:
     res = _results()
     base = {"sent": 4e5, "delivered": 400e3}
     res["throughput"]["gen_only"]["10000"] = [base, base, base]
@@ -268,6 +270,11 @@ def test_cost_ratio_spread_leaves_out_rounds_without_a_relay_cost() -> None:
     assert (s.lo, s.hi) == (pytest.approx(2.5), pytest.approx(5.0 / 1.5))
     section = "\n".join(report.cost_ratio_section(res))
     assert "2.92x (2.50 to 3.33, 2 rounds)" in section
+    # the reference's cost within the noise in round 1 (faster than the baseline)
+    res["throughput"]["nftables"]["10000"][0] = {"sent": 4e5, "delivered": 500e3}
+    s = report.cost_ratio_spread(res, "voxrelay", "nftables", 10000)
+    assert s == report.Spread(median=pytest.approx(5.0 / 1.5), lo=pytest.approx(5.0 / 1.5),
+                              hi=pytest.approx(5.0 / 1.5), n=1)
 
 
 def test_render_says_rounds_and_marks_ratios_not_separated() -> None:
