@@ -1,8 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """Turn raw bench results into BENCHMARKS.md and PNG plots.
 
-Pure except for ``plot`` (matplotlib) and ``write``. Everything is quoted as
-medians over runs, and comparisons as ratios, because the machines are noisy.
+Pure except for ``plot`` (matplotlib). Everything is quoted as medians over
+runs, and comparisons as ratios, because the machines are noisy. Each headline
+ratio is the median over rounds of that round's ratio (run i against run i),
+with its range (min-max) and the number of rounds, and a ratio whose range
+includes 1.00 is marked "not separated": that run cannot tell the two apart.
 
 Results layout (what bench/run.py collects)::
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +52,80 @@ def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
     return a / b
+
+
+NOT_SEPARATED = "not separated"
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A ratio over rounds: the median of the per-round values, their range, how many."""
+
+    median: float
+    lo: float
+    hi: float
+    n: int
+
+    @property
+    def separated(self) -> bool:
+        """False when the range includes 1.0: some round had it one way, some the
+        other (or exactly even), so the run does not tell the two apart. Judged
+        on the two decimals the report prints, so that a range shown as "0.65 to
+        1.00" is marked too. One round has no range to judge by; it counts as
+        separated unless it is 1.00."""
+        return not round(self.lo, 2) <= 1.0 <= round(self.hi, 2)
+
+
+def spread(values: Iterable[float | None]) -> Spread | None:
+    """Median, min and max of the values that are there (None and NaN are not)."""
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return None
+    return Spread(statistics.median(vals), min(vals), max(vals), len(vals))
+
+
+def round_ratios(a: Sequence[float], b: Sequence[float]) -> list[float | None]:
+    """Run i of ``a`` over run i of ``b``, for the rounds both have. bench/run.py
+    runs the shared-core candidates in interleaved rounds, so index i is one
+    round, under the same background load; a candidate cut short by the time
+    budget lacks its last rounds, so the pairs that remain still match."""
+    return [ratio(x, y) for x, y in zip(a, b)]
+
+
+def ratio_spread(res: dict[str, Any], cand: str, ref: str, flows: int,
+                 key: str = "throughput") -> Spread | None:
+    """Delivered pps of ``cand`` over ``ref``, round by round."""
+    runs = res.get(key, {}).get(cand, {}).get(str(flows), [])
+    base = res.get(key, {}).get(ref, {}).get(str(flows), [])
+    return spread(round_ratios([r["delivered"] for r in runs], [r["delivered"] for r in base]))
+
+
+def cost_ratio_spread(res: dict[str, Any], cand: str, ref: str, flows: int,
+                      key: str = "throughput") -> Spread | None:
+    """``ref``'s shared-core cost per packet over ``cand``'s, round by round, each
+    cost paired against that round's generator-only run. A round where either
+    cost is not above zero (within the noise) has no ratio and is left out."""
+    def costs(c: str) -> list[float | None]:
+        runs = res.get(key, {}).get(c, {}).get(str(flows), [])
+        base = res.get(key, {}).get(GEN_ONLY, {}).get(str(flows), [])
+        return [cost_us(r["delivered"], b["delivered"]) for r, b in zip(runs, base)]
+
+    return spread(theirs / mine if mine and theirs and mine > 0 and theirs > 0 else None
+                  for mine, theirs in zip(costs(cand), costs(ref)))
+
+
+def fmt_spread(s: Spread | None, percent: bool = False) -> str:
+    """``3.00x (2.50 to 3.50, 3 rounds)``, marked when the range includes 1.00x."""
+    if s is None:
+        return "n/a"
+    def f(x: float) -> str:
+        return f"{x:.0%}" if percent else f"{x:.2f}x"
+    if s.n == 1:
+        text = f"{f(s.median)} (1 round, no range)"
+    else:
+        lo, hi = (f"{s.lo:.0%}", f"{s.hi:.0%}") if percent else (f"{s.lo:.2f}", f"{s.hi:.2f}")
+        text = f"{f(s.median)} ({lo} to {hi}, {s.n} rounds)"
+    return text if s.separated else f"{text} **{NOT_SEPARATED}**"
 
 
 def cost_us(delivered_pps: float | None, baseline_pps: float | None) -> float | None:
@@ -87,29 +165,30 @@ def _fmt_pps(x: float | None) -> str:
     return "n/a" if x is None else f"{x / 1000:,.0f} k"
 
 
-def _fmt_ratio(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}x"
-
-
 def _fmt(x: float | None, digits: int = 2, unit: str = "") -> str:
     return "n/a" if x is None else f"{x:.{digits}f}{unit}"
 
 
 def main_table(res: dict[str, Any], flows: int, key: str = "throughput") -> list[list[str]]:
+    """One row per candidate: median pps, then each headline ratio as a spread
+    over rounds (``fmt_spread``), against each reference and the ceiling."""
     rows = []
-    ceiling = delivered_median(res, CEILING, flows, key)
     for cand in res["order"]:
         if cand in (GEN_ONLY, CEILING) or cand not in res.get(key, {}):
             continue
-        pps = delivered_median(res, cand, flows, key)
-        row = [res["labels"][cand], _fmt_pps(pps)]
+        row = [res["labels"][cand], _fmt_pps(delivered_median(res, cand, flows, key))]
         for ref, _ in REFS:
-            row.append("—" if ref == cand else
-                       _fmt_ratio(ratio(pps, delivered_median(res, ref, flows, key))))
-        share = ratio(pps, ceiling)
-        row.append("n/a" if share is None else f"{share:.0%}")
+            row.append("—" if ref == cand else fmt_spread(ratio_spread(res, cand, ref, flows, key)))
+        row.append(fmt_spread(ratio_spread(res, cand, CEILING, flows, key), percent=True))
         rows.append(row)
     return rows
+
+
+SPREAD_NOTE = (
+    "Each ratio is the median over rounds of that round's ratio (run i of one candidate "
+    "against run i of the other, so both saw the same background load), then its range "
+    "(min to max) and the number of rounds. **not separated**: the range includes 1.00x "
+    "(100% for the share of the ceiling), so this run cannot tell the two apart.")
 
 
 PTR_NOTE = (
@@ -135,16 +214,13 @@ def cost_ratio_section(res: dict[str, Any], key: str = "throughput") -> list[str
             continue
         row = [label]
         for f in res["flows"]:
-            mine, theirs = paired_cost_us(res, relay, f, key), paired_cost_us(res, ref, f, key)
-            if mine is None or theirs is None or mine <= 0:
-                row.append("n/a")
-            else:
-                row.append(_fmt_ratio(theirs / mine))
+            row.append(fmt_spread(cost_ratio_spread(res, relay, ref, f, key)))
         rows.append(row)
     return [
         ("Cost ratios: the other candidate's shared-core µs per packet divided by the XDP "
-        "relay's (above 1.00x the relay is cheaper; n/a when the relay's measured cost is "
-        "not above zero, i.e. within the noise)."),
+        "relay's, round by round (above 1.00x the relay is cheaper). A round where either "
+        "measured cost is not above zero (within the noise) has no ratio and is left out "
+        "of the count; n/a when no round has one. " + SPREAD_NOTE),
         "",
         md_table(["against", *[f"{f:,} flows" for f in res["flows"]]], rows),
         "",
@@ -171,6 +247,8 @@ def xdp_load_section(res: dict[str, Any]) -> list[str]:
         "",
         md_table(["candidate", "pps", *[h for _, h in REFS], "share of ceiling"],
                  main_table(res, big, key)),
+        "",
+        SPREAD_NOTE,
         "",
     ]
     rows = []
@@ -205,6 +283,20 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
+HOW_TO_RUN = (
+    "To run it: `make setup` (either of the README's two commands runs it) installs "
+    "what the bench needs, the `[bench]` extra (matplotlib) included; then, as root, "
+    "`make bench` rewrites this file, `docs/bench/*.png` and `bench/results/` in under "
+    "10 minutes on 2 cores (`bench/run.py` holds itself to `--total`, 575 s: a late step "
+    "is stopped, a later one skipped, and the report says so). A missing dependency stops "
+    "it before any load, "
+    "naming what is missing; a section that fails is named under Notes and makes the exit "
+    "status 1. `python -m bench.run --smoke --results-dir DIR --out DIR/BENCHMARKS.md` "
+    "runs every section once with tiny counts in about a minute (the root test tier does, "
+    "`tests/bpf/test_bench_smoke.py`); `--render-only` rewrites this file from "
+    "`bench/results/results.json`.")
+
+
 def render(res: dict[str, Any], figures: dict[str, str]) -> str:
     env = res["env"]
     flows = res["flows"]
@@ -214,13 +306,18 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
         "",
         ("Generated by `make bench` (`python -m bench.run`); raw numbers in "
         "`bench/results/results.json`. Every figure is the **median of "
-        f"{res['runs']} runs** of {res['duration']} s; comparisons are ratios of medians. "
+        f"{res['runs']} runs** of {res['duration']} s (fewer where a note says the time "
+        "budget ran out); each headline ratio is the median of the per-round ratios, "
+        "with its range (min to max) over the rounds and their number, and is marked **not "
+        "separated** where that range includes 1.00x. "
         "The shared-core candidates (generator only, ceiling, XDP relay, ip_forward, "
         "nftables) take turns in rounds, one run each per round, so that background load "
         "hits them alike; each CPU cost is the median over rounds of that round's paired "
         "difference against the generator-only run. The threaded-NAPI rows run after those "
         "rounds, in rounds of their own (toggling threaded NAPI slowed later rounds of the "
         "XDP relay in a first run), and pair with the generator-only runs by index."),
+        "",
+        HOW_TO_RUN,
         "",
         "## Environment",
         "",
@@ -252,6 +349,8 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
             ["candidate", "pps", *[h for _, h in REFS], "share of ceiling"],
             main_table(res, big),
         ),
+        "",
+        SPREAD_NOTE,
         "",
         "### Delivered pps and loss by flow count",
         "",
@@ -392,17 +491,21 @@ def plot(res: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         for cand in res["order"]:
             if cand not in res[key]:
                 continue
-            xs, ys = [], []
+            xs, ys, below, above = [], [], [], []
             for f in res["flows"]:
-                d = delivered_median(res, cand, f, key)
-                if d is not None:
+                s = spread(r["delivered"] / 1000
+                           for r in res[key][cand].get(str(f), []))
+                if s is not None:
                     xs.append(f)
-                    ys.append(d / 1000)
+                    ys.append(s.median)
+                    below.append(s.median - s.lo)
+                    above.append(s.hi - s.median)
             if xs:
-                ax.plot(xs, ys, marker="o", label=res["labels"][cand])
+                ax.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3,
+                            label=res["labels"][cand])
         ax.set_xscale("log")
         ax.set_xlabel("concurrent flows")
-        ax.set_ylabel("delivered kpps (median)")
+        ax.set_ylabel("delivered kpps (median; bars: min to max over runs)")
         ax.set_title(f"Throughput vs flows, 200-byte UDP, {title}", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)

@@ -1,8 +1,22 @@
 # SPDX-License-Identifier: Apache-2.0
 """Run every relay benchmark, bounded, and write BENCHMARKS.md.
 
-    python -m bench.run [--quick] [--runs N] [--duration S] [--only a,b]
-                        [--flows 1,100,10000] [--out BENCHMARKS.md]
+    python -m bench.run [--quick | --smoke] [--runs N] [--duration S] [--only a,b]
+                        [--flows 1,100,10000] [--out BENCHMARKS.md] [--results-dir D]
+                        [--total S]
+
+Before any load it checks that everything the sections and the report need is
+there (``missing_dependencies``: matplotlib, scapy, bcc, gcc, coturn, ...) and
+stops at once, naming what is missing, rather than after minutes of load.
+The whole run is held to ``--total`` seconds (TOTAL_S): the relay phase (tool
+build, lab set-up, candidates) stops starting work after ``--budget`` and is
+stopped hard (SIGALRM) RELAY_GRACE_S later; each later section gets what is
+left, is interrupted (SIGINT, so its lab cleans up) when it overruns, and is
+skipped when too little is left. Only teardown and the report run unbounded,
+so that nothing is cut half-way; they take seconds. (No timeout(1) around it:
+in its own process group, it would keep Ctrl-C from reaching the bench.) ``--smoke`` runs every section with
+tiny counts (tests/bpf/test_bench_smoke.py). A section that fails is named in
+the report and makes the exit status 1.
 
 Needs root (namespaces, XDP). Builds its C tools with gcc into a temp dir,
 builds a private veth lab (bench/topo.py), then takes the candidates in turn:
@@ -18,14 +32,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +53,27 @@ from bench.topo import CLIENT_IP, TXR_IP, BenchTopology, in_netns, topology
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 FIG_DIR = ROOT / "docs" / "bench"   # committed copies of the figures BENCHMARKS.md shows
-TOTAL_S = 590      # the whole of make bench (issue: < 10 min on 2 cores)
+TOTAL_S = 575      # the whole of make bench (issue #18: < 10 min on 2 cores), leaving
+                   # 25 s for start-up, teardown and the report
 BUDGET_S = 360     # relay candidates stop starting new work after this; the rest is for
                    # ASR WER (~30 s), bench.voice (~115 s) and bench.bench_sync (~15 s)
+RELAY_GRACE_S = 40  # ... and are stopped (SIGALRM) this long after the budget
+REPORT_S = 20       # kept back for the plots and BENCHMARKS.md
+KILL_GRACE_S = 20   # a section over its time gets SIGINT, then this long to clean up
+MIN_SECTION_S = 10  # a section that would get less is skipped
+
+# (module, what it is for) and (executable, Debian package): what the sections
+# and the report need, checked before any load runs. `make setup` installs all.
+PY_DEPENDENCIES = (
+    ("matplotlib", "the plots: the [bench] extra, pip install -e '.[bench]'"),
+    ("scapy", "the XDP-native load frames: the [test] extra"),
+    ("bcc", "the XDP programs: Debian's python3-bpfcc, linked into the venv"),
+)
+EXE_DEPENDENCIES = (
+    ("gcc", "gcc"), ("nft", "nftables"), ("ethtool", "ethtool"), ("ip", "iproute2"),
+    ("nsenter", "util-linux"), ("taskset", "util-linux"), ("turnserver", "coturn"),
+    ("espeak-ng", "espeak-ng"), ("redis-server", "redis-server"),
+)
 
 LABELS = {
     "gen_only": "generator only (XDP_DROP at relay)",
@@ -86,6 +121,91 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def missing_dependencies(
+    python_only: bool = False,
+    import_module: Callable[[str], Any] = importlib.import_module,
+    which: Callable[[str], str | None] = shutil.which,
+) -> list[str]:
+    """One line per missing dependency, naming it and where it comes from.
+    Imports for real (a module that is there but broken counts as missing), and
+    loads matplotlib's Agg backend, which is what ``report.plot`` uses."""
+    missing = []
+    for name, why in PY_DEPENDENCIES:
+        try:
+            import_module(name)
+            if name == "matplotlib":
+                import_module("matplotlib.backends.backend_agg")
+        except ImportError as exc:
+            missing.append(f"Python module {name} ({why}): {exc}")
+    if not python_only:
+        missing += [f"program {exe} (apt-get install {pkg})"
+                    for exe, pkg in EXE_DEPENDENCIES if which(exe) is None]
+    return missing
+
+
+class TimeUp(BaseException):
+    """Raised by SIGALRM when the relay phase overruns its hard stop. A
+    BaseException, so that a candidate's ``except Exception`` does not take it
+    for one broken candidate and go on to the next; every ``finally`` on the
+    way out (candidate stop, XDP detach, topology) still runs."""
+
+
+class Deadline:
+    """The one clock of a run: ``total`` seconds from its start."""
+
+    def __init__(self, total: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.clock = total, clock
+        self.start = clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def left(self) -> float:
+        return self.total - self.elapsed()
+
+    def section_timeout(self, cap: float) -> float | None:
+        """Seconds a later section may run: its cap, cut so that its kill grace
+        and the report still fit in what is left; None (skip it) below MIN_SECTION_S."""
+        t = min(cap, self.left() - KILL_GRACE_S - REPORT_S)
+        return t if t >= MIN_SECTION_S else None
+
+    def relay_stop(self, budget: float) -> float:
+        """Seconds from now to the relay phase's hard stop: RELAY_GRACE_S after
+        its budget, and never later than what leaves the report its time."""
+        return max(1.0, min(budget + RELAY_GRACE_S, self.total - REPORT_S) - self.elapsed())
+
+
+@contextlib.contextmanager
+def alarm(seconds: float) -> Any:
+    """Raise TimeUp in the main thread after ``seconds``; cancelled on exit,
+    and a timer that was armed before (pytest-timeout's) armed again with what
+    it had left."""
+    def fire(signum: int, frame: Any) -> None:
+        raise TimeUp(f"the relay phase was stopped after {seconds:.0f} s (hard stop)")
+
+    t0 = time.monotonic()
+    old = signal.signal(signal.SIGALRM, fire)
+    old_left, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        if old_left:
+            signal.setitimer(signal.ITIMER_REAL, max(0.001, old_left - (time.monotonic() - t0)))
+
+
+@contextlib.contextmanager
+def alarm_deferred() -> Any:
+    """Hold SIGALRM back while cleanup runs (stopping a candidate's processes,
+    detaching its XDP): an alarm in between raises right after, not half-way."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+
+
 def environment(shared: bool) -> dict[str, Any]:
     cpu = "unknown"
     try:
@@ -124,9 +244,11 @@ def environment(shared: bool) -> dict[str, Any]:
 
 
 class Bench:
-    def __init__(self, topo: BenchTopology, exe: dict[str, Path], work: Path, args: argparse.Namespace):
+    def __init__(self, topo: BenchTopology, exe: dict[str, Path], work: Path,
+                 args: argparse.Namespace, deadline: Deadline):
         self.topo, self.exe, self.work, self.args = topo, exe, work, args
-        self.t_start = time.monotonic()
+        self.deadline = deadline
+        self.failed: dict[str, str] = {}  # candidate -> its first failure (notes keep the last word)
         self.res: dict[str, Any] = {
             "flows": args.flows, "runs": args.runs, "duration": args.duration,
             "payload": C.PAYLOAD, "throughput": {}, "user_cpu": {}, "latency": {},
@@ -144,7 +266,7 @@ class Bench:
         self.gen_prog = xdp.load_gen(topo.ifindex[topo.c0])
 
     def over_budget(self) -> bool:
-        return time.monotonic() - self.t_start > self.args.budget
+        return self.deadline.elapsed() > self.args.budget
 
     # -- one throughput run --------------------------------------------------
     def gen(self, cand: C.Candidate, flows: int, counter: Any) -> dict[str, float]:
@@ -242,6 +364,8 @@ class Bench:
             dst = cand.ping_dst()
             runs = []
             for _ in range(self.args.runs):
+                if runs and self.over_budget():
+                    break
                 out = subprocess.run(
                     topo.cmd(topo.ns_client, [
                         str(self.exe["udpping"]), "--src", CLIENT_IP, "--dst", dst[0],
@@ -261,8 +385,9 @@ class Bench:
                     f"{runs[-1]['p99']:.1f} µs p99.9 {runs[-1]['p99.9']:.1f} µs")
             self.res["latency"][cand.key] = runs
         finally:
-            echo.terminate()
-            echo.wait(timeout=10)
+            with alarm_deferred():
+                echo.terminate()
+                echo.wait(timeout=10)
 
     # -- the XDP program's own cost under load (BPF_ENABLE_STATS) ---------------
     def in_situ(self, cand: Any) -> None:
@@ -305,15 +430,17 @@ class Bench:
                 self.latency(cand)
         except Exception as exc:  # noqa: BLE001 -- one broken candidate must not lose the others
             self.res["notes"][cand.key] = f"failed: {exc}".replace("\n", " ")[:600]
+            self.failed.setdefault(cand.key, self.res["notes"][cand.key])
             log(f"  {cand.key} FAILED: {exc}")
             if self.args.verbose:
                 traceback.print_exc()
         finally:
-            if threaded:
-                for ifname in (self.topo.r_pub, self.topo.r_priv):
-                    with contextlib.suppress(OSError):
-                        self.topo.set_threaded_napi(ifname, False)
-            cand.stop()
+            with alarm_deferred():
+                if threaded:
+                    for ifname in (self.topo.r_pub, self.topo.r_priv):
+                        with contextlib.suppress(OSError):
+                            self.topo.set_threaded_napi(ifname, False)
+                cand.stop()
 
 
 def make_candidates(topo: BenchTopology, work: Path, only: set[str] | None) -> list[tuple[C.Candidate, bool]]:
@@ -333,6 +460,13 @@ def make_candidates(topo: BenchTopology, work: Path, only: set[str] | None) -> l
     return [(c, t) for c, t in mk if only is None or c.key in only]
 
 
+SMOKE = {"runs": 1, "duration": 0.3, "pings": 200, "calls": 1, "flows": [1, 100],
+         "prog_test_runs": 100}
+"""--smoke: every section once, with counts that take seconds (tests/bpf/test_bench_smoke.py)."""
+SMOKE_VOICE = ["--capacity-steps", "1", "--capacity-seconds", "1", "--turns", "1"]
+SMOKE_SYNC = ["--samples", "5", "--flows", "4096"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="voxrelay relay benchmarks")
     ap.add_argument("--runs", type=int, default=3)
@@ -344,132 +478,229 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the XDP-native (live frames) load runs")
     ap.add_argument("--calls", type=int, default=20,
                     help="calls per path for bench.voice's call-setup figure (skipped with --only)")
-    ap.add_argument("--quick", action="store_true", help="1 run of 1 s, 1000 pings: a smoke test")
+    ap.add_argument("--quick", action="store_true", help="1 run of 1 s, 1000 pings")
+    ap.add_argument("--smoke", action="store_true",
+                    help="every section once with tiny counts, in seconds: does it all still run?")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
-    ap.add_argument("--budget", type=float, default=BUDGET_S)
+    ap.add_argument("--results-dir", type=Path, default=RESULTS,
+                    help="raw results, the sections' own reports and the plots (copied to "
+                    "docs/bench/ only when this is the default)")
+    ap.add_argument("--budget", type=float, default=BUDGET_S,
+                    help="seconds after which the relay candidates start no new work")
+    ap.add_argument("--total", type=float, default=TOTAL_S,
+                    help="seconds the whole run may take (enforced)")
     ap.add_argument("--shared", action="store_true",
                     help="say in the report that the machine was shared")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite BENCHMARKS.md and the plots from bench/results/results.json")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    # First of all: a missing dependency ends the run here, not after minutes of load.
+    missing = missing_dependencies(python_only=args.render_only)
+    if missing:
+        print("bench: missing dependencies (make setup installs them all):\n  "
+              + "\n  ".join(missing), file=sys.stderr)
+        return 2
     if args.render_only:
-        saved = RESULTS / "results.json"
+        saved = args.results_dir / "results.json"
         if not saved.exists():
             print(f"bench: no {saved}; run the benchmarks first", file=sys.stderr)
             return 1
-        _write(json.loads(saved.read_text()), args.out)
+        _write(json.loads(saved.read_text()), args.out, args.results_dir)
         log(f"wrote {args.out} from {saved}")
         return 0
-    args.flows = [int(x) for x in args.flows.split(",") if x]
-    if args.quick:
-        args.runs, args.duration, args.pings, args.calls = 1, 1.0, 1000, 3
     if os.geteuid() != 0:
         print("bench: must run as root (it builds namespaces and attaches XDP)", file=sys.stderr)
         return 1
+    args.flows = [int(x) for x in args.flows.split(",") if x]
+    if args.quick:
+        args.runs, args.duration, args.pings, args.calls = 1, 1.0, 1000, 3
+    if args.smoke:
+        args.runs, args.duration, args.pings = SMOKE["runs"], SMOKE["duration"], SMOKE["pings"]
+        args.calls, args.flows = SMOKE["calls"], SMOKE["flows"]
     only = set(args.only.split(",")) if args.only else None
+    deadline = Deadline(args.total)
+    args.budget = min(args.budget, args.total)
+    res, failed = _relay_phase(args, only, deadline)
 
-    t_start = time.monotonic()
-    work = C.workdir()
-    log(f"building tools in {work}")
-    exe = tools.build(work / "bin")
-    log("building the topology (bench/topo.py)")
-    try:
-        with topology() as topo:
-            bench = Bench(topo, exe, work, args)
-            try:
-                load1 = float(Path("/proc/loadavg").read_text().split()[0])
-                bench.res["env"] = environment(args.shared or load1 > 0.5)
-                bench.res["prog_test_run"], note = _prog_test_run(topo)
-                if note:
-                    bench.res["notes"]["prog_test_run"] = note
-                cands = make_candidates(topo, work, only)
-                # Shared-core candidates take turns round by round, so that each
-                # round's runs (and the generator-only baseline they are paired
-                # with) see the same background load of a shared machine.
-                # The threaded-NAPI rows come after the others, in rounds of their
-                # own: switching threaded NAPI on and off on the relay's veths
-                # slowed the XDP relay's later rounds by 10-40% in a first run.
-                for group in (False, True):
-                    shared = [(c, t) for c, t in cands if c.key in SHARED_CORE and t == group]
-                    for r in range(args.runs if shared else 0):
-                        log(f"round {r + 1} of {args.runs} (shared-core candidates"
-                            f"{', threaded NAPI' if group else ''})")
-                        for cand, threaded in shared:
-                            if bench.over_budget():
-                                bench.res["notes"][cand.key] = ("time budget ran out; some runs "
-                                                                "missing")
-                                continue
-                            bench.candidate(cand, threaded, runs=1, latency=r == args.runs - 1)
-                for cand, threaded in cands:
-                    if cand.key in SHARED_CORE:
-                        continue
-                    if bench.over_budget():
-                        bench.res["notes"][cand.key] = "skipped: time budget ran out"
-                        continue
-                    bench.candidate(cand, threaded)
-            finally:
-                bench.base.detach_all()
-            res = bench.res
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
+    sections: dict[str, str] = res.setdefault("sections", {})
     if only is None:
-        res["asr_wer_md"] = _section("bench.asr_wer", "ASR word error rate",
-                                     _left(t_start, 120), [])
-        # The voice stack and control plane run after the relay lab is gone,
-        # each in its own lab, each bounded; their sections go into BENCHMARKS.md.
-        res["voice_md"] = _section("bench.voice", "call setup, transceiver capacity, "
-                                   "voice path overhead", _left(t_start, 200),
-                                   ["--setup-calls", str(args.calls)]
-                                   + (["--shared"] if res["env"].get("shared") else []))
-        res["sync_md"] = _section("bench.bench_sync", "announce -> routable latency, "
-                                  "flow map capacity", _left(t_start, 60), [])
-    _write(res, args.out)
-    log(f"wrote {args.out} in {time.monotonic() - t_start:.0f} s")
+        out_dir = args.results_dir
+        for key, module, what, cap, extra in (
+            ("asr_wer_md", "bench.asr_wer", "ASR word error rate", 120, []),
+            # The voice stack and control plane run after the relay lab is gone,
+            # each in its own lab, each bounded; their sections go into BENCHMARKS.md.
+            ("voice_md", "bench.voice", "call setup, transceiver capacity, voice path overhead",
+             200, ["--setup-calls", str(args.calls), "--out", str(out_dir / "voice.md")]
+             + (SMOKE_VOICE if args.smoke else [])
+             + (["--shared"] if res["env"].get("shared") else [])),
+            ("sync_md", "bench.bench_sync", "announce -> routable latency, flow map capacity",
+             60, ["--out", str(out_dir / "sync.md")] + (SMOKE_SYNC if args.smoke else [])),
+        ):
+            status, res[key] = _section(module, what, deadline.section_timeout(cap), extra)
+            sections[module] = status
+            if status.startswith("failed"):
+                failed[module] = res[key]
+    _write(res, args.out, args.results_dir)
+    log(f"wrote {args.out} in {deadline.elapsed():.0f} s (bound {args.total:.0f} s)")
+    if failed:
+        log("FAILED sections (see the report's notes): " + ", ".join(sorted(failed)))
+        return 1
     return 0
 
 
-def _write(res: dict[str, Any], out: str) -> None:
-    """results.json, the plots (copied to docs/bench/) and BENCHMARKS.md."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "results.json").write_text(json.dumps(res, indent=1))
-    figs = report.plot(res, RESULTS)
-    FIG_DIR.mkdir(parents=True, exist_ok=True)
+def _relay_phase(args: argparse.Namespace, only: set[str] | None,
+                 deadline: Deadline) -> tuple[dict[str, Any], dict[str, str]]:
+    """The relay candidates on their lab, within the budget, stopped hard by
+    SIGALRM RELAY_GRACE_S after it; returns the results and what failed."""
+    res: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    load1 = float(Path("/proc/loadavg").read_text().split()[0])
+    env = environment(args.shared or load1 > 0.5)
+    work = C.workdir()
+    bench: Bench | None = None
+    try:
+        # The lab is torn down by the ExitStack, outside the alarm: the one-shot
+        # alarm can cut the build, the set-up and the load, never the teardown.
+        with contextlib.ExitStack() as lab:
+            try:
+                with alarm(deadline.relay_stop(args.budget)):
+                    log(f"building tools in {work}")
+                    exe = tools.build(work / "bin")
+                    log("building the topology (bench/topo.py)")
+                    topo = lab.enter_context(topology())
+                    bench = Bench(topo, exe, work, args, deadline)
+                    res = bench.res
+                    res["env"] = env
+                    _candidates(bench, topo, work, only)
+            finally:
+                if bench is not None:
+                    failed.update(bench.failed)
+                    bench.base.detach_all()
+    except TimeUp as exc:
+        log(f"time is up: {exc}")
+        res.setdefault("notes", {})["time bound"] = (
+            f"{exc}; the candidates and rounds it had not reached are missing")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if "throughput" not in res:  # stopped before the lab was up: an empty report, said so
+        res = {"flows": args.flows, "runs": args.runs, "duration": args.duration,
+               "payload": C.PAYLOAD, "throughput": {}, "labels": LABELS, "order": ORDER,
+               "notes": res.get("notes", {}), "limits": {}}
+    res["env"] = env
+    ran = [k for k in ORDER if k in res.get("throughput", {}) or k in failed]
+    res["sections"] = {"relay." + k: failed.get(k, "ok") for k in ran}
+    res["sections"]["prog_test_run"] = ("ok" if res.get("prog_test_run") else
+                                        res.get("notes", {}).get("prog_test_run", "missing"))
+    if not res.get("prog_test_run") and "prog_test_run" in res.get("notes", {}):
+        failed["prog_test_run"] = res["notes"]["prog_test_run"]
+    return res, failed
+
+
+def _candidates(bench: Bench, topo: BenchTopology, work: Path, only: set[str] | None) -> None:
+    args = bench.args
+    runs = int(SMOKE["prog_test_runs"]) if args.smoke else 2000
+    bench.res["prog_test_run"], note = _prog_test_run(topo, runs)
+    if note:
+        bench.res["notes"]["prog_test_run"] = note
+    cands = make_candidates(topo, work, only)
+    # Shared-core candidates take turns round by round, so that each
+    # round's runs (and the generator-only baseline they are paired
+    # with) see the same background load of a shared machine.
+    # The threaded-NAPI rows come after the others, in rounds of their
+    # own: switching threaded NAPI on and off on the relay's veths
+    # slowed the XDP relay's later rounds by 10-40% in a first run.
+    for group in (False, True):
+        shared = [(c, t) for c, t in cands if c.key in SHARED_CORE and t == group]
+        for r in range(args.runs if shared else 0):
+            log(f"round {r + 1} of {args.runs} (shared-core candidates"
+                f"{', threaded NAPI' if group else ''})")
+            for cand, threaded in shared:
+                if bench.over_budget():
+                    bench.res["notes"][cand.key] = "time budget ran out; some runs missing"
+                    continue
+                bench.candidate(cand, threaded, runs=1, latency=r == args.runs - 1)
+    for cand, threaded in cands:
+        if cand.key in SHARED_CORE:
+            continue
+        if bench.over_budget():
+            bench.res["notes"][cand.key] = "skipped: time budget ran out"
+            continue
+        bench.candidate(cand, threaded)
+
+
+def _write(res: dict[str, Any], out: str, results_dir: Path = RESULTS) -> None:
+    """results.json, the plots (copied to docs/bench/ for the committed report)
+    and BENCHMARKS.md, whose image links point at the copies it can reach."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "results.json").write_text(json.dumps(res, indent=1))
+    figs = report.plot(res, results_dir)
+    fig_dir = FIG_DIR if results_dir.resolve() == RESULTS.resolve() else results_dir
+    fig_dir.mkdir(parents=True, exist_ok=True)
     rel = {}
     for name, path in figs.items():
-        shutil.copy(path, FIG_DIR / path.name)
-        rel[name] = os.path.relpath(FIG_DIR / path.name, Path(out).resolve().parent)
+        if path.parent.resolve() != fig_dir.resolve():
+            shutil.copy(path, fig_dir / path.name)
+        rel[name] = os.path.relpath(fig_dir / path.name, Path(out).resolve().parent)
     Path(out).write_text(report.render(res, rel))
 
 
-def _left(t_start: float, cap: float) -> float:
-    """Seconds a later step may take: its cap, cut to what is left of TOTAL_S (at least 10)."""
-    return max(10.0, min(cap, TOTAL_S - (time.monotonic() - t_start)))
-
-
-def _section(module: str, what: str, timeout: float, extra: list[str]) -> str:
-    """``python -m <module> --markdown``: a bench of its own, bounded; its markdown section."""
-    log(f"{what} ({module})")
+def _section(module: str, what: str, timeout: float | None,
+             extra: list[str]) -> tuple[str, str]:
+    """``python -m <module> --markdown``: a bench of its own, bounded.
+    Returns its status ("ok", "failed: ...", "skipped: ...") and its markdown
+    (or the sentence that stands in for it). Over time it gets SIGINT, which
+    its lab handles as Ctrl-C (removes what it made), then SIGKILL."""
+    if timeout is None:
+        log(f"{what} ({module}): skipped, the run's time bound is near")
+        return "skipped: time bound", "not measured: skipped, the run's time bound was near"
+    log(f"{what} ({module}, at most {timeout:.0f} s)")
+    # In a session of its own, so that a Ctrl-C on make bench reaches it once,
+    # from us (_interrupt), and not a second time from the terminal: a second
+    # SIGINT would cut its lab's cleanup short.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, "--markdown", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), start_new_session=True,
+    )
     try:
-        out = subprocess.run(
-            [sys.executable, "-m", module, "--markdown", *extra],
-            capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        )
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        return f"not measured: {module} took more than {timeout:.0f} s"
-    if out.returncode != 0:
-        return f"not measured: {module} failed: {out.stderr.strip()[-400:]}"
-    return out.stdout.strip()
+        _interrupt(proc)
+        return ("skipped: over its time",
+                f"not measured: {module} took more than {timeout:.0f} s and was stopped")
+    except BaseException:
+        _interrupt(proc)
+        raise
+    if proc.returncode != 0:
+        msg = f"{module} failed: {err.strip()[-400:]}"
+        return f"failed: {msg}", f"not measured: {msg}"
+    return "ok", out.strip()
 
 
-def _prog_test_run(topo: BenchTopology) -> tuple[dict[str, Any], str | None]:
+def _interrupt(proc: subprocess.Popen[str]) -> None:
+    """One SIGINT, which a section's lab handles as Ctrl-C (it removes what it
+    made), KILL_GRACE_S to finish that, then SIGKILL. A further Ctrl-C on us
+    waits for this, so that it cannot cut the cleanup short either."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=KILL_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _prog_test_run(topo: BenchTopology, runs: int) -> tuple[dict[str, Any], str | None]:
     from bench import progcost
 
     log("BPF_PROG_TEST_RUN of the relay program (bench/progcost.py)")
     try:
-        return progcost.measure(2000), None
+        return progcost.measure(runs), None
     except Exception as exc:  # noqa: BLE001 -- reported in BENCHMARKS.md, the rest still runs
         return {}, f"not measured: {exc}"
 

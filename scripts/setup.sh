@@ -7,7 +7,8 @@
 #     bcc compiles the XDP program against them and custom kernels ship none.
 #  3. .venv that sees Debian's bcc (bcc is only packaged for Debian's python;
 #     it is pure Python over libbcc.so, so a symlink into the venv is enough).
-#  4. pip install -e .[test] into .venv, skipped when pyproject.toml is unchanged.
+#  4. pip install -e .[test,bench] into .venv, skipped when pyproject.toml and the
+#     extras are unchanged ([bench]: matplotlib, for make bench's plots).
 #
 # Safe to run twice: every step checks before it acts.
 set -euo pipefail
@@ -71,11 +72,12 @@ SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 [ -e "$SITE/bcc" ] || ln -sfn /usr/lib/python3/dist-packages/bcc "$SITE/bcc"
 
 STAMP=$VENV/.voxrelay-installed
-WANT=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+EXTRAS=test,bench
+WANT=$( { cat pyproject.toml; echo "$EXTRAS"; } | sha256sum | cut -d' ' -f1)
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-  log "pip install -e .[test] (progress in $VENV/pip.log)"
+  log "pip install -e .[$EXTRAS] (progress in $VENV/pip.log)"
   "$VENV/bin/pip" install -q --upgrade pip >"$VENV/pip.log" 2>&1
-  "$VENV/bin/pip" install -e ".[test]" >>"$VENV/pip.log" 2>&1 || { tail -30 "$VENV/pip.log" >&2; exit 1; }
+  "$VENV/bin/pip" install -e ".[$EXTRAS]" >>"$VENV/pip.log" 2>&1 || { tail -30 "$VENV/pip.log" >&2; exit 1; }
   echo "$WANT" >"$STAMP"
 else
   log "python packages up to date"

@@ -85,10 +85,15 @@ def _results() -> dict:
     }
 
 
-def test_main_table_ratios_use_medians() -> None:
+def test_main_table_ratios_use_medians_with_their_range() -> None:
     rows = {r[0]: r for r in report.main_table(_results(), 10000)}
-    # voxrelay median at 10k flows is 240k (the 900k outlier does not count)
-    assert rows["xdp"] == ["xdp", "240 k", "3.00x", "2.00x", "n/a", "80%"]
+    # voxrelay at 10k flows: 200k, 240k, 900k; its median is 240k. Round by round
+    # against userspace's 80k: 2.5, 3.0, 11.25 (the outlier widens the range,
+    # not the median); against the 300k ceiling 67%, 80%, 300%: that range
+    # includes 100%, so the share is not separated from the ceiling.
+    assert rows["xdp"] == ["xdp", "240 k", "3.00x (2.50 to 11.25, 3 rounds)",
+                           "2.00x (1.67 to 7.50, 3 rounds)", "n/a",
+                           "80% (67% to 300%, 3 rounds) **not separated**"]
     assert rows["nft"][3] == "—"  # no ratio against itself
     assert "gen" not in rows and "ceil" not in rows
     assert "turn" not in rows  # no throughput: not in the table
@@ -194,4 +199,97 @@ def test_xdp_load_section_uses_its_own_runs() -> None:
     text = "\n".join(report.xdp_load_section(res))
     # 1e6/1.6e6 - 1e6/2e6 = 0.125 µs; nftables 2.5 - 0.5 = 2.0 µs -> 16.00x
     assert "0.125 µs" in text and "16.00x" in text
-    assert "| xdp | 1,600 k | n/a | 4.00x |" in text
+    assert "| xdp | 1,600 k | n/a | 4.00x (1 round, no range) |" in text
+
+
+def test_spread_median_range_and_count() -> None:
+    s = report.spread([3.0, None, 1.5, float("nan"), 2.0])
+    assert s == report.Spread(median=2.0, lo=1.5, hi=3.0, n=3)
+    assert report.spread([]) is None
+    assert report.spread([None]) is None
+
+
+@pytest.mark.parametrize(
+    ("values", "separated"),
+    [
+        ([1.2, 1.5, 3.0], True),     # every round: the first is faster
+        ([0.5, 0.7, 0.9], True),     # every round: the first is slower
+        ([0.9, 1.1, 1.3], False),    # rounds disagree: the range crosses 1.0
+        ([1.0, 1.2, 1.4], False),    # one round was even: not told apart
+        ([0.8, 1.0], False),
+        ([0.65, 0.8, 0.998], False),  # printed "0.65 to 1.00": marked as it reads
+        ([0.65, 0.8, 0.994], True),   # printed "0.65 to 0.99"
+        ([4.0], True),               # one round: no range, a point clear of 1
+        ([1.0], False),
+    ],
+)
+def test_spread_separated_when_the_range_excludes_one(values: list[float], separated: bool) -> None:
+    s = report.spread(values)
+    assert s is not None and s.separated is separated
+    assert (report.NOT_SEPARATED in report.fmt_spread(s)) is not separated
+
+
+def test_fmt_spread() -> None:
+    assert report.fmt_spread(None) == "n/a"
+    assert report.fmt_spread(report.spread([4.0, 3.5, 4.6])) == "4.00x (3.50 to 4.60, 3 rounds)"
+    assert report.fmt_spread(report.spread([0.9, 1.06, 1.2])) == (
+        "1.06x (0.90 to 1.20, 3 rounds) **not separated**")
+    assert report.fmt_spread(report.spread([2.0])) == "2.00x (1 round, no range)"
+    assert report.fmt_spread(report.spread([0.72, 0.7, 0.8]), percent=True) == (
+        "72% (70% to 80%, 3 rounds)")
+
+
+def test_round_ratios_pair_by_round_and_keep_the_rounds_both_have() -> None:
+    # Run i against run i, not medians; the candidate cut short by the budget
+    # lost its last round, so its two runs pair with the first two of the other.
+    assert report.round_ratios([300.0, 200.0], [100.0, 200.0, 50.0]) == [3.0, 1.0]
+    assert report.round_ratios([1.0], [0.0]) == [None]
+
+
+def test_ratio_spread_counts_the_rounds_it_has() -> None:
+    res = _results()
+    res["throughput"]["nftables"]["1"] = res["throughput"]["nftables"]["1"][:2]
+    s = report.ratio_spread(res, "voxrelay", "nftables", 1)
+    # 240/160, 250/160 (round 3 has no nftables run)
+    assert s == report.Spread(median=pytest.approx(1.53125), lo=1.5, hi=pytest.approx(1.5625), n=2)
+    assert report.ratio_spread(res, "voxrelay", "coturn", 1) is None
+
+
+def test_cost_ratio_spread_leaves_out_rounds_without_a_cost() -> None:
+    res = _results()
+    base = {"sent": 4e5, "delivered": 400e3}
+    res["throughput"]["gen_only"]["10000"] = [base, base, base]
+    # relay: 1.5 µs, 1.5 µs, then faster than the baseline (cost below zero: noise)
+    res["throughput"]["voxrelay"]["10000"] = [
+        {"sent": 4e5, "delivered": p} for p in (250e3, 250e3, 500e3)]
+    # nftables: 3.75, 5.0, 3.75 µs
+    res["throughput"]["nftables"]["10000"] = [
+        {"sent": 4e5, "delivered": p} for p in (160e3, 1e6 / 7.5, 160e3)]
+    s = report.cost_ratio_spread(res, "voxrelay", "nftables", 10000)
+    assert s is not None and s.n == 2
+    assert (s.lo, s.hi) == (pytest.approx(2.5), pytest.approx(5.0 / 1.5))
+    section = "\n".join(report.cost_ratio_section(res))
+    assert "2.92x (2.50 to 3.33, 2 rounds)" in section
+    # the reference's cost within the noise in round 1 (faster than the baseline)
+    res["throughput"]["nftables"]["10000"][0] = {"sent": 4e5, "delivered": 500e3}
+    s = report.cost_ratio_spread(res, "voxrelay", "nftables", 10000)
+    assert s == report.Spread(median=pytest.approx(5.0 / 1.5), lo=pytest.approx(5.0 / 1.5),
+                              hi=pytest.approx(5.0 / 1.5), n=1)
+
+
+def test_render_says_rounds_and_marks_ratios_not_separated() -> None:
+    res = _results()
+    # nftables and the relay trade places round by round at 1 flow
+    res["throughput"]["nftables"]["1"] = [
+        {"sent": 4e5, "delivered": p} for p in (260e3, 240e3, 255e3)]
+    md = report.render(res, {})
+    assert "median of 3 runs" in md
+    assert "`make bench` rewrites this file" in md and "--smoke" in md  # how to run it
+    assert "(min to max) and the number of rounds" in md
+    rows = {r[0]: r for r in report.main_table(res, 1)}
+    # 240/260, 250/240, 260/255: 0.92, 1.04, 1.02
+    assert rows["xdp"][3] == "1.02x (0.92 to 1.04, 3 rounds) **not separated**"
+    # the report's tables are at the largest flow count: there the relay's share
+    # of the ceiling (67%, 80%, 300%) is the ratio whose range crosses 1
+    assert "| 80% (67% to 300%, 3 rounds) **not separated** |" in md
+    assert rows["xdp"][2].endswith("3 rounds)")  # against userspace: 2.40x to 2.60x, clear
