@@ -114,6 +114,7 @@ EVENTS = (
     "frames_to_client",
     "bytes_to_client",
     "udp_send_errors",        # frames the UDP socket refused, not for EAGAIN (dropped)
+    "udp_too_large",          # datagrams from the transceiver over max_frame_bytes (dropped)
     "udp_paused",             # times TCP reading paused because the UDP socket was full
     "tcp_paused",             # times UDP reading paused because the TCP writer was congested
 )
@@ -121,7 +122,7 @@ COUNTERS = EVENTS + tuple(f"refused_{r}" for r in REFUSALS)
 _INDEX = {name: i for i, name in enumerate(COUNTERS)}
 I_ACCEPTED, I_ESTABLISHED, I_CLOSED, I_IDLE, I_OPEN = (_INDEX[n] for n in EVENTS[:5])
 I_FRAMES_TX, I_BYTES_TX, I_FRAMES_RX, I_BYTES_RX = (_INDEX[n] for n in EVENTS[5:9])
-I_UDP_ERR, I_UDP_PAUSED, I_TCP_PAUSED = (_INDEX[n] for n in EVENTS[9:])
+I_UDP_ERR, I_UDP_BIG, I_UDP_PAUSED, I_TCP_PAUSED = (_INDEX[n] for n in EVENTS[9:])
 
 
 class Refused(ValueError):
@@ -481,17 +482,19 @@ def default_stats_path(relay_name: str) -> Path:
 # --- the connection --------------------------------------------------------------------
 
 
-class _Shared:
-    """What every connection of one worker shares: one receive buffer for datagrams."""
-
-    def __init__(self, max_frame: int) -> None:
-        self.rx = bytearray(2 + 65535)
-        self.rx_view = memoryview(self.rx)
-        self.rx_body = self.rx_view[2:2 + max_frame]
-
-
 UDP_BURST = 64
 """Datagrams read per readable event before yielding to the loop."""
+
+
+class _Shared:
+    """What every connection of one worker shares: one receive buffer for a
+    burst of datagrams, each received right behind the previous one's frame
+    (prefix, payload), so that a burst goes to TCP in one write."""
+
+    def __init__(self, max_frame: int) -> None:
+        self.max_frame = max_frame
+        self.rx = bytearray(UDP_BURST * (2 + max_frame + 1))
+        self.view = memoryview(self.rx)
 
 
 class FrontConnection(asyncio.BufferedProtocol):
@@ -519,6 +522,11 @@ class FrontConnection(asyncio.BufferedProtocol):
         if not isinstance(transport, asyncio.Transport):
             raise TypeError(f"a TCP front connection needs a stream transport, got {transport!r}")
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Frames go out as they come (a reply waiting for the peer's delayed
+            # ACK costs 40 ms); asyncio sets this only for sockets made with proto 6.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         self.source = str(peer[0]) if peer else "?"
         self.c[I_ACCEPTED] += 1
@@ -633,22 +641,28 @@ class FrontConnection(asyncio.BufferedProtocol):
         udp, transport, shared, c = self.udp, self.transport, self.front.shared, self.c
         if udp is None or transport is None:
             return
-        rx, body, view = shared.rx, shared.rx_body, shared.rx_view
+        rx, view, cap = shared.rx, shared.view, shared.max_frame
+        pos = 0
         for _ in range(UDP_BURST):
             try:
-                n = udp.recv_into(body)
+                # one byte more than a frame may hold: a longer datagram shows as cap + 1
+                n = udp.recv_into(view[pos + 2:pos + 3 + cap])
             except BlockingIOError:
                 break
             except OSError:
                 continue  # ECONNREFUSED from an earlier send: nothing to read this round
-            rx[0] = n >> 8
-            rx[1] = n & 0xFF
-            transport.write(view[:n + 2])  # the transport copies what the kernel did not take
+            if n > cap:
+                c[I_UDP_BIG] += 1
+                continue
+            rx[pos] = n >> 8
+            rx[pos + 1] = n & 0xFF
+            pos += 2 + n
             c[I_FRAMES_RX] += 1
             c[I_BYTES_RX] += n
-            if self.tcp_blocked:
-                break
-        self.last = self.front.loop.time()
+        if pos:
+            # one write per burst; the transport copies what the kernel did not take
+            transport.write(view[:pos])
+            self.last = self.front.loop.time()
 
     # --- ending ---
     def refuse(self, reason: str, message: str = "") -> None:
@@ -723,7 +737,7 @@ class TcpFront:
         self.loop = asyncio.get_running_loop()  # made inside the loop that serves it
 
     async def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self.reuse_port:
@@ -822,7 +836,7 @@ class TcpFrontCollector:
         voxrelay_tcpfront_refused_total{reason}      REFUSALS
         voxrelay_tcpfront_frames_to_transceiver_total / _bytes_to_transceiver_total
         voxrelay_tcpfront_frames_to_client_total / _bytes_to_client_total
-        voxrelay_tcpfront_dropped_total{reason}      udp_send_error
+        voxrelay_tcpfront_dropped_total{reason}      udp_send_error|udp_too_large
         voxrelay_tcpfront_backpressure_total{reason} udp_full|tcp_full
     """
 
@@ -856,6 +870,7 @@ class TcpFrontCollector:
                                       "Frames dropped after the first, by reason",
                                       labels=["reason"])
         dropped.add_metric(["udp_send_error"], stats.get("udp_send_errors", 0))
+        dropped.add_metric(["udp_too_large"], stats.get("udp_too_large", 0))
         yield dropped
         paused = CounterMetricFamily("voxrelay_tcpfront_backpressure",
                                      "Times one side paused the other", labels=["reason"])

@@ -493,3 +493,24 @@ async def test_udp_side_back_pressure_resumes(front, monkeypatch) -> None:  # ty
     assert replies == [f"echo:frame {i}".encode() for i in range(3)]
     assert counters()["udp_paused"] == 1 and not conn.udp_blocked
     conn.udp = real
+
+
+async def test_datagrams_over_the_frame_cap_are_dropped_and_counted(front) -> None:  # type: ignore[no-untyped-def]
+    _server, _echo, connect, counters, ufrag = front
+    client = await connect()
+    await client.send(stun.binding_request(ufrag()))
+    await client.recv()
+    await client.send(b"x" * 1500)  # its echo, "echo:" + 1500 bytes, is over the 1500 cap
+    await client.send(b"small")
+    assert await client.recv() == b"echo:small"
+    assert counters()["udp_too_large"] == 1
+
+
+async def test_a_burst_of_replies_comes_back_in_order(front) -> None:  # type: ignore[no-untyped-def]
+    _server, _echo, connect, _counters, ufrag = front
+    client = await connect()
+    await client.send(stun.binding_request(ufrag()))
+    await client.recv()
+    client.writer.write(b"".join(tf.frame(f"n{i}".encode()) for i in range(200)))
+    replies = [await client.recv() for _ in range(200)]
+    assert replies == [f"echo:n{i}".encode() for i in range(200)]
