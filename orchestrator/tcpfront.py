@@ -70,7 +70,9 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from orchestrator.errors import LoaderError
 from orchestrator.pinview import open_pinview
+from orchestrator.relay import RelayUnavailable
 from voxrelay import token as tokens
 from voxrelay.addr import parse_hostport
 from voxrelay.config import ConfigError, RelayConfig, TcpFrontConfig
@@ -367,7 +369,11 @@ def pinned_routes(relay_name: str) -> Routes:
     so that a relay loaded again is followed)."""
 
     def read() -> RouteTables:
-        with open_pinview(relay_name) as view:
+        try:
+            view = open_pinview(relay_name)
+        except (RelayUnavailable, LoaderError) as exc:
+            raise RuntimeError(str(exc)) from None
+        with view:
             return view.keys(), {i: (t.address, t.status) for i, t in view.transceivers().items()}
 
     return Routes(read)

@@ -514,3 +514,84 @@ async def test_a_burst_of_replies_comes_back_in_order(front) -> None:  # type: i
     client.writer.write(b"".join(tf.frame(f"n{i}".encode()) for i in range(200)))
     replies = [await client.recv() for _ in range(200)]
     assert replies == [f"echo:n{i}".encode() for i in range(200)]
+
+
+def test_routes_of_a_relay_that_is_not_loaded_refuse_no_relay() -> None:
+    with pytest.raises(tf.Refused) as err:
+        tf.pinned_routes("vx-no-such-relay").route("A" * 32)
+    assert err.value.reason == "no_relay"
+    assert "vx-no-such-relay" in str(err.value)
+
+
+def test_cli_runs_workers_on_one_port_and_sums_their_counters(tmp_path: Path) -> None:
+    import json
+    import re
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.support import until
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stats = tmp_path / "front.stats"
+    config = tmp_path / "voxrelay.toml"
+    config.write_text(
+        f'[relay]\nname = "vx-unit-none"\npublic_address = "127.0.0.1"\n'
+        f'private_address = "127.0.0.1"\npublic_tcp_ports = [{port}]\n'
+        f'[tcpfront]\nport = {port}\nworkers = 2\nudp_port_min = 61700\nudp_port_max = 61709\n'
+        f'stats_file = "{stats}"\nmetrics_listen = "127.0.0.1:0"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "voxrelay.cli", "tcpfront", "run",
+                             "--config", str(config)], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        metrics_port = int(re.search(r"metrics on port (\d+)", line).group(1))  # type: ignore[union-attr]
+
+        def children() -> list[int]:
+            out = []
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    fields = stat.read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[1]) == proc.pid:
+                    out.append(int(stat.parent.name))
+            return out
+
+        def listening() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        until(lambda: len(children()) == 2 and listening(), timeout=20,
+              what="two workers listening")
+        for _ in range(6):
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(tf.frame(b"GET / HTTP/1.1\r\n\r\n"))
+                s.settimeout(5)
+                try:
+                    assert s.recv(10) == b""
+                except ConnectionResetError:
+                    pass  # refused with an abort: a reset is as good as an EOF
+        until(lambda: tf.read_stats(stats)["refused_not_stun"] == 6, timeout=5,
+              what="six refusals summed over the workers")
+        got = tf.read_stats(stats)
+        # the readiness probes closed before a frame: "incomplete"
+        assert got["accepted"] == 6 + got["refused_incomplete"] and got["established"] == 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+            text = response.read().decode()
+        assert 'voxrelay_tcpfront_refused_total{reason="not_stun"} 6.0' in text
+        workers = children()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        time.sleep(0.2)
+        assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+        assert json.dumps(got)  # counters are plain ints
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
