@@ -425,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                                    + (["--shared"] if res["env"].get("shared") else []))
         res["sync_md"] = _section("bench.bench_sync", "announce -> routable latency, "
                                   "flow map capacity", _left(t_start, 60), [])
+        res["tcpfront_md"] = _section("bench.tcpfront", "ICE-TCP front against XDP and coturn",
+                                      _left(t_start, 120), [])
     _write(res, args.out)
     log(f"wrote {args.out} in {time.monotonic() - t_start:.0f} s")
     return 0
