@@ -595,3 +595,43 @@ def test_cli_runs_workers_on_one_port_and_sums_their_counters(tmp_path: Path) ->
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_a_congested_tcp_writer_pauses_the_udp_side_and_resumes(front) -> None:  # type: ignore[no-untyped-def]
+    server, _echo, _connect, counters, ufrag = front
+    import socket
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, before connect
+    sock.connect(("127.0.0.1", server.port))
+    sock.setblocking(False)
+    client = Client(*await asyncio.open_connection(sock=sock, limit=2048))
+    await client.send(stun.binding_request(ufrag()))
+    await client.recv()
+    conn = next(iter(server.established))
+    assert conn.transport is not None
+    conn.transport.set_write_buffer_limits(high=8192)
+    conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    # The client sends and does not read: its receive window, then the
+    # front's write buffer, fill with echoes, and the front stops reading UDP.
+    payload = b"p" * 1400
+    for _ in range(400):
+        client.writer.write(tf.frame(payload))
+    from tests.support import until_async
+
+    await until_async(lambda: counters()["tcp_paused"] >= 1, timeout=10,
+                      what="the front to pause its UDP side")
+    assert conn.tcp_blocked
+    # Reading again drains the writer, the UDP side resumes, and the call goes on.
+    got = 0
+    while got < 100:
+        assert await client.recv() == b"echo:" + payload
+        got += 1
+    await until_async(lambda: not conn.tcp_blocked, timeout=10, what="the UDP side to resume")
+    while counters()["frames_to_client"] - 1 > got:  # what the kernel did not drop
+        await client.recv()
+        got += 1
+    await client.send(b"after")
+    while (reply := await client.recv()) != b"echo:after":
+        assert reply == b"echo:" + payload
+    client.close()
