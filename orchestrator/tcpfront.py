@@ -561,7 +561,10 @@ class FrontConnection(asyncio.BufferedProtocol):
                 if payload is None:
                     return
                 if self.udp is None:
-                    self.first_frame(payload)
+                    try:
+                        self.first_frame(payload)
+                    except OSError as exc:  # bind/connect: e.g. a private_address not on this host
+                        raise Refused("no_port", f"cannot open the UDP side: {exc}") from None
                     if self.udp is None:
                         return
                     frames.consume()
@@ -768,7 +771,7 @@ class TcpFront:
         """Slowloris and idle timeouts for every connection, once a second (one
         timer for all, instead of a timer re-armed per frame)."""
         idle = self.config.idle_seconds
-        while True:
+        while self._server is not None and self._server.is_serving():  # cancelled by stop()
             await asyncio.sleep(min(1.0, self.config.first_frame_seconds / 2))
             now = self.loop.time()
             for conn in [c for c in self.pending if c.deadline <= now]:

@@ -8,6 +8,7 @@ import logging
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -87,14 +88,25 @@ def tcpfront_run(config_path: Path | None, name: str | None, worker: int | None,
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        codes = [child.wait() for child in children]
+        # The first worker to end ends them all: a supervisor (systemd) then
+        # restarts the whole front, instead of it serving on fewer workers.
+        while all(child.poll() is None for child in children):
+            time.sleep(0.2)
+        first = next(child for child in children if child.poll() is not None)
+        if not stopping:
+            stop(signal.SIGTERM, None)
+        for child in children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
     finally:
         for child in children:
             if child.poll() is None:
                 child.kill()
                 child.wait()
-    if not stopping and any(codes):
-        raise click.ClickException(f"a TCP front worker exited with status {max(codes)}")
+    if first.returncode and first.returncode != -signal.SIGTERM:
+        raise click.ClickException(f"a TCP front worker exited with status {first.returncode}")
 
 
 def _serve(config: Config, stats_path: Path, index: int) -> None:
