@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -26,6 +28,9 @@ from orchestrator.cli.common import (
 )
 from voxrelay.config import Config
 from voxrelay.logs import setup_logging
+
+SUPERVISOR_ENV = "VOXRELAY_TCPFRONT_SUPERVISOR"
+"""The supervisor's pid, given to its workers (see ``_die_with_parent``)."""
 
 
 @click.group(context_settings=CONTEXT)
@@ -62,6 +67,7 @@ def tcpfront_run(config_path: Path | None, name: str | None, worker: int | None,
     config, stats_path = _config(config_path, name)
     front.check_runnable(config.relay, config.tcpfront)
     if worker is not None:
+        _die_with_parent()
         _serve(config, stats_path, worker)
         return
     front.StatsFile(stats_path, config.tcpfront.workers, create=True).close()
@@ -75,7 +81,8 @@ def tcpfront_run(config_path: Path | None, name: str | None, worker: int | None,
     if config_path is not None:
         argv += ["--config", str(config_path)]
     argv += ["--name", config.relay.name] + (["-v"] if verbose else [])
-    children = [subprocess.Popen([*argv, "--worker", str(i)])
+    env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+    children = [subprocess.Popen([*argv, "--worker", str(i)], env=env)
                 for i in range(config.tcpfront.workers)]
     stopping = False
 
@@ -107,6 +114,17 @@ def tcpfront_run(config_path: Path | None, name: str | None, worker: int | None,
                 child.wait()
     if first.returncode and first.returncode != -signal.SIGTERM:
         raise click.ClickException(f"a TCP front worker exited with status {first.returncode}")
+
+
+def _die_with_parent() -> None:
+    """A worker gets SIGTERM when its supervisor dies, even by SIGKILL (PR_SET_PDEATHSIG),
+    so that no worker outlives the front it belongs to."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if supervisor is not None and os.getppid() != int(supervisor):
+        raise click.ClickException("the TCP front's supervisor is gone")  # died before the prctl
 
 
 def _serve(config: Config, stats_path: Path, index: int) -> None:

@@ -586,6 +586,7 @@ def test_cli_runs_workers_on_one_port_and_sums_their_counters(tmp_path: Path) ->
             text = response.read().decode()
         assert 'voxrelay_tcpfront_refused_total{reason="not_stun"} 6.0' in text
         workers = children()
+        assert len(workers) == 2
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
         time.sleep(0.2)
@@ -593,7 +594,7 @@ def test_cli_runs_workers_on_one_port_and_sums_their_counters(tmp_path: Path) ->
         assert json.dumps(got)  # counters are plain ints
     finally:
         if proc.poll() is None:
-            proc.kill()
+            proc.kill()  # its workers follow (PR_SET_PDEATHSIG)
             proc.wait()
 
 
@@ -635,3 +636,46 @@ async def test_a_congested_tcp_writer_pauses_the_udp_side_and_resumes(front) -> 
     while (reply := await client.recv()) != b"echo:after":
         assert reply == b"echo:" + payload
     client.close()
+
+
+def test_workers_die_with_a_killed_supervisor(tmp_path: Path) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from tests.support import until
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "voxrelay.toml"
+    config.write_text(
+        f'[relay]\nname = "vx-unit-none"\npublic_address = "127.0.0.1"\n'
+        f'private_address = "127.0.0.1"\npublic_tcp_ports = [{port}]\n'
+        f'[tcpfront]\nport = {port}\nworkers = 2\nudp_port_min = 61710\nudp_port_max = 61719\n'
+        f'stats_file = "{tmp_path / "front.stats"}"\nmetrics_listen = ""\n')
+    proc = subprocess.Popen([sys.executable, "-m", "voxrelay.cli", "tcpfront", "run",
+                             "--config", str(config)])
+
+    def children() -> list[int]:
+        out = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == proc.pid:
+                out.append(int(stat.parent.name))
+        return out
+
+    workers: list[int] = []
+    try:
+        until(lambda: len(children()) == 2, timeout=20, what="two workers")
+        workers = children()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    until(lambda: not [pid for pid in workers if Path(f"/proc/{pid}/stat").exists()
+                       and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"],
+          timeout=10, what="the workers to exit after their supervisor was killed")
