@@ -679,3 +679,37 @@ def test_workers_die_with_a_killed_supervisor(tmp_path: Path) -> None:
     until(lambda: not [pid for pid in workers if Path(f"/proc/{pid}/stat").exists()
                        and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"],
           timeout=10, what="the workers to exit after their supervisor was killed")
+
+
+def test_stats_command_table_and_json(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from voxrelay.cli import cli
+
+    path = tmp_path / "front.stats"
+    config = tmp_path / "voxrelay.toml"
+    config.write_text(f'[tcpfront]\nstats_file = "{path}"\n')
+    runner = CliRunner()
+    missing = runner.invoke(cli, ["tcpfront", "stats", "--config", str(config)])
+    assert missing.exit_code == 1
+    assert f"no TCP front stats at {path}: is `voxrelay tcpfront run` running?" in missing.output
+    stats = tf.StatsFile(path, workers=1, create=True)
+    try:
+        row = stats.row(0)
+        row[tf.I_ACCEPTED] += 5
+        row[tf.I_REFUSED["token_bad_mac"]] += 2
+        row.release()
+    finally:
+        stats.close()
+    text = runner.invoke(cli, ["tcpfront", "stats", "--config", str(config)])
+    assert text.exit_code == 0, text.output
+    lines = dict(line.split() for line in text.output.splitlines()[1:])
+    assert (lines["accepted"], lines["refused_token_bad_mac"]) == ("5", "2")
+    assert "refused_slowloris" not in lines  # zero refusals only with --all
+    assert "refused_slowloris" in runner.invoke(
+        cli, ["tcpfront", "stats", "--config", str(config), "--all"]).output
+    data = json.loads(runner.invoke(cli, ["tcpfront", "stats", "--config", str(config),
+                                          "--json"]).output)
+    assert data["accepted"] == 5 and data["refused_slowloris"] == 0
