@@ -91,7 +91,9 @@ class TransceiverConfig:
     """Relay public addr:port candidates in the SDP answer, nearest first.
     Each entry may add ``region=NAME`` and ``rtt_ms=FLOAT``, e.g.
     "203.0.113.7:3478 region=eu-west rtt_ms=4": same-region relays come first,
-    then lower RTT, then this list's order (see transceiver/ice.py)."""
+    then lower RTT, then this list's order (see transceiver/ice.py); and
+    ``tcp=443`` when that relay runs the ICE-TCP front ([tcpfront]): the answer
+    then adds a passive TCP candidate for it, below every UDP one."""
     region: str = ""
     """This transceiver's region, matched against the relays' ``region=``."""
     port_min: int = 40000
