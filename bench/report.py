@@ -466,7 +466,9 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
     for key, title, module in (("voice_md", "Voice path: call setup, capacity, overhead",
                                 "bench.voice"),
                                ("sync_md", "Control plane: announce → routable, flow map",
-                                "bench.bench_sync")):
+                                "bench.bench_sync"),
+                               ("tcpfront_md", "ICE-TCP front: CPU per forwarded frame",
+                                "bench.tcpfront")):
         if res.get(key):
             parts += ["", f"<!-- {title}: `python -m {module} --markdown`, run by make bench -->",
                       "", res[key]]

@@ -465,6 +465,7 @@ SMOKE = {"runs": 1, "duration": 0.3, "pings": 200, "calls": 1, "flows": [1, 100]
 """--smoke: every section once, with counts that take seconds (tests/bpf/test_bench_smoke.py)."""
 SMOKE_VOICE = ["--capacity-steps", "1", "--capacity-seconds", "1", "--turns", "1"]
 SMOKE_SYNC = ["--samples", "5", "--flows", "4096"]
+SMOKE_TCPFRONT = ["--frames", "200"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -536,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
              + (["--shared"] if res["env"].get("shared") else [])),
             ("sync_md", "bench.bench_sync", "announce -> routable latency, flow map capacity",
              60, ["--out", str(out_dir / "sync.md")] + (SMOKE_SYNC if args.smoke else [])),
+            ("tcpfront_md", "bench.tcpfront", "ICE-TCP front against XDP and coturn",
+             120, SMOKE_TCPFRONT if args.smoke else []),
         ):
             status, res[key] = _section(module, what, deadline.section_timeout(cap), extra)
             sections[module] = status

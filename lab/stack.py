@@ -189,6 +189,11 @@ class StackOptions:
     """Seconds each service has to become ready (bcc compiles and model loading are slow on 2 cores)."""
     cors_origins: tuple[str, ...] = ()
     """The transceiver's ``cors_origins``: web origins besides its own that may call."""
+    tcp_front: bool = False
+    """Run the ICE-TCP front (``voxrelay tcpfront run``) on relay 1's port 443, list
+    443 in its ``public_tcp_ports`` and advertise ``tcp=443`` for it in the answer."""
+    tcp_front_settings: dict[str, object] = field(default_factory=dict)
+    """Extra ``[tcpfront]`` settings for it (limits, timeouts)."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,8 @@ DIRECTORY_PORT = 7480
 SIGNALING_PORT = 8080
 """The transceiver's HTTP port, and the front's (``lab.topology.FRONT_PORT``)."""
 MODEL_PORT = 50051
+TCP_FRONT_PORT = 443
+"""The ICE-TCP front's port on relay 1's public address (``StackOptions.tcp_front``)."""
 TRANSCEIVER_ID = 1
 REBIND_HOST = 50
 """Host part of the client's second address on relay 1's subnet (address-change test)."""
@@ -250,6 +257,15 @@ class Stack:
     services: dict[str, Service] = field(default_factory=dict)
     topology: Lab | None = None
     """The namespaces and links the services run in (built first, removed last)."""
+    tcp_front_stats_file: Path | None = None
+    """The ICE-TCP front's counters file, when ``StackOptions.tcp_front``."""
+
+    def tcp_front_stats(self) -> dict[str, int]:
+        """The ICE-TCP front's counters (``orchestrator.tcpfront.COUNTERS`` names)."""
+        from orchestrator.tcpfront import read_stats
+
+        assert self.tcp_front_stats_file is not None, "the stack runs no TCP front"
+        return read_stats(self.tcp_front_stats_file)
 
     def service(self, name: str, netns: str | None, argv: list[str], **env: str) -> Service:
         svc = Service(name, netns, argv, self.workdir / f"{name}.log", env=dict(env))
@@ -425,6 +441,34 @@ async def _probe_through_relays(running: Stack, deadline: float) -> None:
             await asyncio.sleep(0.2)
 
 
+async def _start_tcp_front(running: Stack, host: Any, env: dict[str, str]) -> None:
+    """``voxrelay tcpfront run`` in relay 1's namespace, ready when its port listens
+    (read from /proc/net/tcp, so that readiness costs the front no connection)."""
+    from lab import topology
+
+    running.tcp_front_stats_file = running.workdir / "tcpfront.stats"
+    config = _write_toml(running.workdir / "tcpfront.toml", {
+        "relay": {"name": host.name, "public_interface": host.public.ifname,
+                  "private_interface": host.private.ifname,
+                  "public_address": host.public.address, "private_address": host.private.address,
+                  "public_tcp_ports": [topology.FRONT_PORT, TCP_FRONT_PORT]},
+        "tcpfront": {"port": TCP_FRONT_PORT, "stats_file": str(running.tcp_front_stats_file),
+                     "metrics_listen": "127.0.0.1:9479", **running.options.tcp_front_settings},
+    })
+    svc = running.service("tcpfront", host.netns,
+                          python_argv("tcpfront", "run", "--config", str(config)), **env)
+    svc.start()
+    topo = running.topology
+    assert topo is not None
+    listening = f":{TCP_FRONT_PORT:04X} 00000000:0000 0A"
+
+    async def listens() -> bool:
+        text = await asyncio.to_thread(topo.read_proc_net, host.netns, "tcp")
+        return listening in text
+
+    await svc.wait_ready(listens, running.options.start_timeout)
+
+
 @contextlib.asynccontextmanager
 async def start_stack(options: StackOptions | None = None, progress: Progress | None = None) -> AsyncIterator[Stack]:
     """Build the topology, load the relay, start the services; undo all of it on exit.
@@ -503,7 +547,9 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
 
             with progress.step(f"loading the XDP relay ({options.xdp_mode}) on {len(running.relays)} relay(s)"):
                 for index in range(len(running.relays)):
-                    await asyncio.to_thread(topo.load_relay, index)
+                    tcp_ports: dict[str, Any] = ({"public_tcp_ports": [topology.FRONT_PORT, TCP_FRONT_PORT]}
+                                 if options.tcp_front and index == 0 else {})
+                    await asyncio.to_thread(topo.load_relay, index, **tcp_ports)
 
             with progress.step("starting the orchestrator (embedded directory) and the model server"):
                 orchestrators = []
@@ -536,6 +582,8 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
 
             with progress.step("starting the transceiver and its signaling front"):
                 relays = [f"{r.public_address}:{r.public_port}" for r in running.relays]
+                if options.tcp_front:
+                    relays[0] += f" tcp={TCP_FRONT_PORT}"
                 config = _write_toml(workdir / "transceiver.toml", {"transceiver": {
                     "id": TRANSCEIVER_ID,
                     "listen": f"{running.transceiver_address}:{SIGNALING_PORT}",
@@ -565,6 +613,10 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
                     lambda: tcp_open(running.client_ns, front_relay.public.address, SIGNALING_PORT),
                     options.start_timeout)
                 running.signaling_url = f"http://{front_relay.public.address}:{SIGNALING_PORT}"
+
+            if options.tcp_front:
+                with progress.step(f"starting the ICE-TCP front on relay 1's port {TCP_FRONT_PORT}"):
+                    await _start_tcp_front(running, first, env)
 
             with progress.step("waiting until a STUN probe reaches the transceiver through every relay"):
                 await _probe_through_relays(running, loop.time() + options.start_timeout)

@@ -188,10 +188,12 @@ class RelaySpec:
     port: int
     region: str = ""
     rtt_ms: float | None = None
+    tcp: int = 0
+    """The relay's ICE-TCP port (``tcp=443``: orchestrator/tcpfront.py there); 0: none."""
 
 
 def parse_relay(spec: str) -> RelaySpec:
-    """Parse ``"ADDR:PORT [region=NAME] [rtt_ms=FLOAT]"`` (the config's ``relays`` entries).
+    """Parse ``"ADDR:PORT [region=NAME] [rtt_ms=FLOAT] [tcp=PORT]"`` (the ``relays`` entries).
 
     Raises ``ValueError`` with a message naming the bad part.
     """
@@ -201,6 +203,7 @@ def parse_relay(spec: str) -> RelaySpec:
     addr, port = parse_hostport(parts[0], ipv4_only=True, what="relay")
     region = ""
     rtt: float | None = None
+    tcp = 0
     for option in parts[1:]:
         key, eq, value = option.partition("=")
         if not eq:
@@ -216,9 +219,11 @@ def parse_relay(spec: str) -> RelaySpec:
                 raise ValueError(f"relay rtt_ms {value!r} is not a number") from None
             if not 0 <= rtt < 60000:
                 raise ValueError(f"relay rtt_ms {value!r} is outside 0..60000")
+        elif key == "tcp":
+            tcp = _parse_tcp_port(value)
         else:
-            raise ValueError(f"relay option {key!r} is unknown; known: region, rtt_ms")
-    return RelaySpec(addr, port, region, rtt)
+            raise ValueError(f"relay option {key!r} is unknown; known: region, rtt_ms, tcp")
+    return RelaySpec(addr, port, region, rtt, tcp)
 
 
 def relay_candidates(relays: list[RelaySpec], region: str = "") -> list[Candidate]:
@@ -252,7 +257,33 @@ def relay_candidates(relays: list[RelaySpec], region: str = "") -> list[Candidat
                 type="host",
             )
         )
-    return candidates
+    return candidates + tcp_candidates(ordered)
+
+
+def _parse_tcp_port(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise ValueError(f"relay tcp {value!r} is not a port in 1..65535")
+    return int(value)
+
+
+def tcp_candidates(ordered: list[RelaySpec]) -> list[Candidate]:
+    """RFC 6544 passive TCP candidates for the relays that have ``tcp=PORT``, in
+    the same order, each below every UDP candidate: local preference
+    (direction 4 for host passive) << 13 | (8191 - rank), under UDP's 65535 - rank."""
+    return [
+        Candidate(
+            foundation=candidate_foundation("host", "tcp", relay.host),
+            component=1,
+            transport="tcp",
+            priority=candidate_priority(1, "host", local_pref=(4 << 13) | (8191 - rank)),
+            host=relay.host,
+            port=relay.tcp,
+            type="host",
+            tcptype="passive",
+        )
+        for rank, relay in enumerate(ordered)
+        if relay.tcp
+    ]
 
 
 # ---------------------------------------------------------------- ports

@@ -2,7 +2,7 @@
 """Configuration as documented dataclasses, one docstring per field.
 
 A single TOML file (default ``/etc/voxrelay/voxrelay.toml``) has one table per
-room: ``[relay]``, ``[orchestrator]``, ``[transceiver]``, ``[model]``. Every
+room: ``[relay]``, ``[orchestrator]``, ``[transceiver]``, ``[model]``, ``[tcpfront]``. Every
 field has a default, so an empty file is a valid one-host configuration.
 ``load_config`` rejects unknown keys and bad values with a message that names
 the table and key.
@@ -116,7 +116,9 @@ class TransceiverConfig:
     """Relay public addr:port candidates in the SDP answer, nearest first.
     Each entry may add ``region=NAME`` and ``rtt_ms=FLOAT``, e.g.
     "203.0.113.7:3478 region=eu-west rtt_ms=4": same-region relays come first,
-    then lower RTT, then this list's order (see transceiver/ice.py)."""
+    then lower RTT, then this list's order (see transceiver/ice.py); and
+    ``tcp=443`` when that relay runs the ICE-TCP front ([tcpfront]): the answer
+    then adds a passive TCP candidate for it, below every UDP one."""
     region: str = ""
     """This transceiver's region, matched against the relays' ``region=``."""
     port_min: int = 40000
@@ -171,11 +173,48 @@ class ModelConfig:
 
 
 @dataclass
+class TcpFrontConfig:
+    """``voxrelay tcpfront run``: ICE-TCP (RFC 6544) on the relay host, carried to
+    the transceivers as UDP (orchestrator/tcpfront.py)."""
+
+    port: int = 443
+    """TCP port on [relay] public_address; list it in [relay] public_tcp_ports."""
+    udp_port_min: int = 61000
+    """Lowest relay-side UDP port (on [relay] private_address) for TCP connections.
+    Must lie outside [relay] port_min..port_max: the XDP program owns those and
+    passes everything else up to the front's sockets."""
+    udp_port_max: int = 61999
+    """Highest such port; the range bounds the connections open at once."""
+    max_connections: int = 1000
+    """TCP connections open at once (all sources, per worker)."""
+    max_connections_per_source: int = 16
+    """TCP connections open at once from one client address (per worker)."""
+    max_connections_per_token: int = 4
+    """Connections open at once with one routing token (a copied token must not drain ports)."""
+    first_frame_seconds: float = 5.0
+    """A connection with no complete first frame after this long is closed (slowloris)."""
+    idle_seconds: float = 30.0
+    """A connection with no frame either way for this long is closed
+    (ICE consent checks come every 5 s)."""
+    max_frame_bytes: int = 4096
+    """Largest frame accepted (RFC 4571 allows 65535; WebRTC packets fit an MTU)."""
+    workers: int = 1
+    """Processes serving the port together (SO_REUSEPORT), e.g. one per core.
+    The limits and the UDP range are split per worker."""
+    metrics_listen: str = "127.0.0.1:9479"
+    """Prometheus /metrics of the front ("" for none)."""
+    stats_file: str = ""
+    """Counters file read by ``voxrelay tcpfront stats``;
+    "" = /run/voxrelay/tcpfront-<relay name>.stats."""
+
+
+@dataclass
 class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     orchestrator: OrchestratorConfig = field(default_factory=OrchestratorConfig)
     transceiver: TransceiverConfig = field(default_factory=TransceiverConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    tcpfront: TcpFrontConfig = field(default_factory=TcpFrontConfig)
 
 
 def _build(cls: type, table: str, values: dict[str, Any]) -> Any:
@@ -218,6 +257,7 @@ def validate(config: Config) -> Config:
     if r.xdp_mode not in ("native", "generic"):
         raise ConfigError(f"[relay] xdp_mode {r.xdp_mode!r} must be 'native' or 'generic'")
     parse_source_prefixes(r.blocked_source_prefixes)
+    _validate_tcpfront(config.tcpfront, r)
     t = config.transceiver
     if not 1024 <= t.port_min <= t.port_max <= 65535:
         raise ConfigError(
@@ -267,6 +307,41 @@ def parse_source_prefixes(prefixes: Iterable[object]) -> list[ipaddress.IPv4Netw
             raise ConfigError(f"{where} is IPv6; the relay's path is IPv4 only")
         out.append(ipaddress.IPv4Network(network))
     return out
+MAX_TCP_FRAME = 16384
+"""The largest ``[tcpfront] max_frame_bytes`` allowed: well under RFC 4571's 65535."""
+
+
+def _validate_tcpfront(f: TcpFrontConfig, r: RelayConfig) -> None:
+    if not 1 <= f.port <= 65535:
+        raise ConfigError(f"[tcpfront] port {f.port} is outside 1..65535")
+    if not 1024 <= f.udp_port_min <= f.udp_port_max <= 65535:
+        raise ConfigError(
+            f"[tcpfront] UDP port range {f.udp_port_min}..{f.udp_port_max} "
+            "must satisfy 1024 <= min <= max <= 65535")
+    if f.udp_port_min <= r.port_max and r.port_min <= f.udp_port_max:
+        raise ConfigError(
+            f"[tcpfront] UDP port range {f.udp_port_min}..{f.udp_port_max} overlaps "
+            f"[relay] port_min..port_max {r.port_min}..{r.port_max} (the XDP flows' ports)")
+    if f.udp_port_min <= r.public_port <= f.udp_port_max:
+        raise ConfigError(
+            f"[tcpfront] UDP port range {f.udp_port_min}..{f.udp_port_max} contains "
+            f"[relay] public_port {r.public_port}")
+    for key in ("max_connections", "max_connections_per_source", "max_connections_per_token",
+                "workers"):
+        if getattr(f, key) < 1:
+            raise ConfigError(f"[tcpfront] {key} must be at least 1, got {getattr(f, key)}")
+    if f.workers > 64:
+        raise ConfigError(f"[tcpfront] workers {f.workers} is over 64")
+    if f.udp_port_max - f.udp_port_min + 1 < f.workers:
+        raise ConfigError(f"[tcpfront] UDP port range has fewer ports than workers ({f.workers})")
+    if f.max_connections_per_source > f.max_connections:
+        raise ConfigError("[tcpfront] max_connections_per_source must not exceed max_connections")
+    if not 20 <= f.max_frame_bytes <= MAX_TCP_FRAME:
+        raise ConfigError(
+            f"[tcpfront] max_frame_bytes {f.max_frame_bytes} is outside 20..{MAX_TCP_FRAME}")
+    for key in ("first_frame_seconds", "idle_seconds"):
+        if not getattr(f, key) > 0:
+            raise ConfigError(f"[tcpfront] {key} must be > 0, got {getattr(f, key)}")
 
 
 def load_config(path: Path | None = None) -> Config:
@@ -282,7 +357,8 @@ def load_config(path: Path | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     tables = {"relay": RelayConfig, "orchestrator": OrchestratorConfig,
-              "transceiver": TransceiverConfig, "model": ModelConfig}
+              "transceiver": TransceiverConfig, "model": ModelConfig,
+              "tcpfront": TcpFrontConfig}
     for key in data:
         if key not in tables:
             raise ConfigError(f"unknown table [{key}]; known: {', '.join(tables)}")

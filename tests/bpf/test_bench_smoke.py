@@ -62,9 +62,10 @@ def _prog_test_run(res: dict[str, Any], md: str) -> None:
 SECTIONS: list[tuple[str, Callable[[dict[str, Any], str], None]]] = [
     ("prog_test_run", _prog_test_run),
     *[(f"relay.{c}", _relay_rows(c)) for c in CANDIDATES],
-    ("bench.asr_wer", _md_rows("asr_wer_md", "| ASR mode | sentences | n | WER |")),
+    ("bench.asr_wer", _md_rows("asr_wer_md", "| engine | clips | WER |")),
     ("bench.voice", _md_rows("voice_md", "### Call setup")),
     ("bench.bench_sync", _md_rows("sync_md", "**Announce -> routable**")),
+    ("bench.tcpfront", _md_rows("tcpfront_md", "| path | frames forwarded |")),
 ]
 
 

@@ -104,7 +104,7 @@ def test_parse_relay() -> None:
         ("203.0.113.5:0", "relay port '0' is not in 1..65535"),
         ("203.0.113.5:3478 region", "relay option 'region' must be key=value"),
         ("203.0.113.5:3478 rtt_ms=fast", "relay rtt_ms 'fast' is not a number"),
-        ("203.0.113.5:3478 color=red", "relay option 'color' is unknown; known: region, rtt_ms"),
+        ("203.0.113.5:3478 color=red", "relay option 'color' is unknown; known: region, rtt_ms, tcp"),
     ],
 )
 def test_parse_relay_errors(spec: str, message: str) -> None:
