@@ -586,6 +586,11 @@ async def _wait_idle(url: str, timeout: float) -> None:
             await asyncio.sleep(0.25)
 
 
+_API_KEY = ""
+"""The signaling API key the bench's clients present: the lab stack's, set by
+``run_bench`` once the stack is up (the clients run on threads of this process)."""
+
+
 def _bench_client_class():  # type: ignore[no-untyped-def]
     """``TimedCallClient`` that timestamps each setup milestone and inbound frame.
 
@@ -604,6 +609,7 @@ def _bench_client_class():  # type: ignore[no-untyped-def]
 
         def __post_init__(self) -> None:
             super().__post_init__()
+            self.token = self.token or _API_KEY
             self.marks: dict[str, float] = {}
             self.frame_times: list[float] = []
             self.recording = False
@@ -846,6 +852,9 @@ async def _direct_path(running: Any) -> Any:
             "directory": running.directory_url,
             "model": f"{running.model_address}:{MODEL_PORT}",
             "drain_grace_seconds": 1.0,
+            # The lab's secrets: the same API key as the relayed transceiver's.
+            "directory_secret_file": str(running.directory_secret_file),
+            "api_key_file": str(running.workdir / "api-key"),
         }})
         svc = running.service("transceiver-direct", running.transceiver_ns,
                           python_argv("transceiver", "run", "--config", str(config)),
@@ -911,6 +920,8 @@ async def run_bench(setup_calls: int, steps: Sequence[int], window: float, turns
                                progress) as running:
             pids = {"transceiver": running.services["transceiver"].proc.pid,
                     "model": running.services["model"].proc.pid}
+            global _API_KEY  # noqa: PLW0603 - read by the clients' threads, see _API_KEY
+            _API_KEY = running.api_key
             url = running.signaling_url
             if "setup" in only:
                 with progress.step(f"call setup through the relay: {setup_calls} calls"):
