@@ -59,6 +59,8 @@ class Orchestrator:
             f'[relay]\nname = "{lab.relay.name}"\n'
             f'[orchestrator]\nlisten = "127.0.0.1:{self.api}"\n'
             f'metrics_listen = "127.0.0.1:{self.metrics}"\nheartbeat_grace_seconds = 30.0\n'
+            # The test's own secret and state, not the host's /var/lib/voxrelay.
+            f'directory_secret_file = "{tmp / "directory.secret"}"\nstate_dir = "{tmp / "state"}"\n'
         )
         self.log = tmp / "orchestrator.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -95,8 +97,10 @@ class Orchestrator:
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
+        secret = (self.config.parent / "directory.secret").read_text().strip()
         req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {secret}"})
         with urllib.request.urlopen(req, timeout=2) as resp:
             return json.loads(resp.read())
 

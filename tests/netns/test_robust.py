@@ -78,10 +78,10 @@ def _in_netns(netns: str, coro_fn, *args):
     return asyncio.to_thread(run_in_netns, netns, lambda: asyncio.run(coro_fn(*args)))
 
 
-async def _sessions_left(directory_url: str, call_ids: list[str]) -> list[str]:
+async def _sessions_left(directory_url: str, secret: str, call_ids: list[str]) -> list[str]:
     from voxrelay.directory import connect
 
-    directory = connect(directory_url)
+    directory = connect(directory_url, secret=secret)
     try:
         return [cid for cid in call_ids if await directory.get_session(cid) is not None]
     finally:
@@ -136,7 +136,7 @@ async def test_twenty_hang_ups_with_the_model_stalled(lab) -> None:
     ports_before = await asyncio.to_thread(transceiver_udp_ports, lab)
 
     async def calls() -> dict:
-        clients = [CallClient(lab.signaling_url, "", 30) for _ in range(CALLS)]
+        clients = [CallClient(lab.signaling_url, lab.api_key, 30) for _ in range(CALLS)]
         try:
             for batch in range(0, CALLS, 5):  # 2 shared cores: a few handshakes at a time
                 await asyncio.gather(*(c.__aenter__() for c in clients[batch:batch + 5]))
@@ -184,7 +184,7 @@ async def test_twenty_hang_ups_with_the_model_stalled(lab) -> None:
     assert await asyncio.to_thread(transceiver_udp_ports, lab) == ports_before
     # No session record is left in the directory.
     assert await _in_netns(lab.relays[0].netns, _sessions_left, lab.directory_url,
-                           out["ids"]) == []
+                           lab.directory_secret, out["ids"]) == []
     # The model has every stream free again (it refuses streams beyond its limit as busy).
     target = f"{lab.model_address}:50051"
     deadline = time.monotonic() + 15
@@ -198,7 +198,7 @@ async def test_twenty_hang_ups_with_the_model_stalled(lab) -> None:
     assert await asyncio.to_thread(_active_flows, lab.relays[0].name, clients) == []
 
 
-async def _post_pending(url: str, count: int) -> tuple[list[int], list[str]]:
+async def _post_pending(url: str, count: int, bearer: str) -> tuple[list[int], list[str]]:
     """POST ``count`` real offers and never start ICE; (statuses, locations)."""
     from aiortc import RTCPeerConnection
 
@@ -212,17 +212,19 @@ async def _post_pending(url: str, count: int) -> tuple[list[int], list[str]]:
     async with aiohttp.ClientSession() as session:
         for _ in range(count):
             async with session.post(f"{url}/v1/calls", data=offer,
-                                    headers={"Content-Type": "application/sdp"}) as r:
+                                    headers={"Content-Type": "application/sdp",
+                                             "Authorization": f"Bearer {bearer}"}) as r:
                 statuses.append(r.status)
                 locations.append(r.headers.get("Location", ""))
     return statuses, locations
 
 
-async def _delete_all(url: str, locations: list[str]) -> list[int]:
+async def _delete_all(url: str, locations: list[str], bearer: str) -> list[int]:
     async with aiohttp.ClientSession() as session:
         out = []
         for location in locations:
-            async with session.delete(url + location) as r:
+            async with session.delete(url + location,
+                                      headers={"Authorization": f"Bearer {bearer}"}) as r:
                 out.append(r.status)
         return out
 
@@ -232,23 +234,41 @@ async def test_thirty_pending_posts_then_a_real_call(lab, speech_pcm: bytes) -> 
     from lab.call import TimedCallClient, speak_turn
 
     async def scenario() -> dict:
-        statuses, locations = await _post_pending(lab.signaling_url, 30)
+        statuses, locations = await _post_pending(lab.signaling_url, 30, lab.api_key)
         try:
-            async with TimedCallClient(lab.signaling_url, timeout=30) as client:
+            async with TimedCallClient(lab.signaling_url, lab.api_key, timeout=30) as client:
                 await client.wait_event("model", state="connected")
                 turn = await speak_turn(client, speech_pcm, timeout=30)
         finally:
-            deleted = await _delete_all(lab.signaling_url, [loc for loc in locations if loc])
+            deleted = await _delete_all(lab.signaling_url, [loc for loc in locations if loc],
+                                        lab.api_key)
         return {"statuses": statuses, "turn": turn, "deleted": deleted}
 
     out = await lab.client_call(scenario)
-    # Auth is off in the lab (identity ""): only max_calls (50) bounds pending
-    # calls, and none of them holds a model stream.
+    # With the API key (the operator's backend) only max_calls (50) bounds
+    # pending calls, and none of them holds a model stream.
     assert out["statuses"] == [201] * 30
     for word in KEY_WORDS:
         assert word in out["turn"].transcript.lower(), out["turn"].transcript
     assert out["turn"].first_reply_audio_at is not None
     assert out["deleted"] == [204] * 30
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_one_client_secret_holds_at_most_its_pending_limit(lab) -> None:
+    """A browser session's secret (what a page holds, so what an attacker gets)
+    sets up at most max_pending_per_client (4) calls that never connect; the
+    rest are 429 with Retry-After and allocate nothing."""
+    secret = (await lab.client_secret())["value"]
+
+    async def scenario() -> dict:
+        statuses, locations = await _post_pending(lab.signaling_url, 8, secret)
+        deleted = await _delete_all(lab.signaling_url, [loc for loc in locations if loc], secret)
+        return {"statuses": statuses, "deleted": deleted}
+
+    out = await lab.client_call(scenario)
+    assert out["statuses"] == [201] * 4 + [429] * 4, out
+    assert out["deleted"] == [204] * 4
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -264,7 +284,7 @@ async def test_nat_rebinding_without_a_restart(lab, speech_pcm: bytes, monkeypat
     new_address = lab.client_rebind_address
 
     async def call() -> dict:
-        async with TimedCallClient(lab.signaling_url, timeout=30) as client:
+        async with TimedCallClient(lab.signaling_url, lab.api_key, timeout=30) as client:
             await client.wait_event("model", state="connected")
             await wait_media(client, client.chunks_received + 5, timeout=5)
             before = await call_status(client)
@@ -320,7 +340,7 @@ async def test_consent_expires_thirty_seconds_after_the_last_response(lab) -> No
     from lab.client import CallClient
 
     async def call() -> dict:
-        async with CallClient(lab.signaling_url, "", 30) as client:
+        async with CallClient(lab.signaling_url, lab.api_key, 30) as client:
             await client.wait_event("model", state="connected")
             await asyncio.to_thread(_block_udp, lab, True)
             try:
