@@ -466,6 +466,8 @@ SMOKE = {"runs": 1, "duration": 0.3, "pings": 200, "calls": 1, "flows": [1, 100]
 SMOKE_VOICE = ["--capacity-steps", "1", "--capacity-seconds", "1", "--turns", "1"]
 SMOKE_SYNC = ["--samples", "5", "--flows", "4096"]
 SMOKE_TCPFRONT = ["--frames", "200"]
+MAKE_BENCH_VOICE = ["--capacity-steps", "1,5,10,20", "--capacity-seconds", "4",
+                    "--turn-steps", "1,5,10", "--turns", "3"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -527,18 +529,25 @@ def main(argv: list[str] | None = None) -> int:
     sections: dict[str, str] = res.setdefault("sections", {})
     if only is None:
         out_dir = args.results_dir
+        # The relay phase takes ~300 s of the 575; these caps (260 s) are sized
+        # so that every section runs in what is left on 2 cores. So make bench
+        # runs the quick forms: Whisper alone for the WER (pocketsphinx's
+        # comparison takes ~100 s more: `python -m bench.asr_wer --markdown`), and
+        # the voice sweeps up to 20 calls of capacity and 10 of turns under load
+        # (the full sweeps: `python -m bench.voice --markdown`).
         for key, module, what, cap, extra in (
-            ("asr_wer_md", "bench.asr_wer", "ASR word error rate", 120, []),
+            ("asr_wer_md", "bench.asr_wer", "ASR word error rate", 60,
+             [] if args.smoke else ["--engines", "whisper"]),
             # The voice stack and control plane run after the relay lab is gone,
             # each in its own lab, each bounded; their sections go into BENCHMARKS.md.
             ("voice_md", "bench.voice", "call setup, transceiver capacity, voice path overhead",
-             200, ["--setup-calls", str(args.calls), "--out", str(out_dir / "voice.md")]
-             + (SMOKE_VOICE if args.smoke else [])
+             120, ["--setup-calls", str(min(args.calls, 10)), "--out", str(out_dir / "voice.md")]
+             + (SMOKE_VOICE if args.smoke else MAKE_BENCH_VOICE)
              + (["--shared"] if res["env"].get("shared") else [])),
             ("sync_md", "bench.bench_sync", "announce -> routable latency, flow map capacity",
-             60, ["--out", str(out_dir / "sync.md")] + (SMOKE_SYNC if args.smoke else [])),
+             40, ["--out", str(out_dir / "sync.md")] + (SMOKE_SYNC if args.smoke else [])),
             ("tcpfront_md", "bench.tcpfront", "ICE-TCP front against XDP and coturn",
-             120, SMOKE_TCPFRONT if args.smoke else []),
+             40, SMOKE_TCPFRONT if args.smoke else []),
         ):
             status, res[key] = _section(module, what, deadline.section_timeout(cap), extra)
             sections[module] = status
