@@ -100,8 +100,10 @@ def engines(names: list[str]) -> dict[str, object]:
     return out
 
 
-def run(names: list[str]) -> list[dict[str, object]]:
-    clips = [(s, v, LEAD + synthesize(s, v)[0] + TAIL) for s in SENTENCES for v in VOICES]
+def run(names: list[str], sentences: int = len(SENTENCES)) -> list[dict[str, object]]:
+    """Every engine on the first ``sentences`` sentences in every voice."""
+    clips = [(s, v, LEAD + synthesize(s, v)[0] + TAIL) for s in SENTENCES[:sentences]
+             for v in VOICES]
     rows = []
     for name, asr in engines(names).items():
         for s, v, pcm in clips:
@@ -143,13 +145,18 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print every decode as JSON")
     ap.add_argument("--engines", default="whisper,pocketsphinx",
                     help="comma-separated: whisper, whisper-beam5, pocketsphinx, pocketsphinx-free")
+    ap.add_argument("--sentences", type=int, default=len(SENTENCES),
+                    help=f"use the first N of the {len(SENTENCES)} sentences (the smoke run's"
+                         " few); default all")
     args = ap.parse_args()
-    rows = run(args.engines.split(","))
+    if not 1 <= args.sentences <= len(SENTENCES):
+        ap.error(f"--sentences must be within 1..{len(SENTENCES)}")
+    rows = run(args.engines.split(","), args.sentences)
     if args.json:
         print(json.dumps({"rows": rows, "summary": summary(rows)}, indent=2))
         return 0
     if args.markdown:
-        print(f"{len(SENTENCES)} sentences in no grammar x {len(VOICES)} espeak-ng voices "
+        print(f"{args.sentences} sentences in no grammar x {len(VOICES)} espeak-ng voices "
               f"({', '.join(f'{v.name} {v.words_per_minute} wpm' for v in VOICES)}), "
               "one CTranslate2 worker on 2 threads for Whisper.")
         print()

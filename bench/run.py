@@ -466,6 +466,7 @@ SMOKE = {"runs": 1, "duration": 0.3, "pings": 200, "calls": 1, "flows": [1, 100]
 SMOKE_VOICE = ["--capacity-steps", "1", "--capacity-seconds", "1", "--turns", "1"]
 SMOKE_SYNC = ["--samples", "5", "--flows", "4096"]
 SMOKE_TCPFRONT = ["--frames", "200"]
+SMOKE_ASR = ["--sentences", "2"]
 MAKE_BENCH_VOICE = ["--capacity-steps", "1,5,10,20", "--capacity-seconds", "4",
                     "--turn-steps", "1,5,10", "--turns", "3"]
 
@@ -537,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         # (the full sweeps: `python -m bench.voice --markdown`).
         for key, module, what, cap, extra in (
             ("asr_wer_md", "bench.asr_wer", "ASR word error rate", 60,
-             [] if args.smoke else ["--engines", "whisper"]),
+             ["--engines", "whisper"] + (SMOKE_ASR if args.smoke else [])),
             # The voice stack and control plane run after the relay lab is gone,
             # each in its own lab, each bounded; their sections go into BENCHMARKS.md.
             ("voice_md", "bench.voice", "call setup, transceiver capacity, voice path overhead",
