@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from lab.topology import Lab
+    from orchestrator.probe import ProbeResult
 
 T = TypeVar("T")
 
@@ -309,6 +310,31 @@ class Stack:
 
         return run_in_netns(self.relays[0].netns, ask)
 
+    def probe_new_flow(self, index: int = 0, timeout: float = 0.3) -> ProbeResult:
+        """One STUN probe from the client namespace through relay ``index``, on a
+        new flow to the transceiver's probe responder (a fresh probe token minted
+        with the directory's current key); blocking, one attempt."""
+        from orchestrator.netlink import run_in_netns
+        from orchestrator.probe import ProbeResult, probe
+        from voxrelay.directory import connect
+        from voxrelay.probe import DEFAULT_PROBE_PORT, mint_probe_token
+
+        async def keyring():  # type: ignore[no-untyped-def]
+            directory = connect(self.directory_url, secret=self.directory_secret)
+            try:
+                return await directory.keyring()
+            finally:
+                await directory.close()
+
+        relay = self.relays[index]
+        ring = run_in_netns(self.relays[0].netns, lambda: asyncio.run(keyring()))
+        if ring.current is None:
+            return ProbeResult(False, f"{relay.public_address}:{relay.public_port}",
+                               self.transceiver_id, reason="the directory has no token key yet")
+        ufrag = mint_probe_token(ring.keys, ring.current, self.transceiver_id, DEFAULT_PROBE_PORT)
+        return run_in_netns(self.client_ns, probe, (relay.public_address, relay.public_port),
+                            ufrag, timeout=timeout, attempts=1, transceiver_id=self.transceiver_id)
+
     def run_in_client(self, fn: Callable[..., T], *args: object) -> T:
         """Run ``fn(*args)`` on a thread in the client namespace (blocking)."""
         from orchestrator.netlink import run_in_netns
@@ -396,18 +422,6 @@ async def _probe_through_relays(running: Stack, deadline: float) -> None:
     """Wait until a STUN probe from the client namespace comes back through every
     relay: the key is in the relay's map, the transceiver is in it, and the
     transceiver's probe responder answers (orchestrator/probe.py)."""
-    from orchestrator.netlink import run_in_netns
-    from orchestrator.probe import probe
-    from voxrelay.directory import connect
-    from voxrelay.probe import DEFAULT_PROBE_PORT, mint_probe_token
-
-    async def keyring():  # type: ignore[no-untyped-def]
-        directory = connect(running.directory_url, secret=running.directory_secret)
-        try:
-            return await directory.keyring()
-        finally:
-            await directory.close()
-
     loop = asyncio.get_running_loop()
     pending = list(running.relays)
     reason = "no probe sent"
@@ -424,16 +438,7 @@ async def _probe_through_relays(running: Stack, deadline: float) -> None:
         for name, svc in running.services.items():
             if not svc.running():
                 raise StackError(f"{name} exited while the lab was starting\n{svc.log_tail()}")
-        ring = await asyncio.to_thread(run_in_netns, running.relays[0].netns, lambda: asyncio.run(keyring()))
-        if ring.current is None:
-            reason = "the directory has no token key yet"
-            await asyncio.sleep(0.2)
-            continue
-        ufrag = mint_probe_token(ring.keys, ring.current, running.transceiver_id, DEFAULT_PROBE_PORT)
-        relay = pending[0]
-        result = await asyncio.to_thread(
-            run_in_netns, running.client_ns, probe, (relay.public_address, relay.public_port), ufrag,
-            timeout=0.3, attempts=1, transceiver_id=running.transceiver_id)
+        result = await asyncio.to_thread(running.probe_new_flow, running.relays.index(pending[0]))
         if result.ok:
             pending.pop(0)
         else:

@@ -142,23 +142,7 @@ async def _kill_and_restart_orchestrator(lab) -> None:
 
 def _new_flow_ok(lab) -> bool:
     """A STUN probe from the client namespace, on a new flow to the transceiver."""
-    from orchestrator.probe import probe
-    from voxrelay.directory import connect
-    from voxrelay.probe import DEFAULT_PROBE_PORT, mint_probe_token
-
-    async def keyring():  # type: ignore[no-untyped-def]
-        directory = connect(lab.directory_url, secret=lab.directory_secret)
-        try:
-            return await directory.keyring()
-        finally:
-            await directory.close()
-
-    ring = run_in_netns(lab.relays[0].netns, lambda: asyncio.run(keyring()))
-    ufrag = mint_probe_token(ring.keys, ring.current, lab.transceiver_id, DEFAULT_PROBE_PORT)
-    relay = lab.relays[0]
-    result = run_in_netns(lab.client_ns, probe, (relay.public_address, relay.public_port), ufrag,
-                          timeout=0.5, attempts=1, transceiver_id=lab.transceiver_id)
-    return bool(result.ok)
+    return bool(lab.probe_new_flow(0, timeout=0.5).ok)
 
 
 def _post_call_status(lab) -> tuple[int, dict, str]:
