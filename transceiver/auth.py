@@ -39,6 +39,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from voxrelay.secrets import matching_secret
+
 CLIENT_SECRET_PREFIX = "ek_"  # noqa: S105 - a format's prefix
 _VERSION = 1
 _LAYOUT = struct.Struct(">BI12s")  # version, expires_at, nonce
@@ -130,12 +132,8 @@ class Authenticator:
             raise AuthError(401, "bad_credential", "Authorization must be 'Bearer <secret>'")
         if value.startswith(CLIENT_SECRET_PREFIX):
             return self._client_secret(value)
-        matched = ""
-        for key in self._keys:
-            # No early exit: the time taken does not say which key was close.
-            if hmac.compare_digest(value.encode(), key.encode()):
-                matched = key
-        if not matched:
+        matched = matching_secret(value, self._keys)
+        if matched is None:
             raise AuthError(401, "bad_credential", "wrong API key")
         return Credential("api_key", "key:" + _fingerprint(matched))
 

@@ -18,10 +18,12 @@ as environment.
 
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
 import stat
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 SECRET_BYTES = 32
@@ -51,6 +53,17 @@ def _parse(text: str, where: str) -> list[str]:
         if any(c.isspace() for c in value):
             raise SecretError(f"{where}: a secret must not contain whitespace")
     return values
+
+
+def matching_secret(value: str, secrets: Sequence[str]) -> str | None:
+    """The one of ``secrets`` that equals ``value``, or None. Every candidate is
+    compared in constant time, with no early exit, so that the time taken says
+    neither how close a guess was nor which secret of a rotation it matched."""
+    matched = None
+    for secret in secrets:
+        if hmac.compare_digest(value.encode(), secret.encode()):
+            matched = secret
+    return matched
 
 
 def write_secret_file(path: Path, value: str | None = None) -> str:

@@ -30,7 +30,6 @@ the token keys (whoever holds them can mint routing tokens) and every write
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
@@ -38,6 +37,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
+from voxrelay.secrets import matching_secret
 
 from .base import (
     Change,
@@ -95,11 +96,7 @@ def bearer_matches(header: str | None, secrets: Sequence[str]) -> str | None:
     value = value.strip()
     if scheme.lower() != "bearer" or not value:
         return "Authorization must be 'Bearer <directory secret>'"
-    # Every secret is compared, so the time taken does not tell which one was close.
-    matched = False
-    for secret in secrets:
-        matched |= hmac.compare_digest(value.encode(), secret.encode())
-    return None if matched else "wrong directory secret"
+    return None if matching_secret(value, secrets) is not None else "wrong directory secret"
 
 
 def make_app(directory: Directory, secrets: Sequence[str],
