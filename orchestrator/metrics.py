@@ -20,6 +20,9 @@ client addresses.
     voxrelay_directory_refused_total{reason}        directory requests refused: missing|wrong
                                                     credential (someone is probing, or a
                                                     transceiver has a stale secret)
+
+and, when the ICE-TCP front runs on this host (its stats file exists), the
+families of ``TcpFrontCollector``, read from that file at scrape time.
 """
 
 from __future__ import annotations
@@ -28,12 +31,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from orchestrator import tcpfront
 from orchestrator.relay import RelayView
+from voxrelay.addr import parse_hostport
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +109,76 @@ class RelayCollector(Collector):
         yield active_keys
 
 
+class TcpFrontCollector(Collector):
+    """The ICE-TCP front's counters, read from its stats file at scrape time
+    (``orchestrator.tcpfront.StatsFile``: summed over its workers). Labels are
+    enum names only (the front's ``REFUSALS``, ``DROPS``, ``BACKPRESSURE``),
+    never client addresses.
+
+        voxrelay_tcpfront_connections_total{event}   accepted|established|closed|idle_closed
+        voxrelay_tcpfront_connections_open
+        voxrelay_tcpfront_refused_total{reason}      REFUSALS
+        voxrelay_tcpfront_frames_total{direction}    to_transceiver|to_client
+        voxrelay_tcpfront_bytes_total{direction}     payload bytes, without the 2-byte prefix
+        voxrelay_tcpfront_dropped_total{reason}      udp_send_error|udp_too_large
+        voxrelay_tcpfront_backpressure_total{reason} udp_full|tcp_full
+
+    No stats file (no front on this host): nothing exported, nothing logged.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        try:
+            groups = tcpfront.read_summary(self.path)
+        except (OSError, ValueError) as exc:
+            log.warning("TCP front stats unreadable: %s", exc)
+            return
+        if groups is None:
+            return
+        conns = groups["connections"]
+        family = CounterMetricFamily("voxrelay_tcpfront_connections",
+                                     "ICE-TCP front connections by event.", labels=["event"])
+        for event in ("accepted", "established", "closed", "idle_closed"):
+            family.add_metric([event], conns[event])
+        yield family
+        yield GaugeMetricFamily("voxrelay_tcpfront_connections_open",
+                                "ICE-TCP front connections open now.", value=conns["open"])
+        for group, name, label, help_text in (
+            ("refused", "refused", "reason", "ICE-TCP connections refused, by reason."),
+            ("frames", "frames", "direction", "Frames the ICE-TCP front forwarded."),
+            ("bytes", "bytes", "direction", "Payload bytes the ICE-TCP front forwarded."),
+            ("dropped", "dropped", "reason", "Frames dropped after the first, by reason."),
+            ("backpressure", "backpressure", "reason", "Times one side paused the other."),
+        ):
+            family = CounterMetricFamily(f"voxrelay_tcpfront_{name}", help_text, labels=[label])
+            for key, value in groups[group].items():
+                family.add_metric([key], value)
+            yield family
+
+
+def serve_tcpfront_metrics(listen: str, stats_path: Path) -> int:
+    """The front's own /metrics (``[tcpfront] metrics_listen``, host:port), from a
+    thread, with only ``TcpFrontCollector``; returns the port it bound."""
+    host, port = parse_hostport(listen, allow_zero=True, what="[tcpfront] metrics_listen")
+    registry = CollectorRegistry()
+    registry.register(TcpFrontCollector(stats_path))
+    server, _ = start_http_server(port, host, registry=registry)
+    bound: int = server.server_address[1]
+    return bound
+
+
 class OrchestratorMetrics:
     """Everything /metrics shows, in one registry (not the global one, so that
     tests and several orchestrators in one process do not collide)."""
 
-    def __init__(self, view: RelayView | None = None) -> None:
+    def __init__(self, view: RelayView | None = None, tcpfront_stats: Path | None = None) -> None:
         self.registry = CollectorRegistry()
         if view is not None:
             self.registry.register(RelayCollector(view))
+        if tcpfront_stats is not None:
+            self.registry.register(TcpFrontCollector(tcpfront_stats))
         self.sync_lag = Histogram(
             "voxrelay_sync_lag_seconds", "Announce to entry visible in the transceivers map.",
             buckets=LAG_BUCKETS, registry=self.registry,

@@ -18,6 +18,7 @@ from typing import Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from orchestrator import tcpfront
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.probe import probe_async
 from orchestrator.relay import RelayView
@@ -152,7 +153,9 @@ async def run_orchestrator(
     runs every ``upkeep_interval`` s (clock offset, re-priming).
     """
     oc = config.orchestrator
-    metrics = OrchestratorMetrics(view)
+    # The ICE-TCP front on this host (same config) writes its counters there.
+    metrics = OrchestratorMetrics(view, tcpfront_stats=tcpfront.stats_path(config.relay,
+                                                                           config.tcpfront))
     runners: list[web.AppRunner] = []
     directory_port = None
     if oc.directory == "embedded":

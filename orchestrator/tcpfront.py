@@ -41,23 +41,32 @@ only what the kernel did not take). Back-pressure: when the UDP socket
 refuses a frame (EAGAIN) the connection stops reading TCP until the socket
 is writable again, with the frame still in place; when the TCP transport's
 buffer passes its high-water mark the UDP socket is no longer read (the
-kernel's receive queue then drops, as a router would). ``workers > 1``
-starts that many processes on one ``SO_REUSEPORT`` listening port, each
-with its own slice of the UDP port range and its own row of counters.
+kernel's receive queue then drops, as a router would); what the transport
+holds past its high-water mark is bounded by one burst (``UDP_BURST``
+datagrams). One event loop per core: ``workers`` (0, the default: one per
+CPU) processes on one ``SO_REUSEPORT`` listening port, each with its own
+slice of the UDP port range and its own row of counters; a classic BPF
+reuseport program (``steer_by_source``) sends every connection from one
+client address to the same worker, so that the per-source limit holds for
+the front as a whole. Each worker raises its descriptor limit to what
+``max_connections`` needs (``raise_fd_limit``).
 
 Counters live in a small memory-mapped file (``StatsFile``), one row per
 worker, like a per-CPU BPF array: each worker writes only its own row, and
-``voxrelay tcpfront stats`` and the Prometheus exporter sum the rows.
+``voxrelay tcpfront stats``, ``voxrelay maps stats``, ``voxrelay relay
+status`` and the Prometheus exporters (``orchestrator.metrics``) sum the rows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import logging
 import mmap
 import os
+import resource
 import socket
 import struct
 import time
@@ -67,14 +76,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
 from orchestrator.errors import LoaderError
 from orchestrator.pinview import open_pinview
 from orchestrator.relay import RelayUnavailable
 from voxrelay import token as tokens
-from voxrelay.addr import parse_hostport
 from voxrelay.config import ConfigError, RelayConfig, TcpFrontConfig
 
 log = logging.getLogger(__name__)
@@ -485,6 +490,46 @@ def default_stats_path(relay_name: str) -> Path:
     return Path(f"/run/voxrelay/tcpfront-{relay_name}.stats")
 
 
+def stats_path(relay: RelayConfig, front: TcpFrontConfig) -> Path:
+    """Where this config's front keeps its counters ([tcpfront] stats_file, or the default)."""
+    return Path(front.stats_file) if front.stats_file else default_stats_path(relay.name)
+
+
+DROPS = {"udp_send_error": "udp_send_errors", "udp_too_large": "udp_too_large"}
+"""Frames dropped after the first, by reason (the metric label -> the counter)."""
+BACKPRESSURE = {"udp_full": "udp_paused", "tcp_full": "tcp_paused"}
+"""Times one side paused the other, by which side was full (label -> counter)."""
+
+
+def summary(stats: dict[str, int]) -> dict[str, dict[str, int]]:
+    """The counters grouped as ``maps stats``, ``relay status`` and /metrics show
+    them: connections, frames, bytes, refusals and drops by reason, back-pressure.
+    Every reason of this build is present (0 when a file of another build lacks
+    it), and so is any reason a file of a newer build carries."""
+    return {
+        "connections": {k: stats.get(k, 0) for k in
+                        ("accepted", "established", "closed", "idle_closed", "open")},
+        "frames": {"to_transceiver": stats.get("frames_to_transceiver", 0),
+                   "to_client": stats.get("frames_to_client", 0)},
+        "bytes": {"to_transceiver": stats.get("bytes_to_transceiver", 0),
+                  "to_client": stats.get("bytes_to_client", 0)},
+        "refused": {**{r: stats.get(f"refused_{r}", 0) for r in REFUSALS},
+                    **{k.removeprefix("refused_"): v for k, v in stats.items()
+                       if k.startswith("refused_")}},
+        "dropped": {label: stats.get(name, 0) for label, name in DROPS.items()},
+        "backpressure": {label: stats.get(name, 0) for label, name in BACKPRESSURE.items()},
+    }
+
+
+def read_summary(path: Path) -> dict[str, dict[str, int]] | None:
+    """``summary`` of the stats file at ``path``; None when there is none (no front
+    has run on this host). A file that is not a stats file raises ValueError."""
+    try:
+        return summary(read_stats(path))
+    except FileNotFoundError:
+        return None
+
+
 # --- the connection --------------------------------------------------------------------
 
 
@@ -721,6 +766,46 @@ I_REFUSED = {r: _INDEX[f"refused_{r}"] for r in REFUSALS}
 I_INDEX_INCOMPLETE = I_REFUSED["incomplete"]
 
 
+# --- one source, one worker ------------------------------------------------------------
+
+SO_ATTACH_REUSEPORT_CBPF = 51
+"""linux/asm-generic/socket.h (Python's socket module does not name it)."""
+_SKF_NET_OFF = -0x100000
+"""Classic BPF: offsets from the network header (the reuseport program's data
+starts past the TCP header)."""
+_GOLDEN = 0x9E3779B1
+"""Knuth's multiplicative hash: neighbouring addresses spread over the workers."""
+
+
+def source_steering_program(workers: int) -> bytes:
+    """A classic BPF reuseport program: socket index = hash(IPv4 source) % workers.
+
+    Every connection from one client address then reaches the same worker,
+    so that worker's per-source limit is the front's (with the kernel's own
+    4-tuple hash, 1,000 connections from one address would spread over all
+    the workers and pass ``workers`` times the limit).
+    """
+    if not 2 <= workers <= 64:
+        raise ValueError(f"workers {workers} is outside 2..64")
+    ld_w_abs, alu_mul_k, alu_rsh_k, alu_mod_k, ret_a = 0x20, 0x24, 0x74, 0x94, 0x16
+    insns = ((ld_w_abs, (_SKF_NET_OFF + 12) & 0xFFFFFFFF),  # A = ip->saddr
+             (alu_mul_k, _GOLDEN), (alu_rsh_k, 16), (alu_mod_k, workers), (ret_a, 0))
+    return b"".join(struct.pack("=HBBI", code, 0, 0, k) for code, k in insns)
+
+
+def steer_by_source(sock: socket.socket, workers: int) -> None:
+    """Attach ``source_steering_program`` to ``sock``'s reuseport group (the
+    last worker to attach sets it for all; they attach the same program)."""
+    class SockFprog(ctypes.Structure):
+        _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+    program = source_steering_program(workers)
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = SockFprog(len(program) // 8, ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF,
+                    bytes(fprog))
+
+
 # --- the front -------------------------------------------------------------------------
 
 
@@ -741,6 +826,7 @@ class TcpFront:
         self.pending: set[FrontConnection] = set()
         self.established: set[FrontConnection] = set()
         self.reuse_port = workers > 1
+        self.workers = workers
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.loop = asyncio.get_running_loop()  # made inside the loop that serves it
@@ -753,6 +839,8 @@ class TcpFront:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(self.listen)
             sock.listen(1024)
+            if self.reuse_port:
+                steer_by_source(sock, self.workers)
             sock.setblocking(False)
         except BaseException:
             sock.close()
@@ -816,14 +904,34 @@ def _stats(path: Path, workers: int, create: bool) -> Iterator[StatsFile]:
         stats.close()
 
 
+def raise_fd_limit(front: TcpFrontConfig) -> int:
+    """Raise this process's soft RLIMIT_NOFILE to what ``max_connections`` needs
+    (two descriptors per connection, TCP and UDP, plus headroom), as far as the
+    hard limit allows; returns the soft limit now. Without it a default soft
+    limit of 1024 would make accept() fail with EMFILE near 500 connections:
+    connections neither served nor counted."""
+    need = 2 * front.max_connections + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return soft
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < need:
+        log.warning("RLIMIT_NOFILE hard limit %d is below the %d descriptors %d connections "
+                    "need: raise it (systemd: LimitNOFILE)", hard, need, front.max_connections)
+    return target
+
+
 async def serve_worker(relay: RelayConfig, front: TcpFrontConfig, stats_path: Path,
                        index: int, routes: Routes | None = None,
                        stop: asyncio.Event | None = None) -> None:
     """Run worker ``index`` until ``stop`` is set (or forever)."""
-    with _stats(stats_path, front.workers, create=False) as stats:
+    raise_fd_limit(front)
+    with _stats(stats_path, front.worker_count(), create=False) as stats:
         server = TcpFront(front, listen_address(relay, front), relay.private_address,
                           routes or pinned_routes(relay.name), stats.row(index),
-                          index=index, workers=front.workers)
+                          index=index, workers=front.worker_count())
         await server.start()
         log.info("TCP front worker %d on %s:%d (UDP %d..%d from %s)", index, *server.listen,
                  front.udp_port_min, front.udp_port_max, relay.private_address)
@@ -832,67 +940,3 @@ async def serve_worker(relay: RelayConfig, front: TcpFrontConfig, stats_path: Pa
         finally:
             await server.stop()
             del server
-
-
-# --- metrics ---------------------------------------------------------------------------
-
-
-class TcpFrontCollector:
-    """Prometheus families read from the stats file at scrape time (labels: reasons only).
-
-        voxrelay_tcpfront_connections_total{event}   accepted|established|closed|idle_closed
-        voxrelay_tcpfront_connections_open
-        voxrelay_tcpfront_refused_total{reason}      REFUSALS
-        voxrelay_tcpfront_frames_to_transceiver_total / _bytes_to_transceiver_total
-        voxrelay_tcpfront_frames_to_client_total / _bytes_to_client_total
-        voxrelay_tcpfront_dropped_total{reason}      udp_send_error|udp_too_large
-        voxrelay_tcpfront_backpressure_total{reason} udp_full|tcp_full
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def collect(self) -> Iterator[object]:
-        try:
-            stats = read_stats(self.path)
-        except (OSError, ValueError) as exc:
-            log.warning("TCP front stats unreadable: %s", exc)
-            return
-        conns = CounterMetricFamily("voxrelay_tcpfront_connections",
-                                    "TCP front connections by event", labels=["event"])
-        for event in ("accepted", "established", "closed", "idle_closed"):
-            conns.add_metric([event], stats.get(event, 0))
-        yield conns
-        yield GaugeMetricFamily("voxrelay_tcpfront_connections_open",
-                                "TCP front connections open now", value=stats.get("open", 0))
-        refused = CounterMetricFamily("voxrelay_tcpfront_refused",
-                                      "TCP connections refused, by reason", labels=["reason"])
-        for name, value in stats.items():
-            if name.startswith("refused_"):
-                refused.add_metric([name.removeprefix("refused_")], value)
-        yield refused
-        for name in ("frames_to_transceiver", "bytes_to_transceiver",
-                     "frames_to_client", "bytes_to_client"):
-            yield CounterMetricFamily(f"voxrelay_tcpfront_{name}", f"TCP front {name}",
-                                      value=stats.get(name, 0))
-        dropped = CounterMetricFamily("voxrelay_tcpfront_dropped",
-                                      "Frames dropped after the first, by reason",
-                                      labels=["reason"])
-        dropped.add_metric(["udp_send_error"], stats.get("udp_send_errors", 0))
-        dropped.add_metric(["udp_too_large"], stats.get("udp_too_large", 0))
-        yield dropped
-        paused = CounterMetricFamily("voxrelay_tcpfront_backpressure",
-                                     "Times one side paused the other", labels=["reason"])
-        paused.add_metric(["udp_full"], stats.get("udp_paused", 0))
-        paused.add_metric(["tcp_full"], stats.get("tcp_paused", 0))
-        yield paused
-
-
-def start_metrics(listen: str, stats_path: Path) -> int:
-    """Serve /metrics on ``listen`` (host:port) from a thread; the port it bound."""
-    host, port = parse_hostport(listen, allow_zero=True, what="[tcpfront] metrics_listen")
-    registry = CollectorRegistry()
-    registry.register(TcpFrontCollector(stats_path))  # type: ignore[arg-type]
-    server, _ = start_http_server(port, host, registry=registry)
-    bound: int = server.server_address[1]
-    return bound

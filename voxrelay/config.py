@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -198,14 +199,26 @@ class TcpFrontConfig:
     (ICE consent checks come every 5 s)."""
     max_frame_bytes: int = 4096
     """Largest frame accepted (RFC 4571 allows 65535; WebRTC packets fit an MTU)."""
-    workers: int = 1
-    """Processes serving the port together (SO_REUSEPORT), e.g. one per core.
-    The limits and the UDP range are split per worker."""
-    metrics_listen: str = "127.0.0.1:9479"
-    """Prometheus /metrics of the front ("" for none)."""
+    workers: int = 0
+    """Processes serving the port together (SO_REUSEPORT, one event loop each);
+    0 = one per CPU the front may run on. A client address always lands on the
+    same worker (a reuseport BPF program hashes the source address), so the
+    per-source limit holds across workers; max_connections and
+    max_connections_per_token are per worker, and the UDP range is split
+    between them."""
+    metrics_listen: str = ""
+    """The front's own Prometheus /metrics, host:port ("" for none). The
+    orchestrator's /metrics on the same host already carries these
+    ``voxrelay_tcpfront_*`` families (it reads stats_file): scrape one, not both."""
     stats_file: str = ""
     """Counters file read by ``voxrelay tcpfront stats``;
     "" = /run/voxrelay/tcpfront-<relay name>.stats."""
+
+    def worker_count(self) -> int:
+        """``workers``, with 0 resolved to the CPUs this process may run on (at most 64)."""
+        if self.workers:
+            return self.workers
+        return max(1, min(64, len(os.sched_getaffinity(0))))
 
 
 @dataclass
@@ -326,14 +339,16 @@ def _validate_tcpfront(f: TcpFrontConfig, r: RelayConfig) -> None:
         raise ConfigError(
             f"[tcpfront] UDP port range {f.udp_port_min}..{f.udp_port_max} contains "
             f"[relay] public_port {r.public_port}")
-    for key in ("max_connections", "max_connections_per_source", "max_connections_per_token",
-                "workers"):
+    for key in ("max_connections", "max_connections_per_source", "max_connections_per_token"):
         if getattr(f, key) < 1:
             raise ConfigError(f"[tcpfront] {key} must be at least 1, got {getattr(f, key)}")
+    if f.workers < 0:
+        raise ConfigError(f"[tcpfront] workers must be 0 (one per CPU) or more, got {f.workers}")
     if f.workers > 64:
         raise ConfigError(f"[tcpfront] workers {f.workers} is over 64")
-    if f.udp_port_max - f.udp_port_min + 1 < f.workers:
-        raise ConfigError(f"[tcpfront] UDP port range has fewer ports than workers ({f.workers})")
+    if f.udp_port_max - f.udp_port_min + 1 < f.worker_count():
+        raise ConfigError(
+            f"[tcpfront] UDP port range has fewer ports than workers ({f.worker_count()})")
     if f.max_connections_per_source > f.max_connections:
         raise ConfigError("[tcpfront] max_connections_per_source must not exceed max_connections")
     if not 20 <= f.max_frame_bytes <= MAX_TCP_FRAME:

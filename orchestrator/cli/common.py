@@ -19,6 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
+from orchestrator import tcpfront
 from orchestrator.errors import MapLayoutError
 from orchestrator.pinview import open_pinview
 from orchestrator.relay import RelayReader, RelayUnavailable
@@ -142,3 +143,15 @@ def emit(as_json: bool, data: object, text: str) -> None:
 def key_fingerprint(key: bytes) -> str:
     """Identifies a key in output without printing it."""
     return hashlib.sha256(key).hexdigest()[:12]
+
+
+def tcpfront_summary(config_path: Path | None,
+                     name: str | None) -> tuple[Path, dict[str, dict[str, int]] | None]:
+    """The ICE-TCP front's stats file for this config (and --name), and its
+    grouped counters (``orchestrator.tcpfront.summary``), None when no front
+    has run here."""
+    config = config_from(config_path)
+    if name:
+        config.relay.name = name
+    path = tcpfront.stats_path(config.relay, config.tcpfront)
+    return path, tcpfront.read_summary(path)

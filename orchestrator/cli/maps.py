@@ -45,14 +45,28 @@ def maps_keys(config_path: Path | None, name: str | None, as_json: bool) -> None
 @relay_read_options
 @click.option("--all", "show_all", is_flag=True, help="Also show counters that are zero.")
 def maps_stats(config_path: Path | None, name: str | None, as_json: bool, show_all: bool) -> None:
-    """Packets by verdict and drop reason, summed over CPUs."""
+    """Packets by verdict and drop reason, summed over CPUs.
+
+    When the ICE-TCP front runs on this host (its stats file exists), its
+    connections, frames, and refusals and drops by reason follow, summed over
+    its workers (JSON: "tcpfront", null without a front).
+    """
     view = common.view(config_path, name)
     stats = view.stats()
-    data = {"counters": stats, "flows": view.flow_count(), "flow_capacity": view.flow_capacity()}
+    front_path, front = common.tcpfront_summary(config_path, name)
+    data = {"counters": stats, "flows": view.flow_count(), "flow_capacity": view.flow_capacity(),
+            "tcpfront": front}
     rows = [[k, v] for k, v in stats.items() if v or show_all or k == "rx_total"]
     text = table(["COUNTER", "PACKETS"], rows) + (
         f"\n\nflows {data['flows']} / {data['flow_capacity']}"
     )
+    if front is not None:
+        # Always shown: connections and frames; reasons only when non-zero (or --all).
+        front_rows = [[f"{group}.{key}", value] for group, values in front.items()
+                      for key, value in values.items()
+                      if value or show_all or group in ("connections", "frames")]
+        text += (f"\n\nICE-TCP front ({front_path}):\n"
+                 + table(["COUNTER", "VALUE"], front_rows))
     emit(as_json, data, text)
 
 

@@ -103,14 +103,19 @@ def relay_unload(config_path: Path | None, name: str | None, netns: str | None) 
 @friendly
 def relay_status(config_path: Path | None, name: str | None, netns: str | None,
                  as_json: bool) -> None:
-    """What is attached and pinned for this relay (exit 1 when not loaded)."""
+    """What is attached and pinned for this relay (exit 1 when not loaded), and
+    the ICE-TCP front's connections, frames and refusals when it runs here."""
     relay_name = name or common.config_from(config_path).relay.name
 
     def go() -> loader.RelayStatus:
         return loader.status(relay_name, netns=netns)
 
     st = _loader_call(go)
-    emit(as_json, st.to_dict(), _status_text(st))
+    front_path, front = common.tcpfront_summary(config_path, name)
+    text = _status_text(st)
+    if front is not None:
+        text += "\n\n" + _tcpfront_line(front_path, front)
+    emit(as_json, {**st.to_dict(), "tcpfront": front}, text)
     if not st.loaded:
         raise SystemExit(1)
 
@@ -125,3 +130,16 @@ def _status_text(st: loader.RelayStatus) -> str:
                  for i in st.interfaces])
     mps = table(["MAP", "TYPE", "MAX_ENTRIES"], [[m.name, m.type, m.max_entries] for m in st.maps])
     return f"{head}\n\n{ifs}\n\n{mps}"
+
+
+def _tcpfront_line(path: Path, front: dict[str, dict[str, int]]) -> str:
+    """One line of the front's state; ``voxrelay maps stats`` has every counter."""
+    c, f = front["connections"], front["frames"]
+    refused = sum(front["refused"].values())
+    dropped = sum(front["dropped"].values())
+    top = sorted(((v, r) for r, v in front["refused"].items() if v), reverse=True)[:3]
+    reasons = f" ({', '.join(f'{r} {v}' for v, r in top)})" if top else ""
+    return (f"ICE-TCP front: {c['open']} open; {c['accepted']} accepted, "
+            f"{c['established']} established, {refused} refused{reasons}; frames "
+            f"{f['to_transceiver']} to transceivers, {f['to_client']} to clients, "
+            f"{dropped} dropped ({path})")

@@ -26,6 +26,7 @@ from orchestrator.cli.common import (
     name_option,
     table,
 )
+from orchestrator.metrics import serve_tcpfront_metrics
 from voxrelay.config import Config
 from voxrelay.logs import setup_logging
 
@@ -42,9 +43,7 @@ def _config(config_path: Path | None, name: str | None) -> tuple[Config, Path]:
     config = common.config_from(config_path)
     if name:
         config.relay.name = name
-    stats = Path(config.tcpfront.stats_file) if config.tcpfront.stats_file else \
-        front.default_stats_path(config.relay.name)
-    return config, stats
+    return config, front.stats_path(config.relay, config.tcpfront)
 
 
 @tcpfront.command("run")
@@ -59,8 +58,9 @@ def tcpfront_run(config_path: Path | None, name: str | None, worker: int | None,
     """Serve ICE-TCP on [relay] public_address:[tcpfront] port until SIGINT/SIGTERM.
 
     Tokens and transceivers are read from the relay's pins (the relay must be
-    loaded, and the orchestrator syncing it). With [tcpfront] workers > 1 this
-    process starts that many workers on one SO_REUSEPORT port and serves the
+    loaded, and the orchestrator syncing it). With more than one worker
+    ([tcpfront] workers; 0, the default, is one per CPU) this process starts
+    that many on one SO_REUSEPORT port, one event loop each, and serves the
     summed /metrics.
     """
     setup_logging(logging.DEBUG if verbose else logging.INFO, "tcpfront")
@@ -70,11 +70,12 @@ def tcpfront_run(config_path: Path | None, name: str | None, worker: int | None,
         _die_with_parent()
         _serve(config, stats_path, worker)
         return
-    front.StatsFile(stats_path, config.tcpfront.workers, create=True).close()
+    workers = config.tcpfront.worker_count()
+    front.StatsFile(stats_path, workers, create=True).close()
     if config.tcpfront.metrics_listen:
-        port = front.start_metrics(config.tcpfront.metrics_listen, stats_path)
+        port = serve_tcpfront_metrics(config.tcpfront.metrics_listen, stats_path)
         click.echo(f"tcpfront metrics on port {port}", err=True)
-    if config.tcpfront.workers == 1:
+    if workers == 1:
         _serve(config, stats_path, 0)
         return
     argv = [sys.executable, "-m", "voxrelay.cli", "tcpfront", "run"]
@@ -83,7 +84,7 @@ def tcpfront_run(config_path: Path | None, name: str | None, worker: int | None,
     argv += ["--name", config.relay.name] + (["-v"] if verbose else [])
     env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
     children = [subprocess.Popen([*argv, "--worker", str(i)], env=env)
-                for i in range(config.tcpfront.workers)]
+                for i in range(workers)]
     stopping = False
 
     def stop(signum: int, _frame: object) -> None:
