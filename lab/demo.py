@@ -5,21 +5,33 @@ The README's main command. It builds the lab (``lab.stack``), places a call
 from an aiortc client in the client namespace, and prints what the model
 heard, what it answered and how long each leg took. Everything it creates is
 removed on exit, on error and on Ctrl-C.
+
+``--client chromium`` places the call from headless Chromium instead
+(``lab.browser``), and ``--transport tcp`` drops UDP in the client namespace
+so that the call goes over ICE-TCP to the relay's TCP front on 443 (#13):
+aioice has no ICE-TCP, a browser does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import tempfile
 import wave
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from lab.browser import BrowserCallResult
+    from lab.stack import Stack
 
 DEFAULT_SENTENCE = "what is the weather like today"
 DEFAULT_OUT = Path("artifacts/reply.wav")
@@ -254,6 +266,154 @@ async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str, turns: i
     return result
 
 
+@dataclass
+class BrowserDemoResult:
+    """One call placed by headless Chromium (``--client chromium``)."""
+
+    transport: str
+    """"udp" or "tcp" (UDP dropped in the client namespace, ICE-TCP to the relay's 443)."""
+    transcript: str = ""
+    """What the model heard (its last final transcript event)."""
+    reply: str = ""
+    """What it answered (its last reply event)."""
+    pair: dict[str, object] = field(default_factory=dict)
+    """getStats()' selected candidate pair: local and remote protocol, address, port, tcpType."""
+    reply_packets: int = 0
+    """RTP packets of reply audio the browser received."""
+    reply_audio_energy: float = 0.0
+    """getStats()' totalAudioEnergy of the reply: > 0 when it was not silence."""
+    udp_dropped: int = 0
+    """UDP packets nftables dropped in the client namespace (--transport tcp)."""
+    tcpfront: dict[str, int] = field(default_factory=dict)
+    """What the ICE-TCP front counted during the call (non-zero counters only)."""
+    relay_counters: dict[str, int] = field(default_factory=dict)
+    """What relay 1's XDP program counted during the call (non-zero verdicts only)."""
+    hangup_status: int | None = None
+    """Status of the page's DELETE of the call (204 when it ended cleanly)."""
+
+
+def _last_text(events: list[dict[str, object]], kind: str, **match: object) -> str:
+    for event in reversed(events):
+        if event.get("type") == kind and all(event.get(k) == v for k, v in match.items()):
+            return str(event.get("text", ""))
+    return ""
+
+
+def _answered(result: BrowserCallResult) -> bool:
+    """The model's reply came back: its reply event, and reply audio that is not silence."""
+    return (bool(result.events_of("reply")) and result.inbound.packets > 0
+            and result.inbound.total_audio_energy > 0)
+
+
+async def browser_demo_call(stack: Stack, wav: Path, timeout: float, transport: str, *,
+                            udp_dropped: Callable[[], int] | None = None) -> BrowserDemoResult:
+    """One call from headless Chromium in ``stack``'s client namespace, checked
+    as the demo checks it (tests/netns/test_ice_tcp.py runs this on its lab).
+
+    ``transport="tcp"``: the stack runs the ICE-TCP front and the caller has
+    dropped UDP in the client namespace (``udp_dropped`` counts it); the
+    selected pair must be TCP to the relay's 443. Either way the call must
+    connect and the model must answer, or this raises ``DemoError``.
+    """
+    from lab.browser import browser_call
+    from lab.stack import TCP_FRONT_PORT
+
+    tcp = transport == "tcp"
+    secret = await stack.client_secret()
+    xdp_before = stack.relay_stats(0)
+    front_before = stack.tcp_front_stats() if tcp else {}
+    dropped_before = udp_dropped() if udp_dropped else 0
+    result = await browser_call(
+        stack.client_ns, stack.signaling_url + "/", audio_wav=wav, bearer=secret["value"],
+        hold_seconds=timeout, until=_answered, connect_timeout=min(30.0, timeout),
+        timeout=timeout + 30)
+    xdp_after = stack.relay_stats(0)
+    front_after = stack.tcp_front_stats() if tcp else {}
+    if not result.connected:
+        raise DemoError(f"the browser's call did not connect:\n{result.describe()}\n"
+                        f"{stack.logs()}")
+    if not _answered(result):
+        raise DemoError(f"the model's reply did not arrive:\n{result.describe()}")
+    pair = result.pair
+    if pair is None or pair.local is None or pair.remote is None:
+        raise DemoError(f"getStats() showed no selected candidate pair:\n{result.describe()}")
+    if tcp and (pair.remote.protocol != "tcp" or pair.remote.port != TCP_FRONT_PORT):
+        raise DemoError(f"the selected pair is not ICE-TCP to the relay's {TCP_FRONT_PORT}: "
+                        f"{pair}")
+    return BrowserDemoResult(
+        transport=transport,
+        transcript=_last_text(result.events, "transcript", final=True),
+        reply=_last_text(result.events, "reply"),
+        pair={"local": asdict(pair.local), "remote": asdict(pair.remote)},
+        reply_packets=result.inbound.packets,
+        reply_audio_energy=result.inbound.total_audio_energy,
+        udp_dropped=(udp_dropped() - dropped_before) if udp_dropped else 0,
+        tcpfront={k: front_after[k] - front_before.get(k, 0) for k in front_after
+                  if front_after[k] != front_before.get(k, 0)},
+        relay_counters={k: xdp_after[k] - xdp_before.get(k, 0) for k in xdp_after
+                        if xdp_after[k] != xdp_before.get(k, 0)},
+        hangup_status=result.hangup_status,
+    )
+
+
+async def run_browser_demo(wav: Path, timeout: float, xdp_mode: str,
+                           transport: str) -> BrowserDemoResult:
+    """Build the lab and place one call from headless Chromium (``browser_demo_call``).
+
+    ``transport="tcp"``: the lab runs the ICE-TCP front on relay 1's port 443
+    and nftables drops every UDP packet in the client namespace for the call,
+    so the only way through is ICE-TCP.
+    """
+    from lab.browser import find_chromium
+    from lab.nftables import NftError, drop_udp
+    from lab.stack import PrintProgress, StackOptions, start_stack
+
+    if find_chromium() is None:
+        raise DemoError("chromium is not installed (run scripts/setup.sh; apt: chromium)")
+    tcp = transport == "tcp"
+    progress = PrintProgress()
+    async with start_stack(StackOptions(xdp_mode=xdp_mode, relays=1, tcp_front=tcp),
+                           progress) as stack:
+        with contextlib.ExitStack() as blocked:
+            dropped: Callable[[], int] | None = None
+            if tcp:
+                try:
+                    dropped = blocked.enter_context(drop_udp(stack.client_ns))
+                except NftError as exc:
+                    raise DemoError(str(exc)) from None
+            with progress.step(f"calling from Chromium over {transport.upper()} and speaking"):
+                return await browser_demo_call(stack, wav, timeout, transport,
+                                               udp_dropped=dropped)
+
+
+def print_browser_result(result: BrowserDemoResult) -> None:
+    local, remote = result.pair.get("local", {}), result.pair.get("remote", {})
+    assert isinstance(local, dict) and isinstance(remote, dict)
+
+    def end(c: dict[str, object]) -> str:
+        kind = f" {c.get('tcp_type')}" if c.get("tcp_type") else ""
+        return f"{c.get('address')}:{c.get('port')} ({c.get('type')}{kind})"
+
+    click.echo("")
+    click.echo(f"  heard:  {result.transcript or '(nothing)'}")
+    click.echo(f"  reply:  {result.reply or '(nothing)'}")
+    click.echo("")
+    click.echo(f"  selected pair  {str(remote.get('protocol', '?')).upper()} "
+               f"{end(local)} -> {end(remote)}")
+    click.echo(f"  reply audio    {result.reply_packets} RTP packets, "
+               f"energy {result.reply_audio_energy:.3f}")
+    if result.transport == "tcp":
+        f = result.tcpfront
+        click.echo(f"  client's UDP   {result.udp_dropped} packets dropped by nftables in its "
+                   "namespace")
+        click.echo(f"  ICE-TCP front  {f.get('established', 0)} connection(s) established, "
+                   f"{f.get('frames_to_transceiver', 0)} frames to the transceiver, "
+                   f"{f.get('frames_to_client', 0)} to the client")
+    c = result.relay_counters
+    click.echo(f"  relay (XDP)    {c.get('fwd_new_flow', 0)} new UDP flows, "
+               f"{c.get('fwd_to_client', 0)} packets to the client")
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--wav", "wav", type=click.Path(dir_okay=False, path_type=Path),
               help="16-bit PCM WAV to speak into the call. Default: --say, spoken by espeak-ng.")
@@ -268,8 +428,17 @@ async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str, turns: i
 @click.option("--turns", type=click.IntRange(1, 50), default=10, show_default=True,
               help="Times the sentence is spoken in the one call; the latency p50 is over them.")
 @click.option("--json", "json_out", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--client", type=click.Choice(["aiortc", "chromium"]), default="aiortc",
+              show_default=True,
+              help="Who places the call: the project's aiortc client, or Debian's Chromium "
+                   "(headless, over DevTools) playing the sentence as its microphone.")
+@click.option("--transport", type=click.Choice(["udp", "tcp"]), default="udp",
+              show_default=True,
+              help="tcp: drop every UDP packet in the client namespace and call over ICE-TCP "
+                   "to the relay's port 443 (the lab runs the TCP front). Needs --client "
+                   "chromium: aioice has no ICE-TCP.")
 def demo(wav: Path | None, sentence: str, out: Path, timeout: float, xdp_mode: str, turns: int,
-         json_out: bool) -> None:
+         json_out: bool, client: str, transport: str) -> None:
     """Place one voice call through the XDP relay, in network namespaces.
 
     \b
@@ -285,16 +454,44 @@ def demo(wav: Path | None, sentence: str, out: Path, timeout: float, xdp_mode: s
     chunk, transport) and its p50, and saves the spoken reply to --out.
 
     \b
+    \b
+    --client chromium: headless Chromium in the client namespace places the
+    call from the transceiver's own web page, with the sentence as its fake
+    microphone; it prints what the model heard and answered, the selected
+    candidate pair and the reply audio's packets and energy (the browser
+    keeps no recording, so --out, --turns and the latency figures are for
+    the aiortc client). --transport tcp (with chromium): every UDP packet in
+    the client namespace is dropped, the call goes over ICE-TCP to the
+    relay's port 443 (voxrelay tcpfront), and the demo fails unless the
+    selected pair is TCP and the model answered.
+
+    \b
     Needs root (namespaces, XDP). Everything it creates is removed on exit,
     on error and on Ctrl-C. Setup progress goes to stderr.
     """
     import os
 
+    if transport == "tcp" and client != "chromium":
+        raise click.UsageError("--transport tcp needs --client chromium: aioice (the aiortc "
+                               "client's ICE) has no ICE-TCP")
     if os.geteuid() != 0:
         raise click.ClickException("demo needs root: it creates network namespaces and loads XDP")
     with tempfile.TemporaryDirectory(prefix="voxrelay-demo-") as tmp:
         try:
             said = sentence if wav is None else ""
+            if client == "chromium":
+                from lab.browser import speech_wav
+
+                # Chromium loops its fake microphone: the pause after the
+                # sentence lets the model's VAD end the turn.
+                wav = speech_wav(sentence, Path(tmp) / "speech.wav") if wav is None else wav
+                check_wav(wav)
+                browser = _run(run_browser_demo(wav.resolve(), timeout, xdp_mode, transport))
+                if json_out:
+                    click.echo(json.dumps(asdict(browser), indent=2))
+                else:
+                    print_browser_result(browser)
+                return
             if wav is None:
                 wav = speak(sentence, Path(tmp) / "speech.wav")
             check_wav(wav)

@@ -21,10 +21,11 @@ nftables in the client namespace (only there) drops every UDP packet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
-import subprocess
+import struct
 from pathlib import Path
 
 import pytest
@@ -33,12 +34,11 @@ import pytest_asyncio
 from lab import stun
 from lab.browser import (
     BrowserCallResult,
-    browser_call,
     find_chromium,
     open_browser_call,
     speech_wav,
 )
-from orchestrator.netlink import popen_in_netns
+from lab.nftables import drop_udp, dropped_packets, nft
 from orchestrator.tcpfront import REFUSALS, frame
 from tests.support import until_async
 from voxrelay import token
@@ -50,12 +50,11 @@ FRONT_PORT = 443
 FIRST_FRAME_SECONDS = 2.0
 HELD = 1000
 """Connections opened at once from the client's one address (the issue's number)."""
-NO_UDP = """
-table inet vxtest_noudp {
-  chain output { type filter hook output priority 0; policy accept; meta l4proto udp counter drop; }
-  chain input { type filter hook input priority 0; policy accept; meta l4proto udp counter drop; }
-}
-"""
+PARTIAL = 5
+"""Connections that send part of a first frame and then hold (slowloris with bytes)."""
+PER_SOURCE = 16
+"""[tcpfront] max_connections_per_source (its default): for the front as a whole,
+though the lab's front runs a worker per CPU (one source, one worker)."""
 SEEN = """
 table inet vxtest_seen {
   set front_ports { type inet_service; flags dynamic; }
@@ -67,19 +66,8 @@ table inet vxtest_seen {
 """
 
 
-def nft(netns: str, script: str | None = None, *args: str) -> str:
-    argv = ["nft", "-f", "-"] if script is not None else ["nft", "-j", *args]
-    proc = popen_in_netns(netns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate(script, timeout=30)
-    assert proc.returncode == 0, f"nft {args}: {err}"
-    return str(out)
-
-
 def udp_dropped(netns: str) -> int:
-    doc = json.loads(nft(netns, None, "list", "table", "inet", "vxtest_noudp"))
-    return sum(item["rule"]["expr"][1]["counter"]["packets"]
-               for item in doc["nftables"] if "rule" in item)
+    return dropped_packets(netns)
 
 
 def front_ports_seen(netns: str) -> set[int]:
@@ -97,13 +85,13 @@ async def lab():
     options = StackOptions(relays=1, tcp_front=True,
                            tcp_front_settings={"first_frame_seconds": FIRST_FRAME_SECONDS})
     async with start_stack(options) as running:
-        nft(running.client_ns, NO_UDP)
-        nft(running.transceiver_ns, SEEN % {"relay": running.relays[0].private_address})
-        try:
-            yield running
-        finally:
-            nft(running.client_ns, "delete table inet vxtest_noudp\n")
-            nft(running.transceiver_ns, "delete table inet vxtest_seen\n")
+        with drop_udp(running.client_ns):
+            nft(running.transceiver_ns, SEEN % {"relay": running.relays[0].private_address})
+            try:
+                yield running
+            finally:
+                with contextlib.suppress(RuntimeError):
+                    nft(running.transceiver_ns, "delete table inet vxtest_seen\n")
 
 
 def heard_reply(result: BrowserCallResult) -> bool:
@@ -122,29 +110,30 @@ def assert_tcp_pair(result: BrowserCallResult, relay) -> None:  # type: ignore[n
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_chromium_calls_over_tcp_443_when_udp_is_dropped(lab, tmp_path: Path) -> None:
+    """The call of ``voxrelay demo --client chromium --transport tcp`` (its
+    ``browser_demo_call``, which raises unless the pair is TCP to 443 and the
+    model answered), on this module's lab."""
+    from lab.demo import browser_demo_call
+
     wav = speech_wav(SENTENCE, tmp_path / "mic.wav")
     relay = lab.relays[0]
-    before, xdp_before, dropped_before = lab.tcp_front_stats(), lab.relay_stats(0), \
-        udp_dropped(lab.client_ns)
-    secret = await lab.client_secret()
-    result = await browser_call(lab.client_ns, lab.signaling_url + "/", audio_wav=wav,
-                                bearer=secret["value"], hold_seconds=30, until=heard_reply,
-                                connect_timeout=25, timeout=50)
-    after, xdp_after = lab.tcp_front_stats(), lab.relay_stats(0)
+    got = await browser_demo_call(lab, wav, 40, "tcp",
+                                  udp_dropped=lambda: udp_dropped(lab.client_ns))
 
-    assert result.signaling is not None and result.signaling.ok, result.describe()
-    assert result.connected, result.describe() + "\n" + lab.logs()
-    assert heard_reply(result), result.describe()
-    assert result.inbound.total_audio_energy > 0
-    assert_tcp_pair(result, relay)
+    local, remote = got.pair["local"], got.pair["remote"]
+    assert isinstance(local, dict) and isinstance(remote, dict)
+    assert (remote["protocol"], remote["tcp_type"]) == ("tcp", "passive"), got.pair
+    assert (local["protocol"], local["tcp_type"]) == ("tcp", "active"), got.pair
+    assert f"{remote['address']}:{remote['port']}" == f"{relay.public_address}:{FRONT_PORT}"
+    assert got.reply and got.reply_packets > 0 and got.reply_audio_energy > 0, got
     # The browser did try UDP (its host candidates, the relay's 3478): dropped in its namespace.
-    assert udp_dropped(lab.client_ns) > dropped_before
+    assert got.udp_dropped > 0, got
     # Through the front, both ways; the XDP program made no flow for this call.
-    assert after["established"] - before["established"] >= 1
-    assert after["frames_to_transceiver"] - before["frames_to_transceiver"] > 50
-    assert after["frames_to_client"] - before["frames_to_client"] > 50
-    assert xdp_after.get("fwd_new_flow", 0) == xdp_before.get("fwd_new_flow", 0)
-    assert result.hangup_status == 204, result.describe()
+    assert got.tcpfront.get("established", 0) >= 1, got.tcpfront
+    assert got.tcpfront.get("frames_to_transceiver", 0) > 50, got.tcpfront
+    assert got.tcpfront.get("frames_to_client", 0) > 50, got.tcpfront
+    assert got.relay_counters.get("fwd_new_flow", 0) == 0, got.relay_counters
+    assert got.hangup_status == 204, got
 
 
 # --- the fuzz ---------------------------------------------------------------------------
@@ -184,12 +173,24 @@ async def _fuzz(host: str, seed: int) -> int:
         + [frame(os.urandom(rng.randrange(20, 400))) for _ in range(20)]              # not STUN
         + [b"\xff\xff" + os.urandom(70000) for _ in range(10)]                        # > 64 KB
         + [b"\x00\x00" for _ in range(5)]                                             # zero length
+        + [frame(struct.pack(">HHI", 0x0011, 0, 0x2112A442) + os.urandom(12))         # STUN, not
+           for _ in range(5)]                                                         # a request
+        + [frame(struct.pack(">HHI", 0x0001, 0, 0x2112A442) + os.urandom(12))         # no USERNAME
+           for _ in range(5)]
     )
     for start in range(0, len(cases), 10):  # 10 at a time: under the per-source limit
         await asyncio.gather(*(send_and_close(c) for c in cases[start:start + 10]))
+    # Slowloris with a byte or more: half a first frame, then nothing.
+    partial = []
+    for t in forged[:PARTIAL]:
+        reader, writer = await connect()
+        data = frame(stun.binding_request(t))
+        writer.write(data[:rng.randrange(1, len(data))])
+        partial.append((reader, writer))
     # HELD at once from this one address, holding without a byte: the per-source
     # limit refuses most, slowloris closes the rest.
     held = await asyncio.gather(*(connect() for _ in range(HELD)), return_exceptions=True)
+    held += partial
     await asyncio.sleep(FIRST_FRAME_SECONDS + 1.5)
     for item in held:
         if isinstance(item, tuple):
@@ -223,11 +224,15 @@ async def test_fuzz_keeps_a_live_call_and_counts_every_refusal(lab, tmp_path: Pa
         await until_async(settled, timeout=10, what="every fuzz connection accepted and refused")
         after = lab.tcp_front_stats()
         delta = {k: after[k] - before[k] for k in after if after[k] != before[k]}
-        assert opened == 135 + HELD, opened
+        assert opened == 145 + PARTIAL + HELD, opened
         assert after["established"] == before["established"], delta
         for reason in ("frame_too_large", "incomplete", "not_stun", "bad_framing",
-                       "source_limit", "slowloris"):
+                       "not_binding_request", "no_username", "source_limit", "slowloris"):
             assert delta.get(f"refused_{reason}", 0) > 0, (reason, delta)
+        # One address, one worker: the per-source limit held for the whole front
+        # (the live call's connection holds one of the slots).
+        assert delta["refused_slowloris"] <= PER_SOURCE, delta
+        assert delta["refused_source_limit"] >= HELD + PARTIAL - PER_SOURCE, delta
         assert sum(delta.get(f"refused_token_{r}", 0)
                    for r in ("malformed", "unknown_key", "bad_mac")) > 0, delta
         assert after["open"] == before["open"], delta

@@ -1,0 +1,69 @@
+# SPDX-License-Identifier: Apache-2.0
+"""nftables in a lab namespace: a caller whose network drops every UDP packet.
+
+The ICE-TCP demo and test (``voxrelay demo --transport tcp``,
+tests/netns/test_ice_tcp.py) put this table in the client namespace, and only
+there: the browser's UDP candidates (host, and the relay's 3478) then fail,
+and ICE falls back to the answer's ``tcp 443 tcptype passive`` candidate.
+The table counts what it dropped, so a run can show that UDP was tried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+
+NO_UDP_TABLE = "vxlab_noudp"
+NO_UDP = """
+table inet %(table)s {
+  chain output { type filter hook output priority 0; policy accept; meta l4proto udp counter drop; }
+  chain input { type filter hook input priority 0; policy accept; meta l4proto udp counter drop; }
+}
+"""
+
+
+class NftError(RuntimeError):
+    """nft refused a script or a listing (its stderr is the message)."""
+
+
+def nft(netns: str, script: str | None = None, *args: str) -> str:
+    """Run ``nft -f -`` with ``script`` (or ``nft -j ARGS``) in ``netns``; its stdout."""
+    from orchestrator.netlink import popen_in_netns
+
+    argv = ["nft", "-f", "-"] if script is not None else ["nft", "-j", *args]
+    try:
+        proc = popen_in_netns(netns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    except FileNotFoundError:
+        raise NftError("nft is not installed (apt: nftables; scripts/setup.sh installs it)") \
+            from None
+    out, err = proc.communicate(script, timeout=30)
+    if proc.returncode != 0:
+        raise NftError(f"nft {' '.join(args) or '-f'} in {netns}: {err.strip()}")
+    return str(out)
+
+
+def dropped_packets(netns: str, table: str = NO_UDP_TABLE) -> int:
+    """Packets the counters of ``table``'s rules saw (the drop rules of ``drop_udp``)."""
+    doc = json.loads(nft(netns, None, "list", "table", "inet", table))
+    total = 0
+    for item in doc["nftables"]:
+        for expr in item.get("rule", {}).get("expr", []):
+            if "counter" in expr:
+                total += int(expr["counter"]["packets"])
+    return total
+
+
+@contextlib.contextmanager
+def drop_udp(netns: str, table: str = NO_UDP_TABLE) -> Iterator[Callable[[], int]]:
+    """Drop every UDP packet in and out of ``netns`` while inside; yields a
+    function that returns how many were dropped so far. The table is deleted
+    on exit, error or not."""
+    nft(netns, NO_UDP % {"table": table})
+    try:
+        yield lambda: dropped_packets(netns, table)
+    finally:
+        with contextlib.suppress(NftError, FileNotFoundError):
+            nft(netns, f"delete table inet {table}\n")
