@@ -21,6 +21,7 @@ ROLE_TABLES = {
     "orchestrator": (cfg.OrchestratorConfig, "orchestrator_"),
     "transceiver": (cfg.TransceiverConfig, "transceiver_"),
     "model": (cfg.ModelConfig, "model_"),
+    "tcpfront": (cfg.TcpFrontConfig, "tcpfront_"),
 }
 
 

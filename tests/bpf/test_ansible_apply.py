@@ -64,6 +64,12 @@ APPLY_VARS: dict[str, object] = {
     "model_reply": "echo",
     "directory_bind": "127.0.0.1 198.18.1.5",
     "directory_port": 6380,
+    # The ICE-TCP front, on the TCP port the relay admits above.
+    "tcpfront_enabled": True,
+    "tcpfront_port": 2222,
+    "tcpfront_workers": 2,
+    "tcpfront_max_connections": 500,
+    "tcpfront_stats_file": "/run/voxrelay/ci-front.stats",
 }
 
 UNITS = [
@@ -72,6 +78,7 @@ UNITS = [
     "voxrelay-orchestrator.service",
     "voxrelay-transceiver.service",
     "voxrelay-model.service",
+    "voxrelay-tcpfront.service",
 ]
 
 
@@ -218,7 +225,7 @@ def test_unit_files_are_valid_and_enabled(applied):
     wants = ch.path("/etc/systemd/system/multi-user.target.wants")
     for unit in ("voxrelay-relay.service", "voxrelay-orchestrator.service",
                  "voxrelay-transceiver.service", "voxrelay-model.service",
-                 "redis-server.service"):
+                 "voxrelay-tcpfront.service", "redis-server.service"):
         assert (wants / unit).is_symlink(), unit
     assert ch.path("/etc/systemd/system/sysinit.target.wants/voxrelay-firewall.service").is_symlink()
     relay = ch.path("/etc/systemd/system/voxrelay-relay.service").read_text()

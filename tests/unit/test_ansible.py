@@ -76,7 +76,7 @@ _RENDER_PLAYBOOK = """
 def test_example_inventory_renders_a_valid_config_for_every_host(tmp_path):
     import jinja2
 
-    plays = [("relays", ["relay", "orchestrator"]), ("transceivers", ["transceiver"]),
+    plays = [("relays", ["relay", "orchestrator", "tcpfront"]), ("transceivers", ["transceiver"]),
              ("models", ["model"])]
     playbook = tmp_path / "render.yml"
     playbook.write_text(jinja2.Template(_RENDER_PLAYBOOK).render(
@@ -98,7 +98,11 @@ def test_example_inventory_renders_a_valid_config_for_every_host(tmp_path):
     assert configs["relay-iad1"].relay.public_address == "203.0.113.20"
     assert configs["relay-fra1"].orchestrator.directory == "redis://10.0.0.5:6379/0"
     # Every transceiver offers every relay, and the ids differ.
-    assert configs["txr-1"].transceiver.relays == ["203.0.113.10:3478", "203.0.113.20:3478"]
+    assert configs["txr-1"].transceiver.relays == ["203.0.113.10:3478 tcp=443",
+                                                   "203.0.113.20:3478 tcp=443"]
+    # The example relays run the ICE-TCP front on a port their filter admits.
+    assert configs["relay-fra1"].tcpfront.port == 443
+    assert 443 in configs["relay-fra1"].relay.public_tcp_ports
     assert configs["txr-2"].transceiver.directory == "redis://10.0.0.5:6379/0"
     assert configs["txr-1"].transceiver.id != configs["txr-2"].transceiver.id
     assert configs["model-1"].model.listen == "10.0.0.21:50051"
@@ -146,6 +150,7 @@ def test_roles_call_the_voxrelay_cli_and_do_not_reimplement_it():
     assert "voxrelay orchestrator run --config" in units["voxrelay-orchestrator.service.j2"]
     assert "voxrelay transceiver run --config" in units["voxrelay-transceiver.service.j2"]
     assert "voxrelay model serve --config" in units["voxrelay-model.service.j2"]
+    assert "voxrelay tcpfront run --config" in units["voxrelay-tcpfront.service.j2"]
     # Nothing in the roles touches BPF or links directly: that is the CLI's job.
     tasks = "\n".join(p.read_text() for p in ANSIBLE_DIR.glob("roles/*/tasks/*.yml"))
     for forbidden in ("bpftool", "ip link set", "xdp", "/sys/fs/bpf"):
