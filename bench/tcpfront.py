@@ -240,7 +240,9 @@ def run_front(lab: Lab, ufrag: str, work: Path, frames: int, window: int) -> Res
         f'private_address = "{relay.private.address}"\n'
         f"public_tcp_ports = [{SIGNALING_PORT}, {TCP_FRONT_PORT}, {COTURN_PORT}]\n"
         "[tcpfront]\n"
-        f'port = {TCP_FRONT_PORT}\nstats_file = "{stats}"\nmetrics_listen = ""\n')
+        # One worker: its pid is the process whose CPU is measured (workers = 0,
+        # the default, would start one per CPU under a supervisor that does no work).
+        f'port = {TCP_FRONT_PORT}\nworkers = 1\nstats_file = "{stats}"\nmetrics_listen = ""\n')
     argv = [sys.executable, "-m", "voxrelay.cli", "tcpfront", "run", "--config", str(config)]
     with service(lab, argv, _listening(lab, TCP_FRONT_PORT), work / "tcpfront.log") as pid:
         def go() -> tuple[int, float]:
