@@ -218,6 +218,10 @@ SIGNALING_PORT = 8080
 MODEL_PORT = 50051
 TCP_FRONT_PORT = 443
 """The ICE-TCP front's port on relay 1's public address (``StackOptions.tcp_front``)."""
+TCP_FRONT_STATS = "tcpfront.stats"
+"""Its counters file in the stack's workdir (relay 1's orchestrator reads it too)."""
+ORCHESTRATOR_METRICS = "127.0.0.1:9478"
+"""Every orchestrator's /metrics, on loopback in its relay's namespace."""
 TRANSCEIVER_ID = 1
 REBIND_HOST = 50
 """Host part of the client's second address on relay 1's subnet (address-change test)."""
@@ -260,6 +264,19 @@ class Stack:
     """The namespaces and links the services run in (built first, removed last)."""
     tcp_front_stats_file: Path | None = None
     """The ICE-TCP front's counters file, when ``StackOptions.tcp_front``."""
+
+    def orchestrator_metrics(self, index: int = 0) -> str:
+        """The /metrics text of relay ``index + 1``'s orchestrator (fetched in its namespace)."""
+        import urllib.request
+
+        from orchestrator.netlink import run_in_netns
+
+        def fetch() -> str:
+            url = f"http://{ORCHESTRATOR_METRICS}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return str(response.read().decode())
+
+        return run_in_netns(self.relays[index].netns, fetch)
 
     def tcp_front_stats(self) -> dict[str, int]:
         """The ICE-TCP front's counters (``orchestrator.tcpfront.COUNTERS`` names)."""
@@ -451,7 +468,7 @@ async def _start_tcp_front(running: Stack, host: Any, env: dict[str, str]) -> No
     (read from /proc/net/tcp, so that readiness costs the front no connection)."""
     from lab import topology
 
-    running.tcp_front_stats_file = running.workdir / "tcpfront.stats"
+    running.tcp_front_stats_file = running.workdir / TCP_FRONT_STATS
     config = _write_toml(running.workdir / "tcpfront.toml", {
         "relay": {"name": host.name, "public_interface": host.public.ifname,
                   "private_interface": host.private.ifname,
@@ -564,10 +581,14 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
                         "orchestrator": {
                             "directory": "embedded" if index == 0 else running.directory_url,
                             "listen": f"{host.private.address}:{DIRECTORY_PORT}",
-                            "metrics_listen": "127.0.0.1:9478",
+                            "metrics_listen": ORCHESTRATOR_METRICS,
                             "directory_secret_file": str(running.directory_secret_file),
                             "state_dir": str(workdir / f"state-{index + 1}"),
                         },
+                        # Relay 1's orchestrator reads the ICE-TCP front's counters
+                        # (its /metrics carries them), as on a production relay host.
+                        **({"tcpfront": {"stats_file": str(workdir / TCP_FRONT_STATS)}}
+                           if options.tcp_front and index == 0 else {}),
                     })
                     svc = running.service(f"orchestrator-{index + 1}", host.netns,
                                       python_argv("orchestrator", "run", "-v", "--config", str(config)), **env)

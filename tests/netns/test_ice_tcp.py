@@ -244,3 +244,11 @@ async def test_fuzz_keeps_a_live_call_and_counts_every_refusal(lab, tmp_path: Pa
         # Nothing the fuzz sent reached the transceiver: no new relay-side port
         # of the front's range ever sent it a datagram.
         assert front_ports_seen(lab.transceiver_ns) == seen_before
+    # The relay's orchestrator exports the same refusals, by reason (labels: reasons only).
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counted = lab.tcp_front_stats()
+    exported = {s.labels["reason"]: s.value
+                for family in text_string_to_metric_families(lab.orchestrator_metrics(0))
+                for s in family.samples if s.name == "voxrelay_tcpfront_refused_total"}
+    assert exported == {r: float(counted[f"refused_{r}"]) for r in REFUSALS}, exported
