@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
@@ -224,6 +225,16 @@ def make_app(directory: Directory, secrets: Sequence[str],
     return app
 
 
+_LISTEN_HINT = ("; an embedded directory listens on its [orchestrator] listen, 127.0.0.1:7480 "
+                "by default, which only its own host reaches: for transceivers on other hosts "
+                "set listen to the relay's private address")
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
 class HttpDirectory(Directory):
     """A ``Directory`` over the embedded directory's HTTP API (``http://host:port``).
 
@@ -249,6 +260,7 @@ class HttpDirectory(Directory):
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise DirectoryUnavailable(
                 f"directory {self.url} is unreachable: {exc or type(exc).__name__}"
+                + ("" if _is_loopback_url(self.url) else _LISTEN_HINT)
             ) from None
         except json.JSONDecodeError:
             raise DirectoryUnavailable(f"directory {self.url} answered with non-JSON") from None
