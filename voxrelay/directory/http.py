@@ -39,6 +39,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from voxrelay.httperrors import json_errors
 from voxrelay.secrets import matching_secret
 
 from .base import (
@@ -220,7 +221,9 @@ def make_app(directory: Directory, secrets: Sequence[str],
         return web.json_response({"removed": removed})
 
     # auth first: a refused request reaches no handler and reads no body.
-    app = web.Application(middlewares=[auth, errors], client_max_size=64 * 1024)
+    # json_errors outermost: aiohttp's own errors (404, 405, 413) and a crash
+    # are JSON too, after auth (an unauthenticated caller learns only 401).
+    app = web.Application(middlewares=[json_errors, auth, errors], client_max_size=64 * 1024)
     app.add_routes(routes)
     return app
 
