@@ -412,12 +412,9 @@ def mint_client_secret(url: str, api_key_file: Path, seconds: int = CLIENT_SECRE
 # --- the commands ---------------------------------------------------------------
 
 
-def _log_tail(state_dir: Path, lines: int = 25) -> str:
-    try:
-        text = (state_dir / LOG_NAME).read_text(errors="replace").splitlines()[-lines:]
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text)
+def _failed_log(state_dir: Path) -> Path:
+    """Where ``_cleanup_failed`` keeps a failed start's log (the state directory is removed)."""
+    return state_dir.parent / f"{state_dir.name}-failed.log"
 
 
 def _need_root(what: str) -> None:
@@ -460,8 +457,8 @@ def start_lab(state_dir: Path, timeout: float) -> tuple[LabRecord, dict[str, Any
             proc.wait(DOWN_TIMEOUT)
             reason = record.error if record is not None and record.error else f"exit status {code}"
             _cleanup_failed(state_dir)
-            raise LabCtlError(f"the lab did not come up: {reason} (log: {state_dir / LOG_NAME})\n"
-                              f"{_log_tail(state_dir)}")
+            raise LabCtlError(f"the lab did not come up: {reason} "
+                              f"(its log: {_failed_log(state_dir)})")
         if time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM)
@@ -469,7 +466,7 @@ def start_lab(state_dir: Path, timeout: float) -> tuple[LabRecord, dict[str, Any
                 proc.wait(DOWN_TIMEOUT)
             _cleanup_failed(state_dir)
             raise LabCtlError(f"the lab was not up after {timeout:.0f} s; it was stopped "
-                              f"(log: {state_dir / LOG_NAME})\n{_log_tail(state_dir)}")
+                              f"(its log: {_failed_log(state_dir)})")
         time.sleep(0.25)
     try:
         secret = mint_client_secret(record.url, Path(record.api_key_file))
@@ -487,7 +484,7 @@ def _cleanup_failed(state_dir: Path) -> None:
         sweep(record)
     log = state_dir / LOG_NAME
     if log.exists():
-        shutil.copy(log, state_dir.parent / f"{state_dir.name}-failed.log")
+        shutil.copy(log, _failed_log(state_dir))
     shutil.rmtree(state_dir, ignore_errors=True)
 
 

@@ -82,6 +82,13 @@ def test_lab_up_call_from_host_browser_then_down_leaves_nothing(tmp_path: Path) 
         assert all(s["alive"] for s in info["services"].values()), info["services"]
         assert all(info["namespaces"].values()), info["namespaces"]
 
+        # A second lab up is refused in one line, and leaves the first running.
+        twice = voxrelay("lab", "up", "--state-dir", str(state), timeout=30)
+        assert twice.returncode == 1, twice.stdout + twice.stderr
+        assert twice.stderr.startswith("Error: a lab is already up") and \
+            len(twice.stderr.strip().splitlines()) == 1, twice.stderr
+        assert read_record(state) == record
+
         before = read_relay_stats(record.relay_names[0])
         wav = speech_wav(SENTENCE, tmp_path / "mic.wav")
         result = asyncio.run(browser_call(
