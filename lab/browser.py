@@ -114,6 +114,9 @@ class Chromium:
     context, and the lab serves its page over plain HTTP (no certificates)."""
     console: list[str] = field(default_factory=list)
     """Console messages and uncaught exceptions of the page, for failure messages."""
+    extra_flags: tuple[str, ...] = ()
+    """More command-line flags, e.g. ``--ignore-certificate-errors-spki-list=...``
+    to trust the self-signed certificate of ``voxrelay lab up``."""
 
     _proc: subprocess.Popen[bytes] | None = None
     _profile: tempfile.TemporaryDirectory[str] | None = None
@@ -143,6 +146,7 @@ class Chromium:
             argv.append(f"--use-file-for-fake-audio-capture={self.fake_audio}")
         if self.secure_origins:
             argv.append("--unsafely-treat-insecure-origin-as-secure=" + ",".join(self.secure_origins))
+        argv.extend(self.extra_flags)
         argv.append("about:blank")
         if self.netns is not None:
             # nsenter only switches the network namespace; the browser keeps
@@ -598,6 +602,7 @@ async def open_browser_call(
     bearer: str | None = None,
     connect_timeout: float = 20.0,
     secure_origins: tuple[str, ...] = (),
+    browser_flags: tuple[str, ...] = (),
 ) -> AsyncIterator[BrowserCall]:
     """Start Chromium in ``netns``, open ``page_url`` and place a call from it.
 
@@ -615,7 +620,8 @@ async def open_browser_call(
         # getUserMedia and RTCPeerConnection want a secure context; the lab is plain HTTP.
         origins.append(page_origin)
     result = BrowserCallResult()
-    async with Chromium(netns=netns, fake_audio=audio_wav, secure_origins=tuple(origins)) as browser:
+    async with Chromium(netns=netns, fake_audio=audio_wav, secure_origins=tuple(origins),
+                        extra_flags=browser_flags) as browser:
         call = BrowserCall(browser, result)
         try:
             await browser.navigate(page_url)
@@ -643,6 +649,7 @@ async def browser_call(
     during: Callable[[BrowserCall], Awaitable[None]] | None = None,
     connect_timeout: float = 20.0,
     timeout: float = 60.0,
+    browser_flags: tuple[str, ...] = (),
 ) -> BrowserCallResult:
     """One call, start to hang-up: place it, run ``during(call)`` once it is
     connected, then poll stats for ``hold_seconds`` (or until ``until(result)``),
@@ -653,7 +660,7 @@ async def browser_call(
     try:
         async with asyncio.timeout(timeout), open_browser_call(
             netns, page_url, audio_wav=audio_wav, signaling_url=signaling_url, bearer=bearer,
-            connect_timeout=connect_timeout,
+            connect_timeout=connect_timeout, browser_flags=browser_flags,
         ) as call:
             result = call.result
             if result.connected:

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from lab.stack import Stack
 
 DEFAULT_SENTENCE = "what is the weather like today"
-DEFAULT_OUT = Path("artifacts/reply.wav")
+DEFAULT_OUT = Path("/var/lib/voxrelay/demo/reply.wav")
+"""Beside the lab's state (``voxrelay lab``), never in the checkout: ``make demo`` runs from it."""
 
 
 class DemoError(RuntimeError):

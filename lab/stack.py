@@ -195,6 +195,12 @@ class StackOptions:
     443 in its ``public_tcp_ports`` and advertise ``tcp=443`` for it in the answer."""
     tcp_front_settings: dict[str, object] = field(default_factory=dict)
     """Extra ``[tcpfront]`` settings for it (limits, timeouts)."""
+    public_nets: tuple[str, str] | None = None
+    """The relays' public /24s (``lab.topology.Lab.public_nets``); None: the lab's default."""
+    signaling_tls: tuple[Path, Path] | None = None
+    """(certificate, key) PEM files: the signaling front serves HTTPS with them
+    (``lab.tlsfront``) and ``signaling_url`` is https://. ``voxrelay lab up``
+    sets it, since a browser grants the microphone only to a secure page."""
 
 
 @dataclass(frozen=True)
@@ -387,9 +393,11 @@ class Stack:
         body = {} if seconds is None else {"expires_after": {"seconds": seconds}}
 
         async def mint() -> dict[str, Any]:
+            # The lab's TLS front has a self-signed certificate (StackOptions.signaling_tls).
             async with aiohttp.ClientSession() as session, session.post(
                 f"{self.signaling_url}/v1/realtime/client_secrets", json=body,
                 headers={"Authorization": f"Bearer {self.api_key}"},
+                ssl=not self.signaling_url.startswith("https:"),
             ) as response:
                 payload: dict[str, Any] = await response.json()
                 if response.status != 200:
@@ -523,6 +531,8 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
             # topology is built and removed on a worker thread (which also keeps
             # its SIGTERM handler out of our loop: ``_run`` in demo.py owns it).
             topo = topology.Lab(relays=options.relays, xdp_mode=options.xdp_mode)
+            if options.public_nets is not None:
+                topo.public_nets = options.public_nets
             running.topology = topo
             with progress.step(f"building namespaces (client, {options.relays} relay(s), transceiver, model)"):
                 undo.push_async_callback(asyncio.to_thread, _remove_empty_pin_root)
@@ -630,15 +640,22 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
                     lambda: tcp_open(running.transceiver_ns, running.transceiver_address, SIGNALING_PORT),
                     options.start_timeout)
                 front_relay = topo.relay_hosts[-1]
+                front_argv = [sys.executable, "-m", "lab.tcpfront"]
+                scheme = "http"
+                if options.signaling_tls is not None:
+                    cert, key = options.signaling_tls
+                    front_argv = [sys.executable, "-m", "lab.tlsfront", "--cert", str(cert),
+                                  "--key", str(key)]
+                    scheme = "https"
                 front = running.service("signaling-front", front_relay.netns, [
-                    sys.executable, "-m", "lab.tcpfront",
+                    *front_argv,
                     f"{front_relay.public.address}:{SIGNALING_PORT}",
                     f"{running.transceiver_address}:{SIGNALING_PORT}"], **env)
                 front.start()
                 await front.wait_ready(
                     lambda: tcp_open(running.client_ns, front_relay.public.address, SIGNALING_PORT),
                     options.start_timeout)
-                running.signaling_url = f"http://{front_relay.public.address}:{SIGNALING_PORT}"
+                running.signaling_url = f"{scheme}://{front_relay.public.address}:{SIGNALING_PORT}"
 
             if options.tcp_front:
                 with progress.step(f"starting the ICE-TCP front on relay 1's port {TCP_FRONT_PORT}"):

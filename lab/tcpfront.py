@@ -25,7 +25,8 @@ IDLE_SECONDS = 120.0
 CHUNK = 65536
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy ``reader`` to ``writer`` until EOF or IDLE_SECONDS of silence (also lab.tlsfront's)."""
     try:
         while True:
             data = await asyncio.wait_for(reader.read(CHUNK), IDLE_SECONDS)
@@ -51,7 +52,7 @@ async def serve(listen: tuple[str, int], target: tuple[str, int], stop: asyncio.
             client_w.close()
             return
         try:
-            await asyncio.gather(_pipe(client_r, upstream_w), _pipe(upstream_r, client_w))
+            await asyncio.gather(pipe(client_r, upstream_w), pipe(upstream_r, client_w))
         finally:
             for w in (client_w, upstream_w):
                 w.close()

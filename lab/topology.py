@@ -148,6 +148,10 @@ class Lab:
     relays: int = 1
     xdp_mode: str = "native"
     threaded_napi: bool = False
+    public_nets: tuple[str, str] = ("192.0.2", "198.51.100")
+    """The /24 (first three octets) of relay 1's and relay 2's public side.
+    ``voxrelay lab up`` moves it off a range the host itself uses, since it
+    routes the VIP from the host's namespace."""
     suffix: str = field(default_factory=lambda: secrets.token_hex(3))
 
     client: str = field(init=False)
@@ -229,7 +233,8 @@ class Lab:
         self.transceiver_lan = Endpoint(self.transceiver, LAN_BRIDGE, TRANSCEIVER_ADDRESS,
                                         LAN_PREFIX, bridge.mac)
 
-        plans = [("r", "r1", "192.0.2", "10.77.0.1"), ("s", "r2", "198.51.100", "10.77.0.3")]
+        plans = [("r", "r1", self.public_nets[0], "10.77.0.1"),
+                 ("s", "r2", self.public_nets[1], "10.77.0.3")]
         for index, (tag, port, public_net, private_ip) in enumerate(plans[: self.relays]):
             ns = f"{NETNS_PREFIX}{tag}-{s}"
             create_netns(ns)
@@ -365,4 +370,4 @@ def is_lab_address(address: str) -> bool:
     """True for the ranges the lab uses (documentation and private ranges only)."""
     ip = ipaddress.IPv4Address(address)
     return any(ip in ipaddress.IPv4Network(net) for net in
-               ("192.0.2.0/24", "198.51.100.0/24", "10.77.0.0/24"))
+               ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "10.77.0.0/24"))

@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +46,90 @@ RELOAD_ADVICE = ("Unload the relay (which removes the pins and the flows in them
 """What to do about a pin of another shape (said by the loader and by pinview)."""
 
 _PIN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+BPF_FS = Path("/sys/fs/bpf")
+
+BPFFS_ADVICE = ("run it with `nsenter --net=/run/netns/NAME voxrelay ...` instead of "
+                "`ip netns exec` (which remounts /sys without the bpf filesystem), or "
+                "`mount -t bpf bpf /sys/fs/bpf` first")
+
+
+def _bpffs_mounted(mountinfo: Path, mount_point: Path = BPF_FS) -> bool:
+    """True when ``mountinfo`` (a /proc/<pid>/mountinfo) has a bpf filesystem at ``mount_point``."""
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) > 4 and parts[4] == str(mount_point) and rest.split()[:1] == ["bpf"]:
+            return True
+    return False
+
+
+def _mount_ns(pid: int | str) -> str | None:
+    try:
+        return str(Path(f"/proc/{pid}/ns/mnt").readlink())
+    except OSError:
+        return None
+
+
+def _ancestors(limit: int = 8) -> list[int]:
+    """PID 1, then our parent, its parent... (bounded): who may see the host's bpffs."""
+    found, pid = [1], os.getppid()
+    while pid > 1 and len(found) <= limit:
+        found.append(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return found
+
+
+def ensure_bpffs() -> str | None:
+    """Find the host's bpf filesystem when /sys/fs/bpf is not one in this mount namespace.
+
+    ``ip netns exec`` runs its command in a mount namespace of its own with
+    /sys remounted, without the bpf filesystem: the pins look gone
+    (``relay status`` said "not loaded" right after a load). A fresh ``mount
+    -t bpf`` would not help there, since every bpffs mount is a new, empty
+    instance, and the kernel refuses to bind a mount of another namespace
+    here. But a process still in the host's mount namespace (PID 1, or the
+    shell that ran ``ip netns exec``) shows its tree at /proc/<pid>/root, and
+    a path through it reaches the same instance, the same pins: the pin root
+    (``BPF_FS_ROOT``) moves there for this process. When this *is* PID 1's
+    mount namespace and it has no bpffs, one is mounted, as systemd does at boot.
+
+    Returns a note of what it did (None: nothing to do). Raises LoaderError
+    (one line, with what to do) when it cannot.
+    """
+    global BPF_FS_ROOT  # noqa: PLW0603 - one switch, for this process, before any pin is used
+    if _bpffs_mounted(Path("/proc/self/mountinfo")) or BPF_FS_ROOT != BPF_FS / "voxrelay":
+        return None
+    ours = _mount_ns("self")
+    for pid in _ancestors():
+        if _mount_ns(pid) in (None, ours) or not _bpffs_mounted(Path(f"/proc/{pid}/mountinfo")):
+            continue
+        root = Path(f"/proc/{pid}/root{BPF_FS}")
+        try:
+            next(root.iterdir(), None)  # can we look inside (ptrace rules)?
+        except OSError:
+            continue
+        BPF_FS_ROOT = root / "voxrelay"
+        return (f"{BPF_FS} is hidden in this mount namespace (ip netns exec remounts /sys): "
+                f"using the host's bpf filesystem through {root}")
+    if ours is not None and ours == _mount_ns(1):
+        argv = ["mount", "-t", "bpf", "bpf", str(BPF_FS)]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise LoaderError(f"{' '.join(argv)} failed ({exc}): {BPFFS_ADVICE}") from None
+        if done.returncode != 0:
+            raise LoaderError(f"{' '.join(argv)} failed ({done.stderr.strip()}): {BPFFS_ADVICE}")
+        return f"{BPF_FS} was not mounted: mounted the bpf filesystem there"
+    raise LoaderError(f"{BPF_FS} is not a bpf filesystem in this mount namespace: {BPFFS_ADVICE}")
 
 
 def pin_dir_for(relay_name: str) -> Path:

@@ -62,10 +62,18 @@ def probe(relay: tuple[str, int], ufrag: str, *, timeout: float = 2.0, attempts:
     ``attempts * timeout``). Retries reuse the token: it is the same flow."""
     where = f"{relay[0]}:{relay[1]}"
     if transceiver_id is None:
+        # A token from outside (`voxrelay probe --token`): what it routes to, and
+        # whether it is still alive, are in it.
         try:
-            transceiver_id = tk.decode(ufrag)[0].transceiver_id
+            decoded = tk.decode(ufrag)[0]
         except tk.TokenError as exc:
             return ProbeResult(False, where, None, reason=f"the probe token is malformed: {exc}")
+        transceiver_id = decoded.transceiver_id
+        if decoded.expiry <= time.time():
+            # The relay would drop it (drop_token_expired): say so instead of timing out.
+            return ProbeResult(False, where, transceiver_id, reason=(
+                f"the probe token expired {time.time() - decoded.expiry:.0f} s ago; mint another "
+                f"on a relay host: voxrelay token mint --probe --transceiver {transceiver_id}"))
     request = build_request(ufrag)
     family = socket.AF_INET6 if ":" in relay[0] else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
@@ -112,8 +120,12 @@ def probe(relay: tuple[str, int], ufrag: str, *, timeout: float = 2.0, attempts:
     return ProbeResult(
         False, where, transceiver_id,
         reason=f"no answer from transceiver {transceiver_id} through {where} after "
-               f"{max(1, attempts)} x {timeout:g} s: the relay dropped the request "
-               "(see `voxrelay maps stats`) or the transceiver's probe responder is down",
+               f"{max(1, attempts)} x {timeout:g} s; `voxrelay maps stats` on the relay host "
+               "tells where it stopped: a drop_* counter that grew is the relay's drop; "
+               "fwd_new_flow or fwd_to_transceiver that grew means the relay forwarded it and "
+               "the transceiver did not answer (probe responder down, a firewall, or on veth "
+               "a sender with TX checksum offload on: InCsumErrors in the transceiver's "
+               "/proc/net/snmp; docs/deployment.md, \"veth\")",
     )
 
 

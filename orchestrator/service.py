@@ -28,6 +28,7 @@ from voxrelay.config import Config
 from voxrelay.directory import Directory, DirectoryUnavailable, connect
 from voxrelay.directory.http import make_app
 from voxrelay.directory.memory import MemoryDirectory
+from voxrelay.httperrors import json_errors
 from voxrelay.probe import mint_probe_token
 from voxrelay.secrets import directory_client_secret
 from voxrelay.secrets import directory_secrets as read_directory_secrets
@@ -49,6 +50,18 @@ class Upkeep(Protocol):
 
     def refresh_clock(self) -> int | None:
         """Rewrite the config's clock offset (token expiry follows NTP)."""
+
+
+def make_metrics_app(metrics: OrchestratorMetrics) -> web.Application:
+    """GET /metrics (Prometheus text); every other request a JSON error."""
+
+    async def scrape(request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(generate_latest, metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application(middlewares=[json_errors])
+    app.router.add_get("/metrics", scrape)
+    return app
 
 
 @dataclass
@@ -184,12 +197,7 @@ async def run_orchestrator(
             runner, directory_port = await _serve(app, oc.listen)
             runners.append(runner)
 
-        async def scrape(request: web.Request) -> web.Response:
-            body = await asyncio.to_thread(generate_latest, metrics.registry)
-            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        metrics_app = web.Application()
-        metrics_app.router.add_get("/metrics", scrape)
+        metrics_app = make_metrics_app(metrics)
         runner, metrics_port = await _serve(metrics_app, oc.metrics_listen)
         runners.append(runner)
         running = Running(directory, syncer, metrics, directory_port, metrics_port, runners)

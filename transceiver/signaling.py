@@ -157,6 +157,11 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
                           f"{request.method} {request.path}: {exc.reason}",
                           **{k: v for k, v in exc.headers.items()
                              if k in ("Allow", "Retry-After")})
+    except Exception as exc:
+        # A bug, not the caller's fault: logged with its traceback, answered in JSON.
+        logger.exception("%s %s failed", request.method, request.path)
+        response = _error(500, "internal_error",
+                          f"{request.method} {request.path}: {type(exc).__name__}: {exc}")
     if cross and origin is not None:
         response.headers.update(_cors_headers(origin))
     return response

@@ -90,7 +90,12 @@ class OrchestratorConfig:
     directory: str = "embedded"
     """"embedded" (one host) or a redis:// URL (many hosts)."""
     listen: str = "127.0.0.1:7480"
-    """Embedded directory's HTTP API (announce/heartbeat), on the private side."""
+    """Embedded directory's HTTP API (announce/heartbeat). Loopback by
+    default: the embedded directory is for one host, where the transceiver
+    runs beside the relay. For transceivers on other hosts set the relay's
+    private address, e.g. "10.0.0.1:7480" (every request needs the directory
+    secret, and ``relay load`` drops the port on the public interface); never
+    0.0.0.0 on a host whose public interface has no such filter."""
     directory_secret_file: str = "/var/lib/voxrelay/directory.secret"  # noqa: S105 - a path
     """The secret every directory request must carry (Bearer). With the
     embedded directory the orchestrator creates it (mode 0600) if it is

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import hashlib
 import json
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -20,7 +21,8 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from orchestrator import tcpfront
-from orchestrator.errors import MapLayoutError
+from orchestrator.errors import LoaderError, MapLayoutError
+from orchestrator.pins import ensure_bpffs
 from orchestrator.pinview import open_pinview
 from orchestrator.relay import RelayReader, RelayUnavailable
 from orchestrator.service import open_directory
@@ -39,7 +41,14 @@ def friendly(fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
+            if os.geteuid() == 0:
+                # Before any pin is looked at: under `ip netns exec` /sys/fs/bpf is hidden.
+                note = ensure_bpffs()
+                if note:
+                    click.echo(f"note: {note}", err=True)
             return fn(*args, **kwargs)
+        except LoaderError as exc:
+            raise click.ClickException(str(exc)) from None
         except (RelayUnavailable, MapLayoutError, ConfigError, DirectoryError) as exc:
             raise click.ClickException(str(exc)) from None
         except PermissionError as exc:

@@ -19,7 +19,9 @@ from voxrelay.probe import mint_probe_token
 @click.command(context_settings=CONTEXT)
 @click.option("--relay", "relay_addr", required=True, metavar="HOST[:PORT]",
               help="The relay's public address (port default 3478). Probe from where clients are.")
-@click.option("--token", "ufrag", default=None, help="A probe token (see `voxrelay token mint`).")
+@click.option("--token", "ufrag", default=None,
+              help="A probe token (`voxrelay token mint --probe --transceiver ID` on a relay "
+                   "host): with it the probe needs no directory, only the relay's VIP.")
 @click.option("--transceiver", "txr_id", type=int, default=None,
               help="Mint a probe token for this transceiver "
                    "(keys and probe port from the directory).")
@@ -34,6 +36,12 @@ def probe(relay_addr: str, ufrag: str | None, txr_id: int | None, timeout: float
     where its probe responder answers (orchestrator/probe.py explains the
     design). Exits 0 when the answer comes back through the relay, 1 with
     the reason when it does not.
+
+    \b
+    From where clients are, with no access to the private directory:
+      voxrelay probe --relay 192.0.2.1 --token "$(voxrelay token mint --probe --transceiver 7)"
+    (the token minted on a relay host and carried over; it lives --ttl seconds).
+    --transceiver ID mints one itself, with keys from the directory.
     """
     relay = parse_hostport(relay_addr, 3478, what="relay")
     if ufrag is not None and txr_id is None:

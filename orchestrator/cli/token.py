@@ -13,6 +13,7 @@ from orchestrator.cli import common
 from orchestrator.cli.common import CONTEXT, emit, relay_read_options, table
 from orchestrator.sync import keyring_from_map
 from voxrelay import token as tk
+from voxrelay.probe import DEFAULT_PROBE_PORT
 
 
 @click.group(context_settings=CONTEXT)
@@ -51,7 +52,11 @@ def _token_json(t: tk.Token) -> dict[str, Any]:
 @token.command("mint")
 @click.option("--transceiver", "txr_id", type=int, required=True,
               help="Transceiver id to route to.")
-@click.option("--port", type=int, required=True, help="The transceiver's UDP port for this call.")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="The transceiver's UDP port for this call.")
+@click.option("--probe", "for_probe", is_flag=True,
+              help=f"Route to the transceiver's probe port ({DEFAULT_PROBE_PORT}): a token for "
+                   "`voxrelay probe --token` on the client side, which needs no directory.")
 @click.option("--ttl", type=int, default=3600, show_default=True,
               help="Seconds the token may start flows.")
 @click.option("--key-hex", default=None,
@@ -59,11 +64,21 @@ def _token_json(t: tk.Token) -> dict[str, Any]:
 @click.option("--key-id", type=click.IntRange(0, 255), default=None,
               help="Key id (default: current).")
 @relay_read_options
-def token_mint(txr_id: int, port: int, ttl: int, key_hex: str | None, key_id: int | None,
-               config_path: Path | None, name: str | None, as_json: bool) -> None:
-    """Mint a token that routes to TRANSCEIVER:PORT (prints the ufrag)."""
+def token_mint(txr_id: int, port: int | None, for_probe: bool, ttl: int, key_hex: str | None,
+               key_id: int | None, config_path: Path | None, name: str | None,
+               as_json: bool) -> None:
+    """Mint a token that routes to TRANSCEIVER:PORT (prints the ufrag).
+
+    \b
+    For a probe from where clients are (no directory there):
+      voxrelay token mint --probe --transceiver 7      # on a relay host
+      voxrelay probe --relay VIP --token UFRAG          # anywhere clients are
+    """
+    if (port is None) == (not for_probe):
+        raise click.UsageError("give exactly one of --port PORT or --probe")
+    to_port = DEFAULT_PROBE_PORT if port is None else port
     slots, current = _keys_for(key_hex, key_id, config_path, name)
-    ufrag = tk.mint(slots[current], key_id=current, transceiver_id=txr_id, port=port, ttl=ttl)
+    ufrag = tk.mint(slots[current], key_id=current, transceiver_id=txr_id, port=to_port, ttl=ttl)
     emit(as_json, {"ufrag": ufrag, **_token_json(tk.decode(ufrag)[0])}, ufrag)
 
 

@@ -116,3 +116,29 @@ def test_connect_picks_backend_by_url():
     with pytest.raises(ValueError, match="^directory URL 'etcd://x' must be 'memory' or start "
                                          "with http://"):
         connect("etcd://x")
+
+
+
+async def test_an_unreachable_remote_directory_names_the_listen_setting():
+    import aiohttp
+
+    class Refusing:
+        def request(self, *args, **kwargs):
+            raise aiohttp.ClientConnectionError("Connection refused")
+
+        async def close(self):
+            pass
+
+    remote = HttpDirectory("http://10.0.0.1:7480", timeout=1.0)
+    remote._session = Refusing()  # no packet leaves: the refusal is what a remote host sees
+    with pytest.raises(DirectoryUnavailable) as exc:
+        await remote.heartbeat(1)
+    assert str(exc.value).startswith("directory http://10.0.0.1:7480 is unreachable: Connection refused")
+    assert "set listen to the relay's private address" in str(exc.value)
+    local = HttpDirectory("http://127.0.0.1:9", timeout=1.0)
+    try:
+        with pytest.raises(DirectoryUnavailable) as exc:
+            await local.heartbeat(1)
+        assert "listen" not in str(exc.value)  # on its own host the hint would mislead
+    finally:
+        await local.close()

@@ -322,3 +322,15 @@ def test_pin_readers_need_root_and_a_loaded_relay_but_not_bcc(monkeypatch):
         assert out.exit_code == 1, args
         assert out.output == ("Error: reading the relay's BPF maps needs root: run this with "
                               "sudo\n"), (args, out.output)
+
+
+def test_token_mint_probe_routes_to_the_probe_port(view):
+    from voxrelay.probe import DEFAULT_PROBE_PORT
+
+    ufrag = run("token", "mint", "--transceiver", "7", "--probe").output.strip()
+    got = tk.verify(ufrag, {5: K2})
+    assert (got.transceiver_id, got.port) == (7, DEFAULT_PROBE_PORT)
+    both = CliRunner().invoke(cli, ["token", "mint", "--transceiver", "7", "--probe", "--port", "9"])
+    assert both.exit_code == 2 and "give exactly one of --port PORT or --probe" in both.output
+    neither = CliRunner().invoke(cli, ["token", "mint", "--transceiver", "7"])
+    assert neither.exit_code == 2 and "give exactly one of --port PORT or --probe" in neither.output

@@ -77,3 +77,15 @@ def test_parse_hostport(value, expected):
 def test_parse_hostport_rejects():
     with pytest.raises(ValueError, match=r"^relay port '0' is not in 1\.\.65535$"):
         addr.parse_hostport("x:0", 1, what="relay")
+
+
+def test_an_expired_token_is_named_before_anything_is_sent(monkeypatch):
+    sent = []
+    monkeypatch.setattr(socket.socket, "send", lambda self, data: sent.append(data))
+    ufrag = tk.mint(tk.new_key(), key_id=1, transceiver_id=7, port=7000, ttl=5, now=1000)
+    result = pr.probe(("127.0.0.1", 9), ufrag, timeout=0.1, attempts=1)
+    assert not result.ok and result.transceiver_id == 7
+    assert result.reason.startswith("the probe token expired ")
+    assert "voxrelay token mint --probe --transceiver 7" in result.reason
+    assert sent == []
+

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
@@ -38,6 +39,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from voxrelay.httperrors import json_errors
 from voxrelay.secrets import matching_secret
 
 from .base import (
@@ -219,9 +221,21 @@ def make_app(directory: Directory, secrets: Sequence[str],
         return web.json_response({"removed": removed})
 
     # auth first: a refused request reaches no handler and reads no body.
-    app = web.Application(middlewares=[auth, errors], client_max_size=64 * 1024)
+    # json_errors outermost: aiohttp's own errors (404, 405, 413) and a crash
+    # are JSON too, after auth (an unauthenticated caller learns only 401).
+    app = web.Application(middlewares=[json_errors, auth, errors], client_max_size=64 * 1024)
     app.add_routes(routes)
     return app
+
+
+_LISTEN_HINT = ("; an embedded directory listens on its [orchestrator] listen, 127.0.0.1:7480 "
+                "by default, which only its own host reaches: for transceivers on other hosts "
+                "set listen to the relay's private address")
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 class HttpDirectory(Directory):
@@ -249,6 +263,7 @@ class HttpDirectory(Directory):
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise DirectoryUnavailable(
                 f"directory {self.url} is unreachable: {exc or type(exc).__name__}"
+                + ("" if _is_loopback_url(self.url) else _LISTEN_HINT)
             ) from None
         except json.JSONDecodeError:
             raise DirectoryUnavailable(f"directory {self.url} answered with non-JSON") from None
