@@ -101,6 +101,16 @@ def podman_runner(image: str, container_name: str, workdir: Path):  # type: igno
     command = list(container["command"])
 
     def argv(netns: str, config: Path) -> list[str]:
+        import tomllib
+
+        from orchestrator import hostnet
+
+        # /proc/sys is read-only in the container: the host sets the relay's
+        # sysctls first, as the Ansible relay role's sysctl.d does on a node.
+        relay = tomllib.loads(config.read_text())["relay"]
+        for ifname in (relay["public_interface"], relay["private_interface"]):
+            hostnet.set_forwarding(ifname, netns)
+        hostnet.reserve_local_ports(relay["port_min"], relay["port_max"], netns)
         return [
             *PODMAN, "run", "--rm", "--name", container_name, *_ulimits(),
             "--network", f"ns:/run/netns/{netns}",
@@ -119,10 +129,18 @@ def podman_runner(image: str, container_name: str, workdir: Path):  # type: igno
 
 
 def _podman_ps(container_name: str) -> list[str]:
+    """``image status`` of each container of that name, running or not."""
     out = subprocess.run([*PODMAN, "ps", "-a", "--filter", f"name=^{container_name}$",
-                          "--format", "{{.Image}} {{.State}}"],
+                          "--format", "{{.Image}} {{.Status}}"],
                          check=True, capture_output=True, text=True, timeout=30)
-    return out.stdout.split()
+    return out.stdout.splitlines()
+
+
+def _podman_state(container_name: str) -> tuple[str, str]:
+    out = subprocess.run([*PODMAN, "inspect", "--format", "{{.ImageName}} {{.State.Status}}",
+                          container_name], check=True, capture_output=True, text=True, timeout=30)
+    image, state = out.stdout.split()
+    return image, state
 
 
 def _force_remove(container_name: str) -> None:
@@ -161,7 +179,7 @@ async def test_call_through_the_relay_image(lab, relay_image: str, container_nam
     from lab.call import TimedCallClient, speak_turn
 
     # The relay that forwards is the container's: the stack loaded nothing itself.
-    image, state = _podman_ps(container_name)
+    image, state = _podman_state(container_name)
     assert image == f"localhost/{relay_image}" and state == "running", (image, state)
     relay = lab.relays[0]
     before = lab.relay_stats(0)
