@@ -13,8 +13,10 @@
 #   2. venv root: the base root plus /opt/voxrelay, a venv (seeing Debian's bcc)
 #      with the project's dependencies from a local wheelhouse, keyed by the base
 #      and pyproject.toml;
-#   3. the project's own wheel, built from this checkout, installed on top, and
-#      the root imported with `podman import` as voxrelay-<image>:<version>.
+#   3. the venv root imported once (`podman import`) as voxrelay-<image>-deps:<key>,
+#      and the project's own wheel, built from this checkout, installed on top of
+#      it as a second layer (podman create, mount, chroot pip, commit):
+#      voxrelay-<image>:<version>.
 # An image whose inputs (base, dependencies, sources) are unchanged is not
 # rebuilt: the image carries their hash as label io.voxrelay.inputs.
 # --save DIR also writes each image as an OCI archive, DIR/voxrelay-<image>-<version>.oci.tar
@@ -32,7 +34,7 @@ START=$SECONDS
 log() { printf '[image %4ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
 die() { printf 'image: %s\n' "$*" >&2; exit 1; }
 
-usage() { sed -n '3,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '3,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 SAVE_DIR=
 images=()
 while [ $# -gt 0 ]; do
@@ -124,7 +126,7 @@ project_wheel() {
   mkdir -p "$WORK/project"
   log "building the voxrelay wheel from this checkout"
   run_logged "pip wheel voxrelay" "$WORK/wheel-project.log" \
-    "$VENV/bin/pip" wheel -q --no-deps --wheel-dir "$WORK/project" .
+    "$VENV/bin/pip" wheel -q --no-deps --no-build-isolation --wheel-dir "$WORK/project" .
   PROJECT_WHEEL=$(ls "$WORK"/project/voxrelay-*.whl)
 }
 
@@ -213,15 +215,34 @@ for image in "${images[@]}"; do
   base_root "$image"
   wheelhouse
   venv_root "$image"
-  inputs=$(echo "$VENV_KEY $SOURCE_KEY $(image_changes "$image")" | hash_of)
+  inputs=$( { echo "$VENV_KEY $SOURCE_KEY"; image_changes "$image"; sed -n '/^for image in/,$p' "$0"; } \
+            | hash_of)
   have=$(podman image inspect --format '{{index .Labels "io.voxrelay.inputs"}}' "$name" 2>/dev/null || true)
   if [ "$have" = "$inputs" ]; then
     log "$name: up to date (inputs $inputs)"
   else
+    changes=(--change 'ENV PATH=/opt/voxrelay/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+             --change 'ENV LC_ALL=C.UTF-8' --change 'WORKDIR /'
+             --change "LABEL org.opencontainers.image.title=voxrelay-$image"
+             --change "LABEL org.opencontainers.image.version=$VERSION")
+    while IFS= read -r change; do changes+=(--change "$change"); done < <(image_changes "$image")
+    # The venv root as its own image (one ~1 GB layer, imported once per
+    # VENV_KEY); the project's wheel goes on top as a small second layer, so
+    # a source change costs seconds instead of another import.
+    deps=voxrelay-$image-deps:$VENV_KEY
+    if ! podman image exists "$deps"; then
+      log "$image: podman import of the venv root as $deps"
+      run_logged "podman import $image" "$WORK/import-$image.log" \
+        podman import -q "${changes[@]}" "$VENV_TAR" "$deps"
+      # Older dependency layers of this image, unless an image still uses them.
+      podman images --format '{{.Repository}}:{{.Tag}}' | grep "^localhost/voxrelay-$image-deps:" \
+        | grep -v ":$VENV_KEY\$" | xargs -r podman rmi >/dev/null 2>&1 || true
+    fi
     project_wheel
-    rootfs=$WORK/root-$image
-    mkdir -p "$rootfs"
-    tar -C "$rootfs" -xf "$VENV_TAR"
+    BUILD_CTR=voxrelay-image-build-$image-$$
+    podman create -q --name "$BUILD_CTR" "$deps" /bin/true >/dev/null
+    trap 'podman rm -f "$BUILD_CTR" >/dev/null 2>&1; rm -rf "$WORK"' EXIT
+    rootfs=$(podman mount "$BUILD_CTR")
     cp "$PROJECT_WHEEL" "$rootfs/tmp/"
     log "$image: installing $(basename "$PROJECT_WHEEL")"
     in_root "$rootfs" /opt/voxrelay/bin/pip install -q --no-index --no-deps --no-compile \
@@ -230,18 +251,14 @@ for image in "${images[@]}"; do
     in_root "$rootfs" /opt/voxrelay/bin/voxrelay --help >/dev/null \
       || die "$image: voxrelay --help fails inside the image"
     rm -rf "$rootfs"/tmp/* "$rootfs/root/.cache"
-    changes=(--change 'ENV PATH=/opt/voxrelay/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
-             --change 'ENV LC_ALL=C.UTF-8' --change 'WORKDIR /'
-             --change "LABEL io.voxrelay.inputs=$inputs"
-             --change "LABEL org.opencontainers.image.title=voxrelay-$image"
-             --change "LABEL org.opencontainers.image.version=$VERSION")
-    while IFS= read -r change; do changes+=(--change "$change"); done < <(image_changes "$image")
-    log "$image: podman import as $name"
+    podman unmount "$BUILD_CTR" >/dev/null
+    log "$image: podman commit as $name"
     old=$(podman image inspect --format '{{.Id}}' "$name" 2>/dev/null || true)
-    tar -C "$rootfs" --numeric-owner -c . | podman import -q "${changes[@]}" - "$name" >/dev/null
-    # The replaced image would stay as an untagged copy of ~1 GB; drop it unless in use.
+    podman commit -q "${changes[@]}" --change "LABEL io.voxrelay.inputs=$inputs" \
+      "$BUILD_CTR" "$name" >/dev/null
+    podman rm "$BUILD_CTR" >/dev/null
+    # The replaced image (its own small layer) goes, unless a container uses it.
     [ -z "$old" ] || podman rmi "$old" >/dev/null 2>&1 || true
-    rm -rf "$rootfs"
     log "$name: built ($(podman image inspect --format '{{.Size}}' "$name" | numfmt --to=iec))"
   fi
   if [ -n "$SAVE_DIR" ]; then
