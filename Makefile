@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup demo test test-fast bench lint clean image
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,12 @@ test-fast: setup
 # 575 s (--total), so that make bench stays under 10 minutes on 2 cores.
 bench: setup
 	$(PY) -m bench.run $(ARGS)
+
+# OCI images voxrelay-{relay,transceiver,model}:VERSION in podman's storage,
+# from Debian packages and this checkout's wheel (scripts/image.sh --help);
+# ARGS="--save DIR" also writes OCI archives, ARGS=relay builds one image.
+image: setup
+	@bash scripts/image.sh $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check voxrelay orchestrator transceiver lab tests bench

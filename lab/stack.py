@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 if TYPE_CHECKING:
     from lab.topology import Lab
     from orchestrator.probe import ProbeResult
+    from voxrelay.config import RelayConfig
 
 T = TypeVar("T")
 
@@ -201,6 +203,13 @@ class StackOptions:
     """(certificate, key) PEM files: the signaling front serves HTTPS with them
     (``lab.tlsfront``) and ``signaling_url`` is https://. ``voxrelay lab up``
     sets it, since a browser grants the microphone only to a secure page."""
+    relay_runner: Callable[[str, Path], list[str]] | None = None
+    """Runs each relay some other way than this process's loader and a child
+    orchestrator: called with the relay's namespace and a config file holding
+    both its ``[relay]`` and ``[orchestrator]`` tables, it returns the argv of
+    one process (started in the caller's namespace) that loads the relay from
+    that file and then runs the orchestrator, as the relay image does
+    (tests/netns/test_image.py runs it with podman)."""
 
 
 @dataclass(frozen=True)
@@ -443,6 +452,13 @@ def _write_toml(path: Path, tables: dict[str, dict[str, object]]) -> Path:
     return path
 
 
+def _relay_table(relay: RelayConfig) -> dict[str, object]:
+    """A ``[relay]`` table for ``_write_toml``: every field of ``relay``."""
+    import dataclasses
+
+    return {f.name: getattr(relay, f.name) for f in dataclasses.fields(relay)}
+
+
 async def _probe_through_relays(running: Stack, deadline: float) -> None:
     """Wait until a STUN probe from the client namespace comes back through every
     relay: the key is in the relay's map, the transceiver is in it, and the
@@ -578,7 +594,7 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
             undo.push_async_callback(stop_services)
 
             with progress.step(f"loading the XDP relay ({options.xdp_mode}) on {len(running.relays)} relay(s)"):
-                for index in range(len(running.relays)):
+                for index in range(len(running.relays) if options.relay_runner is None else 0):
                     tcp_ports: dict[str, Any] = ({"public_tcp_ports": [topology.FRONT_PORT, TCP_FRONT_PORT]}
                                  if options.tcp_front and index == 0 else {})
                     await asyncio.to_thread(topo.load_relay, index, **tcp_ports)
@@ -600,8 +616,21 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
                         **({"tcpfront": {"stats_file": str(workdir / TCP_FRONT_STATS)}}
                            if options.tcp_front and index == 0 else {}),
                     })
-                    svc = running.service(f"orchestrator-{index + 1}", host.netns,
-                                      python_argv("orchestrator", "run", "-v", "--config", str(config)), **env)
+                    if options.relay_runner is None:
+                        svc = running.service(f"orchestrator-{index + 1}", host.netns,
+                                          python_argv("orchestrator", "run", "-v", "--config", str(config)),
+                                          **env)
+                    else:
+                        # The runner loads the relay itself: the whole [relay] table, beside
+                        # the orchestrator's, in the one file it is given.
+                        relay_table = _relay_table(host.relay_config(
+                            xdp_mode=options.xdp_mode,
+                            **({"public_tcp_ports": [topology.FRONT_PORT, TCP_FRONT_PORT]}
+                               if options.tcp_front and index == 0 else {})))
+                        config = _write_toml(config, {**tomllib.loads(config.read_text()),
+                                                      "relay": relay_table})
+                        svc = running.service(f"orchestrator-{index + 1}", None,
+                                              options.relay_runner(host.netns, config))
                     orchestrators.append(svc)
                 model = running.service("model", running.model_ns, python_argv(
                     "model", "serve", "--listen", f"{running.model_address}:{MODEL_PORT}", "--reply", "echo",

@@ -32,6 +32,7 @@ lab. Physical NICs need nothing of the sort.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -55,12 +56,25 @@ def set_sysctl(key: str, value: str | int, netns: str | None = None) -> None:
     """Write a sysctl (``net.ipv4.ip_forward`` or ``net/ipv4/...`` form) in ``netns``.
 
     Use the slash form for keys with dots in them (interface names).
+    A sysctl that already has the value is not written: in a container
+    /proc/sys is read-only, and the host (the Ansible relay role's sysctl.d,
+    or whoever runs the container) sets these before the relay loads.
     """
     path = _sysctl_file(key)
 
     def write() -> None:
-        # The newline makes an empty value a real write (clearing a list sysctl).
-        path.write_text(f"{value}\n")
+        if path.read_text().strip() == str(value).strip():
+            return
+        try:
+            # The newline makes an empty value a real write (clearing a list sysctl).
+            path.write_text(f"{value}\n")
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+            # sysctl(8) takes the slash form too (interface names with dots).
+            raise LoaderError(
+                f"cannot set {key} = {value}: /proc/sys is read-only here (a container?); "
+                f"set it on the host first: sysctl -w '{key}={value}'") from None
 
     netlink.run_in_netns(netns, write)
 

@@ -29,6 +29,9 @@ APT_PACKAGES=(
   gcc coturn   # bench/: gcc builds the load generator; coturn is a baseline
   chromium     # lab/browser.py (tests/netns/test_browser*.py): a real WebRTC client
   debootstrap  # tests/bpf/test_ansible_apply.py: a real Debian root to apply the roles to
+  # make image, tests/netns/test_image.py: import and run the images. runc, not
+  # crun: crun 1.8 refuses a host with cgroup v1 plus a unified v2 mount (hybrid).
+  podman runc containernetworking-plugins
   # Recommends that matter here, named because we install without recommends:
   netbase                                      # nftables: service names
   gnupg debian-archive-keyring arch-test       # debootstrap: verify the archive

@@ -60,7 +60,8 @@ def relay() -> None:
               help="XDP mode (default: [relay] xdp_mode).")
 @_netns_option
 @click.option("--replace", "do_replace", is_flag=True,
-              help="Swap the running program atomically, keeping maps and flows.")
+              help="Swap the running program atomically, keeping maps and flows; "
+                   "when none is loaded, load it.")
 @json_option
 @friendly
 def relay_load(config_path: Path | None, name: str | None, mode: str | None, netns: str | None,
@@ -72,7 +73,13 @@ def relay_load(config_path: Path | None, name: str | None, mode: str | None, net
 
     def go() -> loader.RelayStatus:
         if do_replace:
-            return loader.replace(config.relay, netns=netns)
+            try:
+                return loader.replace(config.relay, netns=netns)
+            except loader.NotLoadedError:
+                # Nothing to swap: a fresh node or after `relay unload`. The
+                # DaemonSet's one command (load --replace, then the orchestrator)
+                # relies on this to start there as after a restart.
+                pass
         return loader.load(config.relay, netns=netns, mode=mode)
 
     st = _loader_call(go)

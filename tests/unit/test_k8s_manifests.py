@@ -181,3 +181,33 @@ def test_transceiver_config_is_rendered_with_an_id_from_the_pod_ip(tmp_path):
     assert (tmp_path / "config" / "transceiver-id").read_text().strip() == str(loaded.transceiver.id)
     raw = tomllib.loads((tmp_path / "config" / "voxrelay.toml").read_text())
     assert "@" not in str(raw), "a placeholder was left unrendered"
+
+
+# What `make image` (scripts/image.sh) builds: voxrelay-<image>:<version> for
+# each deploy/images/<image>.packages.
+IMAGE_LISTS = K8S_DIR.parent / "images"
+IMAGE_FOR = {
+    ("DaemonSet", "voxrelay-relay"): "relay",
+    ("Deployment", "voxrelay-transceiver"): "transceiver",
+    ("Deployment", "voxrelay-model"): "model",
+}
+
+
+def test_every_voxrelay_container_runs_an_image_that_make_image_builds():
+    version = tomllib.loads((K8S_DIR.parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    built = {p.stem for p in IMAGE_LISTS.glob("*.packages")}
+    assert built == set(IMAGE_FOR.values())
+    script = (K8S_DIR.parents[1] / "scripts" / "image.sh").read_text()
+    assert re.search(r"^ALL_IMAGES=\((.*)\)$", script, re.MULTILINE).group(1).split() == list(IMAGE_FOR.values())
+    seen = set()
+    for doc in _docs():
+        if doc["kind"] not in ("DaemonSet", "Deployment"):
+            continue
+        pod = _pod(doc)
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            if c["image"].startswith("redis:"):
+                continue  # the directory runs upstream Redis (directory.yaml)
+            want = IMAGE_FOR[(doc["kind"], doc["metadata"]["name"])]
+            assert c["image"] == f"voxrelay-{want}:{version}", (doc["metadata"]["name"], c["name"])
+            seen.add(want)
+    assert seen == built, "an image make image builds is used by no manifest"

@@ -334,3 +334,41 @@ def test_token_mint_probe_routes_to_the_probe_port(view):
     assert both.exit_code == 2 and "give exactly one of --port PORT or --probe" in both.output
     neither = CliRunner().invoke(cli, ["token", "mint", "--transceiver", "7"])
     assert neither.exit_code == 2 and "give exactly one of --port PORT or --probe" in neither.output
+
+
+def test_load_replace_loads_a_relay_that_is_not_loaded(monkeypatch):
+    # The DaemonSet's one command (deploy/k8s) is `relay load --replace`, on a
+    # fresh node as after a restart: with nothing to swap it loads.
+    from orchestrator import loader
+    from orchestrator.cli import relay as relay_cli
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(relay_cli, "require_bpf", lambda what: None)
+    calls = []
+
+    def not_loaded(relay, **kwargs):
+        calls.append("replace")
+        raise loader.NotLoadedError(f"relay {relay.name!r} is not loaded; load it first")
+
+    def load(relay, **kwargs):
+        calls.append("load")
+        return loader.RelayStatus(relay.name, "/sys/fs/bpf/voxrelay/x", None, True, 7, "xdp_relay",
+                                  "t", "native")
+
+    monkeypatch.setattr(loader, "replace", not_loaded)
+    monkeypatch.setattr(loader, "load", load)
+    out = CliRunner().invoke(cli, ["relay", "load", "--replace", "--name", "vxfresh", "--json"])
+    assert out.exit_code == 0, out.output
+    assert calls == ["replace", "load"]
+    assert json.loads(out.output)["loaded"] is True
+    # A replace that fails for another reason is not papered over with a load.
+    calls.clear()
+
+    def refused(relay, **kwargs):
+        calls.append("replace")
+        raise loader.LoaderError("relay 'vxfresh' is attached to eth9, the config names pub, priv")
+
+    monkeypatch.setattr(loader, "replace", refused)
+    out = CliRunner().invoke(cli, ["relay", "load", "--replace", "--name", "vxfresh"])
+    assert out.exit_code == 1 and calls == ["replace"]
+    assert out.output == "Error: relay 'vxfresh' is attached to eth9, the config names pub, priv\n"
