@@ -849,6 +849,7 @@ async def _direct_path(running: Any) -> Any:
             "relays": [f"{txr_addr}:{port}"],
             "port_min": port, "port_max": port,
             "probe_port": 0,
+            "workers": 1,
             "directory": running.directory_url,
             "model": f"{running.model_address}:{MODEL_PORT}",
             "drain_grace_seconds": 1.0,

@@ -195,6 +195,11 @@ class StackOptions:
     443 in its ``public_tcp_ports`` and advertise ``tcp=443`` for it in the answer."""
     tcp_front_settings: dict[str, object] = field(default_factory=dict)
     """Extra ``[tcpfront]`` settings for it (limits, timeouts)."""
+    transceiver_workers: int = 1
+    """``[transceiver] workers``: 1 runs the one process (ids and ports as before);
+    N runs N workers (ids TRANSCEIVER_ID..+N-1) behind the transceiver's own front."""
+    transceiver_settings: dict[str, object] = field(default_factory=dict)
+    """Extra ``[transceiver]`` settings (e.g. worker_restart_seconds)."""
 
 
 @dataclass(frozen=True)
@@ -601,6 +606,8 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
                     "api_key_file": str(api_key_file),
                     "cors_origins": list(options.cors_origins),
                     "model_streams": options.model_streams,
+                    "workers": options.transceiver_workers,
+                    **options.transceiver_settings,
                 }})
                 txr = running.service("transceiver", running.transceiver_ns,
                                   python_argv("transceiver", "run", "--config", str(config)), **env)
