@@ -356,8 +356,11 @@ class Front:
     async def call(self, request: web.Request) -> web.StreamResponse:
         call_id = request.match_info["call_id"]
         worker = self.call_owner.get(call_id)
-        if worker is None or not worker.up:
-            return _error(404, "not_found", f"no call {call_id!r} on this transceiver")
+        if request.method == "OPTIONS" or worker is None or not worker.up:
+            # A CORS preflight names no call's owner; an unknown call gets any
+            # worker's answer, which checks the credential first (401, else 404)
+            # exactly as a lone transceiver would.
+            return await self.anywhere(request)
         response = await self._forward(request, worker, await request.read())
         if request.method == "DELETE" and response.status == 204:
             self.call_owner.pop(call_id, None)
