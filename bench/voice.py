@@ -65,6 +65,7 @@ import json
 import math
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -235,6 +236,31 @@ def better_step(a: CapacityStep, b: CapacityStep) -> CapacityStep:
 
 
 @dataclass
+class HostRun:
+    """The capacity sweep against one transceiver host of ``workers`` processes."""
+
+    workers: int
+    steps: list[CapacityStep] = field(default_factory=list)
+
+    @property
+    def calls(self) -> int | None:
+        """Calls per host: the largest step all connected and on time."""
+        good = [s.calls for s in self.steps if s.connected == s.calls and s.sent.on_time]
+        return max(good) if good else None
+
+
+def stock_calls_per_core(steps: Sequence[CapacityStep]) -> tuple[float | None, int | None]:
+    """The same as ``calls_per_core`` for the stock aiortc peers (the clients,
+    doing the same audio in the same steps): N / their CPU share at the step
+    ``calls_per_core`` takes."""
+    _, at = calls_per_core(steps)
+    step = next((s for s in steps if s.calls == at), None)
+    if step is None or step.client_cpu <= 0:
+        return None, None
+    return step.connected / step.client_cpu, at
+
+
+@dataclass
 class TurnSample:
     end_to_reply_ms: float
     processing_ms: float
@@ -316,6 +342,8 @@ class VoiceResults:
     capacity: list[CapacityStep] = field(default_factory=list)
     turns: list[TurnSample] = field(default_factory=list)
     load_turns: list[LoadTurnStep] = field(default_factory=list)
+    hosts: list[HostRun] = field(default_factory=list)
+    """Capacity per transceiver host with 1, 2... workers (``--host-workers``)."""
     sections: list[str] = field(default_factory=lambda: list(SECTIONS))
     """The sections that ran (``--only``); the report shows only these."""
     vad_silence_ms: float | None = None
@@ -394,6 +422,28 @@ def render_markdown(res: VoiceResults) -> str:
                          f"{at} / its CPU share). The largest on-time step is {at} calls"
                          + ("; the steps above it were not run or not on time." if at != max(
                              (s.calls for s in res.capacity), default=at) else "."))
+            stock, _ = stock_calls_per_core(res.capacity)
+            if stock is not None:
+                lines += ["", (f"Side by side, same steps: the clients are stock aiortc peers doing "
+                               f"the same audio (aiortc's silence track and encoder out, Opus "
+                               f"decoded in): **{stock:.0f} calls per core** (client CPU at {at} "
+                               f"calls). voxrelay's transceiver / stock aiortc: "
+                               f"**{cpc / stock:.2f}x**, and the transceiver also carries every "
+                               f"call's audio to the model over gRPC.")]
+        lines.append("")
+    if res.hosts:
+        lines += ["### Calls per transceiver host (workers behind one front)", "",
+                  ("The same sweep against a lab transceiver host with N worker processes behind "
+                   "its signaling front (`[transceiver] workers`), each in a lab of its own."), "",
+                  ("| workers | calls per host (largest on-time step) | steps (calls: sent p99 ms, "
+                   "transceiver CPU) |"), "|---|---|---|"]
+        for host in res.hosts:
+            cells = ", ".join(f"{s.calls}: {_f(s.sent.late_p99_ms)}, "
+                              f"{100 * s.transceiver_cpu:.0f}%"
+                              + ("" if s.sent.on_time and s.connected == s.calls else " late")
+                              for s in host.steps)
+            lines.append(f"| {host.workers} | {host.calls if host.calls is not None else 'n/a'} "
+                         f"| {cells} |")
         lines.append("")
 
     if "turns" in res.sections:
@@ -476,10 +526,27 @@ def results_json(res: VoiceResults) -> dict[str, Any]:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of a process (all its threads) and of its live descendants
+    (a transceiver front's workers), in seconds."""
+    total = 0.0
+    for one in _process_tree(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = Path(f"/proc/{one}/stat").read_text()
+            fields = text[text.rindex(")") + 2:].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (from /proc/*/task/*/children)."""
+    out, todo = [], [pid]
+    while todo and len(out) < 256:  # bounded: a transceiver host has a few workers
+        one = todo.pop()
+        out.append(one)
+        for children in Path(f"/proc/{one}/task").glob("*/children"):
+            with contextlib.suppress(OSError, ValueError):
+                todo += [int(c) for c in children.read_text().split()]
+    return out
 
 
 class EgressCapture:
@@ -564,11 +631,12 @@ SO_ATTACH_FILTER = 26
 
 
 def _run_delay_seconds(pid: int) -> float:
-    """Sum over the process's threads of the time spent runnable but not running."""
+    """Sum over the process tree's threads of the time spent runnable but not running."""
     total = 0
-    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int(stat.read_text().split()[1])
+    for one in _process_tree(pid):
+        for stat in Path(f"/proc/{one}/task").glob("*/schedstat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int(stat.read_text().split()[1])
     return total / 1e9
 
 
@@ -640,6 +708,15 @@ def _bench_client_class():  # type: ignore[no-untyped-def]
             await self.wait_for(lambda: "first_audio" in self.marks, "the first audio frame", poll=True)
             self.connect_ms = (self.marks["dtls"] - self.marks["post"]) * 1000
 
+        def use_stock_mic(self) -> None:
+            """Send what a stock aiortc peer sends: aiortc's own silence track
+            through aiortc's own encoder path (the capacity steps' clients are
+            the stock side of the comparison)."""
+            from aiortc.mediastreams import AudioStreamTrack
+
+            self.mic = AudioStreamTrack()  # type: ignore[assignment]
+            self.pc.getSenders()[0].replaceTrack(self.mic)
+
         def setup_sample(self) -> SetupSample:
             m = self.marks
             ms = lambda k: (m[k] - m["post"]) * 1000
@@ -680,18 +757,60 @@ async def _setup_calls(url: str, count: int, timeout: float) -> tuple[list[Setup
     return samples, failures
 
 
+def _start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy (sampling, from PyPI) on the transceiver for the window: collapsed
+    stacks, one line per distinct stack with its sample count, in ``out``.
+    None (and a note on stderr) when py-spy is not installed."""
+    exe = Path(sys.executable).with_name("py-spy")
+    if not exe.exists():
+        print("bench.voice: --profile needs py-spy (pip install py-spy)", file=sys.stderr)
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [str(exe), "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
+         "--rate", "200", "--format", "raw", "--nonblocking",
+         "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def profile_summary(collapsed: str, top: int = 15) -> list[tuple[str, float, float]]:
+    """(function, self share, inclusive share) of the ``top`` functions by self
+    time, from py-spy's collapsed stacks ("a;b;c 12" per line). Pure."""
+    self_count: dict[str, int] = {}
+    incl_count: dict[str, int] = {}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        # "function (file.py:123)": one name per function, whatever the line.
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        total += count
+        self_count[frames[-1]] = self_count.get(frames[-1], 0) + count
+        for frame in set(frames):
+            incl_count[frame] = incl_count.get(frame, 0) + count
+    if not total:
+        return []
+    ranked = sorted(self_count.items(), key=lambda kv: -kv[1])[:top]
+    return [(name, n / total, incl_count[name] / total) for name, n in ranked]
+
+
 async def _capacity_step(url: str, calls: int, window: float, timeout: float,
-                         pids: dict[str, int], capture: EgressCapture) -> CapacityStep:
-    """``calls`` concurrent calls; frame arrivals and CPU over ``window`` seconds."""
+                         pids: dict[str, int], capture: EgressCapture,
+                         profile: Path | None = None) -> CapacityStep:
+    """``calls`` concurrent calls; frame arrivals and CPU over ``window`` seconds
+    (and a py-spy profile of the transceiver in ``profile``, if given)."""
     client_cls = _bench_client_class()
     clients = []
     gate = asyncio.Semaphore(5)  # DTLS handshakes are CPU-heavy: not all at once
 
     failures: list[str] = []
+    spy: subprocess.Popen[bytes] | None = None
 
     async def open_one() -> Any:
         client = client_cls(url, timeout=timeout)
         client.light = True
+        client.use_stock_mic()
         async with gate:
             try:
                 await client.__aenter__()
@@ -714,6 +833,7 @@ async def _capacity_step(url: str, calls: int, window: float, timeout: float,
         cpu0 = {k: _cpu_seconds(p) for k, p in pids.items()}
         runq0 = _run_delay_seconds(pids["transceiver"])
         own0, t0, wall0 = time.process_time(), time.monotonic(), time.time()
+        spy = _start_profile(pids["transceiver"], window, profile) if profile else None
         await asyncio.sleep(window)
         for c in clients:
             c.recording = False
@@ -721,6 +841,8 @@ async def _capacity_step(url: str, calls: int, window: float, timeout: float,
         runq1 = _run_delay_seconds(pids["transceiver"])
         own1, t1, wall1 = time.process_time(), time.monotonic(), time.time()
         await asyncio.sleep(0.3)  # the capture reader catches up with the window's end
+        if spy is not None:
+            await asyncio.to_thread(spy.wait, 30)
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
     wall = t1 - t0
@@ -849,6 +971,7 @@ async def _direct_path(running: Any) -> Any:
             "relays": [f"{txr_addr}:{port}"],
             "port_min": port, "port_max": port,
             "probe_port": 0,
+            "workers": 1,
             "directory": running.directory_url,
             "model": f"{running.model_address}:{MODEL_PORT}",
             "drain_grace_seconds": 1.0,
@@ -877,16 +1000,20 @@ def _env(xdp_mode: str, shared: bool = False) -> dict[str, Any]:
 
 async def _capacity_steps(running: Any, res: VoiceResults, url: str, steps: Sequence[int], window: float,
                           timeout: float, pids: dict[str, int], capture: EgressCapture,
-                          progress: Any, log: Any) -> None:
+                          progress: Any, log: Any, profile_dir: Path | None = None,
+                          into: list[CapacityStep] | None = None) -> None:
+    into = res.capacity if into is None else into
     for n in steps:
+        profile = None if profile_dir is None else profile_dir / f"transceiver-{n}-calls.txt"
         with progress.step(f"capacity: {n} concurrent calls, {window:.0f} s window"):
-            step = await running.client_call(_capacity_step, url, n, window, timeout, pids, capture)
+            step = await running.client_call(_capacity_step, url, n, window, timeout, pids, capture,
+                                             profile)
         if not step.sent.on_time and step.connected == n:
             with progress.step(f"capacity: {n} concurrent calls late, running it once more"):
                 again = await running.client_call(_capacity_step, url, n, window, timeout, pids, capture)
             step = better_step(step, again)
             step.attempts = 2
-        res.capacity.append(step)
+        into.append(step)
         log(f"    {n} calls: connected {step.connected}, sent p99 lateness "
             f"{_f(step.sent.late_p99_ms)} ms ({step.sent.frames}/{step.sent.expected} frames), received "
             f"{_f(step.received.late_p99_ms)} ms, transceiver CPU {100 * step.transceiver_cpu:.0f}%")
@@ -899,7 +1026,8 @@ async def _capacity_steps(running: Any, res: VoiceResults, url: str, steps: Sequ
 async def run_bench(setup_calls: int, steps: Sequence[int], window: float, turns: int,
                     timeout: float, xdp_mode: str, log: Any, shared: bool = False,
                     turn_steps: Sequence[int] = TURN_STEPS,
-                    only: Sequence[str] = SECTIONS) -> VoiceResults:
+                    only: Sequence[str] = SECTIONS, profile_dir: Path | None = None,
+                    host_workers: Sequence[int] = ()) -> VoiceResults:
     from lab.demo import speak
     from lab.stack import PrintProgress, StackOptions, start_stack
 
@@ -938,7 +1066,7 @@ async def run_bench(setup_calls: int, steps: Sequence[int], window: float, turns
             try:
                 if "capacity" in only:
                     await _capacity_steps(running, res, url, steps, window, timeout, pids,
-                                          capture, progress, log)
+                                          capture, progress, log, profile_dir)
                 if "load-turns" in only:
                     for n in turn_steps:
                         with progress.step(f"turns under load: {n} concurrent calls, one turn each"):
@@ -960,6 +1088,23 @@ async def run_bench(setup_calls: int, steps: Sequence[int], window: float, turns
                         res.setup["direct"], res.setup_failures["direct"] = (
                             await running.client_call(_setup_calls, direct_url, setup_calls,
                                                       timeout))
+    for workers in host_workers:
+        # The same capacity sweep against a transceiver host of ``workers``
+        # processes behind its front, each lab of its own, in this one run.
+        async with start_stack(StackOptions(xdp_mode=xdp_mode, relays=1, model_streams=streams,
+                                            transceiver_workers=workers), progress) as running:
+            pids = {"transceiver": running.services["transceiver"].proc.pid,
+                    "model": running.services["model"].proc.pid}
+            _API_KEY = running.api_key
+            capture = EgressCapture(running.transceiver_ns, running.topology.transceiver_lan.ifname,
+                                    running.transceiver_address)
+            host = HostRun(workers)
+            try:
+                await _capacity_steps(running, res, running.signaling_url, steps, window, timeout,
+                                      pids, capture, progress, log, into=host.steps)
+            finally:
+                capture.close()
+            res.hosts.append(host)
     res.elapsed_s = time.monotonic() - started
     from transceiver.model.vad import VadSettings
 
@@ -1038,14 +1183,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--markdown", action="store_true", help="print the markdown section on stdout")
     p.add_argument("--json", action="store_true", help="print the raw results as JSON on stdout")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="py-spy the transceiver during each capacity window; collapsed stacks "
+                        "in DIR/transceiver-N-calls.txt (needs py-spy from PyPI)")
+    p.add_argument("--host-workers", default="",
+                   help="comma-separated worker counts (e.g. 1,2): run the capacity sweep "
+                        "again against a transceiver host of that many workers, per count")
     p.add_argument("--shared", action="store_true",
                    help="say in the report that other work shared the machine during the run")
     args = p.parse_args(argv)
     try:
         steps = [int(s) for s in args.capacity_steps.split(",") if s.strip()]
         turn_steps = [int(s) for s in args.turn_steps.split(",") if s.strip()]
+        host_workers = [int(s) for s in args.host_workers.split(",") if s.strip()]
     except ValueError:
-        p.error("--capacity-steps, --turn-steps: not a list of integers")
+        p.error("--capacity-steps, --turn-steps, --host-workers: not a list of integers")
+    if any(w < 1 for w in host_workers):
+        p.error("--host-workers must be positive")
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     if not only or any(s not in SECTIONS for s in only):
         p.error(f"--only: sections are {', '.join(SECTIONS)}")
@@ -1062,7 +1216,8 @@ def main(argv: list[str] | None = None) -> int:
     from lab.demo import _run
 
     res = _run(run_bench(args.setup_calls, steps, args.capacity_seconds, args.turns,
-                         args.timeout, args.xdp_mode, log, args.shared, turn_steps, only))
+                         args.timeout, args.xdp_mode, log, args.shared, turn_steps, only,
+                         args.profile, host_workers))
     text = render_markdown(res)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

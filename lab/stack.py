@@ -210,6 +210,11 @@ class StackOptions:
     one process (started in the caller's namespace) that loads the relay from
     that file and then runs the orchestrator, as the relay image does
     (tests/netns/test_image.py runs it with podman)."""
+    transceiver_workers: int = 1
+    """``[transceiver] workers``: 1 runs the one process (ids and ports as before);
+    N runs N workers (ids TRANSCEIVER_ID..+N-1) behind the transceiver's own front."""
+    transceiver_settings: dict[str, object] = field(default_factory=dict)
+    """Extra ``[transceiver]`` settings (e.g. worker_restart_seconds)."""
 
 
 @dataclass(frozen=True)
@@ -661,6 +666,8 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
                     "api_key_file": str(api_key_file),
                     "cors_origins": list(options.cors_origins),
                     "model_streams": options.model_streams,
+                    "workers": options.transceiver_workers,
+                    **options.transceiver_settings,
                 }})
                 txr = running.service("transceiver", running.transceiver_ns,
                                   python_argv("transceiver", "run", "--config", str(config)), **env)

@@ -59,6 +59,13 @@ class BpfRelayView:
         for txr_id in ids:
             self.maps.delete_transceiver(txr_id)
 
+    def delete_flows_of(self, ids: Iterable[int]) -> int:
+        """Delete the flows (and their reverse entries) to transceivers ``ids``;
+        how many went. For transceivers that are gone, not for drained ones."""
+        gone = set(ids)
+        return sum(self.maps.delete_flow(f.client_addr, f.client_port)
+                   for f in self.maps.flows() if f.transceiver_id in gone)
+
     def keys(self) -> dict[int, bytes]:
         return self.reader.keys()
 

@@ -147,6 +147,36 @@ async def _upkeep_loop(upkeep: Upkeep, view: RelayView, interval: float,
             return
 
 
+def _forget_transceivers(ids: tuple[int, ...], metrics: OrchestratorMetrics, view: RelayView,
+                         directory: Directory, background: set[asyncio.Task[None]]) -> None:
+    """``Syncer(on_delete=...)``: the sync took ``ids`` out of the map."""
+    metrics.forget_transceivers(ids)
+    if hasattr(view, "delete_flows_of"):
+        task = asyncio.get_running_loop().create_task(_delete_dead_flows(ids, view, directory))
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+
+async def _delete_dead_flows(ids: tuple[int, ...], view: RelayView, directory: Directory) -> None:
+    """A transceiver that left the directory by itself (it withdrew, it died and
+    its record expired, its host's front withdrew a dead worker) has no call
+    left for its flows to carry, and a worker started again on its ports must
+    not inherit them: they go now rather than at flow_idle_seconds. One the
+    operator removed keeps its flows, so that its calls in progress finish."""
+    try:
+        intents = await directory.intents()
+    except Exception as exc:  # noqa: BLE001 - keeping flows is the safe side
+        log.warning("could not read intents, keeping the flows of %s: %s", ids, exc)
+        return
+    present = view.transceivers()
+    # Checked after the await: a worker may have announced itself again meanwhile.
+    dead = [i for i in ids if intents.get(i) != "removed" and i not in present]
+    if dead:
+        deleted = view.delete_flows_of(dead)  # type: ignore[attr-defined]
+        log.info("deleted %d flow(s) of transceiver(s) %s, gone from the directory",
+                 deleted, dead)
+
+
 async def run_orchestrator(
     config: Config,
     view: RelayView,
@@ -180,11 +210,12 @@ async def run_orchestrator(
         directory: Directory = store
     else:
         directory = open_directory(config, oc.directory)
+    background: set[asyncio.Task[None]] = set()
     syncer = Syncer(
         directory, view, poll=poll, on_lag=metrics.sync_lag.observe, ensure_keys=True,
         on_upsert=None if upkeep is None else (
             lambda entries: upkeep.prime(t.address for t in entries.values())),
-        on_delete=metrics.forget_transceivers,
+        on_delete=lambda ids: _forget_transceivers(ids, metrics, view, directory, background),
     )
     metrics.directory_connected.set_function(lambda: 1 if syncer.connected else 0)
     metrics.maps_in_sync.set_function(lambda: 1 if syncer.in_sync else 0)

@@ -145,7 +145,7 @@ class Call:
         self.answer_sdp = ""  # the last answer sent: to the offer or to an ICE restart
         self.pc: RTCPeerConnection | None = None
         self.routed: RoutedIce | None = None
-        self.track = ReplyTrack(rate=OPUS_RATE)
+        self.track = ReplyTrack(rate=OPUS_RATE, encoded=True)
         self.link: ModelLink | None = None
         self.turns = Turns(self.track, self.emit, self._tell_model_barge_in,
                            vad_mode=settings.vad_mode, barge_in_frames=settings.barge_in_frames)

@@ -22,6 +22,7 @@ import fractions
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import av
 import numpy as np
@@ -132,6 +133,68 @@ def opus_frame(pcm: bytes, pts: int, up: Interpolator) -> av.AudioFrame:
     return frame
 
 
+OPUS_BITRATE = 32000
+"""Bits per second of the transceiver's own Opus encoder: 16 kHz mono speech
+(aiortc's 96 kbit/s is for 48 kHz stereo music)."""
+RTP_TIME_BASE = fractions.Fraction(1, OPUS_RATE)
+"""Opus's RTP clock is 48 kHz whatever the encoded bandwidth (RFC 7587)."""
+
+
+class OpusPackets:
+    """20 ms 16 kHz mono PCM in, Opus packets out, on the caller's thread.
+
+    aiortc's own path for a frame is: its audio-level measure (numpy), a hop
+    to the thread pool, libswresample to 48 kHz stereo, and libopus at 48 kHz
+    stereo; for the model's 16 kHz mono voice that is an upsampling nobody
+    hears and a thread hop per frame. libopus takes 16 kHz mono as it is, and
+    the packets decode at any rate. A silent frame is not encoded at all: its
+    packet is made once (libopus's own encoding of digital silence) and sent
+    again with the next timestamp, so an idle call costs no codec time.
+    """
+
+    def __init__(self, bitrate: int = OPUS_BITRATE) -> None:
+        self.codec = av.CodecContext.create("libopus", "w")
+        self.codec.bit_rate = bitrate
+        self.codec.format = "s16"
+        self.codec.layout = "mono"
+        self.codec.sample_rate = SAMPLE_RATE
+        self.codec.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        self.codec.options = {"application": "voip"}
+        self.codec.open()
+        self._silence = self._encode_silence()
+        self.encoded = 0
+        """Frames that went through libopus (silent ones do not)."""
+
+    @staticmethod
+    def _encode_silence() -> bytes:
+        codec = av.CodecContext.create("libopus", "w")
+        codec.bit_rate = OPUS_BITRATE
+        codec.format, codec.layout, codec.sample_rate = "s16", "mono", SAMPLE_RATE
+        codec.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        packets: list[av.Packet[Any]] = []
+        for pts in range(0, 10 * CHUNK_SAMPLES, CHUNK_SAMPLES):  # past libopus's start-up
+            packets += codec.encode(pcm_frame(SILENCE, pts))
+        if not packets:
+            raise RuntimeError("libopus gave no packet for 200 ms of silence")
+        return bytes(packets[-1])
+
+    def packet(self, pcm: bytes | None, pts: int) -> av.Packet[Any]:
+        """The packet for one 20 ms chunk at ``pts`` (16 kHz samples); ``None``
+        is silence. Stamped in the 48 kHz RTP clock, as aiortc's ``pack`` wants."""
+        payload = self._silence
+        if pcm is not None:
+            self.encoded += 1
+            out = self.codec.encode(pcm_frame(pcm, pts))
+            # libopus gives one packet per 20 ms frame here (frame size = our
+            # chunk); should it ever hold one back, that slot carries silence.
+            if out:
+                payload = bytes(out[0])
+        packet = av.Packet(payload)
+        packet.pts = pts * (OPUS_RATE // SAMPLE_RATE)
+        packet.time_base = RTP_TIME_BASE
+        return packet
+
+
 class PcmChunker:
     """Any aiortc AudioFrame in, exact 20 ms 16 kHz mono chunks out.
 
@@ -211,13 +274,17 @@ class ReplyTrack(MediaStreamTrack):
     kind = "audio"
 
     def __init__(self, on_segment_start: Callable[[float], None] | None = None,
-                 rate: int = SAMPLE_RATE) -> None:
+                 rate: int = SAMPLE_RATE, *, encoded: bool = False) -> None:
         """``rate`` 16000 gives 16 kHz mono frames; ``OPUS_RATE`` 48 kHz stereo,
-        which aiortc's Opus encoder takes without resampling (calls use it)."""
+        which aiortc's Opus encoder takes without resampling (the test clients
+        use it). ``encoded``: give Opus packets (``OpusPackets``) instead of
+        frames, which aiortc sends as they are (calls use it)."""
         super().__init__()
         if rate not in (SAMPLE_RATE, OPUS_RATE):
             raise ValueError(f"ReplyTrack rate must be {SAMPLE_RATE} or {OPUS_RATE}, got {rate}")
-        self._up = Interpolator(OPUS_RATE // SAMPLE_RATE) if rate == OPUS_RATE else None
+        self._opus = OpusPackets() if encoded else None
+        self._up = (Interpolator(OPUS_RATE // SAMPLE_RATE)
+                    if rate == OPUS_RATE and not encoded else None)
         self._queue: deque[bytes | None] = deque()
         self._start: float | None = None
         self._pts = 0
@@ -249,7 +316,7 @@ class ReplyTrack(MediaStreamTrack):
         self._in_segment = False
         return dropped
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.AudioFrame | av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         if self._start is None:
@@ -270,7 +337,7 @@ class ReplyTrack(MediaStreamTrack):
                         await asyncio.wait_for(self._arrived.wait(), wait)
                     if self._queued:
                         self._start = time.monotonic() - self._pts / SAMPLE_RATE
-        pcm = SILENCE
+        pcm: bytes | None = None
         while self._queue:
             item = self._queue.popleft()
             if item is None:
@@ -285,6 +352,8 @@ class ReplyTrack(MediaStreamTrack):
             self.audio_frames_sent += 1
             break
         self.frames_sent += 1
+        if self._opus is not None:
+            return self._opus.packet(pcm, self._pts)
         if self._up is not None:
-            return opus_frame(pcm, self._pts * self._up.factor, self._up)
-        return pcm_frame(pcm, self._pts)
+            return opus_frame(pcm or SILENCE, self._pts * self._up.factor, self._up)
+        return pcm_frame(pcm or SILENCE, self._pts)

@@ -13,12 +13,16 @@ for the reply.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from transceiver.media import CHUNK_MS, ReplyTrack
 from transceiver.model import voice_pb2
 from transceiver.model.vad import SileroVad
+
+VAD_WARMUP_CHUNKS = 15
+"""Chunks (300 ms) the barge-in VAD catches up on when a reply starts playing."""
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -91,6 +95,10 @@ class Turns:
         # Silero probability threshold: 0.35, 0.45, 0.55, 0.65.
         self.vad_threshold = 0.35 + 0.1 * vad_mode
         self._vad = SileroVad()
+        self._recent: deque[bytes] = deque(maxlen=VAD_WARMUP_CHUNKS)
+        self._scoring = False
+        self.vad_chunks = 0
+        """Chunks the VAD scored as they came (warm-up chunks not counted)."""
         self._voiced = 0
         self._suppress_audio = False
         track.on_segment_start = self._on_segment_start
@@ -99,12 +107,25 @@ class Turns:
 
     def heard(self, chunk: bytes) -> None:
         """One inbound 20 ms chunk, before it goes to the model: over a
-        playing reply, enough voiced chunks in a row are a barge-in."""
-        # Scored every chunk, so that its LSTM state follows the caller.
-        self._vad.push(chunk)
+        playing reply, enough voiced chunks in a row are a barge-in.
+
+        Only a playing reply can be barged into, so the VAD (a Silero run per
+        32 ms, the largest cost of an idle call: bench/profiles) scores only
+        then. While nothing plays the last ``VAD_WARMUP_CHUNKS`` are kept, and
+        when a reply starts the VAD catches up on them first, so that its
+        LSTM state follows the caller as if it had scored every chunk."""
         if not self.track.playing:
             self._voiced = 0
+            self._scoring = False
+            self._recent.append(chunk)
             return
+        if not self._scoring:
+            self._scoring = True
+            self._vad.reset()
+            self._vad.push(b"".join(self._recent))
+            self._recent.clear()
+        self.vad_chunks += 1
+        self._vad.push(chunk)
         if self._vad.probability >= self.vad_threshold:
             self._voiced += 1
             if self._voiced >= self.barge_in_frames:

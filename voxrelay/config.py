@@ -113,7 +113,8 @@ class OrchestratorConfig:
 @dataclass
 class TransceiverConfig:
     id: int = 1
-    """Transceiver id, carried in every routing token it mints."""
+    """Transceiver id, carried in every routing token it mints (with ``workers``,
+    the first worker's: worker i is id + i)."""
     listen: str = "0.0.0.0:8080"
     """HTTP signaling (POST /v1/calls)."""
     private_address: str = "127.0.0.1"
@@ -167,6 +168,15 @@ class TransceiverConfig:
     signaling; "*" allows any. Same-origin pages need no entry."""
     directory_secret_file: str = "/var/lib/voxrelay/directory.secret"  # noqa: S105 - a path
     """The directory secret (see [orchestrator]); env VOXRELAY_DIRECTORY_SECRET overrides."""
+    workers: int = 0
+    """Worker processes (each a transceiver of its own) behind one signaling
+    front on ``listen``; 0: one per core this host gives us, 1: no front, the
+    one process serves. Worker i has id ``id + i`` (leave that many ids per
+    host), the i-th slice of port_min..port_max, probe port ``probe_port + i``,
+    and its share of max_calls and model_streams (transceiver/workers.py)."""
+    worker_restart_seconds: float = 1.0
+    """A worker that died starts again after this long (doubled per crash within
+    a minute of its start, up to 30 s); its record leaves the directory at once."""
 
 
 @dataclass
@@ -298,6 +308,11 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"[transceiver] {key} must be >= 1, got {getattr(t, key)}")
     if not 1 <= config.transceiver.id <= 0xFFFFFFFF:
         raise ConfigError(f"[transceiver] id {config.transceiver.id} is outside 1..4294967295")
+    if t.workers < 0:
+        raise ConfigError(f"[transceiver] workers must be >= 0 (0: one per core), got {t.workers}")
+    if t.worker_restart_seconds <= 0:
+        raise ConfigError("[transceiver] worker_restart_seconds must be > 0, "
+                          f"got {t.worker_restart_seconds}")
     return config
 
 

@@ -178,6 +178,8 @@ def test_transceiver_config_is_rendered_with_an_id_from_the_pod_ip(tmp_path):
     assert loaded.transceiver.id == (10 << 24) | (244 << 16) | (3 << 8) | 17
     assert loaded.transceiver.private_address == "10.244.3.17"
     assert loaded.transceiver.model.startswith("voxrelay-model.")
+    # One process per pod: a second worker's id (id + 1) would be another pod's IP.
+    assert loaded.transceiver.workers == 1
     assert (tmp_path / "config" / "transceiver-id").read_text().strip() == str(loaded.transceiver.id)
     raw = tomllib.loads((tmp_path / "config" / "voxrelay.toml").read_text())
     assert "@" not in str(raw), "a placeholder was left unrendered"
