@@ -149,6 +149,10 @@ class PinView:
     def flow_capacity(self) -> int:
         return bpfsys.map_info(self._fds["flows"]).max_entries
 
+    def map_ids(self) -> dict[str, int]:
+        """Kernel id of each map held open (a reload pins new maps: new ids)."""
+        return {name: bpfsys.map_info(fd).id for name, fd in self._fds.items()}
+
     def close(self) -> None:
         for fd in self._fds.values():
             bpfsys.close(fd)
