@@ -36,6 +36,8 @@ class FlowEntry:
     idle_s: float          # since the last packet, either way
     idle_limit_s: float = 0.0
     """The relay's ``flow_idle_seconds`` (0: flows never expire)."""
+    relay_addr: str = ""
+    """The relay-side private address the flow sends from (with ``relay_port``)."""
 
     @property
     def state(self) -> str:
