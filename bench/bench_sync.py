@@ -280,7 +280,8 @@ def fill_live_flows(lab: Any, start: int, count: int, relay_addrs: list[Any],
             r = rk[j]
             r.addr.addr[0], r.relay_port = be_addrs[a], v.relay_port
             w = rv[j]
-            w.client = k
+            # (bcc builds one ctypes class per map: copy the fields, not the struct)
+            w.client.addr.addr[0], w.client.port, w.client.family = k.addr.addr[0], k.port, 2
             w.txr_addr.addr[0], w.txr_port, w.transceiver_id, w.last_seen_ns = (
                 txr_addr, v.txr_port, 7, now)
         flows.items_update_batch(fk, fv)
