@@ -75,12 +75,13 @@ def _set_cycle(lab: Any, relay_port: int) -> bytes:
     k.addr.addr[0], k.port, k.family = vip, be_pub, 2
     f = flows.Leaf()
     f.txr_addr.addr[0], f.txr_port, f.relay_port = priv, be_rp, be_rp
+    f.relay_addr.addr[0] = priv
     f.transceiver_id, f.created_ns, f.last_seen_ns = 7, now, now
     nh(f.nh)
     flows[k] = f
     rev = lab.bpf["reverse"]
     rk = rev.Key()
-    rk.relay_port = be_rp
+    rk.addr.addr[0], rk.relay_port = priv, be_rp
     r = rev.Leaf()
     r.client.addr.addr[0], r.client.port, r.client.family = vip, be_pub, 2
     r.txr_addr.addr[0], r.txr_port, r.transceiver_id, r.last_seen_ns = priv, be_rp, 7, now

@@ -6,13 +6,22 @@
 
 #ifndef MAX_FLOWS
 /* flows LRU: client addr:port -> flow. Every live flow holds its own relay
- * port, so at most 65536 are live; twice that keeps the LRU from evicting a
- * live flow early (LRU maps may evict before they are completely full). */
-#define MAX_FLOWS 131072
+ * address:port (reverse), so at most MAX_RELAY_PORTS are live; 1/8 above
+ * that keeps the LRU from evicting a live flow early (an LRU map takes free
+ * nodes per CPU in batches, so it evicts before it is completely full).
+ * Memory, preallocated: ~176 B per entry, 198 MiB at this size
+ * (bench/bench_sync.py measures it). */
+#define MAX_FLOWS 1179648
 #endif
 #ifndef MAX_RELAY_PORTS
-#define MAX_RELAY_PORTS 65536      /* reverse: one entry per relay-side port */
+/* reverse: one entry per live flow, keyed by (private address, relay port):
+ * the live flows a relay can hold (16 private addresses of the widest port
+ * range, 1024..65535, give 1,032,192). Memory, preallocated: ~168 B per
+ * entry, 168 MiB at this size. */
+#define MAX_RELAY_PORTS 1048576
 #endif
+/* struct private_addrs' slots: a layout, so never a -D limit. A power of two. */
+#define MAX_PRIVATE_ADDRS 32
 #ifndef MAX_TRANSCEIVERS
 #define MAX_TRANSCEIVERS 4096
 #endif

@@ -31,8 +31,11 @@ RELAY_MAP("array", __u32, struct token_key, keys, MAX_KEYS);
 RELAY_MAP("hash", __u32, struct transceiver, transceivers, MAX_TRANSCEIVERS);
 /* flows[client addr:port]: transceiver addr:port, relay port, next hop. XDP writes; orchestrator reads. */
 RELAY_MAP("lru_hash", struct flow_key, struct flow, flows, MAX_FLOWS);
-/* reverse[relay port]: the client and transceiver of that port; its keys are the port allocator. XDP writes. */
+/* reverse[private addr:relay port]: the client and transceiver of that address and port; its
+ * keys are the port allocator. XDP writes. */
 RELAY_MAP("hash", struct reverse_key, struct reverse_flow, reverse, MAX_RELAY_PORTS);
+/* private_addrs[0]: the relay's private addresses, the config's first. Loader writes. */
+RELAY_MAP("array", __u32, struct private_addrs, private_addrs, 1);
 /* rate[source addr]: the current one-second new-flow window of a client address. XDP writes. */
 RELAY_MAP("lru_hash", struct relay_addr, struct rate_window, rate, MAX_RATE_SOURCES);
 /* token_flows[token mac]: how many flows that token has created. XDP writes. */

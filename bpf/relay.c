@@ -3,11 +3,12 @@
  *
  * One program on both of the relay's interfaces. Per packet:
  *   - UDP to public_addr:public_port (public side): a known client flow is
- *     rewritten to private_addr:relay_port -> transceiver addr:port and
- *     forwarded; an unknown client must open with a STUN Binding Request whose
- *     USERNAME starts with a valid routing token (bpf/token.h), which creates
- *     the flow and its reverse entry first.
- *   - UDP to private_addr:[port_min, port_max] (private side): a reply from
+ *     rewritten to relay addr:port -> transceiver addr:port and forwarded
+ *     (the flow's relay-side address is one of private_addrs: bpf/flows.h);
+ *     an unknown client must open with a STUN Binding Request whose USERNAME
+ *     starts with a valid routing token (bpf/token.h), which creates the flow
+ *     and its reverse entry first.
+ *   - UDP to any private address:[port_min, port_max] (private side): a reply from
  *     the flow's transceiver is rewritten to public_addr:public_port -> client
  *     and forwarded.
  *   - Each side is taken only from its own interface: public-side packets
@@ -41,6 +42,7 @@
 #include "parsing.h"
 #include "csum.h"
 #include "token.h"
+#include "flows.h"
 
 /* An action and the counter that explains it. */
 struct verdict {
@@ -218,7 +220,7 @@ static __always_inline struct verdict forward_to_transceiver(struct xdp_md *ctx,
 							     struct udphdr *udp, struct flow *f,
 							     __u32 ok)
 {
-	rewrite_udp4(iph, udp, cfg->private_addr.addr[0], f->txr_addr.addr[0],
+	rewrite_udp4(iph, udp, f->relay_addr.addr[0], f->txr_addr.addr[0],
 		     f->relay_port, f->txr_port);
 	/* No learnt fallback: a client's frame says nothing about the
 	 * transceiver's MAC (the control plane primes those neighbours). */
@@ -323,14 +325,15 @@ static __always_inline __u32 rate_check(const struct relay_config *cfg,
 /* A reverse entry may be taken over when neither direction of its flow has
  * seen a packet for flow_idle_ns (or its forward flow is already gone). */
 static __always_inline int reverse_reclaimable(const struct relay_config *cfg,
-					       struct reverse_flow *r, __be16 port, __u64 now)
+					       struct reverse_flow *r, const struct reverse_key *rk,
+					       __u64 now)
 {
 	struct flow *f;
 
 	if (!is_idle(r->last_seen_ns, now, cfg->flow_idle_ns))
 		return 0;
 	f = flows.lookup(&r->client);
-	if (f && f->relay_port == port) {
+	if (f && f->relay_port == rk->relay_port && f->relay_addr.addr[0] == rk->addr.addr[0]) {
 		if (!is_idle(f->last_seen_ns, now, cfg->flow_idle_ns))
 			return 0;
 		flows.delete(&r->client);
@@ -338,12 +341,16 @@ static __always_inline int reverse_reclaimable(const struct relay_config *cfg,
 	return 1;
 }
 
-/* Claim a relay-side port for `rv` by hashed probing with NOEXIST inserts
- * into `reverse`. Returns the port (network order) or 0. */
+/* Claim a relay-side private address and port for `rv` by hashed probing
+ * with NOEXIST inserts into `reverse`: each probe picks the port and the
+ * address (of private_addrs) from one hash. Returns the port (network order)
+ * with its address in `*addr`, or 0. */
 static __always_inline __be16 allocate_port(const struct relay_config *cfg,
-					    struct reverse_flow *rv, __u64 mac, __u64 now)
+					    const struct private_addrs *pa,
+					    struct reverse_flow *rv, __u64 mac, __u64 now,
+					    __be32 *addr)
 {
-	__u32 range, seed;
+	__u32 range, seed, naddrs = private_addr_count(pa);
 
 	if (!cfg->port_min || cfg->port_max < cfg->port_min)
 		return 0;
@@ -352,14 +359,17 @@ static __always_inline __be16 allocate_port(const struct relay_config *cfg,
 	       (__u32)mac ^ (__u32)(mac >> 32) ^ bpf_get_prandom_u32();
 
 	for (int i = 0; i < PORT_ALLOC_TRIES; i++) {
-		struct reverse_key rk = {};
+		struct reverse_key rk;
 		struct reverse_flow *old;
+		__u32 h = mix32(seed + i * 0x9e3779b9U);
 
-		rk.relay_port = bpf_htons(cfg->port_min + mix32(seed + i * 0x9e3779b9U) % range);
+		reverse_key_of(&rk, private_addr_at(cfg, pa, naddrs > 1 ? mix32(h) % naddrs : 0),
+			       bpf_htons(cfg->port_min + h % range));
+		*addr = rk.addr.addr[0];
 		if (reverse.insert(&rk, rv) == 0)
 			return rk.relay_port;
 		old = reverse.lookup(&rk);
-		if (old && reverse_reclaimable(cfg, old, rk.relay_port, now)) {
+		if (old && reverse_reclaimable(cfg, old, &rk, now)) {
 			reverse.delete(&rk);
 			if (reverse.insert(&rk, rv) == 0)
 				return rk.relay_port;
@@ -373,7 +383,8 @@ static __always_inline __be16 allocate_port(const struct relay_config *cfg,
 static __always_inline struct verdict new_flow(struct xdp_md *ctx, const struct relay_config *cfg,
 					       struct relay_scratch *s, struct ethhdr *eth, struct iphdr *iph,
 					       struct udphdr *udp, struct cursor *c,
-					       struct flow_key *fk, __be16 stale_port, __u64 now)
+					       struct flow_key *fk, const struct reverse_key *stale,
+					       __u64 now)
 {
 	__u32 payload_len = bpf_ntohs(udp->len) - sizeof(*udp);
 	void *stun = c->pos;
@@ -463,22 +474,26 @@ static __always_inline struct verdict new_flow(struct xdp_md *ctx, const struct 
 	rv->transceiver_id = txr_id;
 	rv->last_seen_ns = now;
 	learn_client_hop(ctx, cfg, eth, &rv->nh);
-	__be16 relay_port = allocate_port(cfg, rv, tok.mac, now);
+	__u32 zero = 0;
+	__be32 relay_addr = 0;
+	__be16 relay_port = allocate_port(cfg, private_addrs.lookup(&zero), rv, tok.mac, now,
+					  &relay_addr);
 
 	if (!relay_port)
 		return DROP(STAT_DROP_PORT_EXHAUSTED);
 
-	/* This client's previous (idle) flow leaves its port behind: free it. */
-	if (stale_port && stale_port != relay_port) {
-		struct reverse_key old = { .relay_port = stale_port };
-		struct reverse_flow *orv = reverse.lookup(&old);
+	/* This client's previous (idle) flow leaves its address:port behind: free it. */
+	if (stale->relay_port &&
+	    (stale->relay_port != relay_port || stale->addr.addr[0] != relay_addr)) {
+		struct reverse_flow *orv = reverse.lookup((struct reverse_key *)stale);
 
 		if (orv && orv->client.addr.addr[0] == fk->addr.addr[0] &&
 		    orv->client.port == fk->port)
-			reverse.delete(&old);
+			reverse.delete((struct reverse_key *)stale);
 	}
 
 	nf->txr_addr = txr->addr;
+	nf->relay_addr.addr[0] = relay_addr;
 	nf->txr_port = tok.port;
 	nf->relay_port = relay_port;
 	nf->transceiver_id = txr_id;
@@ -517,7 +532,7 @@ static __always_inline struct verdict public_side(struct xdp_md *ctx,
 {
 	struct flow_key fk = {};
 	__u64 now = relay_now(s);
-	__be16 stale_port = 0;
+	struct reverse_key stale = {};
 	struct flow *f;
 
 	fk.addr.addr[0] = iph->saddr;
@@ -530,9 +545,9 @@ static __always_inline struct verdict public_side(struct xdp_md *ctx,
 			return forward_to_transceiver(ctx, cfg, s, eth, iph, udp, f,
 						      STAT_FWD_TO_TRANSCEIVER);
 		}
-		stale_port = f->relay_port;
+		reverse_key_of(&stale, f->relay_addr.addr[0], f->relay_port);
 	}
-	return new_flow(ctx, cfg, s, eth, iph, udp, c, &fk, stale_port, now);
+	return new_flow(ctx, cfg, s, eth, iph, udp, c, &fk, &stale, now);
 }
 
 static __always_inline struct verdict private_side(struct xdp_md *ctx,
@@ -540,8 +555,11 @@ static __always_inline struct verdict private_side(struct xdp_md *ctx,
 						   struct relay_scratch *s, struct ethhdr *eth, struct iphdr *iph,
 						   struct udphdr *udp)
 {
-	struct reverse_key rk = { .relay_port = udp->dest };
-	struct reverse_flow *r = reverse.lookup(&rk);
+	struct reverse_key rk;
+	struct reverse_flow *r;
+
+	reverse_key_of(&rk, iph->daddr, udp->dest);
+	r = reverse.lookup(&rk);
 
 	if (!r)
 		return DROP(STAT_DROP_NO_REVERSE);
@@ -591,6 +609,9 @@ static __always_inline struct verdict relay(struct xdp_md *ctx)
 
 	int to_public = iph->daddr == cfg->public_addr.addr[0];
 	int to_private = iph->daddr == cfg->private_addr.addr[0];
+
+	if (!to_public && !to_private)
+		to_private = is_extra_private_addr(private_addrs.lookup(&zero), iph->daddr);
 
 	if (!to_public && !to_private)
 		return VERDICT(XDP_PASS, STAT_PASS_NOT_RELAY);

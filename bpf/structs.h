@@ -41,8 +41,9 @@ struct next_hop {
 struct flow {
 	struct relay_addr txr_addr;  /* transceiver's private address */
 	__be16 txr_port;             /* transceiver's UDP port (from the token) */
-	__be16 relay_port;           /* relay-side source port, unique per flow */
+	__be16 relay_port;           /* relay-side source port: with relay_addr, unique per flow */
 	__u32 transceiver_id;
+	struct relay_addr relay_addr; /* relay-side source address: one of private_addrs */
 	__u64 token_mac;             /* the token that created it (per-token cap) */
 	__u64 created_ns;            /* bpf_ktime_get_ns() */
 	__u64 last_seen_ns;          /* refreshed per packet; idle flows expire */
@@ -50,8 +51,11 @@ struct flow {
 	__u32 pad;
 };
 
-/* `reverse` key: the relay-side port (network order), padded to 4 bytes. */
+/* `reverse` key: the relay-side private address and port (network order) a
+ * flow's transceiver sends to. With several private addresses, one relay holds
+ * (addresses x ports) live flows, not one port range's worth. */
 struct reverse_key {
+	struct relay_addr addr;
 	__be16 relay_port;
 	__u16 pad;
 };
@@ -124,16 +128,27 @@ struct rate_window {
 	__u32 pad;
 };
 
+/* `private_addrs` value (index 0): every private address of the relay, the
+ * config's private_addr first. New flows are spread over the first `count`;
+ * a transceiver's reply is ours when it is sent to any of them. Written by
+ * the loader at load and replace. MAX_PRIVATE_ADDRS: consts.h. */
+struct private_addrs {
+	__u32 count;            /* 0 or 1: only the config's private_addr */
+	__u32 pad;
+	struct relay_addr addr[MAX_PRIVATE_ADDRS];
+};
+
 _Static_assert(sizeof(struct relay_addr) == 16, "relay_addr layout");
 _Static_assert(sizeof(struct flow_key) == 20, "flow_key layout");
 _Static_assert(sizeof(struct next_hop) == 20, "next_hop layout");
-_Static_assert(sizeof(struct flow) == 72, "flow layout");
-_Static_assert(sizeof(struct reverse_key) == 4, "reverse_key layout");
+_Static_assert(sizeof(struct flow) == 88, "flow layout");
+_Static_assert(sizeof(struct reverse_key) == 20, "reverse_key layout");
 _Static_assert(sizeof(struct reverse_flow) == 80, "reverse_flow layout");
 _Static_assert(sizeof(struct transceiver) == 24, "transceiver layout");
 _Static_assert(sizeof(struct token_key) == 24, "token_key layout");
 _Static_assert(sizeof(struct relay_config) == 80, "relay_config layout");
 _Static_assert(sizeof(struct rate_window) == 16, "rate_window layout");
 _Static_assert(sizeof(struct source_prefix) == 24, "source_prefix layout");
+_Static_assert(sizeof(struct private_addrs) == 520, "private_addrs layout");
 
 #endif

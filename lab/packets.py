@@ -55,10 +55,12 @@ def to_relay(payload: bytes, *, src: IPv4Address | str = CLIENT, sport: int = CL
 
 
 def from_transceiver(payload: bytes, relay_port: int, *, txr: int = 7,
-                     sport: int = 50007, src: IPv4Address | str | None = None) -> Any:
-    """A transceiver's UDP reply to the relay's private address and a relay port."""
+                     sport: int = 50007, src: IPv4Address | str | None = None,
+                     dst: IPv4Address | str = PRIVATE) -> Any:
+    """A transceiver's UDP reply to a private address of the relay (default: the
+    config's) and a relay port."""
     addr = TRANSCEIVERS[txr][0] if src is None else src
-    return (Ether(src=WIRE_MAC, dst=VPRIV_MAC) / IP(src=str(addr), dst=str(PRIVATE), ttl=64)
+    return (Ether(src=WIRE_MAC, dst=VPRIV_MAC) / IP(src=str(addr), dst=str(dst), ttl=64)
             / UDP(sport=sport, dport=relay_port) / Raw(payload))
 
 

@@ -54,6 +54,8 @@ VIP = IPv4Address("198.51.100.10")
 GATEWAY = IPv4Address("198.51.100.1")
 PRIVATE = IPv4Address("10.77.0.1")
 PRIVATE_NET = IPv4Network("10.77.0.0/24")
+EXTRA_PRIVATE = (IPv4Address("10.77.0.2"), IPv4Address("10.77.0.3"))
+"""More private addresses of the relay, for rows with ``extra_private_addresses``."""
 PUBLIC_PORT = 3478
 PORT_MIN, PORT_MAX = 40000, 40999
 
@@ -85,7 +87,8 @@ KEY1 = bytes(range(16))
 KEY2 = bytes(range(100, 116))
 
 # Small maps: the lab needs few entries and the host's memory is shared.
-LAB_LIMITS = {"MAX_FLOWS": 8192, "MAX_RATE_SOURCES": 4096, "MAX_TOKENS_TRACKED": 4096}
+LAB_LIMITS = {"MAX_FLOWS": 8192, "MAX_RATE_SOURCES": 4096, "MAX_TOKENS_TRACKED": 4096,
+              "MAX_RELAY_PORTS": 8192}
 
 
 def lab_relay_config(**changes: Any) -> RelayConfig:
@@ -204,6 +207,7 @@ class ProgTestRelay:
         self.maps.write_config(relay, public_addr=VIP, private_addr=PRIVATE,
                                public_ifindex=self.ifindex[public_if],
                                private_ifindex=self.ifindex[private_if])
+        self.maps.write_private_addrs([PRIVATE, *relay.extra_private_addresses])
 
     # --- running packets -----------------------------------------------------------
 

@@ -71,6 +71,8 @@ TRANSCEIVER_DRAINING = 2
 """``transceiver.status``: keeps its flows, gets no new ones."""
 SOURCE_PREFIX_HDR_BITS = 32
 """``struct source_prefix``: prefixlen bits before the address."""
+MAX_PRIVATE_ADDRS = 32
+"""``struct private_addrs``: slots for the relay's private addresses."""
 
 
 BPF_MAP_TYPE_HASH = 1
@@ -181,6 +183,7 @@ class Flow(ctypes.Structure):
         ("txr_port", ctypes.c_uint16),
         ("relay_port", ctypes.c_uint16),
         ("transceiver_id", ctypes.c_uint32),
+        ("relay_addr", RelayAddr),
         ("token_mac", ctypes.c_uint64),
         ("created_ns", ctypes.c_uint64),
         ("last_seen_ns", ctypes.c_uint64),
@@ -194,6 +197,7 @@ class ReverseKey(ctypes.Structure):
 
     _pack_ = 1
     _fields_ = [
+        ("addr", RelayAddr),
         ("relay_port", ctypes.c_uint16),
         ("pad", ctypes.c_uint16),
     ]
@@ -213,6 +217,17 @@ class ReverseFlow(ctypes.Structure):
         ("last_seen_ns", ctypes.c_uint64),
         ("nh", NextHop),
         ("pad3", ctypes.c_uint32),
+    ]
+
+
+class PrivateAddrs(ctypes.Structure):
+    """``struct private_addrs`` (bpf/structs.h)."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("count", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("addr", RelayAddr * 32),
     ]
 
 
@@ -246,9 +261,10 @@ _STRUCT_SIZES: dict[type[ctypes.Structure], tuple[str, int]] = {
     Transceiver: ("transceiver", 24),
     FlowKey: ("flow_key", 20),
     NextHop: ("next_hop", 20),
-    Flow: ("flow", 72),
-    ReverseKey: ("reverse_key", 4),
+    Flow: ("flow", 88),
+    ReverseKey: ("reverse_key", 20),
     ReverseFlow: ("reverse_flow", 80),
+    PrivateAddrs: ("private_addrs", 520),
     RateWindow: ("rate_window", 16),
     SourcePrefix: ("source_prefix", 24),
 }
@@ -261,6 +277,7 @@ MAP_NAMES: tuple[str, ...] = (
     "transceivers",
     "flows",
     "reverse",
+    "private_addrs",
     "rate",
     "token_flows",
     "blocked_sources",
@@ -272,8 +289,9 @@ MAP_LAYOUTS: dict[str, MapLayout] = {
     "config": MapLayout(BPF_MAP_TYPE_ARRAY, 4, 80),
     "keys": MapLayout(BPF_MAP_TYPE_ARRAY, 4, 24),
     "transceivers": MapLayout(BPF_MAP_TYPE_HASH, 4, 24),
-    "flows": MapLayout(BPF_MAP_TYPE_LRU_HASH, 20, 72),
-    "reverse": MapLayout(BPF_MAP_TYPE_HASH, 4, 80),
+    "flows": MapLayout(BPF_MAP_TYPE_LRU_HASH, 20, 88),
+    "reverse": MapLayout(BPF_MAP_TYPE_HASH, 20, 80),
+    "private_addrs": MapLayout(BPF_MAP_TYPE_ARRAY, 4, 520),
     "rate": MapLayout(BPF_MAP_TYPE_LRU_HASH, 16, 16),
     "token_flows": MapLayout(BPF_MAP_TYPE_LRU_HASH, 8, 8),
     "blocked_sources": MapLayout(BPF_MAP_TYPE_LPM_TRIE, 24, 4),
@@ -286,6 +304,7 @@ MAP_CTYPES: dict[str, tuple[type, type]] = {
     "transceivers": (ctypes.c_uint32, Transceiver),
     "flows": (FlowKey, Flow),
     "reverse": (ReverseKey, ReverseFlow),
+    "private_addrs": (ctypes.c_uint32, PrivateAddrs),
     "rate": (RelayAddr, RateWindow),
     "token_flows": (ctypes.c_uint64, ctypes.c_uint64),
     "blocked_sources": (SourcePrefix, ctypes.c_uint32),

@@ -164,12 +164,15 @@ class FlowRecord:
     created_ns: int
     last_seen_ns: int
     next_hop: NextHop | None
+    relay_addr: IPv4Address
+    """The relay-side private address the flow sends from (one of ``private_addrs``)."""
 
 
 @dataclass(frozen=True)
 class ReverseEntry:
-    """A relay-side port (``reverse``), transceiver -> client."""
+    """A relay-side address:port (``reverse``), transceiver -> client."""
 
+    relay_addr: IPv4Address
     relay_port: int
     client_addr: IPv4Address
     client_port: int
@@ -322,6 +325,28 @@ class RelayMaps:
         table[table.Key(0)] = leaf
         return int(leaf.clock_offset_ns)
 
+    # --- private addresses ----------------------------------------------------
+
+    def write_private_addrs(self, addresses: Iterable[IPv4Address | str]) -> list[IPv4Address]:
+        """Write ``private_addrs[0]``: the config's private address first, then the
+        extra ones new flows are spread over. Returns what the map now holds."""
+        addrs = [IPv4Address(a) for a in addresses]
+        if not 1 <= len(addrs) <= abi.MAX_PRIVATE_ADDRS:
+            raise ValueError(f"{len(addrs)} private addresses: 1..{abi.MAX_PRIVATE_ADDRS} needed")
+        if len(set(addrs)) != len(addrs):
+            raise ValueError(f"private addresses listed twice: {[str(a) for a in addrs]}")
+        table = self._t["private_addrs"]
+        leaf = table.Leaf()
+        leaf.count = len(addrs)
+        for i, addr in enumerate(addrs):
+            leaf.addr[i].addr[0] = be32_of(addr)
+        table[table.Key(0)] = leaf
+        return self.private_addrs()
+
+    def private_addrs(self) -> list[IPv4Address]:
+        v = self._t["private_addrs"][self._t["private_addrs"].Key(0)]
+        return [addr_of(v.addr[i].addr[0]) for i in range(min(v.count, abi.MAX_PRIVATE_ADDRS))]
+
     # --- blocked sources ------------------------------------------------------
 
     def _prefix_key(self, network: IPv4Network) -> Any:
@@ -461,6 +486,7 @@ class RelayMaps:
                 created_ns=v.created_ns,
                 last_seen_ns=v.last_seen_ns,
                 next_hop=_next_hop(v.nh),
+                relay_addr=addr_of(v.relay_addr.addr[0]),
             ))
         return sorted(out, key=lambda f: (f.client_addr, f.client_port))
 
@@ -487,13 +513,15 @@ class RelayMaps:
                 continue
             out.append(FlowRecord(addr, port, addr_of(v.txr_addr.addr[0]), port_of(v.txr_port),
                                  port_of(v.relay_port), v.transceiver_id, v.token_mac,
-                                 v.created_ns, v.last_seen_ns, _next_hop(v.nh)))
+                                 v.created_ns, v.last_seen_ns, _next_hop(v.nh),
+                                 addr_of(v.relay_addr.addr[0])))
         return out
 
     def reverse_entries(self) -> list[ReverseEntry]:
         out = []
         for k, v in self._t["reverse"].items():
             out.append(ReverseEntry(
+                relay_addr=addr_of(k.addr.addr[0]),
                 relay_port=port_of(k.relay_port),
                 client_addr=addr_of(v.client.addr.addr[0]),
                 client_port=port_of(v.client.port),
@@ -503,10 +531,10 @@ class RelayMaps:
                 last_seen_ns=v.last_seen_ns,
                 next_hop=_next_hop(v.nh),
             ))
-        return sorted(out, key=lambda r: r.relay_port)
+        return sorted(out, key=lambda r: (r.relay_port, r.relay_addr))
 
     def delete_flow(self, client_addr: IPv4Address | str, client_port: int) -> bool:
-        """End a client's flow and free its relay port. False if there was none."""
+        """End a client's flow and free its relay address:port. False if there was none."""
         flows = self._t["flows"]
         key = self._flow_key(IPv4Address(client_addr), client_port)
         try:
@@ -515,6 +543,7 @@ class RelayMaps:
             return False
         reverse = self._t["reverse"]
         rkey = reverse.Key(relay_port=v.relay_port)
+        rkey.addr.addr[0] = v.relay_addr.addr[0]
         try:
             r = reverse[rkey]
             if bytes(r.client) == bytes(key):

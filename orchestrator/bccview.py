@@ -13,10 +13,12 @@ create an empty map beside a relay.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 
 from orchestrator import bpfprog, bpfsys, loader
 from orchestrator.bccmaps import RelayMaps, TransceiverStatus
+from orchestrator.pintables import open_pinned_tables, pinned_map_ids
 from orchestrator.pinview import PinView, open_pinview
 from orchestrator.relay import FlowEntry, RelayUnavailable, require_bpf, require_pinned
 from orchestrator.sync import MapTransceiver
@@ -46,6 +48,37 @@ class BpfRelayView:
         self.maps = relay_maps
         self.reader = reader
         self._status = TransceiverStatus
+        self.map_ids = reader.map_ids()
+        """Kernel ids of the maps this view writes and reads (``pins_replaced``)."""
+        self._close_maps: Callable[[], None] = functools.partial(_cleanup, relay_maps)
+        self.reopens = 0
+
+    # --- following a reload -----------------------------------------------------
+    def pins_replaced(self) -> bool:
+        """True when every pin is there again but names other maps than the ones
+        held: the relay was unloaded and loaded anew (``relay load`` after
+        ``relay unload``), so this view writes maps no program reads any more.
+        False meanwhile (pins missing) and after a ``--replace`` (same maps)."""
+        now = pinned_map_ids(self.name)
+        return now is not None and now != self.map_ids
+
+    def reopen(self) -> None:
+        """Hold the maps pinned now instead (fast: raw bpf(2) tables, no
+        compile); the old fds are closed. The caller then resyncs: the new
+        maps start empty but for what the loader wrote (config, blocked sources)."""
+        tables = open_pinned_tables(self.name)
+        try:
+            reader = open_pinview(self.name)
+            relay_maps = RelayMaps(tables)
+        except BaseException:
+            tables.close()
+            raise
+        old_reader, close_old = self.reader, self._close_maps
+        self.maps, self.reader, self.map_ids = relay_maps, reader, reader.map_ids()
+        self._close_maps = tables.close
+        self.reopens += 1
+        old_reader.close()
+        close_old()
 
     # --- SyncMaps ---------------------------------------------------------------
     def transceivers(self) -> dict[int, MapTransceiver]:
@@ -94,7 +127,7 @@ class BpfRelayView:
     def close(self) -> None:
         """Close the map fds (the pins, and so the maps, stay)."""
         self.reader.close()
-        _cleanup(self.maps)
+        self._close_maps()
 
 
 def _cleanup(relay_maps: RelayMaps) -> None:

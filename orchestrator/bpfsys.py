@@ -30,6 +30,8 @@ _SYS_BPF = {"x86_64": 321, "aarch64": 280}[os.uname().machine]
 # enum bpf_cmd
 BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
 BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
@@ -225,6 +227,30 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
     """The value at ``key`` (raw bytes, ``value_size`` long; per-CPU maps: one
     8-byte-aligned slot per possible CPU), or None when the key is absent."""
     return _map_elem(BPF_MAP_LOOKUP_ELEM, fd, key, len(key), value_size, "map lookup")
+
+
+def map_update(fd: int, key: bytes, value: bytes, flags: int = 0) -> None:
+    """Write ``value`` at ``key`` (flags: BPF_ANY 0, BPF_NOEXIST 1, BPF_EXIST 2)."""
+    key_buf = ctypes.create_string_buffer(key, len(key))
+    value_buf = ctypes.create_string_buffer(value, len(value))
+    attr = _attr()
+    struct.pack_into("=IIQQQ", attr, 0, fd, 0, ctypes.addressof(key_buf),
+                     ctypes.addressof(value_buf), flags)
+    _bpf(BPF_MAP_UPDATE_ELEM, attr, "map update")
+
+
+def map_delete(fd: int, key: bytes) -> bool:
+    """Delete ``key``; False when it was not there (ENOENT)."""
+    key_buf = ctypes.create_string_buffer(key, len(key))
+    attr = _attr()
+    struct.pack_into("=IIQ", attr, 0, fd, 0, ctypes.addressof(key_buf))
+    try:
+        _bpf(BPF_MAP_DELETE_ELEM, attr, "map delete")
+    except BpfError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
 
 
 def map_next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:

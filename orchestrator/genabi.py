@@ -398,6 +398,7 @@ CONSTS = {
     "TRANSCEIVER_ACTIVE": "``transceiver.status``: takes new flows (bpf/consts.h).",
     "TRANSCEIVER_DRAINING": "``transceiver.status``: keeps its flows, gets no new ones.",
     "SOURCE_PREFIX_HDR_BITS": "``struct source_prefix``: prefixlen bits before the address.",
+    "MAX_PRIVATE_ADDRS": "``struct private_addrs``: slots for the relay's private addresses.",
 }
 """The #defines of bpf/consts.h that abi.py mirrors, with their docstrings."""
 

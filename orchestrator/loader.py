@@ -51,7 +51,7 @@ from orchestrator.errors import (
     NotLoadedError,
 )
 from orchestrator.pins import PinnedMap
-from voxrelay.config import RelayConfig
+from voxrelay.config import RelayConfig, parse_extra_private_addresses
 
 __all__ = [
     "AlreadyLoadedError", "AttachedInterface", "LoaderBusyError", "LoaderError",
@@ -178,6 +178,22 @@ def _write_config(relay_maps: bccmaps.RelayMaps, relay: RelayConfig, netns: str 
         public_ifindex=netlink.link_info(relay.public_interface, netns).ifindex,
         private_ifindex=netlink.link_info(relay.private_interface, netns).ifindex,
     )
+    relay_maps.write_private_addrs([private, *private_addresses_on(relay, netns)])
+
+
+def private_addresses_on(relay: RelayConfig, netns: str | None) -> list[str]:
+    """``relay.extra_private_addresses``, each checked to be on the private
+    interface: a transceiver's reply to an address the relay does not hold
+    would never reach it (nothing answers ARP for it)."""
+    extras = [str(a) for a in parse_extra_private_addresses(relay)]
+    held = {a.split("/")[0] for a in netlink.addresses(relay.private_interface, netns)}
+    missing = [a for a in extras if a not in held]
+    if missing:
+        raise LoaderError(
+            f"[relay] extra_private_addresses {', '.join(missing)} not on "
+            f"{relay.private_interface} (it has {', '.join(sorted(held)) or 'none'}): "
+            "add them to the interface first")
+    return extras
 
 
 def load(
@@ -222,6 +238,7 @@ def load(
         private = hostnet.resolve_address(relay.private_address, relay.private_interface, netns)
         for addr in (public, private):
             ipaddress.IPv4Address(addr)
+        private_addresses_on(relay, netns)  # before the compile: a clear error, at once
 
         pin_dir = pins.pin_dir_for(relay.name)
         pins_before = {p.name for p in pin_dir.iterdir()} if pin_dir.is_dir() else set()

@@ -17,6 +17,8 @@ client addresses.
     voxrelay_maps_in_sync                           0 while out of sync (outage, failed write)
     voxrelay_probe_success{transceiver}             1/0, last probe
     voxrelay_probe_rtt_seconds{transceiver}         last successful probe
+    voxrelay_relay_reloads_total                    times the relay was found loaded anew (new
+                                                    maps under its pins) and resynced
     voxrelay_directory_refused_total{reason}        directory requests refused: missing|wrong
                                                     credential (someone is probing, or a
                                                     transceiver has a stale secret)
@@ -204,6 +206,10 @@ class OrchestratorMetrics:
         )
         for reason in ("missing", "wrong"):
             self.directory_refused.labels(reason)
+        self.relay_reloads = Counter(
+            "voxrelay_relay_reloads", "Times the relay was loaded anew under the orchestrator "
+            "(new maps under its pins) and the maps were resynced.", registry=self.registry,
+        )
 
     def record_probe(self, transceiver_id: int, ok: bool, rtt_ms: float | None) -> None:
         label = str(transceiver_id)

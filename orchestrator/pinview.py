@@ -124,12 +124,12 @@ class PinView:
         idle_limit = self.flow_idle_seconds()
         # The transceiver's packets refresh the reverse entry only: a flow is
         # idle when neither direction has seen a packet (as relay.c decides).
-        replies = {port_of(k.relay_port): (v, int(v.last_seen_ns))
+        replies = {(int(k.addr.addr[0]), int(k.relay_port)): (v, int(v.last_seen_ns))
                    for k, v in self._items("reverse")}
         rows = []
         for k, v in self._items("flows"):
             last_seen = int(v.last_seen_ns)
-            reply = replies.get(port_of(v.relay_port))
+            reply = replies.get((int(v.relay_addr.addr[0]), int(v.relay_port)))
             if reply is not None and bytes(reply[0].client) == bytes(k):
                 last_seen = max(last_seen, reply[1])
             rows.append(FlowEntry(
@@ -140,6 +140,7 @@ class PinView:
                 age_s=max(0, now_ns - v.created_ns) / 1e9,
                 idle_s=max(0, now_ns - last_seen) / 1e9,
                 idle_limit_s=idle_limit,
+                relay_addr=str(addr_of(v.relay_addr.addr[0])),
             ))
         return rows
 
@@ -148,6 +149,10 @@ class PinView:
 
     def flow_capacity(self) -> int:
         return bpfsys.map_info(self._fds["flows"]).max_entries
+
+    def map_ids(self) -> dict[str, int]:
+        """Kernel id of each map held open (a reload pins new maps: new ids)."""
+        return {name: bpfsys.map_info(fd).id for name, fd in self._fds.items()}
 
     def close(self) -> None:
         for fd in self._fds.values():

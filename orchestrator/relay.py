@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from orchestrator import bpfprog, pins
 from orchestrator.abi import MAP_NAMES
@@ -36,6 +36,8 @@ class FlowEntry:
     idle_s: float          # since the last packet, either way
     idle_limit_s: float = 0.0
     """The relay's ``flow_idle_seconds`` (0: flows never expire)."""
+    relay_addr: str = ""
+    """The relay-side private address the flow sends from (with ``relay_port``)."""
 
     @property
     def state(self) -> str:
@@ -74,6 +76,20 @@ class RelayReader(Protocol):
 
 class RelayView(RelayReader, SyncMaps, Protocol):
     """A reader that the sync can also write through (``bccview.BpfRelayView``)."""
+
+
+@runtime_checkable
+class Reloadable(Protocol):
+    """A view that can follow the relay being unloaded and loaded again
+    (``bccview.BpfRelayView``; the service checks every fraction of a second)."""
+
+    def pins_replaced(self) -> bool:
+        """The pins now name other maps than the ones this view holds."""
+        ...
+
+    def reopen(self) -> None:
+        """Hold the maps pinned now (then the caller resyncs them)."""
+        ...
 
 
 class RelayUnavailable(Exception):

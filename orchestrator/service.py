@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from orchestrator import tcpfront
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.probe import probe_async
-from orchestrator.relay import RelayView
+from orchestrator.relay import RelayView, Reloadable
 from orchestrator.sync import Syncer, keyring_from_map, sleep_or_stop
 from voxrelay.addr import parse_hostport
 from voxrelay.config import Config
@@ -177,6 +177,32 @@ async def _delete_dead_flows(ids: tuple[int, ...], view: RelayView, directory: D
                  deleted, dead)
 
 
+RELOAD_CHECK_INTERVAL = 0.2
+"""Seconds between checks that the relay's pins still name the maps held: a
+relay unloaded and loaded again is resynced well within a second."""
+
+
+async def _reload_loop(view: Reloadable, syncer: Syncer, metrics: OrchestratorMetrics,
+                       upkeep: Upkeep | None, interval: float, stop: asyncio.Event) -> None:
+    """Follow a relay that was unloaded and loaded again: its pins name new,
+    empty maps, which no sync would ever fill (they are not the ones held).
+    Reopen them and write the directory's whole state into them at once."""
+    while not await sleep_or_stop(stop, interval):
+        try:
+            if not view.pins_replaced():
+                continue
+            view.reopen()
+            metrics.relay_reloads.inc()
+            log.warning("relay loaded anew (new maps under its pins): resyncing them")
+            await syncer.reconcile()
+            if upkeep is not None:
+                upkeep.prime(t.address for t in syncer.maps.transceivers().values())
+        except Exception:
+            # A reload half done (pins appearing), a directory away: the next
+            # check tries again. The traceback says what failed.
+            log.exception("following the relay's reload failed, retrying")
+
+
 async def run_orchestrator(
     config: Config,
     view: RelayView,
@@ -188,12 +214,15 @@ async def run_orchestrator(
     on_ready: Callable[[Running], Awaitable[None] | None] | None = None,
     upkeep: Upkeep | None = None,
     upkeep_interval: float = 60.0,
+    reload_check_interval: float = RELOAD_CHECK_INTERVAL,
 ) -> None:
     """Serve until ``stop`` is set.
 
     ``upkeep`` (the real relay's, or None for in-memory views): started
     first, primes the next hop of every transceiver the sync writes, and
     runs every ``upkeep_interval`` s (clock offset, re-priming).
+    A ``view`` that is ``Reloadable`` is checked every
+    ``reload_check_interval`` s for a relay loaded anew, and resynced then.
     """
     oc = config.orchestrator
     # The ICE-TCP front on this host (same config) writes its counters there.
@@ -236,6 +265,10 @@ async def run_orchestrator(
         if upkeep is not None:
             tasks.append(asyncio.create_task(
                 _upkeep_loop(upkeep, view, upkeep_interval, stop), name="upkeep"))
+        if isinstance(view, Reloadable):
+            tasks.append(asyncio.create_task(
+                _reload_loop(view, syncer, metrics, upkeep, reload_check_interval, stop),
+                name="reload"))
         if probe_relay:
             tasks.append(asyncio.create_task(
                 _probe_loop(running, parse_hostport(probe_relay, 3478, what="relay"),

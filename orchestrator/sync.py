@@ -205,10 +205,17 @@ class Syncer:
         """The maps reflect the directory as of the last full reconcile."""
         self.reconciles = 0
         self.writes = 0
+        self._one_at_a_time = asyncio.Lock()
+        """Reconciles and changes never interleave: the follower's and the
+        reload watcher's (``service``) both read the maps and write a delta."""
 
     # --- one-shot operations (also what tests drive) --------------------------
     async def reconcile(self) -> Delta:
         """Full resync: snapshot, delta against the maps, write the delta."""
+        async with self._one_at_a_time:
+            return await self._reconcile()
+
+    async def _reconcile(self) -> Delta:
         snapshot = await self.directory.snapshot()
         desired = desired_from_snapshot(snapshot)
         if not desired.keys and self.maps.keys():
@@ -225,6 +232,10 @@ class Syncer:
         return delta
 
     async def apply_change(self, change: Change) -> Delta:
+        async with self._one_at_a_time:
+            return await self._apply_change(change)
+
+    async def _apply_change(self, change: Change) -> Delta:
         if change.kind == "keys":
             ring = await self.directory.keyring()
             desired = DesiredState(keys=ring.active_keys())

@@ -31,6 +31,10 @@ DEFAULT_BLOCKED_SOURCE_PREFIXES: tuple[str, ...] = (
 """``RelayConfig.blocked_source_prefixes``' default: sources no client can have."""
 
 
+MAX_EXTRA_PRIVATE_ADDRESSES = 31
+"""bpf/consts.h MAX_PRIVATE_ADDRS (32), less the relay's private_address."""
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names it."""
 
@@ -48,6 +52,12 @@ class RelayConfig:
     0.0.0.0: first address of public_interface."""
     private_address: str = "0.0.0.0"
     """The relay's private IPv4. 0.0.0.0: first address of private_interface."""
+    extra_private_addresses: list[str] = field(default_factory=list)
+    """More private IPv4s of the relay (each assigned to private_interface, so
+    that transceivers reach it), up to MAX_EXTRA_PRIVATE_ADDRESSES. New flows
+    are spread over private_address and these: one address holds at most one
+    port range of live flows (port_max - port_min + 1), so a relay for a
+    million live flows needs 25 with the default range (16 with the widest)."""
     public_port: int = 3478
     """The only public UDP port."""
     port_min: int = 20000
@@ -270,6 +280,7 @@ def validate(config: Config) -> Config:
             ipaddress.IPv4Address(getattr(r, key))
         except ValueError:
             raise ConfigError(f"[relay] {key} {getattr(r, key)!r} is not an IPv4 address") from None
+    parse_extra_private_addresses(r)
     if not 1 <= r.public_port <= 65535:
         raise ConfigError(f"[relay] public_port {r.public_port} is outside 1..65535")
     if not 1024 <= r.port_min <= r.port_max <= 65535:
@@ -314,6 +325,29 @@ def validate(config: Config) -> Config:
         raise ConfigError("[transceiver] worker_restart_seconds must be > 0, "
                           f"got {t.worker_restart_seconds}")
     return config
+
+
+def parse_extra_private_addresses(relay: RelayConfig) -> list[ipaddress.IPv4Address]:
+    """``[relay] extra_private_addresses`` as addresses; ConfigError names a bad entry."""
+    if len(relay.extra_private_addresses) > MAX_EXTRA_PRIVATE_ADDRESSES:
+        raise ConfigError(
+            f"[relay] extra_private_addresses: {len(relay.extra_private_addresses)} given, "
+            f"at most {MAX_EXTRA_PRIVATE_ADDRESSES}")
+    out: list[ipaddress.IPv4Address] = []
+    for entry in relay.extra_private_addresses:
+        try:
+            addr = ipaddress.IPv4Address(entry)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"[relay] extra_private_addresses: {entry!r} is not an IPv4 address") from None
+        if addr.is_unspecified or addr.is_multicast or str(addr) == relay.private_address:
+            raise ConfigError(
+                f"[relay] extra_private_addresses: {entry!r} cannot be one (unspecified, "
+                "multicast, or private_address itself)")
+        if addr in out:
+            raise ConfigError(f"[relay] extra_private_addresses: {entry!r} is listed twice")
+        out.append(addr)
+    return out
 
 
 def parse_source_prefixes(prefixes: Iterable[object]) -> list[ipaddress.IPv4Network]:

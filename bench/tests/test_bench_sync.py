@@ -3,7 +3,16 @@
 
 from __future__ import annotations
 
-from bench.bench_sync import FLOW_KEY, BackendResult, CapacityResult, SyncBench, flow_keys, markdown
+from bench.bench_sync import (
+    FLOW_KEY,
+    BackendResult,
+    CapacityResult,
+    LiveFlowsResult,
+    SyncBench,
+    _live_layout,
+    flow_keys,
+    markdown,
+)
 
 
 def test_flow_keys_are_distinct_and_laid_out_as_struct_flow_key():
@@ -24,4 +33,26 @@ def test_markdown_reports_both_backends_and_capacity():
     assert "| embedded | 200 | 1.23 | 5.68 | 9.00 |" in text
     assert "| redis | 200 | 2.50 | 6.50 | 7.00 |" in text
     assert "| 1,048,576 | 1,048,576 | 1,000,000 | 160.0 MiB | 160 B | 0.9 s |" in text
-    assert "131,072" in text and "reverse_key" in text
+    assert "reverse_key" in text and "extra_private_addresses" in text
+    assert "Live flows" not in text  # no live rows, no live section
+
+
+def test_markdown_reports_live_flows_side_by_side():
+    r = SyncBench(env={})
+    r.live = [LiveFlowsResult(10_000, 1, 1179648, 1048576, 380 << 20, 0.1, 10_000, 10_000,
+                              100.0, 80.0),
+              LiveFlowsResult(1_000_000, 25, 1179648, 1048576, 380 << 20, 9.0, 1_000_000,
+                              1_000_000, 250.0, 200.0)]
+    text = markdown(r)
+    assert ("| 1,000,000 | 25 | 1,179,648 / 1,048,576 | 380 MiB | 1,000,000 / 1,000,000 "
+            "| 250 | 200 |") in text
+    assert "costs 2.50x in and 2.50x out" in text
+
+
+def test_live_layout_gives_every_flow_its_own_client_and_relay_pair():
+    n = 200_000
+    rows = [_live_layout(i, 5, 20000, 40000) for i in range(n)]
+    assert len({(a, p) for a, p, _, _ in rows}) == n
+    assert len({(a, p) for _, _, a, p in rows}) == n
+    assert {a for _, _, a, _ in rows} == set(range(5))
+    assert all(20000 <= p <= 59999 for _, _, _, p in rows)

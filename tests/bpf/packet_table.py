@@ -43,6 +43,7 @@ from lab.packets import (
     username,
 )
 from lab.relaylab import (
+    EXTRA_PRIVATE,
     GATEWAY_MAC,
     KEY1,
     KEY2,
@@ -105,12 +106,15 @@ def to_txr(ctx: Context, pkt: Any, *, txr: int = 7, port: int = 50007) -> bytes:
     addr, mac, _ = TRANSCEIVERS[txr]
     assert flow.transceiver_addr == addr and flow.transceiver_port == port
     smac = VPRIV_MAC if addr in PRIVATE_NET else VPUB_MAC
-    return rebuilt(pkt, smac=smac, dmac=mac or "", src=PRIVATE, dst=addr,
+    # From the flow's own relay-side address, one of the relay's private ones.
+    assert flow.relay_addr in ctx.lab.maps.private_addrs()
+    return rebuilt(pkt, smac=smac, dmac=mac or "", src=flow.relay_addr, dst=addr,
                    sport=flow.relay_port, dport=port)
 
 
 def to_client(ctx: Context, pkt: Any) -> bytes:
-    rev = {r.relay_port: r for r in ctx.lab.maps.reverse_entries()}[pkt[UDP].dport]
+    rev = {(r.relay_addr, r.relay_port): r for r in ctx.lab.maps.reverse_entries()}[
+        (IPv4Address(pkt[IP].dst), pkt[UDP].dport)]
     return rebuilt(pkt, smac=VPUB_MAC, dmac=GATEWAY_MAC, src=VIP, dst=rev.client_addr,
                    sport=PUBLIC_PORT, dport=rev.client_port)
 
@@ -155,6 +159,54 @@ def _check_flow_to(txr: int, port: int = 50007) -> Callable[[Context, Any], None
 
 def _setup_known(ctx: Context) -> None:
     ctx.values["relay_port"] = open_flow(ctx)
+
+
+# --- several private addresses -------------------------------------------------
+
+MANY_PRIVATE = {"extra_private_addresses": [str(a) for a in EXTRA_PRIVATE]}
+SPREAD_FLOWS = 24
+"""Flows opened to see them spread: all on one of 3 addresses has odds 3^-23."""
+
+
+def _setup_many_private(ctx: Context) -> None:
+    ctx.lab.configure(lab_relay_config(**MANY_PRIVATE))
+
+
+def _check_spread(ctx: Context, pkt: Any) -> None:
+    for n in range(SPREAD_FLOWS):
+        open_flow(ctx, sport=6000 + n, ufrag=mint())  # a token each: the per-token cap
+    flows = ctx.lab.maps.flows()
+    used = {f.relay_addr for f in flows}
+    assert used <= {PRIVATE, *EXTRA_PRIVATE} and len(used) >= 2, used
+    # Every flow's (address, port) is its own, and its reverse entry is keyed by both.
+    pairs = {(f.relay_addr, f.relay_port) for f in flows}
+    assert len(pairs) == len(flows)
+    assert {(r.relay_addr, r.relay_port) for r in ctx.lab.maps.reverse_entries()} == pairs
+
+
+def _setup_flow_on_extra(ctx: Context) -> None:
+    """A flow whose relay-side address is an extra one (bounded search)."""
+    _setup_many_private(ctx)
+    for n in range(64):
+        port = open_flow(ctx, sport=7000 + n, ufrag=mint())
+        flow = ctx.lab.maps.flow(CLIENT, 7000 + n)
+        assert flow is not None
+        if flow.relay_addr != PRIVATE:
+            ctx.values.update(relay_port=port, relay_addr=flow.relay_addr, sport=7000 + n)
+            return
+    raise AssertionError("64 new flows, none on an extra private address")
+
+
+def _reply_to_extra(ctx: Context) -> Any:
+    return from_transceiver(SRTP, ctx.values["relay_port"], dst=ctx.values["relay_addr"])
+
+
+def _reply_to_other_private(ctx: Context) -> Any:
+    """The flow's port on a private address the flow does not hold (nor any other flow)."""
+    taken = {(r.relay_addr, r.relay_port) for r in ctx.lab.maps.reverse_entries()}
+    other = next(a for a in (PRIVATE, *EXTRA_PRIVATE)
+                 if (a, ctx.values["relay_port"]) not in taken)
+    return from_transceiver(SRTP, ctx.values["relay_port"], dst=other)
 
 
 def _setup_rebinding(ctx: Context) -> None:
@@ -411,6 +463,19 @@ ROWS: list[Row] = [
     Row("transceiver reply goes to the client from VIP:3478",
         _private_reply, XDP_REDIRECT, "STAT_FWD_TO_CLIENT", setup=_setup_known,
         ingress="vpriv", expect=to_client),
+    Row("several private addresses: new flows spread over them, each sent from its own",
+        stun_with(mint()), XDP_REDIRECT, "STAT_FWD_NEW_FLOW", setup=_setup_many_private,
+        expect=to_txr, check=_check_spread),
+    Row("reply to a flow on an extra private address goes to its client",
+        _reply_to_extra, XDP_REDIRECT, "STAT_FWD_TO_CLIENT", setup=_setup_flow_on_extra,
+        ingress="vpriv", expect=to_client),
+    Row("reply to the flow's port on another private address has no reverse entry",
+        _reply_to_other_private, XDP_DROP, "STAT_DROP_NO_REVERSE",
+        setup=_setup_flow_on_extra, ingress="vpriv"),
+    Row("UDP to a private address the relay is not configured with passes",
+        lambda ctx: from_transceiver(SRTP, PORT_MIN, dst=EXTRA_PRIVATE[1]), XDP_PASS,
+        "STAT_PASS_NOT_RELAY", setup=with_config(extra_private_addresses=[str(EXTRA_PRIVATE[0])]),
+        ingress="vpriv"),
     Row("reply to an unallocated relay port is dropped",
         lambda ctx: from_transceiver(SRTP, 40999 if ctx.values["relay_port"] != 40999
                                      else 40998),

@@ -201,8 +201,9 @@ def may_forward(lab: ProgTestRelay, data: bytes, ingress: str,
             return False
         table = lab.maps.table("reverse")
         try:
-            rev = table[table.Key(relay_port=int.from_bytes(struct.pack(">H", dport),
-                                                          "little"))]
+            key = table.Key(relay_port=int.from_bytes(struct.pack(">H", dport), "little"))
+            key.addr.addr[0] = int.from_bytes(PRIVATE_BYTES, "little")
+            rev = table[key]
         except KeyError:
             return False
         return (bytes(rev.txr_addr)[:4] == src

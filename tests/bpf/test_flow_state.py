@@ -54,12 +54,14 @@ def relay_name() -> Iterator[str]:
             value.txr_addr.addr[0] = be32_of("10.77.0.21")
             value.txr_port = be16_of(40000 + n)
             value.relay_port = be16_of(port)
+            value.relay_addr.addr[0] = be32_of(PRIVATE)
             value.transceiver_id = 7
             value.created_ns = now - 400_000_000_000
             value.last_seen_ns = now - int(client_idle * 1e9)
             flows[key] = value
             if txr_idle is not None:
                 rkey = reverse.Key(relay_port=be16_of(port))
+                rkey.addr.addr[0] = be32_of(PRIVATE)
                 rvalue = reverse.Leaf()
                 rvalue.client.addr.addr[0] = key.addr.addr[0]
                 rvalue.client.port = key.port

@@ -59,6 +59,7 @@ def pinned() -> Iterator[tuple[str, Any]]:
             value.txr_addr.addr[0] = be32_of("10.77.0.21")
             value.txr_port = be16_of(40000 + n)
             value.relay_port = be16_of(20001 + n)
+            value.relay_addr.addr[0] = be32_of(PRIVATE)
             value.transceiver_id = 7
             value.created_ns = now - 3_000_000_000
             value.last_seen_ns = now - 500_000_000
