@@ -122,6 +122,10 @@ def engines(names: list[str]) -> dict[str, object]:
             from transceiver.model.whisper import WhisperSettings
             out[name] = WhisperAsr(workers=1, threads_per_worker=2,
                                    settings=WhisperSettings(beam_size=1))
+        elif name == "whisper-30s":
+            from transceiver.model.whisper import WhisperSettings
+            out[name] = WhisperAsr(workers=1, threads_per_worker=2,
+                                   settings=WhisperSettings(min_window_s=30.0))
         elif name == "faster-whisper":
             out[name] = FasterWhisperReference()
         elif name == "pocketsphinx":
@@ -272,8 +276,10 @@ def summary(rows: list[dict[str, object]]) -> list[dict[str, object]]:
             "engine": name, "path": path, "clips": len(sel), "wer": errs / n_words,
             "plain_wer": plain / n_words,
             "right": sum(int(r["errors"]) == 0 for r in sel),  # type: ignore[call-overload]
-            "rtf": sum(float(str(r["decode_s"])) for r in sel)
-            / sum(float(str(r["audio_s"])) for r in sel),
+            # The median clip's: robust to a clip that waited for a CPU on a
+            # shared host, which a ratio of sums is not.
+            "rtf": statistics.median(float(str(r["decode_s"])) / float(str(r["audio_s"]))
+                                     for r in sel),
             "after_p50": statistics.median(after), "after_p90": after[int(0.9 * (len(after) - 1))],
         })
     return out
@@ -285,13 +291,17 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print every decode as JSON")
     ap.add_argument("--engines", default="whisper,pocketsphinx",
                     help="comma-separated: whisper (tiny.en, the default), whisper-base, "
-                         "whisper-greedy (tiny.en, beam 1), faster-whisper (tiny.en through "
+                         "whisper-greedy (tiny.en, beam 1), whisper-30s (tiny.en, every turn padded to 30 s), "
+                         "faster-whisper (tiny.en through "
                          "faster-whisper's transcribe: the reference decode), pocketsphinx, "
                          "pocketsphinx-free")
     ap.add_argument("--path", choices=("direct", "served", "both"), default="direct",
                     help="direct: the engine's utterance API; served: through an in-process "
                          "model server over gRPC (VAD, pre-roll, speculative decode), what a "
                          "caller gets; both: side by side")
+    ap.add_argument("--rows", nargs="+", type=Path, metavar="JSON",
+                    help="score and print the rows of earlier --json runs (engines run "
+                         "separately, side by side) instead of decoding")
     ap.add_argument("--errors", action="store_true",
                     help="print every clip with an error: reference, hypothesis, normalized")
     ap.add_argument("--sentences", type=int, default=len(SENTENCES),
@@ -300,7 +310,14 @@ def main() -> int:
     args = ap.parse_args()
     if not 1 <= args.sentences <= len(SENTENCES):
         ap.error(f"--sentences must be within 1..{len(SENTENCES)}")
-    rows = run(args.engines.split(","), args.sentences, args.path)
+    if args.rows:
+        rows = [_row(str(r["engine"]), str(r.get("path", "direct")), str(r["ref"]),
+                     Voice(str(r["voice"]).split("/")[0], int(str(r["voice"]).split("/")[1])),
+                     str(r["hyp"]), float(r["decode_s"]), float(r["after_end_ms"]),
+                     float(r["audio_s"]))
+                for f in args.rows for r in json.loads(f.read_text())["rows"]]
+    else:
+        rows = run(args.engines.split(","), args.sentences, args.path)
     if args.errors:
         for r in rows:
             if int(r["errors"]):  # type: ignore[call-overload]
@@ -319,7 +336,7 @@ def main() -> int:
               "to finish(); served: through the model server over gRPC (VAD, pre-roll, "
               "speculative decode), time is the server's ASR time after the turn closed.")
         print()
-        print("| engine | path | clips | WER | WER plain | clips all right | RTF "
+        print("| engine | path | clips | WER | WER plain | clips all right | RTF p50 "
               "| time after end, p50 | p90 |")
         print("|---|---|---|---|---|---|---|---|---|")
         for s in summary(rows):
