@@ -113,6 +113,15 @@ def test_base_model_without_its_packages_is_a_clear_error(monkeypatch: pytest.Mo
     assert "Traceback" not in result.output
 
 
+def test_base_model_loads_from_its_packages_and_transcribes() -> None:
+    # The real packages (make setup installs voxrelay[bench], which needs them).
+    asr = WhisperAsr("base", threads_per_worker=2)
+    assert (asr.name, asr.multilingual) == ("whisper-base", True)
+    pcm, _ = synthesize("the coffee machine in the office is broken", Voice("en-gb", 150))
+    words = set(transcribe(asr, bytes(6400) + pcm + bytes(8000)).text.split())
+    assert {"coffee", "office", "broken"} <= words
+
+
 def test_guards_are_pure_functions() -> None:
     assert normalize("Hello, World! It's 5 o'clock.") == "hello world it's 5 o'clock"
     assert collapse_repeats(["a", "b", "a", "b", "a", "b", "c"]) == ["a", "b", "c"]
