@@ -17,7 +17,8 @@ the guards here are measured on espeak-ng speech (bench/asr_wer.py):
 
 - **window**: the audio is zero-padded to at least ``min_window_s`` (10 s).
   Shorter windows make tiny.en repeat the sentence; 30 s (faster-whisper's
-  fixed window) triples the encoder time. Turns longer than 30 s are decoded
+  fixed window) triples the encoder time and is no more accurate (WER 17.2%
+  against 15.6% at 10 s on bench/asr_wer.py's 160 clips). Turns longer than 30 s are decoded
   in consecutive 30 s windows.
 - **silence and noise**: a turn is decoded only if the Silero VAD finds at
   least ``min_speech_ms`` of speech in it, and a decode whose no-speech
