@@ -282,9 +282,10 @@ class RelayMaps:
         priv6 = None if private_addr6 is None else IPv6Address(private_addr6)
         for label, addr in (("public", pub), ("private", priv), ("public IPv6", pub6),
                             ("private IPv6", priv6)):
-            if addr is not None and (addr.is_unspecified or addr.is_multicast):
-                raise ValueError(f"{label} address must be a resolved unicast address, "
-                                 f"got {addr}")
+            if addr is not None and addr.is_unspecified:
+                raise ValueError(f"{label} address must be resolved, got {addr}")
+            if addr is not None and addr.is_multicast:
+                raise ValueError(f"{label} address must be unicast, got {addr}")
         if not 1 <= relay.public_port <= 65535:
             raise ValueError(f"public_port {relay.public_port} is outside 1..65535")
         if not 1 <= relay.port_min <= relay.port_max <= 65535:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
 
 import pytest
@@ -88,8 +88,13 @@ def test_transceivers_and_keys(lab: ProgTestRelay) -> None:
     assert m.delete_transceiver(42) is True
     assert m.delete_transceiver(42) is False
     assert 42 not in m.transceivers()
-    with pytest.raises(ValueError, match="transceiver address 2001:db8::1 is not IPv4"):
-        m.set_transceiver(43, "2001:db8::1")
+    # dual stack: an IPv6 transceiver reads back as one
+    m.set_transceiver(43, "fd00:77::43")
+    assert m.transceivers()[43].addr == IPv6Address("fd00:77::43")
+    assert m.table("transceivers")[m.table("transceivers").Key(43)].family == 10
+    assert m.delete_transceiver(43) is True
+    with pytest.raises(ValueError, match="transceiver address ff02::1 is not a unicast address"):
+        m.set_transceiver(44, "ff02::1")
 
     assert m.active_keys() == [1, 2]
     m.set_key(200, bytes(16))
@@ -174,7 +179,7 @@ def test_pin_with_another_layout_is_refused(pin_dir: Path) -> None:
         bpfprog.compile_relay(LAB_LIMITS, pin_dir)
     assert str(info.value) == (
         "map config: kernel has type 2, key 4 B, value 8 B; this build expects type 2, "
-        "key 4 B, value 80 B (a pin from another build?)"
+        "key 4 B, value 112 B (a pin from another build?)"
     )
 
 
