@@ -50,6 +50,7 @@
 #define IP_MF_OFFSET_BE    0xFF3F      /* htons(IP_MF | IP_OFFSET) */
 #define IP_MF_BE           0x0020      /* htons(IP_MF) */
 #define IP_OFFSET_BE       0xFF1F      /* htons(IP_OFFSET) */
+#define IP_DF_BE           0x0040      /* htons(IP_DF) */
 #define STUN_COOKIE_BE     0x42A41221  /* htonl(0x2112A442) */
 #define STUN_BINDING_REQ_BE 0x0100     /* htons(0x0001) */
 #define STUN_ATTR_USERNAME_BE 0x0600   /* htons(0x0006) */
@@ -67,6 +68,10 @@
 
 /* struct source_prefix: bits of family + pad before the address (LPM prefixlen). */
 #define SOURCE_PREFIX_HDR_BITS 32
+
+/* `rate` keys of IPv6 clients are their /64 with this in addr[3] (relay.c
+ * rate_key_of): nonzero, so never an IPv4 key (addr[1..3] zero). */
+#define RATE_KEY_IPV6_64 1
 
 #ifndef AF_INET
 #define AF_INET 2

@@ -20,16 +20,26 @@ static __always_inline __u32 private_addr_count(const struct private_addrs *pa)
 	return n > MAX_PRIVATE_ADDRS ? MAX_PRIVATE_ADDRS : n;
 }
 
-/* The private address new flows take in slot `i` (slot 0, or no map: the config's). */
-static __always_inline __be32 private_addr_at(const struct relay_config *cfg,
-					      const struct private_addrs *pa, __u32 i)
+/* The private address new flows take in slot `i`, into `out`: `base` (the
+ * config's private_addr, or private_addr6 for an IPv6 transceiver, which has
+ * no `pa`) for slot 0 or without the map. */
+static __always_inline void private_addr_at(struct relay_addr *out, const struct relay_addr *base,
+					    const struct private_addrs *pa, __u32 i)
 {
-	if (!pa || i == 0 || i >= pa->count)
-		return cfg->private_addr.addr[0];
+	if (!pa || i == 0 || i >= pa->count) {
+		*out = *base;
+		return;
+	}
 	/* The mask is the verifier's bound; the empty asm keeps clang from
 	 * dropping it as implied by a compare the verifier does not track. */
 	asm volatile("" : "+r"(i));
-	return pa->addr[i & (MAX_PRIVATE_ADDRS - 1)].addr[0];
+	*out = pa->addr[i & (MAX_PRIVATE_ADDRS - 1)];
+}
+
+static __always_inline int relay_addr_eq(const struct relay_addr *a, const struct relay_addr *b)
+{
+	return a->addr[0] == b->addr[0] && a->addr[1] == b->addr[1] &&
+	       a->addr[2] == b->addr[2] && a->addr[3] == b->addr[3];
 }
 
 /* Is `daddr` one of the relay's private addresses? The config's is tested by
@@ -47,10 +57,12 @@ static __always_inline int is_extra_private_addr(const struct private_addrs *pa,
 	return 0;
 }
 
-static __always_inline void reverse_key_of(struct reverse_key *rk, __be32 addr, __be16 port)
+/* A `reverse` key: the relay-side address (16 bytes, either family) and port. */
+static __always_inline void reverse_key_of(struct reverse_key *rk, const struct relay_addr *addr,
+					   __be16 port)
 {
 	__builtin_memset(rk, 0, sizeof(*rk));
-	rk->addr.addr[0] = addr;
+	rk->addr = *addr;
 	rk->relay_port = port;
 }
 

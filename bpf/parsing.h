@@ -47,7 +47,9 @@ static __always_inline int parse_iphdr(struct cursor *c, struct iphdr **iph)
 	return h->protocol;
 }
 
-/* Returns the next header or -1. */
+/* The fixed 40 bytes of an IPv6 header; extension headers are the caller's
+ * business (the relay does not walk them: ipv6_ext_hdr). Returns the next
+ * header or -1. */
 static __always_inline int parse_ipv6hdr(struct cursor *c, struct ipv6hdr **ip6h)
 {
 	struct ipv6hdr *h = c->pos;
@@ -57,6 +59,28 @@ static __always_inline int parse_ipv6hdr(struct cursor *c, struct ipv6hdr **ip6h
 	c->pos = h + 1;
 	*ip6h = h;
 	return h->nexthdr;
+}
+
+/* Is `nexthdr` an IPv6 extension header (RFC 8200 section 4, and the
+ * IANA list of them), i.e. something in front of the transport header?
+ * ESP (50) is not in this list: what follows it is encrypted, so it is a
+ * transport of its own as far as the relay is concerned. */
+static __always_inline int ipv6_ext_hdr(int nexthdr)
+{
+	switch (nexthdr) {
+	case 0:         /* Hop-by-Hop Options */
+	case 43:        /* Routing */
+	case 44:        /* Fragment */
+	case 51:        /* Authentication Header */
+	case 60:        /* Destination Options */
+	case 135:       /* Mobility */
+	case 139:       /* HIP */
+	case 140:       /* Shim6 */
+	case 253:       /* experimentation (RFC 3692) */
+	case 254:
+		return 1;
+	}
+	return 0;
 }
 
 /* The UDP header at the cursor. Returns the UDP length field (host order)

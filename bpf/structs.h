@@ -48,7 +48,8 @@ struct flow {
 	__u64 created_ns;            /* bpf_ktime_get_ns() */
 	__u64 last_seen_ns;          /* refreshed per packet; idle flows expire */
 	struct next_hop nh;          /* towards the transceiver */
-	__u32 pad;
+	__u8 txr_family;             /* AF_INET or AF_INET6: the family it is sent in */
+	__u8 pad[3];
 };
 
 /* `reverse` key: the relay-side private address and port (network order) a
@@ -65,7 +66,8 @@ struct reverse_flow {
 	struct flow_key client;      /* also the `flows` key of the forward entry */
 	struct relay_addr txr_addr;  /* replies must come from here... */
 	__be16 txr_port;             /* ...and this port */
-	__u16 pad;
+	__u8 txr_family;             /* ...in this family (AF_INET or AF_INET6) */
+	__u8 pad;
 	__u32 transceiver_id;
 	__u32 pad2;
 	__u64 last_seen_ns;          /* refreshed by the transceiver's packets */
@@ -107,6 +109,10 @@ struct relay_config {
 	__u64 flow_idle_ns;              /* a flow unseen this long is treated as gone */
 	__u32 nh_generation;             /* bumped by the orchestrator on neighbour change */
 	__u32 pad;
+	/* Dual stack: all zero = no such address. public_addr/private_addr
+	 * above are the IPv4 ones (addr[0]). */
+	struct relay_addr public_addr6;  /* the IPv6 VIP clients send to, beside the IPv4 one */
+	struct relay_addr private_addr6; /* the relay's IPv6 address towards IPv6 transceivers */
 };
 
 /* `blocked_sources` key, an LPM trie key: `prefixlen` counts the bits of
@@ -146,7 +152,7 @@ _Static_assert(sizeof(struct reverse_key) == 20, "reverse_key layout");
 _Static_assert(sizeof(struct reverse_flow) == 80, "reverse_flow layout");
 _Static_assert(sizeof(struct transceiver) == 24, "transceiver layout");
 _Static_assert(sizeof(struct token_key) == 24, "token_key layout");
-_Static_assert(sizeof(struct relay_config) == 80, "relay_config layout");
+_Static_assert(sizeof(struct relay_config) == 112, "relay_config layout");
 _Static_assert(sizeof(struct rate_window) == 16, "rate_window layout");
 _Static_assert(sizeof(struct source_prefix) == 24, "source_prefix layout");
 _Static_assert(sizeof(struct private_addrs) == 520, "private_addrs layout");

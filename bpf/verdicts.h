@@ -29,7 +29,7 @@
 
 /* Entries of the `stats` map. Fixed, and not a -D limit (so not in consts.h's
  * #ifndef list): changing it changes the pinned map's shape, which a replace
- * refuses. 64 leaves room for 33 more (0..30 are taken). */
+ * refuses. 64 leaves room for 25 more (0..38 are taken). */
 #define STATS_MAP_SIZE 64
 
 enum relay_stat {
@@ -53,7 +53,8 @@ enum relay_stat {
 	STAT_DROP_TRUNCATED = 7,             /* UDP to a relay address whose UDP header is cut short */
 	STAT_DROP_IP_OPTIONS = 8,            /* IPv4 header longer than 20 bytes */
 	STAT_DROP_FRAGMENT = 9,              /* IPv4 fragment */
-	STAT_DROP_BAD_LENGTH = 10,           /* IP or UDP length disagrees with the packet (or IHL < 5) */
+	STAT_DROP_BAD_LENGTH = 10,           /* IP or UDP length disagrees with the packet (or IHL < 5,
+	                                      * or the IP version is not the ethertype's) */
 	STAT_DROP_NOT_STUN = 11,             /* unknown 5-tuple and not a well-formed STUN message
 	                                      * (cookie, length, attributes inside the message) */
 	STAT_DROP_NOT_BINDING = 12,          /* STUN, but not a Binding Request */
@@ -70,8 +71,9 @@ enum relay_stat {
 	STAT_DROP_NO_REVERSE = 23,           /* private side: relay port not allocated */
 	STAT_DROP_SPOOFED_SOURCE = 24,       /* private side: source is not the flow's transceiver */
 	STAT_DROP_FIB_FAIL = 25,             /* no route to the next hop */
-	STAT_DROP_IPV6 = 26,                 /* IPv6 to a configured IPv6 relay address, or a token
-	                                      * for an IPv6 transceiver: layouts are ready, path is not */
+	STAT_DROP_IPV6 = 26,                 /* a flow the relay has no address for: a token for an
+	                                      * IPv6 transceiver on a relay with no private IPv6
+	                                      * address (relay.private_address6) */
 
 	STAT_DROP_INGRESS_NOT_PUBLIC = 27,   /* UDP to the public address and port that did not
 	                                      * arrive on the public interface */
@@ -85,7 +87,26 @@ enum relay_stat {
 	                                      * neighbour entry for the route's next hop: sent to
 	                                      * the MAC the client's packets came from */
 
-	/* new reasons here, numbered 31, 32, ... */
+	/* IPv6 clients (dual stack): the forwards of an IPv6 client's packets, by
+	 * the client's family whatever the transceiver's; IPv4 clients keep the
+	 * counters above. */
+	STAT_FWD_NEW_FLOW6 = 31,             /* valid token from an IPv6 client: flow created */
+	STAT_FWD_TO_TRANSCEIVER6 = 32,       /* known IPv6 client flow, public -> private */
+	STAT_FWD_TO_CLIENT6 = 33,            /* transceiver reply to an IPv6 client */
+	STAT_FWD_TO_CLIENT6_LEARNT_NH = 34,  /* the same, sent to the MAC the client's packets
+	                                      * came from (no neighbour entry) */
+	STAT_DROP_IPV6_EXT_HDR = 35,         /* IPv6 to a relay address with an extension header
+	                                      * (the relay does not walk them: its UDP port is
+	                                      * unknown) */
+	STAT_DROP_UDP6_ZERO_CSUM = 36,       /* UDP over IPv6 to the relay with checksum 0, which
+	                                      * RFC 8200 forbids */
+	STAT_DROP_NO_CSUM_TO_IPV6 = 37,      /* IPv4 datagram without a UDP checksum (0) that would
+	                                      * leave as IPv6: the relay updates checksums, it
+	                                      * cannot compute one over the payload */
+	STAT_DROP_HEADROOM = 38,             /* no room in the frame to change its IP family
+	                                      * (bpf_xdp_adjust_head failed) */
+
+	/* new reasons here, numbered 39, 40, ... */
 
 	STAT_MAX                             /* implicit: one past the highest number in use */
 };

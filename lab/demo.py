@@ -166,11 +166,16 @@ def print_result(result: CallResult) -> None:
         c = result.relay_counters
         forwarded = sum(v for k, v in c.items() if k.startswith("fwd_"))
         dropped = sum(v for k, v in c.items() if k.startswith("drop_"))
+        to_txr = sum(c.get(k, 0) for k in ("fwd_to_transceiver", "fwd_new_flow",
+                                           "fwd_to_transceiver6", "fwd_new_flow6"))
+        to_client = sum(c.get(k, 0) for k in ("fwd_to_client", "fwd_to_client_learnt_nh",
+                                              "fwd_to_client6", "fwd_to_client6_learnt_nh"))
+        over6 = sum(v for k, v in c.items() if k.startswith("fwd_") and "6" in k)
         click.echo(
             f"\n  relay (XDP): {forwarded} packets forwarded "
-            f"({c.get('fwd_to_transceiver', 0) + c.get('fwd_new_flow', 0)} to the transceiver, "
-            f"{c.get('fwd_to_client', 0)} to the client), {dropped} dropped; "
-            f"relay's own UDP stack saw {result.relay_stack_udp}"
+            f"({to_txr} to the transceiver, {to_client} to the client"
+            + (f"; {over6} of them an IPv6 client's" if over6 else "")
+            + f"), {dropped} dropped; relay's own UDP stack saw {result.relay_stack_udp}"
         )
     if len(result.turns) > 1:
         click.echo("")
@@ -191,8 +196,12 @@ def print_result(result: CallResult) -> None:
 
 
 async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str, turns: int = 1,
-                   sentence: str = "") -> CallResult:
-    """Build the lab, place one call from the client namespace, measure it, tear down."""
+                   sentence: str = "", ipv6: bool = False) -> CallResult:
+    """Build the lab, place one call from the client namespace, measure it, tear down.
+
+    ``ipv6``: the call's media over an IPv6 client address to the relay's
+    IPv6 VIP (the client namespace drops its own IPv4 UDP; signaling stays
+    on IPv4), translated by the relay to the IPv4 transceiver and back."""
     from lab.call import TimedCallClient, icmp_rtt_in, speak_turn
     from lab.client import read_wav_pcm
     from lab.stack import PrintProgress, StackOptions, start_stack
@@ -200,8 +209,14 @@ async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str, turns: i
 
     pcm = read_wav_pcm(wav)
     progress = PrintProgress()
-    async with start_stack(StackOptions(xdp_mode=xdp_mode, relays=1), progress) as stack:
+    async with start_stack(StackOptions(xdp_mode=xdp_mode, relays=1, ipv6=ipv6),
+                           progress) as stack:
         relay = stack.relays[0]
+        topo = stack.topology
+        assert isinstance(topo, Lab)
+        if ipv6:
+            with progress.step("IPv6 only: dropping the client's IPv4 UDP"):
+                await asyncio.to_thread(topo.drop_ipv4_udp, stack.client_ns)
 
         async def call() -> tuple[object, bytes, list[dict[str, object]]]:
             async with TimedCallClient(stack.signaling_url, stack.api_key, timeout=timeout) as client:
@@ -210,10 +225,8 @@ async def run_demo(wav: Path, out: Path, timeout: float, xdp_mode: str, turns: i
                 return said, bytes(client.reply), list(client.events)
 
         with progress.step("measuring client <-> relay and relay <-> transceiver RTT"):
-            client_rtt = await icmp_rtt_in(stack.client_ns, relay.public_address)
+            client_rtt = await icmp_rtt_in(stack.client_ns, relay.public_address)  # (ICMPv4)
             relay_rtt = await icmp_rtt_in(relay.netns, stack.transceiver_address)
-        topo = stack.topology
-        assert isinstance(topo, Lab)
 
         def relay_udp_in() -> int:
             """The relay's own stack's Udp InDatagrams: XDP-forwarded packets never count here."""
@@ -428,6 +441,10 @@ def print_browser_result(result: BrowserDemoResult) -> None:
               show_default=True, help="XDP attach mode on the lab's veth interfaces.")
 @click.option("--turns", type=click.IntRange(1, 50), default=10, show_default=True,
               help="Times the sentence is spoken in the one call; the latency p50 is over them.")
+@click.option("--ipv6", is_flag=True,
+              help="Call over an IPv6 client address: the relay's IPv6 VIP (dual stack), "
+                   "translated to the IPv4 transceiver and back; the client's IPv4 UDP is "
+                   "dropped, so the call cannot fall back to IPv4.")
 @click.option("--json", "json_out", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--client", type=click.Choice(["aiortc", "chromium"]), default="aiortc",
               show_default=True,
@@ -439,7 +456,7 @@ def print_browser_result(result: BrowserDemoResult) -> None:
                    "to the relay's port 443 (the lab runs the TCP front). Needs --client "
                    "chromium: aioice has no ICE-TCP.")
 def demo(wav: Path | None, sentence: str, out: Path, timeout: float, xdp_mode: str, turns: int,
-         json_out: bool, client: str, transport: str) -> None:
+         ipv6: bool, json_out: bool, client: str, transport: str) -> None:
     """Place one voice call through the XDP relay, in network namespaces.
 
     \b
@@ -475,6 +492,9 @@ def demo(wav: Path | None, sentence: str, out: Path, timeout: float, xdp_mode: s
     if transport == "tcp" and client != "chromium":
         raise click.UsageError("--transport tcp needs --client chromium: aioice (the aiortc "
                                "client's ICE) has no ICE-TCP")
+    if ipv6 and client != "aiortc":
+        raise click.UsageError("--ipv6 is for the aiortc client (the lab's Chromium call "
+                               "goes to the IPv4 VIP)")
     if os.geteuid() != 0:
         raise click.ClickException("demo needs root: it creates network namespaces and loads XDP")
     with tempfile.TemporaryDirectory(prefix="voxrelay-demo-") as tmp:
@@ -496,7 +516,7 @@ def demo(wav: Path | None, sentence: str, out: Path, timeout: float, xdp_mode: s
             if wav is None:
                 wav = speak(sentence, Path(tmp) / "speech.wav")
             check_wav(wav)
-            result = _run(run_demo(wav.resolve(), out, timeout, xdp_mode, turns, said))
+            result = _run(run_demo(wav.resolve(), out, timeout, xdp_mode, turns, said, ipv6))
         except DemoError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:

@@ -21,6 +21,11 @@ Topology (all inside the namespace)::
                         192.0.2.50 (id 10): blackhole route     -> DROP_FIB_FAIL
     vpub --- transceiver 198.51.100.60 (id 12): on the public side -> XDP_TX
 
+    IPv6 (dual stack) beside it:
+    client 2001:db8:7::/48 --(gateway 2001:db8:100::1)-- vpub 2001:db8:100::10 = VIP6
+    client 2001:db8:100::40: on-link, no neighbour entry
+    vpriv fd00:77::1/64 --- transceiver fd00:77::21 (id 13)
+
 The program takes public-side packets only from vpub and private-side ones
 only from vpriv (config ifindexes), and blocks client sources in 10.77.0.0/24,
 the relay's two addresses and RelayConfig's default blocked_source_prefixes.
@@ -31,7 +36,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Self
 
 from pyroute2 import netns as pyroute2_netns
@@ -46,7 +51,7 @@ from lab.netns import (
     ensure_veth,
 )
 from orchestrator import bpfprog, hostnet
-from orchestrator.bccmaps import RelayMaps, TransceiverStatus, desired_blocked_sources
+from orchestrator.bccmaps import IPAddress, RelayMaps, TransceiverStatus, desired_blocked_sources
 from orchestrator.verdicts import RelayStat, verdict_names
 from voxrelay.config import RelayConfig
 
@@ -72,14 +77,22 @@ ROUTED_ELSEWHERE = "203.0.113.64/27"
 """Clients whose route leaves by vpriv, via a next hop with no neighbour entry."""
 ELSEWHERE_GATEWAY = IPv4Address("10.77.0.98")
 
+VIP6 = IPv6Address("2001:db8:100::10")
+GATEWAY6 = IPv6Address("2001:db8:100::1")
+PRIVATE6 = IPv6Address("fd00:77::1")
+PRIVATE6_NET = IPv6Network("fd00:77::/64")
+ONLINK6_NO_NEIGH = IPv6Address("2001:db8:100::40")
+"""An IPv6 client on the public subnet the relay has no neighbour entry for."""
+
 # transceiver id -> (address, MAC of its neighbour entry or None, status)
-TRANSCEIVERS: dict[int, tuple[IPv4Address, str | None, TransceiverStatus]] = {
+TRANSCEIVERS: dict[int, tuple[IPAddress, str | None, TransceiverStatus]] = {
     7: (IPv4Address("10.77.0.21"), "02:00:00:00:02:21", TransceiverStatus.ACTIVE),
     8: (IPv4Address("10.77.0.22"), "02:00:00:00:02:22", TransceiverStatus.ACTIVE),
     9: (IPv4Address("10.77.0.99"), None, TransceiverStatus.ACTIVE),
     10: (IPv4Address("192.0.2.50"), None, TransceiverStatus.ACTIVE),
     11: (IPv4Address("10.77.0.23"), "02:00:00:00:02:23", TransceiverStatus.DRAINING),
     12: (IPv4Address("198.51.100.60"), "02:00:00:00:02:60", TransceiverStatus.ACTIVE),
+    13: (IPv6Address("fd00:77::21"), "02:00:00:00:02:13", TransceiverStatus.ACTIVE),
 }
 BLACKHOLE = "192.0.2.0/24"
 
@@ -157,6 +170,9 @@ class ProgTestRelay:
         ns = self.netns
         create_netns(ns)  # with its loopback up
         self._created = True
+        # No duplicate address detection: an IPv6 address is usable at once
+        # (for interfaces made after this).
+        hostnet.set_sysctl("net/ipv6/conf/default/accept_dad", 0, ns)
         for name, peer, mac in (("vpub", "vpubp", VPUB_MAC), ("vpriv", "vprivp", VPRIV_MAC)):
             link, _ = ensure_veth(name, peer, netns=ns, peer_netns=ns, mac=mac)
             self.ifindex[name] = link.ifindex
@@ -166,13 +182,18 @@ class ProgTestRelay:
         ensure_route(BLACKHOLE, blackhole=True, netns=ns)
         ensure_route(ROUTED_NO_NEIGH, gateway=str(UNRESOLVED_GATEWAY), netns=ns)
         ensure_route(ROUTED_ELSEWHERE, gateway=str(ELSEWHERE_GATEWAY), netns=ns)
+        ensure_address("vpub", f"{VIP6}/64", ns)
+        ensure_address("vpriv", f"{PRIVATE6}/{PRIVATE6_NET.prefixlen}", ns)
+        ensure_route("::/0", gateway=str(GATEWAY6), netns=ns)
         ensure_neighbour("vpub", str(GATEWAY), GATEWAY_MAC, netns=ns)
+        ensure_neighbour("vpub", str(GATEWAY6), GATEWAY_MAC, netns=ns)
         for addr, neigh_mac, _ in TRANSCEIVERS.values():
             if neigh_mac is not None:
-                side = "vpriv" if addr in PRIVATE_NET else "vpub"
+                side = "vpriv" if addr in PRIVATE_NET or addr in PRIVATE6_NET else "vpub"
                 ensure_neighbour(side, str(addr), neigh_mac, netns=ns)
         # bpf_fib_lookup answers FWD_DISABLED unless forwarding is on.
         hostnet.set_sysctl("net/ipv4/conf/all/forwarding", 1, ns)
+        hostnet.set_sysctl("net/ipv6/conf/all/forwarding", 1, ns)
         pyroute2_netns.pushns(ns)
         self._entered = True
 
@@ -194,19 +215,26 @@ class ProgTestRelay:
             m.set_transceiver(tid, addr, status)
 
     def configure(self, relay: RelayConfig, *, public_if: str = "vpub",
-                  private_if: str = "vpriv") -> None:
+                  private_if: str = "vpriv", ipv6: bool = True,
+                  private6: bool = True) -> None:
         """Write ``config`` and ``blocked_sources`` as the loader would for this namespace.
 
         ``public_if``/``private_if`` name the interfaces the program accepts
         each side from (a bench cycle that feeds the program its own output
-        on one interface sets both to it).
+        on one interface sets both to it). ``ipv6`` writes the IPv6 VIP
+        (dual stack), ``private6`` the private IPv6 address (IPv6
+        transceivers).
         """
+        vip6 = VIP6 if ipv6 else None
+        private_addr6 = PRIVATE6 if private6 else None
         self.maps.write_blocked_sources(desired_blocked_sources(
             relay, public_addr=VIP, private_addr=PRIVATE,
-            private_networks=[PRIVATE_NET]))
+            private_networks=[PRIVATE_NET, PRIVATE6_NET],
+            relay_addresses=[a for a in (vip6, private_addr6) if a is not None]))
         self.maps.write_config(relay, public_addr=VIP, private_addr=PRIVATE,
                                public_ifindex=self.ifindex[public_if],
-                               private_ifindex=self.ifindex[private_if])
+                               private_ifindex=self.ifindex[private_if],
+                               public_addr6=vip6, private_addr6=private_addr6)
         self.maps.write_private_addrs([PRIVATE, *relay.extra_private_addresses])
 
     # --- running packets -----------------------------------------------------------

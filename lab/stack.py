@@ -215,6 +215,9 @@ class StackOptions:
     N runs N workers (ids TRANSCEIVER_ID..+N-1) behind the transceiver's own front."""
     transceiver_settings: dict[str, object] = field(default_factory=dict)
     """Extra ``[transceiver]`` settings (e.g. worker_restart_seconds)."""
+    ipv6: bool = False
+    """Dual stack: IPv6 on the client side (``Lab(ipv6=True)``), each relay's
+    IPv6 VIP in its config and in the answer, after its IPv4 one."""
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,8 @@ class RelayHandle:
     public_address: str
     private_address: str
     public_port: int = 3478
+    public_address6: str = ""
+    """Its IPv6 VIP (``StackOptions.ipv6``), or ""."""
 
 
 # Ports of the lab's services (each in its own namespace, so fixed numbers are safe).
@@ -551,7 +556,8 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
             # pyroute2's blocking API cannot run inside an event loop: the
             # topology is built and removed on a worker thread (which also keeps
             # its SIGTERM handler out of our loop: ``_run`` in demo.py owns it).
-            topo = topology.Lab(relays=options.relays, xdp_mode=options.xdp_mode)
+            topo = topology.Lab(relays=options.relays, xdp_mode=options.xdp_mode,
+                                ipv6=options.ipv6)
             if options.public_nets is not None:
                 topo.public_nets = options.public_nets
             running.topology = topo
@@ -565,9 +571,10 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
             running.model_ns = topo.model
             running.model_address = topo.model_lan.address
             for host in topo.relay_hosts:
-                running.relays.append(RelayHandle(host.name, host.netns, host.public.ifname,
-                                              host.private.ifname, host.public.address,
-                                              host.private.address))
+                running.relays.append(RelayHandle(
+                    host.name, host.netns, host.public.ifname, host.private.ifname,
+                    host.public.address, host.private.address,
+                    public_address6=host.public6.address if host.public6 else ""))
             # The relays' own TCP (orchestrator 2 -> the directory on relay 1,
             # the signaling front -> the transceiver) crosses another relay's
             # native-XDP veth; a CHECKSUM_PARTIAL packet is not completed on
@@ -654,6 +661,9 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
                 relays = [f"{r.public_address}:{r.public_port}" for r in running.relays]
                 if options.tcp_front:
                     relays[0] += f" tcp={TCP_FRONT_PORT}"
+                # A dual-stack relay is listed once per VIP.
+                relays += [f"[{r.public_address6}]:{r.public_port}" for r in running.relays
+                           if r.public_address6]
                 config = _write_toml(workdir / "transceiver.toml", {"transceiver": {
                     "id": TRANSCEIVER_ID,
                     "listen": f"{running.transceiver_address}:{SIGNALING_PORT}",

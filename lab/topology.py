@@ -20,6 +20,11 @@ for the "internet" side, RFC 1918 for the private side)::
                                                          model (vxm-S)  |
                                                          eth 10.77.0.4/24 <--veth--> m --+
 
+* With ``Lab(ipv6=True)`` (dual stack) the client side has IPv6 beside
+  IPv4: relay ``pub`` 2001:db8:1::1/64 (relay2: 2001:db8:2::1) is the IPv6
+  VIP, the client's interface 2001:db8:1::2/64 (2001:db8:2::2), static
+  neighbours both ways, no duplicate address detection. The private side
+  stays IPv4: the relay translates (bpf/relay.c).
 * The relay's public address is its VIP: clients send to 192.0.2.1:3478
   (relay2: 198.51.100.1:3478). The client has no route to 10.77.0.0/24, so
   the transceiver and model cannot be reached from it; the relays drop any
@@ -117,6 +122,10 @@ class RelayHost:
     """The client's interface that faces this relay."""
     lan_port: str
     """The bridge port in the transceiver's namespace that faces this relay."""
+    public6: Endpoint | None = None
+    """The IPv6 VIP on the public interface (``Lab(ipv6=True)``), else None."""
+    client_side6: Endpoint | None = None
+    """The client's IPv6 address towards this relay (``Lab(ipv6=True)``), else None."""
 
     @property
     def vip(self) -> tuple[str, int]:
@@ -132,6 +141,7 @@ class RelayHost:
             private_address=self.private.address,
             public_port=PUBLIC_PORT,
             public_tcp_ports=[FRONT_PORT],
+            public_address6=self.public6.address if self.public6 else "",
         )
         return replace(base, **overrides)
 
@@ -152,6 +162,8 @@ class Lab:
     """The /24 (first three octets) of relay 1's and relay 2's public side.
     ``voxrelay lab up`` moves it off a range the host itself uses, since it
     routes the VIP from the host's namespace."""
+    ipv6: bool = False
+    """Dual stack on the client side: IPv6 addresses and the relays' IPv6 VIPs."""
     suffix: str = field(default_factory=lambda: secrets.token_hex(3))
 
     client: str = field(init=False)
@@ -228,6 +240,9 @@ class Lab:
         s = self.suffix
         for ns in (self.client, self.transceiver, self.model):
             create_netns(ns)
+        if self.ipv6:
+            # Addresses usable at once (interfaces made after this): no DAD wait.
+            hostnet.set_sysctl("net/ipv6/conf/default/accept_dad", 0, self.client)
         bridge = ensure_bridge(LAN_BRIDGE, self.transceiver, mac=LAN_BRIDGE_MAC)
         ensure_address(LAN_BRIDGE, f"{TRANSCEIVER_ADDRESS}/{LAN_PREFIX}", self.transceiver)
         self.transceiver_lan = Endpoint(self.transceiver, LAN_BRIDGE, TRANSCEIVER_ADDRESS,
@@ -238,6 +253,8 @@ class Lab:
         for index, (tag, port, public_net, private_ip) in enumerate(plans[: self.relays]):
             ns = f"{NETNS_PREFIX}{tag}-{s}"
             create_netns(ns)
+            if self.ipv6:
+                hostnet.set_sysctl("net/ipv6/conf/default/accept_dad", 0, ns)
             pub, client_if = ensure_veth("pub", port, netns=ns, peer_netns=self.client)
             priv, _ = ensure_veth("priv", port, netns=ns,
                                   peer_netns=self.transceiver)
@@ -253,6 +270,15 @@ class Lab:
                 client_side=Endpoint(self.client, port, f"{public_net}.2", 24, client_if.mac),
                 lan_port=port,
             )
+            if self.ipv6:
+                net6 = f"2001:db8:{index + 1}::"
+                ensure_address("pub", f"{net6}1/64", ns)
+                ensure_address(port, f"{net6}2/64", self.client)
+                host = replace(host, public6=Endpoint(ns, "pub", f"{net6}1", 64, pub.mac),
+                               client_side6=Endpoint(self.client, port, f"{net6}2", 64,
+                                                     client_if.mac))
+                ensure_neighbour("pub", f"{net6}2", client_if.mac, netns=ns)
+                ensure_neighbour(port, f"{net6}1", pub.mac, netns=self.client)
             self.relay_hosts.append(host)
             # Static neighbours along the relayed path.
             ensure_neighbour("pub", host.client_side.address, client_if.mac, netns=ns)
@@ -327,6 +353,40 @@ class Lab:
     def unload_relay(self, which: int = 0) -> bool:
         host = self.relay_hosts[which]
         return loader.unload(host.name, netns=host.netns)
+
+    # --- IPv6 ----------------------------------------------------------------
+
+    V4_UDP_DROP_TABLE = "vxlab_no_udp4"
+
+    def drop_ipv4_udp(self, netns: str) -> None:
+        """Drop (and count) every IPv4 UDP packet ``netns`` sends: its calls can
+        then only use IPv6 (the client's IPv4 candidates die there), while its
+        TCP (signaling) still goes over IPv4. Goes with the namespace."""
+        script = (f"table inet {self.V4_UDP_DROP_TABLE} {{\n"
+                  "  chain output {\n"
+                  "    type filter hook output priority 0; policy accept;\n"
+                  "    meta nfproto ipv4 meta l4proto udp counter drop\n"
+                  "  }\n}\n")
+        proc = netlink.popen_in_netns(netns, ["nft", "-f", "-"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, err = proc.communicate(script, timeout=30)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nft in {netns}: {err.strip()}")
+
+    def ipv4_udp_dropped(self, netns: str) -> int:
+        """Packets ``drop_ipv4_udp`` has dropped in ``netns``."""
+        proc = netlink.popen_in_netns(
+            netns, ["nft", "-j", "list", "table", "inet", self.V4_UDP_DROP_TABLE],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = proc.communicate(timeout=30)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nft in {netns}: {err.strip()}")
+        import json
+
+        return sum(int(expr["counter"]["packets"])
+                   for item in json.loads(out)["nftables"] if "rule" in item
+                   for expr in item["rule"]["expr"]
+                   if isinstance(expr, dict) and isinstance(expr.get("counter"), dict))
 
     # --- running things inside ----------------------------------------------
 

@@ -54,9 +54,17 @@ class Stat(enum.IntEnum):
     STAT_DROP_INGRESS_NOT_PRIVATE = 28
     STAT_DROP_BLOCKED_SOURCE = 29
     STAT_FWD_TO_CLIENT_LEARNT_NH = 30
+    STAT_FWD_NEW_FLOW6 = 31
+    STAT_FWD_TO_TRANSCEIVER6 = 32
+    STAT_FWD_TO_CLIENT6 = 33
+    STAT_FWD_TO_CLIENT6_LEARNT_NH = 34
+    STAT_DROP_IPV6_EXT_HDR = 35
+    STAT_DROP_UDP6_ZERO_CSUM = 36
+    STAT_DROP_NO_CSUM_TO_IPV6 = 37
+    STAT_DROP_HEADROOM = 38
 
 
-STAT_MAX = 31
+STAT_MAX = 39
 """One past the highest number in use (not the map's size)."""
 
 RETIRED: frozenset[int] = frozenset()
@@ -122,6 +130,8 @@ class RelayConfig(ctypes.Structure):
         ("flow_idle_ns", ctypes.c_uint64),
         ("nh_generation", ctypes.c_uint32),
         ("pad", ctypes.c_uint32),
+        ("public_addr6", RelayAddr),
+        ("private_addr6", RelayAddr),
     ]
 
 
@@ -188,7 +198,8 @@ class Flow(ctypes.Structure):
         ("created_ns", ctypes.c_uint64),
         ("last_seen_ns", ctypes.c_uint64),
         ("nh", NextHop),
-        ("pad", ctypes.c_uint32),
+        ("txr_family", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
     ]
 
 
@@ -211,7 +222,8 @@ class ReverseFlow(ctypes.Structure):
         ("client", FlowKey),
         ("txr_addr", RelayAddr),
         ("txr_port", ctypes.c_uint16),
-        ("pad", ctypes.c_uint16),
+        ("txr_family", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
         ("transceiver_id", ctypes.c_uint32),
         ("pad2", ctypes.c_uint32),
         ("last_seen_ns", ctypes.c_uint64),
@@ -256,7 +268,7 @@ class SourcePrefix(ctypes.Structure):
 
 _STRUCT_SIZES: dict[type[ctypes.Structure], tuple[str, int]] = {
     RelayAddr: ("relay_addr", 16),
-    RelayConfig: ("relay_config", 80),
+    RelayConfig: ("relay_config", 112),
     TokenKey: ("token_key", 24),
     Transceiver: ("transceiver", 24),
     FlowKey: ("flow_key", 20),
@@ -286,7 +298,7 @@ MAP_NAMES: tuple[str, ...] = (
 """The pinned maps in bpf/maps.h order: every pin in a relay's pin directory."""
 
 MAP_LAYOUTS: dict[str, MapLayout] = {
-    "config": MapLayout(BPF_MAP_TYPE_ARRAY, 4, 80),
+    "config": MapLayout(BPF_MAP_TYPE_ARRAY, 4, 112),
     "keys": MapLayout(BPF_MAP_TYPE_ARRAY, 4, 24),
     "transceivers": MapLayout(BPF_MAP_TYPE_HASH, 4, 24),
     "flows": MapLayout(BPF_MAP_TYPE_LRU_HASH, 20, 88),

@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from orchestrator import abi
@@ -41,6 +41,11 @@ from voxrelay.config import RelayConfig, parse_source_prefixes
 from voxrelay.token import KEY_BYTES, MAX_KEY_ID
 
 AF_INET = socket.AF_INET.value
+AF_INET6 = socket.AF_INET6.value
+
+IPAddress = IPv4Address | IPv6Address
+"""An address in a map: ``struct relay_addr`` holds either family (dual stack)."""
+IPNetwork = IPv4Network | IPv6Network
 
 class TransceiverStatus(enum.IntEnum):
     """``transceiver.status`` (bpf/consts.h TRANSCEIVER_*, mirrored by ``orchestrator.abi``)."""
@@ -62,26 +67,29 @@ class BlockedBy(enum.IntFlag):
     """``RelayConfig.blocked_source_prefixes``."""
 
 
-def desired_blocked_sources(relay: RelayConfig, *, public_addr: IPv4Address | str,
-                            private_addr: IPv4Address | str,
-                            private_networks: Iterable[IPv4Network | str]
-                            ) -> dict[IPv4Network, BlockedBy]:
+def desired_blocked_sources(relay: RelayConfig, *, public_addr: IPAddress | str,
+                            private_addr: IPAddress | str,
+                            private_networks: Iterable[IPNetwork | str],
+                            relay_addresses: Iterable[IPAddress | str] = ()
+                            ) -> dict[IPNetwork, BlockedBy]:
     """What ``blocked_sources`` should hold for ``relay``: prefix -> why.
 
     Always the private interface's subnets (``private_networks``, from its
-    addresses) and the relay's own two addresses, then the operator's list;
-    a prefix named twice carries both reasons. Raises ConfigError for a bad
+    addresses, either family) and the relay's own addresses (the two given,
+    and ``relay_addresses``: its IPv6 ones), then the operator's list; a
+    prefix named twice carries both reasons. Raises ConfigError for a bad
     operator prefix.
     """
-    out: dict[IPv4Network, BlockedBy] = {}
+    out: dict[IPNetwork, BlockedBy] = {}
 
-    def add(network: IPv4Network, why: BlockedBy) -> None:
+    def add(network: IPNetwork, why: BlockedBy) -> None:
         out[network] = out.get(network, BlockedBy(0)) | why
 
     for net in private_networks:
-        add(IPv4Network(net, strict=False), BlockedBy.PRIVATE_SUBNET)
-    for addr in (public_addr, private_addr):
-        add(IPv4Network(f"{IPv4Address(addr)}/32"), BlockedBy.RELAY_ADDRESS)
+        add(ipaddress.ip_network(net, strict=False), BlockedBy.PRIVATE_SUBNET)
+    for addr in (public_addr, private_addr, *relay_addresses):
+        ip = ipaddress.ip_address(addr)
+        add(ipaddress.ip_network(f"{ip}/{ip.max_prefixlen}"), BlockedBy.RELAY_ADDRESS)
     for net in parse_source_prefixes(relay.blocked_source_prefixes):
         add(net, BlockedBy.OPERATOR)
     return out
@@ -96,6 +104,33 @@ def be32_of(addr: IPv4Address | str) -> int:
 
 def addr_of(be32: int) -> IPv4Address:
     return IPv4Address(int(be32).to_bytes(4, sys.byteorder))
+
+
+def relay_addr_of(raw: Any, family: int) -> IPAddress:
+    """A ``struct relay_addr`` (its ctypes value) as the address of ``family``."""
+    if family == AF_INET6:
+        return IPv6Address(bytes(raw))
+    return addr_of(raw.addr[0])
+
+
+def set_relay_addr(raw: Any, addr: IPAddress | str) -> int:
+    """Fill a ``struct relay_addr`` with ``addr`` (IPv4 in addr[0], the rest
+    zero); returns its family (AF_INET or AF_INET6)."""
+    ip = ipaddress.ip_address(addr)
+    packed = ip.packed.ljust(16, b"\0")
+    for i in range(4):
+        raw.addr[i] = int.from_bytes(packed[4 * i:4 * i + 4], sys.byteorder)
+    return AF_INET6 if ip.version == 6 else AF_INET
+
+
+def family_of(addr: IPAddress) -> int:
+    return AF_INET6 if addr.version == 6 else AF_INET
+
+
+def endpoint(addr: IPAddress | str, port: int) -> str:
+    """``addr:port``, with an IPv6 address in brackets (RFC 3986)."""
+    text = str(addr)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
 
 
 def be16_of(port: int) -> int:
@@ -129,12 +164,16 @@ class ConfigEntry:
     clock_offset_ns: int
     flow_idle_ns: int
     nh_generation: int
+    public_addr6: IPv6Address | None = None
+    """The IPv6 VIP (dual stack), or None: IPv6 clients are not relayed."""
+    private_addr6: IPv6Address | None = None
+    """The relay's private IPv6 address, or None: no IPv6 transceivers."""
 
 
 @dataclass(frozen=True)
 class TransceiverEntry:
     transceiver_id: int
-    addr: IPv4Address
+    addr: IPAddress
     status: TransceiverStatus
 
 
@@ -154,9 +193,9 @@ class FlowRecord:
 
     ``relay.FlowEntry`` is the display row made from it."""
 
-    client_addr: IPv4Address
+    client_addr: IPAddress
     client_port: int
-    transceiver_addr: IPv4Address
+    transceiver_addr: IPAddress
     transceiver_port: int
     relay_port: int
     transceiver_id: int
@@ -164,19 +203,20 @@ class FlowRecord:
     created_ns: int
     last_seen_ns: int
     next_hop: NextHop | None
-    relay_addr: IPv4Address
-    """The relay-side private address the flow sends from (one of ``private_addrs``)."""
+    relay_addr: IPAddress
+    """The relay-side private address the flow sends from (one of ``private_addrs``,
+    or the relay's private IPv6 address for an IPv6 transceiver)."""
 
 
 @dataclass(frozen=True)
 class ReverseEntry:
     """A relay-side address:port (``reverse``), transceiver -> client."""
 
-    relay_addr: IPv4Address
+    relay_addr: IPAddress
     relay_port: int
-    client_addr: IPv4Address
+    client_addr: IPAddress
     client_port: int
-    transceiver_addr: IPv4Address
+    transceiver_addr: IPAddress
     transceiver_port: int
     transceiver_id: int
     last_seen_ns: int
@@ -187,6 +227,11 @@ def _next_hop(nh: Any) -> NextHop | None:
     if not nh.ifindex:
         return None
     return NextHop(nh.ifindex, _mac(nh.smac), _mac(nh.dmac), nh.generation)
+
+
+def _addr6_or_none(raw: Any) -> IPv6Address | None:
+    addr = IPv6Address(bytes(raw))
+    return None if addr.is_unspecified else addr
 
 
 def monotonic_to_realtime_offset_ns() -> int:
@@ -221,6 +266,8 @@ class RelayMaps:
         private_ifindex: int,
         nh_generation: int | None = None,
         clock_offset_ns: int | None = None,
+        public_addr6: IPv6Address | str | None = None,
+        private_addr6: IPv6Address | str | None = None,
     ) -> ConfigEntry:
         """Write ``config[0]`` from ``relay`` and the resolved addresses/ifindexes.
 
@@ -228,13 +275,21 @@ class RelayMaps:
         config's may be 0.0.0.0, meaning "the interface's first address").
         ``nh_generation`` defaults to the current one plus one, so that every
         write drops the cached next hops. ``clock_offset_ns`` defaults to
-        ``monotonic_to_realtime_offset_ns()``.
+        ``monotonic_to_realtime_offset_ns()``. ``public_addr6`` is the IPv6
+        VIP (dual stack; None: IPv6 clients are not relayed) and
+        ``private_addr6`` the relay's address towards IPv6 transceivers
+        (None: none are reachable).
         """
         pub = IPv4Address(public_addr)
         priv = IPv4Address(private_addr)
-        for label, addr in (("public", pub), ("private", priv)):
-            if addr.is_unspecified:
+        pub6 = None if public_addr6 is None else IPv6Address(public_addr6)
+        priv6 = None if private_addr6 is None else IPv6Address(private_addr6)
+        for label, addr in (("public", pub), ("private", priv), ("public IPv6", pub6),
+                            ("private IPv6", priv6)):
+            if addr is not None and addr.is_unspecified:
                 raise ValueError(f"{label} address must be resolved, got {addr}")
+            if addr is not None and addr.is_multicast:
+                raise ValueError(f"{label} address must be unicast, got {addr}")
         if not 1 <= relay.public_port <= 65535:
             raise ValueError(f"public_port {relay.public_port} is outside 1..65535")
         if not 1 <= relay.port_min <= relay.port_max <= 65535:
@@ -253,6 +308,10 @@ class RelayMaps:
         leaf = table.Leaf()
         leaf.public_addr.addr[0] = be32_of(pub)
         leaf.private_addr.addr[0] = be32_of(priv)
+        if pub6 is not None:
+            set_relay_addr(leaf.public_addr6, pub6)
+        if priv6 is not None:
+            set_relay_addr(leaf.private_addr6, priv6)
         leaf.public_port = be16_of(relay.public_port)
         leaf.family = AF_INET
         leaf.port_min = relay.port_min
@@ -291,6 +350,8 @@ class RelayMaps:
             clock_offset_ns=c.clock_offset_ns,
             flow_idle_ns=c.flow_idle_ns,
             nh_generation=c.nh_generation,
+            public_addr6=_addr6_or_none(c.public_addr6),
+            private_addr6=_addr6_or_none(c.private_addr6),
         )
 
     def clear_config(self) -> None:
@@ -349,24 +410,24 @@ class RelayMaps:
 
     # --- blocked sources ------------------------------------------------------
 
-    def _prefix_key(self, network: IPv4Network) -> Any:
+    def _prefix_key(self, network: IPNetwork) -> Any:
         key = self._t["blocked_sources"].Key()
         key.prefixlen = abi.SOURCE_PREFIX_HDR_BITS + network.prefixlen
-        key.family = AF_INET
-        key.addr.addr[0] = be32_of(network.network_address)
+        key.family = set_relay_addr(key.addr, network.network_address)
         return key
 
-    def blocked_sources(self) -> dict[IPv4Network, BlockedBy]:
+    def blocked_sources(self) -> dict[IPNetwork, BlockedBy]:
         """``blocked_sources`` as it is: prefix -> why."""
-        out = {}
+        out: dict[IPNetwork, BlockedBy] = {}
         for k, v in self._t["blocked_sources"].items():
-            if k.family != AF_INET:
+            if k.family not in (AF_INET, AF_INET6):
                 continue
             bits = int(k.prefixlen) - abi.SOURCE_PREFIX_HDR_BITS
-            out[IPv4Network(f"{addr_of(k.addr.addr[0])}/{bits}")] = BlockedBy(int(v.value))
+            addr = relay_addr_of(k.addr, k.family)
+            out[ipaddress.ip_network(f"{addr}/{bits}")] = BlockedBy(int(v.value))
         return out
 
-    def write_blocked_sources(self, desired: Mapping[IPv4Network, BlockedBy]
+    def write_blocked_sources(self, desired: Mapping[IPNetwork, BlockedBy]
                               ) -> tuple[int, int]:
         """Make ``blocked_sources`` hold exactly ``desired``; returns (written, deleted).
 
@@ -394,19 +455,21 @@ class RelayMaps:
     def set_transceiver(
         self,
         transceiver_id: int,
-        addr: IPv4Address | str,
+        addr: IPAddress | str,
         status: TransceiverStatus = TransceiverStatus.ACTIVE,
     ) -> None:
-        """Add or update a transceiver (ACTIVE takes new flows, DRAINING keeps its own)."""
+        """Add or update a transceiver (ACTIVE takes new flows, DRAINING keeps its own).
+
+        Either family: the relay sends a flow to its transceiver in the
+        transceiver's family (an IPv6 one needs ``private_addr6``)."""
         if not 0 <= transceiver_id <= 0xFFFFFFFF:
             raise ValueError(f"transceiver id {transceiver_id} is outside 0..4294967295")
         ip = ipaddress.ip_address(addr)
-        if ip.version != 4:
-            raise ValueError(f"transceiver address {ip} is not IPv4 (IPv6 is not supported yet)")
+        if ip.is_unspecified or ip.is_multicast:
+            raise ValueError(f"transceiver address {ip} is not a unicast address")
         table = self._t["transceivers"]
         leaf = table.Leaf()
-        leaf.addr.addr[0] = be32_of(ip)
-        leaf.family = AF_INET
+        leaf.family = set_relay_addr(leaf.addr, ip)
         leaf.status = TransceiverStatus(status)
         table[table.Key(transceiver_id)] = leaf
 
@@ -420,7 +483,7 @@ class RelayMaps:
 
     def transceivers(self) -> dict[int, TransceiverEntry]:
         return {
-            int(k.value): TransceiverEntry(int(k.value), addr_of(v.addr.addr[0]),
+            int(k.value): TransceiverEntry(int(k.value), relay_addr_of(v.addr, v.family),
                                            TransceiverStatus(v.status))
             for k, v in self._t["transceivers"].items()
         }
@@ -476,9 +539,9 @@ class RelayMaps:
         out = []
         for k, v in self._t["flows"].items():
             out.append(FlowRecord(
-                client_addr=addr_of(k.addr.addr[0]),
+                client_addr=relay_addr_of(k.addr, k.family),
                 client_port=port_of(k.port),
-                transceiver_addr=addr_of(v.txr_addr.addr[0]),
+                transceiver_addr=relay_addr_of(v.txr_addr, v.txr_family),
                 transceiver_port=port_of(v.txr_port),
                 relay_port=port_of(v.relay_port),
                 transceiver_id=v.transceiver_id,
@@ -486,24 +549,23 @@ class RelayMaps:
                 created_ns=v.created_ns,
                 last_seen_ns=v.last_seen_ns,
                 next_hop=_next_hop(v.nh),
-                relay_addr=addr_of(v.relay_addr.addr[0]),
+                relay_addr=relay_addr_of(v.relay_addr, v.txr_family),
             ))
-        return sorted(out, key=lambda f: (f.client_addr, f.client_port))
+        return sorted(out, key=lambda f: (f.client_addr.version, f.client_addr, f.client_port))
 
-    def flow(self, client_addr: IPv4Address | str, client_port: int) -> FlowRecord | None:
-        """The flow of one client address:port, or None."""
-        for f in self._lookup_flows([(IPv4Address(client_addr), client_port)]):
+    def flow(self, client_addr: IPAddress | str, client_port: int) -> FlowRecord | None:
+        """The flow of one client address:port (either family), or None."""
+        for f in self._lookup_flows([(ipaddress.ip_address(client_addr), client_port)]):
             return f
         return None
 
-    def _flow_key(self, addr: IPv4Address, port: int) -> Any:
+    def _flow_key(self, addr: IPAddress, port: int) -> Any:
         key = self._t["flows"].Key()
-        key.addr.addr[0] = be32_of(addr)
+        key.family = set_relay_addr(key.addr, addr)
         key.port = be16_of(port)
-        key.family = AF_INET
         return key
 
-    def _lookup_flows(self, clients: Iterable[tuple[IPv4Address, int]]) -> list[FlowRecord]:
+    def _lookup_flows(self, clients: Iterable[tuple[IPAddress, int]]) -> list[FlowRecord]:
         table = self._t["flows"]
         out = []
         for addr, port in clients:
@@ -511,39 +573,41 @@ class RelayMaps:
                 v = table[self._flow_key(addr, port)]
             except KeyError:
                 continue
-            out.append(FlowRecord(addr, port, addr_of(v.txr_addr.addr[0]), port_of(v.txr_port),
+            out.append(FlowRecord(addr, port, relay_addr_of(v.txr_addr, v.txr_family),
+                                  port_of(v.txr_port),
                                  port_of(v.relay_port), v.transceiver_id, v.token_mac,
                                  v.created_ns, v.last_seen_ns, _next_hop(v.nh),
-                                 addr_of(v.relay_addr.addr[0])))
+                                 relay_addr_of(v.relay_addr, v.txr_family)))
         return out
 
     def reverse_entries(self) -> list[ReverseEntry]:
         out = []
         for k, v in self._t["reverse"].items():
             out.append(ReverseEntry(
-                relay_addr=addr_of(k.addr.addr[0]),
+                relay_addr=relay_addr_of(k.addr, v.txr_family),
                 relay_port=port_of(k.relay_port),
-                client_addr=addr_of(v.client.addr.addr[0]),
+                client_addr=relay_addr_of(v.client.addr, v.client.family),
                 client_port=port_of(v.client.port),
-                transceiver_addr=addr_of(v.txr_addr.addr[0]),
+                transceiver_addr=relay_addr_of(v.txr_addr, v.txr_family),
                 transceiver_port=port_of(v.txr_port),
                 transceiver_id=v.transceiver_id,
                 last_seen_ns=v.last_seen_ns,
                 next_hop=_next_hop(v.nh),
             ))
-        return sorted(out, key=lambda r: (r.relay_port, r.relay_addr))
+        return sorted(out, key=lambda r: (r.relay_port, r.relay_addr.version, r.relay_addr))
 
-    def delete_flow(self, client_addr: IPv4Address | str, client_port: int) -> bool:
+    def delete_flow(self, client_addr: IPAddress | str, client_port: int) -> bool:
         """End a client's flow and free its relay address:port. False if there was none."""
         flows = self._t["flows"]
-        key = self._flow_key(IPv4Address(client_addr), client_port)
+        key = self._flow_key(ipaddress.ip_address(client_addr), client_port)
         try:
             v = flows[key]
         except KeyError:
             return False
         reverse = self._t["reverse"]
         rkey = reverse.Key(relay_port=v.relay_port)
-        rkey.addr.addr[0] = v.relay_addr.addr[0]
+        for i in range(4):
+            rkey.addr.addr[i] = v.relay_addr.addr[i]
         try:
             r = reverse[rkey]
             if bytes(r.client) == bytes(key):

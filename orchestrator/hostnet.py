@@ -300,6 +300,20 @@ def resolve_address(configured: str, ifname: str, netns: str | None) -> str:
     return found[0].split("/")[0]
 
 
+def resolve_address6(configured: str, ifname: str, netns: str | None) -> str | None:
+    """``[relay] public_address6``/``private_address6`` as an address: None for
+    "" (no IPv6), the interface's first global IPv6 address for "::"."""
+    if configured == "":
+        return None
+    if configured != "::":
+        return configured
+    found = netlink.addresses6(ifname, netns)
+    if not found:
+        raise LoaderError(f"{ifname} has no global IPv6 address; add one, configure the "
+                          "address, or leave it \"\" for no IPv6")
+    return found[0].split("/")[0]
+
+
 def prepare_host(relay: RelayConfig, netns: str | None) -> dict[str, str]:
     """Sysctls, the forward drop and the input filter; returns the sysctl values
     to restore at unload."""
@@ -307,10 +321,24 @@ def prepare_host(relay: RelayConfig, netns: str | None) -> dict[str, str]:
     keys = [f"net/ipv4/conf/{relay.public_interface}/forwarding",
             f"net/ipv4/conf/{relay.private_interface}/forwarding",
             "net/ipv4/ip_local_reserved_ports"]
-    for key in keys:
+    dual_stack = bool(relay.public_address6 or relay.private_address6)
+    ipv6_keys = []
+    if dual_stack:
+        # bpf_fib_lookup checks IPv6 forwarding on the ingress interface
+        # (FWD_DISABLED otherwise). Forwarding makes the kernel ignore router
+        # advertisements unless accept_ra is 2, which would cost a SLAAC
+        # host its default route: keep accepting them where they were.
+        for ifname in (relay.public_interface, relay.private_interface):
+            ipv6_keys += [f"net/ipv6/conf/{ifname}/forwarding",
+                          f"net/ipv6/conf/{ifname}/accept_ra"]
+    for key in keys + ipv6_keys:
         restore[key] = get_sysctl(key, netns)
     for ifname in (relay.public_interface, relay.private_interface):
         set_forwarding(ifname, netns)
+        if dual_stack:
+            if restore[f"net/ipv6/conf/{ifname}/accept_ra"] == "1":
+                set_sysctl(f"net/ipv6/conf/{ifname}/accept_ra", 2, netns)
+            set_sysctl(f"net/ipv6/conf/{ifname}/forwarding", 1, netns)
     reserve_local_ports(relay.port_min, relay.port_max, netns)
     install_host_filter(relay.name, relay.public_interface, relay.private_interface,
                         public_port=relay.public_port, public_tcp_ports=relay.public_tcp_ports,

@@ -168,15 +168,21 @@ def _write_config(relay_maps: bccmaps.RelayMaps, relay: RelayConfig, netns: str 
     ``blocked_sources`` trie: the private interface's subnets (read from it now), the
     relay's own addresses and ``relay.blocked_source_prefixes`` (written first, so that a
     replace never runs a moment without them)."""
+    public6 = hostnet.resolve_address6(relay.public_address6, relay.public_interface, netns)
+    private6 = hostnet.resolve_address6(relay.private_address6, relay.private_interface, netns)
     relay_maps.write_blocked_sources(bccmaps.desired_blocked_sources(
         relay, public_addr=public, private_addr=private,
-        private_networks=netlink.addresses(relay.private_interface, netns)))
+        private_networks=[*netlink.addresses(relay.private_interface, netns),
+                          *netlink.addresses6(relay.private_interface, netns)],
+        relay_addresses=[a for a in (public6, private6) if a is not None]))
     relay_maps.write_config(
         relay,
         public_addr=public,
         private_addr=private,
         public_ifindex=netlink.link_info(relay.public_interface, netns).ifindex,
         private_ifindex=netlink.link_info(relay.private_interface, netns).ifindex,
+        public_addr6=public6,
+        private_addr6=private6,
     )
     relay_maps.write_private_addrs([private, *private_addresses_on(relay, netns)])
 

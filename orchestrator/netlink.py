@@ -179,6 +179,21 @@ def addresses(ifname: str, netns: str | None = None) -> list[str]:
         ]
 
 
+def addresses6(ifname: str, netns: str | None = None) -> list[str]:
+    """The global IPv6 addresses on ``ifname`` (no link-local, nothing
+    tentative) as ``addr/prefix`` strings, in kernel order."""
+    tentative = 0x40  # IFA_F_TENTATIVE: still in duplicate address detection
+    with iproute(netns) as ipr:
+        index = _existing_index(ipr, ifname, netns)
+        out = []
+        for a in ipr.get_addr(index=index, family=socket.AF_INET6):
+            flags = a.get_attr("IFA_FLAGS") or a["flags"]
+            if a["scope"] != 0 or flags & tentative:  # 0: RT_SCOPE_UNIVERSE
+                continue
+            out.append(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+        return out
+
+
 # --- XDP as netlink sees it ------------------------------------------------------
 
 # IFLA_XDP_ATTACHED, as a number or as pyroute2's names for it.

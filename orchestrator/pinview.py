@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from orchestrator import abi, bpfsys, pins
-from orchestrator.bccmaps import addr_of, port_of
+from orchestrator.bccmaps import endpoint, port_of, relay_addr_of
 from orchestrator.errors import MapLayoutError
 from orchestrator.relay import FlowEntry, RelayUnavailable, require_pinned, require_root
 from orchestrator.sync import MapTransceiver
@@ -99,7 +99,7 @@ class PinView:
 
     def transceivers(self) -> dict[int, MapTransceiver]:
         return {
-            int(k.value): MapTransceiver(str(addr_of(v.addr.addr[0])),
+            int(k.value): MapTransceiver(str(relay_addr_of(v.addr, v.family)),
                                          _STATUS_NAMES.get(v.status, f"status {v.status}"))
             for k, v in self._items("transceivers")
         }
@@ -124,23 +124,23 @@ class PinView:
         idle_limit = self.flow_idle_seconds()
         # The transceiver's packets refresh the reverse entry only: a flow is
         # idle when neither direction has seen a packet (as relay.c decides).
-        replies = {(int(k.addr.addr[0]), int(k.relay_port)): (v, int(v.last_seen_ns))
+        replies = {(bytes(k.addr), int(k.relay_port)): (v, int(v.last_seen_ns))
                    for k, v in self._items("reverse")}
         rows = []
         for k, v in self._items("flows"):
             last_seen = int(v.last_seen_ns)
-            reply = replies.get((int(v.relay_addr.addr[0]), int(v.relay_port)))
+            reply = replies.get((bytes(v.relay_addr), int(v.relay_port)))
             if reply is not None and bytes(reply[0].client) == bytes(k):
                 last_seen = max(last_seen, reply[1])
             rows.append(FlowEntry(
-                client=f"{addr_of(k.addr.addr[0])}:{port_of(k.port)}",
+                client=endpoint(relay_addr_of(k.addr, k.family), port_of(k.port)),
                 transceiver_id=int(v.transceiver_id),
-                transceiver=f"{addr_of(v.txr_addr.addr[0])}:{port_of(v.txr_port)}",
+                transceiver=endpoint(relay_addr_of(v.txr_addr, v.txr_family), port_of(v.txr_port)),
                 relay_port=port_of(v.relay_port),
                 age_s=max(0, now_ns - v.created_ns) / 1e9,
                 idle_s=max(0, now_ns - last_seen) / 1e9,
                 idle_limit_s=idle_limit,
-                relay_addr=str(addr_of(v.relay_addr.addr[0])),
+                relay_addr=str(relay_addr_of(v.relay_addr, v.txr_family)),
             ))
         return rows
 

@@ -200,7 +200,9 @@ def parse_relay(spec: str) -> RelaySpec:
     parts = spec.split()
     if not parts:
         raise ValueError("relay spec is empty")
-    addr, port = parse_hostport(parts[0], ipv4_only=True, what="relay")
+    # IPv4 or IPv6: a dual-stack relay is listed once per VIP, "[ADDR]:PORT"
+    # for its IPv6 one ([relay] public_address6).
+    addr, port = parse_hostport(parts[0], ip_only=True, what="relay")
     region = ""
     rtt: float | None = None
     tcp = 0
@@ -223,6 +225,9 @@ def parse_relay(spec: str) -> RelaySpec:
             tcp = _parse_tcp_port(value)
         else:
             raise ValueError(f"relay option {key!r} is unknown; known: region, rtt_ms, tcp")
+    if tcp and ":" in addr:
+        raise ValueError(f"relay tcp={tcp} on the IPv6 address {addr}: the ICE-TCP front "
+                         "listens on [relay] public_address (IPv4); put tcp= on that entry")
     return RelaySpec(addr, port, region, rtt, tcp)
 
 

@@ -12,7 +12,8 @@ Accepted spellings:
 - ``192.0.2.1:3478``: IPv4 and a port;
 - ``[2001:db8::1]:3478``: IPv6 in brackets (a bare IPv6 address is refused,
   since ``2001:db8::1`` could be read as host ``2001:db8:`` port 1);
-- ``relay.example:3478``: a hostname (RFC 1123 labels); not with ``ipv4_only``;
+- ``relay.example:3478``: a hostname (RFC 1123 labels); not with ``ipv4_only``
+  or ``ip_only``;
 - ``192.0.2.1``, ``[2001:db8::1]``, ``relay.example``: only with a
   ``default_port``;
 - ``:8080``: only with a ``default_host`` (a listen address on all interfaces).
@@ -20,10 +21,11 @@ Accepted spellings:
 Messages, where ``<what> `` is the caller's name for the value (``relay``,
 ``[transceiver] listen``), or nothing::
 
-    <what> '<value>' must be HOST:PORT          (ADDR:PORT with ipv4_only)
+    <what> '<value>' must be HOST:PORT          (ADDR:PORT with ipv4_only or ip_only)
     <what> '<value>': an IPv6 address needs brackets, [ADDR]:PORT
     <what> address '<host>' is not an IPv4 address
     <what> address '<host>' is not an IPv6 address
+    <what> address '<host>' is not an IP address   (ip_only)
     <what> host '<host>' is not an IP address or a hostname
     <what> port '<port>' is not in 1..65535     (0..65535 with allow_zero)
 
@@ -72,17 +74,19 @@ def is_hostname(name: str) -> bool:
 
 def parse_hostport(value: str, default_port: int | None = None, *,
                    default_host: str | None = None, allow_zero: bool = False,
-                   ipv4_only: bool = False, what: str = "") -> HostPort:
+                   ipv4_only: bool = False, ip_only: bool = False,
+                   what: str = "") -> HostPort:
     """Parse ``value`` as ``host:port`` (see the module docstring).
 
     ``default_port`` is used when ``value`` has no port, ``default_host``
     when its host is empty (``:8080``); without them both parts are
     required. ``allow_zero`` admits port 0 (a listen address: the kernel
-    picks). ``ipv4_only`` admits only an IPv4 literal as the host.
+    picks). ``ipv4_only`` admits only an IPv4 literal as the host,
+    ``ip_only`` an IPv4 or (bracketed) IPv6 literal: no hostname.
     ``what`` names the value in messages. Raises ``ValueError``.
     """
     prefix = f"{what} " if what else ""
-    form = "ADDR:PORT" if ipv4_only else "HOST:PORT"
+    form = "ADDR:PORT" if ipv4_only or ip_only else "HOST:PORT"
     bad_form = ValueError(f"{prefix}{value!r} must be {form}")
     bracketed = value.startswith("[")
     if bracketed:
@@ -107,6 +111,8 @@ def parse_hostport(value: str, default_port: int | None = None, *,
             raise bad_form
         host = default_host
     _check_host(host, bracketed=bracketed, ipv4_only=ipv4_only, prefix=prefix)
+    if ip_only and not bracketed and not _is_ipv4(host):
+        raise ValueError(f"{prefix}address {host!r} is not an IP address")
     low = 0 if allow_zero else 1
     if not (port_text.isascii() and port_text.isdigit()) or not low <= int(port_text) <= 65535:
         raise ValueError(f"{prefix}port {port_text!r} is not in {low}..65535")

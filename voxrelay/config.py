@@ -27,6 +27,11 @@ DEFAULT_BLOCKED_SOURCE_PREFIXES: tuple[str, ...] = (
     "169.254.0.0/16",  # link-local (RFC 3927): never routed to a relay
     "224.0.0.0/4",     # multicast: never a source
     "240.0.0.0/4",     # reserved (RFC 1112) and 255.255.255.255 broadcast
+    "::/128",          # IPv6 unspecified: never a source on a wire
+    "::1/128",         # IPv6 loopback
+    "::ffff:0:0/96",   # IPv4-mapped: an IPv4 host's address inside IPv6 APIs, never on a wire
+    "fe80::/10",       # IPv6 link-local: never routed to a relay
+    "ff00::/8",        # IPv6 multicast: never a source
 )
 """``RelayConfig.blocked_source_prefixes``' default: sources no client can have."""
 
@@ -58,6 +63,18 @@ class RelayConfig:
     are spread over private_address and these: one address holds at most one
     port range of live flows (port_max - port_min + 1), so a relay for a
     million live flows needs 25 with the default range (16 with the widest)."""
+    public_address6: str = ""
+    """The relay's public IPv6 VIP (dual stack), beside public_address: IPv6
+    clients send to [public_address6]:public_port and are routed by the same
+    token to IPv4 or IPv6 transceivers (the relay translates the IP header
+    where the families differ). "" (the default): no IPv6 VIP, IPv6 passes
+    untouched. "::": the first global IPv6 address of public_interface.
+    List it in the transceivers' ``relays`` too ("[ADDR]:PORT")."""
+    private_address6: str = ""
+    """The relay's private IPv6 address, needed for IPv6 transceivers
+    (a transceiver registered with an IPv6 address). "" (the default): none;
+    a token for an IPv6 transceiver is dropped (``drop_ipv6``). "::": the
+    first global IPv6 address of private_interface."""
     public_port: int = 3478
     """The only public UDP port."""
     port_min: int = 20000
@@ -80,17 +97,19 @@ class RelayConfig:
     port (the directory, metrics, ssh) can be reached from the public side."""
     blocked_source_prefixes: list[str] = field(
         default_factory=lambda: list(DEFAULT_BLOCKED_SOURCE_PREFIXES))
-    """IPv4 prefixes (``"a.b.c.d/n"``) no client source may lie in: a Binding
+    """IPv4 or IPv6 prefixes (``"a.b.c.d/n"``, ``"2001:db8::/32"``) no client
+    source may lie in: a Binding
     Request from one opens no flow and is counted ``drop_blocked_source``.
     The relay always adds the private interface's subnet(s) and its own
     public address, whatever this says, so that a forged source cannot make
     the relay send a transceiver's answer into the private network. The
     default lists sources that cannot belong to a client on any network:
     0.0.0.0/8, loopback 127.0.0.0/8, link-local 169.254.0.0/16, multicast
-    224.0.0.0/4 and the reserved 240.0.0.0/4. RFC 1918 (10/8, 172.16/12,
-    192.168/16) and CGNAT (100.64/10) ranges are not in it, since clients may
-    reach a relay from them (a relay inside a private network, a carrier's
-    NAT); add them where no client can. Written at ``relay load`` and
+    224.0.0.0/4 and the reserved 240.0.0.0/4; for IPv6 ::/128, ::1/128,
+    IPv4-mapped ::ffff:0:0/96, link-local fe80::/10 and multicast ff00::/8.
+    RFC 1918 (10/8, 172.16/12, 192.168/16) and CGNAT (100.64/10) ranges are
+    not in it, since clients may reach a relay from them (a relay inside a
+    private network, a carrier's NAT); add them where no client can. Written at ``relay load`` and
     ``--replace``; checked when a flow is created, so a prefix added by a
     replace leaves flows already open to idle out."""
 
@@ -281,6 +300,18 @@ def validate(config: Config) -> Config:
         except ValueError:
             raise ConfigError(f"[relay] {key} {getattr(r, key)!r} is not an IPv4 address") from None
     parse_extra_private_addresses(r)
+    for key in ("public_address6", "private_address6"):
+        value = getattr(r, key)
+        if value == "":
+            continue
+        try:
+            addr6 = ipaddress.IPv6Address(value)
+        except ValueError:
+            raise ConfigError(f"[relay] {key} {value!r} is not an IPv6 address "
+                              "(\"\" for none, \"::\" for the interface's first)") from None
+        if addr6.is_multicast or addr6.is_loopback or addr6.ipv4_mapped is not None:
+            raise ConfigError(f"[relay] {key} {value!r} is not a unicast IPv6 address "
+                              "a client or transceiver can reach")
     if not 1 <= r.public_port <= 65535:
         raise ConfigError(f"[relay] public_port {r.public_port} is outside 1..65535")
     if not 1024 <= r.port_min <= r.port_max <= 65535:
@@ -350,14 +381,15 @@ def parse_extra_private_addresses(relay: RelayConfig) -> list[ipaddress.IPv4Addr
     return out
 
 
-def parse_source_prefixes(prefixes: Iterable[object]) -> list[ipaddress.IPv4Network]:
+def parse_source_prefixes(prefixes: Iterable[object]
+                          ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """``[relay] blocked_source_prefixes`` as networks; ConfigError names a bad entry.
 
     Host bits must be zero (``10.0.0.1/8`` is refused, naming ``10.0.0.0/8``),
-    so that what the operator wrote is what is blocked. IPv4 only, like the
-    relay's path.
+    so that what the operator wrote is what is blocked. Either family (the
+    relay is dual stack).
     """
-    out = []
+    out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for entry in prefixes:
         where = f"[relay] blocked_source_prefixes entry {entry!r}"
         if not isinstance(entry, str):
@@ -368,11 +400,10 @@ def parse_source_prefixes(prefixes: Iterable[object]) -> list[ipaddress.IPv4Netw
             try:
                 loose = ipaddress.ip_network(entry, strict=False)
             except ValueError:
-                raise ConfigError(f"{where} is not an IPv4 prefix like \"10.0.0.0/8\"") from None
+                raise ConfigError(f"{where} is not an IP prefix like \"10.0.0.0/8\" "
+                                  "or \"2001:db8::/32\"") from None
             raise ConfigError(f"{where} has host bits set; did you mean {loose}?") from None
-        if network.version != 4:
-            raise ConfigError(f"{where} is IPv6; the relay's path is IPv4 only")
-        out.append(ipaddress.IPv4Network(network))
+        out.append(network)
     return out
 MAX_TCP_FRAME = 16384
 """The largest ``[tcpfront] max_frame_bytes`` allowed: well under RFC 4571's 65535."""

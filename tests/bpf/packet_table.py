@@ -16,16 +16,17 @@ the table, once per row and repeat-N (``repeat_row``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
@@ -33,6 +34,7 @@ from lab import stun
 from lab.bpftest import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
 from lab.packets import (
     CLIENT,
+    CLIENT6,
     CLIENT_PORT,
     WIRE_MAC,
     Context,
@@ -40,6 +42,7 @@ from lab.packets import (
     mint,
     open_flow,
     to_relay,
+    to_relay6,
     username,
 )
 from lab.relaylab import (
@@ -47,14 +50,18 @@ from lab.relaylab import (
     GATEWAY_MAC,
     KEY1,
     KEY2,
+    ONLINK6_NO_NEIGH,
     ONLINK_NO_NEIGH,
     PORT_MAX,
     PORT_MIN,
     PRIVATE,
+    PRIVATE6,
+    PRIVATE6_NET,
     PRIVATE_NET,
     PUBLIC_PORT,
     TRANSCEIVERS,
     VIP,
+    VIP6,
     VPRIV_MAC,
     VPUB_MAC,
     ProgTestRelay,
@@ -80,6 +87,34 @@ def rebuilt(pkt: Any, *, smac: str, dmac: str, src: IPv4Address, dst: IPv4Addres
     return bytes(out.__class__(bytes(out)))
 
 
+Addr = IPv4Address | IPv6Address
+
+
+def relayed(pkt: Any, *, smac: str, dmac: str, src: Addr, dst: Addr,
+            sport: int, dport: int) -> bytes:
+    """``pkt`` (either family) as the relay should send it to ``dst``, in
+    ``dst``'s family: rewritten in place within a family, else a fresh IP
+    header of the other family (TTL/hop limit and TOS/traffic class carried
+    over; IPv4 with DF and ID 0, as bpf/relay.c translates), every checksum
+    recomputed from scratch by scapy."""
+    ip_in = pkt[IPv6] if IPv6 in pkt else pkt[IP]
+    if (IPv6 in pkt) == (dst.version == 6) and dst.version == 4:
+        return rebuilt(pkt, smac=smac, dmac=dmac, src=IPv4Address(src), dst=IPv4Address(dst),
+                       sport=sport, dport=dport)
+    payload = bytes(pkt[UDP].payload)
+    ttl = ip_in.hlim if IPv6 in pkt else ip_in.ttl
+    tos = ip_in.tc if IPv6 in pkt else ip_in.tos
+    ip: Any = (IPv6(src=str(src), dst=str(dst), hlim=ttl, tc=tos, fl=0) if dst.version == 6
+               else IP(src=str(src), dst=str(dst), ttl=ttl, tos=tos, flags="DF", id=0))
+    out = Ether(src=smac, dst=dmac) / ip / UDP(sport=sport, dport=dport) / Raw(payload)
+    return bytes(Ether(bytes(out)))
+
+
+def client_of(pkt: Any) -> tuple[Addr, int]:
+    ip = pkt[IPv6] if IPv6 in pkt else pkt[IP]
+    return ipaddress.ip_address(ip.src), pkt[UDP].sport
+
+
 # --- rows --------------------------------------------------------------------
 
 @dataclass
@@ -99,23 +134,30 @@ class Row:
 
 
 def to_txr(ctx: Context, pkt: Any, *, txr: int = 7, port: int = 50007) -> bytes:
-    """Expected output of a public packet forwarded to transceiver ``txr``."""
-    flow = ctx.lab.maps.flow(pkt[IP].src, pkt[UDP].sport)
+    """Expected output of a public packet (either family) forwarded to
+    transceiver ``txr`` (either family)."""
+    flow = ctx.lab.maps.flow(*client_of(pkt))
     assert flow is not None, "the flow was not created"
     assert PORT_MIN <= flow.relay_port <= PORT_MAX
     addr, mac, _ = TRANSCEIVERS[txr]
     assert flow.transceiver_addr == addr and flow.transceiver_port == port
-    smac = VPRIV_MAC if addr in PRIVATE_NET else VPUB_MAC
-    # From the flow's own relay-side address, one of the relay's private ones.
-    assert flow.relay_addr in ctx.lab.maps.private_addrs()
-    return rebuilt(pkt, smac=smac, dmac=mac or "", src=flow.relay_addr, dst=addr,
+    smac = VPRIV_MAC if addr in PRIVATE_NET or addr in PRIVATE6_NET else VPUB_MAC
+    # From the flow's own relay-side address: one of the relay's private IPv4
+    # ones, or its private IPv6 one for an IPv6 transceiver.
+    if addr.version == 6:
+        assert flow.relay_addr == PRIVATE6
+    else:
+        assert flow.relay_addr in ctx.lab.maps.private_addrs()
+    return relayed(pkt, smac=smac, dmac=mac or "", src=flow.relay_addr, dst=addr,
                    sport=flow.relay_port, dport=port)
 
 
 def to_client(ctx: Context, pkt: Any) -> bytes:
+    dst = ipaddress.ip_address((pkt[IPv6] if IPv6 in pkt else pkt[IP]).dst)
     rev = {(r.relay_addr, r.relay_port): r for r in ctx.lab.maps.reverse_entries()}[
-        (IPv4Address(pkt[IP].dst), pkt[UDP].dport)]
-    return rebuilt(pkt, smac=VPUB_MAC, dmac=GATEWAY_MAC, src=VIP, dst=rev.client_addr,
+        (dst, pkt[UDP].dport)]
+    vip = VIP6 if rev.client_addr.version == 6 else VIP
+    return relayed(pkt, smac=VPUB_MAC, dmac=GATEWAY_MAC, src=vip, dst=rev.client_addr,
                    sport=PUBLIC_PORT, dport=rev.client_port)
 
 
@@ -268,11 +310,8 @@ def _setup_retired(ctx: Context) -> None:
     ctx.lab.maps.retire_key(1)
 
 
-def _setup_ipv6_txr(ctx: Context) -> None:
-    table = ctx.lab.maps.table("transceivers")
-    leaf = table[table.Key(7)]
-    leaf.family = 10
-    table[table.Key(7)] = leaf
+def _setup_no_private6(ctx: Context) -> None:
+    ctx.lab.configure(lab_relay_config(), private6=False)
 
 
 def _unconfigure(ctx: Context) -> None:
@@ -416,6 +455,188 @@ def _rewritten_for_stack(ctx: Context, pkt: Any) -> bytes:
     return rebuilt(pkt, smac=pkt[Ether].src, dmac=pkt[Ether].dst, src=VIP, dst=rev.client_addr,
                    sport=PUBLIC_PORT, dport=rev.client_port)
 
+
+# --- IPv6, dual stack (issue #13) ----------------------------------------------
+
+def stun6_with(ufrag: str, **kw: Any) -> Callable[[Context], Any]:
+    return lambda ctx: to_relay6(stun.ice_binding_request(username(ufrag)), **kw)
+
+
+def _stun6_from(src: str, **kw: Any) -> Callable[[Context], Any]:
+    return lambda ctx: to_relay6(stun.ice_binding_request(username(mint(**kw))), src=src)
+
+
+def _setup_known6(ctx: Context) -> None:
+    ctx.values["relay_port"] = open_flow(ctx, client=str(CLIENT6))
+
+
+def _setup_known6_v6txr(ctx: Context) -> None:
+    ctx.values["ufrag"] = mint(transceiver_id=13, port=50013)
+    ctx.values["relay_port"] = open_flow(ctx, client=str(CLIENT6))
+
+
+def _setup_known4_v6txr(ctx: Context) -> None:
+    ctx.values["ufrag"] = mint(transceiver_id=13, port=50013)
+    ctx.values["relay_port"] = open_flow(ctx)
+
+
+def _reply13(ctx: Context) -> Any:
+    return from_transceiver(SRTP, ctx.values["relay_port"], txr=13, sport=50013)
+
+
+def _check_flow6(txr: int, port: int) -> Callable[[Context, Any], None]:
+    def check(ctx: Context, pkt: Any) -> None:
+        flow = ctx.lab.maps.flow(*client_of(pkt))
+        assert flow is not None and flow.transceiver_id == txr
+        assert (flow.transceiver_addr, flow.transceiver_port) == (TRANSCEIVERS[txr][0], port)
+        rev = {r.relay_port: r for r in ctx.lab.maps.reverse_entries()}[flow.relay_port]
+        assert (rev.client_addr, rev.client_port) == client_of(pkt)
+        assert rev.transceiver_addr == TRANSCEIVERS[txr][0]
+    return check
+
+
+def _setup_rate6(ctx: Context) -> None:
+    ctx.lab.configure(lab_relay_config(new_flows_per_sec=1))
+    open_flow(ctx, client="2001:db8:7::1", sport=1000)
+
+
+def _v6_zero_csum(ctx: Context) -> bytes:
+    frame = bytearray(bytes(to_relay6(stun.ice_binding_request(username(mint())))))
+    frame[14 + 40 + 6:14 + 40 + 8] = b"\0\0"
+    return bytes(frame)
+
+
+def _v6_payload_len(delta: int) -> Callable[[Context], Any]:
+    def build(ctx: Context) -> Any:
+        pkt = to_relay6(stun.ice_binding_request(username(mint())))
+        pkt[IPv6].plen = len(pkt[UDP]) + delta
+        return Ether(bytes(pkt))
+    return build
+
+
+def _v6_bad_version(ctx: Context) -> bytes:
+    frame = bytearray(bytes(to_relay6(stun.ice_binding_request(username(mint())))))
+    frame[14] = (4 << 4) | (frame[14] & 0x0F)
+    return bytes(frame)
+
+
+def _v4_reply_no_csum(ctx: Context) -> Any:
+    pkt = _private_reply(ctx)
+    pkt[UDP].chksum = 0
+    return Ether(bytes(pkt))
+
+
+def _to_learnt_hop6(ctx: Context, pkt: Any) -> bytes:
+    rev = {r.relay_port: r for r in ctx.lab.maps.reverse_entries()}[pkt[UDP].dport]
+    return relayed(pkt, smac=VPUB_MAC, dmac=WIRE_MAC, src=VIP6, dst=rev.client_addr,
+                   sport=PUBLIC_PORT, dport=rev.client_port)
+
+
+ROWS6: list[Row] = [
+    # new flows and known flows, both ways, every pair of families
+    Row("IPv6 client, valid token: flow to an IPv4 transceiver, translated to IPv4",
+        stun6_with(mint()), XDP_REDIRECT, "STAT_FWD_NEW_FLOW6", expect=to_txr,
+        check=_check_flow6(7, 50007)),
+    Row("IPv6 client, traffic class carried into the IPv4 TOS",
+        stun6_with(mint(), tc=0xB8), XDP_REDIRECT, "STAT_FWD_NEW_FLOW6", expect=to_txr),
+    Row("IPv6 client, known flow: DTLS translated to the IPv4 transceiver",
+        lambda ctx: to_relay6(DTLS), XDP_REDIRECT, "STAT_FWD_TO_TRANSCEIVER6",
+        setup=_setup_known6, expect=to_txr),
+    Row("IPv4 transceiver's reply to an IPv6 client: translated, from VIP6:3478",
+        _private_reply, XDP_REDIRECT, "STAT_FWD_TO_CLIENT6", setup=_setup_known6,
+        ingress="vpriv", expect=to_client),
+    Row("IPv6 client to an IPv6 transceiver: rewritten in place",
+        stun6_with(mint(transceiver_id=13, port=50013)), XDP_REDIRECT, "STAT_FWD_NEW_FLOW6",
+        expect=lambda ctx, pkt: to_txr(ctx, pkt, txr=13, port=50013),
+        check=_check_flow6(13, 50013)),
+    Row("IPv6 transceiver's reply to an IPv6 client",
+        _reply13, XDP_REDIRECT, "STAT_FWD_TO_CLIENT6", setup=_setup_known6_v6txr,
+        ingress="vpriv", expect=to_client),
+    Row("IPv4 client to an IPv6 transceiver: translated to IPv6",
+        stun_with(mint(transceiver_id=13, port=50013)), XDP_REDIRECT, "STAT_FWD_NEW_FLOW",
+        expect=lambda ctx, pkt: to_txr(ctx, pkt, txr=13, port=50013),
+        check=_check_flow6(13, 50013)),
+    Row("IPv4 client, known flow to an IPv6 transceiver",
+        lambda ctx: to_relay(SRTP), XDP_REDIRECT, "STAT_FWD_TO_TRANSCEIVER",
+        setup=_setup_known4_v6txr, expect=lambda ctx, pkt: to_txr(ctx, pkt, txr=13, port=50013)),
+    Row("IPv6 transceiver's reply to an IPv4 client: translated to IPv4",
+        _reply13, XDP_REDIRECT, "STAT_FWD_TO_CLIENT", setup=_setup_known4_v6txr,
+        ingress="vpriv", expect=to_client),
+    Row("first reply to an on-link IPv6 client with no neighbour entry: to its MAC",
+        _private_reply, XDP_REDIRECT, "STAT_FWD_TO_CLIENT6_LEARNT_NH",
+        setup=lambda ctx: ctx.values.update(relay_port=open_flow(ctx, client=str(ONLINK6_NO_NEIGH))),
+        ingress="vpriv", expect=_to_learnt_hop6),
+    # drops
+    Row("IPv6 with a hop-by-hop header to VIP6: the relay walks no extension header",
+        lambda ctx: Ether(src=WIRE_MAC, dst=VPUB_MAC) / IPv6(src=str(CLIENT6), dst=str(VIP6))
+        / IPv6ExtHdrHopByHop() / UDP(sport=CLIENT_PORT, dport=PUBLIC_PORT)
+        / Raw(stun.ice_binding_request(username(mint()))),
+        XDP_DROP, "STAT_DROP_IPV6_EXT_HDR", setup=_then_snapshot(), check=_unchanged),
+    Row("IPv6 fragment to VIP6",
+        lambda ctx: Ether(src=WIRE_MAC, dst=VPUB_MAC) / IPv6(src=str(CLIENT6), dst=str(VIP6))
+        / IPv6ExtHdrFragment(m=1) / UDP(sport=CLIENT_PORT, dport=PUBLIC_PORT)
+        / Raw(stun.ice_binding_request(username(mint()))),
+        XDP_DROP, "STAT_DROP_IPV6_EXT_HDR"),
+    Row("UDP over IPv6 with checksum 0", _v6_zero_csum, XDP_DROP, "STAT_DROP_UDP6_ZERO_CSUM",
+        raw=True, setup=_then_snapshot(), check=_unchanged),
+    Row("IPv4 reply without a UDP checksum, to an IPv6 client",
+        _v4_reply_no_csum, XDP_DROP, "STAT_DROP_NO_CSUM_TO_IPV6", setup=_setup_known6,
+        ingress="vpriv"),
+    Row("IPv6 payload length beyond the frame", _v6_payload_len(40), XDP_DROP,
+        "STAT_DROP_BAD_LENGTH"),
+    Row("IPv6 payload length disagrees with UDP", _v6_payload_len(-4), XDP_DROP,
+        "STAT_DROP_BAD_LENGTH"),
+    Row("IPv6 ethertype, IPv4 version nibble", _v6_bad_version, XDP_DROP,
+        "STAT_DROP_BAD_LENGTH", raw=True),
+    Row("IPv6 UDP header cut short",
+        lambda ctx: bytes(to_relay6(b""))[: 14 + 40 + 4], XDP_DROP, "STAT_DROP_TRUNCATED",
+        raw=True),
+    Row("IPv6 to VIP6 arriving on the private interface",
+        stun6_with(mint()), XDP_DROP, "STAT_DROP_INGRESS_NOT_PUBLIC", ingress="vpriv",
+        setup=_then_snapshot(), check=_unchanged),
+    Row("IPv6 reply to a relay port arriving on the public interface",
+        _reply13, XDP_DROP, "STAT_DROP_INGRESS_NOT_PRIVATE", setup=_setup_known6_v6txr),
+    Row("IPv6 reply from another address of the private subnet is spoofed",
+        lambda ctx: from_transceiver(SRTP, ctx.values["relay_port"], txr=13, sport=50013,
+                                     src="fd00:77::22"),
+        XDP_DROP, "STAT_DROP_SPOOFED_SOURCE", setup=_setup_known6_v6txr, ingress="vpriv"),
+    # The reverse key carries the relay-side address: the IPv6 transceiver's
+    # flow holds (private_addr6, port), so the same port on the IPv4 address
+    # is no flow at all.
+    Row("IPv4 reply to an IPv6 transceiver's relay port finds no reverse entry",
+        lambda ctx: from_transceiver(SRTP, ctx.values["relay_port"], txr=7, sport=50013),
+        XDP_DROP, "STAT_DROP_NO_REVERSE", setup=_setup_known6_v6txr, ingress="vpriv"),
+    Row("IPv6 client from the relay's own VIP6 is blocked",
+        _stun6_from(str(VIP6)), XDP_DROP, "STAT_DROP_BLOCKED_SOURCE",
+        setup=_then_snapshot(), check=_unchanged),
+    Row("IPv6 client from the private IPv6 subnet is blocked",
+        _stun6_from("fd00:77::99"), XDP_DROP, "STAT_DROP_BLOCKED_SOURCE",
+        setup=_then_snapshot(), check=_unchanged),
+    Row("IPv6 link-local source is blocked (default list)",
+        _stun6_from("fe80::1"), XDP_DROP, "STAT_DROP_BLOCKED_SOURCE",
+        setup=_then_snapshot(), check=_unchanged),
+    Row("IPv6 v4-mapped source is blocked (default list)",
+        _stun6_from("::ffff:203.0.113.7"), XDP_DROP, "STAT_DROP_BLOCKED_SOURCE",
+        setup=_then_snapshot(), check=_unchanged),
+    Row("second new flow from another address of one IPv6 /64 within a second: rate limited",
+        _stun6_from("2001:db8:7::2"), XDP_DROP, "STAT_DROP_RATE_LIMITED", setup=_setup_rate6),
+    Row("IPv6 client, bad token MAC",
+        lambda ctx: to_relay6(stun.ice_binding_request(username(flip(mint(), 25)))),
+        XDP_DROP, "STAT_DROP_TOKEN_BAD_MAC"),
+    Row("IPv6 client, DTLS first: not STUN", lambda ctx: to_relay6(DTLS), XDP_DROP,
+        "STAT_DROP_NOT_STUN"),
+    # not for the relay
+    Row("IPv6 UDP to another port of VIP6 passes", stun6_with(mint(), dport=53), XDP_PASS,
+        "STAT_PASS_NOT_RELAY"),
+    Row("IPv6 to the IPv4-mapped VIP (::ffff:VIP) is not the VIP: passes",
+        stun6_with(mint(), dst=f"::ffff:{VIP}"), XDP_PASS, "STAT_PASS_NOT_RELAY"),
+    Row("ICMPv6 to VIP6 passes (neighbour discovery, ping)",
+        lambda ctx: Ether(dst=VPUB_MAC) / IPv6(src=str(CLIENT6), dst=str(VIP6))
+        / ICMPv6EchoRequest(), XDP_PASS, "STAT_PASS_NOT_RELAY"),
+    Row("IPv6 to VIP6:3478 passes when no IPv6 VIP is configured", stun6_with(mint()),
+        XDP_PASS, "STAT_PASS_NOT_RELAY",
+        setup=lambda ctx: ctx.lab.configure(lab_relay_config(), ipv6=False, private6=False)),
+]
 
 ROWS: list[Row] = [
     # --- new flows ---
@@ -600,8 +821,9 @@ ROWS: list[Row] = [
         "STAT_DROP_TRANSCEIVER_UNKNOWN"),
     Row("draining transceiver takes no new flows", stun_with(mint(transceiver_id=11)),
         XDP_DROP, "STAT_DROP_TRANSCEIVER_DRAINING"),
-    Row("IPv6 transceiver: path not ready", stun_with(mint()), XDP_DROP, "STAT_DROP_IPV6",
-        setup=_setup_ipv6_txr),
+    Row("IPv6 transceiver, but the relay has no private IPv6 address",
+        stun_with(mint(transceiver_id=13, port=50013)), XDP_DROP, "STAT_DROP_IPV6",
+        setup=_setup_no_private6),
     Row("second new flow from one address within a second: rate limited",
         lambda ctx: to_relay(stun.ice_binding_request(username(mint())), sport=1001), XDP_DROP,
         "STAT_DROP_RATE_LIMITED", setup=_setup_rate),
@@ -631,7 +853,7 @@ ROWS: list[Row] = [
         ingress="vpriv"),
     Row("ARP passes", lambda ctx: Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst=str(VIP)),
         XDP_PASS, "STAT_PASS_NOT_RELAY"),
-    Row("IPv6 UDP to port 3478 passes (no IPv6 relay address configured)",
+    Row("IPv6 UDP to port 3478 of another address passes",
         lambda ctx: Ether(dst=VPUB_MAC) / IPv6(dst="2001:db8::1") / UDP(dport=PUBLIC_PORT)
         / Raw(stun.ice_binding_request("x:y")), XDP_PASS, "STAT_PASS_NOT_RELAY"),
     Row("a later fragment (no UDP header) passes; its first fragment was dropped",
@@ -640,6 +862,7 @@ ROWS: list[Row] = [
         "STAT_PASS_NOT_RELAY", raw=True),
     Row("unconfigured relay passes everything", stun_with(mint()), XDP_PASS,
         "STAT_PASS_UNCONFIGURED", setup=_unconfigure),
+    *ROWS6,
 ]
 
 
@@ -647,7 +870,8 @@ ROWS: list[Row] = [
 
 # Rows whose first packet changes the state its repetitions would see (it
 # creates a flow, so every later copy is a known flow).
-_NOT_STEADY = {"STAT_FWD_NEW_FLOW", "STAT_PASS_NO_NEIGH", "STAT_DROP_FIB_FAIL"}
+_NOT_STEADY = {"STAT_FWD_NEW_FLOW", "STAT_FWD_NEW_FLOW6", "STAT_PASS_NO_NEIGH",
+               "STAT_DROP_FIB_FAIL"}
 
 
 def steady_rows(rows: list[Row] | None = None) -> list[Row]:

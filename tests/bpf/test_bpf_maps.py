@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,9 @@ from lab.pinned_relay import fresh_pin_dir
 from lab.relaylab import (
     LAB_LIMITS,
     PRIVATE,
+    PRIVATE6_NET,
     VIP,
+    VIP6,
     ProgTestRelay,
     lab_relay_config,
 )
@@ -86,8 +88,13 @@ def test_transceivers_and_keys(lab: ProgTestRelay) -> None:
     assert m.delete_transceiver(42) is True
     assert m.delete_transceiver(42) is False
     assert 42 not in m.transceivers()
-    with pytest.raises(ValueError, match="transceiver address 2001:db8::1 is not IPv4"):
-        m.set_transceiver(43, "2001:db8::1")
+    # dual stack: an IPv6 transceiver reads back as one
+    m.set_transceiver(43, "fd00:77::43")
+    assert m.transceivers()[43].addr == IPv6Address("fd00:77::43")
+    assert m.table("transceivers")[m.table("transceivers").Key(43)].family == 10
+    assert m.delete_transceiver(43) is True
+    with pytest.raises(ValueError, match="transceiver address ff02::1 is not a unicast address"):
+        m.set_transceiver(44, "ff02::1")
 
     assert m.active_keys() == [1, 2]
     m.set_key(200, bytes(16))
@@ -172,7 +179,7 @@ def test_pin_with_another_layout_is_refused(pin_dir: Path) -> None:
         bpfprog.compile_relay(LAB_LIMITS, pin_dir)
     assert str(info.value) == (
         "map config: kernel has type 2, key 4 B, value 8 B; this build expects type 2, "
-        "key 4 B, value 80 B (a pin from another build?)"
+        "key 4 B, value 112 B (a pin from another build?)"
     )
 
 
@@ -194,7 +201,10 @@ def test_blocked_sources_are_written_as_a_delta(lab: ProgTestRelay) -> None:
     assert current[IPv4Network("10.77.0.0/24")] == BlockedBy.PRIVATE_SUBNET
     assert current[IPv4Network(f"{VIP}/32")] == BlockedBy.RELAY_ADDRESS
     assert current[IPv4Network(f"{PRIVATE}/32")] == BlockedBy.RELAY_ADDRESS
-    assert {IPv4Network(p) for p in DEFAULT_BLOCKED_SOURCE_PREFIXES} <= set(current)
+    assert {ip_network(p) for p in DEFAULT_BLOCKED_SOURCE_PREFIXES} <= set(current)
+    # dual stack: the lab's IPv6 VIP, private IPv6 address and subnet too
+    assert current[IPv6Network(f"{VIP6}/128")] == BlockedBy.RELAY_ADDRESS
+    assert current[PRIVATE6_NET] == BlockedBy.PRIVATE_SUBNET
     assert m.write_blocked_sources(current) == (0, 0)  # idempotent: nothing to write
 
     # The operator drops the defaults for one RFC 1918 range, which is also the
@@ -204,7 +214,8 @@ def test_blocked_sources_are_written_as_a_delta(lab: ProgTestRelay) -> None:
                                       private_networks=["10.77.0.1/24"])
     assert desired[IPv4Network("10.77.0.0/24")] == BlockedBy.PRIVATE_SUBNET | BlockedBy.OPERATOR
     written, deleted = m.write_blocked_sources(desired)
-    assert (written, deleted) == (2, len(DEFAULT_BLOCKED_SOURCE_PREFIXES))
+    # deleted: the defaults and the lab's three IPv6 entries
+    assert (written, deleted) == (2, len(DEFAULT_BLOCKED_SOURCE_PREFIXES) + 3)
     assert m.blocked_sources() == desired
     lab.reset()
     assert m.blocked_sources() == current

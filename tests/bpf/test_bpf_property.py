@@ -14,6 +14,10 @@ run and from voxrelay/token.py, decides whether the packet may be forwarded:
   - private side, only arriving on the private interface: the relay port had
     a reverse entry and the source is that entry's transceiver addr:port.
 
+Clients are IPv4 or IPv6 (dual stack: each to its family's VIP, to IPv4
+and IPv6 transceivers alike, so a forwarded packet may change family and
+length by 20 bytes).
+
 Checked: a packet the oracle refuses is never sent on (XDP_TX, XDP_REDIRECT,
 or XDP_PASS with rewritten bytes) and a passed packet that may not be
 forwarded is untouched; the program never aborts; after each batch the
@@ -26,7 +30,7 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
 
@@ -37,20 +41,22 @@ from hypothesis import strategies as st
 
 from lab import stun
 from lab.bpftest import XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
-from lab.packets import from_transceiver, to_relay
+from lab.packets import from_transceiver, to_relay, to_relay6
 from lab.relaylab import (
     KEY1,
     KEY2,
     PORT_MAX,
     PORT_MIN,
     PRIVATE,
+    PRIVATE6,
     PUBLIC_PORT,
     TRANSCEIVERS,
     VIP,
+    VIP6,
     ProgTestRelay,
     lab_relay_config,
 )
-from orchestrator.bccmaps import TransceiverStatus
+from orchestrator.bccmaps import AF_INET6, IPNetwork, TransceiverStatus
 from voxrelay import token
 
 BATCH = 25
@@ -61,6 +67,8 @@ ACTIVE_TXRS = {tid for tid, (_, _, status) in TRANSCEIVERS.items()
                if status == TransceiverStatus.ACTIVE}
 VIP_BYTES = VIP.packed
 PRIVATE_BYTES = PRIVATE.packed
+VIP6_BYTES = VIP6.packed
+PRIVATE6_BYTES = PRIVATE6.packed
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +96,8 @@ class Spec:
     extra: bytes
     wrong_ingress: bool
     """Arrives on the other interface than its side's (public: vpub, replies: vpriv)."""
+    v6: bool
+    """An IPv6 client (to VIP6); replies take the family of their transceiver."""
 
     @property
     def ingress(self) -> str:
@@ -112,12 +122,20 @@ specs = st.builds(
     cut=st.none() | st.integers(14, 120),  # PROG_TEST_RUN needs an Ethernet header
     extra=st.sampled_from([b"", b"", b"", b"\x00" * 8]) | st.binary(max_size=16),
     wrong_ingress=st.sampled_from([False, False, False, True]),
+    v6=st.sampled_from([False, False, True]),
 )
 
 
 def build(spec: Spec, lab: ProgTestRelay) -> bytes:
-    client = f"203.0.113.{10 + spec.client}"
+    # IPv6 clients each in a /64 of their own: the rate window is per /64
+    client = (f"2001:db8:7:{10 + spec.client:x}::1" if spec.v6
+              else f"203.0.113.{10 + spec.client}")
     cport = 40000 + spec.cport
+
+    def from_client(payload: bytes) -> bytes:
+        if spec.v6:
+            return bytes(to_relay6(payload, src=client, sport=cport))
+        return bytes(to_relay(payload, src=client, sport=cport))
     if spec.kind in ("stun", "stunish"):
         ufrag = token.mint(KEYS.get(spec.signer, KEY1), key_id=spec.key_id,
                            transceiver_id=spec.txr, port=50000 + spec.txr,
@@ -128,9 +146,9 @@ def build(spec: Spec, lab: ProgTestRelay) -> bytes:
             payload = stun.message([(0x0024, spec.payload[:8]),
                                     (stun.ATTR_USERNAME, f"{ufrag}:x".encode()),
                                     (0x8028, spec.payload[8:12])])
-        frame = bytes(to_relay(payload, src=client, sport=cport))
+        frame = from_client(payload)
     elif spec.kind == "media":
-        frame = bytes(to_relay(spec.payload, src=client, sport=cport))
+        frame = from_client(spec.payload)
     elif spec.kind == "reply":
         entries = lab.maps.reverse_entries()
         if entries and spec.reply_pick < 800:
@@ -140,10 +158,10 @@ def build(spec: Spec, lab: ProgTestRelay) -> bytes:
             port, src, sport = PORT_MIN + spec.reply_pick % (PORT_MAX - PORT_MIN + 2), \
                 TRANSCEIVERS[7][0], 50007
         if not spec.reply_src_ok:
-            src = IPv4Address("10.77.0.66")
+            src = IPv6Address("fd00:77::66") if src.version == 6 else IPv4Address("10.77.0.66")
         frame = bytes(from_transceiver(spec.payload, port, src=src, sport=sport))
     else:
-        frame = bytes(to_relay(b""))[:14] + spec.payload
+        frame = from_client(b"")[:14] + spec.payload
     data = bytearray(frame)
     for offset, xor in spec.mutations:
         if data:
@@ -156,7 +174,11 @@ def build(spec: Spec, lab: ProgTestRelay) -> bytes:
 # --- the oracle --------------------------------------------------------------
 
 def udp_of(data: bytes) -> tuple[bytes, bytes, int, int, bytes] | None:
-    """(src, dst, sport, dport, payload) of a plain IPv4/UDP frame, else None."""
+    """(src, dst, sport, dport, payload) of a plain IPv4/UDP or IPv6/UDP frame
+    (no options, no extension header), else None."""
+    if len(data) >= 62 and data[12:14] == b"\x86\xdd" and data[14] >> 4 == 6 and data[20] == 17:
+        sport, dport, ulen = struct.unpack_from(">HHH", data, 54)
+        return data[22:38], data[38:54], sport, dport, data[62:54 + ulen]
     if len(data) < 42 or data[12:14] != b"\x08\x00" or data[14] != 0x45 or data[23] != 17:
         return None
     sport, dport, ulen = struct.unpack_from(">HHH", data, 34)
@@ -183,20 +205,21 @@ def token_allows(payload: bytes) -> bool:
 
 
 def may_forward(lab: ProgTestRelay, data: bytes, ingress: str,
-                blocked: list[IPv4Network]) -> bool:
+                blocked: list[IPNetwork]) -> bool:
     parsed = udp_of(data)
     if parsed is None:
         return False
     src, dst, sport, dport, payload = parsed
-    if dst == VIP_BYTES and dport == PUBLIC_PORT:
+    if dst in (VIP_BYTES, VIP6_BYTES) and dport == PUBLIC_PORT:
         if ingress != "vpub":
             return False
-        if lab.maps.flow(IPv4Address(src), sport) is not None:
+        client = ip_address(src)
+        if lab.maps.flow(client, sport) is not None:
             return True
-        if any(IPv4Address(src) in net for net in blocked):
+        if any(client in net for net in blocked if net.version == client.version):
             return False
         return token_allows(payload)
-    if dst == PRIVATE_BYTES and PORT_MIN <= dport <= PORT_MAX:
+    if dst in (PRIVATE_BYTES, PRIVATE6_BYTES) and PORT_MIN <= dport <= PORT_MAX:
         if ingress != "vpriv":
             return False
         table = lab.maps.table("reverse")
@@ -206,7 +229,8 @@ def may_forward(lab: ProgTestRelay, data: bytes, ingress: str,
             rev = table[key]
         except KeyError:
             return False
-        return (bytes(rev.txr_addr)[:4] == src
+        txr_addr = bytes(rev.txr_addr) if rev.txr_family == AF_INET6 else bytes(rev.txr_addr)[:4]
+        return (txr_addr == src
                 and rev.txr_port == int.from_bytes(struct.pack(">H", sport), "little"))
     return False
 
@@ -236,9 +260,12 @@ def test_random_and_mutated_packets(lab: ProgTestRelay) -> None:
             res = lab.run_raw(data, spec.ingress)
             counter.packets += 1
             assert res.retval in (XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT), res.retval
-            assert len(res.data_out) == len(data)
             sent = res.retval in (XDP_TX, XDP_REDIRECT) or (
                 res.retval == XDP_PASS and res.data_out != data)
+            # only a packet that changed family changes length, by the 20
+            # bytes between an IPv4 and an IPv6 header (also one dropped after
+            # its translation, e.g. with no route to its transceiver)
+            assert len(res.data_out) - len(data) in (0, 20, -20)
             if sent:
                 counter.forwarded += 1
                 assert allowed, f"forwarded a packet the oracle refuses: {data.hex()}"
@@ -255,6 +282,7 @@ def test_random_and_mutated_packets(lab: ProgTestRelay) -> None:
     stats = lab.maps.stats()
     assert stats["STAT_RX_TOTAL"] >= TARGET_PACKETS
     for verdict in ("STAT_FWD_NEW_FLOW", "STAT_FWD_TO_TRANSCEIVER", "STAT_FWD_TO_CLIENT",
+                    "STAT_FWD_NEW_FLOW6", "STAT_FWD_TO_TRANSCEIVER6", "STAT_FWD_TO_CLIENT6",
                     "STAT_DROP_NO_REVERSE", "STAT_DROP_SPOOFED_SOURCE",
                     "STAT_DROP_TOKEN_BAD_MAC", "STAT_DROP_NOT_STUN", "STAT_PASS_NOT_RELAY",
                     "STAT_DROP_INGRESS_NOT_PUBLIC", "STAT_DROP_INGRESS_NOT_PRIVATE"):

@@ -77,7 +77,8 @@ def test_maps_stats_through_pinview_equals_the_bcc_reading(pinned: tuple[str, An
     via_cli = json.loads(out.output)
     kernel = RelayMaps(bpf)  # bcc's own tables: table.sum() over CPUs, bcc's key walk
     expected = {"counters": {metric_label(n): v for n, v in kernel.stats().items()},
-                "flows": len(kernel.flows()), "flow_capacity": int(bpf["flows"].max_entries)}
+                "flows": len(kernel.flows()), "flow_capacity": int(bpf["flows"].max_entries),
+                "tcpfront": None}  # no ICE-TCP front runs beside this relay
     assert via_cli == expected
     cpus = len(bpf["stats"].Leaf())
     assert via_cli["counters"]["rx_total"] == sum(cpu + 1 for cpu in range(cpus))

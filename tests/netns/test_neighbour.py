@@ -21,7 +21,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Iterator
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, ip_network
 from typing import Any
 
 import pytest
@@ -189,7 +189,7 @@ def test_loader_writes_the_blocked_prefixes_and_replace_changes_them(loaded_rela
     assert blocked[IPv4Network(f"{relay.private.address}/{relay.private.prefixlen}",
                                strict=False)] == BlockedBy.PRIVATE_SUBNET
     assert blocked[IPv4Network(f"{relay.public.address}/32")] == BlockedBy.RELAY_ADDRESS
-    assert {IPv4Network(p) for p in DEFAULT_BLOCKED_SOURCE_PREFIXES} <= set(blocked)
+    assert {ip_network(p) for p in DEFAULT_BLOCKED_SOURCE_PREFIXES} <= set(blocked)
 
     client = loaded_relay.client_socket()
     try:
@@ -200,7 +200,7 @@ def test_loader_writes_the_blocked_prefixes_and_replace_changes_them(loaded_rela
         try:
             now = loaded_relay.maps.blocked_sources()
             assert now[IPv4Network(operator)] == BlockedBy.OPERATOR
-            assert not {IPv4Network(p) for p in DEFAULT_BLOCKED_SOURCE_PREFIXES} & set(now)
+            assert not {ip_network(p) for p in DEFAULT_BLOCKED_SOURCE_PREFIXES} & set(now)
             # The open flow goes on; a new one from the same address is refused.
             _exchange(loaded_relay, client, b"still relayed")
             other = loaded_relay.client_socket()

@@ -103,8 +103,8 @@ TXR_LISTEN: dict[str, Any] = {"default_host": "0.0.0.0", "allow_zero": True,
                               "what": "[transceiver] listen"}
 # transceiver/model/server.py serve_model: listen address, host and port required.
 MODEL_LISTEN: dict[str, Any] = {"allow_zero": True, "what": "listen address"}
-# transceiver/ice.py parse_relay: the relays entries' ADDR:PORT, IPv4 only.
-RELAY_SPEC: dict[str, Any] = {"ipv4_only": True, "what": "relay"}
+# transceiver/ice.py parse_relay: the relays entries' ADDR:PORT, IPv4 or IPv6, no hostname.
+RELAY_SPEC: dict[str, Any] = {"ip_only": True, "what": "relay"}
 # lab/tcpfront.py: LISTEN and TARGET, HOST:PORT.
 TCP_FRONT: dict[str, Any] = {"allow_zero": True}
 
@@ -123,6 +123,7 @@ TCP_FRONT: dict[str, Any] = {"allow_zero": True}
         (MODEL_LISTEN, "127.0.0.1:0", ("127.0.0.1", 0)),
         (MODEL_LISTEN, "127.0.0.1:50051", ("127.0.0.1", 50051)),
         (RELAY_SPEC, "203.0.113.5:3478", ("203.0.113.5", 3478)),
+        (RELAY_SPEC, "[2001:db8::10]:3478", ("2001:db8::10", 3478)),
         (TCP_FRONT, "10.77.0.1:8080", ("10.77.0.1", 8080)),
         (TCP_FRONT, "127.0.0.1:0", ("127.0.0.1", 0)),
     ],
@@ -142,7 +143,7 @@ def test_callers_accept(kwargs: dict[str, Any], value: str, expected: tuple[str,
         (MODEL_LISTEN, ":50051", "listen address ':50051' must be HOST:PORT"),
         # tests/unit/test_transceiver_units.py test_parse_relay_errors, word for word
         (RELAY_SPEC, "203.0.113.5", "relay '203.0.113.5' must be ADDR:PORT"),
-        (RELAY_SPEC, "relay.example:3478", "relay address 'relay.example' is not an IPv4 address"),
+        (RELAY_SPEC, "relay.example:3478", "relay address 'relay.example' is not an IP address"),
         (RELAY_SPEC, "203.0.113.5:0", "relay port '0' is not in 1..65535"),
         (TCP_FRONT, "8080", "'8080' must be HOST:PORT"),
         (TCP_FRONT, ":8080", "':8080' must be HOST:PORT"),

@@ -6,7 +6,7 @@ The kernel side (a blocked source opens nothing) is in tests/bpf/packet_table.py
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 
 import pytest
@@ -30,15 +30,17 @@ def _config(tmp_path: Path, text: str) -> Path:
 
 
 def test_defaults_block_no_client_a_network_may_have() -> None:
-    nets = [IPv4Network(p) for p in RelayConfig().blocked_source_prefixes]
-    assert nets == [IPv4Network(p) for p in DEFAULT_BLOCKED_SOURCE_PREFIXES]
+    nets = [ip_network(p) for p in RelayConfig().blocked_source_prefixes]
+    assert nets == [ip_network(p) for p in DEFAULT_BLOCKED_SOURCE_PREFIXES]
     for blocked in ("0.1.2.3", "127.0.0.1", "169.254.1.1", "224.0.0.1", "239.255.255.250",
-                    "255.255.255.255", "240.0.0.1"):
-        assert any(IPv4Address(blocked) in n for n in nets), blocked
-    # Clients may come from private and carrier NAT ranges: not blocked unless told.
+                    "255.255.255.255", "240.0.0.1",
+                    "::", "::1", "::ffff:203.0.113.7", "fe80::1", "ff02::1"):
+        assert any(ip_address(blocked) in n for n in nets), blocked
+    # Clients may come from private and carrier NAT ranges (and IPv6 ULAs,
+    # global unicast): not blocked unless told.
     for allowed in (*LAB_INTERNET, "10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1",
-                    "8.8.8.8"):
-        assert not any(IPv4Address(allowed) in n for n in nets), allowed
+                    "8.8.8.8", "2001:db8::7", "2a00:1450::1", "fd00::1"):
+        assert not any(ip_address(allowed) in n for n in nets), allowed
 
 
 def test_operator_list_is_read_from_toml(tmp_path: Path) -> None:
@@ -55,11 +57,11 @@ def test_operator_list_is_read_from_toml(tmp_path: Path) -> None:
         ('["10.0.0.1/8"]', ("[relay] blocked_source_prefixes entry '10.0.0.1/8' has host bits "
                             "set; did you mean 10.0.0.0/8?")),
         ('["10.0.0.0/33"]', ("[relay] blocked_source_prefixes entry '10.0.0.0/33' is not an "
-                             'IPv4 prefix like "10.0.0.0/8"')),
-        ('["private"]', ("[relay] blocked_source_prefixes entry 'private' is not an IPv4 "
-                         'prefix like "10.0.0.0/8"')),
-        ('["fc00::/7"]', ("[relay] blocked_source_prefixes entry 'fc00::/7' is IPv6; the "
-                          "relay's path is IPv4 only")),
+                             'IP prefix like "10.0.0.0/8" or "2001:db8::/32"')),
+        ('["private"]', ("[relay] blocked_source_prefixes entry 'private' is not an IP "
+                         'prefix like "10.0.0.0/8" or "2001:db8::/32"')),
+        ('["fc00::1/7"]', ("[relay] blocked_source_prefixes entry 'fc00::1/7' has host bits "
+                           "set; did you mean fc00::/7?")),
         ("[10]", '[relay] blocked_source_prefixes entry 10 must be a string like "10.0.0.0/8"'),
         ('"10.0.0.0/8"', "[relay] blocked_source_prefixes must be list, got '10.0.0.0/8'"),
     ],
@@ -81,6 +83,18 @@ def test_private_subnet_and_own_addresses_are_always_blocked() -> None:
         IPv4Network("192.0.2.1/32"): BlockedBy.RELAY_ADDRESS,
         IPv4Network("10.77.0.1/32"): BlockedBy.RELAY_ADDRESS,
     }
+
+
+def test_ipv6_prefixes_and_addresses_are_blocked_beside_ipv4() -> None:
+    relay = RelayConfig(blocked_source_prefixes=["fc00::/7"])
+    got = desired_blocked_sources(relay, public_addr="192.0.2.1", private_addr="10.77.0.1",
+                                  private_networks=["10.77.0.1/24", "fd00:77::1/64"],
+                                  relay_addresses=["2001:db8:100::10", "fd00:77::1"])
+    assert got[IPv6Network("fd00:77::/64")] == BlockedBy.PRIVATE_SUBNET
+    assert got[IPv6Network("2001:db8:100::10/128")] == BlockedBy.RELAY_ADDRESS
+    assert got[IPv6Network("fd00:77::1/128")] == BlockedBy.RELAY_ADDRESS
+    assert got[IPv6Network("fc00::/7")] == BlockedBy.OPERATOR
+    assert len(got) == 7
 
 
 def test_a_prefix_named_twice_keeps_both_reasons() -> None:

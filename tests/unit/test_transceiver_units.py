@@ -93,6 +93,9 @@ def test_parse_relay() -> None:
     assert parse_relay("203.0.113.5:3478") == RelaySpec("203.0.113.5", 3478)
     assert parse_relay("203.0.113.5:3478 region=eu rtt_ms=12.5") == RelaySpec(
         "203.0.113.5", 3478, "eu", 12.5)
+    # a dual-stack relay's IPv6 VIP is an entry of its own
+    assert parse_relay("[2001:db8::5]:3478 region=eu") == RelaySpec(
+        "2001:db8::5", 3478, "eu")
 
 
 @pytest.mark.parametrize(
@@ -100,16 +103,28 @@ def test_parse_relay() -> None:
     [
         ("", "relay spec is empty"),
         ("203.0.113.5", "relay '203.0.113.5' must be ADDR:PORT"),
-        ("relay.example:3478", "relay address 'relay.example' is not an IPv4 address"),
+        ("relay.example:3478", "relay address 'relay.example' is not an IP address"),
         ("203.0.113.5:0", "relay port '0' is not in 1..65535"),
         ("203.0.113.5:3478 region", "relay option 'region' must be key=value"),
         ("203.0.113.5:3478 rtt_ms=fast", "relay rtt_ms 'fast' is not a number"),
         ("203.0.113.5:3478 color=red", "relay option 'color' is unknown; known: region, rtt_ms, tcp"),
+        ("[2001:db8::5]:3478 tcp=443", ("relay tcp=443 on the IPv6 address 2001:db8::5: the "
+         "ICE-TCP front listens on [relay] public_address (IPv4); put tcp= on that entry")),
     ],
 )
 def test_parse_relay_errors(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=rf"\A{re.escape(message)}\Z"):
         parse_relay(spec)
+
+
+def test_dual_stack_relay_answers_both_udp_candidates() -> None:
+    relays = [parse_relay("198.51.100.1:3478 tcp=443"), parse_relay("[2001:db8::1]:3478")]
+    candidates = relay_candidates(relays)
+    assert [(c.host, c.port, c.transport) for c in candidates] == [
+        ("198.51.100.1", 3478, "udp"), ("2001:db8::1", 3478, "udp"),
+        ("198.51.100.1", 443, "tcp")]
+    assert candidates[0].foundation != candidates[1].foundation
+    assert candidates[0].priority > candidates[1].priority > candidates[2].priority
 
 
 def test_relay_candidates_ordered_by_region_then_rtt() -> None:
