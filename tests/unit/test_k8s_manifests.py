@@ -190,6 +190,7 @@ def test_transceiver_config_is_rendered_with_an_id_from_the_pod_ip(tmp_path):
 IMAGE_LISTS = K8S_DIR.parent / "images"
 IMAGE_FOR = {
     ("DaemonSet", "voxrelay-relay"): "relay",
+    ("DaemonSet", "voxrelay-tcpfront"): "relay",  # the front ships with the orchestrator
     ("Deployment", "voxrelay-transceiver"): "transceiver",
     ("Deployment", "voxrelay-model"): "model",
 }
@@ -200,7 +201,7 @@ def test_every_voxrelay_container_runs_an_image_that_make_image_builds():
     built = {p.stem for p in IMAGE_LISTS.glob("*.packages")}
     assert built == set(IMAGE_FOR.values())
     script = (K8S_DIR.parents[1] / "scripts" / "image.sh").read_text()
-    assert re.search(r"^ALL_IMAGES=\((.*)\)$", script, re.MULTILINE).group(1).split() == list(IMAGE_FOR.values())
+    assert re.search(r"^ALL_IMAGES=\((.*)\)$", script, re.MULTILINE).group(1).split() == list(dict.fromkeys(IMAGE_FOR.values()))
     seen = set()
     for doc in _docs():
         if doc["kind"] not in ("DaemonSet", "Deployment"):
