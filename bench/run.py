@@ -464,8 +464,8 @@ def make_candidates(topo: BenchTopology, work: Path, only: set[str] | None) -> l
 SMOKE = {"runs": 1, "duration": 0.3, "pings": 200, "calls": 1, "flows": [1, 100],
          "prog_test_runs": 100}
 """--smoke: every section once, with counts that take seconds (tests/bpf/test_bench_smoke.py)."""
-SMOKE_VOICE = ["--capacity-steps", "1", "--capacity-seconds", "1", "--turns", "1"]
-SMOKE_SYNC = ["--samples", "5", "--flows", "4096"]
+SMOKE_VOICE = ["--capacity-steps", "1", "--capacity-seconds", "1", "--turns", "1", "--turn-steps", "1"]
+SMOKE_SYNC = ["--samples", "5", "--flows", "4096", "--live-flows", "1000"]
 SMOKE_TCPFRONT = ["--frames", "200"]
 SMOKE_ASR = ["--sentences", "2"]
 MAKE_BENCH_VOICE = ["--capacity-steps", "1,5,10,20", "--capacity-seconds", "4",

@@ -56,7 +56,7 @@ from lab.relaylab import (
     ProgTestRelay,
     lab_relay_config,
 )
-from orchestrator.bccmaps import AF_INET6, IPNetwork, TransceiverStatus
+from orchestrator.bccmaps import AF_INET6, IPNetwork, TransceiverStatus, set_relay_addr
 from voxrelay import token
 
 BATCH = 25
@@ -224,8 +224,10 @@ def may_forward(lab: ProgTestRelay, data: bytes, ingress: str,
             return False
         table = lab.maps.table("reverse")
         try:
+            # Keyed by the relay-side address too: the same port may hold an
+            # IPv4 transceiver's flow on PRIVATE and an IPv6 one's on PRIVATE6.
             key = table.Key(relay_port=int.from_bytes(struct.pack(">H", dport), "little"))
-            key.addr.addr[0] = int.from_bytes(PRIVATE_BYTES, "little")
+            set_relay_addr(key.addr, ip_address(dst))
             rev = table[key]
         except KeyError:
             return False
