@@ -900,6 +900,23 @@ static __always_inline __u32 wrong_ingress(struct xdp_md *ctx, const struct rela
 	return 0;
 }
 
+/* Which side a UDP datagram to one of the relay's addresses is for, in
+ * `*public`: clients on public_port of a VIP, transceivers on a relay port
+ * of a private address. Returns 0, STAT_PASS_NOT_RELAY (neither: the stack
+ * takes it) or wrong_ingress's drop reason. One rule for both families. */
+static __always_inline __u32 relay_side(struct xdp_md *ctx, const struct relay_config *cfg,
+					const struct udphdr *udp, int to_public, int to_private,
+					int *public)
+{
+	__u16 dport = bpf_ntohs(udp->dest);
+	int private = to_private && dport >= cfg->port_min && dport <= cfg->port_max;
+
+	*public = to_public && udp->dest == cfg->public_port;
+	if (!*public && !private)
+		return STAT_PASS_NOT_RELAY;
+	return wrong_ingress(ctx, cfg, *public);
+}
+
 /* IPv6: UDP to public_addr6:public_port (clients) or to
  * private_addr6:[port_min, port_max] (IPv6 transceivers). The relay walks
  * no extension header: one in front of UDP to a relay address is dropped
@@ -933,14 +950,11 @@ static __always_inline struct verdict relay6(struct xdp_md *ctx, const struct re
 	if (udp_len < 0)
 		return DROP(STAT_DROP_TRUNCATED);
 
-	__u16 dport = bpf_ntohs(udp->dest);
-	int public = to_public && udp->dest == cfg->public_port;
-	int private = to_private && dport >= cfg->port_min && dport <= cfg->port_max;
+	int public = 0;
+	__u32 reason = relay_side(ctx, cfg, udp, to_public, to_private, &public);
 
-	if (!public && !private)
+	if (reason == STAT_PASS_NOT_RELAY)
 		return VERDICT(XDP_PASS, STAT_PASS_NOT_RELAY);
-	__u32 reason = wrong_ingress(ctx, cfg, public);
-
 	if (reason)
 		return DROP(reason);
 
@@ -1002,14 +1016,11 @@ static __always_inline struct verdict relay(struct xdp_md *ctx)
 	if (udp_len < 0)
 		return DROP(STAT_DROP_TRUNCATED);
 
-	__u16 dport = bpf_ntohs(udp->dest);
-	int public = to_public && udp->dest == cfg->public_port;
-	int private = to_private && dport >= cfg->port_min && dport <= cfg->port_max;
+	int public = 0;
+	__u32 reason = relay_side(ctx, cfg, udp, to_public, to_private, &public);
 
-	if (!public && !private)
+	if (reason == STAT_PASS_NOT_RELAY)
 		return VERDICT(XDP_PASS, STAT_PASS_NOT_RELAY);
-	__u32 reason = wrong_ingress(ctx, cfg, public);
-
 	if (reason)
 		return DROP(reason);
 	if (iph->ihl != 5)
