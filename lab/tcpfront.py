@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 
 from voxrelay.addr import parse_hostport
 
@@ -44,7 +45,10 @@ async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
                 pass
 
 
-async def serve(listen: tuple[str, int], target: tuple[str, int], stop: asyncio.Event) -> None:
+def forward_to(target: tuple[str, int]) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                                    Awaitable[None]]:
+    """A ``start_server`` handler that carries each connection to ``target``
+    both ways (lab.tlsfront serves the same handler behind TLS)."""
     async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
             upstream_r, upstream_w = await asyncio.wait_for(asyncio.open_connection(*target), 5)
@@ -57,7 +61,11 @@ async def serve(listen: tuple[str, int], target: tuple[str, int], stop: asyncio.
             for w in (client_w, upstream_w):
                 w.close()
 
-    server = await asyncio.start_server(handle, *listen)
+    return handle
+
+
+async def serve(listen: tuple[str, int], target: tuple[str, int], stop: asyncio.Event) -> None:
+    server = await asyncio.start_server(forward_to(target), *listen)
     print(f"tcpfront {listen[0]}:{listen[1]} -> {target[0]}:{target[1]}", flush=True)
     async with server:
         await stop.wait()

@@ -25,7 +25,7 @@ import ssl
 import sys
 from pathlib import Path
 
-from lab.tcpfront import pipe
+from lab.tcpfront import forward_to
 from voxrelay.addr import parse_hostport
 
 HANDSHAKE_SECONDS = 10.0
@@ -78,19 +78,7 @@ def spki_fingerprint(cert_path: Path) -> str:
 
 async def serve(listen: tuple[str, int], target: tuple[str, int], context: ssl.SSLContext,
                 stop: asyncio.Event) -> None:
-    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        try:
-            upstream_r, upstream_w = await asyncio.wait_for(asyncio.open_connection(*target), 5)
-        except (TimeoutError, OSError):
-            client_w.close()
-            return
-        try:
-            await asyncio.gather(pipe(client_r, upstream_w), pipe(upstream_r, client_w))
-        finally:
-            for w in (client_w, upstream_w):
-                w.close()
-
-    server = await asyncio.start_server(handle, *listen, ssl=context,
+    server = await asyncio.start_server(forward_to(target), *listen, ssl=context,
                                         ssl_handshake_timeout=HANDSHAKE_SECONDS)
     print(f"tlsfront https://{listen[0]}:{listen[1]} -> {target[0]}:{target[1]}", flush=True)
     async with server:
