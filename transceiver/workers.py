@@ -58,6 +58,8 @@ HEALTH_POLL_SECONDS = 0.5
 """How often the front reads every worker's /healthz (load, draining)."""
 READY_TIMEOUT_SECONDS = 60.0
 """A worker that prints no ready line by then is killed and retried."""
+EXIT_GRACE_SECONDS = 5.0
+"""How long a worker that did not come up may take to exit by itself before it is killed."""
 MAX_RESTART_SECONDS = 30.0
 STABLE_SECONDS = 60.0
 """A worker that lived this long restarts after the base delay again."""
@@ -212,9 +214,7 @@ class Front:
         except (TimeoutError, json.JSONDecodeError):
             ready = {}
         if ready.get("event") != "ready":
-            if worker.proc.returncode is None:
-                worker.proc.kill()
-            code = await worker.proc.wait()
+            code = await _exit_status(worker.proc)
             logger.warning("worker %d (transceiver %d) did not start (exit status %s)",
                            worker.plan.index, worker.plan.transceiver_id, code)
             if not worker.ever_up and not self.start_failure:
@@ -440,6 +440,23 @@ class Front:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+
+
+async def _exit_status(proc: asyncio.subprocess.Process) -> int:
+    """The exit status of a worker that did not come up: it is given a moment to
+    exit by itself, and is killed only if it does not.
+
+    Not ``kill()`` at once: a worker that failed has usually closed its stdout and
+    is exiting, and ``Popen.send_signal`` polls (reaps) the child in this thread
+    while asyncio's child watcher thread waits on it too. The watcher then loses
+    the race and reports 255 instead of the worker's own status (cpython#127049).
+    """
+    try:
+        return await asyncio.wait_for(proc.wait(), EXIT_GRACE_SECONDS)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        return await proc.wait()
 
 
 def _stdout(proc: asyncio.subprocess.Process) -> asyncio.StreamReader:
