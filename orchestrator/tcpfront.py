@@ -768,6 +768,12 @@ I_INDEX_INCOMPLETE = I_REFUSED["incomplete"]
 
 # --- one source, one worker ------------------------------------------------------------
 
+LISTEN_BACKLOG = 4096
+"""Each worker's accept queue (the kernel caps it at net.core.somaxconn, 4096 by
+default). With asyncio's default of 100, a burst of connects overflows it: the
+kernel drops the handshakes' last ACKs, and those connections reach the worker
+seconds later, after slowloris has freed their source's slots, so a burst from one
+address got more than ``max_connections_per_source`` in over time."""
 SO_ATTACH_REUSEPORT_CBPF = 51
 """linux/asm-generic/socket.h (Python's socket module does not name it)."""
 _SKF_NET_OFF = -0x100000
@@ -838,14 +844,16 @@ class TcpFront:
             if self.reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(self.listen)
-            sock.listen(1024)
+            sock.listen(LISTEN_BACKLOG)
             if self.reuse_port:
                 steer_by_source(sock, self.workers)
             sock.setblocking(False)
         except BaseException:
             sock.close()
             raise
-        self._server = await self.loop.create_server(lambda: FrontConnection(self), sock=sock)
+        # The backlog again: create_server listens once more, with 100 unless told.
+        self._server = await self.loop.create_server(lambda: FrontConnection(self), sock=sock,
+                                                     backlog=LISTEN_BACKLOG)
         self._sweeper = asyncio.create_task(self._sweep())
 
     @property

@@ -26,6 +26,7 @@ import json
 import os
 import random
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,12 @@ pytestmark = [pytest.mark.netns, pytest.mark.root]
 
 SENTENCE = "what is the weather like today"
 FRONT_PORT = 443
-FIRST_FRAME_SECONDS = 2.0
+FIRST_FRAME_SECONDS = 4.0
+"""[tcpfront] first_frame_seconds in this lab: longer than the fuzz's burst of
+HELD connects takes on a loaded CI machine. Slowloris would otherwise close the
+burst's first admitted connections while it is still connecting, and later
+connects would take the freed slots (the limit is on connections open at once;
+``tcpfront.LISTEN_BACKLOG`` is the same story on the server's side)."""
 HELD = 1000
 """Connections opened at once from the client's one address (the issue's number)."""
 PARTIAL = 5
@@ -139,8 +145,9 @@ async def test_chromium_calls_over_tcp_443_when_udp_is_dropped(lab, tmp_path: Pa
 # --- the fuzz ---------------------------------------------------------------------------
 
 
-async def _fuzz(host: str, seed: int) -> int:
-    """Every kind of bad connection, from the client namespace; the number opened."""
+async def _fuzz(host: str, seed: int) -> tuple[int, float]:
+    """Every kind of bad connection, from the client namespace; the number opened
+    and how long the burst of HELD connects took."""
     rng = random.Random(seed)
     opened = 0
 
@@ -189,13 +196,15 @@ async def _fuzz(host: str, seed: int) -> int:
         partial.append((reader, writer))
     # HELD at once from this one address, holding without a byte: the per-source
     # limit refuses most, slowloris closes the rest.
+    burst_started = time.monotonic()
     held = await asyncio.gather(*(connect() for _ in range(HELD)), return_exceptions=True)
+    burst_seconds = time.monotonic() - burst_started
     held += partial
     await asyncio.sleep(FIRST_FRAME_SECONDS + 1.5)
     for item in held:
         if isinstance(item, tuple):
             item[1].close()
-    return opened
+    return opened, burst_seconds
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -214,7 +223,10 @@ async def test_fuzz_keeps_a_live_call_and_counts_every_refusal(lab, tmp_path: Pa
         seen_before = front_ports_seen(lab.transceiver_ns)
         assert seen_before, "the live call's datagrams came from no port of the front's range"
 
-        opened = await lab.client_call(_fuzz, relay.public_address, 1313)
+        opened, burst_seconds = await lab.client_call(_fuzz, relay.public_address, 1313)
+        # The per-source check below holds only if no admitted connection of the
+        # burst met its slowloris deadline before the burst ended.
+        assert burst_seconds < FIRST_FRAME_SECONDS, burst_seconds
 
         def settled() -> bool:
             now = lab.tcp_front_stats()
@@ -232,7 +244,7 @@ async def test_fuzz_keeps_a_live_call_and_counts_every_refusal(lab, tmp_path: Pa
         # One address, one worker: the per-source limit held for the whole front
         # (the live call's connection holds one of the slots).
         assert delta["refused_slowloris"] <= PER_SOURCE, delta
-        assert delta["refused_source_limit"] >= HELD + PARTIAL - PER_SOURCE, delta
+        assert delta["refused_source_limit"] >= HELD + PARTIAL - PER_SOURCE, json.dumps(delta)
         assert sum(delta.get(f"refused_token_{r}", 0)
                    for r in ("malformed", "unknown_key", "bad_mac")) > 0, delta
         assert after["open"] == before["open"], delta

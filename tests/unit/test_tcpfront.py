@@ -5,6 +5,7 @@ routes, config, stats, and one front on loopback with a UDP echo for a transceiv
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from lab import stun
 from orchestrator import tcpfront as tf
+from tests.support import until_async
 from transceiver.ice import RelaySpec, parse_relay, relay_candidates, tcp_candidates
 from voxrelay import token
 from voxrelay.config import Config, ConfigError, RelayConfig, TcpFrontConfig, validate
@@ -899,3 +901,24 @@ def test_fd_limit_is_raised_for_max_connections() -> None:
         assert tf.raise_fd_limit(TcpFrontConfig(max_connections=10)) == got
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_a_burst_of_connects_waits_in_the_accept_queue_while_the_worker_is_busy(front) -> None:  # type: ignore[no-untyped-def]
+    """The listen backlog is ``LISTEN_BACKLOG``, not asyncio's 100: with the worker's
+    loop busy (blocked here), 300 connects complete in the kernel's accept queue.
+    A full queue drops the SYN, and that connect would reach the worker a second or
+    more later, after slowloris had freed its source's slots."""
+    server, _echo, _connect, counters, _ufrag = front
+    burst = 300
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(burst):  # the loop cannot accept meanwhile: this blocks it
+            socks.append(socket.create_connection(("127.0.0.1", server.port), timeout=0.5))
+    except TimeoutError:
+        pytest.fail(f"connect {len(socks) + 1} of {burst} timed out: the accept queue was full")
+    finally:
+        for s in socks:
+            s.close()
+    assert len(socks) == burst
+    await until_async(lambda: counters()["accepted"] == burst, timeout=10,
+                      what="the worker accepting the whole burst")
