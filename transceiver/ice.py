@@ -77,6 +77,7 @@ from aioice import Candidate, Connection, stun
 from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import CandidatePair, StunProtocol
 from aiortc import RTCIceTransport
+from aiortc.utils import uint16_add
 
 from voxrelay.addr import parse_hostport
 
@@ -94,7 +95,8 @@ class Internal:
     instance; ``type`` names the type of its value on a fresh one),
     "annotation" (a declared instance attribute aioice reads), "method",
     "property", "class", "constant", "function", "parameter" (a keyword of
-    ``owner``, a callable) or "patched" (a module global this module replaces).
+    ``owner``, a callable), "patched" (a module global this module replaces) or
+    "receiver-set" (an attribute aiortc's RTCRtpReceiver sets on each packet).
     """
 
     owner: str
@@ -167,6 +169,16 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("aiortc.rtcrtpreceiver", "JitterBuffer", "class",
              why="RTCRtpReceiver builds its buffer from this module global"),
     Internal("aiortc.jitterbuffer.JitterBuffer", "prefetch", "parameter"),
+    Internal("aiortc.jitterbuffer.JitterBuffer", "_remove_frame", "method",
+             why="add() asks it for the next frame; _ShortAudioJitterBuffer answers for audio"),
+    Internal("aiortc.jitterbuffer.JitterBuffer", "remove", "method"),
+    Internal("aiortc.jitterbuffer.JitterBuffer", "_origin", "attribute", "NoneType"),
+    Internal("aiortc.jitterbuffer.JitterBuffer", "_packets", "attribute", "list"),
+    Internal("aiortc.jitterbuffer.JitterBuffer", "_capacity", "attribute", "int"),
+    Internal("aiortc.jitterbuffer.JitterBuffer", "_is_video", "attribute", "bool"),
+    Internal("aiortc.jitterbuffer", "JitterFrame", "class"),
+    Internal("aiortc.rtp.RtpPacket", "_data", "receiver-set",
+             why="RTCRtpReceiver stores the depayloaded frame there before JitterBuffer.add"),
 )
 
 _ICE_CHARS = string.ascii_letters + string.digits + "+/"
@@ -595,15 +607,48 @@ def routed_ice(routed: RoutedIce) -> Iterator[None]:
 # ---------------------------------------------------------------- jitter buffer
 
 AUDIO_JITTER_FRAMES = 1
-"""Audio frames aiortc's receiver holds before decoding (aiortc: a fixed 4, 80 ms).
-Behind the relay the path is a LAN: one frame is enough (issue #12)."""
+"""Audio frames aiortc's receiver holds back when packets come out of order
+(aiortc: a fixed 4, 80 ms). Behind the relay the path is a LAN: one is enough
+(issue #12)."""
 
 
 class _ShortAudioJitterBuffer(aiortc.jitterbuffer.JitterBuffer):
+    """aiortc's jitter buffer, but an audio packet that arrives in order is a
+    frame at once.
+
+    aiortc finds the end of a frame when a packet of the next timestamp
+    arrives, so even at one frame of prefetch every audio frame waited a
+    packet interval (20 ms) for its successor. An Opus packet is a whole
+    frame: the one at the buffer's origin can be decoded as soon as it is
+    there. A missing one is waited for while the newest packet is at most
+    ``AUDIO_JITTER_FRAMES`` past it, then counted lost (aiortc waited until its
+    16-packet buffer overflowed: 320 ms of silence for one lost packet).
+    ``add`` returns one frame per packet, so after a loss or a reordering the
+    frames run one packet behind, as every frame did before.
+    """
+
     def __init__(self, capacity: int, prefetch: int = 0, is_video: bool = False) -> None:
         if not is_video:
             prefetch = min(prefetch, AUDIO_JITTER_FRAMES)
         super().__init__(capacity, prefetch=prefetch, is_video=is_video)
+
+    def _remove_frame(self, sequence_number: int) -> aiortc.jitterbuffer.JitterFrame | None:
+        origin = self._origin
+        if self._is_video or origin is None:
+            frame: aiortc.jitterbuffer.JitterFrame | None = super()._remove_frame(sequence_number)
+            return frame
+        # How far the packet just stored is past the oldest one still wanted.
+        ahead = uint16_add(sequence_number, -origin)
+        for skip in range(min(ahead, self._capacity - 1) + 1):
+            packet = self._packets[(origin + skip) % self._capacity]
+            if packet is None:
+                if ahead <= AUDIO_JITTER_FRAMES:
+                    return None  # the oldest may still come: wait up to a frame for it
+                continue  # late by more than that: count it lost, as aiortc's overflow would
+            self.remove(skip + 1)
+            return aiortc.jitterbuffer.JitterFrame(data=packet._data,  # type: ignore[attr-defined]
+                                                   timestamp=packet.timestamp)
+        return None
 
 
 def short_audio_jitter() -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import aioice
 import aioice.ice
 import aiortc
+import aiortc.jitterbuffer
 import aiortc.rtcicetransport
 import pytest
 
@@ -64,6 +65,7 @@ FACTORIES: dict[str, Callable[[], Any]] = {
     "aioice.ice.CandidatePair": _fresh_pair,
     "aiortc.rtcicetransport.RTCIceGatherer": aiortc.rtcicetransport.RTCIceGatherer,
     "aiortc.rtcicetransport.RTCIceTransport": _fresh_transport,
+    "aiortc.jitterbuffer.JitterBuffer": lambda: aiortc.jitterbuffer.JitterBuffer(16, prefetch=1),
 }
 
 
@@ -93,6 +95,11 @@ async def test_internal_exists_with_its_kind(internal: ice.Internal) -> None:
         assert any(internal.name in d for d in declared), f"{where} is no longer declared"
     elif internal.kind == "parameter":
         assert internal.name in inspect.signature(owner).parameters, f"{where} is not a parameter"
+    elif internal.kind == "receiver-set":
+        import aiortc.rtcrtpreceiver
+
+        assert re.search(rf"packet\.{internal.name} = ", inspect.getsource(aiortc.rtcrtpreceiver)), (
+            f"aiortc's RTCRtpReceiver no longer sets {where} on the packets it buffers")
     elif internal.kind == "patched":
         current = getattr(owner, internal.name)
         assert current in (aioice.ice.Connection, ice._connection_factory), (
