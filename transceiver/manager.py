@@ -23,24 +23,32 @@ Admission is one policy over three limits, checked at POST in this order:
    not limited per client: without credentials there is no client to tell
    apart behind a load balancer.
 
-The model's capacity is configuration (``model_streams``), not asked of the
-model: voice.proto has no capacity call, and a model shared by several
-transceivers would need a reservation protocol a count does not give. A model
-that still refuses a stream says ``busy`` on it, which reaches the caller as
-an event.
+The model's capacity is also asked of the model: ``follow_model_capacity``
+reads its ``Capacity`` RPC every ``MODEL_CAPACITY_SECONDS``. The limit is then
+the smaller of ``model_streams`` and the model's ``max_streams`` (derived from
+its decode pool), and a POST while the model already serves all its streams
+(other transceivers' calls included) is ``ModelAtCapacity`` too. A count is not
+a reservation: two transceivers sharing a model can still both take its last
+stream between two reads; the model then says ``busy`` on the stream, which
+reaches the caller as an event. A model without the RPC (an older or a
+third-party server) leaves ``model_streams`` as the limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 
+import grpc
 import grpc.aio
 
 from transceiver.call import BadOffer, Call, CallError, CallSettings, UnknownCall
-from transceiver.modellink import open_channel
+from transceiver.model import voice_pb2
+from transceiver.modellink import open_channel, voice_model_stub
 from transceiver.offer import parse_offer
 from transceiver.sessions import SessionStore
 from voxrelay import token as tokens
@@ -73,6 +81,25 @@ class NoTokenKey(CallError):
     status = 503
 
 
+MODEL_CAPACITY_SECONDS = 2.0
+"""How often the model's Capacity RPC is read."""
+MODEL_CAPACITY_TIMEOUT_SECONDS = 1.0
+MODEL_CAPACITY_STALE_SECONDS = 3 * MODEL_CAPACITY_SECONDS
+"""A reading older than this no longer limits admission (the model is away)."""
+
+
+@dataclass(frozen=True)
+class ModelCapacity:
+    """The model's last answer to Capacity, and when it came (monotonic s)."""
+
+    max_streams: int
+    active_streams: int
+    read_at: float
+
+    def fresh(self, now: float) -> bool:
+        return now - self.read_at <= MODEL_CAPACITY_STALE_SECONDS
+
+
 class CallManager:
     """All calls of one transceiver."""
 
@@ -92,6 +119,9 @@ class CallManager:
         self._pending_by_client: dict[str, int] = {}  # calls in create(), per identity
         self._model_calls: set[str] = set()  # ids of calls holding a model slot
         self._background: set[asyncio.Task[None]] = set()
+        self.model_capacity: ModelCapacity | None = None
+        """The model's last Capacity answer (None: not read yet, or it has no such RPC)."""
+        self._capacity_unavailable_logged = False
 
     @property
     def load(self) -> int:
@@ -107,12 +137,68 @@ class CallManager:
                        if c.client == client and not c.connected and not c.closed.is_set())
         return answered + self._pending_by_client.get(client, 0)
 
+    @property
+    def model_stream_limit(self) -> int:
+        """Model streams this transceiver may hold: ``model_streams``, or fewer if
+        the model's last fresh Capacity answer says it serves fewer."""
+        cap = self.model_capacity
+        if cap is not None and cap.fresh(time.monotonic()):
+            return min(self.settings.model_streams, cap.max_streams)
+        return self.settings.model_streams
+
+    def _model_full(self) -> bool:
+        """The model's last fresh answer: it serves all its streams already."""
+        cap = self.model_capacity
+        return (cap is not None and cap.fresh(time.monotonic())
+                and cap.active_streams >= cap.max_streams)
+
+    async def read_model_capacity(self) -> ModelCapacity | None:
+        """Ask the model's Capacity RPC once; keep and return the answer.
+
+        None when the model has no such RPC or cannot be reached (the last
+        answer then ages out of ``fresh``)."""
+        stub = voice_model_stub(self.channel)
+        try:
+            reply = await stub.Capacity(voice_pb2.CapacityRequest(),
+                                        timeout=MODEL_CAPACITY_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self.model_capacity = None
+                if not self._capacity_unavailable_logged:
+                    self._capacity_unavailable_logged = True
+                    logger.warning("the voice model has no Capacity RPC: admitting up to "
+                                   "model_streams (%d) calls", self.settings.model_streams)
+            return None
+        before = self.model_capacity
+        self.model_capacity = ModelCapacity(reply.max_streams, reply.active_streams,
+                                            time.monotonic())
+        if reply.max_streams < self.settings.model_streams and (
+                before is None or before.max_streams != reply.max_streams):
+            logger.warning("the voice model serves %d streams, fewer than model_streams (%d): "
+                           "admitting up to %d", reply.max_streams, self.settings.model_streams,
+                           reply.max_streams)
+        return self.model_capacity
+
+    async def follow_model_capacity(self, stop: asyncio.Event,
+                                    interval: float = MODEL_CAPACITY_SECONDS) -> None:
+        """Read the model's Capacity every ``interval`` s until ``stop`` is set
+        (the first read is the service's, at start: ``read_model_capacity``)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if stop.is_set():
+                return
+            try:
+                await self.read_model_capacity()
+            except Exception as exc:  # noqa: BLE001 - admission falls back to model_streams
+                logger.warning("could not read the voice model's capacity: %r", exc)
+
     def _take_model_slot(self, call: Call) -> bool:
         if call.id in self._model_calls:
             return True
         if self.calls.get(call.id) is not call:
             return False  # closed meanwhile
-        if len(self._model_calls) >= self.settings.model_streams:
+        if len(self._model_calls) >= self.model_stream_limit:
             return False
         self._model_calls.add(call.id)
         return True
@@ -124,9 +210,15 @@ class CallManager:
             raise Draining("transceiver is draining: no new calls")
         if self.load >= settings.max_calls:
             raise AtCapacity(f"at capacity: {settings.max_calls} calls")
-        if len(self._model_calls) >= settings.model_streams:
+        limit = self.model_stream_limit
+        if len(self._model_calls) >= limit:
+            raise ModelAtCapacity(f"voice model at capacity: {limit} streams in use")
+        if self._model_full():
+            cap = self.model_capacity
+            assert cap is not None  # noqa: S101 (_model_full checked it)
             raise ModelAtCapacity(
-                f"voice model at capacity: {settings.model_streams} streams in use")
+                f"voice model at capacity: it serves {cap.active_streams} of its "
+                f"{cap.max_streams} streams (other transceivers' calls included)")
         if client and self.pending(client) >= settings.max_pending_per_client:
             raise TooManyPending(
                 f"too many calls not connected yet for this client: "

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import KW_ONLY, InitVar, dataclass, field
 from typing import Protocol
 
@@ -46,11 +46,13 @@ class _VoiceModel(Protocol):
 
     # The RPC, named as in voice.proto: a multi-callable the stub sets up.
     Converse: Callable[[AsyncIterator[voice_pb2.ClientMessage]], grpc.aio.StreamStreamCall]
+    # The transceiver's admission reads it (CallManager.read_model_capacity).
+    Capacity: Callable[..., Awaitable[voice_pb2.CapacityReply]]
 
 
 # protoc's grpc module is not annotated (and is never edited: genproto.py
-# regenerates it); this is the type of the one name of it the link calls.
-_voice_model_stub: Callable[[grpc.aio.Channel], _VoiceModel] = voice_pb2_grpc.VoiceModelStub
+# regenerates it); this is the type of the names of it that the transceiver calls.
+voice_model_stub: Callable[[grpc.aio.Channel], _VoiceModel] = voice_pb2_grpc.VoiceModelStub
 
 
 def open_channel(target: str) -> grpc.aio.Channel:
@@ -99,7 +101,7 @@ class ModelLink:
     _closing: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self, channel: grpc.aio.Channel) -> None:
-        self._stub = _voice_model_stub(channel)
+        self._stub = voice_model_stub(channel)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"model-link-{self.call_id}")

@@ -361,6 +361,7 @@ class Transceiver:
         self.app = make_app(self.manager, self.gate)
         self._runner: web.AppRunner | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._model_capacity: asyncio.Task[None] | None = None
         self._stop_heartbeat = asyncio.Event()
         self._probe: asyncio.DatagramTransport | None = None
         self.port = 0
@@ -409,6 +410,14 @@ class Transceiver:
             ),
             name="transceiver-heartbeat",
         )
+        # Read once before the first POST, so that it is admitted against the
+        # model's own limit (a model that is away costs at most the RPC's timeout).
+        try:
+            await manager.read_model_capacity()
+        except Exception as exc:  # noqa: BLE001 - admission falls back to model_streams
+            logger.warning("could not read the voice model's capacity: %r", exc)
+        self._model_capacity = asyncio.create_task(
+            manager.follow_model_capacity(self._stop_heartbeat), name="model-capacity")
 
     def _on_record(self, record: TransceiverRecord) -> None:
         """Every answer from the directory: its status is ours with the operator's
@@ -427,6 +436,11 @@ class Transceiver:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
+        if self._model_capacity is not None:
+            self._stop_heartbeat.set()
+            self._model_capacity.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._model_capacity
         try:
             await self.directory.remove(self.manager.settings.transceiver_id)
         except Exception as exc:  # noqa: BLE001 - shutting down regardless

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import struct
 
+import grpc
 import grpc.aio
 import numpy as np
 
@@ -32,6 +33,17 @@ class FakeModel(voice_pb2_grpc.VoiceModelServicer):
         self.chunks = 0
         self.barge_ins = 0
         self.reply_ms = 600
+        self.capacity: tuple[int, int] | None = None
+        """(max_streams, active_streams) for the Capacity RPC; None: UNIMPLEMENTED,
+        as from a model server that predates it."""
+        self.capacity_reads = 0
+
+    async def Capacity(self, request, context):
+        self.capacity_reads += 1
+        if self.capacity is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no Capacity here")
+        max_streams, active = self.capacity
+        return voice_pb2.CapacityReply(max_streams=max_streams, active_streams=active)
 
     async def Converse(self, request_iterator, context):
         self.streams += 1

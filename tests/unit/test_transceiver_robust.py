@@ -212,6 +212,77 @@ async def test_a_post_beyond_the_models_streams_is_503_with_retry_after() -> Non
         await server.stop(0)
 
 
+async def test_the_models_capacity_lowers_the_configured_model_streams() -> None:
+    """model_streams is 4, but the model's Capacity RPC says it serves 1: the
+    transceiver admits one call with a model, and the next POST is a 503."""
+    from tests.unit.test_transceiver_calls import _post_fresh_offer
+
+    server, model, port = await start_fake_model()
+    model.capacity = (1, 0)
+    _directory, relay, service = await _rig(f"127.0.0.1:{port}", model_streams=4)
+    manager = service.manager
+    try:
+        await until_async(lambda: manager.model_capacity is not None, timeout=5,
+                          what="the transceiver to read the model's capacity")
+        assert manager.model_stream_limit == 1
+        async with CallClient(service.url, "secret", 20) as client:
+            await client.wait_event("model", state="connected")
+            status, headers, payload = await _post_fresh_offer(service.url)
+            assert status == 503 and headers["Retry-After"] == "5"
+            assert payload["error"]["message"] == "voice model at capacity: 1 streams in use"
+    finally:
+        await service.stop(0.2)
+        relay.close()
+        await server.stop(0)
+
+
+async def test_a_model_serving_all_its_streams_elsewhere_refuses_posts_until_one_is_free() -> None:
+    """The model is shared: its Capacity says 2 of 2 streams are busy with other
+    transceivers' calls, so this one (model_streams 4, none in use) refuses a
+    POST with 503 rather than answer a call the model would refuse."""
+    from tests.unit.test_transceiver_calls import _post_fresh_offer
+
+    server, model, port = await start_fake_model()
+    model.capacity = (2, 2)
+    _directory, relay, service = await _rig(f"127.0.0.1:{port}", model_streams=4)
+    manager = service.manager
+    try:
+        await until_async(lambda: manager.model_capacity is not None, timeout=5,
+                          what="the transceiver to read the model's capacity")
+        status, _headers, payload = await _post_fresh_offer(service.url)
+        assert status == 503
+        assert payload["error"]["message"] == (
+            "voice model at capacity: it serves 2 of its 2 streams "
+            "(other transceivers' calls included)")
+        assert manager.model_streams_in_use == 0
+        model.capacity = (2, 1)
+        await manager.read_model_capacity()
+        manager.admit("")  # a stream is free again
+    finally:
+        await service.stop(0.2)
+        relay.close()
+        await server.stop(0)
+
+
+async def test_a_model_without_the_capacity_rpc_leaves_model_streams_as_the_limit(caplog) -> None:  # type: ignore[no-untyped-def]
+    server, model, port = await start_fake_model()
+    assert model.capacity is None  # UNIMPLEMENTED, as from an older model server
+    _directory, relay, service = await _rig(f"127.0.0.1:{port}", model_streams=3)
+    manager = service.manager
+    try:
+        await until_async(lambda: model.capacity_reads >= 1, timeout=5,
+                          what="the transceiver to ask the model's capacity")
+        assert await manager.read_model_capacity() is None
+        assert manager.model_capacity is None and manager.model_stream_limit == 3
+        manager.admit("")
+        said = [r.getMessage() for r in caplog.records if "no Capacity RPC" in r.getMessage()]
+        assert said == ["the voice model has no Capacity RPC: admitting up to model_streams (3) calls"]
+    finally:
+        await service.stop(0.2)
+        relay.close()
+        await server.stop(0)
+
+
 async def test_pending_calls_per_client_are_limited_with_429() -> None:
     server, model, port = await start_fake_model()
     _directory, relay, service = await _rig(f"127.0.0.1:{port}", max_pending_per_client=2)
