@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import signal
 import subprocess
@@ -320,14 +321,16 @@ def _answered(result: BrowserCallResult) -> bool:
 
 
 async def browser_demo_call(stack: Stack, wav: Path, timeout: float, transport: str, *,
-                            udp_dropped: Callable[[], int] | None = None) -> BrowserDemoResult:
+                            udp_dropped: Callable[[], int] | None = None,
+                            ipv6: bool = False) -> BrowserDemoResult:
     """One call from headless Chromium in ``stack``'s client namespace, checked
     as the demo checks it (tests/netns/test_ice_tcp.py runs this on its lab).
 
     ``transport="tcp"``: the stack runs the ICE-TCP front and the caller has
     dropped UDP in the client namespace (``udp_dropped`` counts it); the
     selected pair must be TCP to the relay's 443. Either way the call must
-    connect and the model must answer, or this raises ``DemoError``.
+    connect and the model must answer, or this raises ``DemoError``. ``ipv6``:
+    the selected pair must be to the relay's IPv6 VIP.
     """
     from lab.browser import browser_call
     from lab.stack import TCP_FRONT_PORT
@@ -354,6 +357,10 @@ async def browser_demo_call(stack: Stack, wav: Path, timeout: float, transport: 
     if tcp and (pair.remote.protocol != "tcp" or pair.remote.port != TCP_FRONT_PORT):
         raise DemoError(f"the selected pair is not ICE-TCP to the relay's {TCP_FRONT_PORT}: "
                         f"{pair}")
+    vip6 = stack.relays[0].public_address6
+    if ipv6 and (not vip6 or pair.remote.address.strip("[]") != vip6):
+        raise DemoError(f"the selected pair is not to the relay's IPv6 VIP {vip6 or '(none)'}: "
+                        f"{pair}")
     return BrowserDemoResult(
         transport=transport,
         transcript=_last_text(result.events, "transcript", final=True),
@@ -371,33 +378,45 @@ async def browser_demo_call(stack: Stack, wav: Path, timeout: float, transport: 
 
 
 async def run_browser_demo(wav: Path, timeout: float, xdp_mode: str,
-                           transport: str) -> BrowserDemoResult:
+                           transport: str, ipv6: bool = False) -> BrowserDemoResult:
     """Build the lab and place one call from headless Chromium (``browser_demo_call``).
 
     ``transport="tcp"``: the lab runs the ICE-TCP front on relay 1's port 443
     and nftables drops every UDP packet in the client namespace for the call,
-    so the only way through is ICE-TCP.
+    so the only way through is ICE-TCP. ``ipv6``: the lab is dual stack and the
+    client namespace drops what would reach the relay over IPv4 (its UDP; with
+    tcp, its TCP to the IPv4 VIP's 443), so the call must use the IPv6 VIP.
     """
     from lab.browser import find_chromium
-    from lab.nftables import NftError, drop_udp
-    from lab.stack import PrintProgress, StackOptions, start_stack
+    from lab.nftables import NftError, drop_ipv4_tcp_to, drop_udp
+    from lab.stack import TCP_FRONT_PORT, PrintProgress, StackOptions, start_stack
 
     if find_chromium() is None:
         raise DemoError("chromium is not installed (run scripts/setup.sh; apt: chromium)")
     tcp = transport == "tcp"
     progress = PrintProgress()
-    async with start_stack(StackOptions(xdp_mode=xdp_mode, relays=1, tcp_front=tcp),
+    async with start_stack(StackOptions(xdp_mode=xdp_mode, relays=1, tcp_front=tcp, ipv6=ipv6),
                            progress) as stack:
         with contextlib.ExitStack() as blocked:
             dropped: Callable[[], int] | None = None
-            if tcp:
-                try:
+            try:
+                if tcp:
                     dropped = blocked.enter_context(drop_udp(stack.client_ns))
-                except NftError as exc:
-                    raise DemoError(str(exc)) from None
-            with progress.step(f"calling from Chromium over {transport.upper()} and speaking"):
+                    if ipv6:
+                        blocked.enter_context(drop_ipv4_tcp_to(
+                            stack.client_ns, stack.relays[0].public_address, TCP_FRONT_PORT))
+                elif ipv6:
+                    topo = stack.topology
+                    assert topo is not None  # start_stack built it
+                    await asyncio.to_thread(topo.drop_ipv4_udp, stack.client_ns)
+                    dropped = functools.partial(topo.ipv4_udp_dropped, stack.client_ns)
+            except (NftError, RuntimeError) as exc:
+                raise DemoError(str(exc)) from None
+            family = "IPv6 " if ipv6 else ""
+            with progress.step(f"calling from Chromium over {family}{transport.upper()} "
+                               "and speaking"):
                 return await browser_demo_call(stack, wav, timeout, transport,
-                                               udp_dropped=dropped)
+                                               udp_dropped=dropped, ipv6=ipv6)
 
 
 def print_browser_result(result: BrowserDemoResult) -> None:
@@ -444,7 +463,8 @@ def print_browser_result(result: BrowserDemoResult) -> None:
 @click.option("--ipv6", is_flag=True,
               help="Call over an IPv6 client address: the relay's IPv6 VIP (dual stack), "
                    "translated to the IPv4 transceiver and back; the client's IPv4 UDP is "
-                   "dropped, so the call cannot fall back to IPv4.")
+                   "dropped, so the call cannot fall back to IPv4. With --transport tcp, "
+                   "its IPv4 TCP to the relay's 443 too: ICE-TCP to the IPv6 VIP.")
 @click.option("--json", "json_out", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--client", type=click.Choice(["aiortc", "chromium"]), default="aiortc",
               show_default=True,
@@ -492,9 +512,6 @@ def demo(wav: Path | None, sentence: str, out: Path, timeout: float, xdp_mode: s
     if transport == "tcp" and client != "chromium":
         raise click.UsageError("--transport tcp needs --client chromium: aioice (the aiortc "
                                "client's ICE) has no ICE-TCP")
-    if ipv6 and client != "aiortc":
-        raise click.UsageError("--ipv6 is for the aiortc client (the lab's Chromium call "
-                               "goes to the IPv4 VIP)")
     if os.geteuid() != 0:
         raise click.ClickException("demo needs root: it creates network namespaces and loads XDP")
     with tempfile.TemporaryDirectory(prefix="voxrelay-demo-") as tmp:
@@ -507,7 +524,8 @@ def demo(wav: Path | None, sentence: str, out: Path, timeout: float, xdp_mode: s
                 # sentence lets the model's VAD end the turn.
                 wav = speech_wav(sentence, Path(tmp) / "speech.wav") if wav is None else wav
                 check_wav(wav)
-                browser = _run(run_browser_demo(wav.resolve(), timeout, xdp_mode, transport))
+                browser = _run(run_browser_demo(wav.resolve(), timeout, xdp_mode, transport,
+                                                 ipv6))
                 if json_out:
                     click.echo(json.dumps(asdict(browser), indent=2))
                 else:

@@ -6,6 +6,8 @@ tests/netns/test_ice_tcp.py) put this table in the client namespace, and only
 there: the browser's UDP candidates (host, and the relay's 3478) then fail,
 and ICE falls back to the answer's ``tcp 443 tcptype passive`` candidate.
 The table counts what it dropped, so a run can show that UDP was tried.
+``drop_ipv4_tcp_to`` adds the IPv6 case (``--transport tcp --ipv6``): the
+relay's IPv4 TCP VIP is dropped too, so ICE-TCP can only use the IPv6 one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,15 @@ import subprocess
 from collections.abc import Callable, Iterator
 
 NO_UDP_TABLE = "vxlab_noudp"
+NO_V4_TCP_TABLE = "vxlab_no4tcp"
+NO_V4_TCP = """
+table inet %(table)s {
+  chain output {
+    type filter hook output priority 0; policy accept;
+    ip daddr %(address)s tcp dport %(port)d counter drop;
+  }
+}
+"""
 NO_UDP = """
 table inet %(table)s {
   chain output { type filter hook output priority 0; policy accept; meta l4proto udp counter drop; }
@@ -62,6 +73,19 @@ def drop_udp(netns: str, table: str = NO_UDP_TABLE) -> Iterator[Callable[[], int
     function that returns how many were dropped so far. The table is deleted
     on exit, error or not."""
     nft(netns, NO_UDP % {"table": table})
+    try:
+        yield lambda: dropped_packets(netns, table)
+    finally:
+        with contextlib.suppress(NftError, FileNotFoundError):
+            nft(netns, f"delete table inet {table}\n")
+
+
+@contextlib.contextmanager
+def drop_ipv4_tcp_to(netns: str, address: str, port: int,
+                     table: str = NO_V4_TCP_TABLE) -> Iterator[Callable[[], int]]:
+    """Drop every TCP connection ``netns`` opens to ``address:port`` (IPv4) while
+    inside; yields the count of packets dropped so far. Deleted on exit."""
+    nft(netns, NO_V4_TCP % {"table": table, "address": address, "port": port})
     try:
         yield lambda: dropped_packets(netns, table)
     finally:

@@ -661,9 +661,10 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
                 relays = [f"{r.public_address}:{r.public_port}" for r in running.relays]
                 if options.tcp_front:
                     relays[0] += f" tcp={TCP_FRONT_PORT}"
-                # A dual-stack relay is listed once per VIP.
-                relays += [f"[{r.public_address6}]:{r.public_port}" for r in running.relays
-                           if r.public_address6]
+                # A dual-stack relay is listed once per VIP; the TCP front listens on both.
+                relays += [f"[{r.public_address6}]:{r.public_port}"
+                           + (f" tcp={TCP_FRONT_PORT}" if options.tcp_front and i == 0 else "")
+                           for i, r in enumerate(running.relays) if r.public_address6]
                 config = _write_toml(workdir / "transceiver.toml", {"transceiver": {
                     "id": TRANSCEIVER_ID,
                     "listen": f"{running.transceiver_address}:{SIGNALING_PORT}",

@@ -63,6 +63,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import ipaddress
 import logging
 import mmap
 import os
@@ -557,6 +558,7 @@ class FrontConnection(asyncio.BufferedProtocol):
         self.frames = FrameBuffer(front.config.max_frame_bytes)
         self.transport: asyncio.Transport | None = None
         self.source = ""
+        self.source_key = ""
         self.admitted = False
         self.ufrag = ""
         self.udp: socket.socket | None = None
@@ -580,8 +582,9 @@ class FrontConnection(asyncio.BufferedProtocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         self.source = str(peer[0]) if peer else "?"
+        self.source_key = source_key(self.source)
         self.c[I_ACCEPTED] += 1
-        reason = self.front.limits.admit(self.source)
+        reason = self.front.limits.admit(self.source_key)
         if reason is not None:
             self.refuse(reason)
             return
@@ -758,7 +761,7 @@ class FrontConnection(asyncio.BufferedProtocol):
             self.ufrag = ""
         if self.admitted:
             self.admitted = False
-            front.limits.release(self.source)
+            front.limits.release(self.source_key)
             self.c[I_OPEN] -= 1
 
 
@@ -783,20 +786,43 @@ _GOLDEN = 0x9E3779B1
 """Knuth's multiplicative hash: neighbouring addresses spread over the workers."""
 
 
-def source_steering_program(workers: int) -> bytes:
-    """A classic BPF reuseport program: socket index = hash(IPv4 source) % workers.
+def source_steering_program(workers: int, family: int = socket.AF_INET) -> bytes:
+    """A classic BPF reuseport program: socket index = hash(source) % workers.
 
-    Every connection from one client address then reaches the same worker,
+    Every connection from one client address (IPv4) or one /64 (IPv6, the
+    prefix one subscriber holds: ``source_key``) then reaches the same worker,
     so that worker's per-source limit is the front's (with the kernel's own
     4-tuple hash, 1,000 connections from one address would spread over all
     the workers and pass ``workers`` times the limit).
     """
     if not 2 <= workers <= 64:
         raise ValueError(f"workers {workers} is outside 2..64")
-    ld_w_abs, alu_mul_k, alu_rsh_k, alu_mod_k, ret_a = 0x20, 0x24, 0x74, 0x94, 0x16
-    insns = ((ld_w_abs, (_SKF_NET_OFF + 12) & 0xFFFFFFFF),  # A = ip->saddr
-             (alu_mul_k, _GOLDEN), (alu_rsh_k, 16), (alu_mod_k, workers), (ret_a, 0))
+    ld_w_abs, alu_mul_k, alu_add_x, tax = 0x20, 0x24, 0x0C, 0x07
+    alu_rsh_k, alu_mod_k, ret_a = 0x74, 0x94, 0x16
+    if family == socket.AF_INET:
+        insns: tuple[tuple[int, int], ...] = (
+            (ld_w_abs, (_SKF_NET_OFF + 12) & 0xFFFFFFFF),)     # A = ip->saddr
+    elif family == socket.AF_INET6:
+        insns = ((ld_w_abs, (_SKF_NET_OFF + 8) & 0xFFFFFFFF),  # A = saddr[0..3]
+                 (alu_mul_k, _GOLDEN), (tax, 0),                # X = A * golden
+                 (ld_w_abs, (_SKF_NET_OFF + 12) & 0xFFFFFFFF),  # A = saddr[4..7]
+                 (alu_add_x, 0))                                # A += X: the /64
+    else:
+        raise ValueError(f"address family {family} is neither AF_INET nor AF_INET6")
+    insns += ((alu_mul_k, _GOLDEN), (alu_rsh_k, 16), (alu_mod_k, workers), (ret_a, 0))
     return b"".join(struct.pack("=HBBI", code, 0, 0, k) for code, k in insns)
+
+
+def source_key(address: str) -> str:
+    """What the per-source limit counts by: an IPv4 address, or an IPv6 address's
+    /64 (one subscriber's prefix: limiting single /128s would let a client take
+    2**64 times the limit)."""
+    if ":" not in address:
+        return address
+    try:
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    except ValueError:
+        return address
 
 
 def steer_by_source(sock: socket.socket, workers: int) -> None:
@@ -805,7 +831,7 @@ def steer_by_source(sock: socket.socket, workers: int) -> None:
     class SockFprog(ctypes.Structure):
         _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
 
-    program = source_steering_program(workers)
+    program = source_steering_program(workers, sock.family)
     buf = ctypes.create_string_buffer(program, len(program))
     fprog = SockFprog(len(program) // 8, ctypes.addressof(buf))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF,
@@ -819,9 +845,12 @@ class TcpFront:
     """One worker: a listening socket, its connections, the sweeper."""
 
     def __init__(self, config: TcpFrontConfig, listen: tuple[str, int], private_address: str,
-                 routes: Routes, counters: memoryview, *, index: int = 0, workers: int = 1) -> None:
+                 routes: Routes, counters: memoryview, *, index: int = 0, workers: int = 1,
+                 listen6: tuple[str, int] | None = None) -> None:
         self.config = config
         self.listen = listen
+        self.listen6 = listen6
+        """The IPv6 VIP's address and port (the same limits, ports and counters), or None."""
         self.routes = routes
         self.counters = counters
         self.limits = Limits(config.max_connections, config.max_connections_per_source,
@@ -834,16 +863,30 @@ class TcpFront:
         self.reuse_port = workers > 1
         self.workers = workers
         self._server: asyncio.Server | None = None
+        self._server6: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.loop = asyncio.get_running_loop()  # made inside the loop that serves it
 
     async def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._server = await self._serve(socket.AF_INET, self.listen)
+        if self.listen6 is not None:
+            try:
+                self._server6 = await self._serve(socket.AF_INET6, self.listen6)
+            except BaseException:
+                self._server.close()
+                raise
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _serve(self, family: int, listen: tuple[str, int]) -> asyncio.Server:
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # IPv6 only: an IPv4 client is the IPv4 socket's (no ::ffff: sources).
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if self.reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(self.listen)
+            sock.bind(listen)
             sock.listen(LISTEN_BACKLOG)
             if self.reuse_port:
                 steer_by_source(sock, self.workers)
@@ -852,15 +895,21 @@ class TcpFront:
             sock.close()
             raise
         # The backlog again: create_server listens once more, with 100 unless told.
-        self._server = await self.loop.create_server(lambda: FrontConnection(self), sock=sock,
-                                                     backlog=LISTEN_BACKLOG)
-        self._sweeper = asyncio.create_task(self._sweep())
+        return await self.loop.create_server(lambda: FrontConnection(self), sock=sock,
+                                             backlog=LISTEN_BACKLOG)
 
     @property
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("the TCP front is not started")
         port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def port6(self) -> int:
+        if self._server6 is None:
+            raise RuntimeError("the TCP front serves no IPv6 address")
+        port: int = self._server6.sockets[0].getsockname()[1]
         return port
 
     async def _sweep(self) -> None:
@@ -880,12 +929,13 @@ class TcpFront:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        if self._server is not None:
-            self._server.close()
+        servers = [srv for srv in (self._server, self._server6) if srv is not None]
+        for srv in servers:
+            srv.close()
         for conn in list(self.pending) + list(self.established):
             conn.close()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for srv in servers:
+            await srv.wait_closed()
 
 
 # --- running it --------------------------------------------------------------------------
@@ -893,6 +943,11 @@ class TcpFront:
 
 def listen_address(relay: RelayConfig, front: TcpFrontConfig) -> tuple[str, int]:
     return relay.public_address, front.port
+
+
+def listen_address6(relay: RelayConfig, front: TcpFrontConfig) -> tuple[str, int] | None:
+    """The IPv6 VIP on the same port, when the relay has one ([relay] public_address6)."""
+    return (relay.public_address6, front.port) if relay.public_address6 else None
 
 
 def check_runnable(relay: RelayConfig, front: TcpFrontConfig) -> None:
@@ -939,9 +994,11 @@ async def serve_worker(relay: RelayConfig, front: TcpFrontConfig, stats_path: Pa
     with _stats(stats_path, front.worker_count(), create=False) as stats:
         server = TcpFront(front, listen_address(relay, front), relay.private_address,
                           routes or pinned_routes(relay.name), stats.row(index),
-                          index=index, workers=front.worker_count())
+                          index=index, workers=front.worker_count(),
+                          listen6=listen_address6(relay, front))
         await server.start()
-        log.info("TCP front worker %d on %s:%d (UDP %d..%d from %s)", index, *server.listen,
+        log.info("TCP front worker %d on %s:%d%s (UDP %d..%d from %s)", index, *server.listen,
+                 f" and [{server.listen6[0]}]:{server.listen6[1]}" if server.listen6 else "",
                  front.udp_port_min, front.udp_port_max, relay.private_address)
         try:
             await (stop or asyncio.Event()).wait()

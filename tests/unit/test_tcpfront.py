@@ -348,12 +348,13 @@ async def front(tmp_path: Path):  # type: ignore[no-untyped-def]
                             idle_seconds=30, max_frame_bytes=1500)
     server = tf.TcpFront(config, ("127.0.0.1", 0), "127.0.0.1",
                          routes(txrs={7: ("127.0.0.1", "active"), 8: ("127.0.0.1", "draining")}),
-                         stats.row(0))
+                         stats.row(0), listen6=("::1", 0))
     await server.start()
     clients: list[Client] = []
 
-    async def connect() -> Client:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    async def connect(host: str = "127.0.0.1") -> Client:
+        port = server.port6 if ":" in host else server.port
+        reader, writer = await asyncio.open_connection(host, port)
         clients.append(Client(reader, writer))
         return clients[-1]
 
@@ -827,6 +828,87 @@ def test_maps_stats_and_relay_status_show_the_front(tmp_path: Path, monkeypatch)
             f"slowloris 1); frames 120 to transceivers, 122 to clients, 2 dropped ({path})"
             in status), status
     assert json.loads(run("relay", "status", "--json"))["tcpfront"]["connections"]["open"] == 2
+
+
+async def test_an_ipv6_client_is_carried_like_an_ipv4_one(front) -> None:  # type: ignore[no-untyped-def]
+    """The front's IPv6 VIP ([relay] public_address6): the same token check, the
+    same UDP to the transceiver (IPv4 here) and back."""
+    _server, _echo, connect, counters, ufrag = front
+    client = await connect("::1")
+    first = stun.binding_request(ufrag())
+    await client.send(first)
+    assert await client.recv() == b"echo:" + first
+    assert counters()["established"] == 1
+    bad = await connect("::1")
+    await bad.send(stun.binding_request(ufrag()[:-2] + "zz"))
+    assert await bad.closed()
+
+
+async def test_the_per_source_limit_counts_an_ipv6_client_by_its_64(front) -> None:  # type: ignore[no-untyped-def]
+    server, _echo, connect, counters, _ufrag = front
+    for _ in range(4):  # max_connections_per_source = 4
+        await connect("::1")
+    await _until(lambda: counters()["open"] == 4)
+    fifth = await connect("::1")
+    assert await fifth.closed()
+    assert counters()["refused_source_limit"] == 1
+    assert server.limits.sources == {"::/64": 4}
+
+
+def test_source_key_is_the_address_or_the_ipv6_64() -> None:
+    assert tf.source_key("192.0.2.7") == "192.0.2.7"
+    assert tf.source_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert tf.source_key("2001:db8:1:2:ffff::9") == tf.source_key("2001:db8:1:2::1")
+    assert tf.source_key("2001:db8:1:3::1") != tf.source_key("2001:db8:1:2::1")
+    assert tf.source_key("?") == "?"
+
+
+async def test_two_workers_on_one_ipv6_port_keep_one_sources_limit(tmp_path: Path) -> None:
+    """Two workers (two fronts, as ``tcpfront run`` starts them) share one
+    SO_REUSEPORT port on ::1: the IPv6 steering program sends all 12
+    connections from ::1 to one of them, so 3 pass the per-source limit of 3,
+    not 6."""
+    stats = tf.StatsFile(tmp_path / "front.stats", 2, create=True)
+    config = TcpFrontConfig(port=0, udp_port_min=61540, udp_port_max=61549,
+                            max_connections_per_source=3, first_frame_seconds=60,
+                            idle_seconds=60, max_frame_bytes=1500)
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+    with socket.socket() as probe4:
+        probe4.bind(("127.0.0.1", 0))
+        port4 = probe4.getsockname()[1]
+    workers = [tf.TcpFront(config, ("127.0.0.1", port4), "127.0.0.1", routes(), stats.row(i),
+                           index=i, workers=2, listen6=("::1", port)) for i in range(2)]
+    writers = []
+    try:
+        for w in workers:
+            await w.start()
+        for _ in range(12):
+            writers.append((await asyncio.open_connection("::1", port))[1])
+        await _until(lambda: tf.read_stats(tmp_path / "front.stats")["accepted"] == 12)
+        got = tf.read_stats(tmp_path / "front.stats")
+        assert got["refused_source_limit"] == 9 and got["open"] == 3, got
+        assert sorted(len(w.limits.sources) for w in workers) == [0, 1]
+    finally:
+        for wr in writers:
+            wr.close()
+        for w in workers:
+            await w.stop()
+        stats.close()
+
+
+def test_ipv6_steering_hashes_the_sources_64() -> None:
+    import socket
+
+    program = tf.source_steering_program(2, socket.AF_INET6)
+    insns = [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
+    loads = [k for code, _jt, _jf, k in insns if code == 0x20]
+    # ld [net + 8] and ld [net + 12]: the first 64 bits of the IPv6 source
+    assert loads == [(-0x100000 + 8) & 0xFFFFFFFF, (-0x100000 + 12) & 0xFFFFFFFF]
+    assert insns[-1][0] == 0x16 and insns[-2] == (0x94, 0, 0, 2)  # ret A; A %= workers
+    with pytest.raises(ValueError, match="neither AF_INET nor AF_INET6"):
+        tf.source_steering_program(2, socket.AF_UNIX)
 
 
 def test_source_steering_program_is_five_classic_bpf_instructions() -> None:
