@@ -237,9 +237,6 @@ def parse_relay(spec: str) -> RelaySpec:
             tcp = _parse_tcp_port(value)
         else:
             raise ValueError(f"relay option {key!r} is unknown; known: region, rtt_ms, tcp")
-    if tcp and ":" in addr:
-        raise ValueError(f"relay tcp={tcp} on the IPv6 address {addr}: the ICE-TCP front "
-                         "listens on [relay] public_address (IPv4); put tcp= on that entry")
     return RelaySpec(addr, port, region, rtt, tcp)
 
 

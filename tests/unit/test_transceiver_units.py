@@ -108,13 +108,22 @@ def test_parse_relay() -> None:
         ("203.0.113.5:3478 region", "relay option 'region' must be key=value"),
         ("203.0.113.5:3478 rtt_ms=fast", "relay rtt_ms 'fast' is not a number"),
         ("203.0.113.5:3478 color=red", "relay option 'color' is unknown; known: region, rtt_ms, tcp"),
-        ("[2001:db8::5]:3478 tcp=443", ("relay tcp=443 on the IPv6 address 2001:db8::5: the "
-         "ICE-TCP front listens on [relay] public_address (IPv4); put tcp= on that entry")),
     ],
 )
 def test_parse_relay_errors(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=rf"\A{re.escape(message)}\Z"):
         parse_relay(spec)
+
+
+def test_dual_stack_relay_answers_a_tcp_candidate_per_vip() -> None:
+    """The TCP front listens on both VIPs ([relay] public_address6): each entry
+    with tcp= gets a passive TCP candidate, below every UDP one, in order."""
+    relays = [parse_relay("198.51.100.1:3478 tcp=443"), parse_relay("[2001:db8::1]:3478 tcp=443")]
+    candidates = relay_candidates(relays)
+    assert [(c.host, c.port, c.transport, c.tcptype) for c in candidates] == [
+        ("198.51.100.1", 3478, "udp", None), ("2001:db8::1", 3478, "udp", None),
+        ("198.51.100.1", 443, "tcp", "passive"), ("2001:db8::1", 443, "tcp", "passive")]
+    assert candidates[2].priority > candidates[3].priority
 
 
 def test_dual_stack_relay_answers_both_udp_candidates() -> None:
