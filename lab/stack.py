@@ -507,6 +507,8 @@ async def _start_tcp_front(running: Stack, host: Any, env: dict[str, str]) -> No
         "relay": {"name": host.name, "public_interface": host.public.ifname,
                   "private_interface": host.private.ifname,
                   "public_address": host.public.address, "private_address": host.private.address,
+                  # dual stack: the front listens on the IPv6 VIP too
+                  **({"public_address6": host.public6.address} if host.public6 else {}),
                   "public_tcp_ports": [topology.FRONT_PORT, TCP_FRONT_PORT]},
         "tcpfront": {"port": TCP_FRONT_PORT, "stats_file": str(running.tcp_front_stats_file),
                      "metrics_listen": "127.0.0.1:9479", **running.options.tcp_front_settings},
