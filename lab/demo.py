@@ -425,7 +425,9 @@ def print_browser_result(result: BrowserDemoResult) -> None:
 
     def end(c: dict[str, object]) -> str:
         kind = f" {c.get('tcp_type')}" if c.get("tcp_type") else ""
-        return f"{c.get('address')}:{c.get('port')} ({c.get('type')}{kind})"
+        address = str(c.get("address"))
+        host = f"[{address}]" if ":" in address else address
+        return f"{host}:{c.get('port')} ({c.get('type')}{kind})"
 
     click.echo("")
     click.echo(f"  heard:  {result.transcript or '(nothing)'}")
