@@ -1129,8 +1129,9 @@ def limits_notes(res: VoiceResults) -> list[str]:
         "before the direct one (the extra veth would give the relay calls a dead candidate pair)."),
         ("First audio is the first decoded inbound frame: the transceiver sends silence as soon "
         "as DTLS is up, so it marks when media flows, not when the model speaks. About 80 ms of "
-        "the ~100 ms from DTLS to first audio is aiortc's audio jitter buffer, which holds 4 "
-        "frames (prefetch=4) before it yields the first one; it is the same on both paths. The "
+        "the ~100 ms from DTLS to first audio is the clients' audio jitter buffer (aiortc's: 4 "
+        "frames, prefetch=4, before it yields the first one; the transceiver's own hands on an "
+        "in-order packet at once, transceiver/ice.py); it is the same on both paths. The "
         "relay's own cost (tens of µs per packet) is far below this run-to-run noise."),
         ("Capacity: on time is judged on the transceiver's own RTP send times (kernel "
         "timestamps on its interface), so the clients' delays do not count against it; but the "
@@ -1149,9 +1150,9 @@ def limits_notes(res: VoiceResults) -> list[str]:
         notes.append(
             "Turns under load: the clients decode every reply frame (to find the first audible "
             "one), so at 20 calls this process's CPU competes with the transceiver and the "
-            "model on the same 2 cores; the model's ASR (pocketsphinx) runs in threads, one "
-            "utterance per call at a time, which is what grows its processing time with the "
-            "number of calls. The transceiver admits no call beyond the model's streams "
+            "model on the same 2 cores; the model's ASR runs on its decode pool (one Whisper "
+            "replica per core; partial decodes are skipped while the pool is busy, finals "
+            "queue), which is what grows its processing time with the number of calls. The transceiver admits no call beyond the model's streams "
             "(model_streams), so the lab's model serves as many as the largest step.")
     late = next((st for st in res.capacity if not st.sent.on_time), None)
     if late is not None:
