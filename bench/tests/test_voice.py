@@ -7,6 +7,7 @@ import pytest
 
 from bench.voice import (
     CapacityStep,
+    HostRun,
     SetupSample,
     StreamStats,
     TurnSample,
@@ -100,6 +101,21 @@ def test_calls_per_core_takes_the_largest_on_time_step() -> None:
     # A step where not every call connected does not count, even if on time.
     assert calls_per_core([step(1, 1, 2.0, 0.05), step(5, 4, 2.0, 0.2)]) == (pytest.approx(20.0), 1)
     assert calls_per_core([step(1, 1, 30.0, 0.05)]) == (None, None)
+
+
+def test_a_step_whose_clients_fell_behind_does_not_count() -> None:
+    """40 calls, the transceiver's frames on time, but the clients decoded 80% of
+    them: they were out of CPU and sent less audio, so the transceiver had less
+    to do than 40 calls. The step is n/a, and the capacity is the step below."""
+    behind = step(40, 40, 13.0, 0.64)
+    behind.received = StreamStats(frames=9600, expected=12000, late_p50_ms=530.0,
+                                  late_p99_ms=1167.0, late_max_ms=1203.0, late_share=0.96)
+    assert behind.sent.on_time and not behind.clients_kept_up
+    assert not behind.on_time and behind.verdict == "n/a (clients behind)"
+    steps = [step(10, 10, 4.0, 0.45), step(20, 20, 9.7, 0.67), behind]
+    assert calls_per_core(steps) == (pytest.approx(20 / 0.67), 20)
+    assert HostRun(2, steps).calls == 20
+    assert step(20, 20, 25.0, 0.6).verdict == "no"
 
 
 def test_report_has_each_table_and_the_derived_figures() -> None:
