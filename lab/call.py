@@ -54,11 +54,13 @@ class TimedCallClient(CallClient):
     """``CallClient`` that timestamps the reply audio it receives (monotonic clock)."""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         # The client's receiver holds one audio frame, as a browser's adaptive
         # buffer settles to on a clean path (aiortc's fixed 4 would add 60 ms
-        # to every measured turn that no real client has).
-        short_audio_jitter()
+        # to every measured turn that no real client has). Before the peer
+        # connection: its receiver's buffer is built at addTrack (until this
+        # ran first, a process's first timed call had aiortc's 4 frames).
+        short_audio_jitter(like_a_browser=True)
+        super().__post_init__()
         self.audible_at: list[float] = []
         """Arrival time of each audible 20 ms reply chunk."""
         self.chunks_received = 0

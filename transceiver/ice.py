@@ -648,11 +648,29 @@ class _ShortAudioJitterBuffer(aiortc.jitterbuffer.JitterBuffer):
         return None
 
 
-def short_audio_jitter() -> None:
-    """Make receivers built from now on hold ``AUDIO_JITTER_FRAMES`` audio frames
-    (process-wide, idempotent); video keeps aiortc's buffer."""
+class _OneFrameAudioJitterBuffer(aiortc.jitterbuffer.JitterBuffer):
+    """aiortc's own reassembly at one frame of prefetch: each audio frame is
+    handed on when the next packet arrives, 20 ms behind. The lab's clients
+    measure with it: it is what a browser's adaptive buffer settles to on a
+    clean path, so a turn timed by our client is not shorter than a caller's."""
+
+    def __init__(self, capacity: int, prefetch: int = 0, is_video: bool = False) -> None:
+        if not is_video:
+            prefetch = min(prefetch, 1)
+        super().__init__(capacity, prefetch=prefetch, is_video=is_video)
+
+
+def short_audio_jitter(*, like_a_browser: bool = False) -> None:
+    """Make receivers built from now on use the transceiver's audio buffer
+    (``_ShortAudioJitterBuffer``), or with ``like_a_browser`` one that holds a
+    frame (``_OneFrameAudioJitterBuffer``, the lab's timed clients).
+
+    Process-wide: it replaces the class aiortc's RTCRtpReceiver builds its
+    buffer from, so it must run before the peer connection's transceivers
+    exist (``addTrack``), and the last call wins. Video keeps aiortc's buffer."""
     receiver_globals: dict[str, object] = vars(aiortc.rtcrtpreceiver)
-    receiver_globals["JitterBuffer"] = _ShortAudioJitterBuffer
+    receiver_globals["JitterBuffer"] = (_OneFrameAudioJitterBuffer if like_a_browser
+                                        else _ShortAudioJitterBuffer)
 
 
 # ---------------------------------------------------------------- restart

@@ -76,3 +76,29 @@ def test_video_keeps_aiortcs_reassembly(prefetch: int) -> None:
     stock = JitterBuffer(capacity=128, prefetch=prefetch, is_video=True)
     seqs = [1, 2, 3, 5, 4, 6, 7]
     assert feed(short, seqs) == feed(stock, seqs)
+
+
+def test_like_a_browser_holds_each_audio_frame_one_packet() -> None:
+    """The lab's timed clients: one frame behind (20 ms), not aiortc's four."""
+    ice.short_audio_jitter(like_a_browser=True)
+    try:
+        buffer = aiortc.rtcrtpreceiver.JitterBuffer(capacity=16, prefetch=4)
+        assert feed(buffer, [10, 11, 12, 13]) == [None, b"opus-10", b"opus-11", b"opus-12"]
+    finally:
+        ice.short_audio_jitter()
+
+
+async def test_a_timed_client_builds_its_receiver_with_the_browser_like_buffer() -> None:
+    """Its receiver exists from addTrack in the constructor: the buffer must be
+    chosen before it (the first timed call of a process once got aiortc's 4)."""
+    from lab.call import TimedCallClient
+
+    ice.short_audio_jitter()  # as a transceiver in this process would leave it
+    try:
+        client = TimedCallClient("http://127.0.0.1:9", "token", 5)
+        receiver = client.pc.getTransceivers()[0].receiver
+        buffers = [v for v in vars(receiver).values() if isinstance(v, JitterBuffer)]
+        assert [type(b).__name__ for b in buffers] == ["_OneFrameAudioJitterBuffer"]
+        await client.pc.close()
+    finally:
+        ice.short_audio_jitter()
