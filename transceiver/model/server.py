@@ -206,6 +206,9 @@ class _AsrFinish:
     """Silence the VAD waited before closing the turn."""
     speculated: bool
     """Only silence since the last ``_AsrSpeculate``: its decode is the final one."""
+    closed_at: float = 0.0
+    """When the VAD closed the turn (monotonic s): the ASR's time runs from here,
+    including any wait for a speculative decode still running (0: at dequeue)."""
 
 
 @dataclass(frozen=True)
@@ -286,7 +289,8 @@ class _Stream:
                 vad_ms = float(self.vad.last_silence_frames * CHUNK_MS)
                 self.send(pb.ServerMessage(speech=pb.SpeechEvent(
                     started=False, turn=self.turn, audio_ms=now_ms)))
-                self.asr_ops.put_nowait(_AsrFinish(now_ms, vad_ms, self._speculated))
+                self.asr_ops.put_nowait(_AsrFinish(now_ms, vad_ms, self._speculated,
+                                                   time.monotonic()))
                 self._speculated = False
 
     def _queue_audio(self, pcm: bytes) -> None:
@@ -384,7 +388,7 @@ class _Stream:
                         await self._decode(prepare)
                     continue
                 if isinstance(op, _AsrFinish) and utt is not None:
-                    closed_at = time.monotonic()
+                    closed_at = op.closed_at or time.monotonic()
                     if not op.speculated:
                         unprepare = getattr(utt, "unprepare", None)
                         if unprepare is not None:
