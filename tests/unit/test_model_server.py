@@ -280,3 +280,46 @@ def test_cli_help_and_bad_options() -> None:
     result = runner.invoke(model_cli, ["serve", "--asr", "grammar"])
     assert result.exit_code == 2
     assert "'grammar' is not one of 'whisper', 'pocketsphinx', 'pocketsphinx-free'" in result.output
+
+
+class _SlowPrepare:
+    """An utterance whose speculative decode (``prepare``) takes 0.4 s."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    def prepare(self) -> None:
+        import time
+
+        time.sleep(0.4)  # in the decode pool's thread, as a real decode runs
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+class _SlowPrepareAsr:
+    def __init__(self, inner: PocketsphinxAsr) -> None:
+        self.inner = inner
+
+    def open(self) -> _SlowPrepare:
+        return _SlowPrepare(self.inner.open())
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def test_asr_time_counts_a_speculative_decode_still_running(shared_asr) -> None:
+    """The turn's asr_ms runs from the VAD closing the turn: when the decode that
+    started at 60 ms of silence is still running then, the wait is ASR time (it
+    showed as ~0 before, and went to 'transport' in the demo's breakdown)."""
+    options = ModelOptions(asr=_SlowPrepareAsr(shared_asr), audio_lead_ms=60_000)  # type: ignore[arg-type]
+    async with serve_model("127.0.0.1:0", options) as addr:
+        call = Call()
+        # Faster than real time: the VAD closes the turn ~0.2 s of stream after the
+        # speculation started, i.e. at once here, while prepare() sleeps.
+        call.send(start_msg(), *audio_msgs(utterance("turn on the lights in the kitchen")),
+                  pb.ClientMessage(control=pb.Control(end_of_input=True)), None)
+        await converse(addr, call)
+    (timings,) = call.of("timings")
+    assert timings.asr_ms >= 300, timings
+    assert timings.processing_ms >= timings.asr_ms
