@@ -17,7 +17,7 @@ import functools
 from collections.abc import Callable, Iterable
 
 from orchestrator import bpfprog, bpfsys, loader
-from orchestrator.bccmaps import RelayMaps, TransceiverStatus
+from orchestrator.bccmaps import BlockedBy, IPNetwork, RelayMaps, TransceiverStatus
 from orchestrator.pintables import open_pinned_tables, pinned_map_ids
 from orchestrator.pinview import PinView, open_pinview
 from orchestrator.relay import FlowEntry, RelayUnavailable, require_bpf, require_pinned
@@ -101,6 +101,9 @@ class BpfRelayView:
 
     def keys(self) -> dict[int, bytes]:
         return self.reader.keys()
+
+    def blocked_sources(self) -> dict[IPNetwork, BlockedBy]:
+        return self.reader.blocked_sources()
 
     def set_keys(self, keys: dict[int, bytes]) -> None:
         for key_id, key in keys.items():

@@ -20,13 +20,15 @@ possible CPU (``bpfsys.possible_cpus``), and the view sums them.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import struct
 import sys
 import time
 from typing import Any
 
 from orchestrator import abi, bpfsys, pins
-from orchestrator.bccmaps import endpoint, port_of, relay_addr_of
+from orchestrator.bccmaps import BlockedBy, IPNetwork, endpoint, port_of, relay_addr_of
 from orchestrator.errors import MapLayoutError
 from orchestrator.relay import FlowEntry, RelayUnavailable, require_pinned, require_root
 from orchestrator.sync import MapTransceiver
@@ -103,6 +105,17 @@ class PinView:
                                          _STATUS_NAMES.get(v.status, f"status {v.status}"))
             for k, v in self._items("transceivers")
         }
+
+    def blocked_sources(self) -> dict[IPNetwork, BlockedBy]:
+        """``blocked_sources``: prefix -> why (as ``RelayMaps.blocked_sources``)."""
+        out: dict[IPNetwork, BlockedBy] = {}
+        for k, v in self._items("blocked_sources"):
+            if k.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            bits = int(k.prefixlen) - abi.SOURCE_PREFIX_HDR_BITS
+            addr = relay_addr_of(k.addr, k.family)
+            out[ipaddress.ip_network(f"{addr}/{bits}")] = BlockedBy(int(v.value))
+        return out
 
     def keys(self) -> dict[int, bytes]:
         """Active key slots: id -> the 16 key bytes (as ``voxrelay.token`` uses them)."""

@@ -13,11 +13,14 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from orchestrator import bpfprog, pins
 from orchestrator.abi import MAP_NAMES
 from orchestrator.sync import MapTransceiver, SyncMaps
+
+if TYPE_CHECKING:
+    from orchestrator.bccmaps import BlockedBy, IPNetwork
 
 FLOW_ACTIVE_SECONDS = 10.0
 """A flow that saw a packet within this many seconds is "active": a live call
@@ -72,6 +75,10 @@ class RelayReader(Protocol):
     def transceivers(self) -> dict[int, MapTransceiver]: ...
 
     def keys(self) -> dict[int, bytes]: ...
+
+    def blocked_sources(self) -> dict[IPNetwork, BlockedBy]:
+        """Source prefix -> why it may not open a flow (``bccmaps.BlockedBy``)."""
+        ...
 
 
 class RelayView(RelayReader, SyncMaps, Protocol):

@@ -28,6 +28,22 @@ def maps_transceivers(config_path: Path | None, name: str | None, as_json: bool)
                               [[r["id"], r["address"], r["status"]] for r in rows]))
 
 
+@maps.command("blocked")
+@relay_read_options
+def maps_blocked(config_path: Path | None, name: str | None, as_json: bool) -> None:
+    """Source prefixes that may not open a flow, and why: the private side's
+    subnets and the relay's own addresses (always), and [relay]
+    blocked_source_prefixes (the operator's). Their packets are dropped and
+    counted as drop_blocked_source (maps stats)."""
+    blocked = common.view(config_path, name).blocked_sources()
+    order = sorted(blocked, key=lambda net: (net.version, int(net.network_address), net.prefixlen))
+    rows = [{"prefix": str(net),
+             "why": [str(flag.name).lower() for flag in type(blocked[net]) if flag in blocked[net]]}
+            for net in order]
+    emit(as_json, rows,
+         table(["PREFIX", "WHY"], [[r["prefix"], ", ".join(r["why"])] for r in rows]))
+
+
 @maps.command("keys")
 @relay_read_options
 def maps_keys(config_path: Path | None, name: str | None, as_json: bool) -> None:

@@ -7,6 +7,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,7 +15,13 @@ from click.testing import CliRunner
 
 from lab.relaylab import LAB_LIMITS, PRIVATE, VIP, lab_relay_config
 from orchestrator import abi, bpfprog, pins
-from orchestrator.bccmaps import RelayMaps, TransceiverStatus, be16_of, be32_of
+from orchestrator.bccmaps import (
+    RelayMaps,
+    TransceiverStatus,
+    be16_of,
+    be32_of,
+    desired_blocked_sources,
+)
 from orchestrator.bccview import open_relay
 from orchestrator.errors import MapLayoutError
 from orchestrator.pinview import open_pinview
@@ -41,6 +48,10 @@ def pinned() -> Iterator[tuple[str, Any]]:
         maps.set_key(3, bytes(range(32, 48)))
         maps.set_transceiver(7, "10.77.0.21")
         maps.set_transceiver(8, "10.77.0.22", TransceiverStatus.DRAINING)
+        maps.write_blocked_sources(desired_blocked_sources(
+            replace(lab_relay_config(), blocked_source_prefixes=["203.0.113.0/24", "10.77.0.0/24"]),
+            public_addr=VIP, private_addr=PRIVATE, private_networks=["10.77.0.0/24"],
+            relay_addresses=["2001:db8:1::1"]))
         # Counters on every CPU, different per CPU, so that only a sum over all agrees.
         stats = bpf["stats"]
         for index in (abi.Stat.STAT_RX_TOTAL, abi.Stat.STAT_FWD_NEW_FLOW, abi.Stat.STAT_DROP_IPV6):
@@ -115,6 +126,23 @@ def test_every_reading_equals_bcc(pinned: tuple[str, Any]) -> None:
             assert got[0] == ("198.51.100.7:5000", 7, "10.77.0.21:40000", 20001, 2.5)
     finally:
         bcc_view.close()
+
+
+def test_maps_blocked_lists_every_prefix_and_why(pinned: tuple[str, Any]) -> None:
+    name, bpf = pinned
+    out = CliRunner().invoke(cli, ["maps", "blocked", "--json", "--name", name])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output) == [
+        {"prefix": "10.77.0.0/24", "why": ["private_subnet", "operator"]},
+        {"prefix": f"{PRIVATE}/32", "why": ["relay_address"]},
+        {"prefix": f"{VIP}/32", "why": ["relay_address"]},
+        {"prefix": "203.0.113.0/24", "why": ["operator"]},
+        {"prefix": "2001:db8:1::1/128", "why": ["relay_address"]},
+    ]
+    with open_pinview(name) as view:
+        assert view.blocked_sources() == RelayMaps(bpf).blocked_sources()
+    text = CliRunner().invoke(cli, ["maps", "blocked", "--name", name]).output
+    assert "PREFIX" in text and "private_subnet, operator" in text
 
 
 def test_a_pin_of_another_layout_is_refused(tmp_path: Any) -> None:
