@@ -15,6 +15,9 @@ Medians, because the machine is shared. Needs root.
 Cases: a known flow both ways with a cached next hop (the media path), the
 same with a cold next hop (bpf_fib_lookup on every packet), and a new flow
 (STUN Binding Request with a valid token: SipHash, port allocation, inserts).
+These repeat one RTP packet, which the media telemetry counts as a duplicate
+(no clock read); ``--telemetry`` measures the telemetry's own cost on
+sequenced RTP, against a build without it.
 """
 
 from __future__ import annotations
@@ -170,13 +173,158 @@ def measure(runs: int = 3000) -> dict[str, dict[str, float]]:
     return out
 
 
+TELEMETRY_CASES = (
+    "known flow, public side, sequenced RTP",
+    "known flow, private side (reply), sequenced RTP",
+)
+
+
+def _rtp(seq: int) -> bytes:
+    """An Opus RTP packet of ~200 bytes: header in clear, as SRTP sends it."""
+    return struct.pack(">BBHII", 0x80, 111, seq & 0xFFFF, 960 * seq, 0x1234ABCD) + bytes(188)
+
+
+TELEMETRY_OFF = "without telemetry"
+
+
+def telemetry_builds(samples: tuple[int, ...]) -> dict[str, dict[str, int]]:
+    """relay.c builds to compare: without the telemetry, and with it at each
+    MEDIA_JITTER_SAMPLE (jitter's clock read on one packet in that many)."""
+    builds = {TELEMETRY_OFF: {"MAX_FLOWS": 131072, "NO_MEDIA_TELEMETRY": 1}}
+    for n in samples:
+        builds[f"jitter on 1 packet in {n}"] = {"MAX_FLOWS": 131072, "MEDIA_JITTER_SAMPLE": n}
+    return builds
+
+
+def telemetry_cost(runs: int = 2000, rounds: int = 5,
+                   samples: tuple[int, ...] = (1, 4, 8)) -> dict[str, Any]:
+    """The media telemetry's cost per packet (bpf/media.h), side by side.
+
+    Builds of relay.c without the telemetry and with it (at each jitter
+    sampling) are loaded together in one lab namespace, each with its own
+    maps and one flow, and take turns packet by packet, so that background
+    load hits them alike. Each round times ``runs`` single runs per build and
+    side of RTP whose sequence number and timestamp advance per packet (every
+    packet takes the in-order path, as a call's do; a repeated buffer would
+    take the cheaper duplicate path). Returns, per build and case, the median
+    ns and the median over rounds of that round's difference against the
+    build without telemetry, with its range."""
+    from orchestrator import bpfprog
+    from orchestrator.bccmaps import RelayMaps
+
+    builds = telemetry_builds(samples)
+    fwd = {bpftest.XDP_REDIRECT, bpftest.XDP_TX}
+    ns: dict[str, dict[str, list[float]]] = {}
+    with ProgTestRelay(limits=builds[TELEMETRY_OFF]) as lab:
+        loaded: dict[str, tuple[Any, int, RelayMaps]] = {}
+        own = (lab.bpf, lab.fd, lab.maps)
+        try:
+            for build, limits in builds.items():
+                if build == TELEMETRY_OFF:
+                    loaded[build] = own
+                    continue
+                bpf = bpfprog.compile_relay(limits)
+                loaded[build] = (bpf, bpfprog.load_relay_fn(bpf).fd, RelayMaps(bpf))
+            frames: dict[str, tuple[list[bytes], list[bytes]]] = {}
+            for build, (bpf, fd, maps) in loaded.items():
+                lab.bpf, lab.fd, lab.maps = bpf, fd, maps  # the lab's setup, on this build
+                lab.reset()
+                relay_port = T.open_flow(T.Context(lab))
+                # Headers from scapy once, RTP patched in per packet (the
+                # relay never checks the UDP checksum, it updates it), so
+                # that the flow is not idle by the time the runs start.
+                count = rounds * runs * (len(builds) - 1) + 50
+                size = len(_rtp(0))
+                pub_hdr = bytes(T.to_relay(_rtp(0)))[:-size]
+                priv_hdr = bytes(T.from_transceiver(_rtp(0), relay_port))[:-size]
+                frames[build] = ([pub_hdr + _rtp(n) for n in range(count)],
+                                 [priv_hdr + _rtp(n) for n in range(count)])
+            pub_if, priv_if = lab.ifindex["vpub"], lab.ifindex["vpriv"]
+
+            def run(build: str, n: int) -> tuple[int, int]:
+                fd = loaded[build][1]
+                pub, priv = frames[build]
+                a = bpftest.prog_test_run(fd, pub[n], 1, ingress_ifindex=pub_if)
+                b = bpftest.prog_test_run(fd, priv[n], 1, ingress_ifindex=priv_if)
+                if a.retval not in fwd or b.retval not in fwd:
+                    moved = {k: v for k, v in loaded[build][2].stats().items() if v}
+                    raise RuntimeError(f"{build}: unexpected XDP actions {a.retval}, {b.retval}; "
+                                       f"counters {moved}")
+                return a.duration_ns, b.duration_ns
+
+            for n in range(50):  # warm up: caches, next hops
+                for build in builds:
+                    run(build, n)
+            # Two builds at a time, packet by packet: the build without
+            # telemetry and one with it. (All of them in turn would make each
+            # run follow a different program, whose cache footprint then
+            # decides the difference more than the telemetry does.)
+            n = 50
+            for _ in range(rounds):
+                for build in builds:
+                    if build == TELEMETRY_OFF:
+                        continue
+                    pair: dict[str, tuple[list[int], list[int]]] = {
+                        TELEMETRY_OFF: ([], []), build: ([], [])}
+                    for i in range(runs):
+                        for b in ((TELEMETRY_OFF, build) if i % 2 else (build, TELEMETRY_OFF)):
+                            up_ns, down_ns = run(b, n)
+                            pair[b][0].append(up_ns)
+                            pair[b][1].append(down_ns)
+                        n += 1
+                    for b in (TELEMETRY_OFF, build):
+                        for case, values in zip(TELEMETRY_CASES, pair[b], strict=True):
+                            key = b if b != TELEMETRY_OFF else f"{TELEMETRY_OFF} vs {build}"
+                            ns.setdefault(key, {}).setdefault(case, []).append(
+                                float(statistics.median(values)))
+            for build, (_, _, maps) in loaded.items():
+                flow = maps.flow(T.CLIENT, T.CLIENT_PORT)
+                counted = 0 if flow is None or flow.rtp is None else flow.rtp.packets
+                if counted != (0 if build == TELEMETRY_OFF else rounds * runs + 50):  # its own
+                    raise RuntimeError(f"{build}: the telemetry counted {counted} packets")
+        finally:
+            lab.bpf, lab.fd, lab.maps = own
+            for build, (bpf, _, _) in loaded.items():
+                if build != TELEMETRY_OFF:
+                    bpf.cleanup()
+    out: dict[str, Any] = {}
+    for build in builds:
+        if build == TELEMETRY_OFF:
+            continue
+        out[build] = {}
+        for c in TELEMETRY_CASES:
+            base = ns[f"{TELEMETRY_OFF} vs {build}"][c]
+            diffs = [x - y for x, y in zip(ns[build][c], base, strict=True)]
+            out[build][c] = {"median_ns": statistics.median(ns[build][c]),
+                             "without_ns": statistics.median(base),
+                             "added_ns": statistics.median(diffs),
+                             "added_range_ns": [min(diffs), max(diffs)], "rounds": rounds}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3000)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--steady-only", action="store_true",
                     help="only the hot steady state, counters unchecked (for experiments)")
+    ap.add_argument("--telemetry", action="store_true",
+                    help="only the media telemetry's cost: relay.c with it against without "
+                         "(NO_MEDIA_TELEMETRY), in alternating rounds")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of --telemetry")
     args = ap.parse_args(argv)
+    if args.telemetry:
+        cost = telemetry_cost(args.runs, args.rounds)
+        if args.json:
+            print(json.dumps(cost, indent=1))
+            return 0
+        for build, cases in cost.items():
+            for name, r in cases.items():
+                print(f"{build:26s} {name:48s} {r['median_ns']:5.0f} ns against "
+                      f"{r['without_ns']:5.0f} ns: "
+                      f"{r['added_ns']:+4.0f} ns (rounds {r['added_range_ns'][0]:+.0f}.."
+                      f"{r['added_range_ns'][1]:+.0f}, {r['rounds']})")
+        return 0
     if args.steady_only:
         print(f"{STEADY}: {steady(check=False):.0f} ns per packet")
         return 0

@@ -40,6 +40,19 @@
 #ifndef MAX_STUN_ATTRS
 #define MAX_STUN_ATTRS 16          /* attributes walked looking for USERNAME */
 #endif
+#ifndef NO_MEDIA_TELEMETRY
+/* 1: no per-flow RTP and consent telemetry (bpf/media.h) on the packet path:
+ * for bench/progcost.py's side-by-side cost, or a relay that must not pay it. */
+#define NO_MEDIA_TELEMETRY 0
+#endif
+#ifndef MEDIA_JITTER_SAMPLE
+/* Jitter (bpf/media.h) is measured on the RTP packets whose sequence number
+ * is a multiple of this (a power of two): the clock read it needs is most of
+ * the telemetry's cost (bench/progcost.py --telemetry: +60 ns per packet at
+ * 1, +20..37 ns at 8). At 8, one Opus packet in 8 (every 160 ms) is timed,
+ * and A.8's 1/16 gain follows a change within ~2.5 s. 1: every packet. */
+#define MEDIA_JITTER_SAMPLE 8
+#endif
 #ifndef PORT_ALLOC_TRIES
 #define PORT_ALLOC_TRIES 8         /* hashed probes for a free relay-side port */
 #endif

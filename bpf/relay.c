@@ -25,6 +25,9 @@
  *     transceiver's family and back to its client in the client's, so an
  *     IPv6 client reaches an IPv4 transceiver (and the reverse) through a
  *     header translated in place (translate_6to4, translate_4to6).
+ *   - On a known flow, both ways, the clear RTP header and STUN consent
+ *     checks update the flow's media telemetry (loss, reordering, jitter,
+ *     consent round trips: bpf/media.h) before the rewrite.
  * Every packet counts STAT_RX_TOTAL at entry and exactly one other counter.
  *
  * Next hops come from bpf_fib_lookup (cached per flow while the config's
@@ -48,6 +51,7 @@
 #include "csum.h"
 #include "token.h"
 #include "flows.h"
+#include "media.h"
 
 /* An action and the counter that explains it. */
 struct verdict {
@@ -787,6 +791,51 @@ static __always_inline struct verdict new_flow(struct xdp_md *ctx, const struct 
 	return v;
 }
 
+/* Media telemetry (bpf/media.h) of a client's datagram on its known flow
+ * `f`, before it is rewritten. Here, not in media.h, because bcc rewrites
+ * map.lookup() calls in this file only. */
+static __always_inline void media_from_client(const struct udphdr *udp, void *data_end,
+					      struct flow *f)
+{
+	struct media_pkt mp = {};
+	enum media_kind kind = media_classify(udp, data_end, &mp);
+
+	if (kind == MEDIA_RTP) {
+		media_rtp(&f->rtp, mp.seq, mp.ts, mp.ssrc);
+	} else if (kind == MEDIA_STUN_RESPONSE) {
+		consent_response(&f->client_rtt, mp.tid, bpf_ktime_get_ns());
+	} else if (kind == MEDIA_STUN_REQUEST) {
+		/* The transceiver answers it on the private side, into reverse. */
+		struct reverse_key rk;
+		struct reverse_flow *r;
+
+		reverse_key_of(&rk, &f->relay_addr, f->relay_port);
+		r = reverse.lookup(&rk);
+		if (r)
+			consent_request(&r->transceiver_rtt, mp.tid, bpf_ktime_get_ns());
+	}
+}
+
+/* A transceiver's datagram on the reverse entry `r`, before it is rewritten. */
+static __always_inline void media_from_transceiver(const struct udphdr *udp, void *data_end,
+						   struct reverse_flow *r)
+{
+	struct media_pkt mp = {};
+	enum media_kind kind = media_classify(udp, data_end, &mp);
+
+	if (kind == MEDIA_RTP) {
+		media_rtp(&r->rtp, mp.seq, mp.ts, mp.ssrc);
+	} else if (kind == MEDIA_STUN_RESPONSE) {
+		consent_response(&r->transceiver_rtt, mp.tid, bpf_ktime_get_ns());
+	} else if (kind == MEDIA_STUN_REQUEST) {
+		/* The client answers it on the public side, into its flow. */
+		struct flow *f = flows.lookup(&r->client);
+
+		if (f)
+			consent_request(&f->client_rtt, mp.tid, bpf_ktime_get_ns());
+	}
+}
+
 static __always_inline struct verdict public_side(struct xdp_md *ctx,
 						  const struct relay_config *cfg,
 						  struct relay_scratch *s, struct pkt *p,
@@ -807,6 +856,8 @@ static __always_inline struct verdict public_side(struct xdp_md *ctx,
 	if (f) {
 		if (!is_idle(f->last_seen_ns, now, cfg->flow_idle_ns)) {
 			touch(&f->last_seen_ns, now);
+			if (!NO_MEDIA_TELEMETRY)
+				media_from_client(p->udp, (void *)(long)ctx->data_end, f);
 			return forward_to_transceiver(ctx, cfg, s, p, f,
 						      fk.family == AF_INET6 ?
 						      STAT_FWD_TO_TRANSCEIVER6 :
@@ -859,6 +910,8 @@ static __always_inline struct verdict private_side(struct xdp_md *ctx,
 	if (!from_transceiver(p, r))
 		return DROP(STAT_DROP_SPOOFED_SOURCE);
 	touch(&r->last_seen_ns, relay_now(s));
+	if (!NO_MEDIA_TELEMETRY)
+		media_from_transceiver(p->udp, (void *)(long)ctx->data_end, r);
 
 	__u8 family = r->client.family == AF_INET6 ? AF_INET6 : AF_INET;
 	__u32 reason = rewrite_udp(ctx, p, family, public_addr_for(cfg, family), &r->client.addr,

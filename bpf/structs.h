@@ -37,6 +37,36 @@ struct next_hop {
 	__u32 generation;       /* valid while equal to relay_config.nh_generation */
 };
 
+/* RTP seen in one direction of a flow, from the clear RTP header of SRTP
+ * (bpf/media.h: RFC 3550 A.1 sequence accounting, A.8 interarrival jitter).
+ * Written only by XDP, without atomics: a flow's packets arrive on one
+ * receive queue, so one CPU updates it at a time (a rare race costs one
+ * sample, never a wrong packet). Lost = expected - received. */
+struct media_dir {
+	__u32 ssrc;             /* the source being followed */
+	__u16 max_seq;          /* highest sequence number seen (RFC 3550 max_seq) */
+	__u16 resyncs;          /* new SSRC or sequence jump: accounting restarted (saturates) */
+	__u32 expected;         /* packets the sequence numbers say were sent */
+	__u32 received;         /* RTP packets that arrived (duplicates not counted) */
+	__u32 reordered;        /* arrived after a later sequence number */
+	__u32 duplicates;       /* the highest sequence number again */
+	__u32 jitter_q4;        /* RFC 3550 J x 16, in RTP timestamp units (48 kHz for Opus) */
+	__u32 transit;          /* last packet's arrival (RTP units) - its RTP timestamp */
+};
+
+/* STUN consent checks through the relay, timed request -> success response.
+ * It lives in the entry of the side the response arrives on: a flow's for
+ * the transceiver's checks that the client answers (the client leg), a
+ * reverse entry's for the client's checks that the transceiver answers. */
+struct consent_rtt {
+	__u64 request_ns;       /* bpf_ktime_get_ns() of the pending request; 0: none */
+	__u32 request_tid;      /* the last 4 bytes of its transaction id */
+	__u32 samples;          /* requests answered */
+	__u64 sum_us;           /* over the samples */
+	__u32 last_us;
+	__u32 max_us;
+};
+
 /* `flows` value: where a client's packets go. Written only by XDP. */
 struct flow {
 	struct relay_addr txr_addr;  /* transceiver's private address */
@@ -50,6 +80,8 @@ struct flow {
 	struct next_hop nh;          /* towards the transceiver */
 	__u8 txr_family;             /* AF_INET or AF_INET6: the family it is sent in */
 	__u8 pad[3];
+	struct media_dir rtp;        /* the client's RTP, client -> transceiver */
+	struct consent_rtt client_rtt; /* relay -> client -> relay: the client leg */
 };
 
 /* `reverse` key: the relay-side private address and port (network order) a
@@ -73,6 +105,8 @@ struct reverse_flow {
 	__u64 last_seen_ns;          /* refreshed by the transceiver's packets */
 	struct next_hop nh;          /* towards the client */
 	__u32 pad3;
+	struct media_dir rtp;        /* the transceiver's RTP, transceiver -> client */
+	struct consent_rtt transceiver_rtt; /* relay -> transceiver -> relay */
 };
 
 /* `transceivers` value, keyed by the __u32 transceiver id. Written by the orchestrator. */
@@ -147,9 +181,11 @@ struct private_addrs {
 _Static_assert(sizeof(struct relay_addr) == 16, "relay_addr layout");
 _Static_assert(sizeof(struct flow_key) == 20, "flow_key layout");
 _Static_assert(sizeof(struct next_hop) == 20, "next_hop layout");
-_Static_assert(sizeof(struct flow) == 88, "flow layout");
+_Static_assert(sizeof(struct media_dir) == 32, "media_dir layout");
+_Static_assert(sizeof(struct consent_rtt) == 32, "consent_rtt layout");
+_Static_assert(sizeof(struct flow) == 152, "flow layout");
 _Static_assert(sizeof(struct reverse_key) == 20, "reverse_key layout");
-_Static_assert(sizeof(struct reverse_flow) == 80, "reverse_flow layout");
+_Static_assert(sizeof(struct reverse_flow) == 144, "reverse_flow layout");
 _Static_assert(sizeof(struct transceiver) == 24, "transceiver layout");
 _Static_assert(sizeof(struct token_key) == 24, "token_key layout");
 _Static_assert(sizeof(struct relay_config) == 112, "relay_config layout");

@@ -81,6 +81,8 @@ SOURCE_PREFIX_HDR_BITS = 32
 """``struct source_prefix``: prefixlen bits before the address."""
 MAX_PRIVATE_ADDRS = 32
 """``struct private_addrs``: slots for the relay's private addresses."""
+MEDIA_JITTER_SAMPLE = 8
+"""bpf/media.h: RTP packets timed for jitter: 1 in this many (default)."""
 
 
 BPF_MAP_TYPE_HASH = 1
@@ -184,6 +186,37 @@ class NextHop(ctypes.Structure):
     ]
 
 
+class MediaDir(ctypes.Structure):
+    """``struct media_dir`` (bpf/structs.h)."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("ssrc", ctypes.c_uint32),
+        ("max_seq", ctypes.c_uint16),
+        ("resyncs", ctypes.c_uint16),
+        ("expected", ctypes.c_uint32),
+        ("received", ctypes.c_uint32),
+        ("reordered", ctypes.c_uint32),
+        ("duplicates", ctypes.c_uint32),
+        ("jitter_q4", ctypes.c_uint32),
+        ("transit", ctypes.c_uint32),
+    ]
+
+
+class ConsentRtt(ctypes.Structure):
+    """``struct consent_rtt`` (bpf/structs.h)."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("request_ns", ctypes.c_uint64),
+        ("request_tid", ctypes.c_uint32),
+        ("samples", ctypes.c_uint32),
+        ("sum_us", ctypes.c_uint64),
+        ("last_us", ctypes.c_uint32),
+        ("max_us", ctypes.c_uint32),
+    ]
+
+
 class Flow(ctypes.Structure):
     """``struct flow`` (bpf/structs.h)."""
 
@@ -200,6 +233,8 @@ class Flow(ctypes.Structure):
         ("nh", NextHop),
         ("txr_family", ctypes.c_uint8),
         ("pad", ctypes.c_uint8 * 3),
+        ("rtp", MediaDir),
+        ("client_rtt", ConsentRtt),
     ]
 
 
@@ -229,6 +264,8 @@ class ReverseFlow(ctypes.Structure):
         ("last_seen_ns", ctypes.c_uint64),
         ("nh", NextHop),
         ("pad3", ctypes.c_uint32),
+        ("rtp", MediaDir),
+        ("transceiver_rtt", ConsentRtt),
     ]
 
 
@@ -273,9 +310,11 @@ _STRUCT_SIZES: dict[type[ctypes.Structure], tuple[str, int]] = {
     Transceiver: ("transceiver", 24),
     FlowKey: ("flow_key", 20),
     NextHop: ("next_hop", 20),
-    Flow: ("flow", 88),
+    MediaDir: ("media_dir", 32),
+    ConsentRtt: ("consent_rtt", 32),
+    Flow: ("flow", 152),
     ReverseKey: ("reverse_key", 20),
-    ReverseFlow: ("reverse_flow", 80),
+    ReverseFlow: ("reverse_flow", 144),
     PrivateAddrs: ("private_addrs", 520),
     RateWindow: ("rate_window", 16),
     SourcePrefix: ("source_prefix", 24),
@@ -301,8 +340,8 @@ MAP_LAYOUTS: dict[str, MapLayout] = {
     "config": MapLayout(BPF_MAP_TYPE_ARRAY, 4, 112),
     "keys": MapLayout(BPF_MAP_TYPE_ARRAY, 4, 24),
     "transceivers": MapLayout(BPF_MAP_TYPE_HASH, 4, 24),
-    "flows": MapLayout(BPF_MAP_TYPE_LRU_HASH, 20, 88),
-    "reverse": MapLayout(BPF_MAP_TYPE_HASH, 20, 80),
+    "flows": MapLayout(BPF_MAP_TYPE_LRU_HASH, 20, 152),
+    "reverse": MapLayout(BPF_MAP_TYPE_HASH, 20, 144),
     "private_addrs": MapLayout(BPF_MAP_TYPE_ARRAY, 4, 520),
     "rate": MapLayout(BPF_MAP_TYPE_LRU_HASH, 16, 16),
     "token_flows": MapLayout(BPF_MAP_TYPE_LRU_HASH, 8, 8),

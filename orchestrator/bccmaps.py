@@ -36,6 +36,7 @@ from typing import Any
 
 from orchestrator import abi
 from orchestrator.bpfprog import XDP_WRITTEN_MAPS, check_map_layouts
+from orchestrator.media import ConsentRtt, MediaStats
 from orchestrator.verdicts import STAT_MAX, RelayStat, verdict_names
 from voxrelay.config import RelayConfig, parse_source_prefixes
 from voxrelay.token import KEY_BYTES, MAX_KEY_ID
@@ -206,6 +207,10 @@ class FlowRecord:
     relay_addr: IPAddress
     """The relay-side private address the flow sends from (one of ``private_addrs``,
     or the relay's private IPv6 address for an IPv6 transceiver)."""
+    rtp: MediaStats | None = None
+    """The client's RTP as the relay saw it (None: none yet)."""
+    client_rtt: ConsentRtt | None = None
+    """The transceiver's consent checks, answered by the client."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +226,10 @@ class ReverseEntry:
     transceiver_id: int
     last_seen_ns: int
     next_hop: NextHop | None
+    rtp: MediaStats | None = None
+    """The transceiver's RTP as the relay saw it (None: none yet)."""
+    transceiver_rtt: ConsentRtt | None = None
+    """The client's consent checks, answered by the transceiver."""
 
 
 def _next_hop(nh: Any) -> NextHop | None:
@@ -550,6 +559,8 @@ class RelayMaps:
                 last_seen_ns=v.last_seen_ns,
                 next_hop=_next_hop(v.nh),
                 relay_addr=relay_addr_of(v.relay_addr, v.txr_family),
+                rtp=MediaStats.from_map(v.rtp),
+                client_rtt=ConsentRtt.from_map(v.client_rtt),
             ))
         return sorted(out, key=lambda f: (f.client_addr.version, f.client_addr, f.client_port))
 
@@ -577,7 +588,8 @@ class RelayMaps:
                                   port_of(v.txr_port),
                                  port_of(v.relay_port), v.transceiver_id, v.token_mac,
                                  v.created_ns, v.last_seen_ns, _next_hop(v.nh),
-                                 relay_addr_of(v.relay_addr, v.txr_family)))
+                                 relay_addr_of(v.relay_addr, v.txr_family),
+                                 MediaStats.from_map(v.rtp), ConsentRtt.from_map(v.client_rtt)))
         return out
 
     def reverse_entries(self) -> list[ReverseEntry]:
@@ -593,6 +605,8 @@ class RelayMaps:
                 transceiver_id=v.transceiver_id,
                 last_seen_ns=v.last_seen_ns,
                 next_hop=_next_hop(v.nh),
+                rtp=MediaStats.from_map(v.rtp),
+                transceiver_rtt=ConsentRtt.from_map(v.transceiver_rtt),
             ))
         return sorted(out, key=lambda r: (r.relay_port, r.relay_addr.version, r.relay_addr))
 

@@ -399,6 +399,7 @@ CONSTS = {
     "TRANSCEIVER_DRAINING": "``transceiver.status``: keeps its flows, gets no new ones.",
     "SOURCE_PREFIX_HDR_BITS": "``struct source_prefix``: prefixlen bits before the address.",
     "MAX_PRIVATE_ADDRS": "``struct private_addrs``: slots for the relay's private addresses.",
+    "MEDIA_JITTER_SAMPLE": "bpf/media.h: RTP packets timed for jitter: 1 in this many (default).",
 }
 """The #defines of bpf/consts.h that abi.py mirrors, with their docstrings."""
 

@@ -30,6 +30,7 @@ from typing import Any
 from orchestrator import abi, bpfsys, pins
 from orchestrator.bccmaps import BlockedBy, IPNetwork, endpoint, port_of, relay_addr_of
 from orchestrator.errors import MapLayoutError
+from orchestrator.media import ConsentRtt, FlowMedia, MediaStats
 from orchestrator.relay import FlowEntry, RelayUnavailable, require_pinned, require_root
 from orchestrator.sync import MapTransceiver
 from orchestrator.verdicts import RelayStat, metric_label, verdict_names
@@ -143,7 +144,9 @@ class PinView:
         for k, v in self._items("flows"):
             last_seen = int(v.last_seen_ns)
             reply = replies.get((bytes(v.relay_addr), int(v.relay_port)))
-            if reply is not None and bytes(reply[0].client) == bytes(k):
+            if reply is not None and bytes(reply[0].client) != bytes(k):
+                reply = None  # the port went to another flow since
+            if reply is not None:
                 last_seen = max(last_seen, reply[1])
             rows.append(FlowEntry(
                 client=endpoint(relay_addr_of(k.addr, k.family), port_of(k.port)),
@@ -154,6 +157,13 @@ class PinView:
                 idle_s=max(0, now_ns - last_seen) / 1e9,
                 idle_limit_s=idle_limit,
                 relay_addr=str(relay_addr_of(v.relay_addr, v.txr_family)),
+                media=FlowMedia(
+                    to_transceiver=MediaStats.from_map(v.rtp),
+                    to_client=None if reply is None else MediaStats.from_map(reply[0].rtp),
+                    client_rtt=ConsentRtt.from_map(v.client_rtt),
+                    transceiver_rtt=(None if reply is None
+                                     else ConsentRtt.from_map(reply[0].transceiver_rtt)),
+                ),
             ))
         return rows
 

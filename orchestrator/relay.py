@@ -11,12 +11,13 @@ straight from the pins, without compiling relay.c).
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from orchestrator import bpfprog, pins
 from orchestrator.abi import MAP_NAMES
+from orchestrator.media import FlowMedia
 from orchestrator.sync import MapTransceiver, SyncMaps
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ class FlowEntry:
     """The relay's ``flow_idle_seconds`` (0: flows never expire)."""
     relay_addr: str = ""
     """The relay-side private address the flow sends from (with ``relay_port``)."""
+    media: FlowMedia = field(default_factory=FlowMedia)
+    """What the relay saw of the flow's RTP and consent checks (bpf/media.h)."""
 
     @property
     def state(self) -> str:
@@ -54,7 +57,7 @@ class FlowEntry:
         return "active" if self.idle_s < FLOW_ACTIVE_SECONDS else "idle"
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "state": self.state}
+        return {**asdict(self), "media": self.media.to_json(), "state": self.state}
 
 
 class RelayReader(Protocol):

@@ -9,6 +9,7 @@ import click
 
 from orchestrator.cli import common
 from orchestrator.cli.common import CONTEXT, emit, relay_read_options, table
+from orchestrator.media import FlowMedia, MediaStats
 from orchestrator.relay import FlowEntry
 from orchestrator.sync import keyring_from_map
 
@@ -106,6 +107,22 @@ def filter_flows(flows: list[FlowEntry], transceiver: int | None,
     return out
 
 
+def media_columns(media: FlowMedia) -> list[str]:
+    """Pure: a flow's telemetry cells; "-" where the relay saw nothing to measure.
+
+    Loss is lost/expected packets as a percentage; up is client -> transceiver."""
+    def loss(m: MediaStats | None) -> str:
+        return "-" if m is None else f"{100 * m.loss_ratio:.1f}%"
+
+    def jitter(m: MediaStats | None) -> str:
+        return "-" if m is None else f"{m.jitter_ms:.1f}"
+
+    rtt = media.client_rtt
+    return [loss(media.to_transceiver), loss(media.to_client),
+            jitter(media.to_transceiver), jitter(media.to_client),
+            "-" if rtt is None else f"{rtt.last_ms:.1f}"]
+
+
 @maps.command("flows")
 @relay_read_options
 @click.option("--transceiver", type=int, default=None, help="Only flows to this transceiver id.")
@@ -116,12 +133,20 @@ def filter_flows(flows: list[FlowEntry], transceiver: int | None,
               help="Rows to print (0: all). The flows map can hold a million.")
 def maps_flows(config_path: Path | None, name: str | None, as_json: bool,
                transceiver: int | None, client: str | None, show_all: bool, limit: int) -> None:
-    """Flows: client -> transceiver, relay-side port, age, idle time and state.
+    """Flows: client -> transceiver, relay-side port, age, idle time and state,
+    and what the relay saw of each flow's media.
 
     STATE is active (a packet in the last 10 s), idle, or expired (unseen for
     longer than the relay's flow_idle_seconds: the relay treats it as gone,
     though it stays in the map until its slot is reused). Expired flows are
     hidden unless --all.
+
+    Media (read from the clear RTP headers of SRTP and the STUN consent
+    checks, nothing decrypted): LOSS_UP/LOSS_DOWN are packets missing by
+    sequence number, client -> transceiver and back; JITTER_*_MS is RFC
+    3550 interarrival jitter; RTT_CLIENT_MS is the last consent check's
+    round trip relay -> client -> relay. "-": nothing seen yet. --json has
+    every counter (reordered, duplicates, resyncs, the transceiver leg's RTT).
     """
     flows = filter_flows(common.view(config_path, name).flows(), transceiver, client)
     expired = sum(1 for f in flows if f.state == "expired")
@@ -130,9 +155,11 @@ def maps_flows(config_path: Path | None, name: str | None, as_json: bool,
     flows.sort(key=lambda f: (f.transceiver_id, f.client))
     shown = flows if limit == 0 else flows[:limit]
     text = table(
-        ["CLIENT", "TRANSCEIVER", "TXR_ADDRESS", "RELAY_PORT", "AGE_S", "IDLE_S", "STATE"],
+        ["CLIENT", "TRANSCEIVER", "TXR_ADDRESS", "RELAY_PORT", "AGE_S", "IDLE_S", "STATE",
+         "LOSS_UP", "LOSS_DOWN", "JITTER_UP_MS", "JITTER_DOWN_MS", "RTT_CLIENT_MS"],
         [[f.client, f.transceiver_id, f.transceiver, f.relay_port,
-          f"{f.age_s:.1f}", f"{f.idle_s:.1f}", f.state] for f in shown],
+          f"{f.age_s:.1f}", f"{f.idle_s:.1f}", f.state, *media_columns(f.media)]
+         for f in shown],
     )
     if len(shown) < len(flows):
         text += f"\n... {len(flows) - len(shown)} more (--limit 0 for all)"

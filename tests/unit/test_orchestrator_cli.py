@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import common as ocli
+from orchestrator.media import ConsentRtt, FlowMedia, MediaStats
 from orchestrator.relay import FlowEntry, RelayUnavailable
 from orchestrator.sync import MapTransceiver
 from tests.support import DIRECTORY_SECRET
@@ -80,8 +81,9 @@ def test_maps_flows_filters(view):
     data = json.loads(run("maps", "flows", "--json", "--client", "198.51.100.7:5001").output)
     assert [r["relay_port"] for r in data] == [20003]
     out = run("maps", "flows", "--limit", "1")
-    assert out.output.splitlines()[0].split() == ["CLIENT", "TRANSCEIVER", "TXR_ADDRESS",
-                                                  "RELAY_PORT", "AGE_S", "IDLE_S", "STATE"]
+    assert out.output.splitlines()[0].split() == [
+        "CLIENT", "TRANSCEIVER", "TXR_ADDRESS", "RELAY_PORT", "AGE_S", "IDLE_S", "STATE",
+        "LOSS_UP", "LOSS_DOWN", "JITTER_UP_MS", "JITTER_DOWN_MS", "RTT_CLIENT_MS"]
     assert out.output.splitlines()[-1] == "... 2 more (--limit 0 for all)"
 
 
@@ -100,7 +102,7 @@ def test_maps_flows_state_hides_expired_unless_all(view):
         (20001, "active"), (20002, "idle"), (20003, "expired"), (20004, "idle")]
     out = run("maps", "flows")
     lines = out.output.splitlines()
-    assert lines[1].split()[-1] == "idle" and lines[2].split()[-1] == "active"
+    assert lines[1].split()[6] == "idle" and lines[2].split()[6] == "active"
     assert lines[-1] == "(1 expired not shown; --all shows them)"
     assert "expired" in run("maps", "flows", "--all").output
 
@@ -372,3 +374,29 @@ def test_load_replace_loads_a_relay_that_is_not_loaded(monkeypatch):
     out = CliRunner().invoke(cli, ["relay", "load", "--replace", "--name", "vxfresh"])
     assert out.exit_code == 1 and calls == ["replace"]
     assert out.output == "Error: relay 'vxfresh' is attached to eth9, the config names pub, priv\n"
+
+
+def test_maps_flows_shows_media_telemetry(view):
+    """What the relay saw of a flow's media: loss and jitter each way, the
+    client leg's consent RTT; "-" where nothing was seen; --json has it all."""
+    media = FlowMedia(
+        to_transceiver=MediaStats(packets=990, expected=1000, reordered=3, duplicates=1,
+                                  resyncs=0, jitter_ms=2.25),
+        client_rtt=ConsentRtt(samples=4, last_ms=41.5, mean_ms=40.0, max_ms=44.0),
+    )
+    view.flow_rows = [FlowEntry("198.51.100.7:5000", 1, "10.0.1.1:40000", 20001, 3.0, 0.5,
+                                media=media)]
+    row = run("maps", "flows").output.splitlines()[1].split()
+    assert row[7:] == ["1.0%", "-", "2.2", "-", "41.5"]
+    [data] = json.loads(run("maps", "flows", "--json").output)
+    up = data["media"]["to_transceiver"]
+    assert (up["lost"], up["loss_ratio"], up["reordered"]) == (10, 0.01, 3)
+    assert data["media"]["to_client"] is None
+    assert data["media"]["client_rtt"]["mean_ms"] == 40.0
+
+
+def test_media_stats_never_report_negative_loss():
+    """Duplicates of late packets can make received pass expected: 0 lost, not -1."""
+    m = MediaStats(packets=11, expected=10, reordered=1, duplicates=0, resyncs=0, jitter_ms=0)
+    assert (m.lost, m.loss_ratio) == (0, 0.0)
+    assert MediaStats(0, 0, 0, 0, 0, 0.0).loss_ratio == 0.0
