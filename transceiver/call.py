@@ -38,6 +38,7 @@ from transceiver.ice import (
     PortPool,
     RoutedIce,
     random_ice_password,
+    receive_audio_payloads,
     restart_ice,
     routed_ice,
     short_audio_jitter,
@@ -46,6 +47,7 @@ from transceiver.media import OPUS_RATE, ReplyTrack, pcm_chunks
 from transceiver.model import voice_pb2
 from transceiver.modellink import Backoff, ModelLink
 from transceiver.offer import parse_offer
+from transceiver.rxopus import OpusReceive
 from transceiver.turns import Turns
 
 logger = logging.getLogger(__name__)
@@ -153,6 +155,8 @@ class Call:
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.chunks_in = 0
+        self.rx: OpusReceive | None = None
+        """The inbound packet path (transceiver/rxopus.py), once the audio track is there."""
         self._channel: RTCDataChannel | None = None
         self._oai: OaiEvents | None = None
         self._early: list[str] = []
@@ -314,6 +318,8 @@ class Call:
                 self.routed.sock.close()
         if self.port:
             self.settings.ports.release(self.port)
+        if self.rx is not None:
+            self.rx.close()  # a packet still arriving now is counted, not decoded
 
     def _spawn(self, coro: Coroutine[object, object, None], name: str) -> None:
         task = asyncio.create_task(coro, name=f"call-{self.id}-{name}")
@@ -381,19 +387,34 @@ class Call:
         channel.on("message", self._oai.on_client_message)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
-            self._spawn(self._pump(track), "inbound")
+        if track.kind != "audio" or self.pc is None:
+            return
+        # Opus payloads are decoded in the event loop as they arrive
+        # (transceiver/rxopus.py); aiortc's decoder thread and frames remain
+        # only for a receiver that is not the transceiver's own.
+        rx = OpusReceive(self._heard)
+        if self.rx is None and receive_audio_payloads(self.pc, track, rx.push):
+            self.rx = rx
+            return
+        rx.close()
+        logger.warning("call %s: audio through aiortc's decoder (no packet path)", self.id)
+        self._spawn(self._pump(track), "inbound")
 
     async def _pump(self, track: MediaStreamTrack) -> None:
-        loop = asyncio.get_running_loop()
         async for _, chunk in pcm_chunks(track):
-            self.chunks_in += 1
-            self.turns.heard(chunk)
-            if self.link is not None:
-                seq = self.link.send_audio(chunk)
-                if seq is not None:
-                    # The loop's clock, as Turns reads it when a reply starts.
-                    self.turns.clock.chunk_sent(seq, loop.time())
+            self._heard(chunk)
+
+    def _heard(self, chunk: bytes) -> None:
+        """One inbound 20 ms chunk: to barge-in detection and the model."""
+        if self._closing:
+            return
+        self.chunks_in += 1
+        self.turns.heard(chunk)
+        if self.link is not None:
+            seq = self.link.send_audio(chunk)
+            if seq is not None:
+                # The loop's clock, as Turns reads it when a reply starts.
+                self.turns.clock.chunk_sent(seq, asyncio.get_running_loop().time())
 
     def _tell_model_barge_in(self) -> None:
         if self.link is not None:
@@ -431,6 +452,7 @@ class Call:
                               if conn is not None and conn.consent_fresh_at else None),
             "rebinds": conn.rebinds if conn is not None else 0,
             "chunks_in": self.chunks_in,
+            "inbound": self.rx.counters() if self.rx is not None else None,
             "reply_frames": self.track.audio_frames_sent,
             "barge_ins": self.turns.barge_ins,
         }

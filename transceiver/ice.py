@@ -65,7 +65,7 @@ import random
 import secrets
 import socket
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +76,9 @@ import aiortc.rtcrtpreceiver
 from aioice import Candidate, Connection, stun
 from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import CandidatePair, StunProtocol
-from aiortc import RTCIceTransport
+from aiortc import RTCIceTransport, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_add
 
 from voxrelay.addr import parse_hostport
@@ -179,6 +181,14 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("aiortc.jitterbuffer", "JitterFrame", "class"),
     Internal("aiortc.rtp.RtpPacket", "_data", "receiver-set",
              why="RTCRtpReceiver stores the depayloaded frame there before JitterBuffer.add"),
+    # aiortc: the receive packet path (receive_audio_payloads, transceiver/rxopus.py).
+    Internal("aiortc.rtcrtpreceiver.RTCRtpReceiver", "_RTCRtpReceiver__jitter_buffer",
+             "attribute", "JitterBuffer",
+             why="where a call's audio sink is attached (the receiver's own buffer)"),
+    Internal("aiortc.jitterbuffer.JitterBuffer", "add", "method",
+             why="extended: a frame goes to the call's sink instead of the decoder thread"),
+    Internal("aiortc.rtcrtpreceiver.RTCRtpReceiver", "_handle_rtp_packet", "method",
+             why="passes JitterBuffer.add's frame to the decoder thread only when not None"),
 )
 
 _ICE_CHARS = string.ascii_letters + string.digits + "+/"
@@ -628,6 +638,22 @@ class _ShortAudioJitterBuffer(aiortc.jitterbuffer.JitterBuffer):
         if not is_video:
             prefetch = min(prefetch, AUDIO_JITTER_FRAMES)
         super().__init__(capacity, prefetch=prefetch, is_video=is_video)
+        self.sink: AudioSink | None = None
+        """Set by ``receive_audio_payloads``: each frame goes there, not to aiortc's decoder."""
+        self.sink_errors = 0
+
+    def add(self, packet: RtpPacket) -> tuple[bool, aiortc.jitterbuffer.JitterFrame | None]:
+        pli_flag, frame = super().add(packet)
+        sink = self.sink
+        if frame is None or sink is None:
+            return pli_flag, frame
+        try:
+            sink(frame.data, frame.timestamp)
+        except Exception:  # a broken sink must not stop aiortc's receive path
+            self.sink_errors += 1
+            if self.sink_errors == 1:
+                logger.exception("audio sink failed (counted; later failures are not logged)")
+        return pli_flag, None
 
     def _remove_frame(self, sequence_number: int) -> aiortc.jitterbuffer.JitterFrame | None:
         origin = self._origin
@@ -671,6 +697,28 @@ def short_audio_jitter(*, like_a_browser: bool = False) -> None:
     receiver_globals: dict[str, object] = vars(aiortc.rtcrtpreceiver)
     receiver_globals["JitterBuffer"] = (_OneFrameAudioJitterBuffer if like_a_browser
                                         else _ShortAudioJitterBuffer)
+
+
+AudioSink = Callable[[bytes, int], None]
+"""(Opus payload, RTP timestamp) of each inbound audio frame, in sequence order."""
+
+
+def receive_audio_payloads(pc: RTCPeerConnection, track: MediaStreamTrack,
+                           sink: AudioSink) -> bool:
+    """Hand ``track``'s Opus payloads to ``sink`` in the event loop, as its
+    receiver's jitter buffer releases them, instead of to aiortc's decoder
+    thread (which then idles until the receiver stops, and still ends the
+    track then). False, and aiortc's path unchanged, when the track's receiver
+    is not an audio one built with ``_ShortAudioJitterBuffer``
+    (``short_audio_jitter()`` must run before its transceiver exists)."""
+    for receiver in pc.getReceivers():
+        if receiver.track is track:
+            buffer = vars(receiver).get("_RTCRtpReceiver__jitter_buffer")
+            if isinstance(buffer, _ShortAudioJitterBuffer) and not buffer._is_video:
+                buffer.sink = sink
+                return True
+            return False
+    return False
 
 
 # ---------------------------------------------------------------- restart

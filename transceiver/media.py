@@ -3,8 +3,9 @@
 
 Inbound: aiortc's Opus decoder gives 48 kHz stereo frames; ``PcmChunker``
 resamples them and cuts exact 640-byte chunks, and ``pcm_chunks`` is the one
-loop that reads a track that way (the transceiver's calls and the aiortc
-test clients in lab/ and bench/ all use it). 48 kHz is decimated by 3 with a
+loop that reads a track that way (the aiortc test clients in lab/ and bench/
+use it; the transceiver's calls decode the Opus packets themselves, at 16 kHz
+in the event loop: transceiver/rxopus.py). 48 kHz is decimated by 3 with a
 short FIR whose history is carried between frames, so a 20 ms frame gives its
 20 ms chunk at once (libswresample held part of each frame back until the
 next one, ~20 ms per stage). Outbound: ``ReplyTrack`` is an aiortc audio track

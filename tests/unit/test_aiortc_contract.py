@@ -19,6 +19,7 @@ import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aioice
@@ -59,6 +60,20 @@ def _fresh_transport() -> Any:
     return aiortc.rtcicetransport.RTCIceTransport(aiortc.rtcicetransport.RTCIceGatherer())
 
 
+def _fresh_receiver() -> Any:
+    """An audio RTCRtpReceiver built with aiortc's own jitter buffer (whatever
+    ``short_audio_jitter`` last installed), on a transport that is not closed."""
+    import aiortc.rtcrtpreceiver
+
+    module_globals = vars(aiortc.rtcrtpreceiver)
+    installed = module_globals["JitterBuffer"]
+    module_globals["JitterBuffer"] = aiortc.jitterbuffer.JitterBuffer
+    try:
+        return aiortc.rtcrtpreceiver.RTCRtpReceiver("audio", SimpleNamespace(state="new"))
+    finally:
+        module_globals["JitterBuffer"] = installed
+
+
 # How to make a fresh instance of each owner whose instance attributes ice.py uses.
 FACTORIES: dict[str, Callable[[], Any]] = {
     "aioice.ice.Connection": lambda: aioice.ice.Connection(ice_controlling=False),
@@ -66,6 +81,7 @@ FACTORIES: dict[str, Callable[[], Any]] = {
     "aiortc.rtcicetransport.RTCIceGatherer": aiortc.rtcicetransport.RTCIceGatherer,
     "aiortc.rtcicetransport.RTCIceTransport": _fresh_transport,
     "aiortc.jitterbuffer.JitterBuffer": lambda: aiortc.jitterbuffer.JitterBuffer(16, prefetch=1),
+    "aiortc.rtcrtpreceiver.RTCRtpReceiver": _fresh_receiver,
 }
 
 
