@@ -35,6 +35,20 @@ table inet %(table)s {
 """
 
 
+RTP_LOSS_TABLE = "vxlab_rtploss"
+RTP_LOSS = """
+table inet %(table)s {
+  chain output {
+    type filter hook output priority 0; policy accept;
+    udp dport %(port)d @th,64,2 2 @th,73,7 != 64-95 numgen inc mod %(every)d 0 counter drop
+  }
+}
+"""
+"""Every n-th RTP packet (RFC 7983: first byte 128..191; not RTCP, PT 64..95
+masked) that ``netns`` sends to UDP ``port``: loss at a known rate, with the
+drops counted, and nothing else touched (STUN, DTLS, RTCP)."""
+
+
 class NftError(RuntimeError):
     """nft refused a script or a listing (its stderr is the message)."""
 
@@ -86,6 +100,21 @@ def drop_ipv4_tcp_to(netns: str, address: str, port: int,
     """Drop every TCP connection ``netns`` opens to ``address:port`` (IPv4) while
     inside; yields the count of packets dropped so far. Deleted on exit."""
     nft(netns, NO_V4_TCP % {"table": table, "address": address, "port": port})
+    try:
+        yield lambda: dropped_packets(netns, table)
+    finally:
+        with contextlib.suppress(NftError, FileNotFoundError):
+            nft(netns, f"delete table inet {table}\n")
+
+
+@contextlib.contextmanager
+def drop_every_nth_rtp(netns: str, port: int, every: int,
+                       table: str = RTP_LOSS_TABLE) -> Iterator[Callable[[], int]]:
+    """Drop every ``every``-th RTP packet ``netns`` sends to UDP ``port`` while
+    inside; yields the count of packets dropped so far. Deleted on exit."""
+    if every < 2:
+        raise ValueError(f"every must be 2 or more, got {every}")
+    nft(netns, RTP_LOSS % {"table": table, "port": port, "every": every})
     try:
         yield lambda: dropped_packets(netns, table)
     finally:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 if TYPE_CHECKING:
     from lab.topology import Lab
     from orchestrator.probe import ProbeResult
+    from orchestrator.relay import FlowEntry
     from voxrelay.config import RelayConfig
 
 T = TypeVar("T")
@@ -319,6 +320,13 @@ class Stack:
         """The relay's per-verdict counters, summed over CPUs, by lower-case name
         (``fwd_to_client``...), read straight from the pinned stats map."""
         return read_relay_stats(self.relays[index].name)
+
+    def relay_flows(self, index: int = 0) -> list[FlowEntry]:
+        """Relay ``index``'s flows with their media telemetry (from its pins)."""
+        from orchestrator.pinview import open_pinview
+
+        with open_pinview(self.relays[index].name) as view:
+            return view.flows()
 
     def relay_transceivers(self, index: int = 0) -> dict[int, str]:
         """Relay ``index``'s transceivers map: id -> "active" | "draining" (from its pins)."""

@@ -23,6 +23,17 @@ client addresses.
                                                     credential (someone is probing, or a
                                                     transceiver has a stale secret)
 
+and the live flows' media as the relay saw it (``FlowMediaCollector``, from the
+flows map, bpf/media.h), per transceiver id and direction (to_transceiver |
+to_client) or consent leg (client | transceiver): distributions over live
+flows, so histograms of gauges, recomputed at most every FLOW_MEDIA_MAX_AGE s:
+
+    voxrelay_flow_jitter_seconds{transceiver,direction}       RFC 3550 jitter
+    voxrelay_flow_loss_ratio{transceiver,direction}           lost / expected
+    voxrelay_flow_consent_rtt_seconds{transceiver,leg}        last consent check
+    voxrelay_flow_rtp_packets{transceiver,direction,kind}     received|lost|reordered|duplicate,
+                                                              summed over live flows
+
 and, when the ICE-TCP front runs on this host (its stats file exists), the
 families of ``TcpFrontCollector``, read from that file at scrape time.
 """
@@ -36,11 +47,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from orchestrator import tcpfront
-from orchestrator.relay import RelayView
+from orchestrator.media import MediaStats
+from orchestrator.relay import FlowEntry, RelayView
 from voxrelay.addr import parse_hostport
 
 log = logging.getLogger(__name__)
@@ -111,6 +123,92 @@ class RelayCollector(Collector):
         yield active_keys
 
 
+FLOW_MEDIA_MAX_AGE = 10.0
+"""Walking every flow (a million, at most) for the media histograms: at most
+once per this many seconds; scrapes in between get the last result."""
+JITTER_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
+LOSS_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+RTT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0)
+
+
+def histogram(name: str, doc: str, label_names: list[str],
+              values: dict[tuple[str, ...], list[float]],
+              buckets: tuple[float, ...]) -> HistogramMetricFamily:
+    """A Prometheus histogram of ``values`` per label set (cumulative buckets)."""
+    family = HistogramMetricFamily(name, doc, labels=label_names)
+    for labels, xs in sorted(values.items()):
+        counts = [(repr(b), float(sum(1 for x in xs if x <= b))) for b in buckets]
+        counts.append(("+Inf", float(len(xs))))
+        family.add_metric(list(labels), counts, sum(xs))
+    return family
+
+
+class FlowMediaCollector(Collector):
+    """The live flows' media telemetry (bpf/media.h) as histograms per
+    transceiver: each live flow is one observation of its current jitter,
+    loss ratio and consent RTT. Expired flows (the relay treats them as gone)
+    are left out. Labels: transceiver ids and enum names, never addresses."""
+
+    def __init__(self, view: RelayView, clock: Callable[[], float] = time.monotonic) -> None:
+        self.view = view
+        self._clock = clock
+        self._last: tuple[float, list[HistogramMetricFamily | GaugeMetricFamily]] | None = None
+
+    def collect(self) -> Iterator[HistogramMetricFamily | GaugeMetricFamily]:
+        now = self._clock()
+        if self._last is None or now - self._last[0] >= FLOW_MEDIA_MAX_AGE:
+            try:
+                flows = self.view.flows()
+            except OSError as exc:
+                log.warning("cannot read the relay's flows: %s", exc)
+                return
+            self._last = (now, self.families(flows))
+        yield from self._last[1]
+
+    @staticmethod
+    def families(flows: Iterable[FlowEntry]) -> list[HistogramMetricFamily | GaugeMetricFamily]:
+        jitter: dict[tuple[str, ...], list[float]] = {}
+        loss: dict[tuple[str, ...], list[float]] = {}
+        rtt: dict[tuple[str, ...], list[float]] = {}
+        packets = GaugeMetricFamily(
+            "voxrelay_flow_rtp_packets", "RTP packets of the live flows, as the relay saw them.",
+            labels=["transceiver", "direction", "kind"])
+        totals: dict[tuple[str, str, str], int] = {}
+        for f in flows:
+            if f.state == "expired":
+                continue
+            txr = str(f.transceiver_id)
+            directions: tuple[tuple[str, MediaStats | None], ...] = (
+                ("to_transceiver", f.media.to_transceiver), ("to_client", f.media.to_client))
+            for direction, m in directions:
+                if m is None:
+                    continue
+                jitter.setdefault((txr, direction), []).append(m.jitter_ms / 1000)
+                loss.setdefault((txr, direction), []).append(m.loss_ratio)
+                for kind, n in (("received", m.packets), ("lost", m.lost),
+                                ("reordered", m.reordered), ("duplicate", m.duplicates)):
+                    totals[(txr, direction, kind)] = totals.get((txr, direction, kind), 0) + n
+            legs = (("client", f.media.client_rtt), ("transceiver", f.media.transceiver_rtt))
+            for leg, c in legs:
+                if c is not None:
+                    rtt.setdefault((txr, leg), []).append(c.last_ms / 1000)
+        for labels, n in sorted(totals.items()):
+            packets.add_metric(list(labels), n)
+        return [
+            histogram("voxrelay_flow_jitter_seconds",
+                      "RFC 3550 interarrival jitter of each live flow's RTP, per direction.",
+                      ["transceiver", "direction"], jitter, JITTER_BUCKETS),
+            histogram("voxrelay_flow_loss_ratio",
+                      "Share of each live flow's RTP packets never seen, per direction.",
+                      ["transceiver", "direction"], loss, LOSS_BUCKETS),
+            histogram("voxrelay_flow_consent_rtt_seconds",
+                      "Last STUN consent round trip of each live flow through the relay: "
+                      "leg client = relay-client-relay, transceiver = relay-transceiver-relay.",
+                      ["transceiver", "leg"], rtt, RTT_BUCKETS),
+            packets,
+        ]
+
+
 class TcpFrontCollector(Collector):
     """The ICE-TCP front's counters, read from its stats file at scrape time
     (``orchestrator.tcpfront.StatsFile``: summed over its workers). Labels are
@@ -179,6 +277,7 @@ class OrchestratorMetrics:
         self.registry = CollectorRegistry()
         if view is not None:
             self.registry.register(RelayCollector(view))
+            self.registry.register(FlowMediaCollector(view))
         if tcpfront_stats is not None:
             self.registry.register(TcpFrontCollector(tcpfront_stats))
         self.sync_lag = Histogram(

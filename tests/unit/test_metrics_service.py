@@ -8,7 +8,9 @@ import asyncio
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from orchestrator.media import ConsentRtt, FlowMedia, MediaStats
 from orchestrator.metrics import OrchestratorMetrics, split_stat
+from orchestrator.relay import FlowEntry
 from orchestrator.service import run_orchestrator
 from orchestrator.sync import MapTransceiver
 from tests.support import DIRECTORY_SECRET, until_async
@@ -39,7 +41,8 @@ def test_collector_reports_the_maps():
     view.txrs = {1: MapTransceiver("10.0.0.1", "active"), 2: MapTransceiver("10.0.0.2", "draining"),
                  3: MapTransceiver("10.0.0.3", "draining")}
     view.key_slots = {1: bytes(16)}
-    view.flow_rows = [object(), object()]
+    view.flow_rows = [FlowEntry("198.51.100.7:5000", 1, "10.0.0.1:40000", 20001, 3.0, 0.5),
+                      FlowEntry("198.51.100.8:6000", 2, "10.0.0.2:40002", 20002, 9.0, 1.5)]
     m = OrchestratorMetrics(view)
     m.record_probe(1, True, 2.5)
     m.record_probe(2, False, None)
@@ -142,3 +145,47 @@ async def test_orchestrator_run_primes_added_transceivers_and_refreshes_the_cloc
         stop.set()
         await asyncio.wait_for(task, 5)
     assert upkeep.events == ["start", "stop"]
+
+
+def _media_flow(client: str, txr: int, jitter_ms: float, lost: int, rtt_ms: float | None,
+                idle_s: float = 0.5) -> FlowEntry:
+    up = MediaStats(packets=1000 - lost, expected=1000, reordered=2, duplicates=1, resyncs=0,
+                    jitter_ms=jitter_ms)
+    down = MediaStats(packets=500, expected=500, reordered=0, duplicates=0, resyncs=0,
+                      jitter_ms=1.0)
+    rtt = None if rtt_ms is None else ConsentRtt(samples=3, last_ms=rtt_ms, mean_ms=rtt_ms,
+                                                 max_ms=rtt_ms)
+    return FlowEntry(client, txr, "10.0.0.1:40000", 20001, 30.0, idle_s, 120.0,
+                     media=FlowMedia(to_transceiver=up, to_client=down, client_rtt=rtt))
+
+
+def test_flow_media_histograms_per_transceiver_and_direction():
+    """Each live flow is one observation; expired flows are left out; no
+    label carries an address; the flow walk is rate-limited."""
+    from prometheus_client import generate_latest
+
+    view = FakeRelayView()
+    view.flow_rows = [
+        _media_flow("198.51.100.7:5000", 1, jitter_ms=1.5, lost=0, rtt_ms=40.0),
+        _media_flow("198.51.100.8:6000", 1, jitter_ms=40.0, lost=30, rtt_ms=None),
+        _media_flow("198.51.100.9:7000", 2, jitter_ms=4.0, lost=10, rtt_ms=120.0),
+        _media_flow("198.51.100.10:7000", 2, jitter_ms=90.0, lost=900, rtt_ms=900.0,
+                    idle_s=300.0),  # expired: not a live call
+    ]
+    got = samples(generate_latest(OrchestratorMetrics(view).registry).decode())
+    up1 = (("direction", "to_transceiver"), ("transceiver", "1"))
+    assert got[("voxrelay_flow_jitter_seconds_count", up1)] == 2
+    assert got[("voxrelay_flow_jitter_seconds_bucket", (("direction", "to_transceiver"),
+                ("le", "0.002"), ("transceiver", "1")))] == 1
+    assert got[("voxrelay_flow_jitter_seconds_sum", up1)] == 0.0415
+    assert got[("voxrelay_flow_loss_ratio_bucket", (("direction", "to_transceiver"),
+                ("le", "0.02"), ("transceiver", "1")))] == 1   # 0 and 3%: one within 2%
+    up2 = (("direction", "to_transceiver"), ("transceiver", "2"))
+    assert got[("voxrelay_flow_loss_ratio_count", up2)] == 1, "the expired flow is not counted"
+    assert got[("voxrelay_flow_consent_rtt_seconds_count",
+                (("leg", "client"), ("transceiver", "1")))] == 1
+    assert got[("voxrelay_flow_rtp_packets", (("direction", "to_transceiver"), ("kind", "lost"),
+                ("transceiver", "1")))] == 30
+    assert got[("voxrelay_flow_rtp_packets", (("direction", "to_client"), ("kind", "received"),
+                ("transceiver", "2")))] == 500
+    assert not any("198.51.100" in str(labels) or "10.0.0" in str(labels) for _, labels in got)
