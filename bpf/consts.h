@@ -9,15 +9,15 @@
  * address:port (reverse), so at most MAX_RELAY_PORTS are live; 1/8 above
  * that keeps the LRU from evicting a live flow early (an LRU map takes free
  * nodes per CPU in batches, so it evicts before it is completely full).
- * Memory, preallocated: ~176 B per entry, 198 MiB at this size
- * (bench/bench_sync.py measures it). */
+ * Memory, preallocated: ~240 B per entry (152 B of value), ~270 MiB at
+ * this size (bench/bench_sync.py measures it). */
 #define MAX_FLOWS 1179648
 #endif
 #ifndef MAX_RELAY_PORTS
 /* reverse: one entry per live flow, keyed by (private address, relay port):
  * the live flows a relay can hold (16 private addresses of the widest port
- * range, 1024..65535, give 1,032,192). Memory, preallocated: ~168 B per
- * entry, 168 MiB at this size. */
+ * range, 1024..65535, give 1,032,192). Memory, preallocated: ~232 B per
+ * entry (144 B of value), ~232 MiB at this size. */
 #define MAX_RELAY_PORTS 1048576
 #endif
 /* struct private_addrs' slots: a layout, so never a -D limit. A power of two. */
