@@ -25,7 +25,7 @@ namespace of its own, and hosts of either kind come and go at run time::
 * Relays reuse ``orchestrator.loader`` and the relay limits of ``lab.relaylab``;
   services reuse ``lab.stack.Service``; the neighbours, XDP_PASS peers and
   checksum settings follow ``lab.topology``'s reasons.
-* Draining a relay adds its clients' side to ``blocked_source_prefixes``
+* Draining a relay adds every source to its ``blocked_source_prefixes``
   (``loader.replace``): the flows it has keep going, new ones are refused,
   so a new call's ICE takes another relay candidate of the answer.
 
@@ -77,6 +77,10 @@ LAN_ADDRESS = "10.77.0.250"
 MODEL_ADDRESS = "10.77.0.4"
 LB_ADDRESS = "203.0.113.1"
 LB_CLIENT_ADDRESS = "203.0.113.2"
+DRAIN_PREFIXES = ("0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1")
+"""Every source address: a drained relay's ``blocked_source_prefixes`` add them.
+Not just the client's side of that relay: a client socket bound to another
+address of the client (its other interfaces) reaches the relay's VIP too."""
 MAX_HOSTS = 9
 """Per kind: one hex digit of the namespace name, one octet block of the LAN."""
 
@@ -225,7 +229,7 @@ class ScaleOutLab:
     def _build_core(self) -> None:
         for ns in (self.client, self.switch, self.model):
             self._netns(ns)
-        ensure_bridge(LAN_BRIDGE, self.switch)
+        ensure_bridge(LAN_BRIDGE, self.switch, mac="02:76:78:00:00:fa")
         ensure_address(LAN_BRIDGE, f"{LAN_ADDRESS}/24", self.switch)
         set_tx_checksum(LAN_BRIDGE, False, self.switch)
         ensure_veth("lb", "lb", netns=self.switch, peer_netns=self.client)
@@ -342,9 +346,9 @@ class ScaleOutLab:
         return [r for r in self.relay_nodes.values() if not r.draining]
 
     async def drain_relay(self, node: RelayNode) -> None:
-        """No new flows through ``node`` (its client side is a blocked source); its
-        flows go on."""
-        blocked = [*RelayConfig().blocked_source_prefixes, f"{node.client_address}/32"]
+        """No new flows through ``node``: every source is blocked for a new flow
+        (the check runs only when a flow is created), so its flows go on."""
+        blocked = [*RelayConfig().blocked_source_prefixes, *DRAIN_PREFIXES]
         await asyncio.to_thread(loader.replace, node.relay_config(blocked_source_prefixes=blocked),
                                 netns=node.netns, limits=LAB_LIMITS)
         node.draining = True
