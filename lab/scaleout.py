@@ -184,7 +184,10 @@ class ScaleOutLab:
             raise
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            # The workdir goes with the lab: what each service said, before it does.
+            sys.stderr.write("\n".join(svc.log_tail(30) for svc in self._services) + "\n")
         await self.close()
 
     @property
@@ -229,7 +232,7 @@ class ScaleOutLab:
     def _build_core(self) -> None:
         for ns in (self.client, self.switch, self.model):
             self._netns(ns)
-        ensure_bridge(LAN_BRIDGE, self.switch, mac="02:76:78:00:00:fa")
+        ensure_bridge(LAN_BRIDGE, self.switch)
         ensure_address(LAN_BRIDGE, f"{LAN_ADDRESS}/24", self.switch)
         set_tx_checksum(LAN_BRIDGE, False, self.switch)
         ensure_veth("lb", "lb", netns=self.switch, peer_netns=self.client)
@@ -440,7 +443,7 @@ class ScaleOutLab:
             "directory_secret_file": str(self.workdir / "directory.secret"),
             "api_key_file": str(self.workdir / "api-key"), "model_streams": self.model_streams}})
         host.service = self._service(f"transceiver-{i}", host.netns, python_argv(
-            "transceiver", "run", "--config", str(config)))
+            "transceiver", "run", "-v", "--config", str(config)))
         host.service.start()
         await host.service.wait_ready(lambda: tcp_open(host.netns, host.address, SIGNALING_PORT),
                                       self.start_timeout)
