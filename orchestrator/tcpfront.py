@@ -841,6 +841,14 @@ def steer_by_source(sock: socket.socket, workers: int) -> None:
 # --- the front -------------------------------------------------------------------------
 
 
+
+def _bound_port(server: asyncio.Server | None, why_none: str) -> int:
+    """The port ``server`` listens on; RuntimeError(``why_none``) without one."""
+    if server is None:
+        raise RuntimeError(why_none)
+    port: int = server.sockets[0].getsockname()[1]
+    return port
+
 class TcpFront:
     """One worker: a listening socket, its connections, the sweeper."""
 
@@ -900,17 +908,11 @@ class TcpFront:
 
     @property
     def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the TCP front is not started")
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        return _bound_port(self._server, "the TCP front is not started")
 
     @property
     def port6(self) -> int:
-        if self._server6 is None:
-            raise RuntimeError("the TCP front serves no IPv6 address")
-        port: int = self._server6.sockets[0].getsockname()[1]
-        return port
+        return _bound_port(self._server6, "the TCP front serves no IPv6 address")
 
     async def _sweep(self) -> None:
         """Slowloris and idle timeouts for every connection, once a second (one
