@@ -430,17 +430,15 @@ class Transceiver:
     async def stop(self, grace: float | None = None) -> None:
         """Drain (no new calls, wait up to the grace period), then close everything."""
         await self.manager.drain(self.settings.drain_grace_seconds if grace is None else grace)
-        if self._heartbeat is not None:
-            # Cancelled too: a beat may be waiting on a directory that is down.
-            self._stop_heartbeat.set()
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-        if self._model_capacity is not None:
-            self._stop_heartbeat.set()
-            self._model_capacity.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._model_capacity
+        # One stop event for the heartbeat and the model-capacity follower;
+        # both are cancelled too: a beat may be waiting on a directory that
+        # is down, a Capacity read on a model that is.
+        self._stop_heartbeat.set()
+        for task in (self._heartbeat, self._model_capacity):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         try:
             await self.directory.remove(self.manager.settings.transceiver_id)
         except Exception as exc:  # noqa: BLE001 - shutting down regardless
