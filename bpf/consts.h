@@ -48,9 +48,10 @@
 #ifndef MEDIA_JITTER_SAMPLE
 /* Jitter (bpf/media.h) is measured on the RTP packets whose sequence number
  * is a multiple of this (a power of two): the clock read it needs is most of
- * the telemetry's cost (bench/progcost.py --telemetry: +60 ns per packet at
- * 1, +20..37 ns at 8). At 8, one Opus packet in 8 (every 160 ms) is timed,
- * and A.8's 1/16 gain follows a change within ~2.5 s. 1: every packet. */
+ * the telemetry's cost (bench/progcost.py --telemetry: +50..65 ns per packet
+ * at 1, +11..37 ns at 8, ~+20 median). At 8, one Opus packet in 8 (every
+ * 160 ms) is timed, and A.8's 1/16 gain follows a change within ~2.5 s.
+ * 1: every packet. */
 #define MEDIA_JITTER_SAMPLE 8
 #endif
 #ifndef PORT_ALLOC_TRIES
