@@ -105,6 +105,8 @@ class CallSettings:
     """Barge-in VAD (Silero) strictness: 0 (least) to 3 (most) at filtering out non-speech."""
     model_backoff: Backoff = field(default_factory=Backoff)
     """Reconnect delays of each call's model stream while the model is away."""
+    model_audio_frames: int = 2
+    """The caller's 20 ms frames per gRPC message to the model (transceiver/modellink.py)."""
     model_streams: int = 16
     """Concurrent streams the voice model serves (its ``--max-streams``). A call
     takes one when ICE connects; a POST while all are taken is refused (503)."""
@@ -220,6 +222,7 @@ class Call:
             self.turns.on_model_message,
             self.turns.on_model_state,
             backoff=self.settings.model_backoff,
+            frames_per_message=self.settings.model_audio_frames,
         )
         self.link.start()
 

@@ -92,7 +92,7 @@ async def _serve(cfg: TransceiverConfig, directory_spec: str, as_json: bool) -> 
             transceiver_id=cfg.id,
             ports=ice.PortPool(cfg.private_address, cfg.port_min, cfg.port_max),
             advertised=advertised, model_target=cfg.model, max_calls=cfg.max_calls,
-            model_streams=cfg.model_streams,
+            model_streams=cfg.model_streams, model_audio_frames=cfg.model_audio_frames,
             max_pending_per_client=cfg.max_pending_per_client),
         directory,
     )

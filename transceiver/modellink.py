@@ -6,6 +6,15 @@ the model is down, reports it, and picks the model up again when it returns.
 Audio produced while the model is away is dropped, not buffered: a stale
 sentence replayed later would be worse than a missed one.
 
+The caller's 20 ms frames go to the model ``frames_per_message`` at a time
+(2 by default: 40 ms per ``AudioChunk``). Each gRPC message costs the
+transceiver about as much CPU as decoding the frame in it (grpc.aio's write
+path, per message, whatever its size), so two frames per message halve that
+cost per call; the price is at most one frame (20 ms) more before the model
+hears the frame that ends a turn. A control message (barge-in, session
+update, end of input) first sends the frames waiting before it, so the model
+sees everything in the order the caller produced it.
+
 Back-pressure never raises into the call: when the model reads slower than
 the caller speaks, the stream's bounded queue fills and further audio is
 dropped and counted (``chunks_dropped``); a barge-in that finds the queue full
@@ -38,7 +47,7 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 
-_AUDIO_QUEUE_CHUNKS = 100  # 2 s of audio: bounded, the model should keep up
+_AUDIO_QUEUE_FRAMES = 100  # 2 s of audio: bounded, the model should keep up
 
 
 class _VoiceModel(Protocol):
@@ -77,7 +86,9 @@ class ModelLink:
 
     ``on_message`` receives every ``ServerMessage``; ``on_state`` receives
     ``("connected", "")`` when a stream is up and ``("error", reason)`` when it
-    fails. ``seq`` restarts at 0 on each new stream, as the proto says.
+    fails. ``seq`` restarts at 0 on each new stream, as the proto says, and so
+    does the frame index ``send_audio`` returns (frames the model has been
+    given on this stream: its stream time is that index x 20 ms).
     """
 
     channel: InitVar[grpc.aio.Channel]
@@ -87,6 +98,8 @@ class ModelLink:
     _: KW_ONLY
     language: str = "en-US"
     backoff: Backoff = field(default_factory=Backoff)
+    frames_per_message: int = 2
+    """20 ms frames per AudioChunk (see the module docstring)."""
     connected: bool = field(default=False, init=False)
     streams_opened: int = field(default=0, init=False)
     chunks_dropped: int = field(default=0, init=False)
@@ -97,47 +110,68 @@ class ModelLink:
         default=None, init=False, repr=False
     )
     _seq: int = field(default=0, init=False, repr=False)
+    _frames: int = field(default=0, init=False, repr=False)
+    _pending: list[bytes] = field(default_factory=list, init=False, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _closing: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self, channel: grpc.aio.Channel) -> None:
+        if not 1 <= self.frames_per_message <= _AUDIO_QUEUE_FRAMES:
+            raise ValueError(f"frames_per_message must be 1..{_AUDIO_QUEUE_FRAMES}, "
+                             f"got {self.frames_per_message}")
         self._stub = voice_model_stub(channel)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"model-link-{self.call_id}")
 
     def send_audio(self, pcm: bytes) -> int | None:
-        """Queue one chunk; returns its stream seq, or None if it was dropped."""
+        """Take one 20 ms frame; returns its index in the stream, or None if it
+        was dropped. It is sent once ``frames_per_message`` frames are waiting."""
         queue = self._queue
-        if self._closing or not self.connected or queue is None or queue.full():
+        # A frame that starts a message needs a free slot for it. Frames that
+        # join a message have one: only a control message (which sends the
+        # waiting frames first) or the reader change the queue in between.
+        if self._closing or not self.connected or queue is None or (
+                not self._pending and queue.full()):
             self.chunks_dropped += 1
             return None
-        seq = self._seq
-        self._seq += 1
-        queue.put_nowait(
-            voice_pb2.ClientMessage(
-                audio=voice_pb2.AudioChunk(pcm=pcm, sample_rate=16000, seq=seq)
-            )
-        )
-        return seq
+        index = self._frames
+        self._frames += 1
+        self._pending.append(pcm)
+        if len(self._pending) >= self.frames_per_message:
+            self._flush(queue)
+        return index
 
-    def send_barge_in(self) -> bool:
+    def _flush(self, queue: asyncio.Queue[voice_pb2.ClientMessage | None]) -> None:
+        """Queue the waiting frames as one AudioChunk (the caller checked for room)."""
+        if not self._pending:
+            return
+        pcm = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        queue.put_nowait(voice_pb2.ClientMessage(
+            audio=voice_pb2.AudioChunk(pcm=pcm, sample_rate=16000, seq=self._seq)))
+        self._seq += 1
+
+    def _put_control(self, control: voice_pb2.Control) -> bool:
+        """Queue a control message after the frames waiting before it; False
+        (counted in ``controls_dropped``) when the queue has no room for both."""
         queue = self._queue
         if self._closing or not self.connected or queue is None:
             return False
-        if queue.full():
+        if queue.maxsize - queue.qsize() < 1 + bool(self._pending):
             self.controls_dropped += 1
             return False
-        queue.put_nowait(voice_pb2.ClientMessage(control=voice_pb2.Control(barge_in=True)))
+        self._flush(queue)
+        queue.put_nowait(voice_pb2.ClientMessage(control=control))
         return True
 
+    def send_barge_in(self) -> bool:
+        return self._put_control(voice_pb2.Control(barge_in=True))
+
     def send_session(self, update: voice_pb2.SessionUpdate) -> bool:
-        """Send a session update (silence timeout, instructions); False if not connected."""
-        queue = self._queue
-        if not self.connected or queue is None:
-            return False
-        queue.put_nowait(voice_pb2.ClientMessage(control=voice_pb2.Control(session=update)))
-        return True
+        """Send a session update (silence timeout, instructions); False if not
+        connected or the queue is full."""
+        return self._put_control(voice_pb2.Control(session=update))
 
     async def close(self, timeout: float = 1.0) -> None:
         """End the stream: politely (end_of_input) when the queue has room,
@@ -148,8 +182,10 @@ class ModelLink:
         queue = self._queue
         polite = False
         if self.connected and queue is not None:
-            # Two slots: end_of_input, then the end of the request iterator.
-            if queue.maxsize - queue.qsize() >= 2:
+            # Two slots: end_of_input, then the end of the request iterator
+            # (and one more for frames still waiting to be sent).
+            if queue.maxsize - queue.qsize() >= 2 + bool(self._pending):
+                self._flush(queue)
                 queue.put_nowait(
                     voice_pb2.ClientMessage(control=voice_pb2.Control(end_of_input=True))
                 )
@@ -193,7 +229,7 @@ class ModelLink:
         attempt = 0
         while not self._closing:
             queue: asyncio.Queue[voice_pb2.ClientMessage | None] = asyncio.Queue(
-                _AUDIO_QUEUE_CHUNKS
+                -(-_AUDIO_QUEUE_FRAMES // self.frames_per_message)
             )
             call = self._stub.Converse(self._requests(queue))
             failure = ""
@@ -201,6 +237,8 @@ class ModelLink:
                 await call.wait_for_connection()
                 self._queue = queue
                 self._seq = 0
+                self._frames = 0
+                self._pending.clear()
                 self.connected = True
                 self.streams_opened += 1
                 attempt = 0

@@ -182,6 +182,11 @@ class TransceiverConfig:
     model_streams: int = 16
     """Streams the voice model serves at once (its --max-streams): a call takes
     one when ICE connects; a POST while all are taken answers 503 with Retry-After."""
+    model_audio_frames: int = 2
+    """The caller's 20 ms audio frames per gRPC message to the model (1 to 10).
+    Each message costs the transceiver about as much CPU as decoding a frame,
+    so 2 halves that cost per call, for at most 20 ms more before the model
+    hears the frame that ends a turn; 1 sends every frame as it arrives."""
     max_pending_per_client: int = 4
     """Calls one ephemeral client secret (one browser session) may have that
     have not connected yet; more answer 429 with Retry-After. API keys (your
@@ -345,6 +350,9 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             "[transceiver] client_secret_ttl_seconds must be > 0 and "
             "<= client_secret_max_ttl_seconds")
+    if not 1 <= t.model_audio_frames <= 10:
+        raise ConfigError("[transceiver] model_audio_frames must be 1 to 10 (20 ms frames "
+                          f"per message to the model), got {t.model_audio_frames}")
     for key in ("max_calls", "model_streams", "max_pending_per_client"):
         if getattr(t, key) < 1:
             raise ConfigError(f"[transceiver] {key} must be >= 1, got {getattr(t, key)}")

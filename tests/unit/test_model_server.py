@@ -118,6 +118,33 @@ async def test_spoken_sentence_gets_transcript_reply_and_audio(shared_asr) -> No
     assert "error" not in kinds
 
 
+@pytest.mark.parametrize("frames", [2, 3])
+async def test_audio_in_multi_frame_messages_is_heard_as_in_single_frames(
+        shared_asr, frames: int) -> None:
+    """The transceiver sends 2 frames per message by default (model_audio_frames):
+    the same turn, at the same stream time, with the same transcript."""
+    pcm = utterance("turn on the lights in the kitchen")
+    heard = {}
+    for per_message in (1, frames):
+        size = CHUNK_BYTES * per_message
+        msgs = [pb.ClientMessage(audio=pb.AudioChunk(pcm=pcm[i:i + size], sample_rate=16000,
+                                                     seq=n))
+                for n, i in enumerate(range(0, len(pcm), size))]
+        async with serve_model("127.0.0.1:0", ModelOptions(asr=shared_asr,
+                                                           audio_lead_ms=60_000)) as addr:
+            call = Call()
+            call.send(start_msg(), *msgs, pb.ClientMessage(control=pb.Control(end_of_input=True)),
+                      None)
+            await converse(addr, call)
+        assert "error" not in call.kinds()
+        heard[per_message] = (
+            [(s.started, s.turn, s.audio_ms) for s in call.of("speech")],
+            [t.text for t in call.of("transcript") if t.final],
+            [t.speech_end_ms for t in call.of("timings")])
+    assert heard[1][1] and heard[1][2], heard
+    assert heard[frames] == heard[1]
+
+
 async def test_barge_in_stops_reply_audio(shared_asr) -> None:
     # Real-time pacing, so the reply is still playing when the caller barges in.
     options = ModelOptions(asr=shared_asr, audio_lead_ms=40)

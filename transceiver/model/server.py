@@ -61,7 +61,8 @@ from voxrelay.addr import parse_hostport
 log = logging.getLogger(__name__)
 
 MAX_CHUNK_BYTES = 64 * 1024
-"""Larger audio messages are refused (2 s of audio; the API sends 640 bytes)."""
+"""Larger audio messages are refused (2 s of audio; the transceiver sends 20 ms
+frames, two per message by default). Any whole number of samples is framed."""
 PARTIAL_EVERY_MS = 1000
 """A partial transcript is decoded at most once per this much new audio, and
 sent only when it changes (each is a whole re-decode of the growing turn)."""
