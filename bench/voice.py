@@ -269,6 +269,24 @@ class HostRun:
         return max(good) if good else None
 
 
+@dataclass
+class FramesRun:
+    """The capacity sweep with the transceiver sending ``frames`` 20 ms frames per
+    gRPC message to the model (``[transceiver] model_audio_frames``)."""
+
+    frames: int
+    steps: list[CapacityStep] = field(default_factory=list)
+
+    def per_call_ratio(self) -> float | None:
+        """Transceiver CPU per call / stock aiortc CPU per call, at the step that
+        ``calls_per_core`` takes (the same window, so the machine's load cancels)."""
+        _, at = calls_per_core(self.steps)
+        step = next((s for s in self.steps if s.calls == at), None)
+        if step is None or step.client_cpu <= 0 or step.connected == 0:
+            return None
+        return (step.transceiver_cpu / step.connected) / (step.client_cpu / step.connected)
+
+
 def stock_calls_per_core(steps: Sequence[CapacityStep]) -> tuple[float | None, int | None]:
     """The same as ``calls_per_core`` for the stock aiortc peers (the clients,
     doing the same audio in the same steps): N / their CPU share at the step
@@ -364,6 +382,8 @@ class VoiceResults:
     load_turns: list[LoadTurnStep] = field(default_factory=list)
     hosts: list[HostRun] = field(default_factory=list)
     """Capacity per transceiver host with 1, 2... workers (``--host-workers``)."""
+    frames_runs: list[FramesRun] = field(default_factory=list)
+    """The sweep per ``--model-audio-frames`` value, in the order run."""
     sections: list[str] = field(default_factory=lambda: list(SECTIONS))
     """The sections that ran (``--only``); the report shows only these."""
     vad_silence_ms: float | None = None
@@ -469,6 +489,8 @@ def render_markdown(res: VoiceResults) -> str:
                          f"| {cells} |")
         lines.append("")
 
+    if res.frames_runs:
+        lines += render_frames_runs(res.frames_runs)
     if "turns" in res.sections:
         lines += ["### Voice path overhead, excluding inference", "",
                   "| turn | speech end -> first reply audio (ms) | model processing (ms) | overhead (ms) |",
@@ -488,6 +510,31 @@ def render_markdown(res: VoiceResults) -> str:
     if res.notes:
         lines += ["", "### What limits these figures", ""] + [f"- {n}" for n in res.notes]
     return "\n".join(lines) + "\n"
+
+
+def render_frames_runs(runs: Sequence[FramesRun]) -> list[str]:
+    """The ``--model-audio-frames`` comparison (pure)."""
+    lines = ["### Frames per gRPC message to the model (`[transceiver] model_audio_frames`)", "",
+             ("The capacity sweep once per value, each in a lab of its own, in this one run and "
+              "in this order. Per-call CPU ratio: the transceiver's CPU per call over the stock "
+              "aiortc clients' in the same window, at the largest on-time step."), "",
+             ("| run | frames per message | largest on-time step | transceiver CPU per call "
+              "| stock aiortc per call | per-call CPU, transceiver / stock "
+              "| calls per core: transceiver / stock |"), "|---|---|---|---|---|---|---|"]
+    for i, run in enumerate(runs, 1):
+        cpc, at = calls_per_core(run.steps)
+        stock, _ = stock_calls_per_core(run.steps)
+        step = next((s for s in run.steps if s.calls == at), None)
+        if cpc is None or stock is None or step is None:
+            late = ", ".join(f"{s.calls}: {s.verdict}" for s in run.steps)
+            lines.append(f"| {i} | {run.frames} | none ({late}) | n/a | n/a | n/a | n/a |")
+            continue
+        n = max(1, step.connected)
+        lines.append(f"| {i} | {run.frames} | {at} | {100 * step.transceiver_cpu / n:.1f}% "
+                     f"| {100 * step.client_cpu / n:.1f}% | {_f(run.per_call_ratio(), 2)} "
+                     f"| {cpc:.0f} / {stock:.0f} = **{cpc / stock:.2f}x** |")
+    lines.append("")
+    return lines
 
 
 def render_load_turns(steps: Sequence[LoadTurnStep]) -> list[str]:
@@ -1050,7 +1097,8 @@ async def run_bench(setup_calls: int, steps: Sequence[int], window: float, turns
                     timeout: float, xdp_mode: str, log: Any, shared: bool = False,
                     turn_steps: Sequence[int] = TURN_STEPS,
                     only: Sequence[str] = SECTIONS, profile_dir: Path | None = None,
-                    host_workers: Sequence[int] = ()) -> VoiceResults:
+                    host_workers: Sequence[int] = (),
+                    audio_frames: Sequence[int] = ()) -> VoiceResults:
     from lab.demo import speak
     from lab.stack import PrintProgress, StackOptions, start_stack
 
@@ -1065,52 +1113,54 @@ async def run_bench(setup_calls: int, steps: Sequence[int], window: float, turns
         pcm = read_wav_pcm(speak("what is the weather like today", Path(tmp) / "speech.wav"))
         # Every step's calls must get a model stream (the transceiver admits
         # no call beyond the model's streams): the model serves the largest.
-        streams = max([16, *(steps if "capacity" in only else []),
+        sweeps = "capacity" in only or bool(host_workers) or bool(audio_frames)
+        streams = max([16, *(steps if sweeps else []),
                        *(turn_steps if "load-turns" in only else [])])
-        async with start_stack(StackOptions(xdp_mode=xdp_mode, relays=1, model_streams=streams),
-                               progress) as running:
-            pids = {"transceiver": running.services["transceiver"].proc.pid,
-                    "model": running.services["model"].proc.pid}
-            global _API_KEY  # noqa: PLW0603 - read by the clients' threads, see _API_KEY
-            _API_KEY = running.api_key
-            url = running.signaling_url
-            if "setup" in only:
-                with progress.step(f"call setup through the relay: {setup_calls} calls"):
-                    res.setup["relay"], res.setup_failures["relay"] = await running.client_call(
-                        _setup_calls, url, setup_calls, timeout)
-            if "turns" in only:
-                with progress.step(f"voice path: {turns} turns"):
-                    try:
-                        res.turns = await running.client_call(_turns, url, pcm, turns, timeout)
-                    except Exception as exc:  # noqa: BLE001 - reported, the other figures stand
-                        res.notes.append(f"voice turns failed: {exc}")
-            capture = EgressCapture(running.transceiver_ns, running.topology.transceiver_lan.ifname,
-                                    running.transceiver_address)
-            try:
-                if "capacity" in only:
-                    await _capacity_steps(running, res, url, steps, window, timeout, pids,
-                                          capture, progress, log, profile_dir)
-                if "load-turns" in only:
-                    for n in turn_steps:
-                        with progress.step(f"turns under load: {n} concurrent calls, one turn each"):
-                            step = await running.client_call(_load_turn_step, url, n, pcm,
-                                                             timeout, pids, capture)
-                        res.load_turns.append(step)
-                        log(f"    {n} calls: {step.replies}/{step.calls} replies, turn p50/p95 "
-                            f"{_f(step.latency(50), 0)}/{_f(step.latency(95), 0)} ms, model "
-                            f"p95 {_f(step.processing(95), 0)} ms, transceiver RTP p99 late "
-                            f"{_f(step.sent.late_p99_ms)} ms")
-            finally:
-                capture.close()
-            if "direct" in only:
-                async with contextlib.AsyncExitStack() as stack:
-                    with progress.step("direct path: veth client <-> transceiver, "
-                                       "second transceiver"):
-                        direct_url = await stack.enter_async_context(_direct_path(running))
-                    with progress.step(f"call setup direct: {setup_calls} calls"):
-                        res.setup["direct"], res.setup_failures["direct"] = (
-                            await running.client_call(_setup_calls, direct_url, setup_calls,
-                                                      timeout))
+        if only:  # "--only none": just the --host-workers / --model-audio-frames sweeps
+            async with start_stack(StackOptions(xdp_mode=xdp_mode, relays=1, model_streams=streams),
+                                   progress) as running:
+                pids = {"transceiver": running.services["transceiver"].proc.pid,
+                        "model": running.services["model"].proc.pid}
+                global _API_KEY  # noqa: PLW0603 - read by the clients' threads, see _API_KEY
+                _API_KEY = running.api_key
+                url = running.signaling_url
+                if "setup" in only:
+                    with progress.step(f"call setup through the relay: {setup_calls} calls"):
+                        res.setup["relay"], res.setup_failures["relay"] = await running.client_call(
+                            _setup_calls, url, setup_calls, timeout)
+                if "turns" in only:
+                    with progress.step(f"voice path: {turns} turns"):
+                        try:
+                            res.turns = await running.client_call(_turns, url, pcm, turns, timeout)
+                        except Exception as exc:  # noqa: BLE001 - reported, the other figures stand
+                            res.notes.append(f"voice turns failed: {exc}")
+                capture = EgressCapture(running.transceiver_ns, running.topology.transceiver_lan.ifname,
+                                        running.transceiver_address)
+                try:
+                    if "capacity" in only:
+                        await _capacity_steps(running, res, url, steps, window, timeout, pids,
+                                              capture, progress, log, profile_dir)
+                    if "load-turns" in only:
+                        for n in turn_steps:
+                            with progress.step(f"turns under load: {n} concurrent calls, one turn each"):
+                                step = await running.client_call(_load_turn_step, url, n, pcm,
+                                                                 timeout, pids, capture)
+                            res.load_turns.append(step)
+                            log(f"    {n} calls: {step.replies}/{step.calls} replies, turn p50/p95 "
+                                f"{_f(step.latency(50), 0)}/{_f(step.latency(95), 0)} ms, model "
+                                f"p95 {_f(step.processing(95), 0)} ms, transceiver RTP p99 late "
+                                f"{_f(step.sent.late_p99_ms)} ms")
+                finally:
+                    capture.close()
+                if "direct" in only:
+                    async with contextlib.AsyncExitStack() as stack:
+                        with progress.step("direct path: veth client <-> transceiver, "
+                                           "second transceiver"):
+                            direct_url = await stack.enter_async_context(_direct_path(running))
+                        with progress.step(f"call setup direct: {setup_calls} calls"):
+                            res.setup["direct"], res.setup_failures["direct"] = (
+                                await running.client_call(_setup_calls, direct_url, setup_calls,
+                                                          timeout))
     for workers in host_workers:
         # The same capacity sweep against a transceiver host of ``workers``
         # processes behind its front, each lab of its own, in this one run.
@@ -1128,6 +1178,25 @@ async def run_bench(setup_calls: int, steps: Sequence[int], window: float, turns
             finally:
                 capture.close()
             res.hosts.append(host)
+    for frames in audio_frames:
+        # The same sweep with the transceiver batching ``frames`` frames per
+        # message to the model: one lab per value, run after one another.
+        async with start_stack(StackOptions(
+                xdp_mode=xdp_mode, relays=1, model_streams=streams,
+                transceiver_settings={"model_audio_frames": frames}), progress) as running:
+            pids = {"transceiver": running.services["transceiver"].proc.pid,
+                    "model": running.services["model"].proc.pid}
+            _API_KEY = running.api_key
+            capture = EgressCapture(running.transceiver_ns, running.topology.transceiver_lan.ifname,
+                                    running.transceiver_address)
+            run = FramesRun(frames)
+            try:
+                log(f"  model_audio_frames = {frames}")
+                await _capacity_steps(running, res, running.signaling_url, steps, window, timeout,
+                                      pids, capture, progress, log, into=run.steps)
+            finally:
+                capture.close()
+            res.frames_runs.append(run)
     res.elapsed_s = time.monotonic() - started
     from transceiver.model.vad import VadSettings
 
@@ -1201,7 +1270,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--turn-steps", default=",".join(map(str, TURN_STEPS)),
                    help="comma-separated concurrent call counts for turns under load")
     p.add_argument("--only", default=",".join(SECTIONS),
-                   help=f"comma-separated sections to run, of {','.join(SECTIONS)}")
+                   help=f"comma-separated sections to run, of {','.join(SECTIONS)}; none runs "
+                        "only the --host-workers / --model-audio-frames sweeps")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--xdp-mode", choices=["native", "generic"], default="native")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -1213,6 +1283,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host-workers", default="",
                    help="comma-separated worker counts (e.g. 1,2): run the capacity sweep "
                         "again against a transceiver host of that many workers, per count")
+    p.add_argument("--model-audio-frames", default="",
+                   help="comma-separated values of [transceiver] model_audio_frames (e.g. "
+                        "1,2,1,2): run the capacity sweep again per value, each in a lab of its "
+                        "own, and compare the transceiver's CPU per call against stock aiortc")
     p.add_argument("--shared", action="store_true",
                    help="say in the report that other work shared the machine during the run")
     args = p.parse_args(argv)
@@ -1220,13 +1294,20 @@ def main(argv: list[str] | None = None) -> int:
         steps = [int(s) for s in args.capacity_steps.split(",") if s.strip()]
         turn_steps = [int(s) for s in args.turn_steps.split(",") if s.strip()]
         host_workers = [int(s) for s in args.host_workers.split(",") if s.strip()]
+        audio_frames = [int(s) for s in args.model_audio_frames.split(",") if s.strip()]
     except ValueError:
-        p.error("--capacity-steps, --turn-steps, --host-workers: not a list of integers")
+        p.error("--capacity-steps, --turn-steps, --host-workers, --model-audio-frames: "
+                "not a list of integers")
+    if any(not 1 <= f <= 10 for f in audio_frames):
+        p.error("--model-audio-frames: each value must be 1 to 10")
     if any(w < 1 for w in host_workers):
         p.error("--host-workers must be positive")
     only = [s.strip() for s in args.only.split(",") if s.strip()]
-    if not only or any(s not in SECTIONS for s in only):
-        p.error(f"--only: sections are {', '.join(SECTIONS)}")
+    if only == ["none"] and (host_workers or audio_frames):
+        only = []
+    elif not only or any(s not in SECTIONS for s in only):
+        p.error(f"--only: sections are {', '.join(SECTIONS)} (or none, with --host-workers "
+                "or --model-audio-frames)")
     if not turn_steps or min(turn_steps) < 1:
         p.error("--turn-steps must be positive")
     if not steps or min(steps) < 1 or args.setup_calls < 1 or args.turns < 0 or args.capacity_seconds <= 0:
@@ -1241,7 +1322,7 @@ def main(argv: list[str] | None = None) -> int:
 
     res = _run(run_bench(args.setup_calls, steps, args.capacity_seconds, args.turns,
                          args.timeout, args.xdp_mode, log, args.shared, turn_steps, only,
-                         args.profile, host_workers))
+                         args.profile, host_workers, audio_frames))
     text = render_markdown(res)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

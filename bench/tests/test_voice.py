@@ -7,6 +7,7 @@ import pytest
 
 from bench.voice import (
     CapacityStep,
+    FramesRun,
     HostRun,
     SetupSample,
     StreamStats,
@@ -15,6 +16,7 @@ from bench.voice import (
     better_step,
     calls_per_core,
     frame_lateness_ms,
+    render_frames_runs,
     render_markdown,
     results_json,
     rtp_audio_source_port,
@@ -189,3 +191,23 @@ def test_better_step_prefers_on_time_then_connected_then_lower_lateness() -> Non
     fewer = step(10, 8, 900.0, 0.5)
     assert better_step(fewer, late) is late
     assert better_step(step(10, 10, 300.0, 0.5), late) is late
+
+
+def test_frames_runs_compare_per_call_cpu_against_stock_in_the_same_window() -> None:
+    """--model-audio-frames: each run's ratio comes from its own largest on-time
+    step (transceiver CPU per call over the clients' in that window)."""
+    one = FramesRun(1, [step(5, 5, 3.0, 0.35), step(10, 10, 40.0, 0.80)])
+    for st in one.steps:
+        st.client_cpu = 0.60
+    two = FramesRun(2, [step(5, 5, 3.0, 0.28), step(10, 10, 6.0, 0.50)])
+    for st in two.steps:
+        st.client_cpu = 1.10
+    late = FramesRun(2, [step(5, 5, 40.0, 0.30)])
+    assert one.per_call_ratio() == pytest.approx(0.35 / 0.60)  # the 5-call step
+    assert two.per_call_ratio() == pytest.approx(0.50 / 1.10)  # the 10-call step
+    assert late.per_call_ratio() is None
+    md = "\n".join(render_frames_runs([one, two, late]))
+    assert "| 1 | 1 | 5 | 7.0% | 12.0% | 0.58 | 14 / 8 = **1.71x** |" in md
+    assert "| 2 | 2 | 10 | 5.0% | 11.0% | 0.45 | 20 / 9 = **2.20x** |" in md
+    assert "| 3 | 2 | none (5: no) | n/a | n/a | n/a | n/a |" in md
+    assert "### Frames per gRPC message" in render_markdown(VoiceResults(frames_runs=[two]))
