@@ -257,6 +257,16 @@ class CallClient:
         self.answer_sdp = answer
         return remote_ufrag
 
+    async def status(self) -> dict[str, Any]:
+        """The transceiver's view of this call (``GET`` its location)."""
+        if self._session is None or not self.location:
+            raise CallFailed("the call is not placed (or was hung up)")
+        async with self._session.get(self.location.lstrip("/")) as response:
+            if response.status != 200:
+                raise CallFailed(f"GET {self.location}: {response.status} {await response.text()}")
+            body: dict[str, Any] = await response.json()
+            return body
+
     async def hangup(self) -> int:
         if self._session is None or not self.location:
             return 0
