@@ -357,6 +357,15 @@ class PortPool:
         self._in_use.discard(port)
 
 
+CONSENT_RETRANSMISSIONS = 3
+"""Retransmissions of one consent check (RFC 5389 backoff from aioice's 0.5 s
+RTO: sent at 0, 0.5, 1.5 and 3.5 s, given up at 7.5 s). An answer that takes
+up to 7.5 s still refreshes consent, and the checks overlap (one every
+consent_interval s), so a late answer to any of them counts."""
+CONSENT_CHECK_SECONDS = 7.5
+"""How long one consent check waits for its answer (from the above)."""
+
+
 # ---------------------------------------------------------------- connection
 
 
@@ -481,33 +490,49 @@ class RoutedConnection(Connection):
         # every consent_interval s (+-20 %). aioice counts failed checks
         # instead, which puts the close anywhere between 24 and 36 s after
         # the last response; a deadline puts it at 30 s.
+        #
+        # aioice also gives each check one send and half a second: a caller
+        # whose answers take longer (a deep uplink buffer on a congested
+        # mobile link, or a client whose event loop is behind) would fail
+        # every check and lose the call 30 s in while its media flows. Here
+        # each check is a STUN transaction of its own, retransmitted with
+        # RFC 5389's backoff for CONSENT_CHECK_SECONDS, and the checks
+        # overlap: an answer to any of them, however late, refreshes consent.
         if self.remote_password is None:  # aioice checks consent only once connected
             raise RuntimeError(f"{self}: consent checks need the remote ICE password")
         integrity_key = self.remote_password.encode("utf8")
         interval = self.routed.consent_interval
         timeout = self.routed.consent_timeout
         loop = asyncio.get_running_loop()
+        checks: set[asyncio.Task[Any]] = set()
+        open_ = [True]  # False once the deadline is gone: a late callback must not touch it
         # ICE connected (a check succeeded) just before aioice starts this loop.
         self.consent_fresh_at = loop.time()
         try:
             async with asyncio.timeout_at(self.consent_fresh_at + timeout) as deadline:
+
+                def answered(check: asyncio.Task[Any]) -> None:
+                    checks.discard(check)
+                    if check.cancelled() or check.exception() is not None or not open_[0]:
+                        return  # no answer in CONSENT_CHECK_SECONDS: the deadline decides
+                    self.consent_fresh_at = loop.time()
+                    deadline.reschedule(self.consent_fresh_at + timeout)
+
                 while True:
                     await asyncio.sleep(interval * (0.8 + 0.4 * random.random()))
                     for pair in list(self._nominated.values()):
                         request = self.build_request(pair, nominate=False)
-                        try:
-                            await pair.protocol.request(
-                                request,
-                                pair.remote_addr,
-                                integrity_key=integrity_key,
-                                retransmissions=0,
-                            )
-                        except stun.TransactionError:
-                            continue
-                        self.consent_fresh_at = loop.time()
-                        deadline.reschedule(self.consent_fresh_at + timeout)
+                        check = asyncio.ensure_future(pair.protocol.request(
+                            request, pair.remote_addr, integrity_key=integrity_key,
+                            retransmissions=CONSENT_RETRANSMISSIONS))
+                        checks.add(check)
+                        check.add_done_callback(answered)
         except TimeoutError:
             pass
+        finally:
+            open_[0] = False
+            for check in list(checks):
+                check.cancel()
         logger.info("%s consent to send expired (%.1f s since the last response)",
                     self, loop.time() - self.consent_fresh_at)
         self._query_consent_task = None

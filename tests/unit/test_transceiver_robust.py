@@ -467,3 +467,37 @@ async def test_a_failing_or_hanging_teardown_step_does_not_stop_the_others() -> 
         await service.stop(0.2)
         relay.close()
         await server.stop(0)
+
+
+async def test_consent_holds_for_a_caller_whose_answers_come_late() -> None:
+    """RFC 7675: any authenticated answer refreshes consent, however late. A
+    caller behind a deep uplink buffer (here every datagram of its flow waits
+    1 s, twice the STUN RTO) answers each check after its first send: the
+    call must live on past consent_timeout, not end because every check
+    "failed" at 0.5 s."""
+    consent_timeout = 2.0
+    server, _model, port = await start_fake_model()
+    _directory, relay, service = await _rig(f"127.0.0.1:{port}", consent_interval=0.3,
+                                           consent_timeout=consent_timeout)
+    loop = asyncio.get_running_loop()
+    try:
+        async with CallClient(service.url, "secret", 20) as client:
+            call = service.manager.get(client.call_id)
+            conn = call.routed.primary()
+            await until_async(lambda: conn.consent_fresh_at > 0, timeout=5,
+                              what="consent checks to start")
+            relay.delay = 1.0
+            slowed = loop.time()
+            await asyncio.sleep(3 * consent_timeout)
+            assert not call.closed.is_set(), call.close_reason
+            # Consent was refreshed by late answers (1 s + the interval at most).
+            assert conn.consent_fresh_at > slowed + 1.0
+            assert loop.time() - conn.consent_fresh_at < consent_timeout
+            assert service.manager.get(client.call_id) is call
+            relay.blocked = True  # and a caller that stops answering still loses it
+            await asyncio.wait_for(call.closed.wait(), consent_timeout + 5)
+            assert "consent" in call.close_reason or "failed" in call.close_reason
+    finally:
+        await service.stop(0.2)
+        relay.close()
+        await server.stop(0)

@@ -63,6 +63,9 @@ class LoopbackRelay:
     flows: dict[tuple[str, int], Any] = field(default_factory=dict)
     blocked: bool = False
     """Drop everything, both ways (the client's network is gone)."""
+    delay: float = 0.0
+    """Seconds each datagram of an open flow from the client waits before it
+    goes on (a caller behind a deep uplink buffer: its answers come late)."""
     seen_ufrags: list[str] = field(default_factory=list)
 
     async def start(self) -> tuple[str, int]:
@@ -96,8 +99,17 @@ class LoopbackRelay:
             return
         if isinstance(flow, asyncio.Task):
             return  # still opening: dropped, ICE retransmits
+        if self.delay > 0:
+            asyncio.get_running_loop().call_later(self.delay, self._forward_late, client, data)
+            return
         flow.sendto(data)
         self.counters["forwarded_in"] += 1
+
+    def _forward_late(self, client: tuple[str, int], data: bytes) -> None:
+        flow = self.flows.get(client)
+        if flow is not None and not isinstance(flow, asyncio.Task) and not self.blocked:
+            flow.sendto(data)
+            self.counters["forwarded_in"] += 1
 
     async def _open(self, client: tuple[str, int], port: int) -> asyncio.DatagramTransport:
         loop = asyncio.get_running_loop()
