@@ -362,8 +362,6 @@ CONSENT_RETRANSMISSIONS = 3
 RTO: sent at 0, 0.5, 1.5 and 3.5 s, given up at 7.5 s). An answer that takes
 up to 7.5 s still refreshes consent, and the checks overlap (one every
 consent_interval s), so a late answer to any of them counts."""
-CONSENT_CHECK_SECONDS = 7.5
-"""How long one consent check waits for its answer (from the above)."""
 
 
 # ---------------------------------------------------------------- connection
@@ -496,7 +494,7 @@ class RoutedConnection(Connection):
         # mobile link, or a client whose event loop is behind) would fail
         # every check and lose the call 30 s in while its media flows. Here
         # each check is a STUN transaction of its own, retransmitted with
-        # RFC 5389's backoff for CONSENT_CHECK_SECONDS, and the checks
+        # RFC 5389's backoff for 7.5 s (CONSENT_RETRANSMISSIONS), and the checks
         # overlap: an answer to any of them, however late, refreshes consent.
         if self.remote_password is None:  # aioice checks consent only once connected
             raise RuntimeError(f"{self}: consent checks need the remote ICE password")
@@ -514,7 +512,7 @@ class RoutedConnection(Connection):
                 def answered(check: asyncio.Task[Any]) -> None:
                     checks.discard(check)
                     if check.cancelled() or check.exception() is not None or not open_[0]:
-                        return  # no answer in CONSENT_CHECK_SECONDS: the deadline decides
+                        return  # no answer in 7.5 s: the deadline decides
                     self.consent_fresh_at = loop.time()
                     deadline.reschedule(self.consent_fresh_at + timeout)
 
