@@ -294,7 +294,23 @@ HOW_TO_RUN = (
     "status 1. `python -m bench.run --smoke --results-dir DIR --out DIR/BENCHMARKS.md` "
     "runs every section once with tiny counts in about a minute (the root test tier does, "
     "`tests/bpf/test_bench_smoke.py`); `--render-only` rewrites this file from "
-    "`bench/results/results.json`.")
+    "`bench/results/results.json`. Sections measured by hand (sweeps that `make bench` "
+    "does not run) live in `bench/hand_runs/` and every rewrite puts them back.")
+
+
+HAND_RUNS = Path(__file__).parent / "hand_runs"
+"""Sections measured by hand (a sweep or a side-by-side that `make bench`
+does not run): `make bench` rewrites BENCHMARKS.md, so they live here and
+every render puts them back in their place."""
+
+
+def hand_run(name: str) -> list[str]:
+    """The lines of ``bench/hand_runs/<name>`` (a missing file is an error:
+    the report would silently lose a section)."""
+    path = HAND_RUNS / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: a hand-run section of BENCHMARKS.md is missing")
+    return [path.read_text().strip(), ""]
 
 
 def render(res: dict[str, Any], figures: dict[str, str]) -> str:
@@ -421,6 +437,7 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
                   "reads per packet to what it measures): "
                   + "; ".join(f"{k}: **{v:.0f} ns**" for k, v in cases.items()) + ".", ""]
 
+    parts += hand_run("telemetry_cost.md")
     history = Path(__file__).parent / "perf_history.md"
     if history.is_file():
         parts += [history.read_text().strip(), ""]
@@ -472,6 +489,8 @@ def render(res: dict[str, Any], figures: dict[str, str]) -> str:
         if res.get(key):
             parts += ["", f"<!-- {title}: `python -m {module} --markdown`, run by make bench -->",
                       "", res[key]]
+        if key == "voice_md":
+            parts += ["", *hand_run("transceiver_scale.md")]
     parts.append("")
     return "\n".join(parts)
 

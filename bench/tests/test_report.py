@@ -293,3 +293,17 @@ def test_render_says_rounds_and_marks_ratios_not_separated() -> None:
     # of the ceiling (67%, 80%, 300%) is the ratio whose range crosses 1
     assert "| 80% (67% to 300%, 3 rounds) **not separated** |" in md
     assert rows["xdp"][2].endswith("3 rounds)")  # against userspace: 2.40x to 2.60x, clear
+
+
+def test_render_keeps_the_hand_run_sections() -> None:
+    """`make bench` rewrites BENCHMARKS.md: the sections measured by hand
+    (bench/hand_runs/) come back in their places, not lost."""
+    res = _results()
+    res["voice_md"] = "## Control and media plane (bench/voice.py)\n\nvoice body"
+    md = report.render(res, {})
+    telemetry = (report.HAND_RUNS / "telemetry_cost.md").read_text().strip()
+    scale = (report.HAND_RUNS / "transceiver_scale.md").read_text().strip()
+    assert telemetry in md and scale in md
+    assert md.index("### The program alone") < md.index(telemetry) < md.index(
+        "### Optimisation history")
+    assert md.index("voice body") < md.index(scale)
