@@ -350,3 +350,88 @@ async def test_asr_time_counts_a_speculative_decode_still_running(shared_asr) ->
     (timings,) = call.of("timings")
     assert timings.asr_ms >= 300, timings
     assert timings.processing_ms >= timings.asr_ms
+
+
+class _SlowPartial:
+    """An utterance whose partial decodes take 0.4 s; its speculative decode
+    (``prepare``) is instant and says what it heard. It notes how much audio
+    it had been fed at each speculation and at the final."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.partials = 0
+        self.fed_ms = 0.0
+        self.prepared_at_ms: list[float] = []
+        self.finished_at_ms = 0.0
+
+    def feed(self, pcm: bytes) -> None:
+        self.fed_ms += len(pcm) / 32  # 16 kHz s16le: 32 bytes per ms
+        self.inner.feed(pcm)  # type: ignore[attr-defined]
+
+    def prepare(self) -> str:
+        self.prepared_at_ms.append(self.fed_ms)
+        return "speculated words"
+
+    def partial(self) -> str:
+        import time
+
+        self.partials += 1
+        time.sleep(0.4)  # in the decode pool's thread, as a real decode runs
+        return "late partial"
+
+    def finish(self) -> object:
+        self.finished_at_ms = self.fed_ms
+        return self.inner.finish()  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+class _SlowPartialAsr:
+    def __init__(self, inner: PocketsphinxAsr) -> None:
+        self.inner = inner
+        self.opened: list[_SlowPartial] = []
+
+    def open(self) -> _SlowPartial:
+        self.opened.append(_SlowPartial(self.inner.open()))
+        return self.opened[-1]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def _one_turn(asr: _SlowPartialAsr, pcm: bytes, partial_every_ms: int) -> Call:
+    options = ModelOptions(asr=asr, audio_lead_ms=60_000,  # type: ignore[arg-type]
+                           partial_every_ms=partial_every_ms)
+    async with serve_model("127.0.0.1:0", options) as addr:
+        call = Call()
+        call.send(start_msg(), *audio_msgs(pcm),
+                  pb.ClientMessage(control=pb.Control(end_of_input=True)), None)
+        await converse(addr, call)
+    return call
+
+
+async def test_no_partial_decode_between_the_speculation_and_the_final(shared_asr) -> None:
+    """A partial that comes due in the end-of-turn silence must not run a decode
+    the final then waits behind (it cost a quarter of a second a turn with
+    Whisper): the speculative decode is the partial, and resets its clock."""
+    pcm = utterance("turn on the lights in the kitchen")
+    # Where the turn's speculations and its close fall, in audio fed to the ASR.
+    probe = _SlowPartialAsr(shared_asr)
+    await _one_turn(probe, pcm, partial_every_ms=600_000)
+    (seen,) = probe.opened
+    last_speculation, closed = seen.prepared_at_ms[-1], seen.finished_at_ms
+    assert closed - last_speculation == pytest.approx(200)  # 60 ms of silence to 260
+    # A partial clock that comes due only in that silence, counted from the
+    # turn's start: the last partial-free stretch before the final.
+    asr = _SlowPartialAsr(shared_asr)
+    call = await _one_turn(asr, pcm, partial_every_ms=int(last_speculation + 100))
+    (timings,) = call.of("timings")
+    assert [u.partials for u in asr.opened] == [0]
+    assert timings.asr_ms < 200, timings  # 400+ when the partial ran first
+    partials = [t.text for t in call.of("transcript") if not t.final]
+    assert partials == ["speculated words"]
+    # The partial (from a speculation) comes before the turn's stopped event.
+    stopped = next(i for i, m in enumerate(call.received)
+                   if m.WhichOneof("kind") == "speech" and not m.speech.started)
+    assert call.kinds().index("transcript") < stopped

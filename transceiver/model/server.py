@@ -65,7 +65,8 @@ MAX_CHUNK_BYTES = 64 * 1024
 frames, two per message by default). Any whole number of samples is framed."""
 PARTIAL_EVERY_MS = 1000
 """A partial transcript is decoded at most once per this much new audio, and
-sent only when it changes (each is a whole re-decode of the growing turn)."""
+sent only when it changes (each is a whole re-decode of the growing turn). A
+speculative end-of-turn decode is a partial too and restarts this count."""
 SPECULATE_MS = 60
 """Silence after which the end-of-turn decode starts (see the module doc)."""
 MAX_PENDING_AUDIO_MS = 5000
@@ -246,6 +247,8 @@ class _Stream:
         self.frame_buf = bytearray()
         self.frames_in = 0
         self.turn = 0
+        self.closed_turn = 0
+        """The last turn whose SpeechEvent(stopped) went out: no partial for it after."""
         self.barged_through = 0
         """Audio of turns up to this number is not sent (barge-in)."""
         self.bad_chunks = 0
@@ -288,6 +291,7 @@ class _Stream:
                     self.asr_ops.put_nowait(_AsrSpeculate())
             if event is Event.END:
                 vad_ms = float(self.vad.last_silence_frames * CHUNK_MS)
+                self.closed_turn = self.turn
                 self.send(pb.ServerMessage(speech=pb.SpeechEvent(
                     started=False, turn=self.turn, audio_ms=now_ms)))
                 self.asr_ops.put_nowait(_AsrFinish(now_ms, vad_ms, self._speculated,
@@ -378,15 +382,19 @@ class _Stream:
                             self.pool.skipped_partials += 1
                             continue
                         text, _ = await self._decode(utt.partial)
-                        if isinstance(text, str) and text and text != last_partial:
-                            last_partial = text
-                            self.send(pb.ServerMessage(transcript=pb.Transcript(
-                                text=text, final=False, turn=utt_turn)))
+                        last_partial = self._send_partial(text, last_partial, utt_turn)
                     continue
                 if isinstance(op, _AsrSpeculate):
                     prepare = getattr(utt, "prepare", None)
                     if prepare is not None:
-                        await self._decode(prepare)
+                        text, _ = await self._decode(prepare)
+                        # The speculative decode is the turn so far: it is the
+                        # partial too. Without this reset the partial that came
+                        # due in the end-of-turn silence ran a whole decode (a
+                        # quarter of a second on a 2-core host) between the
+                        # speculation and the final, which waited behind it.
+                        since_partial_ms = 0.0
+                        last_partial = self._send_partial(text, last_partial, utt_turn)
                     continue
                 if isinstance(op, _AsrFinish) and utt is not None:
                     closed_at = op.closed_at or time.monotonic()
@@ -406,6 +414,15 @@ class _Stream:
             if utt is not None:
                 utt.abort()
             await self.turns.put(None)
+
+    def _send_partial(self, text: object, last: str, turn: int) -> str:
+        """Send ``text`` as the turn's partial transcript if it is new and the
+        turn is still open (a partial after SpeechEvent(stopped) would break
+        the per-turn order); returns the last partial sent."""
+        if not isinstance(text, str) or not text or text == last or turn <= self.closed_turn:
+            return last
+        self.send(pb.ServerMessage(transcript=pb.Transcript(text=text, final=False, turn=turn)))
+        return text
 
     # turn worker ---------------------------------------------------------
     async def turn_worker(self) -> None:

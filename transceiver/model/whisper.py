@@ -369,10 +369,12 @@ class WhisperUtterance:
         self._done = False
         self._prepared: Decoded | None = None
 
-    def prepare(self) -> None:
+    def prepare(self) -> str:
         """Decode the turn so far now; ``finish`` returns this result unless
-        ``unprepare`` is called (the server does so when speech resumed)."""
+        ``unprepare`` is called (the server does so when speech resumed).
+        Returns its text (the server sends it as the partial transcript)."""
         self._prepared = self._asr.decode(bytes(self._audio))
+        return self._prepared.text
 
     def unprepare(self) -> None:
         self._prepared = None
