@@ -42,6 +42,7 @@ import grpc.aio
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from transceiver import LISTEN_BACKLOG
 from transceiver.auth import Authenticator, AuthError, Credential, OriginPolicy
 from transceiver.call import CallError, CallSettings
 from transceiver.manager import AtCapacity, CallManager, Draining, NoTokenKey
@@ -383,7 +384,8 @@ class Transceiver:
     async def _start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.listen_host, self.settings.listen_port)
+        site = web.TCPSite(self._runner, self.settings.listen_host, self.settings.listen_port,
+                           backlog=LISTEN_BACKLOG)
         await site.start()
         self.port = self._runner.addresses[0][1]
         if self.settings.probe_port:

@@ -49,6 +49,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from transceiver import LISTEN_BACKLOG
 from voxrelay.config import TransceiverConfig
 
 logger = logging.getLogger(__name__)
@@ -405,7 +406,7 @@ class Front:
         """Serve signaling on ``host:port`` (0: any free port, then ``self.port``)."""
         self._runner = web.AppRunner(self.make_app(), access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        await web.TCPSite(self._runner, host, port, backlog=LISTEN_BACKLOG).start()
         self.port = self._runner.addresses[0][1]
 
     async def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> bool:

@@ -501,3 +501,27 @@ async def test_consent_holds_for_a_caller_whose_answers_come_late() -> None:
         await service.stop(0.2)
         relay.close()
         await server.stop(0)
+
+
+async def test_signaling_accept_queue_holds_a_burst_of_callers() -> None:
+    """The signaling socket listens with LISTEN_BACKLOG (aiohttp's default of 128
+    would drop the SYNs of a burst of callers beyond it): the kernel's own
+    view of the listening socket (ss: Send-Q is the backlog) says so."""
+    import subprocess
+
+    from transceiver import LISTEN_BACKLOG
+
+    server, _model, port = await start_fake_model()
+    _directory, relay, service = await _rig(f"127.0.0.1:{port}")
+    try:
+        listen_port = service.url.rsplit(":", 1)[1].split("/")[0]
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{listen_port}"], check=True,
+                             capture_output=True, text=True, timeout=10).stdout.split()
+        with open("/proc/sys/net/core/somaxconn") as f:
+            cap = int(f.read())
+        assert out[0] == "LISTEN", out
+        assert int(out[2]) == min(LISTEN_BACKLOG, cap) > 128, out
+    finally:
+        await service.stop(0.2)
+        relay.close()
+        await server.stop(0)
