@@ -508,17 +508,20 @@ async def test_signaling_accept_queue_holds_a_burst_of_callers() -> None:
     would drop the SYNs of a burst of callers beyond it): the kernel's own
     view of the listening socket (ss: Send-Q is the backlog) says so."""
     import subprocess
+    from pathlib import Path
 
     from transceiver import LISTEN_BACKLOG
+
+    def listening(port: str) -> list[str]:
+        return subprocess.run(["ss", "-Hltn", f"sport = :{port}"], check=True,
+                              capture_output=True, text=True, timeout=10).stdout.split()
 
     server, _model, port = await start_fake_model()
     _directory, relay, service = await _rig(f"127.0.0.1:{port}")
     try:
         listen_port = service.url.rsplit(":", 1)[1].split("/")[0]
-        out = subprocess.run(["ss", "-Hltn", f"sport = :{listen_port}"], check=True,
-                             capture_output=True, text=True, timeout=10).stdout.split()
-        with open("/proc/sys/net/core/somaxconn") as f:
-            cap = int(f.read())
+        out = await asyncio.to_thread(listening, listen_port)
+        cap = int(Path("/proc/sys/net/core/somaxconn").read_text())
         assert out[0] == "LISTEN", out
         assert int(out[2]) == min(LISTEN_BACKLOG, cap) > 128, out
     finally:
