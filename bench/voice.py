@@ -1093,6 +1093,27 @@ async def _capacity_steps(running: Any, res: VoiceResults, url: str, steps: Sequ
             break
 
 
+async def _capacity_in_lab(options: Any, res: VoiceResults, steps: Sequence[int], window: float,
+                           timeout: float, progress: Any, log: Any,
+                           into: list[CapacityStep]) -> None:
+    """The capacity sweep in a lab of its own, built from ``options`` (a
+    ``StackOptions``), its steps appended to ``into``."""
+    from lab.stack import start_stack
+
+    global _API_KEY  # noqa: PLW0603 - read by the clients' threads, see _API_KEY
+    async with start_stack(options, progress) as running:
+        pids = {"transceiver": running.services["transceiver"].proc.pid,
+                "model": running.services["model"].proc.pid}
+        _API_KEY = running.api_key
+        capture = EgressCapture(running.transceiver_ns, running.topology.transceiver_lan.ifname,
+                                running.transceiver_address)
+        try:
+            await _capacity_steps(running, res, running.signaling_url, steps, window, timeout,
+                                  pids, capture, progress, log, into=into)
+        finally:
+            capture.close()
+
+
 async def run_bench(setup_calls: int, steps: Sequence[int], window: float, turns: int,
                     timeout: float, xdp_mode: str, log: Any, shared: bool = False,
                     turn_steps: Sequence[int] = TURN_STEPS,
@@ -1164,39 +1185,20 @@ async def run_bench(setup_calls: int, steps: Sequence[int], window: float, turns
     for workers in host_workers:
         # The same capacity sweep against a transceiver host of ``workers``
         # processes behind its front, each lab of its own, in this one run.
-        async with start_stack(StackOptions(xdp_mode=xdp_mode, relays=1, model_streams=streams,
-                                            transceiver_workers=workers), progress) as running:
-            pids = {"transceiver": running.services["transceiver"].proc.pid,
-                    "model": running.services["model"].proc.pid}
-            _API_KEY = running.api_key
-            capture = EgressCapture(running.transceiver_ns, running.topology.transceiver_lan.ifname,
-                                    running.transceiver_address)
-            host = HostRun(workers)
-            try:
-                await _capacity_steps(running, res, running.signaling_url, steps, window, timeout,
-                                      pids, capture, progress, log, into=host.steps)
-            finally:
-                capture.close()
-            res.hosts.append(host)
+        host = HostRun(workers)
+        await _capacity_in_lab(StackOptions(xdp_mode=xdp_mode, relays=1, model_streams=streams,
+                                            transceiver_workers=workers),
+                               res, steps, window, timeout, progress, log, into=host.steps)
+        res.hosts.append(host)
     for frames in audio_frames:
         # The same sweep with the transceiver batching ``frames`` frames per
         # message to the model: one lab per value, run after one another.
-        async with start_stack(StackOptions(
-                xdp_mode=xdp_mode, relays=1, model_streams=streams,
-                transceiver_settings={"model_audio_frames": frames}), progress) as running:
-            pids = {"transceiver": running.services["transceiver"].proc.pid,
-                    "model": running.services["model"].proc.pid}
-            _API_KEY = running.api_key
-            capture = EgressCapture(running.transceiver_ns, running.topology.transceiver_lan.ifname,
-                                    running.transceiver_address)
-            run = FramesRun(frames)
-            try:
-                log(f"  model_audio_frames = {frames}")
-                await _capacity_steps(running, res, running.signaling_url, steps, window, timeout,
-                                      pids, capture, progress, log, into=run.steps)
-            finally:
-                capture.close()
-            res.frames_runs.append(run)
+        run = FramesRun(frames)
+        log(f"  model_audio_frames = {frames}")
+        await _capacity_in_lab(StackOptions(xdp_mode=xdp_mode, relays=1, model_streams=streams,
+                                            transceiver_settings={"model_audio_frames": frames}),
+                               res, steps, window, timeout, progress, log, into=run.steps)
+        res.frames_runs.append(run)
     res.elapsed_s = time.monotonic() - started
     from transceiver.model.vad import VadSettings
 
