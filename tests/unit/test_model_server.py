@@ -426,9 +426,10 @@ async def test_no_partial_decode_between_the_speculation_and_the_final(shared_as
     # turn's start: the last partial-free stretch before the final.
     asr = _SlowPartialAsr(shared_asr)
     call = await _one_turn(asr, pcm, partial_every_ms=int(last_speculation + 100))
-    (timings,) = call.of("timings")
+    assert len(call.of("timings")) == 1  # the turn was answered
+    # No partial decode ran (the final would have waited 0.4 s behind it;
+    # without the fix one does, here and with Whisper alike).
     assert [u.partials for u in asr.opened] == [0]
-    assert timings.asr_ms < 200, timings  # 400+ when the partial ran first
     partials = [t.text for t in call.of("transcript") if not t.final]
     assert partials == ["speculated words"]
     # The partial (from a speculation) comes before the turn's stopped event.
