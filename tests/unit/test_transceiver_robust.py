@@ -434,7 +434,14 @@ async def test_a_failing_or_hanging_teardown_step_does_not_stop_the_others() -> 
             await client.wait_event("model", state="connected")
             call = manager.get(client.call_id)
 
+            real_stop = call.track.stop
+
             def broken_stop() -> None:
+                # Only the call's teardown meets the failure: aiortc's RTP task
+                # also stops the track when it ends, outside its own try, and
+                # a raise there would leave its sender's stop() waiting forever
+                # for an exit event (the test's cleanup then hung, 1 run in 4).
+                call.track.stop = real_stop
                 raise RuntimeError("track refuses to stop")
 
             async def hanging_close() -> None:
