@@ -503,7 +503,7 @@ class RoutedConnection(Connection):
         timeout = self.routed.consent_timeout
         loop = asyncio.get_running_loop()
         checks: set[asyncio.Task[Any]] = set()
-        open_ = [True]  # False once the deadline is gone: a late callback must not touch it
+        watching = True  # False once the deadline is gone: a late callback must not touch it
         # ICE connected (a check succeeded) just before aioice starts this loop.
         self.consent_fresh_at = loop.time()
         try:
@@ -511,7 +511,7 @@ class RoutedConnection(Connection):
 
                 def answered(check: asyncio.Task[Any]) -> None:
                     checks.discard(check)
-                    if check.cancelled() or check.exception() is not None or not open_[0]:
+                    if check.cancelled() or check.exception() is not None or not watching:
                         return  # no answer in 7.5 s: the deadline decides
                     self.consent_fresh_at = loop.time()
                     deadline.reschedule(self.consent_fresh_at + timeout)
@@ -528,7 +528,7 @@ class RoutedConnection(Connection):
         except TimeoutError:
             pass
         finally:
-            open_[0] = False
+            watching = False
             for check in list(checks):
                 check.cancel()
         logger.info("%s consent to send expired (%.1f s since the last response)",
