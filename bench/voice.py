@@ -75,6 +75,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from voxrelay.config import MODEL_AUDIO_FRAMES_MAX
+
 FRAME_MS = 20.0
 LATE_MS = FRAME_MS
 """A frame later than one frame period on its call's schedule missed its slot."""
@@ -277,14 +279,18 @@ class FramesRun:
     frames: int
     steps: list[CapacityStep] = field(default_factory=list)
 
-    def per_call_ratio(self) -> float | None:
-        """Transceiver CPU per call / stock aiortc CPU per call, at the step that
-        ``calls_per_core`` takes (the same window, so the machine's load cancels)."""
+    def judged_step(self) -> CapacityStep | None:
+        """The step ``calls_per_core`` takes (the largest on-time one), if any."""
         _, at = calls_per_core(self.steps)
-        step = next((s for s in self.steps if s.calls == at), None)
+        return next((s for s in self.steps if s.calls == at), None)
+
+    def per_call_ratio(self) -> float | None:
+        """Transceiver CPU per call / stock aiortc CPU per call, at the judged
+        step (the same window and calls, so the machine's load cancels)."""
+        step = self.judged_step()
         if step is None or step.client_cpu <= 0 or step.connected == 0:
             return None
-        return (step.transceiver_cpu / step.connected) / (step.client_cpu / step.connected)
+        return step.transceiver_cpu / step.client_cpu
 
 
 def stock_calls_per_core(steps: Sequence[CapacityStep]) -> tuple[float | None, int | None]:
@@ -524,7 +530,7 @@ def render_frames_runs(runs: Sequence[FramesRun]) -> list[str]:
     for i, run in enumerate(runs, 1):
         cpc, at = calls_per_core(run.steps)
         stock, _ = stock_calls_per_core(run.steps)
-        step = next((s for s in run.steps if s.calls == at), None)
+        step = run.judged_step()
         if cpc is None or stock is None or step is None:
             late = ", ".join(f"{s.calls}: {s.verdict}" for s in run.steps)
             lines.append(f"| {i} | {run.frames} | none ({late}) | n/a | n/a | n/a | n/a |")
@@ -1300,8 +1306,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         p.error("--capacity-steps, --turn-steps, --host-workers, --model-audio-frames: "
                 "not a list of integers")
-    if any(not 1 <= f <= 10 for f in audio_frames):
-        p.error("--model-audio-frames: each value must be 1 to 10")
+    if any(not 1 <= f <= MODEL_AUDIO_FRAMES_MAX for f in audio_frames):
+        p.error(f"--model-audio-frames: each value must be 1 to {MODEL_AUDIO_FRAMES_MAX}")
     if any(w < 1 for w in host_workers):
         p.error("--host-workers must be positive")
     only = [s.strip() for s in args.only.split(",") if s.strip()]

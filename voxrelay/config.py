@@ -39,6 +39,9 @@ DEFAULT_BLOCKED_SOURCE_PREFIXES: tuple[str, ...] = (
 MAX_EXTRA_PRIVATE_ADDRESSES = 31
 """bpf/consts.h MAX_PRIVATE_ADDRS (32), less the relay's private_address."""
 
+MODEL_AUDIO_FRAMES_MAX = 10
+"""``[transceiver] model_audio_frames`` at most: 200 ms per message to the model."""
+
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names it."""
@@ -350,9 +353,10 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             "[transceiver] client_secret_ttl_seconds must be > 0 and "
             "<= client_secret_max_ttl_seconds")
-    if not 1 <= t.model_audio_frames <= 10:
-        raise ConfigError("[transceiver] model_audio_frames must be 1 to 10 (20 ms frames "
-                          f"per message to the model), got {t.model_audio_frames}")
+    if not 1 <= t.model_audio_frames <= MODEL_AUDIO_FRAMES_MAX:
+        raise ConfigError(f"[transceiver] model_audio_frames must be 1 to "
+                          f"{MODEL_AUDIO_FRAMES_MAX} (20 ms frames per message to the model), "
+                          f"got {t.model_audio_frames}")
     for key in ("max_calls", "model_streams", "max_pending_per_client"):
         if getattr(t, key) < 1:
             raise ConfigError(f"[transceiver] {key} must be >= 1, got {getattr(t, key)}")
