@@ -12,6 +12,7 @@ tests/netns/test_robust.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import grpc.aio
@@ -353,34 +354,43 @@ async def test_nat_rebinding_moves_media_without_a_restart(monkeypatch) -> None:
         await server.stop(0)
 
 
-async def test_consent_expires_consent_timeout_after_the_last_response() -> None:
-    """RFC 7675: the call closes consent_timeout s after the last authenticated
-    consent response, not after a count of failed checks (scaled down here:
-    2 s; tests/netns/test_robust.py measures the real 30 s)."""
-    consent_timeout = 2.0
+@contextlib.asynccontextmanager
+async def _consent_call(consent_timeout: float):
+    """One call through the loopback relay, checking consent every 0.3 s with
+    ``consent_timeout``; yields (relay, service, call, its connection) once the
+    consent checks have started."""
     server, _model, port = await start_fake_model()
     _directory, relay, service = await _rig(f"127.0.0.1:{port}", consent_interval=0.3,
                                            consent_timeout=consent_timeout)
-    loop = asyncio.get_running_loop()
     try:
         async with CallClient(service.url, "secret", 20) as client:
             call = service.manager.get(client.call_id)
             conn = call.routed.primary()
             await until_async(lambda: conn.consent_fresh_at > 0, timeout=5,
                               what="consent checks to start")
-            first = conn.consent_fresh_at
-            await until_async(lambda: conn.consent_fresh_at > first, timeout=5,
-                              what="a consent response")
-            relay.blocked = True  # the client's network goes away, both ways
-            await asyncio.wait_for(call.closed.wait(), consent_timeout + 5)
-            closed_after = loop.time() - conn.consent_fresh_at
-            assert consent_timeout <= closed_after < consent_timeout + 0.3, closed_after
-            assert "consent" in call.close_reason or "failed" in call.close_reason
-            assert service.manager.calls == {}
+            yield relay, service, call, conn
     finally:
         await service.stop(0.2)
         relay.close()
         await server.stop(0)
+
+
+async def test_consent_expires_consent_timeout_after_the_last_response() -> None:
+    """RFC 7675: the call closes consent_timeout s after the last authenticated
+    consent response, not after a count of failed checks (scaled down here:
+    2 s; tests/netns/test_robust.py measures the real 30 s)."""
+    consent_timeout = 2.0
+    loop = asyncio.get_running_loop()
+    async with _consent_call(consent_timeout) as (relay, service, call, conn):
+        first = conn.consent_fresh_at
+        await until_async(lambda: conn.consent_fresh_at > first, timeout=5,
+                          what="a consent response")
+        relay.blocked = True  # the client's network goes away, both ways
+        await asyncio.wait_for(call.closed.wait(), consent_timeout + 5)
+        closed_after = loop.time() - conn.consent_fresh_at
+        assert consent_timeout <= closed_after < consent_timeout + 0.3, closed_after
+        assert "consent" in call.close_reason or "failed" in call.close_reason
+        assert service.manager.calls == {}
 
 
 async def test_calls_connecting_beyond_the_models_streams_are_closed_not_left_mute() -> None:
@@ -483,31 +493,19 @@ async def test_consent_holds_for_a_caller_whose_answers_come_late() -> None:
     call must live on past consent_timeout, not end because every check
     "failed" at 0.5 s."""
     consent_timeout = 2.0
-    server, _model, port = await start_fake_model()
-    _directory, relay, service = await _rig(f"127.0.0.1:{port}", consent_interval=0.3,
-                                           consent_timeout=consent_timeout)
     loop = asyncio.get_running_loop()
-    try:
-        async with CallClient(service.url, "secret", 20) as client:
-            call = service.manager.get(client.call_id)
-            conn = call.routed.primary()
-            await until_async(lambda: conn.consent_fresh_at > 0, timeout=5,
-                              what="consent checks to start")
-            relay.delay = 1.0
-            slowed = loop.time()
-            await asyncio.sleep(3 * consent_timeout)
-            assert not call.closed.is_set(), call.close_reason
-            # Consent was refreshed by late answers (1 s + the interval at most).
-            assert conn.consent_fresh_at > slowed + 1.0
-            assert loop.time() - conn.consent_fresh_at < consent_timeout
-            assert service.manager.get(client.call_id) is call
-            relay.blocked = True  # and a caller that stops answering still loses it
-            await asyncio.wait_for(call.closed.wait(), consent_timeout + 5)
-            assert "consent" in call.close_reason or "failed" in call.close_reason
-    finally:
-        await service.stop(0.2)
-        relay.close()
-        await server.stop(0)
+    async with _consent_call(consent_timeout) as (relay, service, call, conn):
+        relay.delay = 1.0
+        slowed = loop.time()
+        await asyncio.sleep(3 * consent_timeout)
+        assert not call.closed.is_set(), call.close_reason
+        # Consent was refreshed by late answers (1 s + the interval at most).
+        assert conn.consent_fresh_at > slowed + 1.0
+        assert loop.time() - conn.consent_fresh_at < consent_timeout
+        assert service.manager.get(call.id) is call
+        relay.blocked = True  # and a caller that stops answering still loses it
+        await asyncio.wait_for(call.closed.wait(), consent_timeout + 5)
+        assert "consent" in call.close_reason or "failed" in call.close_reason
 
 
 async def test_signaling_accept_queue_holds_a_burst_of_callers() -> None:
