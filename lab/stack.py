@@ -85,6 +85,10 @@ class PrintProgress:
         self.stream.flush()
 
 
+_NOTABLE = ("closing:", "consent", "WARNING", "ERROR", "Traceback")
+"""Marks of the log lines ``Service.log_notable`` keeps."""
+
+
 @dataclass
 class Service:
     """One child process in a network namespace, its own process group, logging to a file."""
@@ -120,6 +124,16 @@ class Service:
         except FileNotFoundError:
             return f"({self.name}: no log)"
         return f"--- last lines of {self.log_path} ---\n" + "\n".join(text)
+
+    def log_notable(self, limit: int = 60) -> str:
+        """The log's last ``limit`` lines that say why a call closed or what went wrong."""
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return f"({self.name}: no log)"
+        notable = [line for line in text
+                   if any(mark in line for mark in _NOTABLE) and "ended by DELETE" not in line]
+        return f"--- notable lines of {self.log_path} ---\n" + "\n".join(notable[-limit:])
 
     async def wait_ready(self, probe: Callable[[], Awaitable[bool]], timeout: float) -> None:
         """Poll ``probe`` until it is true; fail early, with the log, if the process exits."""
@@ -401,8 +415,10 @@ class Stack:
         """
         return await asyncio.to_thread(self.run_in_client, lambda: asyncio.run(coro_fn(*args)))
 
-    def logs(self) -> str:
-        return "\n".join(svc.log_tail() for svc in self.services.values())
+    def logs(self, lines: int = 20) -> str:
+        """The last ``lines`` of every service's log, after each one's notable lines."""
+        return "\n".join(svc.log_notable() + "\n" + svc.log_tail(lines)
+                         for svc in self.services.values())
 
     @property
     def directory_secret(self) -> str:
@@ -690,8 +706,10 @@ async def start_stack(options: StackOptions | None = None, progress: Progress | 
                     "workers": options.transceiver_workers,
                     **options.transceiver_settings,
                 }})
+                # -v: every call's closing reason is in its log (and in a failing test's report).
                 txr = running.service("transceiver", running.transceiver_ns,
-                                  python_argv("transceiver", "run", "--config", str(config)), **env)
+                                  python_argv("transceiver", "run", "-v", "--config", str(config)),
+                                  **env)
                 txr.start()
                 await txr.wait_ready(
                     lambda: tcp_open(running.transceiver_ns, running.transceiver_address, SIGNALING_PORT),

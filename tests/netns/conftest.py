@@ -67,6 +67,22 @@ def no_leaks() -> Iterator[None]:
     assert not leaked, f"left behind: {leaked}"
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """A failing test that used a running lab gets the tails of the lab's service
+    logs in its report: CI keeps only the report, and a lab's workdir is gone by then."""
+    report = yield
+    if report.failed and call.when == "call":
+        for name, value in getattr(item, "funcargs", {}).items():
+            logs = getattr(value, "logs", None)
+            if callable(logs):
+                try:
+                    report.sections.append((f"service logs of fixture {name!r}", logs(80)))
+                except Exception as exc:  # noqa: BLE001 - the report must not fail too
+                    report.sections.append((f"service logs of fixture {name!r}", repr(exc)))
+    return report
+
+
 @dataclass
 class LoadedRelay:
     """A ``lab.topology.Lab`` with the relay loaded, a key and a transceiver in its maps,
